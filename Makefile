@@ -1,0 +1,45 @@
+# Every target creates .venv and installs the package on first use; the stamp file makes a
+# second run skip the install (it is redone only when pyproject.toml changes).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ../shared/data
+# torch/torchvision are pinned here to the versions this project is tested with; pip takes them from a local
+# wheel cache where the machine has one.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test test-fast lint bench docs clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(VENV)/.docs: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $(VENV)/.docs
+
+demo: $(STAMP)
+	$(BIN)/python -m lightning_optim.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check lightning_optim tests benchmarks examples
+	$(BIN)/ruff format --check lightning_optim tests benchmarks examples
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --data-dir $(DATA_DIR)
+
+docs: $(VENV)/.docs
+	$(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) site build *.egg-info lightning_logs

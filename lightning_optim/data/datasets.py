@@ -1,0 +1,126 @@
+"""In-memory image datasets and loaders for named datasets (digits, MNIST, FashionMNIST, CIFAR-10)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+@dataclass
+class ImageSplit:
+    """uint8 images ``(N, C, H, W)`` and int64 labels."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels.")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: Tensor) -> ImageSplit:
+        return ImageSplit(self.images[index], self.labels[index])
+
+
+class InMemoryImageDataset(Dataset):
+    """A dataset over uint8 image tensors that hands out whole batches at once.
+
+    ``__getitems__`` lets the DataLoader fetch a batch with one indexing operation instead of one
+    ``__getitem__`` per sample; use it with :func:`batched_collate`. Samples are ``(image, label)`` or,
+    with ``return_index=True``, ``(image, label, index)`` (for caches keyed by sample).
+    """
+
+    def __init__(self, split: ImageSplit, return_index: bool = False) -> None:
+        self.split = split
+        self.return_index = return_index
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        item = (self.split.images[i], self.split.labels[i])
+        return (*item, torch.tensor(i)) if self.return_index else item
+
+    def __getitems__(self, indices: Sequence[int]):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        item = (self.split.images[index], self.split.labels[index])
+        return (*item, index) if self.return_index else item
+
+
+def batched_collate(batch):
+    """Collate for :class:`InMemoryImageDataset`: batches arrive already stacked."""
+    return batch
+
+
+#: dataset name -> (channels, image size, number of classes)
+DATASETS: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 8, 10),
+    "mnist": (1, 28, 10),
+    "fashionmnist": (1, 28, 10),
+    "cifar10": (3, 32, 10),
+}
+
+
+def check_dataset_name(name: str) -> str:
+    """Normalize and validate a dataset name.
+
+    Raises:
+        ValueError: for a name outside :data:`DATASETS`.
+    """
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in DATASETS:
+        raise ValueError(f"Unknown `dataset` {name!r}; allowed: {sorted(DATASETS)} (or give `image_folder`).")
+    return key
+
+
+def load_digits() -> tuple[ImageSplit, ImageSplit]:
+    """The 1,797 8x8 handwritten digits bundled with the package (UCI ML digits, as in scikit-learn).
+
+    Pixel values 0-16 are scaled to 0-255. A fixed 80/20 train/test split (seed 0) that never changes.
+    """
+    with resources.files("lightning_optim.data").joinpath("assets/digits8x8.npz").open("rb") as fh:
+        data = np.load(fh)
+        images = torch.from_numpy((data["images"].astype(np.float32) * (255.0 / 16.0)).round().astype(np.uint8))
+        labels = torch.from_numpy(data["labels"].astype(np.int64))
+    images = images.unsqueeze(1)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    n_test = len(labels) // 5
+    test, train = perm[:n_test], perm[n_test:]
+    return ImageSplit(images[train], labels[train]), ImageSplit(images[test], labels[test])
+
+
+def _torchvision_split(name: str, root: str, train: bool, download: bool) -> ImageSplit:
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
+    try:
+        ds = cls(root=root, train=train, download=download)
+    except RuntimeError as err:
+        raise FileNotFoundError(
+            f"Dataset {name!r} not found under `data_dir`={root!r} and `download` is False. Set `download: true` "
+            f"(needs internet) or point `data_dir` at a folder holding it (for MNIST: <data_dir>/MNIST/raw/). "
+            f"torchvision said: {err}"
+        ) from err
+    data = ds.data
+    images = torch.as_tensor(data) if not isinstance(data, Tensor) else data
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    return ImageSplit(images.contiguous(), labels)
+
+
+def load_named_dataset(name: str, data_dir: str, download: bool) -> tuple[ImageSplit, ImageSplit]:
+    """Return ``(train, test)`` uint8 splits of a named dataset."""
+    key = check_dataset_name(name)
+    if key == "digits":
+        return load_digits()
+    root = os.fspath(data_dir)
+    return _torchvision_split(key, root, True, download), _torchvision_split(key, root, False, download)

@@ -1,0 +1,47 @@
+"""The model zoo: LeNet-300-100, LeNet-5 (classic, Caffe), a 3-block CNN, a separable CNN, a text classifier."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lightning_optim.models.cnn import ConvNet3, SeparableCNN, conv_block
+from lightning_optim.models.lenet import LeNet5, LeNet300100
+from lightning_optim.models.stats import count_nonzero_parameters, count_parameters
+from lightning_optim.models.text import TextClassifier
+
+#: short name -> model class
+MODELS: dict[str, type[nn.Module]] = {
+    "lenet300100": LeNet300100,
+    "lenet5": LeNet5,
+    "convnet3": ConvNet3,
+    "separable_cnn": SeparableCNN,
+    "text_classifier": TextClassifier,
+}
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a zoo model by short name.
+
+    Raises:
+        ValueError: for a name outside :data:`MODELS`.
+    """
+    key = name.lower().replace("-", "").replace("_", "") if name.lower() not in MODELS else name.lower()
+    aliases = {k.replace("_", ""): k for k in MODELS}
+    key = aliases.get(key, key)
+    if key not in MODELS:
+        raise ValueError(f"Unknown model {name!r}; allowed: {sorted(MODELS)}.")
+    return MODELS[key](**kwargs)
+
+
+__all__ = [
+    "MODELS",
+    "ConvNet3",
+    "LeNet5",
+    "LeNet300100",
+    "SeparableCNN",
+    "TextClassifier",
+    "conv_block",
+    "count_nonzero_parameters",
+    "count_parameters",
+    "create_model",
+]
