@@ -1,0 +1,1 @@
+"""Per-area callback settings; see tests/callbacks/callback_settings.py."""

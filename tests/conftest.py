@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny data, the real MNIST folder beside the checkout, a quiet Trainer factory."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Real MNIST (the files torchvision reads with download=False) lives in ../shared/data beside the checkout.
+SHARED_DATA_DIR = Path(os.environ.get("LIGHTNING_OPTIM_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*is deprecated.*", category=DeprecationWarning)
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The shared MNIST root; the test fails (not skips) if it is missing, as CI always has it."""
+    raw = SHARED_DATA_DIR / "MNIST" / "raw"
+    assert raw.is_dir(), f"Real MNIST expected under {raw} (see ../shared/data/README.md)."
+    return SHARED_DATA_DIR
+
+
+@pytest.fixture
+def digits_dm():
+    """The embedded 8x8 digits data module, small batches, no workers."""
+    from lightning_optim.data import ImageClassificationDataModule
+
+    return ImageClassificationDataModule("digits", batch_size=32)
+
+
+def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
+    """Keyword arguments for a fast, quiet CPU Trainer in tests."""
+    kwargs = dict(
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    kwargs.update(overrides)
+    return kwargs
