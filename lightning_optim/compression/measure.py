@@ -1,0 +1,152 @@
+"""Measurements of a model: parameters, non-zeros, serialized size, FLOPs and CPU latency.
+
+Pure functions (no Lightning import), shared by the compression report and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter entries (shared parameters counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def count_nonzero(model: nn.Module, include_buffers: bool = False) -> int:
+    """Number of non-zero parameter entries; quantized modules' packed int8 weights are counted too."""
+    total = 0
+    with torch.no_grad():
+        for p in {id(p): p for p in model.parameters()}.values():
+            total += int(torch.count_nonzero(p))
+        for module in model.modules():
+            weight_fn = getattr(module, "weight", None)
+            if callable(weight_fn) and not isinstance(weight_fn, Tensor):  # packed quantized weight
+                try:
+                    w = weight_fn()
+                except Exception:  # noqa: BLE001 - not a packed quantized module
+                    continue
+                if isinstance(w, Tensor) and w.is_quantized:
+                    total += int(torch.count_nonzero(w.int_repr()))
+        if include_buffers:
+            for b in model.buffers():
+                if b.is_floating_point():
+                    total += int(torch.count_nonzero(b))
+    return total
+
+
+def serialized_size_bytes(obj: Any) -> int:
+    """Bytes of ``torch.save(obj)`` (pass ``model.state_dict()`` for a state dict's size)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer().nbytes
+
+
+def state_dict_size_bytes(model: nn.Module) -> int:
+    """Bytes of the model's serialized ``state_dict``."""
+    return serialized_size_bytes(model.state_dict())
+
+
+def count_flops(model: nn.Module, example_input: Tensor) -> int:
+    """Floating-point operations of one forward pass, counted by ``torch.utils.flop_counter``.
+
+    A multiply-accumulate counts as 2 FLOPs (MACs = FLOPs / 2).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example_input)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@contextmanager
+def num_threads(threads: int | None):
+    """Temporarily set ``torch``'s intra-op thread count."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure_latency(
+    model: nn.Module | Callable[[Tensor], Any],
+    example_input: Tensor,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    min_time_s: float = 0.0,
+) -> dict[str, float]:
+    """CPU latency of ``model(example_input)`` under ``torch.inference_mode``.
+
+    Args:
+        model: a module (put in eval mode) or any callable.
+        example_input: the input batch.
+        repeats: timed runs (at least; more while ``min_time_s`` is not reached).
+        warmup: untimed runs first.
+        threads: intra-op threads for the measurement (``None`` keeps the current setting).
+        min_time_s: keep timing until this much time has been spent.
+
+    Returns:
+        ``median_ms``, ``mean_ms``, ``min_ms``, ``p90_ms``, ``runs``, ``threads`` and ``batch_size``.
+    """
+    if isinstance(model, nn.Module):
+        model.eval()
+    times: list[float] = []
+    with num_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            model(example_input)
+        start_all = time.perf_counter()
+        while len(times) < repeats or (time.perf_counter() - start_all) < min_time_s:
+            start = time.perf_counter()
+            model(example_input)
+            times.append((time.perf_counter() - start) * 1e3)
+        used_threads = torch.get_num_threads()
+    ordered = sorted(times)
+    return {
+        "median_ms": statistics.median(ordered),
+        "mean_ms": statistics.fmean(ordered),
+        "min_ms": ordered[0],
+        "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "runs": float(len(ordered)),
+        "threads": float(used_threads),
+        "batch_size": float(example_input.shape[0]) if hasattr(example_input, "shape") else 1.0,
+    }
+
+
+def compare_latency(
+    models: dict[str, nn.Module | Callable[[Tensor], Any]],
+    example_input: Tensor,
+    repeats: int = 20,
+    warmup: int = 3,
+    rounds: int = 3,
+    threads: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Latency of several models measured side by side: ``rounds`` interleaved rounds, median of all runs.
+
+    Interleaving makes the ratios robust to load that changes during the measurement.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            result = measure_latency(model, example_input, repeats=repeats, warmup=warmup, threads=threads)
+            samples[name].append(result["median_ms"])
+    return {
+        name: {"median_ms": statistics.median(values), "min_ms": min(values), "rounds": float(len(values))}
+        for name, values in samples.items()
+    }
