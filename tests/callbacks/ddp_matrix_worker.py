@@ -1,0 +1,44 @@
+"""Worker for the generated DDP test: launched by torchrun with 2 processes on CPU (gloo).
+
+Usage: torchrun --nproc_per_node=2 tests/callbacks/ddp_matrix_worker.py OUT_DIR NAME [NAME ...]
+Each rank fits every named callback for 2 epochs and saves its final model and callback state.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from tests.callbacks import matrix_support as ms
+
+
+def _tensors_only(state):
+    flat = ms.flatten_state(state)
+    return {
+        k: v for k, v in flat.items() if isinstance(v, (torch.Tensor, int, float, str, bool)) or v is None
+    }
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    for name in sys.argv[2:]:
+        pl.seed_everything(0, workers=True)
+        callback = ms.make_callback(name)
+        module = ms.make_module(name)
+        dm = ms.make_datamodule(name)
+        kwargs = ms.trainer_kwargs(name, str(out / name), devices=2, strategy="ddp")
+        trainer = pl.Trainer(callbacks=[callback], **kwargs)
+        trainer.fit(module, datamodule=dm)
+        rank = trainer.global_rank
+        torch.save(
+            {"model": ms.model_state(module), "callback": _tensors_only(callback.state_dict())},
+            out / f"{name}_rank{rank}.pt",
+        )
+        trainer.strategy.barrier()
+
+
+if __name__ == "__main__":
+    main()

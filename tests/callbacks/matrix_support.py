@@ -1,0 +1,117 @@
+"""Builders shared by the generated callback tests and their DDP worker script."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+import lightning_optim.callbacks as callbacks_pkg
+from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.models import ConvNet3, LeNet300100
+from lightning_optim.modules import ClassificationModule
+from tests.callbacks.callback_settings import CALLBACK_SETTINGS
+
+MODEL_BUILDERS = {
+    "convnet3": lambda: ConvNet3(image_size=8, channels=(8, 16, 32), hidden=32),
+    "lenet300100": lambda: LeNet300100(in_features=64, hidden=(64, 32)),
+}
+
+
+def exported_callbacks() -> list[str]:
+    """Names of every Callback class exported from ``lightning_optim.callbacks``."""
+    names = []
+    for name in getattr(callbacks_pkg, "__all__", []):
+        obj = getattr(callbacks_pkg, name)
+        if isinstance(obj, type) and issubclass(obj, Callback):
+            names.append(name)
+    return sorted(names)
+
+
+def entry(name: str) -> dict[str, Any]:
+    return CALLBACK_SETTINGS[name]
+
+
+def callback_kwargs(name: str) -> dict[str, Any]:
+    kwargs = entry(name).get("kwargs", {})
+    return dict(kwargs()) if callable(kwargs) else copy.deepcopy(kwargs)
+
+
+def make_callback(name: str) -> Callback:
+    return getattr(callbacks_pkg, name)(**callback_kwargs(name))
+
+
+def make_module(name: str) -> ClassificationModule:
+    model = entry(name).get("model", "convnet3")
+    net = MODEL_BUILDERS[model]() if isinstance(model, str) else model()
+    return ClassificationModule(net, optimizer="adam", lr=1e-2)
+
+
+def make_datamodule(name: str) -> ImageClassificationDataModule:
+    kwargs = {"batch_size": 32, **entry(name).get("data", {})}
+    return ImageClassificationDataModule("digits", **kwargs)
+
+
+def trainer_kwargs(name: str, root: str, **overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        limit_train_batches=6,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    kwargs.update(entry(name).get("trainer", {}))
+    kwargs.update(overrides)
+    return kwargs
+
+
+def model_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Float copy of every parameter and buffer (dequantized where quantized)."""
+    out = {}
+    for key, value in module.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            out[key] = (value.dequantize() if value.is_quantized else value).detach().clone().float().cpu()
+    return out
+
+
+def flatten_state(state: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts/lists of a callback state into ``{path: leaf}`` for comparison."""
+    flat: dict[str, Any] = {}
+    if isinstance(state, dict):
+        for k, v in state.items():
+            flat.update(flatten_state(v, f"{prefix}{k}."))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            flat.update(flatten_state(v, f"{prefix}{i}."))
+    else:
+        flat[prefix.rstrip(".")] = state
+    return flat
+
+
+def assert_states_equal(a: Any, b: Any, atol: float = 1e-6, what: str = "state") -> None:
+    fa, fb = flatten_state(a), flatten_state(b)
+    assert fa.keys() == fb.keys(), f"{what}: keys differ: {sorted(set(fa) ^ set(fb))[:10]}"
+    for key in fa:
+        va, vb = fa[key], fb[key]
+        if isinstance(va, torch.Tensor):
+            assert isinstance(vb, torch.Tensor), f"{what}[{key}] type differs"
+            assert va.shape == vb.shape, f"{what}[{key}] shape {va.shape} != {vb.shape}"
+            if va.is_floating_point() or vb.is_floating_point():
+                diff = (va.float() - vb.float()).abs().max().item() if va.numel() else 0.0
+                assert diff <= atol, f"{what}[{key}] differs by {diff}"
+            else:
+                assert torch.equal(va, vb), f"{what}[{key}] differs"
+        elif isinstance(va, float) and isinstance(vb, float):
+            assert abs(va - vb) <= atol * max(1.0, abs(va)), f"{what}[{key}]: {va} != {vb}"
+        else:
+            assert va == vb, f"{what}[{key}]: {va!r} != {vb!r}"
