@@ -3,6 +3,7 @@
 Every callback exported here must have an entry in ``tests/callbacks/callback_settings.py``.
 """
 
+from lightning_optim.callbacks.non_finite_guard import NonFiniteError, NonFiniteGuard
 from lightning_optim.callbacks.phases import (
     CompressionPhase,
     find_phase,
@@ -13,6 +14,8 @@ from lightning_optim.callbacks.phases import (
 )
 
 __all__ = [
+    "NonFiniteError",
+    "NonFiniteGuard",
     "CompressionPhase",
     "find_phase",
     "model_is_changing",
