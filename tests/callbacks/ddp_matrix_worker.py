@@ -1,11 +1,14 @@
 """Worker for the generated DDP test: launched by torchrun with 2 processes on CPU (gloo).
 
 Usage: torchrun --nproc_per_node=2 tests/callbacks/ddp_matrix_worker.py OUT_DIR NAME [NAME ...]
-Each rank fits every named callback for 2 epochs and saves its final model and callback state.
+Each rank fits every named callback for 2 epochs and saves its final model and callback state. Under
+``torchrun --nnodes=2 --nproc_per_node=1`` the same script runs as two single-process "nodes"
+(``num_nodes`` is taken from torchrun's WORLD_SIZE / LOCAL_WORLD_SIZE).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,17 +27,24 @@ def _tensors_only(state):
 
 def main() -> None:
     out = Path(sys.argv[1])
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "2"))
+    num_nodes = int(os.environ.get("WORLD_SIZE", str(local))) // local
     for name in sys.argv[2:]:
         pl.seed_everything(0, workers=True)
         callback = ms.make_callback(name)
         module = ms.make_module(name)
         dm = ms.make_datamodule(name)
-        kwargs = ms.trainer_kwargs(name, str(out / name), devices=2, strategy="ddp")
+        kwargs = ms.trainer_kwargs(name, str(out / name), devices=local, num_nodes=num_nodes, strategy="ddp")
         trainer = pl.Trainer(callbacks=[callback], **kwargs)
         trainer.fit(module, datamodule=dm)
         rank = trainer.global_rank
         torch.save(
-            {"model": ms.model_state(module), "callback": _tensors_only(callback.state_dict())},
+            {
+                "model": ms.model_state(module),
+                "callback": _tensors_only(callback.state_dict()),
+                "world_size": trainer.world_size,
+                "num_nodes": trainer.num_nodes,
+            },
             out / f"{name}_rank{rank}.pt",
         )
         trainer.strategy.barrier()

@@ -186,6 +186,7 @@ def test_ddp_two_processes_identical(tmp_path):
     for name in names:
         r0 = torch.load(tmp_path / f"{name}_rank0.pt", weights_only=True)
         r1 = torch.load(tmp_path / f"{name}_rank1.pt", weights_only=True)
+        assert r0["world_size"] == r1["world_size"] == 2
         ms.assert_states_equal(r0["model"], r1["model"], atol=0.0, what=f"{name} model rank0 vs rank1")
         ms.assert_states_equal(
             r0["callback"], r1["callback"], atol=0.0, what=f"{name} callback rank0 vs rank1"

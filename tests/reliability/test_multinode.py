@@ -1,0 +1,74 @@
+"""Two "nodes" on localhost: two torchrun launchers (``--nnodes=2``, one process each, rendezvous on
+127.0.0.1) run every exported callback with ``num_nodes=2``; both nodes must end identical."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.callbacks import matrix_support as ms
+from tests.callbacks.callback_settings import CALLBACK_SETTINGS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost(tmp_path):
+    names = [
+        n
+        for n in ms.exported_callbacks()
+        if n in CALLBACK_SETTINGS and not ms.entry(n).get("skip", {}).get("ddp")
+    ]
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            f"--node_rank={node_rank}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            str(REPO_ROOT / "tests" / "callbacks" / "ddp_matrix_worker.py"),
+            str(tmp_path),
+            *names,
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        outputs.append(out)
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-6000:]
+    for name in names:
+        r0 = torch.load(tmp_path / f"{name}_rank0.pt", weights_only=True)
+        r1 = torch.load(tmp_path / f"{name}_rank1.pt", weights_only=True)
+        assert r0["world_size"] == r1["world_size"] == 2 and r0["num_nodes"] == 2
+        ms.assert_states_equal(r0["model"], r1["model"], atol=0.0, what=f"{name} model node0 vs node1")
+        ms.assert_states_equal(
+            r0["callback"], r1["callback"], atol=0.0, what=f"{name} callback node0 vs node1"
+        )
