@@ -3,6 +3,8 @@
 Every callback exported here must have an entry in ``tests/callbacks/callback_settings.py``.
 """
 
+from lightning_optim.callbacks.early_stopping import EarlyStopping
+from lightning_optim.callbacks.lr_scheduling import LRScheduling
 from lightning_optim.callbacks.non_finite_guard import NonFiniteError, NonFiniteGuard
 from lightning_optim.callbacks.phases import (
     CompressionPhase,
@@ -12,8 +14,36 @@ from lightning_optim.callbacks.phases import (
     phase_states,
     target_model,
 )
+from lightning_optim.callbacks.pruning import ProgressivePruning
+from lightning_optim.callbacks.schedules import (
+    SCHEDULES,
+    Constant,
+    CosineAnnealing,
+    Cyclic,
+    ExponentialDecay,
+    LRSchedule,
+    MultiStep,
+    OneCycle,
+    Polynomial,
+    ReduceOnPlateau,
+    StepDecay,
+)
 
 __all__ = [
+    "ProgressivePruning",
+    "EarlyStopping",
+    "LRScheduling",
+    "SCHEDULES",
+    "Constant",
+    "CosineAnnealing",
+    "Cyclic",
+    "ExponentialDecay",
+    "LRSchedule",
+    "MultiStep",
+    "OneCycle",
+    "Polynomial",
+    "ReduceOnPlateau",
+    "StepDecay",
     "NonFiniteError",
     "NonFiniteGuard",
     "CompressionPhase",

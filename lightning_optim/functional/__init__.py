@@ -1,5 +1,55 @@
 """Pure functions (no Lightning import): the math that callbacks and modules call."""
 
+from lightning_optim.functional.lr_schedules import (
+    PlateauState,
+    constant_lr,
+    cosine_lr,
+    cyclic_lr,
+    cyclic_momentum,
+    exponential_lr,
+    multistep_lr,
+    one_cycle_lr,
+    one_cycle_momentum,
+    plateau_lr,
+    plateau_update,
+    polynomial_lr,
+    step_lr,
+    warmup_factor,
+)
+from lightning_optim.functional.masks import (
+    apply_masks_,
+    compute_masks,
+    global_magnitude_masks,
+    global_structured_masks,
+    magnitude_mask,
+    structured_mask,
+)
 from lightning_optim.functional.regularization import l1_penalty, weight_decay_param_groups
+from lightning_optim.functional.sparsity_schedules import SPARSITY_SCHEDULES, scheduled_sparsity
 
-__all__ = ["l1_penalty", "weight_decay_param_groups"]
+__all__ = [
+    "SPARSITY_SCHEDULES",
+    "apply_masks_",
+    "compute_masks",
+    "global_magnitude_masks",
+    "global_structured_masks",
+    "magnitude_mask",
+    "scheduled_sparsity",
+    "structured_mask",
+    "PlateauState",
+    "constant_lr",
+    "cosine_lr",
+    "cyclic_lr",
+    "cyclic_momentum",
+    "exponential_lr",
+    "multistep_lr",
+    "one_cycle_lr",
+    "one_cycle_momentum",
+    "plateau_lr",
+    "plateau_update",
+    "polynomial_lr",
+    "step_lr",
+    "warmup_factor",
+    "l1_penalty",
+    "weight_decay_param_groups",
+]
