@@ -3,6 +3,7 @@
 Every callback exported here must have an entry in ``tests/callbacks/callback_settings.py``.
 """
 
+from lightning_optim.callbacks.distillation import KnowledgeDistillation
 from lightning_optim.callbacks.early_stopping import EarlyStopping
 from lightning_optim.callbacks.lr_scheduling import LRScheduling
 from lightning_optim.callbacks.non_finite_guard import NonFiniteError, NonFiniteGuard
@@ -30,6 +31,7 @@ from lightning_optim.callbacks.schedules import (
 )
 
 __all__ = [
+    "KnowledgeDistillation",
     "ProgressivePruning",
     "EarlyStopping",
     "LRScheduling",

@@ -1,5 +1,6 @@
 """Pure functions (no Lightning import): the math that callbacks and modules call."""
 
+from lightning_optim.functional.distillation import distillation_loss, feature_distillation_loss, kd_loss
 from lightning_optim.functional.lr_schedules import (
     PlateauState,
     constant_lr,
@@ -28,6 +29,9 @@ from lightning_optim.functional.regularization import l1_penalty, weight_decay_p
 from lightning_optim.functional.sparsity_schedules import SPARSITY_SCHEDULES, scheduled_sparsity
 
 __all__ = [
+    "distillation_loss",
+    "feature_distillation_loss",
+    "kd_loss",
     "SPARSITY_SCHEDULES",
     "apply_masks_",
     "compute_masks",

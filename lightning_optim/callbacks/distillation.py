@@ -1,0 +1,611 @@
+"""Teacher-student knowledge distillation as a callback (Hinton, Vinyals, Dean 2015; FitNets-style features)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_optim.callbacks.phases import PhaseState, target_model
+from lightning_optim.callbacks.teacher import FrozenTeacher, TeacherLogitCache, load_teacher_weights
+from lightning_optim.functional.distillation import (
+    FEATURE_LOSSES,
+    SCHEDULES,
+    build_feature_adapter,
+    check_alpha,
+    check_logit_shapes,
+    check_temperature,
+    feature_distillation_loss,
+    kd_loss,
+    scheduled_value,
+)
+from lightning_optim.modules.loss_terms import StepContext
+
+
+def _first_tensor(output: Any) -> Tensor | None:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    if isinstance(output, Mapping):
+        for item in output.values():
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _get_layer(root: nn.Module, name: str, option: str, owner: str) -> nn.Module:
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in root.named_modules() if n]
+        shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+        raise ValueError(
+            f"`{option}`: the {owner} has no layer named {name!r}; its layers are: {shown}."
+        ) from None
+
+
+class KnowledgeDistillation(Callback):
+    r"""Train the student under a frozen teacher: Hinton et al.'s soft targets plus optional feature matching.
+
+    The training loss of a module that uses the loss-term extension point
+    (:mod:`lightning_optim.modules.loss_terms`, as :class:`~lightning_optim.modules.ClassificationModule`
+    does) becomes
+
+    .. math:: \alpha \, T^2 \, \mathrm{KL}(\mathrm{softmax}(t/T) \,\|\, \mathrm{softmax}(s/T))
+              + (1 - \alpha)\, \mathrm{CE}(s, y) + w_f \sum_{\text{pairs}} d(A(f_s), f_t)
+
+    logged as ``train_loss_task`` (the unweighted CE), ``train_loss_kd`` (the weighted KD term),
+    ``train_loss_feature`` and ``train_loss``; temperature, alpha, teacher time per step and cache hit rate
+    go to the logger as ``distill/*``.
+
+    The teacher lives on the callback, not in the LightningModule: it is never wrapped by DDP (no
+    ``find_unused_parameters`` needed, no gradient sync), never written into the student's checkpoints, kept
+    frozen and in eval mode (also when Lightning calls ``.train()``), moved to the student's device at fit
+    start and run under ``no_grad`` inside the training step, hence under the same autocast as the student.
+
+    **Feature distillation**: ``feature_pairs`` maps student layer names (inside ``pl_module.model``) to
+    teacher layer names. Forward hooks are registered at fit start and removed at fit end. Where the shapes
+    differ a learned adapter (1x1 conv, or linear on flattened features) maps the student feature to the
+    teacher's shape. Adapters are built at ``setup`` (shapes from a dry run on ``input_shape``), added to the
+    first optimizer as an extra parameter group at fit start (so their optimizer state is checkpointed and
+    restored on resume), saved in this callback's state (not the student's ``state_dict``, so the exported
+    student carries no adapter), and their gradients are averaged across DDP ranks before each optimizer
+    step. A learning-rate scheduler created before the group was added leaves the adapters' learning rate
+    at ``adapter_lr`` (most schedulers) -- give them their own ``adapter_lr`` if that matters.
+
+    **Offline mode** (``cache_teacher_logits=True``): for training data that is *not* augmented, teacher
+    logits are stored once per sample (keyed by the dataset index of the data module's ``return_index=True``,
+    within ``cache_max_mb``) and reused instead of running the teacher every step. The cache is not
+    checkpointed (it refills in one epoch after a resume). It cannot be combined with feature pairs, which
+    need the teacher's activations every step.
+
+    **Phase**: ``phase_name = "distillation"``. ``phase_state`` is ``"pending"`` before ``start_epoch``,
+    ``"active"`` until ``end_epoch`` (or, without an end epoch, while a temperature/alpha ramp is running),
+    ``"done"`` afterwards. Without ``end_epoch`` and ramp, distillation is a loss on the whole run that does
+    not change the model's structure, so it is ``"done"`` from ``start_epoch`` on and does not hold off
+    :class:`EarlyStopping`.
+
+    Args:
+        teacher: the teacher network (in YAML: ``class_path`` + ``init_args``); with ``teacher_checkpoint``
+            this is the architecture its weights are loaded into.
+        teacher_checkpoint: a Lightning checkpoint of a :class:`~lightning_optim.modules.ClassificationModule`
+            (or a plain state dict) holding the teacher's weights; read with ``weights_only=True``.
+        temperature: softmax temperature ``T > 0`` (at the start of a ramp).
+        alpha: weight of the KD term in ``[0, 1]``; the task loss gets ``1 - alpha``.
+        final_temperature: with a ramp, the temperature reached after ``schedule_epochs``.
+        final_alpha: with a ramp, the alpha reached after ``schedule_epochs``.
+        schedule: ramp shape, ``"linear"`` or ``"cosine"``.
+        schedule_epochs: ramp length in epochs from ``start_epoch`` (default: to ``end_epoch``, else
+            ``max_epochs``); progress is per step.
+        start_epoch: first epoch that distills.
+        end_epoch: first epoch that no longer distills (``None``: to the end of training).
+        feature_pairs: ``{student_layer: teacher_layer}`` of intermediate features to match.
+        feature_loss: ``"mse"`` or ``"cosine"``.
+        feature_weight: weight ``w_f`` of the feature term, ``>= 0``.
+        adapter_lr: learning rate of the adapters' parameter group (default: the first group's).
+        input_shape: per-sample input shape for the dry run that sizes adapters and checks output shapes
+            (default: ``pl_module.example_input_array``, else the data module's ``input_shape``).
+        cache_teacher_logits: offline mode (see above); needs ``return_index=True`` on the data module and
+            no training augmentation.
+        cache_max_mb: memory bound of the logit cache in MiB.
+
+    Raises:
+        ValueError: ``temperature``/``final_temperature`` <= 0, ``alpha``/``final_alpha`` outside [0, 1], an
+            unknown ``schedule`` or ``feature_loss``, a teacher layer in ``feature_pairs`` that does not exist,
+            a negative ``feature_weight``, ``start_epoch < 0``, ``end_epoch <= start_epoch``, a non-positive
+            ``schedule_epochs``/``cache_max_mb``/``adapter_lr``, ``cache_teacher_logits`` with
+            ``feature_pairs``, or a ``teacher_checkpoint`` that does not fit ``teacher``. At setup: an unknown
+            student layer, teacher/student output shapes that differ, or offline mode on augmented data or
+            without sample indices.
+        FileNotFoundError: ``teacher_checkpoint`` does not exist.
+        TypeError: ``teacher`` is not an ``nn.Module``.
+
+    Example::
+
+        teacher = ConvNet3()
+        kd = KnowledgeDistillation(teacher, teacher_checkpoint="runs/teacher.ckpt", temperature=4.0, alpha=0.9)
+        student = ClassificationModule(LeNet300100(hidden=(32, 32)))
+        Trainer(max_epochs=10, callbacks=[kd]).fit(student, datamodule=dm)
+    """
+
+    phase_name = "distillation"
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        teacher_checkpoint: str | None = None,
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        final_temperature: float | None = None,
+        final_alpha: float | None = None,
+        schedule: str = "linear",
+        schedule_epochs: int | None = None,
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        feature_pairs: dict[str, str] | None = None,
+        feature_loss: str = "mse",
+        feature_weight: float = 1.0,
+        adapter_lr: float | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        cache_teacher_logits: bool = False,
+        cache_max_mb: float = 256.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(
+                f"`teacher` must be an nn.Module (the architecture), got {type(teacher).__name__}."
+            )
+        self.temperature = check_temperature(temperature, "temperature")
+        self.alpha = check_alpha(alpha, "alpha")
+        self.final_temperature = (
+            None if final_temperature is None else check_temperature(final_temperature, "final_temperature")
+        )
+        self.final_alpha = None if final_alpha is None else check_alpha(final_alpha, "final_alpha")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {schedule!r}.")
+        if schedule_epochs is not None and schedule_epochs < 1:
+            raise ValueError(f"`schedule_epochs` must be >= 1 or None, got {schedule_epochs}.")
+        if start_epoch < 0:
+            raise ValueError(f"`start_epoch` must be >= 0, got {start_epoch}.")
+        if end_epoch is not None and end_epoch <= start_epoch:
+            raise ValueError(f"`end_epoch` must be > `start_epoch` ({start_epoch}) or None, got {end_epoch}.")
+        if feature_loss not in FEATURE_LOSSES:
+            raise ValueError(f"`feature_loss` must be one of {list(FEATURE_LOSSES)}, got {feature_loss!r}.")
+        if feature_weight < 0:
+            raise ValueError(f"`feature_weight` must be >= 0, got {feature_weight}.")
+        if adapter_lr is not None and adapter_lr <= 0:
+            raise ValueError(f"`adapter_lr` must be > 0 or None, got {adapter_lr}.")
+        if cache_max_mb <= 0:
+            raise ValueError(f"`cache_max_mb` must be > 0, got {cache_max_mb}.")
+        feature_pairs = dict(feature_pairs or {})
+        if cache_teacher_logits and feature_pairs:
+            raise ValueError(
+                "`cache_teacher_logits=True` cannot be combined with `feature_pairs`: feature matching needs the "
+                "teacher's activations at every step. Use one or the other."
+            )
+        if teacher_checkpoint is not None:
+            load_teacher_weights(teacher, teacher_checkpoint)
+        for teacher_layer in feature_pairs.values():
+            _get_layer(teacher, teacher_layer, "feature_pairs", "teacher")
+        self.teacher = FrozenTeacher(teacher)
+        self.teacher_checkpoint = teacher_checkpoint
+        self.schedule = schedule
+        self.schedule_epochs = schedule_epochs
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.feature_pairs = feature_pairs
+        self.feature_loss = feature_loss
+        self.feature_weight = float(feature_weight)
+        self.adapter_lr = adapter_lr
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.cache_teacher_logits = cache_teacher_logits
+        self.cache_max_mb = float(cache_max_mb)
+
+        self.adapters = nn.ModuleDict()
+        self._pending_adapter_state: dict[str, Tensor] | None = None
+        self._handles: list[Any] = []
+        self._student_features: dict[str, Tensor] = {}
+        self._teacher_features: dict[str, Tensor] = {}
+        self._capture = False
+        self._checked_shapes = False
+        self._last_hit_rate = 0.0
+        self.cache = TeacherLogitCache(int(self.cache_max_mb * 2**20)) if cache_teacher_logits else None
+        self._reset_stats()
+
+    # ----------------------------------------------------------------------------------------- identity
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            temperature=self.temperature, alpha=self.alpha, feature_pairs=sorted(self.feature_pairs.items())
+        )
+
+    def _reset_stats(self) -> None:
+        self.stats: dict[str, float] = {
+            "teacher_seconds": 0.0,
+            "teacher_calls": 0,
+            "teacher_samples": 0,
+            "cache_hit_samples": 0,
+            "distilled_steps": 0,
+        }
+
+    # ----------------------------------------------------------------------------------------- schedule
+    def is_distilling(self, epoch: int) -> bool:
+        """Whether distillation applies at ``epoch``."""
+        return epoch >= self.start_epoch and (self.end_epoch is None or epoch < self.end_epoch)
+
+    def _has_ramp(self) -> bool:
+        return self.final_temperature is not None or self.final_alpha is not None
+
+    def _ramp_length(self, trainer: Any) -> float | None:
+        if not self._has_ramp():
+            return None
+        if self.schedule_epochs is not None:
+            return float(self.schedule_epochs)
+        if self.end_epoch is not None:
+            return float(self.end_epoch - self.start_epoch)
+        max_epochs = getattr(trainer, "max_epochs", None)
+        if max_epochs is None or max_epochs < 0:
+            raise ValueError(
+                "A temperature/alpha ramp (`final_temperature`/`final_alpha`) needs `schedule_epochs` or `end_epoch` "
+                "when the Trainer has no `max_epochs`."
+            )
+        return float(max(max_epochs - self.start_epoch, 1))
+
+    def current_values(self, trainer: Any, batch_idx: int = 0) -> tuple[float, float]:
+        """``(temperature, alpha)`` at the trainer's position (``batch_idx`` within the epoch)."""
+        length = self._ramp_length(trainer)
+        if length is None:
+            return self.temperature, self.alpha
+        batches = getattr(trainer, "num_training_batches", 0)
+        frac = batch_idx / batches if isinstance(batches, int) and batches > 0 else 0.0
+        progress = (trainer.current_epoch - self.start_epoch + frac) / length
+        t = scheduled_value(self.temperature, self.final_temperature, progress, self.schedule)
+        a = scheduled_value(self.alpha, self.final_alpha, progress, self.schedule)
+        return t, a
+
+    def phase_state(self, trainer: Any) -> PhaseState:
+        """``"pending"`` before ``start_epoch``; ``"active"`` until ``end_epoch`` (or the end of a ramp);
+        ``"done"`` afterwards (and from ``start_epoch`` on when there is neither end epoch nor ramp)."""
+        epoch = int(getattr(trainer, "current_epoch", 0))
+        if epoch < self.start_epoch:
+            return "pending"
+        if self.end_epoch is not None:
+            return "active" if epoch < self.end_epoch else "done"
+        length = self._ramp_length(trainer) if self._has_ramp() else None
+        if length is not None and epoch < self.start_epoch + math.ceil(length):
+            return "active"
+        return "done"
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._run_setup(trainer, pl_module)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_fit_start(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._capture = bool(self._handles)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._capture = False
+        self._student_features.clear()
+        self._teacher_features.clear()
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        self._run_sync_adapter_grads(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_fit_end(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._remove_hooks()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    # ----------------------------------------------------------------------------------------- loss terms
+    def task_loss_weight(self, trainer: Any, pl_module: Any, ctx: StepContext) -> float:
+        """``1 - alpha`` while distilling in training, else 1."""
+        if ctx.stage != "train" or not self.is_distilling(trainer.current_epoch):
+            return 1.0
+        return 1.0 - self.current_values(trainer, ctx.batch_idx)[1]
+
+    def loss_terms(self, trainer: Any, pl_module: Any, ctx: StepContext) -> dict[str, Tensor]:
+        """``{"kd": alpha * T^2 * KL, "feature": w_f * sum of feature losses}`` for a training step."""
+        if ctx.stage != "train" or not self.is_distilling(trainer.current_epoch):
+            return {}
+        return self._run_loss_terms(trainer, pl_module, ctx)
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        if len(self.adapters):
+            adapters = {k: v.detach().cpu().clone() for k, v in self.adapters.state_dict().items()}
+        else:
+            adapters = dict(self._pending_adapter_state or {})
+        return {"adapters": adapters}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        adapters = dict(state_dict.get("adapters", {}))
+        if len(self.adapters):
+            self.adapters.load_state_dict(adapters)
+            self._pending_adapter_state = None
+        else:
+            self._pending_adapter_state = adapters
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = []
+        state["_student_features"] = {}
+        state["_teacher_features"] = {}
+        state["_capture"] = False
+        if self.cache is not None:
+            state["cache"] = TeacherLogitCache(self.cache.max_bytes)
+        return state
+
+    # ----------------------------------------------------------------------------------------- internals
+    def _dry_run_input(self, trainer: Any, pl_module: Any) -> Any:
+        if self.input_shape is not None:
+            return torch.zeros(2, *self.input_shape)
+        example = getattr(pl_module, "example_input_array", None)
+        if isinstance(example, Tensor):
+            return example[:2] if example.ndim > 0 and example.shape[0] >= 1 else example
+        shape = getattr(getattr(trainer, "datamodule", None), "input_shape", None)
+        if shape is not None:
+            return torch.zeros(2, *shape)
+        return None
+
+    def _run_setup(self, trainer: Any, pl_module: Any) -> None:
+        student = target_model(pl_module)
+        for student_layer in self.feature_pairs:
+            _get_layer(student, student_layer, "feature_pairs", "student")
+        if self.cache is not None:
+            dm = getattr(trainer, "datamodule", None)
+            if dm is not None and getattr(dm, "return_index", True) is False:
+                raise ValueError(
+                    "`cache_teacher_logits=True` keys the cache by sample index: set `return_index=True` on the data module."
+                )
+            if dm is not None and getattr(dm, "batch_augmentation", None) is not None:
+                raise ValueError(
+                    "`cache_teacher_logits=True` needs training data that is not augmented (cached teacher logits would "
+                    f"not match augmented inputs); the data module uses augmentation={getattr(dm, 'augmentation', '?')!r}. "
+                    "Set `cache_teacher_logits=False` to run the teacher every step."
+                )
+        self._ramp_length(trainer)  # validates the ramp against the trainer
+        x = self._dry_run_input(trainer, pl_module)
+        needs_shapes = bool(self.feature_pairs) and not self._adapters_match_pairs()
+        if x is None:
+            if needs_shapes:
+                raise ValueError(
+                    "Feature distillation needs the input shape to size its adapters: give `input_shape`, set "
+                    "`example_input_array` on the module, or use a data module with an `input_shape` property."
+                )
+            return
+        student_out, teacher_out, s_feats, t_feats = self._dry_run(student, x)
+        if isinstance(student_out, Tensor) and isinstance(teacher_out, Tensor):
+            check_logit_shapes(student_out, teacher_out)
+            self._checked_shapes = True
+        if needs_shapes:
+            adapters = nn.ModuleDict()
+            for i, (s_name, t_name) in enumerate(self.feature_pairs.items()):
+                adapters[f"pair{i}"] = build_feature_adapter(
+                    s_feats[s_name].shape[1:], t_feats[t_name].shape[1:]
+                )
+            self.adapters = adapters
+        if self._pending_adapter_state is not None:
+            self.adapters.load_state_dict(self._pending_adapter_state)
+            self._pending_adapter_state = None
+
+    def _adapters_match_pairs(self) -> bool:
+        return len(self.adapters) == len(self.feature_pairs) and len(self.adapters) > 0
+
+    def _dry_run(self, student: nn.Module, x: Any) -> tuple[Any, Any, dict[str, Tensor], dict[str, Tensor]]:
+        s_feats: dict[str, Tensor] = {}
+        t_feats: dict[str, Tensor] = {}
+        handles = []
+        for s_name, t_name in self.feature_pairs.items():
+            handles.append(
+                student.get_submodule(s_name).register_forward_hook(self._store(s_feats, s_name, force=True))
+            )
+            handles.append(
+                self.teacher.module.get_submodule(t_name).register_forward_hook(
+                    self._store(t_feats, t_name, force=True)
+                )
+            )
+        modes = {m: m.training for m in student.modules()}
+        device = next((p.device for p in student.parameters()), torch.device("cpu"))
+        teacher_device = next((p.device for p in self.teacher.parameters()), torch.device("cpu"))
+        try:
+            student.eval()
+            with torch.no_grad():
+                student_out = _first_tensor(student(x.to(device)))
+                teacher_out = _first_tensor(self.teacher(x.to(teacher_device)))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+            for h in handles:
+                h.remove()
+        return student_out, teacher_out, s_feats, t_feats
+
+    def _store(self, sink: dict[str, Tensor], name: str, force: bool = False):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if force or self._capture:
+                sink[name] = _first_tensor(output)
+
+        return hook
+
+    def _run_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        student = target_model(pl_module)
+        device = pl_module.device
+        dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), torch.float32)
+        if dtype in (torch.float16, torch.bfloat16, torch.float64):  # a student in true half/double precision
+            self.teacher.to(device=device, dtype=dtype)
+        else:
+            self.teacher.to(device=device)
+        self.adapters.to(device)
+        self._remove_hooks()
+        for s_name, t_name in self.feature_pairs.items():
+            self._handles.append(
+                student.get_submodule(s_name).register_forward_hook(
+                    self._store(self._student_features, s_name)
+                )
+            )
+            self._handles.append(
+                self.teacher.module.get_submodule(t_name).register_forward_hook(
+                    self._store(self._teacher_features, t_name)
+                )
+            )
+        params = [p for p in self.adapters.parameters() if p.requires_grad]
+        if params:
+            if not trainer.optimizers:
+                raise ValueError(
+                    "Feature distillation trains adapters and needs an optimizer; the module configured none."
+                )
+            optimizer = trainer.optimizers[0]
+            present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            if not any(id(p) in present for p in params):
+                lr = self.adapter_lr if self.adapter_lr is not None else optimizer.param_groups[0]["lr"]
+                optimizer.add_param_group({"params": params, "lr": lr, "initial_lr": lr})
+        self._reset_stats()
+        if self.cache is not None:
+            self.cache.clear()
+        rank_zero_info(
+            f"KnowledgeDistillation: teacher {type(self.teacher.module).__name__} with "
+            f"{self.teacher.num_parameters():,} parameters ({self.teacher.memory_bytes() / 2**20:.2f} MiB) on {device}, "
+            f"T={self.temperature}, alpha={self.alpha}"
+            + (
+                f", {len(self.feature_pairs)} feature pair(s), adapters {sum(p.numel() for p in params):,} parameters"
+                if self.feature_pairs
+                else ""
+            )
+            + (f", offline logit cache up to {self.cache_max_mb:g} MiB" if self.cache is not None else "")
+            + "."
+        )
+
+    def _teacher_forward(self, inputs: Any) -> Tensor:
+        sync = isinstance(inputs, Tensor) and inputs.is_cuda
+        if sync:
+            torch.cuda.synchronize(inputs.device)
+        start = time.perf_counter()
+        out = _first_tensor(self.teacher(inputs))
+        if sync:
+            torch.cuda.synchronize(inputs.device)
+        self.stats["teacher_seconds"] += time.perf_counter() - start
+        self.stats["teacher_calls"] += 1
+        self.stats["teacher_samples"] += int(out.shape[0])
+        return out
+
+    def _teacher_logits(self, ctx: StepContext) -> Tensor:
+        if self.cache is None:
+            return self._teacher_forward(ctx.inputs)
+        if ctx.sample_index is None:
+            raise ValueError(
+                "`cache_teacher_logits=True` needs sample indices in the batch: set `return_index=True` on the data module."
+            )
+        index = ctx.sample_index
+        hit, rows = self.cache.lookup(index)
+        n_hit = int(hit.sum().item())
+        self.stats["cache_hit_samples"] += n_hit
+        self._last_hit_rate = n_hit / max(int(index.numel()), 1)
+        if n_hit == index.numel():
+            return rows
+        miss = ~hit
+        computed = self._teacher_forward(ctx.inputs[miss.to(ctx.inputs.device)])
+        self.cache.insert(index[miss], computed)
+        if n_hit == 0:
+            return computed.float()
+        logits = torch.empty(index.numel(), computed.shape[-1], device=computed.device, dtype=torch.float32)
+        logits[miss.to(logits.device)] = computed.float()
+        logits[hit.to(logits.device)] = rows.to(logits.device)
+        return logits
+
+    def _run_loss_terms(self, trainer: Any, pl_module: Any, ctx: StepContext) -> dict[str, Tensor]:
+        temperature, alpha = self.current_values(trainer, ctx.batch_idx)
+        seconds_before = self.stats["teacher_seconds"]
+        teacher_logits = self._teacher_logits(ctx)
+        if not self._checked_shapes:
+            check_logit_shapes(ctx.logits, teacher_logits)
+            self._checked_shapes = True
+        terms = {"kd": alpha * kd_loss(ctx.logits, teacher_logits, temperature)}
+        if self.feature_pairs:
+            total = None
+            for i, (s_name, t_name) in enumerate(self.feature_pairs.items()):
+                s_feat, t_feat = (
+                    self._student_features.pop(s_name, None),
+                    self._teacher_features.pop(t_name, None),
+                )
+                if s_feat is None or t_feat is None:
+                    raise RuntimeError(
+                        f"Feature pair {s_name!r} -> {t_name!r} produced no activation in this step; the layer is not "
+                        "used by the forward pass."
+                    )
+                term = feature_distillation_loss(self.adapters[f"pair{i}"](s_feat), t_feat, self.feature_loss)
+                total = term if total is None else total + term
+            terms["feature"] = self.feature_weight * total
+        self.stats["distilled_steps"] += 1
+        batch_size = int(ctx.targets.shape[0])
+        log = {
+            "distill/temperature": float(temperature),
+            "distill/alpha": float(alpha),
+            "distill/teacher_ms": 1000.0 * (self.stats["teacher_seconds"] - seconds_before),
+        }
+        if self.cache is not None:
+            log["distill/cache_hit_rate"] = self._last_hit_rate
+        if getattr(pl_module, "_trainer", None) is not None:
+            pl_module.log_dict(log, on_step=False, on_epoch=True, batch_size=batch_size)
+        return terms
+
+    def _run_sync_adapter_grads(self, trainer: Any) -> None:
+        world = int(getattr(trainer, "world_size", 1))
+        if world <= 1 or not len(self.adapters) or not (dist.is_available() and dist.is_initialized()):
+            return
+        for p in self.adapters.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._capture = False
+        self._student_features.clear()
+        self._teacher_features.clear()
+
+    def _run_fit_end(self, trainer: Any) -> None:
+        self._remove_hooks()
+        s = self.stats
+        per_sample = s["teacher_seconds"] / s["teacher_samples"] if s["teacher_samples"] else 0.0
+        s["estimated_saved_seconds"] = per_sample * s["cache_hit_samples"]
+        msg = (
+            f"KnowledgeDistillation: {int(s['distilled_steps'])} distilled steps, teacher ran {int(s['teacher_calls'])} "
+            f"times on {int(s['teacher_samples'])} samples in {s['teacher_seconds']:.2f} s"
+        )
+        if self.cache is not None:
+            msg += (
+                f"; {int(s['cache_hit_samples'])} samples served from the logit cache ({len(self.cache)} entries, "
+                f"{self.cache.nbytes / 2**20:.2f} MiB), about {s['estimated_saved_seconds']:.2f} s of teacher time saved"
+            )
+        rank_zero_info(msg + ".")

@@ -1,0 +1,195 @@
+"""Teacher handling for distillation: checkpoint loading, freezing, and a memory-bounded logit cache.
+
+The teacher is kept *outside* the student's ``LightningModule`` (so it is never wrapped by DDP, never
+synchronized and never written into the student's checkpoints) inside a :class:`FrozenTeacher`, which
+stays in eval mode whatever ``train()`` calls it receives.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class FrozenTeacher(nn.Module):
+    """A frozen, always-eval wrapper around a teacher network.
+
+    Parameters get ``requires_grad=False``; :meth:`train` ignores its argument and keeps eval mode (so
+    dropout stays off and batch-norm statistics stay fixed even if something calls ``.train()``), and
+    :meth:`forward` runs under ``torch.no_grad()``.
+
+    Args:
+        module: the teacher network.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.module.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """Keep eval mode (``mode`` is ignored)."""
+        return super().train(False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the teacher's parameters and buffers."""
+        tensors = [*self.module.parameters(), *self.module.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def teacher_state_dict_from_checkpoint(checkpoint: Any, prefix: str = "model.") -> dict[str, Tensor]:
+    """The teacher network's state dict inside a loaded checkpoint.
+
+    Accepts a Lightning checkpoint of a :class:`~lightning_optim.modules.ClassificationModule` (weights
+    under ``state_dict`` with keys ``model.<name>``), a Lightning checkpoint of any module (keys used as
+    they are when none start with ``prefix``), or a plain ``nn.Module.state_dict()``.
+
+    Raises:
+        ValueError: if ``checkpoint`` holds no tensors in a recognizable layout.
+    """
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(
+            "`teacher_checkpoint` holds no state dict: expected a Lightning checkpoint (with 'state_dict') "
+            f"or an nn.Module state dict, got {type(checkpoint).__name__} with keys "
+            f"{list(checkpoint)[:8] if isinstance(checkpoint, dict) else '-'}."
+        )
+    if any(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return dict(state)
+
+
+def load_teacher_weights(teacher: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Module:
+    """Load the weights of ``checkpoint_path`` into the architecture ``teacher`` (in place, strict).
+
+    Read with ``torch.load(..., weights_only=True, map_location="cpu")``.
+
+    Raises:
+        FileNotFoundError: if ``checkpoint_path`` does not exist.
+        ValueError: if the file is not a checkpoint, or its weights do not fit ``teacher`` (the message lists
+            missing keys, unexpected keys and shape mismatches).
+    """
+    path = os.fspath(checkpoint_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`teacher_checkpoint` {path!r} does not exist.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise ValueError(
+            f"`teacher_checkpoint` {path!r} could not be read as a PyTorch checkpoint: {err}"
+        ) from err
+    state = teacher_state_dict_from_checkpoint(checkpoint)
+    expected = teacher.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs teacher {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], Tensor) and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"`teacher_checkpoint` {path!r} does not fit the teacher architecture {type(teacher).__name__}: "
+            f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected keys "
+            f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, shape mismatches {mismatched[:8]}. "
+            "Give the same architecture (class and init args) the checkpoint was trained with."
+        )
+    teacher.load_state_dict(state, strict=True)
+    return teacher
+
+
+class TeacherLogitCache:
+    """Teacher logits stored once per training sample, keyed by dataset index, within a memory bound.
+
+    Rows are allocated on first use, up to ``max_bytes`` in total; samples beyond that bound are simply not
+    cached (the teacher keeps running for them). Values are stored in float32, so a cached row equals the
+    online teacher output exactly.
+
+    Args:
+        max_bytes: bound on the memory of the stored logits (the index table is extra: 8 bytes per sample).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"`max_bytes` must be > 0, got {max_bytes}.")
+        self.max_bytes = int(max_bytes)
+        self.values: Tensor | None = None
+        self.slot_of = torch.empty(0, dtype=torch.long)
+        self.size = 0
+        self.capacity = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.values is None else self.size * self.values.shape[1] * self.values.element_size()
+
+    def lookup(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(hit_mask, rows)`` for sample indices ``index``; ``rows`` holds the cached logits of the hits."""
+        index = index.to(self.slot_of.device, torch.long)
+        hit = torch.zeros_like(index, dtype=torch.bool)
+        if self.values is None or self.slot_of.numel() == 0:
+            return hit, None
+        inside = index < self.slot_of.numel()
+        slots = torch.full_like(index, -1)
+        slots[inside] = self.slot_of[index[inside]]
+        hit = slots >= 0
+        return hit, self.values[slots[hit]]
+
+    def insert(self, index: Tensor, logits: Tensor) -> int:
+        """Store ``logits`` (``(n, classes)``) for ``index`` while there is room; returns how many were stored."""
+        logits = logits.detach().float()
+        if self.values is None:
+            row_bytes = logits.shape[1] * 4
+            self.capacity = max(self.max_bytes // row_bytes, 0)
+            self.values = torch.empty(self.capacity, logits.shape[1], device=logits.device)
+            self.slot_of = torch.full((0,), -1, dtype=torch.long, device=logits.device)
+        if logits.shape[1] != self.values.shape[1]:
+            raise ValueError(
+                f"Cached logits have {self.values.shape[1]} classes, new ones {logits.shape[1]}."
+            )
+        index = index.to(self.slot_of.device, torch.long)
+        if (
+            index.numel() and torch.unique(index).numel() != index.numel()
+        ):  # keep the first of repeated indices
+            uniq, inverse = torch.unique(index, return_inverse=True)
+            positions = torch.arange(index.numel(), device=index.device)
+            first = torch.full((uniq.numel(),), index.numel(), dtype=torch.long, device=index.device)
+            first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+            index, logits = index[first], logits[first.to(logits.device)]
+        top = int(index.max().item()) + 1 if index.numel() else 0
+        if top > self.slot_of.numel():
+            grow = max(top, 2 * self.slot_of.numel())
+            extra = torch.full(
+                (grow - self.slot_of.numel(),), -1, dtype=torch.long, device=self.slot_of.device
+            )
+            self.slot_of = torch.cat([self.slot_of, extra])
+        new = self.slot_of[index] < 0
+        index, logits = index[new], logits[new]
+        room = self.capacity - self.size
+        if room <= 0 or index.numel() == 0:
+            return 0
+        index, logits = index[:room], logits[:room]
+        slots = torch.arange(self.size, self.size + index.numel(), device=self.slot_of.device)
+        self.values[slots] = logits.to(self.values.device)
+        self.slot_of[index] = slots
+        self.size += int(index.numel())
+        return int(index.numel())
+
+    def clear(self) -> None:
+        self.values = None
+        self.slot_of = torch.empty(0, dtype=torch.long)
+        self.size = 0
+        self.capacity = 0

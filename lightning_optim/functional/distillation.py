@@ -1,0 +1,225 @@
+"""Knowledge-distillation losses and helpers (pure PyTorch, no Lightning).
+
+- :func:`kd_loss`: Hinton et al. (2015) soft-target loss ``T^2 * KL(softmax(t/T) || softmax(s/T))``.
+- :func:`distillation_loss`: ``alpha * kd_loss + (1 - alpha) * cross_entropy``.
+- :func:`feature_distillation_loss`: MSE or cosine distance between (adapted) intermediate features.
+- :func:`build_feature_adapter`: a learned 1x1 conv / linear map from a student feature shape to a
+  teacher feature shape (identity where they already match).
+- :func:`scheduled_value`: constant, linear or cosine ramp of temperature/alpha over training progress.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: feature-loss name -> function ``(student, teacher) -> scalar``
+FEATURE_LOSSES: tuple[str, ...] = ("mse", "cosine")
+#: schedule shapes for temperature and alpha ramps
+SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+
+
+def check_temperature(value: float, name: str = "temperature") -> float:
+    """Validate a softmax temperature.
+
+    Raises:
+        ValueError: if ``value`` is not a finite number > 0.
+    """
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def check_alpha(value: float, name: str = "alpha") -> float:
+    """Validate a distillation weight.
+
+    Raises:
+        ValueError: if ``value`` is outside ``[0, 1]``.
+    """
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def check_logit_shapes(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    """Raise a clear error when teacher and student logits cannot be compared.
+
+    Raises:
+        ValueError: if the shapes differ (for example a different number of classes).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"Teacher and student outputs must have the same shape for distillation: teacher gives "
+            f"{tuple(teacher_logits.shape)}, student gives {tuple(student_logits.shape)}. Check that both "
+            "predict the same classes (num_classes) and return logits of shape (batch, num_classes)."
+        )
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton et al.'s soft-target loss: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``.
+
+    Averaged over the batch (``batchmean``), computed in float32. The ``T^2`` factor keeps the gradient
+    magnitude of the soft targets roughly independent of ``T`` (Hinton, Vinyals, Dean 2015, section 2).
+    The teacher logits are treated as constants (detached).
+
+    Args:
+        student_logits: ``(batch, classes)`` (or ``(batch, ..., classes)``; softmax over the last dim).
+        teacher_logits: same shape as ``student_logits``.
+        temperature: ``T > 0``.
+
+    Raises:
+        ValueError: for mismatched shapes or ``temperature <= 0``.
+
+    Example::
+
+        loss = kd_loss(student(x), teacher(x).detach(), temperature=4.0)
+    """
+    check_temperature(temperature)
+    check_logit_shapes(student_logits, teacher_logits)
+    t = float(temperature)
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+    kl = F.kl_div(
+        log_p_student.reshape(-1, log_p_student.shape[-1]),
+        log_p_teacher.reshape(-1, log_p_teacher.shape[-1]),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return kl * (t * t)
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    temperature: float,
+    alpha: float,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``alpha * kd_loss(student, teacher, T) + (1 - alpha) * cross_entropy(student, targets)``.
+
+    Raises:
+        ValueError: for mismatched shapes, ``temperature <= 0`` or ``alpha`` outside ``[0, 1]``.
+    """
+    check_alpha(alpha)
+    kd = kd_loss(student_logits, teacher_logits, temperature)
+    ce = F.cross_entropy(student_logits.float(), targets, label_smoothing=label_smoothing)
+    return alpha * kd + (1.0 - alpha) * ce
+
+
+def feature_distillation_loss(student_feature: Tensor, teacher_feature: Tensor, kind: str = "mse") -> Tensor:
+    """Distance between a (projected) student feature and the teacher's, in float32.
+
+    Args:
+        student_feature: ``(batch, ...)``, already mapped to the teacher's shape by an adapter.
+        teacher_feature: same shape; treated as a constant.
+        kind: ``"mse"`` (mean squared error) or ``"cosine"`` (``1 - cosine similarity`` of the flattened
+            per-sample features, averaged over the batch).
+
+    Raises:
+        ValueError: for an unknown ``kind`` or mismatched shapes.
+    """
+    if kind not in FEATURE_LOSSES:
+        raise ValueError(f"Unknown feature loss {kind!r}; allowed: {list(FEATURE_LOSSES)}.")
+    if student_feature.shape != teacher_feature.shape:
+        raise ValueError(
+            f"Feature shapes differ after the adapter: student {tuple(student_feature.shape)}, "
+            f"teacher {tuple(teacher_feature.shape)}."
+        )
+    s = student_feature.float()
+    t = teacher_feature.detach().float()
+    if kind == "mse":
+        return F.mse_loss(s, t)
+    return (1.0 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1, eps=1e-8)).mean()
+
+
+class SpatialAdapter(nn.Module):
+    """1x1 convolution from student to teacher channels, then resize to the teacher's spatial size.
+
+    Args:
+        in_channels: student channels.
+        out_channels: teacher channels.
+        size: teacher spatial size ``(H, W)``; the projected map is average-pooled (or bilinearly
+            upsampled) to it when it differs.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.size = tuple(int(s) for s in size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x)
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        if x.shape[-2] >= self.size[0] and x.shape[-1] >= self.size[1]:
+            return F.adaptive_avg_pool2d(x, self.size)
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+
+class FlattenLinearAdapter(nn.Module):
+    """Flatten a student feature to ``(batch, -1)`` and map it linearly to the teacher's flattened size."""
+
+    def __init__(self, in_features: int, out_features: int, out_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_features, out_features, bias=False)
+        self.out_shape = tuple(int(s) for s in out_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x.flatten(1)).reshape(x.shape[0], *self.out_shape)
+
+
+def build_feature_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
+    """A learned map from a student feature shape to a teacher feature shape (batch dim excluded).
+
+    - equal shapes: :class:`torch.nn.Identity` (no parameters);
+    - both ``(C, H, W)``: :class:`SpatialAdapter` (1x1 conv, then pooled/upsampled to the teacher's H, W);
+    - otherwise: :class:`FlattenLinearAdapter` (a linear map of the flattened features).
+
+    Args:
+        student_shape: per-sample shape of the student feature, e.g. ``(16, 7, 7)`` or ``(100,)``.
+        teacher_shape: per-sample shape of the teacher feature.
+    """
+    s, t = tuple(int(v) for v in student_shape), tuple(int(v) for v in teacher_shape)
+    if s == t:
+        return nn.Identity()
+    if len(s) == 3 and len(t) == 3:
+        return SpatialAdapter(s[0], t[0], (t[1], t[2]))
+    return FlattenLinearAdapter(math.prod(s), math.prod(t), t)
+
+
+def scheduled_value(start: float, end: float | None, progress: float, kind: str = "linear") -> float:
+    """The value of a ramp from ``start`` to ``end`` at ``progress`` in ``[0, 1]`` (clamped).
+
+    ``end=None`` means constant ``start``. ``kind`` is ``"linear"`` or ``"cosine"`` (half-cosine ease).
+
+    Raises:
+        ValueError: for an unknown ``kind``.
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {kind!r}; allowed: {list(SCHEDULES)}.")
+    if end is None:
+        return float(start)
+    p = min(max(float(progress), 0.0), 1.0)
+    if kind == "cosine":
+        p = 0.5 * (1.0 - math.cos(math.pi * p))
+    return float(start + (end - start) * p)
+
+
+__all__ = [
+    "FEATURE_LOSSES",
+    "SCHEDULES",
+    "FlattenLinearAdapter",
+    "SpatialAdapter",
+    "build_feature_adapter",
+    "check_alpha",
+    "check_logit_shapes",
+    "check_temperature",
+    "distillation_loss",
+    "feature_distillation_loss",
+    "kd_loss",
+    "scheduled_value",
+]
