@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,23 +37,34 @@ class InMemoryImageDataset(Dataset):
 
     ``__getitems__`` lets the DataLoader fetch a batch with one indexing operation instead of one
     ``__getitem__`` per sample; use it with :func:`batched_collate`. Samples are ``(image, label)`` or,
-    with ``return_index=True``, ``(image, label, index)`` (for caches keyed by sample).
+    with ``return_index=True``, ``(image, label, index)`` (for caches keyed by sample). A ``transform``
+    (for example :func:`~lightning_optim.data.augmentation.build_sample_augmentation`) is applied to
+    every image on its own, in the DataLoader workers.
     """
 
-    def __init__(self, split: ImageSplit, return_index: bool = False) -> None:
+    def __init__(
+        self, split: ImageSplit, return_index: bool = False, transform: Callable | None = None
+    ) -> None:
         self.split = split
         self.return_index = return_index
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int):
-        item = (self.split.images[i], self.split.labels[i])
+        image = self.split.images[i]
+        if self.transform is not None:
+            image = self.transform(image)
+        item = (image, self.split.labels[i])
         return (*item, torch.tensor(i)) if self.return_index else item
 
     def __getitems__(self, indices: Sequence[int]):
         index = torch.as_tensor(indices, dtype=torch.long)
-        item = (self.split.images[index], self.split.labels[index])
+        images = self.split.images[index]
+        if self.transform is not None:  # the per-sample path: one transform call (own random draw) per image
+            images = torch.stack([self.transform(img) for img in images])
+        item = (images, self.split.labels[index])
         return (*item, index) if self.return_index else item
 
 
@@ -89,7 +101,9 @@ def load_digits() -> tuple[ImageSplit, ImageSplit]:
     """
     with resources.files("lightning_optim.data").joinpath("assets/digits8x8.npz").open("rb") as fh:
         data = np.load(fh)
-        images = torch.from_numpy((data["images"].astype(np.float32) * (255.0 / 16.0)).round().astype(np.uint8))
+        images = torch.from_numpy(
+            (data["images"].astype(np.float32) * (255.0 / 16.0)).round().astype(np.uint8)
+        )
         labels = torch.from_numpy(data["labels"].astype(np.int64))
     images = images.unsqueeze(1)
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
@@ -115,6 +129,37 @@ def _torchvision_split(name: str, root: str, train: bool, download: bool) -> Ima
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
     labels = torch.as_tensor(ds.targets, dtype=torch.long)
     return ImageSplit(images.contiguous(), labels)
+
+
+def load_image_folder(
+    root: str | os.PathLike, mode: str = "RGB", size: int | tuple[int, int] | None = None
+) -> tuple[ImageSplit, ImageSplit | None, list[str]]:
+    """Load an ImageFolder layout into uint8 splits through the cleaning scan.
+
+    ``root/<class>/<image>`` gives one training split; ``root/train/<class>/...`` with
+    ``root/test/<class>/...`` gives a training and a test split (the test split's labels must be among the
+    training classes, others are dropped and reported). Returns ``(train, test or None, class names)``.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no images; no image survives the scan; images of different sizes without ``size``.
+    """
+    from lightning_optim.data.cleaning.images import scan_images
+
+    base = Path(root)
+    if (base / "train").is_dir() and (base / "test").is_dir():
+        train_scan = scan_images(base / "train", mode=mode, size=size)
+        test_scan = scan_images(base / "test", mode=mode, size=size, classes=train_scan.classes)
+    else:
+        train_scan, test_scan = scan_images(base, mode=mode, size=size), None
+    for scan, what in ((train_scan, "train"), (test_scan, "test")):
+        if scan is not None and len(scan) == 0:
+            raise ValueError(
+                f"`image_folder` {os.fspath(root)!r}: no {what} image survived cleaning: {scan.summary}."
+            )
+    train = ImageSplit(train_scan.images, train_scan.labels)
+    test = ImageSplit(test_scan.images, test_scan.labels) if test_scan is not None else None
+    return train, test, train_scan.classes
 
 
 def load_named_dataset(name: str, data_dir: str, download: bool) -> tuple[ImageSplit, ImageSplit]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning.pytorch as pl
@@ -9,50 +10,104 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_optim.data.augmentation import build_batch_augmentation
+from lightning_optim.data.augmentation import (
+    BatchAugmentation,
+    augmented_size,
+    build_batch_augmentation,
+    build_sample_augmentation,
+    parse_augmentation,
+)
+from lightning_optim.data.cleaning.images import check_image_mode, list_image_folder
+from lightning_optim.data.cleaning.tensors import (
+    check_nonfinite_policy,
+    clean_nonfinite_rows,
+    column_fill_values,
+)
 from lightning_optim.data.datasets import (
     DATASETS,
     ImageSplit,
     InMemoryImageDataset,
     batched_collate,
     check_dataset_name,
+    load_image_folder,
     load_named_dataset,
 )
 from lightning_optim.data.normalization import check_normalization, fit_normalization, normalize
-from lightning_optim.data.samplers import EpochSeededRandomSampler
+
+log = logging.getLogger(__name__)
+
+#: where augmentation runs: on the device over whole batches, or per sample in the DataLoader workers
+AUGMENTATION_MODES: tuple[str, ...] = ("batch", "sample")
+
+
+def seeded_holdout(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """``(kept, held_out)`` index tensors: a seeded random ``fraction`` of ``range(n)`` (at least one) held out."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_out = min(n - 1, max(1, int(round(n * fraction)))) if n > 1 else 0
+    return perm[n_out:], perm[:n_out]
 
 
 class ImageClassificationDataModule(pl.LightningDataModule):
     """Image classification data kept in memory as uint8, batched, normalized and augmented on the device.
 
     Images stay uint8 on the host (a quarter of float32) and are fetched a whole batch per indexing
-    operation. After transfer to the model's device, ``on_after_batch_transfer`` converts them to float,
-    applies the batched augmentation (training only, each sample with its own random parameters) and the
-    normalization fitted on the training split.
+    operation. After transfer to the model's device, ``on_after_batch_transfer`` converts them to float in
+    ``[0, 1]``, applies the batched augmentation (training only, each sample with its own random
+    parameters) and the normalization fitted on the training split. With ``augmentation_mode="sample"``
+    the same augmentation runs instead as ``torchvision.transforms.v2`` per image in the DataLoader
+    workers.
+
+    Data comes from one of three sources:
+
+    * a named dataset (``dataset``): ``"digits"`` (embedded 8x8 digits, no download), ``"mnist"``,
+      ``"fashionmnist"``, ``"cifar10"`` read by torchvision from ``data_dir``;
+    * an image folder (``image_folder``) in ImageFolder layout, cleaned by
+      :func:`~lightning_optim.data.cleaning.images.scan_images` (corrupt, truncated, zero-byte and duplicate
+      files dropped and reported), converted to ``image_mode`` and resized to ``image_size``;
+    * in-memory tensors (``images`` and ``labels``); float tensors with NaN/inf rows are cleaned per
+      ``nonfinite``.
 
     Args:
-        dataset: ``"digits"`` (embedded, no download), ``"mnist"``, ``"fashionmnist"`` or ``"cifar10"``.
+        dataset: a name from :data:`~lightning_optim.data.datasets.DATASETS`.
         data_dir: root folder of torchvision datasets (MNIST reads ``<data_dir>/MNIST/raw/``).
         download: let torchvision download a missing dataset (needs internet).
-        val_split: fraction of the training split held out for validation, in ``(0, 1)``.
+        val_split: fraction of the training split held out for validation (seeded), in ``(0, 1)``.
         batch_size: training batch size (Lightning's ``BatchSizeFinder`` tunes it).
         eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
         normalization: ``"zscore"``, ``"minmax"`` ([0, 1]), ``"minmax_symmetric"`` ([-1, 1]) or ``"none"``
-            (then inputs are scaled to [0, 1] by 1/255).
-        augmentation: a preset name or a list of augmentation steps (see :mod:`lightning_optim.data.augmentation`).
+            (then uint8 inputs are only scaled to [0, 1]). Fitted on the training split only.
+        augmentation: a preset (``none``, ``light``, ``standard``, ``strong``) or a list of steps (see
+            :mod:`lightning_optim.data.augmentation`).
+        augmentation_mode: ``"batch"`` (on the device, whole batches) or ``"sample"`` (v2 per image in the
+            DataLoader workers).
         num_workers: DataLoader workers.
         pin_memory: pin host memory.
-        persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
-        seed: seed of the train/val split.
+        persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
+        seed: seed of the train/val split and of the batched augmentation's generator (plus the global
+            rank under DDP, so that ranks draw different parameters).
         return_index: batches carry the dataset index of each sample as a third element.
         limit_train_samples: keep only the first N training samples (after the split), for quick runs.
+        image_folder: an ImageFolder-layout folder (``<folder>/<class>/<image>``, or ``<folder>/train`` and
+            ``<folder>/test`` each in that layout); replaces ``dataset``.
+        image_size: resize folder images to this size (int or ``[height, width]``); needed when the
+            folder's images differ in size.
+        image_mode: ``"L"``, ``"RGB"`` or ``"RGBA"``: the mode folder images are converted to.
         images: with ``labels``, in-memory data instead of a named dataset: uint8 or float ``(N, C, H, W)``.
         labels: int labels for ``images``.
+        nonfinite: what to do with in-memory rows holding NaN/inf: ``"drop"``, ``"mean"``, ``"median"``,
+            ``"zero"`` (imputed with training-split statistics), ``"error"`` or ``"keep"``.
 
     Raises:
-        ValueError: unknown dataset, normalization or augmentation name; ``val_split`` outside (0, 1);
-            non-positive batch size; negative ``num_workers``.
-        FileNotFoundError: a dataset missing from ``data_dir`` with ``download=False``.
+        ValueError: unknown dataset, normalization, augmentation, augmentation mode, image mode or
+            ``nonfinite`` name; ``val_split`` outside (0, 1); non-positive batch size; negative
+            ``num_workers``; an empty ``image_folder``.
+        FileNotFoundError: a dataset missing from ``data_dir`` with ``download=False`` (at ``setup``), or an
+            ``image_folder`` that does not exist.
+
+    Example::
+
+        dm = ImageClassificationDataModule("mnist", data_dir="../shared/data", augmentation="standard")
+        trainer.fit(ClassificationModule(LeNet5()), datamodule=dm)
     """
 
     def __init__(
@@ -64,26 +119,49 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         normalization: str = "zscore",
-        augmentation: Any = "none",
+        augmentation: str | list[dict[str, Any]] | None = "none",
+        augmentation_mode: str = "batch",
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         seed: int = 42,
         return_index: bool = False,
         limit_train_samples: int | None = None,
+        image_folder: str | None = None,
+        image_size: int | list[int] | None = None,
+        image_mode: str = "RGB",
         images: Tensor | None = None,
         labels: Tensor | None = None,
+        nonfinite: str = "drop",
     ) -> None:
         super().__init__()
-        self.dataset = check_dataset_name(dataset) if images is None else "tensors"
+        if images is not None:
+            self.dataset = "tensors"
+        elif image_folder is not None:
+            self.dataset = "folder"
+        else:
+            self.dataset = check_dataset_name(dataset)
         if not 0.0 < val_split < 1.0:
             raise ValueError(f"`val_split` must be in (0, 1), got {val_split}.")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"`eval_batch_size` must be >= 1 or None, got {eval_batch_size}.")
         if num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
         if (images is None) != (labels is None):
             raise ValueError("Give both `images` and `labels`, or neither.")
+        if images is not None and (images.ndim != 4 or images.shape[0] != labels.shape[0]):
+            raise ValueError(
+                f"`images` must be (N, C, H, W) with one label each; got images {tuple(images.shape)}, "
+                f"labels {tuple(labels.shape)}."
+            )
+        if augmentation_mode not in AUGMENTATION_MODES:
+            raise ValueError(
+                f"Unknown `augmentation_mode` {augmentation_mode!r}; allowed: {list(AUGMENTATION_MODES)}."
+            )
+        if limit_train_samples is not None and limit_train_samples < 1:
+            raise ValueError(f"`limit_train_samples` must be >= 1 or None, got {limit_train_samples}.")
         self.data_dir = data_dir
         self.download = download
         self.val_split = val_split
@@ -91,67 +169,153 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.normalization = check_normalization(normalization)
         self.augmentation = augmentation
-        self.batch_augmentation = build_batch_augmentation(augmentation)
+        self.augmentation_mode = augmentation_mode
+        self.augmentation_steps = parse_augmentation(augmentation)
+        self.batch_augmentation: BatchAugmentation | None = (
+            build_batch_augmentation(self.augmentation_steps, seed=seed)
+            if augmentation_mode == "batch"
+            else None
+        )
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
         self.return_index = return_index
         self.limit_train_samples = limit_train_samples
+        self.image_folder = image_folder
+        self.image_size = image_size
+        self.image_mode = check_image_mode(image_mode)
+        self.nonfinite = check_nonfinite_policy(nonfinite)
         self._tensors = (images, labels)
+        self._folder_classes: list[str] | None = None
+        if image_folder is not None:  # fail early on a missing or empty folder
+            self._folder_classes = list_image_folder(image_folder)[1]
+        self._loaded: tuple[ImageSplit, ImageSplit] | None = None
+        self.classes: list[str] | None = self._folder_classes
         self.norm_stats: dict[str, Tensor] = {}
+        self.cleaning_reports: dict[str, Any] = {}
         self.train_split: ImageSplit | None = None
         self.val_split_data: ImageSplit | None = None
         self.test_split: ImageSplit | None = None
+        self._augmentation_seeded = False
 
     # ---------------------------------------------------------------------------------------- metadata
     @property
     def num_classes(self) -> int:
+        """Number of classes (folder: its class sub-folders; tensors: largest label + 1)."""
         if self.dataset == "tensors":
             return int(self._tensors[1].max().item()) + 1
+        if self.dataset == "folder":
+            return len(self._folder_classes or [])
         return DATASETS[self.dataset][2]
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def source_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the stored images, before augmentation."""
         if self.dataset == "tensors":
             return tuple(self._tensors[0].shape[1:])  # type: ignore[return-value]
+        if self.dataset == "folder":
+            if self.image_size is not None:
+                size = self.image_size
+                h, w = (size, size) if isinstance(size, int) else tuple(size)
+                return ({"L": 1, "RGB": 3, "RGBA": 4}[self.image_mode], int(h), int(w))
+            return tuple(self._load()[0].images.shape[1:])  # type: ignore[return-value]
         c, s, _ = DATASETS[self.dataset]
         return (c, s, s)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the model inputs (after a size-changing augmentation such as a crop)."""
+        c, h, w = self.source_shape
+        return (c, *augmented_size(self.augmentation_steps, (h, w)))
+
     # ---------------------------------------------------------------------------------------- setup
     def prepare_data(self) -> None:
-        if self.dataset not in ("digits", "tensors") and self.download:
+        if self.dataset in DATASETS and self.dataset != "digits" and self.download:
             load_named_dataset(self.dataset, self.data_dir, download=True)
 
     def _load(self) -> tuple[ImageSplit, ImageSplit]:
+        if self._loaded is not None:
+            return self._loaded
         if self.dataset == "tensors":
             images, labels = self._tensors
             full = ImageSplit(images, labels.long())
-            perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))
-            n_test = max(1, len(full) // 5)
-            return full.subset(perm[n_test:]), full.subset(perm[:n_test])
-        return load_named_dataset(self.dataset, self.data_dir, download=False)
+            keep, test = seeded_holdout(len(full), 0.2, 0)
+            self._loaded = (full.subset(keep), full.subset(test))
+        elif self.dataset == "folder":
+            train, test, classes = load_image_folder(
+                self.image_folder, mode=self.image_mode, size=self.image_size
+            )
+            self.classes = self._folder_classes = classes
+            if test is None:
+                keep, held = seeded_holdout(len(train), 0.2, 0)
+                train, test = train.subset(keep), train.subset(held)
+            if test.images.shape[1:] != train.images.shape[1:]:
+                raise ValueError(
+                    f"`image_folder` train images are {tuple(train.images.shape[1:])} but test images "
+                    f"{tuple(test.images.shape[1:])}; set `image_size`."
+                )
+            self._loaded = (train, test)
+        else:
+            self._loaded = load_named_dataset(self.dataset, self.data_dir, download=False)
+        return self._loaded
+
+    def _clean_tensor_splits(
+        self, train: ImageSplit, others: list[ImageSplit]
+    ) -> tuple[ImageSplit, list[ImageSplit]]:
+        """Drop or impute NaN/inf rows; imputation values come from the training split only."""
+        if not train.images.is_floating_point() or self.nonfinite == "keep":
+            return train, others
+        fill = None
+        if self.nonfinite in ("mean", "median", "zero"):
+            fill = column_fill_values(train.images, self.nonfinite)
+        cleaned = []
+        for name, split in [("train", train)] + [(f"split{i}", s) for i, s in enumerate(others)]:
+            x, y, report = clean_nonfinite_rows(
+                split.images, split.labels, self.nonfinite, fill=fill, name=f"{name} images"
+            )
+            self.cleaning_reports[name] = report.summary
+            cleaned.append(ImageSplit(x, y))
+        return cleaned[0], cleaned[1:]
 
     def setup(self, stage: str | None = None) -> None:
+        if self.batch_augmentation is not None and not self._augmentation_seeded:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self.batch_augmentation.reseed(self.seed + rank)
+            self._augmentation_seeded = True
         if self.train_split is not None:
             return
         train_full, test = self._load()
-        perm = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.seed))
-        n_val = max(1, int(round(len(train_full) * self.val_split)))
-        train = train_full.subset(perm[n_val:])
+        keep, held = seeded_holdout(len(train_full), self.val_split, self.seed)
+        train, val = train_full.subset(keep), train_full.subset(held)
+        if self.dataset == "tensors":
+            self.cleaning_reports = {}
+            train, (val, test) = self._clean_tensor_splits(train, [val, test])
+            self.cleaning_reports = {
+                "train": self.cleaning_reports.get("train"),
+                "val": self.cleaning_reports.get("split0"),
+                "test": self.cleaning_reports.get("split1"),
+            }
         if self.limit_train_samples is not None:
             train = train.subset(torch.arange(min(self.limit_train_samples, len(train))))
-        self.train_split, self.val_split_data, self.test_split = train, train_full.subset(perm[:n_val]), test
+        if len(train) == 0:
+            raise ValueError("The training split is empty (after cleaning and `limit_train_samples`).")
+        self.train_split, self.val_split_data, self.test_split = train, val, test
         if not self.norm_stats:  # fitted on the training split only; kept if restored from a checkpoint
             chunks = (train.images[i : i + 4096] for i in range(0, len(train), 4096))
             self.norm_stats = fit_normalization(chunks, self.normalization)
 
     # ---------------------------------------------------------------------------------------- loaders
     def _loader(self, split: ImageSplit, train: bool) -> DataLoader:
+        transform = None
+        if self.augmentation_mode == "sample" and self.augmentation_steps:
+            transform = build_sample_augmentation(
+                self.augmentation_steps, tuple(split.images.shape[-2:]), train=train
+            )
         return DataLoader(
-            InMemoryImageDataset(split, return_index=self.return_index),
+            InMemoryImageDataset(split, return_index=self.return_index, transform=transform),
             batch_size=self.batch_size if train else (self.eval_batch_size or self.batch_size),
-            sampler=EpochSeededRandomSampler(len(split), self.seed) if train else None,
+            shuffle=train,
             drop_last=False,
             collate_fn=batched_collate,
             num_workers=self.num_workers,
@@ -173,10 +337,14 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------------------------------- device
     def to_model_input(self, images: Tensor, train: bool = False) -> Tensor:
-        """uint8 (or float) images -> normalized float inputs; augments when ``train``."""
+        """uint8 (or float) images -> normalized float inputs; augments when ``train``.
+
+        Without training, the batched augmentation still applies its size-changing steps (resize, a
+        centre crop for crops) so that evaluation inputs have the training input size.
+        """
         x = images.float() if images.dtype != torch.uint8 else images.float().div_(255.0)
-        if train and self.batch_augmentation is not None:
-            x = self.batch_augmentation(x)
+        if self.batch_augmentation is not None:
+            x = self.batch_augmentation(x, train=train)
         if self.normalization != "none":
             # statistics are fitted on raw uint8 values; every one of them scales by 1/255 with the input
             scale = 255.0 if images.dtype == torch.uint8 else 1.0
@@ -192,12 +360,31 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"normalization": self.normalization, "norm_stats": {k: v.clone() for k, v in self.norm_stats.items()}}
+        """Normalization statistics (and the augmentation generator state): they travel in checkpoints."""
+        state: dict[str, Any] = {
+            "normalization": self.normalization,
+            "norm_stats": {k: v.clone() for k, v in self.norm_stats.items()},
+        }
+        if self.batch_augmentation is not None:
+            state["augmentation"] = self.batch_augmentation.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the statistics fitted on the training split of the run that saved them.
+
+        Raises:
+            ValueError: the checkpoint was fitted with another ``normalization``.
+        """
         if state_dict.get("normalization", self.normalization) != self.normalization:
             raise ValueError(
                 f"Checkpoint was fitted with normalization={state_dict['normalization']!r}, "
                 f"this data module uses {self.normalization!r}."
             )
         self.norm_stats = {k: v.clone() for k, v in state_dict.get("norm_stats", {}).items()}
+        if self.batch_augmentation is not None and "augmentation" in state_dict:
+            self.batch_augmentation.load_state_dict(state_dict["augmentation"])
+            self._augmentation_seeded = True
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            if rank:  # the checkpoint holds rank 0's stream; other ranks branch off it deterministically
+                g = self.batch_augmentation.generator
+                g.manual_seed(int(torch.randint(2**62, (1,), generator=g)) + rank)
