@@ -4,4 +4,11 @@ from lightning_optim.layers.activations import ACTIVATIONS, create_act
 from lightning_optim.layers.norm import NORM_LAYERS, LayerNorm2d, create_norm
 from lightning_optim.layers.separable_conv import DepthwiseSeparableConv2d
 
-__all__ = ["ACTIVATIONS", "NORM_LAYERS", "DepthwiseSeparableConv2d", "LayerNorm2d", "create_act", "create_norm"]
+__all__ = [
+    "ACTIVATIONS",
+    "NORM_LAYERS",
+    "DepthwiseSeparableConv2d",
+    "LayerNorm2d",
+    "create_act",
+    "create_norm",
+]

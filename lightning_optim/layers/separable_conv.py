@@ -43,7 +43,14 @@ class DepthwiseSeparableConv2d(nn.Module):
         padding = kernel_size // 2 * dilation if padding is None else padding
         mid = in_channels * channel_multiplier
         self.conv_dw = nn.Conv2d(
-            in_channels, mid, kernel_size, stride=stride, padding=padding, dilation=dilation, groups=in_channels, bias=False
+            in_channels,
+            mid,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=in_channels,
+            bias=False,
         )
         self.conv_pw = nn.Conv2d(mid, out_channels, 1, bias=bias)
         self.bn = create_norm(norm, out_channels)

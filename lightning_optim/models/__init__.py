@@ -20,16 +20,20 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a zoo model by short name.
+    """Build a zoo model by short name (case, ``-`` and ``_`` do not matter: ``"LeNet-5"`` is ``lenet5``).
+
+    Example::
+
+        model = create_model("lenet5", variant="caffe")  # 431,080 parameters
 
     Raises:
         ValueError: for a name outside :data:`MODELS`.
     """
-    key = name.lower().replace("-", "").replace("_", "") if name.lower() not in MODELS else name.lower()
     aliases = {k.replace("_", ""): k for k in MODELS}
-    key = aliases.get(key, key)
-    if key not in MODELS:
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in aliases:
         raise ValueError(f"Unknown model {name!r}; allowed: {sorted(MODELS)}.")
+    key = aliases[key]
     return MODELS[key](**kwargs)
 
 

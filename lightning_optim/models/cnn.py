@@ -98,7 +98,10 @@ class SeparableCNN(nn.Module):
     ) -> None:
         super().__init__()
         if len(strides) != len(channels) - 1:
-            raise ValueError(f"SeparableCNN needs len(strides) == len(channels) - 1, got {strides} for {channels}.")
+            raise ValueError(
+                f"SeparableCNN `strides` needs one entry per separable block (len(channels) - 1 = {len(channels) - 1}), "
+                f"got {strides} for `channels`={channels}."
+            )
         self.num_classes = num_classes
         stem = nn.Sequential(
             OrderedDict(
@@ -112,7 +115,12 @@ class SeparableCNN(nn.Module):
         blocks: list[tuple[str, nn.Module]] = [("stem", stem)]
         for i, stride in enumerate(strides):
             blocks.append(
-                (f"sep{i + 1}", DepthwiseSeparableConv2d(channels[i], channels[i + 1], 3, stride=stride, norm=norm, act=act))
+                (
+                    f"sep{i + 1}",
+                    DepthwiseSeparableConv2d(
+                        channels[i], channels[i + 1], 3, stride=stride, norm=norm, act=act
+                    ),
+                )
             )
         self.features = nn.Sequential(OrderedDict(blocks))
         self.pool = nn.AdaptiveAvgPool2d(1)

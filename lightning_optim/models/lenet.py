@@ -107,7 +107,10 @@ class LeNet5(nn.Module):
         head: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
         for i in range(len(spec["fc"])):
             head += [(f"fc{i + 1}", nn.Linear(widths[i], widths[i + 1])), (f"act{i + 3}", create_act(act))]
-        head += [("dropout", nn.Dropout(dropout)), (f"fc{len(spec['fc']) + 1}", nn.Linear(widths[-1], num_classes))]
+        head += [
+            ("dropout", nn.Dropout(dropout)),
+            (f"fc{len(spec['fc']) + 1}", nn.Linear(widths[-1], num_classes)),
+        ]
         self.classifier = nn.Sequential(OrderedDict(head))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,7 +12,11 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_optim.functional.regularization import l1_penalty, split_decay_parameters, weight_decay_param_groups
+from lightning_optim.functional.regularization import (
+    l1_penalty,
+    split_decay_parameters,
+    weight_decay_param_groups,
+)
 from lightning_optim.modules.loss_terms import StepContext, combine_losses, unpack_batch
 from lightning_optim.modules.optimizers import optimizer_factory
 
@@ -38,32 +42,48 @@ class ClassificationModule(pl.LightningModule):
     normalization parameters, L1 as a loss term, and the optimizer and scheduler injected the LightningCLI
     way.
 
+    Training loss, step by step (``training_step``): the task loss (cross-entropy) goes into a
+    :class:`~lightning_optim.modules.loss_terms.StepContext` with the inputs, targets and logits;
+    :func:`~lightning_optim.modules.loss_terms.combine_losses` lets every callback that has
+    ``loss_terms(trainer, pl_module, ctx)`` add named terms (and optionally scale the task loss with
+    ``task_loss_weight``); then the L1 term is added. Every part is logged as ``train_loss_<name>``.
+    A subclass changes the task loss by overriding :meth:`task_loss`, or adds its own terms by overriding
+    ``training_step`` and calling ``combine_losses`` the same way.
+
     Args:
         model: the network; it receives the inputs and returns logits of shape ``(batch, num_classes)``.
-        num_classes: number of classes; inferred from ``model`` when ``None``.
+        num_classes: number of classes; inferred from ``model`` (its ``num_classes`` attribute or last
+            ``nn.Linear``) when ``None``. The CLI links it to the data module's ``num_classes``.
         optimizer: a short name (``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``,
-            ``adamw``) or a callable ``params -> Optimizer`` (a class path with ``init_args`` in YAML).
-        lr_scheduler: optional callable ``optimizer -> scheduler``; stepped per epoch, or per step when
-            ``scheduler_interval="step"``. ReduceLROnPlateau monitors ``scheduler_monitor``.
+            ``adamw``), an optimizer class path (``torch.optim.RMSprop``), or a callable
+            ``params -> Optimizer`` (LightningCLI's ``OptimizerCallable``: ``class_path`` plus ``init_args``
+            in YAML).
+        lr_scheduler: optional callable ``optimizer -> scheduler`` (``LRSchedulerCallable``); stepped per
+            epoch, or per step when ``scheduler_interval="step"``. ReduceLROnPlateau monitors
+            ``scheduler_monitor``.
         lr: learning rate for every parameter group; ``None`` keeps the optimizer's own. Lightning's
-            ``LearningRateFinder`` tunes this attribute.
-        weight_decay: L2 decay of weights (not biases nor normalization/embedding parameters); ``None``
-            keeps the optimizer's default for weights.
-        l1: coefficient of an L1 penalty on the same weights, added to the training loss.
+            ``LearningRateFinder`` / ``Tuner.lr_find`` tune this attribute.
+        weight_decay: L2 decay of weights (not biases nor normalization/embedding parameters, which are in a
+            parameter group with ``weight_decay=0``); ``None`` keeps the optimizer's default for weights.
+        l1: coefficient of an L1 penalty ``l1 * sum(|w|)`` on the same weights, added to the training loss.
         label_smoothing: label smoothing of the cross-entropy, in ``[0, 1)``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         scheduler_monitor: metric that a ReduceLROnPlateau scheduler watches.
 
     Raises:
-        ValueError: for an unknown optimizer name, a negative ``l1``/``weight_decay``, ``label_smoothing``
-            outside ``[0, 1)``, or an unknown ``scheduler_interval``.
+        ValueError: for an unknown optimizer name, a negative ``l1``/``weight_decay``, a non-positive ``lr``,
+            ``label_smoothing`` outside ``[0, 1)``, an unknown ``scheduler_interval``, or a ``num_classes``
+            that disagrees with the model's output size.
+        TypeError: if ``model`` is not an ``nn.Module``.
 
     Example::
 
-        from lightning_optim.models import LeNet5
-        module = ClassificationModule(LeNet5(), optimizer="adamw", lr=3e-3, weight_decay=5e-4)
-        trainer = Trainer(max_epochs=3)
-        trainer.fit(module, datamodule=ImageClassificationDataModule("mnist", data_dir="data"))
+        from lightning.pytorch import Trainer
+        from lightning_optim import ClassificationModule, ImageClassificationDataModule
+        from lightning_optim.models import ConvNet3
+
+        module = ClassificationModule(ConvNet3(image_size=8), optimizer="adamw", lr=3e-3, weight_decay=5e-4)
+        Trainer(max_epochs=3).fit(module, datamodule=ImageClassificationDataModule("digits"))
     """
 
     def __init__(
@@ -92,9 +112,19 @@ class ClassificationModule(pl.LightningModule):
             raise ValueError(f"`scheduler_interval` must be 'epoch' or 'step', got {scheduler_interval!r}.")
         if lr is not None and lr <= 0:
             raise ValueError(f"`lr` must be > 0, got {lr}.")
-        num_classes = num_classes if num_classes is not None else infer_num_classes(model)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        inferred = infer_num_classes(model)
+        if num_classes is not None and inferred is not None and num_classes != inferred:
+            raise ValueError(
+                f"`num_classes`={num_classes} (from the module or the data module) but the model outputs {inferred} "
+                f"classes; set the model's `num_classes` to {num_classes}."
+            )
+        num_classes = num_classes if num_classes is not None else inferred
         if num_classes is None or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an int >= 2 (could not infer it from the model), got {num_classes}.")
+            raise ValueError(
+                f"`num_classes` must be an int >= 2 (could not infer it from the model), got {num_classes}."
+            )
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         self.model = model
         self.num_classes = num_classes
@@ -106,9 +136,10 @@ class ClassificationModule(pl.LightningModule):
         self.label_smoothing = label_smoothing
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
-        metrics: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes, top_k=1)}
+        # "micro": the fraction of samples classified correctly (torchmetrics' default is the macro mean)
+        metrics: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes >= 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5)
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         base = MetricCollection(metrics)
         self.train_metrics = base.clone(prefix="train_")
         self.val_metrics = base.clone(prefix="val_")
@@ -119,7 +150,9 @@ class ClassificationModule(pl.LightningModule):
         return self.model(x)
 
     def task_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy in float32 (stable under mixed precision)."""
+        """Cross-entropy with ``label_smoothing``, in float32 (stable under mixed precision).
+
+        Override it in a subclass for another task loss; loss terms from callbacks still apply."""
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 
     # ----------------------------------------------------------------------------------------- steps
@@ -129,18 +162,30 @@ class ClassificationModule(pl.LightningModule):
         ctx = StepContext("train", x, y, logits, self.task_loss(logits, y), batch, batch_idx, index)
         loss, parts = combine_losses(self, ctx)
         if self.l1 > 0:
-            decay, _ = split_decay_parameters(self.model)
-            l1_term = self.l1 * l1_penalty(decay)
-            loss = loss + l1_term
-            parts["l1"] = l1_term.detach()
-            parts["total"] = loss.detach()
+            loss, parts = self._add_l1(loss, parts)
         self.train_metrics.update(logits.detach(), y)
-        self.log("train_loss", parts["total"], prog_bar=True, on_step=True, on_epoch=True, batch_size=y.shape[0])
+        self.log(
+            "train_loss", parts["total"], prog_bar=True, on_step=True, on_epoch=True, batch_size=y.shape[0]
+        )
         extra = {f"train_loss_{k}": v for k, v in parts.items() if k not in ("total",) and len(parts) > 2}
         if extra:
             self.log_dict(extra, on_step=True, on_epoch=True, batch_size=y.shape[0])
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
+
+    def l1_term(self) -> Tensor:
+        """``l1 * sum(|w|)`` over the weights that weight decay applies to (not biases nor norms)."""
+        decay, _ = split_decay_parameters(self.model)
+        if not decay:
+            return torch.zeros((), device=self.device)
+        return self.l1 * l1_penalty(decay)
+
+    def _add_l1(self, loss: Tensor, parts: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        term = self.l1_term()
+        loss = loss + term.to(loss.dtype)
+        parts = {**parts, "l1": term.detach()}
+        parts["total"] = loss.detach()
+        return loss, parts
 
     def _eval_step(self, batch: Any, stage: str) -> Tensor:
         x, y, _ = unpack_batch(batch)

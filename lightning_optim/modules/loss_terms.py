@@ -83,7 +83,9 @@ def combine_losses(pl_module: Any, ctx: StepContext) -> tuple[Tensor, dict[str, 
             weight *= float(weight_fn(trainer, pl_module, ctx))
         for name, value in provider.loss_terms(trainer, pl_module, ctx).items():
             if name in terms:
-                raise ValueError(f"Two loss-term providers both returned a term named {name!r}; names must be unique.")
+                raise ValueError(
+                    f"Two loss-term providers both returned a term named {name!r}; names must be unique."
+                )
             terms[name] = value
     total = ctx.task_loss * weight if weight != 1.0 else ctx.task_loss
     for value in terms.values():
