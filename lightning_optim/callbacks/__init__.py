@@ -16,6 +16,7 @@ from lightning_optim.callbacks.phases import (
     target_model,
 )
 from lightning_optim.callbacks.pruning import ProgressivePruning
+from lightning_optim.callbacks.quantization import PostTrainingQuantization, QuantizationAwareTraining
 from lightning_optim.callbacks.schedules import (
     SCHEDULES,
     Constant,
@@ -33,6 +34,8 @@ from lightning_optim.callbacks.schedules import (
 __all__ = [
     "KnowledgeDistillation",
     "ProgressivePruning",
+    "PostTrainingQuantization",
+    "QuantizationAwareTraining",
     "EarlyStopping",
     "LRScheduling",
     "SCHEDULES",

@@ -1,0 +1,739 @@
+"""Quantization-aware training and post-training quantization ending in a real int8 model.
+
+Both callbacks talk to a :class:`~lightning_optim.compression.quantization.QuantizationBackend` (``x86``:
+eager ``torch.ao.quantization``, exported as TorchScript), hand back the int8 model as
+``callback.quantized_model``, save it where ``torch.jit.load`` alone can read it, and report fp32 vs int8
+accuracy, size and CPU latency as a table and to the logger.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_optim.callbacks.phases import PhaseState, phase_done, target_model
+from lightning_optim.compression.quantization import (
+    FP32_BEST_EFFORT,
+    FusionPlan,
+    QuantizationError,
+    QuantizationReport,
+    accuracy,
+    check_backend_name,
+    create_backend,
+    format_report,
+    quantization_report,
+)
+from lightning_optim.compression.quantization.eager import QUANT_STUB
+from lightning_optim.modules.loss_terms import unpack_batch
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def _check_batch_sizes(batch_sizes: Any, name: str) -> tuple[int, ...]:
+    sizes = tuple(int(b) for b in batch_sizes)
+    if any(b < 1 for b in sizes):
+        raise ValueError(f"`{name}` must hold batch sizes >= 1, got {batch_sizes}.")
+    return sizes
+
+
+def _check_best_effort(methods: Any) -> tuple[str, ...]:
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in FP32_BEST_EFFORT]
+    if unknown:
+        raise ValueError(f"Unknown `fp32_best_effort` entries {unknown}; allowed: {list(FP32_BEST_EFFORT)}.")
+    return methods
+
+
+class _QuantizationCallbackBase(Callback):
+    """What QAT and PTQ share: the backend, the data feed, conversion results, export and the report."""
+
+    def __init__(
+        self,
+        backend: str,
+        fuse: bool,
+        replace_model: bool,
+        export: bool,
+        export_path: str | None,
+        report: bool,
+        eval_batches: int | None,
+        latency_batch_sizes: tuple[int, ...],
+        latency_repeats: int,
+        fp32_best_effort: tuple[str, ...],
+        attribute: str,
+        verbose: bool,
+    ) -> None:
+        self.backend_name = check_backend_name(backend)
+        if eval_batches is not None and eval_batches < 1:
+            raise ValueError(f"`eval_batches` must be >= 1 or None (all), got {eval_batches}.")
+        if latency_repeats < 1:
+            raise ValueError(f"`latency_repeats` must be >= 1, got {latency_repeats}.")
+        self.fuse = fuse
+        self.replace_model = replace_model
+        self.export = export
+        self.export_path = export_path
+        self.report = report
+        self.eval_batches = eval_batches
+        self.latency_batch_sizes = _check_batch_sizes(latency_batch_sizes, "latency_batch_sizes")
+        self.latency_repeats = latency_repeats
+        self.fp32_best_effort = _check_best_effort(fp32_best_effort)
+        self.attribute = attribute
+        self.verbose = verbose
+        self.backend = create_backend(self.backend_name)
+        self.quantized_model: nn.Module | None = None
+        self.exported_path: Path | None = None
+        self.fusion_plan: FusionPlan | None = None
+        self.quantization_report: QuantizationReport | None = None
+        self.report_table: str | None = None
+        self.input_shape: tuple[int, ...] | None = None
+        self._example: Tensor | None = None
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _network(self, pl_module: pl.LightningModule) -> nn.Module:
+        model = target_model(pl_module, self.attribute)
+        if model is pl_module:
+            raise QuantizationError(
+                f"{type(self).__name__} quantizes `pl_module.{self.attribute}`, which {type(pl_module).__name__} "
+                "does not have: keep the network in that attribute (as ClassificationModule does) or set `attribute`."
+            )
+        return model
+
+    def _remember_input(self, x: Any) -> None:
+        if isinstance(x, Tensor) and x.dim() >= 1 and self.input_shape is None:
+            self.input_shape = tuple(x.shape[1:])
+            self._example = x[:2].detach().float().cpu().clone()
+
+    def _loader(self, trainer: pl.Trainer, split: str) -> Any:
+        dm = trainer.datamodule
+        if dm is not None and callable(getattr(dm, f"{split}_dataloader", None)):
+            try:
+                return getattr(dm, f"{split}_dataloader")()
+            except Exception:  # noqa: BLE001 - e.g. a split the data module does not have
+                pass
+        loaders = {
+            "train": trainer.train_dataloader,
+            "val": trainer.val_dataloaders,
+            "test": trainer.test_dataloaders,
+        }
+        loader = loaders[split]
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        if isinstance(loader, dict):
+            loader = next(iter(loader.values()), None)
+        return loader
+
+    def _model_batches(
+        self, trainer: pl.Trainer, split: str, limit: int | None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(inputs, targets)`` on the CPU, transformed as for evaluation (normalized, never augmented)."""
+        loader = self._loader(trainer, split)
+        if loader is None:
+            return
+        dm = trainer.datamodule
+        for i, batch in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            if dm is not None and callable(getattr(dm, "to_model_input", None)):
+                x, y, _ = unpack_batch(batch)
+                x = dm.to_model_input(x, train=False)
+            else:
+                if (
+                    dm is not None
+                    and type(dm).on_after_batch_transfer is not pl.LightningDataModule.on_after_batch_transfer
+                ):
+                    batch = dm.on_after_batch_transfer(batch, 0)
+                x, y, _ = unpack_batch(batch)
+            self._remember_input(x)
+            yield x.float().cpu(), y.cpu()
+
+    def _default_export_path(self, trainer: pl.Trainer, filename: str) -> Path:
+        if self.export_path:
+            return Path(self.export_path)
+        return Path(trainer.default_root_dir) / "quantization" / filename
+
+    def _broadcast_state(self, trainer: pl.Trainer, model: nn.Module) -> None:
+        """Rank 0's parameters, buffers and quantization ranges on every rank (identical int8 models)."""
+        if trainer.world_size <= 1:
+            return
+        state = trainer.strategy.broadcast(
+            {k: v.detach().cpu() for k, v in model.state_dict().items()}, src=0
+        )
+        model.load_state_dict(state)
+
+    def _finish(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        fp32_model: nn.Module,
+        fp32_accuracy_model: nn.Module,
+        filename: str,
+        title: str,
+    ) -> None:
+        """Export, report, log and (optionally) put the int8 model in the LightningModule."""
+        quantized = self.quantized_model
+        assert quantized is not None
+        if self.export:
+            path = self._default_export_path(trainer, filename)
+            if trainer.is_global_zero:
+                self.backend.export(quantized, path, self._example)
+            trainer.strategy.barrier("quantization_export")
+            self.exported_path = path
+        if self.report and trainer.is_global_zero:
+            fp32_acc = int8_acc = None
+            batches = list(self._model_batches(trainer, "val", self.eval_batches))
+            if batches:
+                fp32_acc = accuracy(fp32_accuracy_model, batches)
+                int8_acc = accuracy(quantized, batches)
+            rep = quantization_report(
+                fp32_model,
+                quantized,
+                input_shape=self.input_shape,
+                fp32_accuracy=fp32_acc,
+                int8_accuracy=int8_acc,
+                artifact_path=self.exported_path,
+                batch_sizes=self.latency_batch_sizes if self.input_shape is not None else (),
+                repeats=self.latency_repeats,
+                best_effort=self.fp32_best_effort,
+            )
+            self.quantization_report = rep
+            self.report_table = format_report(rep, title)
+            if self.verbose:
+                rank_zero_info(self.report_table)
+            for logger in trainer.loggers:
+                logger.log_metrics(rep.metrics(), step=trainer.global_step)
+        if self.replace_model:
+            setattr(pl_module, self.attribute, quantized)
+
+    # ------------------------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("quantized_model", "_float_reference", "_zero_masks", "_load_hook"):
+            if key in state:
+                state[key] = None
+        return state
+
+
+class QuantizationAwareTraining(_QuantizationCallbackBase):
+    r"""Train with fake quantization from a chosen epoch, end with a real int8 model.
+
+    At the start (``start_epoch``, or the first epoch after the phase named ``start_after`` is done, e.g.
+    ``"pruning"``), the network ``pl_module.<attribute>`` is prepared *in place*: conv-bn(-relu),
+    conv-relu, linear-relu and bn-relu chains are fused (found by tracing the forward; what was and was not
+    fused is logged), a quant stub fake-quantizes the input, and fake-quantized modules that share the
+    float parameters replace the float ones (the optimizer keeps updating the same ``nn.Parameter``\ s).
+    Quantization ranges are only observed in training (not during validation); they are frozen at
+    ``freeze_observers_epoch`` and the fused batch-norm statistics at ``freeze_bn_epoch``. At the end of
+    ``fit`` (or on :meth:`convert`) the model is converted to int8, exposed as :attr:`quantized_model`,
+    saved as TorchScript (``torch.jit.load`` reads it without this package) and reported: fp32 vs int8
+    accuracy on the validation split, state-dict/artifact size, CPU latency at each of
+    ``latency_batch_sizes`` (fp32 eager, the fastest fp32 ``fp32_best_effort`` variant, int8; median of
+    interleaved runs).
+
+    Resume: a checkpoint taken during QAT holds the prepared model; the callback rebuilds that structure
+    before the weights are loaded (a load-state-dict pre-hook on the LightningModule). DDP: ranks convert
+    rank 0's state, so the int8 model is identical on every rank. Mixed precision: fake quantization runs in
+    float32 under ``bf16-mixed``/``16-mixed``. Zeros: with ``preserve_zeros``, weights that are exactly zero
+    when QAT starts (pruned) stay zero during QAT and in the int8 weights.
+
+    It is the ``"quantization"`` compression phase: ``pending`` before the start, ``active`` while the
+    quantization ranges still change, ``done`` once they are frozen or the model is converted.
+
+    Args:
+        backend: quantization backend; ``"x86"`` (eager ``torch.ao.quantization``, fastest on x86 CPUs) or
+            ``"fbgemm"``.
+        start_epoch: first epoch with fake quantization (0 = from the start).
+        start_after: name of a compression phase (e.g. ``"pruning"``); QAT starts at the first epoch
+            ``>= start_epoch`` at which that phase is done.
+        freeze_observers_epoch: epoch from which the quantization ranges are frozen (``None``: never).
+        freeze_bn_epoch: epoch from which the fused batch-norm statistics are frozen (``None``: never).
+        convert_on_fit_end: convert to int8 when training ends.
+        fuse: fuse conv-bn(-relu)/conv-relu/linear-relu chains automatically.
+        preserve_zeros: keep weights that are exactly zero at the start (pruned ones) at zero.
+        replace_model: after conversion, put the int8 model in ``pl_module.<attribute>`` (only when the model
+            was trained on the CPU) so that ``trainer.test`` measures the int8 model.
+        export: save the int8 model (TorchScript) at conversion.
+        export_path: file for the export; default ``<default_root_dir>/quantization/model_int8.pt``.
+        report: measure and log the report after conversion.
+        eval_batches: validation batches for the accuracy in the report (``None``: all).
+        latency_batch_sizes: batch sizes at which the report times fp32 and int8 (empty: no timing).
+        latency_repeats: timed runs per round (median over 3 interleaved rounds).
+        fp32_best_effort: fp32 speed-ups to try for the "best effort" column: ``"channels_last"``,
+            ``"compile"`` (``torch.compile``; takes a few seconds per batch size).
+        attribute: attribute of the LightningModule that holds the network.
+        verbose: print the fusion summary and the report.
+
+    Raises:
+        ValueError: an unknown ``backend``; a negative ``start_epoch``; freeze epochs before ``start_epoch``;
+            bad report options. At ``fit`` start: ``start_epoch`` not before ``max_epochs``, or no phase called
+            ``start_after`` on the Trainer.
+        QuantizationError: when QAT starts: a network with no conv/linear layer, or whose forward cannot run
+            prepared or in int8 (the message names the failing op).
+
+    Example::
+
+        from lightning_optim.callbacks import QuantizationAwareTraining
+        qat = QuantizationAwareTraining(start_epoch=1, freeze_bn_epoch=3, freeze_observers_epoch=4)
+        trainer = Trainer(max_epochs=5, callbacks=[qat])
+        trainer.fit(ClassificationModule(ConvNet3()), datamodule=dm)
+        int8 = qat.quantized_model                      # float in, float out, int8 inside
+        scripted = torch.jit.load(qat.exported_path)    # anywhere, torch alone
+    """
+
+    phase_name = "quantization"
+
+    def __init__(
+        self,
+        backend: str = "x86",
+        start_epoch: int = 0,
+        start_after: str | None = None,
+        freeze_observers_epoch: int | None = None,
+        freeze_bn_epoch: int | None = None,
+        convert_on_fit_end: bool = True,
+        fuse: bool = True,
+        preserve_zeros: bool = True,
+        replace_model: bool = True,
+        export: bool = True,
+        export_path: str | None = None,
+        report: bool = True,
+        eval_batches: int | None = None,
+        latency_batch_sizes: tuple[int, ...] = (1, 256),
+        latency_repeats: int = 20,
+        fp32_best_effort: tuple[str, ...] = FP32_BEST_EFFORT,
+        attribute: str = "model",
+        verbose: bool = True,
+    ) -> None:
+        super().__init__(
+            backend,
+            fuse,
+            replace_model,
+            export,
+            export_path,
+            report,
+            eval_batches,
+            latency_batch_sizes,
+            latency_repeats,
+            fp32_best_effort,
+            attribute,
+            verbose,
+        )
+        if not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(f"`start_epoch` must be an int >= 0, got {start_epoch!r}.")
+        for name, value in (
+            ("freeze_observers_epoch", freeze_observers_epoch),
+            ("freeze_bn_epoch", freeze_bn_epoch),
+        ):
+            if value is not None and value < start_epoch:
+                raise ValueError(f"`{name}` must be >= `start_epoch` ({start_epoch}) or None, got {value}.")
+        if start_after is not None and (not isinstance(start_after, str) or not start_after):
+            raise ValueError(
+                f"`start_after` must be a phase name (e.g. 'pruning') or None, got {start_after!r}."
+            )
+        self.start_epoch = start_epoch
+        self.start_after = start_after
+        self.freeze_observers_epoch = freeze_observers_epoch
+        self.freeze_bn_epoch = freeze_bn_epoch
+        self.convert_on_fit_end = convert_on_fit_end
+        self.preserve_zeros = preserve_zeros
+        # state
+        self.prepared = False
+        self.started_epoch: int | None = None
+        self.observers_frozen = False
+        self.bn_frozen = False
+        self.converted = False
+        self._needs_check = False
+        self._float_reference: nn.Module | None = None
+        self._zero_masks: list[tuple[Tensor, Tensor]] | None = None
+        self._load_hook: Any = None
+        self._in_eval = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            backend=self.backend_name,
+            start_epoch=self.start_epoch,
+            start_after=self.start_after,
+            attribute=self.attribute,
+        )
+
+    # ------------------------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._run_setup(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_schedule(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._run_first_batch(trainer, pl_module, batch)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._run_zero_masks()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_observe(pl_module, training=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_observe(pl_module, training=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.convert_on_fit_end and self.prepared and not self.converted:
+            self._run_convert(trainer, pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._load_hook is not None:
+            self._load_hook.remove()
+            self._load_hook = None
+
+    # ------------------------------------------------------------------------------------ phase
+    def phase_state(self, trainer: Any) -> PhaseState:
+        """``pending`` before QAT starts, ``active`` while ranges change, ``done`` once frozen or converted."""
+        if not self.prepared:
+            return "pending"
+        return "done" if (self.observers_frozen or self.converted) else "active"
+
+    # ------------------------------------------------------------------------------------ public
+    def convert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module:
+        """Convert now (on demand) and return the int8 model; training can go on with the fake-quantized one."""
+        if not self.prepared:
+            raise QuantizationError(
+                "QuantizationAwareTraining.convert(): QAT has not started yet; nothing to convert."
+            )
+        self._run_convert(trainer, pl_module, replace=False)
+        assert self.quantized_model is not None
+        return self.quantized_model
+
+    # ------------------------------------------------------------------------------------ internals
+    def _run_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        max_epochs = trainer.max_epochs
+        if (
+            max_epochs is not None
+            and max_epochs >= 0
+            and self.start_epoch >= max_epochs
+            and not self.prepared
+        ):
+            raise ValueError(
+                f"QuantizationAwareTraining `start_epoch`={self.start_epoch} is not before the Trainer's "
+                f"max_epochs={max_epochs}: QAT would never start. Allowed: 0 <= start_epoch < max_epochs."
+            )
+        if self.start_after is not None:
+            phase_done(trainer, self.start_after)  # raises ValueError naming the phases present
+        model = self._network(pl_module)
+        if self._load_hook is None:
+            self._load_hook = pl_module.register_load_state_dict_pre_hook(self._rebuild_before_load)
+        if self.start_epoch == 0 and self.start_after is None and not self.backend.is_prepared(model):
+            # before the strategy wraps the model (DDP) and builds the optimizers
+            self._run_prepare(trainer, pl_module)
+
+    def _rebuild_before_load(
+        self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+    ) -> None:
+        """Load-state-dict pre-hook: a checkpoint of a prepared model needs the prepared structure first."""
+        marker = f"{prefix}{self.attribute}.{QUANT_STUB}."
+        if not any(key.startswith(marker) for key in state_dict):
+            return
+        model = target_model(module, self.attribute)
+        if model is module or self.backend.is_prepared(model):
+            return
+        self._prepare(model, epoch=None)
+
+    def _should_start(self, trainer: pl.Trainer) -> bool:
+        if trainer.current_epoch < self.start_epoch:
+            return False
+        return self.start_after is None or phase_done(trainer, self.start_after)
+
+    def _run_schedule(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = self._network(pl_module)
+        if self.converted:
+            return
+        if not self.prepared and self._should_start(trainer):
+            self._run_prepare(trainer, pl_module)
+        if not self.prepared:
+            return
+        self._run_observe(pl_module, training=True)  # in case a checkpoint was saved while validating
+        epoch = trainer.current_epoch
+        metrics: dict[str, float] = {}
+        if self.freeze_bn_epoch is not None and epoch >= self.freeze_bn_epoch:
+            self.backend.freeze_bn_stats(model)  # an attribute of the modules: applied again after a resume
+            if not self.bn_frozen:
+                self.bn_frozen = True
+                metrics["quantization/bn_frozen_epoch"] = float(epoch)
+        if (
+            self.freeze_observers_epoch is not None
+            and epoch >= self.freeze_observers_epoch
+            and not self.observers_frozen
+        ):
+            self._broadcast_state(trainer, model)
+            self.backend.freeze_observers(model)
+            self.observers_frozen = True
+            metrics["quantization/observers_frozen_epoch"] = float(epoch)
+        if metrics and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _prepare(self, model: nn.Module, epoch: int | None) -> None:
+        self._float_reference = copy.deepcopy(model).cpu().eval()
+        self.fusion_plan = self.backend.prepare_qat(model, fuse=self.fuse)
+        self.prepared = True
+        self.started_epoch = epoch if epoch is not None else self.started_epoch
+        self._needs_check = True
+        self._zero_masks = None
+
+    def _run_prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = self._network(pl_module)
+        before = {id(p) for p in model.parameters()}
+        self._prepare(model, epoch=trainer.current_epoch)
+        if self.verbose and self.fusion_plan is not None:
+            rank_zero_info(
+                f"QuantizationAwareTraining: QAT starts at epoch {trainer.current_epoch}.\n{self.fusion_plan.summary()}"
+            )
+        if self.preserve_zeros:
+            self._build_zero_masks(model)
+        after = {id(p) for p in model.parameters() if p.requires_grad}
+        optimized = {
+            id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]
+        }
+        if trainer.optimizers and not after <= optimized:
+            rank_zero_warn(
+                "QuantizationAwareTraining: preparing the model created parameters the optimizer does not hold; "
+                "rebuilding the optimizers (their state restarts)."
+            )
+            trainer.strategy.setup_optimizers(trainer)
+        elif not before >= after:
+            rank_zero_warn(
+                "QuantizationAwareTraining: the prepared model has parameters the float model did not have."
+            )
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {"quantization/start_epoch": float(trainer.current_epoch)}, step=trainer.global_step
+                )
+
+    def _run_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        if self.input_shape is None or (self.prepared and self._needs_check):
+            try:
+                x = unpack_batch(batch)[0]
+            except TypeError:
+                x = batch
+            self._remember_input(x)
+        if self.prepared and self._needs_check and self._example is not None:
+            self._needs_check = False
+            self.backend.check_int8_forward(self._network(pl_module), self._example)
+        if self.prepared and self.preserve_zeros and self._zero_masks is None:
+            self._build_zero_masks(self._network(pl_module))  # after a resume: from the loaded weights
+
+    @torch.no_grad()
+    def _build_zero_masks(self, model: nn.Module) -> None:
+        masks = []
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, nn.Parameter) and weight.dim() > 1:
+                keep = weight != 0
+                if not bool(keep.all()):
+                    masks.append((weight, keep))
+        self._zero_masks = masks
+
+    @torch.no_grad()
+    def _run_zero_masks(self) -> None:
+        for weight, keep in self._zero_masks or ():
+            weight.mul_(keep)
+
+    def _run_observe(self, pl_module: pl.LightningModule, training: bool) -> None:
+        """Observe ranges only on training batches (validation data must not move them)."""
+        if not self.prepared or self.observers_frozen or self.converted:
+            return
+        model = target_model(pl_module, self.attribute)
+        with torch.no_grad():
+            for module in model.modules():
+                flag = getattr(module, "observer_enabled", None)
+                if isinstance(flag, Tensor):
+                    flag.fill_(1 if training else 0)
+
+    def _run_convert(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, replace: bool | None = None
+    ) -> None:
+        model = self._network(pl_module)
+        self._run_zero_masks()
+        self._broadcast_state(trainer, model)
+        self.quantized_model = self.backend.convert(model)
+        self.converted = replace is not False
+        # fp32 accuracy: the same weights with fake quantization off
+        fp32_view = copy.deepcopy(model).cpu().eval()
+        self.backend.set_fake_quant(fp32_view, False)
+        self.backend.freeze_observers(fp32_view)
+        reference = self._float_reference if self._float_reference is not None else fp32_view
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        keep_replace = self.replace_model
+        self.replace_model = bool(keep_replace and replace is not False and on_cpu)
+        if keep_replace and replace is not False and not on_cpu:
+            rank_zero_warn(
+                "QuantizationAwareTraining: the model is not on the CPU; the int8 model was not put in pl_module."
+            )
+        try:
+            self._finish(trainer, pl_module, reference, fp32_view, "model_int8.pt", "QAT: fp32 vs int8")
+        finally:
+            self.replace_model = keep_replace
+
+    # ------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "prepared": self.prepared,
+            "started_epoch": self.started_epoch,
+            "observers_frozen": self.observers_frozen,
+            "bn_frozen": self.bn_frozen,
+            "converted": self.converted,
+            "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.prepared = bool(state_dict.get("prepared", self.prepared)) or self.prepared
+        self.started_epoch = state_dict.get("started_epoch", self.started_epoch)
+        self.observers_frozen = bool(state_dict.get("observers_frozen", False))
+        self.bn_frozen = bool(state_dict.get("bn_frozen", False))
+        self.converted = bool(state_dict.get("converted", False))
+        shape = state_dict.get("input_shape")
+        if shape is not None and self.input_shape is None:
+            self.input_shape = tuple(shape)
+
+
+class PostTrainingQuantization(_QuantizationCallbackBase):
+    """Post-training static int8 quantization: calibrate on N batches of the data module, convert, report.
+
+    Runs when training ends (``trainer.fit``) or at the end of ``trainer.validate`` (to quantize a trained
+    model without training it further). The float network ``pl_module.<attribute>`` is copied, fused
+    (folding batch norms), observed on ``calibration_batches`` batches of ``calibration_split`` (normalized
+    as for evaluation, never augmented) and converted. The int8 model is :attr:`quantized_model`, saved as
+    TorchScript, and reported like :class:`QuantizationAwareTraining` does. Under DDP rank 0's calibration is
+    used on every rank.
+
+    Args:
+        backend: ``"x86"`` or ``"fbgemm"``.
+        calibration_batches: batches run through the observed model.
+        calibration_split: ``"train"``, ``"val"`` or ``"test"``.
+        fuse: fuse conv-bn(-relu)/conv-relu/linear-relu chains.
+        replace_model: put the int8 model in ``pl_module.<attribute>`` afterwards (CPU models only).
+        export: save the int8 model (TorchScript).
+        export_path: file for the export; default ``<default_root_dir>/quantization/model_int8_ptq.pt``.
+        report: measure and log the report.
+        eval_batches: validation batches for the accuracy in the report (``None``: all).
+        latency_batch_sizes: batch sizes at which fp32 and int8 are timed (empty: no timing).
+        latency_repeats: timed runs per round.
+        fp32_best_effort: fp32 speed-ups to try, ``"channels_last"`` and/or ``"compile"``.
+        attribute: attribute of the LightningModule that holds the network.
+        verbose: print the fusion summary and the report.
+
+    Raises:
+        ValueError: an unknown ``backend`` or ``calibration_split``; ``calibration_batches < 1``.
+        QuantizationError: a network with no conv/linear layer, no calibration data, or a forward that cannot
+            run in int8.
+
+    Example::
+
+        ptq = PostTrainingQuantization(calibration_batches=32)
+        Trainer(max_epochs=3, callbacks=[ptq]).fit(module, datamodule=dm)
+        ptq.quantized_model(x)
+    """
+
+    def __init__(
+        self,
+        backend: str = "x86",
+        calibration_batches: int = 32,
+        calibration_split: str = "train",
+        fuse: bool = True,
+        replace_model: bool = True,
+        export: bool = True,
+        export_path: str | None = None,
+        report: bool = True,
+        eval_batches: int | None = None,
+        latency_batch_sizes: tuple[int, ...] = (1, 256),
+        latency_repeats: int = 20,
+        fp32_best_effort: tuple[str, ...] = FP32_BEST_EFFORT,
+        attribute: str = "model",
+        verbose: bool = True,
+    ) -> None:
+        super().__init__(
+            backend,
+            fuse,
+            replace_model,
+            export,
+            export_path,
+            report,
+            eval_batches,
+            latency_batch_sizes,
+            latency_repeats,
+            fp32_best_effort,
+            attribute,
+            verbose,
+        )
+        if calibration_batches < 1:
+            raise ValueError(f"`calibration_batches` must be >= 1, got {calibration_batches}.")
+        if calibration_split not in SPLITS:
+            raise ValueError(f"`calibration_split` must be one of {list(SPLITS)}, got {calibration_split!r}.")
+        self.calibration_batches = calibration_batches
+        self.calibration_split = calibration_split
+        self.calibrated_batches = 0
+        self.done = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(backend=self.backend_name, attribute=self.attribute)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_quantize(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._run_quantize(trainer, pl_module)
+
+    def quantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module:
+        """Calibrate and convert now; returns the int8 model."""
+        self._run_quantize(trainer, pl_module)
+        assert self.quantized_model is not None
+        return self.quantized_model
+
+    def _run_quantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = self._network(pl_module)
+        observed, self.fusion_plan = self.backend.prepare_ptq(model, fuse=self.fuse)
+        if self.verbose:
+            rank_zero_info(f"PostTrainingQuantization:\n{self.fusion_plan.summary()}")
+        batches = self._model_batches(trainer, self.calibration_split, self.calibration_batches)
+        self.calibrated_batches = self.backend.calibrate(observed, (x for x, _ in batches))
+        if self.calibrated_batches == 0:
+            raise QuantizationError(
+                f"PostTrainingQuantization: no `{self.calibration_split}` batch to calibrate on "
+                "(give the Trainer a datamodule or dataloaders for that split)."
+            )
+        self._broadcast_state(trainer, observed)
+        self.quantized_model = self.backend.convert(observed)
+        if self._example is not None:
+            self.backend.check_int8_forward(observed, self._example)
+        self.done = True
+        fp32 = copy.deepcopy(model).cpu().eval()
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        keep_replace = self.replace_model
+        self.replace_model = keep_replace and on_cpu
+        try:
+            self._finish(trainer, pl_module, fp32, fp32, "model_int8_ptq.pt", "PTQ: fp32 vs int8")
+        finally:
+            self.replace_model = keep_replace
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "calibrated_batches": self.calibrated_batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.done = bool(state_dict.get("done", False))
+        self.calibrated_batches = int(state_dict.get("calibrated_batches", 0))
+
+
+__all__ = ["PostTrainingQuantization", "QuantizationAwareTraining"]
