@@ -405,6 +405,8 @@ class BatchAugmentation(nn.Module):
         name = step["name"]
         out = step.get("size") or size
         oh, ow = out
+        if not train and name in ("rotation", "flip", "vertical_flip", "affine"):
+            return m, size  # random steps that keep the size do nothing at evaluation time
         if name == "resize" or (name == "random_resized_crop" and not train):
             m[:, 0, 0], m[:, 1, 1] = w / ow, h / oh
         elif name == "center_crop" or (name == "crop" and not train):
@@ -463,17 +465,14 @@ class BatchAugmentation(nn.Module):
                 shx = self._uniform(n, float(shear[0]), float(shear[1]))
                 if len(shear) == 4:
                     shy = self._uniform(n, float(shear[2]), float(shear[3]))
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        rot = torch.stack((torch.stack((cos, -sin), -1), torch.stack((sin, cos), -1)), -2)
-        one = torch.ones(n, dtype=torch.float64)
-        sh = torch.stack(
-            (
-                torch.stack((one, torch.tan(torch.deg2rad(shx))), -1),
-                torch.stack((torch.tan(torch.deg2rad(shy)), one), -1),
-            ),
-            -2,
-        )
-        linear = rot @ sh
+        # torchvision's rotation-scale-shear matrix (``_get_inverse_affine_matrix``), forward direction
+        sx, sy = torch.deg2rad(shx), torch.deg2rad(shy)
+        cos_sy = torch.cos(sy)
+        a = torch.cos(angle - sy) / cos_sy
+        b = -torch.cos(angle - sy) * torch.tan(sx) / cos_sy - torch.sin(angle)
+        c = torch.sin(angle - sy) / cos_sy
+        d = -torch.sin(angle - sy) * torch.tan(sx) / cos_sy + torch.cos(angle)
+        linear = torch.stack((torch.stack((a, b), -1), torch.stack((c, d), -1)), -2)
         if scale is not None:
             linear = linear * scale.view(n, 1, 1)
         forward = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)

@@ -1,0 +1,84 @@
+"""The image scan: a temp folder with corrupt, truncated, zero-byte and duplicate images is cleaned and reported."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from lightning_optim.data.cleaning.images import scan_images
+from tests.data.conftest import write_image
+
+
+def test_scan_drops_and_reports_every_bad_file(dirty_folder, caplog):
+    with caplog.at_level(logging.WARNING, logger="lightning_optim.data.cleaning.images"):
+        result = scan_images(dirty_folder, mode="RGB")
+    reasons = {p.split("/")[-1]: r for p, r in result.dropped}
+    assert reasons == {
+        "corrupt.png": "unreadable",
+        "truncated.png": "truncated",
+        "zero.png": "zero_byte",
+        "z_duplicate.png": "duplicate",
+    }
+    assert result.summary == {
+        "kept": 6,
+        "dropped": 4,
+        "duplicate": 1,
+        "truncated": 1,
+        "unreadable": 1,
+        "zero_byte": 1,
+    }
+    assert "Image scan" in caplog.text and "'kept': 6" in caplog.text
+    assert result.classes == ["cat", "dog"]
+    assert result.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert result.images.dtype == torch.uint8 and result.images.shape == (6, 3, 6, 6)
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("L", 1), ("RGB", 3), ("RGBA", 4)])
+def test_scan_converts_modes(dirty_folder, mode, channels):
+    result = scan_images(dirty_folder, mode=mode)
+    assert result.images.shape == (6, channels, 6, 6)
+    if mode == "RGB":  # the L image becomes three equal channels
+        index = [p.endswith("cat/b.png") for p in result.paths].index(True)
+        gray = result.images[index]
+        assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    if mode == "RGBA":  # opaque alpha is added to images without one
+        assert (result.images[:, 3] == 255).all()
+
+
+def test_scan_resizes_and_requires_one_size(tmp_path):
+    (tmp_path / "a").mkdir()
+    write_image(tmp_path / "a" / "small.png", size=(4, 4))
+    write_image(tmp_path / "a" / "large.png", size=(9, 7), seed=1)
+    with pytest.raises(ValueError, match="`image_size`"):
+        scan_images(tmp_path)
+    result = scan_images(tmp_path, size=5)
+    assert result.images.shape == (2, 3, 5, 5)
+    assert scan_images(tmp_path, size=(3, 8)).images.shape == (2, 3, 3, 8)
+
+
+def test_scan_of_file_list_rejects_labels_outside_class_set(dirty_folder):
+    files = [
+        (dirty_folder / "cat" / "a.png", "cat"),
+        (dirty_folder / "dog" / "a.png", "dog"),
+        (dirty_folder / "dog" / "b.png", "horse"),
+        (dirty_folder / "cat" / "b.png", 7),
+    ]
+    result = scan_images(files, classes=["cat", "dog"])
+    assert result.labels.tolist() == [0, 1]
+    assert [r for _, r in result.dropped] == ["unknown_label", "unknown_label"]
+    assert result.summary["unknown_label"] == 2
+
+
+def test_duplicates_can_be_kept(dirty_folder):
+    assert len(scan_images(dirty_folder, drop_duplicates=False)) == 7
+
+
+def test_scan_errors_name_the_option(tmp_path):
+    with pytest.raises(ValueError, match=r"`image_mode` 'CMYK'; allowed: \['L', 'RGB', 'RGBA'\]"):
+        scan_images(tmp_path, mode="CMYK")
+    with pytest.raises(ValueError, match="`image_folder`.*holds no images"):
+        scan_images(tmp_path)
+    with pytest.raises(FileNotFoundError, match="`image_folder`"):
+        scan_images(tmp_path / "missing")

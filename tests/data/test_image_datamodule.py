@@ -1,0 +1,240 @@
+"""ImageClassificationDataModule: sources, splits, augmentation paths, checkpoints, BatchSizeFinder, bad inputs."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import BatchSizeFinder, ModelCheckpoint
+
+from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.models import LeNet300100
+from lightning_optim.modules import ClassificationModule
+from tests.conftest import quiet_trainer_kwargs
+from tests.data.conftest import write_image
+
+
+def test_digits_batches_and_metadata():
+    dm = ImageClassificationDataModule("digits", batch_size=32, return_index=True)
+    dm.setup("fit")
+    assert dm.num_classes == 10 and dm.input_shape == (1, 8, 8)
+    images, labels, index = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (32, 1, 8, 8)
+    assert labels.dtype == torch.long and index.shape == (32,)
+    assert torch.equal(dm.train_split.images[index], images)
+    x, y, i = dm.on_after_batch_transfer((images, labels, index), 0)
+    assert x.dtype == torch.float32 and torch.equal(i, index)
+    assert len(dm.train_split) + len(dm.val_split_data) == 1438 and len(dm.test_split) == 359
+
+
+def test_seeded_split():
+    def val_labels(seed):
+        dm = ImageClassificationDataModule("digits", seed=seed)
+        dm.setup("fit")
+        return dm.val_split_data.images
+
+    assert torch.equal(val_labels(1), val_labels(1))
+    assert not torch.equal(val_labels(1), val_labels(2))
+
+
+def test_real_mnist(mnist_dir):
+    dm = ImageClassificationDataModule("mnist", data_dir=str(mnist_dir), val_split=0.1, augmentation="light")
+    dm.setup("fit")
+    assert dm.input_shape == (1, 28, 28) and dm.num_classes == 10
+    assert len(dm.train_split) == 54000 and len(dm.val_split_data) == 6000 and len(dm.test_split) == 10000
+    assert dm.train_split.images.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashionmnist", "cifar10"])
+def test_missing_data_without_download_names_options(tmp_path, name):
+    dm = ImageClassificationDataModule(name, data_dir=str(tmp_path), download=False)
+    with pytest.raises(FileNotFoundError, match=r"`data_dir`.*`download` is False.*`download: true`"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"dataset": "imagenet"},
+            ValueError,
+            r"`dataset` 'imagenet'; allowed: \['cifar10', 'digits', 'fashionmnist', 'mnist'\]",
+        ),
+        ({"val_split": 0.0}, ValueError, r"`val_split` must be in \(0, 1\), got 0.0"),
+        ({"val_split": 1.0}, ValueError, r"`val_split` must be in \(0, 1\), got 1.0"),
+        ({"val_split": -0.2}, ValueError, r"`val_split` must be in \(0, 1\)"),
+        (
+            {"augmentation": "extreme"},
+            ValueError,
+            r"`augmentation` preset 'extreme'; allowed presets: \['none', 'light'",
+        ),
+        (
+            {"augmentation": [{"name": "mixup"}]},
+            ValueError,
+            r"augmentation name 'mixup'; allowed: \['affine'",
+        ),
+        (
+            {"augmentation_mode": "gpu"},
+            ValueError,
+            r"`augmentation_mode` 'gpu'; allowed: \['batch', 'sample'\]",
+        ),
+        ({"image_mode": "P"}, ValueError, r"`image_mode` 'P'; allowed: \['L', 'RGB', 'RGBA'\]"),
+        ({"nonfinite": "ignore"}, ValueError, r"`nonfinite` policy 'ignore'; allowed: \['drop'"),
+        ({"batch_size": 0}, ValueError, r"`batch_size` must be >= 1"),
+        ({"num_workers": -1}, ValueError, r"`num_workers` must be >= 0"),
+    ],
+)
+def test_bad_input_errors(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        ImageClassificationDataModule(**kwargs)
+
+
+def test_empty_and_missing_folder(tmp_path):
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(
+        ValueError, match=r"`image_folder` .* holds no images: expected the ImageFolder layout"
+    ):
+        ImageClassificationDataModule(image_folder=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="`image_folder`"):
+        ImageClassificationDataModule(image_folder=str(tmp_path / "nope"))
+
+
+def test_image_folder_is_cleaned_and_resized(dirty_folder):
+    dm = ImageClassificationDataModule(
+        image_folder=str(dirty_folder), image_size=8, image_mode="L", val_split=0.25
+    )
+    assert dm.num_classes == 2 and dm.input_shape == (1, 8, 8)
+    dm.setup("fit")
+    assert dm.classes == ["cat", "dog"]
+    assert len(dm.train_split) + len(dm.val_split_data) + len(dm.test_split) == 6  # 4 bad files dropped
+    assert dm.train_split.images.dtype == torch.uint8 and dm.train_split.images.shape[1:] == (1, 8, 8)
+    x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.shape[1:] == (1, 8, 8)
+
+
+def test_image_folder_with_train_and_test(tmp_path):
+    for split, n in (("train", 4), ("test", 2)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                write_image(tmp_path / split / c / f"{i}.png", size=(5, 5), seed=hash((split, c, i)) % 1000)
+    (tmp_path / "test" / "zebra").mkdir()
+    write_image(tmp_path / "test" / "zebra" / "z.png", size=(5, 5), seed=5)
+    dm = ImageClassificationDataModule(image_folder=str(tmp_path), val_split=0.25)
+    dm.setup("fit")
+    assert dm.input_shape == (3, 5, 5) and len(dm.test_split) == 4  # the unknown 'zebra' class is dropped
+    assert len(dm.train_split) == 6 and len(dm.val_split_data) == 2
+
+
+@pytest.mark.parametrize(("policy", "n_train"), [("drop", None), ("mean", "all"), ("zero", "all")])
+def test_in_memory_float_tensors_with_nonfinite_rows(policy, n_train):
+    images = torch.rand(100, 2, 3, 3)
+    images[::10, 0, 1, 1] = float("nan")
+    images[5, 1, 0, 0] = float("inf")
+    labels = torch.arange(100) % 3
+    dm = ImageClassificationDataModule(images=images, labels=labels, nonfinite=policy, val_split=0.2)
+    dm.setup("fit")
+    assert dm.num_classes == 3 and dm.input_shape == (2, 3, 3)
+    for split in (dm.train_split, dm.val_split_data, dm.test_split):
+        assert torch.isfinite(split.images).all()
+    total = len(dm.train_split) + len(dm.val_split_data) + len(dm.test_split)
+    assert total == (89 if policy == "drop" else 100)
+    assert sum(r["bad_rows"] for r in dm.cleaning_reports.values()) == 11
+    assert torch.isfinite(dm.norm_stats["mean"]).all()
+
+
+def test_sample_mode_runs_v2_per_image_in_workers():
+    dm = ImageClassificationDataModule(
+        "digits",
+        batch_size=64,
+        augmentation=[{"name": "affine", "degrees": 20, "translate": [0.2, 0.2]}],
+        augmentation_mode="sample",
+        num_workers=2,
+        persistent_workers=True,
+        normalization="none",
+    )
+    dm.setup("fit")
+    assert dm.batch_augmentation is None and dm.persistent_workers
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 2 and loader.persistent_workers
+    images, labels = next(iter(loader))
+    assert images.dtype == torch.uint8 and images.shape == (64, 1, 8, 8)
+    same = images[labels == labels[0]]
+    assert len(same) > 1
+    # evaluation data is not augmented
+    val = next(iter(dm.val_dataloader()))[0]
+    assert torch.equal(val, dm.val_split_data.images[: len(val)])
+
+
+def test_batch_mode_augments_training_batches_only():
+    dm = ImageClassificationDataModule(
+        "digits", batch_size=16, augmentation="standard", normalization="none", seed=3
+    )
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, max_epochs=1)
+    dm.trainer = trainer
+    dm.setup("fit")
+    images = dm.train_split.images[:16]
+    trainer.state.stage = "train"
+    augmented = dm.on_after_batch_transfer((images, torch.zeros(16)), 0)[0]
+    assert not torch.allclose(augmented, images.float() / 255)
+    trainer.state.stage = "validate"
+    plain = dm.on_after_batch_transfer((images, torch.zeros(16)), 0)[0]
+    assert torch.equal(plain, images.float() / 255)
+
+
+def test_crop_augmentation_sets_the_input_shape():
+    dm = ImageClassificationDataModule("digits", augmentation=[{"name": "crop", "size": 6, "padding": 1}])
+    assert dm.input_shape == (1, 6, 6)
+    dm.setup("fit")
+    x, _ = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    assert x.shape[1:] == (1, 6, 6)
+
+
+def test_normalization_stats_survive_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    dm = ImageClassificationDataModule(
+        "digits", batch_size=64, normalization="zscore", augmentation="light", seed=1
+    )
+    module = ClassificationModule(LeNet300100(in_features=64), lr=1e-3)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path), save_last=True)
+    trainer = pl.Trainer(
+        **quiet_trainer_kwargs(tmp_path, enable_checkpointing=True, callbacks=[ckpt], limit_train_batches=3)
+    )
+    trainer.fit(module, datamodule=dm)
+    saved = torch.load(ckpt.last_model_path, weights_only=True)
+    state = saved["ImageClassificationDataModule"]
+    assert torch.equal(state["norm_stats"]["mean"], dm.norm_stats["mean"])
+    # a data module with another split fits other statistics, but takes the checkpoint's
+    other = ImageClassificationDataModule(
+        "digits", batch_size=64, normalization="zscore", augmentation="light", seed=2
+    )
+    other.setup("fit")
+    assert not torch.equal(other.norm_stats["mean"], dm.norm_stats["mean"])
+    other = ImageClassificationDataModule(
+        "digits", batch_size=64, normalization="zscore", augmentation="light", seed=2
+    )
+    trainer2 = pl.Trainer(**quiet_trainer_kwargs(tmp_path))
+    trainer2.validate(
+        ClassificationModule(LeNet300100(in_features=64)), datamodule=other, ckpt_path=ckpt.last_model_path
+    )
+    assert torch.equal(other.norm_stats["mean"], dm.norm_stats["mean"])
+    assert torch.equal(other.norm_stats["std"], dm.norm_stats["std"])
+    assert torch.equal(
+        other.batch_augmentation.generator.get_state(), dm.batch_augmentation.generator.get_state()
+    )
+    # a checkpoint fitted with another normalization is refused
+    with pytest.raises(ValueError, match="normalization='zscore'"):
+        ImageClassificationDataModule("digits", normalization="minmax").load_state_dict(state)
+
+
+def test_batch_size_finder_tunes_batch_size(tmp_path):
+    dm = ImageClassificationDataModule("digits", batch_size=2)
+    module = ClassificationModule(LeNet300100(in_features=64), lr=1e-3)
+    finder = BatchSizeFinder(mode="power", steps_per_trial=1, init_val=2, max_trials=3)
+    trainer = pl.Trainer(
+        **quiet_trainer_kwargs(tmp_path, callbacks=[finder], max_steps=1, limit_val_batches=1)
+    )
+    trainer.fit(module, datamodule=dm)
+    # 2 -> 4 -> 8: three trials succeed, the finder stops at max_trials and keeps the largest
+    assert dm.batch_size == 8 == finder.optimal_batch_size
+    assert trainer.train_dataloader.batch_size == 8
