@@ -358,6 +358,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------------------------------- setup
     def encode(self, tokens: list[list[str]], labels: list[str | None]) -> tuple[Tensor, Tensor]:
         """Token lists and label names -> ``(ids (N, max_length), label ids (N,))``; unlabelled rows get -1."""
+        self._prepare()
         ids = torch.tensor([self.vocab.encode(t, self.max_length) for t in tokens], dtype=torch.long)
         ids = ids.view(len(tokens), self.max_length)
         index = {name: i for i, name in enumerate(self.label_names)}
