@@ -1,0 +1,309 @@
+r"""
+Early stopping
+^^^^^^^^^^^^^^
+
+Lightning's :class:`~lightning.pytorch.callbacks.EarlyStopping` with what its users keep asking for:
+restoring the best weights, a start epoch, no conflict with ``min_epochs``, a relative ``min_delta``, a
+resumable best score, and holding off while a compression phase is still changing the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import Tensor
+
+from lightning_optim.callbacks.phases import model_is_changing, phase_states
+
+log = logging.getLogger(__name__)
+
+MIN_DELTA_MODES: tuple[str, ...] = ("abs", "rel")
+BEST_WEIGHTS_SOURCES: tuple[str, ...] = ("memory", "checkpoint")
+
+
+class EarlyStopping(LightningEarlyStopping):
+    r"""Stop training when a monitored metric stops improving, and optionally restore the best weights.
+
+    Subclasses Lightning's ``EarlyStopping`` (same arguments, thresholds and ``stopping_reason``) and adds:
+
+    - ``restore_best_weights``: when fit ends, the module gets the weights of the best-scoring check, from a
+      copy in memory (kept in the checkpoint, so it survives a resume) or from the best checkpoint of a
+      ``ModelCheckpoint`` monitoring the same metric. Rank 0's weights are broadcast, so every DDP rank ends
+      identical. The improvement decision itself uses rank 0's metric value on every rank.
+    - ``start_epoch``: no stop before this epoch; checks before it track the best score (and weights) but do
+      not count towards ``patience``. A stop decided while the Trainer's ``min_epochs``/``min_steps`` are
+      not yet met is not signalled (Lightning would otherwise stop at exactly ``min_epochs`` even if the
+      metric had recovered); the wait count carries on, so the stop happens at the first allowed check that
+      still sees no improvement.
+    - ``min_delta_mode="rel"``: ``min_delta`` is a fraction of the best score (``0.01`` = 1% better).
+    - the best score, its epoch, the wait count and the best weights are saved in checkpoints.
+    - hold-off: while any compression phase on the Trainer (pruning ramp, QAT start...; see
+      :mod:`lightning_optim.callbacks.phases`) is pending or active, checks are skipped and the tracking
+      restarts from scratch once every phase is done -- scores of a model that is still being compressed
+      are not compared with those of the final one, and the restored weights are always compressed ones.
+    - a message when it stops, naming the metric, the best value and its epoch (logged at INFO, and in
+      ``stopping_reason_message``); ``early_stopping/wait_count`` and ``early_stopping/best`` go to the
+      logger at each check.
+
+    Args:
+        monitor: quantity to be monitored.
+        min_delta: minimum change that counts as an improvement (absolute, or relative with ``min_delta_mode``).
+        patience: number of checks without improvement after which training stops.
+        verbose: log every improvement.
+        mode: ``"min"`` or ``"max"``.
+        strict: raise if ``monitor`` is not logged (naming the metrics that are).
+        check_finite: stop when the monitored value is NaN or infinite.
+        stopping_threshold: stop once the monitored value reaches this.
+        divergence_threshold: stop once the monitored value is worse than this.
+        check_on_train_epoch_end: check at the end of the training epoch (``None``: decided from the Trainer).
+        log_rank_zero_only: log status messages from rank 0 only.
+        min_delta_mode: ``"abs"`` or ``"rel"``.
+        restore_best_weights: load the best weights into the module when fit ends.
+        best_weights_source: ``"memory"`` (a CPU copy taken at each improvement) or ``"checkpoint"`` (the
+            ``best_model_path`` of a ``ModelCheckpoint`` with the same ``monitor`` and ``mode``).
+        start_epoch: first epoch (from 0) at which training may be stopped.
+        hold_off_while_compressing: skip checks while any compression phase is not done.
+        ignore_phases: phase names that do not hold early stopping off.
+
+    Raises:
+        ValueError: for an unknown ``mode``, ``min_delta_mode`` or ``best_weights_source``, a negative
+            ``min_delta``/``patience``/``start_epoch``, or (at setup) ``best_weights_source="checkpoint"``
+            without a matching ``ModelCheckpoint``.
+        RuntimeError: if ``monitor`` is not logged at a check and ``strict`` is set.
+
+    Example::
+
+        from lightning_optim.callbacks import EarlyStopping
+
+        early_stopping = EarlyStopping("val_acc", mode="max", patience=3, start_epoch=5, restore_best_weights=True)
+        trainer = Trainer(max_epochs=50, min_epochs=8, callbacks=[early_stopping])
+        trainer.fit(module, datamodule=dm)  # module now holds the weights of the best val_acc
+        print(early_stopping.best_epoch, early_stopping.stopping_reason_message)
+    """
+
+    def __init__(
+        self,
+        monitor: str,
+        min_delta: float = 0.0,
+        patience: int = 3,
+        verbose: bool = False,
+        mode: str = "min",
+        strict: bool = True,
+        check_finite: bool = True,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_on_train_epoch_end: bool | None = None,
+        log_rank_zero_only: bool = False,
+        min_delta_mode: str = "abs",
+        restore_best_weights: bool = False,
+        best_weights_source: str = "memory",
+        start_epoch: int = 0,
+        hold_off_while_compressing: bool = True,
+        ignore_phases: tuple[str, ...] = (),
+    ) -> None:
+        if mode not in self.mode_dict:
+            raise ValueError(f"Unknown `mode` {mode!r}; allowed: {list(self.mode_dict)}.")
+        if min_delta_mode not in MIN_DELTA_MODES:
+            raise ValueError(
+                f"Unknown `min_delta_mode` {min_delta_mode!r}; allowed: {list(MIN_DELTA_MODES)}."
+            )
+        if best_weights_source not in BEST_WEIGHTS_SOURCES:
+            raise ValueError(
+                f"Unknown `best_weights_source` {best_weights_source!r}; allowed: {list(BEST_WEIGHTS_SOURCES)}."
+            )
+        if min_delta < 0:
+            raise ValueError(f"`min_delta` must be >= 0, got {min_delta}.")
+        if patience < 0:
+            raise ValueError(f"`patience` must be >= 0, got {patience}.")
+        if start_epoch < 0:
+            raise ValueError(f"`start_epoch` must be >= 0, got {start_epoch}.")
+        super().__init__(
+            monitor=monitor,
+            min_delta=min_delta,
+            patience=patience,
+            verbose=verbose,
+            mode=mode,
+            strict=strict,
+            check_finite=check_finite,
+            stopping_threshold=stopping_threshold,
+            divergence_threshold=divergence_threshold,
+            check_on_train_epoch_end=check_on_train_epoch_end,
+            log_rank_zero_only=log_rank_zero_only,
+        )
+        self.min_delta_mode = min_delta_mode
+        self.relative_min_delta = float(min_delta) if min_delta_mode == "rel" else 0.0
+        self.restore_best_weights = restore_best_weights
+        self.best_weights_source = best_weights_source
+        self.start_epoch = start_epoch
+        self.hold_off_while_compressing = hold_off_while_compressing
+        self.ignore_phases = tuple(ignore_phases)
+        self.best_epoch: int | None = None
+        self.best_step: int | None = None
+        self.best_weights: dict[str, Tensor] | None = None
+        self.restored_epoch: int | None = None
+        self._holding_off = False
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(best_epoch=self.best_epoch, best_step=self.best_step, holding_off=self._holding_off)
+        if self.restore_best_weights and self.best_weights_source == "memory":
+            state["best_weights"] = self.best_weights
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best_epoch = state_dict.get("best_epoch")
+        self.best_step = state_dict.get("best_step")
+        self._holding_off = bool(state_dict.get("holding_off", False))
+        self.best_weights = state_dict.get("best_weights")
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.restore_best_weights and self.best_weights_source == "checkpoint" and stage == "fit":
+            self._checkpoint_callback(trainer)  # validates now rather than at the end of a long fit
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.restore_best_weights:
+            self._run_restore_best_weights(trainer, pl_module)
+
+    # ----------------------------------------------------------------------------------------- logic
+    def _checkpoint_callback(self, trainer: pl.Trainer) -> ModelCheckpoint:
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.monitor == self.monitor and cb.mode == self.mode:
+                return cb
+        raise ValueError(
+            f"`best_weights_source='checkpoint'` needs a ModelCheckpoint with monitor={self.monitor!r} and "
+            f"mode={self.mode!r} on the Trainer; found monitors {[cb.monitor for cb in trainer.checkpoint_callbacks]}. "
+            "Add one or use best_weights_source='memory'."
+        )
+
+    def _may_stop(self, trainer: pl.Trainer) -> tuple[bool, str]:
+        """Whether a stop may be signalled now, and why not."""
+        epoch = trainer.current_epoch
+        if epoch < self.start_epoch:
+            return False, f"start_epoch={self.start_epoch}"
+        min_epochs = trainer.fit_loop.min_epochs or 0
+        if epoch + 1 < min_epochs:
+            return False, f"Trainer min_epochs={min_epochs}"
+        min_steps = trainer.fit_loop.epoch_loop.min_steps or 0
+        if trainer.global_step < min_steps:
+            return False, f"Trainer min_steps={min_steps}"
+        return True, ""
+
+    def _reset_tracking(self) -> None:
+        self.best_score = torch.tensor(math.inf if self.monitor_op == torch.lt else -math.inf)
+        self.wait_count = 0
+        self.best_epoch = None
+        self.best_step = None
+        self.best_weights = None
+
+    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        """Check the monitored metric; track the best score, epoch and weights; stop when allowed."""
+        logs = trainer.callback_metrics
+        if trainer.fast_dev_run or not self._validate_condition_metric(logs):
+            return
+        if self.hold_off_while_compressing and model_is_changing(trainer, ignore=self.ignore_phases):
+            if not self._holding_off:
+                rank_zero_info(
+                    f"EarlyStopping on `{self.monitor}` holds off while compression phases are not done: "
+                    f"{phase_states(trainer)}. Tracking restarts when they are."
+                )
+            self._holding_off = True
+            self._reset_tracking()
+            return
+        self._holding_off = False
+
+        current = logs[self.monitor].squeeze().detach()
+        # one decision for all ranks: rank 0's value (identical anyway when the metric is synced)
+        current = trainer.strategy.broadcast(current.cpu(), src=0).to(current.device)
+        if self.min_delta_mode == "rel":
+            best = float(self.best_score)
+            sign = 1.0 if self.monitor_op == torch.gt else -1.0
+            self.min_delta = sign * self.relative_min_delta * abs(best) if math.isfinite(best) else 0.0
+
+        previous_best = self.best_score
+        should_stop, reason = self._evaluate_stopping_criteria(current)
+        if self.best_score is not previous_best:  # improved
+            self.best_epoch = trainer.current_epoch
+            self.best_step = trainer.global_step
+            if self.restore_best_weights and self.best_weights_source == "memory":
+                self.best_weights = {
+                    k: v.detach().to("cpu", copy=True)
+                    for k, v in trainer.lightning_module.state_dict().items()
+                }
+
+        may_stop, why_not = self._may_stop(trainer)
+        if trainer.current_epoch < self.start_epoch:
+            self.wait_count = 0  # patience counts from start_epoch on
+        if should_stop and not may_stop:
+            should_stop = False
+            self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+            reason = f"{reason} Not stopping yet ({why_not})."
+
+        should_stop = trainer.strategy.reduce_boolean_decision(should_stop, all=False)
+        trainer.should_stop = trainer.should_stop or should_stop
+        if should_stop:
+            self.stopped_epoch = trainer.current_epoch
+            self.stopping_reason_message = self._stop_message(trainer, reason)
+            self._log_info(trainer, self.stopping_reason_message, self.log_rank_zero_only)
+        elif reason and self.verbose:
+            self._log_info(trainer, reason, self.log_rank_zero_only)
+        self._run_logging(trainer)
+
+    def _stop_message(self, trainer: pl.Trainer, reason: str | None) -> str:
+        best = float(self.best_score)
+        best_text = (
+            f"best {self.monitor}={best:.6g} at epoch {self.best_epoch}"
+            if self.best_epoch is not None
+            else "no best yet"
+        )
+        restore = ""
+        if self.restore_best_weights and self.best_epoch is not None:
+            restore = f" Restoring the weights of epoch {self.best_epoch} ({self.best_weights_source}) at the end of fit."
+        return (
+            f"EarlyStopping stopped training at epoch {trainer.current_epoch} "
+            f"({self.stopping_reason.name.lower()}): {best_text}. {reason or ''}{restore}"
+        ).strip()
+
+    def _run_logging(self, trainer: pl.Trainer) -> None:
+        if not trainer.loggers or trainer.global_rank != 0:
+            return
+        metrics = {"early_stopping/wait_count": float(self.wait_count)}
+        if torch.isfinite(self.best_score):
+            metrics["early_stopping/best"] = float(self.best_score)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _run_restore_best_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Load the best weights into ``pl_module``, identical on every rank."""
+        if self.best_weights_source == "checkpoint":
+            path = self._checkpoint_callback(trainer).best_model_path
+            path = trainer.strategy.broadcast(path, src=0)
+            if not path:
+                rank_zero_info("EarlyStopping: no best checkpoint was saved; the final weights are kept.")
+                return
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            state = checkpoint["state_dict"]
+            epoch = checkpoint.get("epoch")
+        else:
+            has_best = trainer.strategy.broadcast(self.best_weights is not None, src=0)
+            if not has_best:
+                rank_zero_info("EarlyStopping: no best weights were recorded; the final weights are kept.")
+                return
+            state = trainer.strategy.broadcast(self.best_weights, src=0)
+            epoch = trainer.strategy.broadcast(self.best_epoch, src=0)
+        pl_module.load_state_dict(state)
+        self.restored_epoch = epoch
+        rank_zero_info(
+            f"EarlyStopping restored the weights of epoch {epoch} (best {self.monitor}={float(self.best_score):.6g})."
+        )
