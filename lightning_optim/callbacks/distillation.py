@@ -386,7 +386,12 @@ class KnowledgeDistillation(Callback):
                 raise ValueError(
                     "`cache_teacher_logits=True` keys the cache by sample index: set `return_index=True` on the data module."
                 )
-            if dm is not None and getattr(dm, "batch_augmentation", None) is not None:
+            augmentation = getattr(dm, "augmentation", None)
+            augmented = (
+                augmentation not in (None, "none", [], ())
+                or getattr(dm, "batch_augmentation", None) is not None
+            )
+            if dm is not None and augmented:
                 raise ValueError(
                     "`cache_teacher_logits=True` needs training data that is not augmented (cached teacher logits would "
                     f"not match augmented inputs); the data module uses augmentation={getattr(dm, 'augmentation', '?')!r}. "
@@ -572,7 +577,7 @@ class KnowledgeDistillation(Callback):
         }
         if self.cache is not None:
             log["distill/cache_hit_rate"] = self._last_hit_rate
-        if getattr(pl_module, "_trainer", None) is not None:
+        if isinstance(trainer, pl.Trainer) and getattr(pl_module, "_trainer", None) is trainer:
             pl_module.log_dict(log, on_step=False, on_epoch=True, batch_size=batch_size)
         return terms
 

@@ -167,7 +167,9 @@ class TeacherLogitCache:
             uniq, inverse = torch.unique(index, return_inverse=True)
             positions = torch.arange(index.numel(), device=index.device)
             first = torch.full((uniq.numel(),), index.numel(), dtype=torch.long, device=index.device)
-            first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+            first = (
+                first.scatter_reduce(0, inverse, positions, reduce="amin").sort().values
+            )  # keep batch order
             index, logits = index[first], logits[first.to(logits.device)]
         top = int(index.max().item()) + 1 if index.numel() else 0
         if top > self.slot_of.numel():
