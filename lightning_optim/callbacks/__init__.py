@@ -3,6 +3,7 @@
 Every callback exported here must have an entry in ``tests/callbacks/callback_settings.py``.
 """
 
+from lightning_optim.callbacks.compression_report import CompressionReport
 from lightning_optim.callbacks.distillation import KnowledgeDistillation
 from lightning_optim.callbacks.early_stopping import EarlyStopping
 from lightning_optim.callbacks.lr_scheduling import LRScheduling
@@ -32,6 +33,7 @@ from lightning_optim.callbacks.schedules import (
 )
 
 __all__ = [
+    "CompressionReport",
     "KnowledgeDistillation",
     "ProgressivePruning",
     "PostTrainingQuantization",

@@ -5,7 +5,9 @@ Pure functions (no Lightning import), shared by the compression report and the b
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -16,31 +18,76 @@ import torch
 from torch import Tensor, nn
 
 
+def quantized_weights(model: nn.Module) -> list[tuple[str, Tensor, Tensor | None]]:
+    """``(module name, int8 weight, float bias)`` of every quantized module with packed weights
+    (``torch.ao.nn.quantized`` Linear/Conv, whose weights are not ``parameters()``)."""
+    found = []
+    for name, module in model.named_modules():
+        weight_fn = getattr(module, "weight", None)
+        if not callable(weight_fn) or isinstance(weight_fn, (Tensor, nn.Module)):
+            continue
+        try:
+            w = weight_fn()
+        except Exception:  # noqa: BLE001 - not a packed quantized module
+            continue
+        if isinstance(w, Tensor) and w.is_quantized:
+            bias_fn = getattr(module, "bias", None)
+            b = bias_fn() if callable(bias_fn) and not isinstance(bias_fn, (Tensor, nn.Module)) else None
+            found.append((name, w, b if isinstance(b, Tensor) else None))
+    return found
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` holds converted (int8) modules."""
+    return bool(quantized_weights(model))
+
+
+def is_fake_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` is prepared for quantization-aware training (holds fake-quantize modules)."""
+    from torch.ao.quantization import FakeQuantizeBase
+
+    return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
+
+
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameter entries (shared parameters counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Number of parameter entries (shared parameters counted once), packed int8 weights and biases included."""
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    for _, w, b in quantized_weights(model):
+        total += w.numel() + (b.numel() if b is not None else 0)
+    return total
 
 
 def count_nonzero(model: nn.Module, include_buffers: bool = False) -> int:
-    """Number of non-zero parameter entries; quantized modules' packed int8 weights are counted too."""
+    """Number of non-zero parameter entries; quantized modules' packed int8 weights (entries different from
+    the zero point) and biases are counted too."""
     total = 0
     with torch.no_grad():
         for p in {id(p): p for p in model.parameters()}.values():
             total += int(torch.count_nonzero(p))
-        for module in model.modules():
-            weight_fn = getattr(module, "weight", None)
-            if callable(weight_fn) and not isinstance(weight_fn, Tensor):  # packed quantized weight
-                try:
-                    w = weight_fn()
-                except Exception:  # noqa: BLE001 - not a packed quantized module
-                    continue
-                if isinstance(w, Tensor) and w.is_quantized:
-                    total += int(torch.count_nonzero(w.int_repr()))
+        for _, w, b in quantized_weights(model):
+            total += int(torch.count_nonzero(w.dequantize()))
+            if b is not None:
+                total += int(torch.count_nonzero(b))
         if include_buffers:
             for b in model.buffers():
                 if b.is_floating_point():
                     total += int(torch.count_nonzero(b))
     return total
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of zero entries among the weights of Linear/Conv layers (float or int8), biases excluded."""
+    total = zeros = 0
+    with torch.no_grad():
+        for module in model.modules():
+            w = getattr(module, "weight", None)
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and isinstance(w, Tensor):
+                total += w.numel()
+                zeros += w.numel() - int(torch.count_nonzero(w))
+        for _, w, _ in quantized_weights(model):
+            total += w.numel()
+            zeros += w.numel() - int(torch.count_nonzero(w.dequantize()))
+    return zeros / total if total else 0.0
 
 
 def serialized_size_bytes(obj: Any) -> int:
@@ -58,7 +105,8 @@ def state_dict_size_bytes(model: nn.Module) -> int:
 def count_flops(model: nn.Module, example_input: Tensor) -> int:
     """Floating-point operations of one forward pass, counted by ``torch.utils.flop_counter``.
 
-    A multiply-accumulate counts as 2 FLOPs (MACs = FLOPs / 2).
+    A multiply-accumulate counts as 2 FLOPs (MACs = FLOPs / 2). The counter does not see int8 kernels
+    (``quantized::linear``/``conv2d``): for a converted model it returns 0; see :func:`count_layer_macs`.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -70,6 +118,54 @@ def count_flops(model: nn.Module, example_input: Tensor) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def count_layer_macs(model: nn.Module, example_input: Tensor, nonzero: bool = False) -> int:
+    """Multiply-accumulates of the Linear and convolution layers (float, fake-quantized or int8) in one
+    forward pass, from forward hooks: each weight entry is used once per output position.
+
+    Args:
+        model: the model.
+        example_input: the input batch.
+        nonzero: count only the non-zero weights (the work a sparse kernel would do, as in Han et al.).
+    """
+    total = 0
+    packed = {name: w for name, w, _ in quantized_weights(model)}
+
+    def hook(module: nn.Module, _inputs: Any, output: Any, name: str) -> None:
+        nonlocal total
+        w = packed.get(name)
+        if w is None:
+            w = module.weight
+        w = w.dequantize() if w.is_quantized else w
+        used = int(torch.count_nonzero(w)) if nonzero else w.numel()
+        out = output.dequantize() if isinstance(output, Tensor) and output.is_quantized else output
+        if isinstance(module, nn.modules.conv._ConvNd) or type(module).__name__.startswith("Conv"):
+            positions = out.shape[0] * math.prod(out.shape[2:])  # batch x spatial
+            if "Transpose" in type(module).__name__:
+                inp = _inputs[0].dequantize() if _inputs[0].is_quantized else _inputs[0]
+                positions = inp.shape[0] * math.prod(inp.shape[2:])
+        else:
+            positions = out.numel() // out.shape[-1]
+        total += used * positions
+
+    handles = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if name in packed or (
+            isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and isinstance(weight, Tensor)
+        ):
+            handles.append(module.register_forward_hook(functools.partial(hook, name=name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
 
 
 @contextmanager

@@ -1,0 +1,425 @@
+"""CompressionReport: measure the model at fit start, at every compression phase boundary and at fit end."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_optim.callbacks.phases import phase_states, target_model
+from lightning_optim.compression.measure import weight_sparsity
+from lightning_optim.compression.report import add_ratios, format_markdown, measure_model, write_report
+from lightning_optim.modules.loss_terms import unpack_batch
+
+NO_TEST_LOADER = (
+    "CompressionReport: the trainer has no test data (no datamodule with a `test_dataloader`, and no "
+    "`test_dataloader` on the LightningModule); test metrics are skipped and the report shows sizes, "
+    "FLOPs and latency only."
+)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+class CompressionReport(Callback):
+    r"""Measure the model before, during and after compression, and write a report a user can look at.
+
+    A row is measured at fit start, at the end of every epoch at which the state of a compression phase
+    changes (:func:`~lightning_optim.callbacks.phases.phase_states`: pruning ramp done, QAT started...) and at
+    fit end; when a callback on the Trainer holds a converted int8 model in ``quantized_model`` (as
+    :class:`~lightning_optim.callbacks.QuantizationAwareTraining` does), a last row measures that model. Each
+    row holds parameters, non-zero parameters, weight sparsity, the ``torch.save`` state-dict size, the
+    size of the compact deployable artifact (:mod:`lightning_optim.compression.artifact`) and its ratio to
+    the dense fp32 state dict of the first row, FLOPs and MACs (``torch.utils.flop_counter``), CPU latency
+    at each of ``latency_batch_sizes`` (median of ``latency_repeats`` runs after ``latency_warmup``, thread
+    count stated) and test accuracy, loss and error on the test loader of the Trainer's data module (a clear
+    message, not a crash, when there is none). Every epoch it also records weight sparsity, learning rate,
+    train/val loss and val accuracy.
+
+    At fit end it writes ``<filename>.md`` (table), ``<filename>.json`` (rows and per-epoch history) and
+    ``<filename>.png`` (accuracy against size per stage; size and latency per stage; sparsity, LR and loss
+    curves with the phases shaded) into ``dirpath`` (default: ``trainer.log_dir``, else
+    ``default_root_dir``), optionally the final model's artifact, prints the table, and logs the figures
+    as ``compression/<stage>/<figure>``. Measurements run on rank 0, on the CPU, on a copy of the model.
+
+    Args:
+        latency_batch_sizes: batch sizes whose CPU latency is measured.
+        latency_repeats: timed runs per batch size (the median is reported).
+        latency_warmup: untimed runs before timing.
+        latency_threads: intra-op threads for timing; ``None`` keeps torch's setting (stated in the report).
+        test_metrics: evaluate on the test loader at each row.
+        limit_test_batches: at most this many test batches per row (``None``: the whole test set).
+        at_phase_boundaries: add a row when a phase's state changes.
+        artifact_torchscript: the artifact holds a TorchScript module (self-contained, a few KiB larger)
+            instead of the state dict.
+        save_artifact: also write the final model's compact artifact (``<filename>.lopt``).
+        dirpath: output folder.
+        filename: stem of the output files.
+        plot: draw the PNG (needs matplotlib; skipped with a message without it).
+        input_shape: shape of one input sample (without batch), used when no test batch is available to
+            take it from (else ``pl_module.example_input_array`` or the data module's ``input_shape``).
+        attribute: the attribute of the LightningModule holding the network (``model``).
+        verbose: print the table at fit end.
+
+    Raises:
+        ValueError: for empty or non-positive ``latency_batch_sizes``, ``latency_repeats`` < 1, a negative
+            ``latency_warmup``, ``latency_threads`` < 1, ``limit_test_batches`` < 1, an empty ``filename``
+            or an ``input_shape`` with non-positive sizes.
+
+    Example::
+
+        from lightning_optim.callbacks import CompressionReport, ProgressivePruning
+        trainer = Trainer(max_epochs=20, callbacks=[ProgressivePruning(final_sparsity=0.95), CompressionReport()])
+        trainer.fit(module, datamodule=dm)   # -> <log_dir>/compression_report.{md,json,png}
+    """
+
+    def __init__(
+        self,
+        latency_batch_sizes: tuple[int, ...] = (1, 256),
+        latency_repeats: int = 20,
+        latency_warmup: int = 3,
+        latency_threads: int | None = None,
+        test_metrics: bool = True,
+        limit_test_batches: int | None = None,
+        at_phase_boundaries: bool = True,
+        artifact_torchscript: bool = False,
+        save_artifact: bool = True,
+        dirpath: str | None = None,
+        filename: str = "compression_report",
+        plot: bool = True,
+        input_shape: tuple[int, ...] | None = None,
+        attribute: str = "model",
+        verbose: bool = True,
+    ) -> None:
+        sizes = tuple(int(b) for b in latency_batch_sizes)
+        if not sizes or any(b < 1 for b in sizes):
+            raise ValueError(
+                f"`latency_batch_sizes` must be a non-empty list of sizes >= 1, got {latency_batch_sizes}."
+            )
+        if latency_repeats < 1:
+            raise ValueError(f"`latency_repeats` must be >= 1, got {latency_repeats}.")
+        if latency_warmup < 0:
+            raise ValueError(f"`latency_warmup` must be >= 0, got {latency_warmup}.")
+        if latency_threads is not None and latency_threads < 1:
+            raise ValueError(
+                f"`latency_threads` must be >= 1 or None (torch's setting), got {latency_threads}."
+            )
+        if limit_test_batches is not None and limit_test_batches < 1:
+            raise ValueError(f"`limit_test_batches` must be >= 1 or None (all), got {limit_test_batches}.")
+        if not filename:
+            raise ValueError("`filename` must be a non-empty file stem, e.g. 'compression_report'.")
+        if input_shape is not None and (not input_shape or any(int(s) < 1 for s in input_shape)):
+            raise ValueError(
+                f"`input_shape` must be the shape of one sample with sizes >= 1, got {input_shape}."
+            )
+        self.latency_batch_sizes = sizes
+        self.latency_repeats = latency_repeats
+        self.latency_warmup = latency_warmup
+        self.latency_threads = latency_threads
+        self.test_metrics = test_metrics
+        self.limit_test_batches = limit_test_batches
+        self.at_phase_boundaries = at_phase_boundaries
+        self.artifact_torchscript = artifact_torchscript
+        self.save_artifact = save_artifact
+        self.dirpath = dirpath
+        self.filename = filename
+        self.plot = plot
+        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+        self.attribute = attribute
+        self.verbose = verbose
+        self.rows: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.paths: dict[str, str] = {}
+        self._last_phases: dict[str, str] | None = None
+        self._example: Tensor | None = None
+        self._pending_start = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(filename=self.filename, dirpath=self.dirpath)
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_fit_start(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._run_first_batch(trainer, pl_module, batch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_epoch_end(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_fit_end(trainer, pl_module)
+
+    # ------------------------------------------------------------------------------------------ work
+    def _run_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._last_phases is None:
+            self._last_phases = dict(phase_states(trainer))
+        if self.rows:  # resumed: the fit-start row is already in the restored state
+            return
+        if (
+            self._example is None
+            and self._known_input_shape(trainer, pl_module) is None
+            and not self._has_test_data(trainer, pl_module)
+        ):
+            self._pending_start = True  # no shape known yet: measure on the first training batch
+            return
+        self._measure(trainer, pl_module, "fit start")
+
+    def _run_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        if self._example is None:
+            x = unpack_batch(batch)[0]
+            if isinstance(x, Tensor):
+                self._example = x[:2].detach().float().cpu().clone()
+        if self._pending_start:
+            self._pending_start = False
+            self._measure(trainer, pl_module, "fit start")
+
+    def _run_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        states = dict(phase_states(trainer))
+        model = target_model(pl_module, self.attribute)
+        metrics = trainer.callback_metrics
+        entry: dict[str, Any] = {
+            "epoch": trainer.current_epoch + 1,  # epochs completed
+            "step": trainer.global_step,
+            "weight_sparsity": weight_sparsity(model),
+            "lr": self._learning_rate(trainer),
+            "phases": states,
+        }
+        for key, names in (
+            ("train_loss", ("train_loss_epoch", "train_loss")),
+            ("val_loss", ("val_loss",)),
+            ("val_acc", ("val_acc",)),
+        ):
+            value = next((metrics[n] for n in names if n in metrics), None)
+            entry[key] = float(value) if value is not None else None
+        self.history.append(self._broadcast(trainer, entry))  # per-rank losses differ: keep rank 0's
+        if self.at_phase_boundaries and self._last_phases is not None and states != self._last_phases:
+            changed = [_transition(n, s) for n, s in states.items() if self._last_phases.get(n) != s]
+            self._measure(trainer, pl_module, ", ".join(changed), epoch=trainer.current_epoch + 1)
+        self._last_phases = states
+
+    def _run_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._measure(trainer, pl_module, "fit end")
+        quantized = self._quantized_model(trainer)
+        if quantized is not None:
+            self._measure(trainer, pl_module, "int8", model=quantized)
+        if not trainer.is_global_zero or not self.rows:
+            return
+        add_ratios(self.rows)
+        dirpath = self.dirpath or trainer.log_dir or trainer.default_root_dir
+        if self.plot and not _has_matplotlib():
+            self._note("PNG not drawn: matplotlib is not installed (pip install matplotlib).")
+        self.paths = write_report(self.rows, dirpath, self.filename, self.history, self.notes, plot=self.plot)
+        if self.save_artifact:
+            from lightning_optim.compression.artifact import save_artifact
+
+            final = quantized if quantized is not None else target_model(pl_module, self.attribute)
+            path = os.path.join(dirpath, f"{self.filename}.lopt")
+            example = self._example[:1] if self._example is not None else None
+            save_artifact(
+                final,
+                path,
+                torchscript=self.artifact_torchscript,
+                example_input=example,
+                verify=example is not None,
+            )
+            self.paths["artifact"] = path
+        self._log_rows(trainer)
+        if self.verbose:
+            rank_zero_info(
+                "\n" + format_markdown(self.rows, self.notes) + f"\nReport written to {self.paths}"
+            )
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _measure(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        stage: str,
+        model: nn.Module | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        row: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            network = model if model is not None else target_model(pl_module, self.attribute)
+            batches = list(self._test_batches(trainer, pl_module)) if self.test_metrics else None
+            if batches is not None and not batches:
+                batches = None
+            example = self._example_input(trainer, pl_module, batches)
+            with torch.random.fork_rng(devices=[]):  # the report must not change the run's random stream
+                row = measure_model(
+                    network,
+                    example,
+                    stage=stage,
+                    batches=batches,
+                    latency_batch_sizes=self.latency_batch_sizes,
+                    latency_repeats=self.latency_repeats,
+                    latency_warmup=self.latency_warmup,
+                    threads=self.latency_threads,
+                    artifact=True,
+                    artifact_torchscript=self.artifact_torchscript,
+                )
+            row["epoch"] = trainer.current_epoch if epoch is None else epoch  # epochs completed
+            row["step"] = trainer.global_step
+            row["phases"] = dict(phase_states(trainer))
+        # rank 0 measures; every rank keeps the same rows (identical callback state in checkpoints)
+        row, self._example, self.notes = self._broadcast(trainer, (row, self._example, self.notes))
+        self.rows.append(row)
+
+    @staticmethod
+    def _broadcast(trainer: pl.Trainer, obj: Any) -> Any:
+        if (
+            trainer.world_size <= 1
+            or not torch.distributed.is_available()
+            or not torch.distributed.is_initialized()
+        ):
+            return obj
+        return trainer.strategy.broadcast(obj, src=0)
+
+    def _test_batches(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Test ``(inputs, targets)`` on the CPU, transformed by the data module as for testing."""
+        dm = trainer.datamodule
+        loader = None
+        if dm is not None and type(dm).test_dataloader is not pl.LightningDataModule.test_dataloader:
+            loader = dm.test_dataloader()
+        elif type(pl_module).test_dataloader is not pl.LightningModule.test_dataloader:
+            loader = pl_module.test_dataloader()
+        if loader is None:
+            self._note(NO_TEST_LOADER)
+            return
+        previous = trainer.state.stage
+        trainer.state.stage = (
+            RunningStage.TESTING
+        )  # the data module's hooks see a test batch: no augmentation
+        try:
+            for i, batch in enumerate(loader):
+                if self.limit_test_batches is not None and i >= self.limit_test_batches:
+                    break
+                if dm is not None:
+                    batch = dm.on_before_batch_transfer(batch, 0)
+                    batch = dm.on_after_batch_transfer(batch, 0)
+                x, y, _ = unpack_batch(batch)
+                yield x.detach().float().cpu(), y.detach().cpu()
+        finally:
+            trainer.state.stage = previous
+
+    def _has_test_data(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        dm = trainer.datamodule
+        return bool(self.test_metrics) and (
+            (dm is not None and type(dm).test_dataloader is not pl.LightningDataModule.test_dataloader)
+            or type(pl_module).test_dataloader is not pl.LightningModule.test_dataloader
+        )
+
+    def _known_input_shape(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[int, ...] | None:
+        if self.input_shape is not None:
+            return self.input_shape
+        example_array = getattr(pl_module, "example_input_array", None)
+        if isinstance(example_array, Tensor):
+            return tuple(example_array.shape[1:])
+        shape = getattr(trainer.datamodule, "input_shape", None) if trainer.datamodule is not None else None
+        return tuple(shape) if shape is not None else None
+
+    def _example_input(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list | None
+    ) -> Tensor:
+        if batches:
+            self._example = batches[0][0][:2].clone()
+        if self._example is not None:
+            return self._example
+        example_array = getattr(pl_module, "example_input_array", None)
+        if self.input_shape is None and isinstance(example_array, Tensor):
+            self._example = example_array.detach().float().cpu()
+            return self._example
+        shape = self._known_input_shape(trainer, pl_module)
+        if shape is None:
+            raise ValueError(
+                "CompressionReport needs an example input: give `input_shape` (one sample, e.g. [1, 28, 28]), set "
+                "`example_input_array` on the LightningModule, or use a data module with a test loader or `input_shape`."
+            )
+        self._example = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+        return self._example
+
+    @staticmethod
+    def _learning_rate(trainer: pl.Trainer) -> float | None:
+        if not trainer.optimizers:
+            return None
+        return float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    @staticmethod
+    def _quantized_model(trainer: pl.Trainer) -> nn.Module | None:
+        for cb in trainer.callbacks:
+            model = getattr(cb, "quantized_model", None)
+            if isinstance(model, nn.Module) and cb is not None:
+                return model
+        return None
+
+    def _note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+            rank_zero_warn(message)
+
+    def _log_rows(self, trainer: pl.Trainer) -> None:
+        if not trainer.loggers:
+            return
+        for row in self.rows:
+            prefix = f"compression/{_slug(row['stage'])}"
+            metrics = {
+                f"{prefix}/{k}": float(v)
+                for k, v in row.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step")
+            }
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=row.get("step", trainer.global_step))
+        for logger in trainer.loggers:
+            logger.save()
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rows": [dict(r) for r in self.rows],
+            "history": [dict(h) for h in self.history],
+            "notes": list(self.notes),
+            "last_phases": dict(self._last_phases) if self._last_phases is not None else None,
+            "example": self._example.clone() if self._example is not None else None,
+            "pending_start": self._pending_start,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+        self.history = [dict(h) for h in state_dict.get("history", [])]
+        self.notes = list(state_dict.get("notes", []))
+        last = state_dict.get("last_phases")
+        self._last_phases = dict(last) if last is not None else None
+        self._example = state_dict.get("example")
+        self._pending_start = bool(state_dict.get("pending_start", False))
+
+
+def _transition(name: str, state: str) -> str:
+    return {"active": f"{name} starts", "done": f"{name} done", "pending": f"{name} pending"}.get(
+        state, f"{name} {state}"
+    )
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True

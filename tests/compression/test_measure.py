@@ -1,0 +1,91 @@
+"""Measurements against figures computed by hand for a 2-layer MLP."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_optim.compression.measure import (
+    count_flops,
+    count_layer_macs,
+    count_nonzero,
+    count_parameters,
+    is_fake_quantized,
+    is_quantized,
+    measure_latency,
+    state_dict_size_bytes,
+    weight_sparsity,
+)
+
+IN, HIDDEN, OUT = 10, 20, 3
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, OUT))
+
+
+def int8_mlp(model: nn.Module) -> nn.Module:
+    import torch.ao.quantization as tq
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = tq.QuantWrapper(copy.deepcopy(model)).eval()
+        q.qconfig = tq.get_default_qconfig("x86")
+        tq.prepare(q, inplace=True)
+        q(torch.randn(64, IN))
+        return tq.convert(q)
+
+
+def test_parameters_and_nonzero_by_hand():
+    model = mlp()
+    assert count_parameters(model) == IN * HIDDEN + HIDDEN + HIDDEN * OUT + OUT == 283
+    with torch.no_grad():
+        model[0].weight[:, :5] = 0  # 100 weights
+        model[2].bias.zero_()  # 3 biases
+    assert count_nonzero(model) == 283 - 100 - 3
+    assert weight_sparsity(model) == pytest.approx(100 / (IN * HIDDEN + HIDDEN * OUT))
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_flops_and_macs_by_hand(batch):
+    model = mlp()
+    x = torch.randn(batch, IN)
+    macs = batch * (IN * HIDDEN + HIDDEN * OUT)  # 260 per sample
+    assert count_flops(model, x) == 2 * macs
+    assert count_layer_macs(model, x) == macs
+    with torch.no_grad():
+        model[0].weight[:, :5] = 0
+    assert count_layer_macs(model, x, nonzero=True) == batch * (IN * HIDDEN - 100 + HIDDEN * OUT)
+
+
+def test_conv_macs_by_hand():
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
+    x = torch.randn(2, 3, 5, 5)
+    macs = 2 * (4 * 3 * 3 * 3 * 5 * 5 + 4 * 5 * 5 * 2)
+    assert count_layer_macs(conv, x) == macs
+    assert count_flops(conv, x) == 2 * macs
+
+
+def test_int8_model_counts_match_float():
+    model = mlp()
+    with torch.no_grad():
+        model[0].weight[:, :5] = 0
+    q = int8_mlp(model)
+    assert is_quantized(q) and not is_quantized(model) and not is_fake_quantized(q)
+    assert count_parameters(q) == 283
+    assert count_nonzero(q) <= count_nonzero(model) and count_nonzero(q) >= 283 - 100 - 20
+    x = torch.randn(4, IN)
+    assert count_flops(q, x) == 0  # int8 kernels are invisible to torch.utils.flop_counter ...
+    assert count_layer_macs(q, x) == 4 * 260  # ... the layer hooks see them
+    assert state_dict_size_bytes(q) < state_dict_size_bytes(model) + 4096
+
+
+def test_latency_fields():
+    result = measure_latency(mlp(), torch.randn(8, IN), repeats=3, warmup=1, threads=1)
+    assert result["runs"] == 3 and result["threads"] == 1 and result["batch_size"] == 8
+    assert 0 < result["min_ms"] <= result["median_ms"]
