@@ -1,0 +1,241 @@
+"""ClassificationModule: loss, label smoothing, L1 term, weight-decay groups, metrics, LR finder, bad input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+from torch import nn
+
+from lightning_optim import ClassificationModule, ImageClassificationDataModule
+from lightning_optim.functional.regularization import split_decay_parameters
+from lightning_optim.models import ConvNet3, LeNet300100, TextClassifier
+from tests.conftest import quiet_trainer_kwargs
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        yield
+
+
+def small_convnet(**kwargs) -> nn.Module:
+    return ConvNet3(image_size=8, channels=(4, 8, 8), hidden=16, **kwargs)
+
+
+def batch(n: int = 16, classes: int = 10, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def test_training_step_loss_is_cross_entropy():
+    module = ClassificationModule(small_convnet())
+    x, y = batch()
+    loss = module.training_step((x, y), 0)
+    torch.testing.assert_close(loss, F.cross_entropy(module(x), y))
+
+
+@pytest.mark.parametrize("smoothing", [0.05, 0.1, 0.3])
+def test_label_smoothing_matches_its_definition(smoothing):
+    module = ClassificationModule(small_convnet(), label_smoothing=smoothing)
+    logits = torch.randn(12, 10)
+    y = torch.randint(0, 10, (12,))
+    logp = logits.log_softmax(-1)
+    nll = -logp.gather(1, y[:, None]).squeeze(1)
+    uniform = -logp.mean(-1)
+    expected = ((1 - smoothing) * nll + smoothing * uniform).mean()
+    torch.testing.assert_close(module.task_loss(logits, y), expected)
+    assert module.task_loss(logits, y) != ClassificationModule(small_convnet()).task_loss(logits, y)
+
+
+def test_task_loss_is_float32_under_half_logits():
+    module = ClassificationModule(small_convnet())
+    loss = module.task_loss(torch.randn(4, 10, dtype=torch.bfloat16), torch.tensor([1, 2, 3, 4]))
+    assert loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("l1", [1e-4, 1e-2])
+def test_l1_term_adds_exactly_l1_times_sum_of_abs_weights(l1):
+    torch.manual_seed(0)
+    net = small_convnet()
+    plain = ClassificationModule(net)
+    with_l1 = ClassificationModule(net, l1=l1)
+    x, y = batch()
+    plain.eval(), with_l1.eval()  # same BatchNorm behaviour for both calls
+    difference = with_l1.training_step((x, y), 0) - plain.training_step((x, y), 0)
+    weights, _ = split_decay_parameters(net)
+    expected = l1 * sum(w.abs().sum() for w in weights)
+    torch.testing.assert_close(difference, expected)
+    # only conv/linear weights: no bias, no BatchNorm parameter
+    assert sum(w.numel() for w in weights) == sum(
+        m.weight.numel() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    )
+
+
+def test_l1_gradient_is_sign_of_weights():
+    net = LeNet300100(in_features=64)
+    module = ClassificationModule(net, l1=0.5)
+    module.l1_term().backward()
+    torch.testing.assert_close(net.fc1.weight.grad, 0.5 * net.fc1.weight.sign())
+    assert net.fc1.bias.grad is None
+
+
+def test_param_groups_put_biases_and_norms_in_the_no_decay_group():
+    net = small_convnet(norm="batch")
+    module = ClassificationModule(net, optimizer="sgd", weight_decay=0.1)
+    optimizer = module.configure_optimizers()
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
+    no_decay = {id(p) for p in groups["no_decay"]["params"]}
+    for name, p in net.named_parameters():
+        is_norm_or_bias = name.endswith("bias") or ".bn." in name
+        assert (id(p) in no_decay) == is_norm_or_bias, name
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "group"])
+def test_weight_decay_step_shrinks_weights_but_not_biases_nor_norms(norm):
+    """With zero gradients, one SGD step changes only the decayed weights (by lr * wd * w)."""
+    net = small_convnet(norm=norm)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1)  # make biases and norm shifts non-zero, so decay would show
+    module = ClassificationModule(net, optimizer="sgd", lr=0.5, weight_decay=0.2)
+    optimizer = module.configure_optimizers()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in net.named_parameters():
+        if name.endswith("bias") or p.ndim <= 1:
+            torch.testing.assert_close(p, before[name], msg=name)
+        else:
+            torch.testing.assert_close(p, before[name] * (1 - 0.5 * 0.2), msg=name)
+
+
+def test_embeddings_are_not_decayed():
+    module = ClassificationModule(
+        TextClassifier(vocab_size=30, num_classes=3), optimizer="adamw", weight_decay=0.1
+    )
+    groups = {g["name"]: g for g in module.configure_optimizers().param_groups}
+    assert any(p is module.model.embedding.weight for p in groups["no_decay"]["params"])
+
+
+def test_weight_decay_none_keeps_the_optimizer_default_for_weights_only():
+    module = ClassificationModule(small_convnet(), optimizer="adamw")
+    groups = {g["name"]: g for g in module.configure_optimizers().param_groups}
+    assert groups["decay"]["weight_decay"] == 0.01 and groups["no_decay"]["weight_decay"] == 0.0
+
+
+def test_lr_overrides_every_group():
+    module = ClassificationModule(small_convnet(), optimizer="nesterov", lr=0.123)
+    assert {g["lr"] for g in module.configure_optimizers().param_groups} == {0.123}
+
+
+@pytest.mark.parametrize(("classes", "has_top5"), [(10, True), (5, True), (4, False), (2, False)])
+def test_top5_accuracy_only_with_at_least_5_classes(classes, has_top5):
+    module = ClassificationModule(LeNet300100(in_features=4, num_classes=classes))
+    names = {*module.train_metrics.keys(), *module.val_metrics.keys(), *module.test_metrics.keys()}
+    assert ("val_acc_top5" in names) is has_top5 and ("test_acc_top5" in names) is has_top5
+    assert {"train_acc", "val_acc", "test_acc"} <= names
+
+
+def test_accuracy_is_the_fraction_of_correct_samples():
+    """Micro accuracy (not torchmetrics' default macro mean over classes)."""
+    module = ClassificationModule(LeNet300100(in_features=4, num_classes=3))
+    logits = torch.tensor([[5.0, 0, 0]] * 8 + [[0, 5.0, 0]] * 2)  # predicts 0 eight times, 1 twice
+    targets = torch.tensor([0] * 8 + [2] * 2)  # 8 of 10 right; the macro mean would be (1 + 0) / 2
+    module.test_metrics.update(logits, targets)
+    assert module.test_metrics.compute()["test_acc"].item() == pytest.approx(0.8)
+
+
+def test_top5_accuracy():
+    module = ClassificationModule(LeNet300100(in_features=4, num_classes=10))
+    logits = torch.arange(10.0).repeat(4, 1)  # ranking 9, 8, 7, 6, 5, ...
+    module.val_metrics.update(logits, torch.tensor([9, 5, 4, 0]))
+    out = module.val_metrics.compute()
+    assert out["val_acc"].item() == pytest.approx(0.25) and out["val_acc_top5"].item() == pytest.approx(0.5)
+
+
+def test_num_classes_is_inferred_from_the_model():
+    assert ClassificationModule(LeNet300100(num_classes=7)).num_classes == 7
+    assert ClassificationModule(nn.Sequential(nn.Flatten(), nn.Linear(64, 3))).num_classes == 3
+
+
+def test_predict_step_returns_probabilities():
+    module = ClassificationModule(small_convnet()).eval()
+    x, y = batch(5)
+    probs = module.predict_step((x, y), 0)
+    assert probs.shape == (5, 10)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"optimizer": "adamax_typo"}, r"`optimizer`.*allowed names"),
+        ({"l1": -1.0}, "`l1`"),
+        ({"weight_decay": -0.1}, "`weight_decay`"),
+        ({"label_smoothing": 1.0}, r"`label_smoothing` must be in \[0, 1\)"),
+        ({"label_smoothing": -0.1}, "`label_smoothing`"),
+        ({"scheduler_interval": "batch"}, r"`scheduler_interval` must be 'epoch' or 'step'"),
+        ({"lr": 0.0}, "`lr`"),
+        ({"num_classes": 5}, r"`num_classes`=5 .* model outputs 10"),
+        ({"model": nn.Flatten()}, "`num_classes`"),
+    ],
+)
+def test_bad_input_raises_naming_the_option(kwargs, message):
+    kwargs = {"model": small_convnet(), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ClassificationModule(**kwargs)
+
+
+def test_model_must_be_a_module():
+    with pytest.raises(TypeError, match="`model`"):
+        ClassificationModule("convnet3")  # type: ignore[arg-type]
+
+
+def test_hyperparameters_are_saved_without_the_network():
+    module = ClassificationModule(small_convnet(), lr=0.01, l1=1e-5, label_smoothing=0.1)
+    assert module.hparams["lr"] == 0.01 and module.hparams["l1"] == 1e-5
+    assert "model" not in module.hparams
+
+
+def test_lr_finder_tunes_the_lr_attribute(tmp_path):
+    from lightning.pytorch.tuner import Tuner
+
+    torch.manual_seed(0)
+    module = ClassificationModule(LeNet300100(in_features=64), optimizer="sgd", lr=1e-3)
+    dm = ImageClassificationDataModule("digits", batch_size=32)
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=1))
+    finder = Tuner(trainer).lr_find(module, datamodule=dm, min_lr=1e-4, max_lr=1.0, num_training=30)
+    assert finder is not None and module.lr == pytest.approx(finder.suggestion())
+    assert module.lr != 1e-3 and module.hparams["lr"] == module.lr
+    assert {g["lr"] for g in module.configure_optimizers().param_groups} == {module.lr}
+
+
+def test_short_fit_on_digits_learns_and_logs(tmp_path):
+    torch.manual_seed(0)
+    module = ClassificationModule(LeNet300100(in_features=64), optimizer="adam", lr=3e-3, l1=1e-6)
+    dm = ImageClassificationDataModule("digits", batch_size=64)
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=2))
+    trainer.fit(module, datamodule=dm)
+    logged = trainer.callback_metrics
+    for key in (
+        "train_loss",
+        "train_loss_task",
+        "train_loss_l1",
+        "val_loss",
+        "val_acc",
+        "val_acc_top5",
+        "train_acc",
+    ):
+        assert key in logged, key
+    assert logged["val_acc"] > 0.8
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    assert test["test_acc"] > 0.8 and math.isfinite(test["test_loss"])
