@@ -33,6 +33,7 @@ from lightning_optim.data.datasets import (
     load_named_dataset,
 )
 from lightning_optim.data.normalization import check_normalization, fit_normalization, normalize
+from lightning_optim.data.samplers import EpochSeededRandomSampler
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         return DataLoader(
             InMemoryImageDataset(split, return_index=self.return_index, transform=transform),
             batch_size=self.batch_size if train else (self.eval_batch_size or self.batch_size),
-            shuffle=train,
+            sampler=EpochSeededRandomSampler(len(split), self.seed) if train else None,
             drop_last=False,
             collate_fn=batched_collate,
             num_workers=self.num_workers,
