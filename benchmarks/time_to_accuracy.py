@@ -1,0 +1,356 @@
+"""Time and epochs to 99.0% MNIST test accuracy: constant-LR Adam (the tutorial recipe) vs our recipe, and
+the per-step overhead of LRScheduling + EarlyStopping.
+
+Run from the repository root (2 CPU threads by default)::
+
+    .venv/bin/python -m benchmarks.time_to_accuracy --data-dir ../shared/data
+    .venv/bin/python -m benchmarks.time_to_accuracy --data-dir ../shared/data --quick   # smoke check
+
+Recipes, all on the same network (``--model``, default LeNet-5 classic) and the same real MNIST split:
+
+- ``a_constant_adam``: Adam at a constant LR of 1e-3, batch 64, no augmentation (the usual tutorial).
+- ``b_one_cycle``: our recipe for speed: batch 256, AdamW, :class:`~lightning_optim.callbacks.LRScheduling`
+  with a one-cycle schedule (beta1 cycling) over ``--fast-epochs`` epochs, peak LR ``--peak-lr``.
+- ``b_one_cycle_long``: the same recipe over ``--long-epochs`` epochs with batched augmentation (the data
+  module's ``light`` preset) and label smoothing, for the best final accuracy.
+
+After every training epoch the full 10,000-image test set is evaluated; the clock counts training time
+only (setup and the test evaluations are excluded, identically for every recipe). Recipe (a) stops at the
+target (or ``--max-epochs``); (b) runs its whole schedule. The overhead section times steps (median interval
+between consecutive ``on_train_batch_end`` within an epoch) of the recipe-(a) training with no callback and
+with ``LRScheduling`` + ``EarlyStopping``, interleaved over ``--overhead-rounds`` rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_optim.callbacks import EarlyStopping, LRScheduling
+from lightning_optim.callbacks.schedules import OneCycle
+from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.models import create_model
+from lightning_optim.modules import ClassificationModule
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str
+    batch_size: int
+    optimizer: str
+    lr: float
+    epochs: int
+    stop_at_target: bool
+    schedule: dict[str, Any] | None = None
+    augmentation: str = "none"
+    label_smoothing: float = 0.0
+    weight_decay: float | None = None
+
+
+@dataclass
+class RunResult:
+    recipe: Recipe
+    epochs: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # cumulative training time at each epoch end
+    accuracy: list[float] = field(default_factory=list)
+
+    def first_at(self, target: float) -> tuple[int, float] | None:
+        for epoch, seconds, acc in zip(self.epochs, self.seconds, self.accuracy):
+            if acc >= target:
+                return epoch, seconds
+        return None
+
+
+class EpochClock(Callback):
+    """Times each training epoch, then (clock stopped) evaluates the full test set."""
+
+    def __init__(
+        self, dm: ImageClassificationDataModule, result: RunResult, target: float, stop: bool
+    ) -> None:
+        self.dm = dm
+        self.result = result
+        self.target = target
+        self.stop = stop
+        self.total = 0.0
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.total += time.perf_counter() - self._start
+        acc = test_accuracy(pl_module, self.dm)
+        self.result.epochs.append(trainer.current_epoch + 1)
+        self.result.seconds.append(self.total)
+        self.result.accuracy.append(acc)
+        print(
+            f"  {self.result.recipe.name}: epoch {trainer.current_epoch + 1} "
+            f"train {self.total:7.1f}s test acc {100 * acc:.2f}%",
+            flush=True,
+        )
+        if self.stop and acc >= self.target:
+            trainer.should_stop = True
+
+
+class StepClock(Callback):
+    """Intervals between consecutive ``on_train_batch_end`` calls within an epoch (steady-state steps)."""
+
+    def __init__(self, skip: int = 5) -> None:
+        self.skip = skip
+        self.intervals: list[float] = []
+        self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._last = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if self._last is not None and batch_idx > self.skip:
+            self.intervals.append(now - self._last)
+        self._last = now
+
+
+@torch.no_grad()
+def test_accuracy(
+    pl_module: pl.LightningModule, dm: ImageClassificationDataModule, batch: int = 2000
+) -> float:
+    was_training = pl_module.training
+    pl_module.eval()
+    split = dm.test_split
+    correct = 0
+    for i in range(0, len(split), batch):
+        x = dm.to_model_input(split.images[i : i + batch], train=False)
+        correct += int((pl_module(x).argmax(-1) == split.labels[i : i + batch]).sum())
+    pl_module.train(was_training)
+    return correct / len(split)
+
+
+def make_module(args: argparse.Namespace, recipe: Recipe) -> ClassificationModule:
+    net = create_model(args.model, **({"image_size": 28} if args.model in ("lenet5", "convnet3") else {}))
+    return ClassificationModule(
+        net,
+        optimizer=recipe.optimizer,
+        lr=recipe.lr,
+        label_smoothing=recipe.label_smoothing,
+        weight_decay=recipe.weight_decay,
+    )
+
+
+def make_datamodule(args: argparse.Namespace, recipe: Recipe) -> ImageClassificationDataModule:
+    dm = ImageClassificationDataModule(
+        "mnist",
+        data_dir=args.data_dir,
+        val_split=1.0 / 60.0,  # 1,000 images held out (unused here), 59,000 for training
+        batch_size=recipe.batch_size,
+        augmentation=recipe.augmentation,
+        limit_train_samples=args.limit_train_samples,
+        seed=args.seed,
+    )
+    dm.setup("fit")
+    if args.quick:  # a smaller test set for the smoke check
+        dm.test_split = dm.test_split.subset(torch.arange(2000))
+    return dm
+
+
+def trainer_kwargs(epochs: int, **overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def run_recipe(args: argparse.Namespace, recipe: Recipe) -> RunResult:
+    pl.seed_everything(args.seed, verbose=False)
+    dm = make_datamodule(args, recipe)
+    module = make_module(args, recipe)
+    result = RunResult(recipe)
+    callbacks: list[Callback] = [EpochClock(dm, result, args.target, recipe.stop_at_target)]
+    if recipe.schedule is not None:
+        callbacks.insert(0, LRScheduling(OneCycle(**recipe.schedule), interval="step"))
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(recipe.epochs))
+    trainer.fit(module, datamodule=dm)
+    return result
+
+
+def measure_overhead(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
+    """Per-step time of recipe (a) with no callback vs LRScheduling + EarlyStopping, interleaved."""
+    dm = make_datamodule(args, recipe)
+    intervals: dict[str, list[float]] = {"none": [], "lr_es": []}
+    for round_ in range(args.overhead_rounds):
+        order = ["none", "lr_es"] if round_ % 2 == 0 else ["lr_es", "none"]
+        for variant in order:
+            pl.seed_everything(args.seed, verbose=False)
+            clock = StepClock()
+            callbacks: list[Callback] = [clock]
+            if variant == "lr_es":
+                callbacks += [
+                    LRScheduling(OneCycle(), interval="step", warmup=10),
+                    EarlyStopping("val_loss", patience=10, restore_best_weights=True),
+                ]
+            trainer = pl.Trainer(
+                callbacks=callbacks,
+                **trainer_kwargs(
+                    2,
+                    limit_train_batches=args.overhead_steps // 2,
+                    limit_val_batches=2,
+                    num_sanity_val_steps=0,
+                ),
+            )
+            trainer.fit(make_module(args, recipe), datamodule=dm)
+            intervals[variant] += clock.intervals
+    med = {k: statistics.median(v) for k, v in intervals.items()}
+    mean = {k: statistics.fmean(v) for k, v in intervals.items()}
+    return {
+        "steps": {k: len(v) for k, v in intervals.items()},
+        "median_ms": {k: 1000 * v for k, v in med.items()},
+        "mean_ms": {k: 1000 * v for k, v in mean.items()},
+        "ratio_median": med["lr_es"] / med["none"],
+        "ratio_mean": mean["lr_es"] / mean["none"],
+    }
+
+
+def recipes(args: argparse.Namespace) -> list[Recipe]:
+    a = Recipe(
+        "a_constant_adam",
+        "Adam, constant LR 1e-3, batch 64, no augmentation",
+        batch_size=64,
+        optimizer="adam",
+        lr=1e-3,
+        epochs=args.max_epochs,
+        stop_at_target=True,
+    )
+    one_cycle = {"pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0, "base_momentum": 0.85}
+    b = Recipe(
+        "b_one_cycle",
+        f"AdamW, one-cycle (peak {args.peak_lr:g}, beta1 cycling) over {args.fast_epochs} epochs, batch 256",
+        batch_size=256,
+        optimizer="adamw",
+        lr=args.peak_lr,
+        epochs=args.fast_epochs,
+        stop_at_target=False,
+        schedule=one_cycle,
+        weight_decay=1e-4,
+    )
+    b_long = Recipe(
+        "b_one_cycle_long",
+        f"as (b) over {args.long_epochs} epochs + batched augmentation 'light' + label smoothing 0.05",
+        batch_size=256,
+        optimizer="adamw",
+        lr=args.peak_lr,
+        epochs=args.long_epochs,
+        stop_at_target=False,
+        schedule=one_cycle,
+        augmentation="light",
+        label_smoothing=0.05,
+        weight_decay=1e-4,
+    )
+    return [a, b, b_long]
+
+
+def _fmt_reach(result: RunResult, target: float) -> tuple[str, str]:
+    hit = result.first_at(target)
+    return (str(hit[0]), f"{hit[1]:.1f}") if hit else (f"not in {result.epochs[-1]}", "-")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="../shared/data", help="folder holding MNIST/raw/")
+    parser.add_argument("--quick", action="store_true", help="smoke check: 6,000 training images, 1-2 epochs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="lenet5", help="zoo model name (same for every recipe)")
+    parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--long-target", type=float, default=0.993)
+    parser.add_argument("--max-epochs", type=int, default=12, help="cap for recipe (a)")
+    parser.add_argument("--fast-epochs", type=int, default=2)
+    parser.add_argument("--long-epochs", type=int, default=10)
+    parser.add_argument("--peak-lr", type=float, default=1e-2)
+    parser.add_argument("--overhead-steps", type=int, default=400)
+    parser.add_argument("--overhead-rounds", type=int, default=4)
+    parser.add_argument("--only", nargs="*", default=None, help="recipe names to run (default: all)")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.limit_train_samples = None
+    if args.quick:
+        args.limit_train_samples = 6000
+        args.max_epochs, args.fast_epochs, args.long_epochs = 2, 1, 2
+        args.overhead_steps, args.overhead_rounds = 60, 2
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?", "?", "?")
+    print(
+        f"# time to accuracy: torch {torch.__version__}, lightning {pl.__version__}, {args.threads} threads, "
+        f"{platform.processor() or platform.machine()}, load average at start {load}",
+        flush=True,
+    )
+
+    selected = [r for r in recipes(args) if args.only is None or r.name in args.only]
+    results = [run_recipe(args, r) for r in selected]
+
+    print(
+        f"\n## Time to {100 * args.target:.1f}% MNIST test accuracy ({args.model}, {args.threads} threads)\n"
+    )
+    print(
+        "| recipe | description | epochs to target | train s to target | best acc (epoch) | epochs run | train s total |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for res in results:
+        epochs, seconds = _fmt_reach(res, args.target)
+        best = max(range(len(res.accuracy)), key=lambda i: res.accuracy[i])
+        print(
+            f"| {res.recipe.name} | {res.recipe.description} | {epochs} | {seconds} | "
+            f"{100 * res.accuracy[best]:.2f}% ({res.epochs[best]}) | {res.epochs[-1]} | {res.seconds[-1]:.1f} |"
+        )
+    by_name = {r.recipe.name: r for r in results}
+    a, b = by_name.get("a_constant_adam"), by_name.get("b_one_cycle")
+    if a and b:
+        ha, hb = a.first_at(args.target), b.first_at(args.target)
+        if ha and hb:
+            print(
+                f"\nwall-time ratio to {100 * args.target:.1f}%, (b) / (a): {hb[1] / ha[1]:.3f} (target <= 0.333)"
+            )
+        else:
+            print(f"\nwall-time ratio: not available, (a) reached: {bool(ha)}, (b) reached: {bool(hb)}")
+    long = by_name.get("b_one_cycle_long")
+    if long:
+        hit = long.first_at(args.long_target)
+        print(
+            f"(b long) best {100 * max(long.accuracy):.2f}%; {100 * args.long_target:.1f}% "
+            + (f"reached at epoch {hit[0]} after {hit[1]:.1f} s" if hit else "not reached")
+        )
+
+    if not args.skip_overhead:
+        over = measure_overhead(args, recipes(args)[0])
+        print("\n## Per-step overhead of LRScheduling + EarlyStopping (recipe (a) steps, interleaved)\n")
+        print("| variant | steps timed | median ms/step | mean ms/step |")
+        print("|---|---|---|---|")
+        for k in ("none", "lr_es"):
+            print(f"| {k} | {over['steps'][k]} | {over['median_ms'][k]:.3f} | {over['mean_ms'][k]:.3f} |")
+        print(
+            f"\noverhead ratio (LRScheduling + EarlyStopping) / none: median {over['ratio_median']:.4f}, "
+            f"mean {over['ratio_mean']:.4f} (target <= 1.01)"
+        )
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?", "?", "?")
+    print(f"\nload average at end {load}")
+
+
+if __name__ == "__main__":
+    main()
