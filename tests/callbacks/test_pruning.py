@@ -353,3 +353,18 @@ data:
     main(["fit", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "run2")])
     assert (tmp_path / "run2" / "config.yaml").is_file()
     assert math.isfinite(1.0)
+
+
+@pytest.mark.parametrize("recipe", ["prune_lenet300.yaml", "prune_lenet5.yaml", "prune_convnet3_structured.yaml"])
+def test_example_recipes_instantiate(recipe):
+    from lightning.pytorch import LightningDataModule
+
+    from lightning_optim.cli import LightningOptimCLI
+
+    path = Path(__file__).resolve().parents[2] / "examples" / recipe
+    cli = LightningOptimCLI(
+        ClassificationModule, LightningDataModule, args=["--config", str(path)], run=False, auto_configure_optimizers=False
+    )
+    pruning = [cb for cb in cli.trainer.callbacks if isinstance(cb, ProgressivePruning)]
+    assert len(pruning) == 1 and pruning[0].phase_name == "pruning"
+    assert pruning[0].select_modules(cli.model.model)
