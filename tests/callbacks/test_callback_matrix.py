@@ -106,7 +106,7 @@ def test_cli_yaml_instantiation(name, tmp_path):
             "logger": False,
             "max_epochs": 1,
             "default_root_dir": str(tmp_path),
-            "callbacks": [{"class_path": name, "init_args": init_args}],
+            "callbacks": [{"class_path": f"lightning_optim.callbacks.{name}", "init_args": init_args}],
         },
         "model": {
             "class_path": "ClassificationModule",
