@@ -1,0 +1,261 @@
+"""Knowledge distillation on real MNIST, after Hinton, Vinyals & Dean (2015), and its step-time overhead.
+
+Anchor (Hinton et al. 2015, section 3): a large net made 67 test errors, a smaller net trained alone 146,
+the same smaller net distilled 74, recovering (146 - 74) / (146 - 67) = 91% of the gap.
+
+Here, in one run::
+
+    .venv/bin/python -m benchmarks.distillation --data-dir ../shared/data
+
+1. **Teacher**: Hinton's large net, a 784-1200-1200-10 MLP (2,395,210 parameters) with dropout, trained
+   with jitter (the data module's ``augmentation="light"``: random translations up to 10%). Cached under
+   ``--cache-dir`` so a re-run reuses it (delete the file to retrain).
+2. **Student**: a 784-256-128-10 MLP (235,146 parameters, 10.2x fewer), trained on the *unaugmented* data, once alone (cross-entropy) and once distilled with
+   :class:`~lightning_optim.callbacks.KnowledgeDistillation` (offline mode: teacher logits cached by
+   sample index), same epochs, optimizer, schedule and seeds; mean and spread over ``--seeds``.
+3. **Overhead**: median training-step time of the student alone, with online KD (teacher every step) and
+   with the logit cache after it is filled, interleaved in one process; ratios to the student alone.
+
+Errors are counted on the 10,000 MNIST test images. Gap recovery = (alone - distilled) / (alone - teacher).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_optim.callbacks import KnowledgeDistillation
+from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.models import LeNet300100, count_parameters
+from lightning_optim.modules import ClassificationModule
+
+
+TEACHER_HIDDEN = (1200, 1200)
+STUDENT_HIDDEN = (256, 128)
+
+
+def make_teacher(dropout: float = 0.3) -> torch.nn.Module:
+    return LeNet300100(hidden=TEACHER_HIDDEN, dropout=dropout)
+
+
+def make_student() -> torch.nn.Module:
+    return LeNet300100(hidden=STUDENT_HIDDEN)
+
+
+def make_data(data_dir: str, batch_size: int, augmentation: str = "none", limit: int | None = None):
+    return ImageClassificationDataModule(
+        "mnist",
+        data_dir=data_dir,
+        batch_size=batch_size,
+        eval_batch_size=1000,
+        val_split=0.02,
+        augmentation=augmentation,
+        return_index=True,
+        limit_train_samples=limit,
+        seed=0,
+    )
+
+
+def trainer(epochs: int, callbacks=(), limit_train_batches=None) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        limit_train_batches=limit_train_batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+    )
+
+
+def module(net: torch.nn.Module, lr: float, epochs: int) -> ClassificationModule:
+    return ClassificationModule(
+        net,
+        optimizer="adam",
+        lr=lr,
+        lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs),
+    )
+
+
+@torch.no_grad()
+def test_errors(net: torch.nn.Module, dm: ImageClassificationDataModule) -> int:
+    """Misclassified images of the 10,000-image MNIST test split."""
+    net.eval()
+    errors = 0
+    split = dm.test_split
+    for i in range(0, len(split), 1000):
+        x = dm.to_model_input(split.images[i : i + 1000])
+        errors += int((net(x).argmax(-1) != split.labels[i : i + 1000]).sum())
+    return errors
+
+
+def train_teacher(args) -> tuple[torch.nn.Module, int, float]:
+    path = (
+        Path(args.cache_dir)
+        / f"teacher_mlp1200x2_dropout_jitter_e{args.teacher_epochs}_s{args.limit_train_samples}.pt"
+    )
+    net = make_teacher()
+    dm = make_data(args.data_dir, args.batch_size, augmentation="light", limit=args.limit_train_samples)
+    dm.setup("fit")
+    if path.is_file():
+        net.load_state_dict(torch.load(path, weights_only=True))
+        seconds = float("nan")
+    else:
+        pl.seed_everything(100)
+        start = time.perf_counter()
+        trainer(args.teacher_epochs).fit(module(net, args.teacher_lr, args.teacher_epochs), datamodule=dm)
+        seconds = time.perf_counter() - start
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), path)
+    return net, test_errors(net, dm), seconds
+
+
+def train_student(
+    args, seed: int, teacher: torch.nn.Module | None
+) -> tuple[int, KnowledgeDistillation | None]:
+    pl.seed_everything(seed)
+    net = make_student()
+    dm = make_data(args.data_dir, args.batch_size, limit=args.limit_train_samples)
+    callbacks = []
+    kd = None
+    if teacher is not None:
+        kd = KnowledgeDistillation(
+            teacher, temperature=args.temperature, alpha=args.alpha, cache_teacher_logits=True
+        )
+        callbacks.append(kd)
+    trainer(args.student_epochs, callbacks).fit(
+        module(net, args.student_lr, args.student_epochs), datamodule=dm
+    )
+    return test_errors(net, dm), kd
+
+
+class StepTimer(Callback):
+    """Wall time of each training step (batch start to batch end)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def step_times(args, teacher: torch.nn.Module, mode: str) -> float:
+    """Median step time (s) of the student over ``--timing-batches`` steps of the second epoch."""
+    pl.seed_everything(0)
+    timer = StepTimer()
+    callbacks: list[Callback] = [timer]
+    if mode != "alone":
+        callbacks.append(
+            KnowledgeDistillation(
+                teacher, temperature=args.temperature, alpha=args.alpha, cache_teacher_logits=mode == "cached"
+            )
+        )
+    dm = make_data(args.data_dir, args.batch_size, limit=args.timing_batches * args.batch_size)
+    # two epochs over the same samples: the first fills the cache, the second is timed
+    trainer(2, callbacks).fit(module(make_student(), args.student_lr, 2), datamodule=dm)
+    return statistics.median(timer.times[len(timer.times) // 2 :])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--cache-dir", default="runs/benchmarks")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--teacher-epochs", type=int, default=15)
+    parser.add_argument("--student-epochs", type=int, default=12)
+    parser.add_argument("--teacher-lr", type=float, default=1e-3)
+    parser.add_argument("--student-lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--alpha", type=float, default=0.9)
+    parser.add_argument("--timing-batches", type=int, default=60)
+    parser.add_argument("--timing-rounds", type=int, default=3)
+    parser.add_argument("--limit-train-samples", type=int, default=None, help="for a quick trial only")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+
+    teacher, teacher_errors, teacher_seconds = train_teacher(args)
+    n_teacher, n_student = count_parameters(teacher), count_parameters(make_student())
+    print(
+        f"teacher: {type(teacher).__name__} {n_teacher:,} parameters, {teacher_errors} test errors "
+        f"(trained in {teacher_seconds:.0f} s; nan = loaded from cache)",
+        flush=True,
+    )
+    alone, distilled, saved = [], [], []
+    for seed in range(args.seeds):
+        errors, _ = train_student(args, seed, None)
+        alone.append(errors)
+        errors, kd = train_student(args, seed, teacher)
+        distilled.append(errors)
+        saved.append(kd.stats.get("estimated_saved_seconds", 0.0))
+        print(f"seed {seed}: student alone {alone[-1]} errors, distilled {distilled[-1]} errors", flush=True)
+
+    rounds: dict[str, list[float]] = {"alone": [], "online": [], "cached": []}
+    for _ in range(args.timing_rounds):  # interleaved, so load changes hit every mode alike
+        for mode in rounds:
+            rounds[mode].append(step_times(args, teacher, mode))
+    median = {mode: statistics.median(values) for mode, values in rounds.items()}
+
+    mean_alone, mean_kd = statistics.mean(alone), statistics.mean(distilled)
+    spread = max(max(alone) - min(alone), max(distilled) - min(distilled))
+    gap = mean_alone - teacher_errors
+    recovery = (mean_alone - mean_kd) / gap if gap > 0 else float("nan")
+    print()
+    print(
+        f"MNIST test errors (of 10,000); student {n_student:,} parameters = teacher / {n_teacher / n_student:.1f}"
+    )
+    print()
+    print("| model | parameters | test errors (mean) | per seed |")
+    print("|---|---|---|---|")
+    print(f"| teacher {type(teacher).__name__} (jitter) | {n_teacher:,} | {teacher_errors} | - |")
+    print(f"| student alone | {n_student:,} | {mean_alone:.1f} | {alone} |")
+    print(
+        f"| student distilled (T={args.temperature:g}, alpha={args.alpha:g}) | {n_student:,} | {mean_kd:.1f} | {distilled} |"
+    )
+    print()
+    print(
+        f"gap recovery: {100 * recovery:.0f}% (Hinton et al. 2015: 91%); improvement {mean_alone - mean_kd:.1f} errors "
+        f"vs largest seed-to-seed spread {spread} errors"
+    )
+    print(
+        f"teacher time saved by the logit cache per distilled run: {statistics.mean(saved):.1f} s (estimated)"
+    )
+    print()
+    print("| step time (median of medians) | ms | ratio to student alone |")
+    print("|---|---|---|")
+    for mode, label in (
+        ("alone", "student alone"),
+        ("online", "online KD (teacher every step)"),
+        ("cached", "offline KD (cached logits)"),
+    ):
+        print(f"| {label} | {1000 * median[mode]:.2f} | {median[mode] / median['alone']:.2f} |")
+    print()
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
