@@ -38,7 +38,6 @@ from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import LeNet300100, count_parameters
 from lightning_optim.modules import ClassificationModule
 
-
 TEACHER_HIDDEN = (1200, 1200)
 STUDENT_HIDDEN = (256, 128)
 
