@@ -465,3 +465,37 @@ data:
     assert cli.trainer.state.finished and kd.stats["distilled_steps"] == 3
     assert "train_loss_kd" in cli.trainer.callback_metrics
     assert os.path.isfile(path)
+
+
+@pytest.mark.parametrize("recipe", ["distill_mnist_teacher.yaml", "distill_mnist_student.yaml"])
+def test_example_recipes_instantiate(recipe, tmp_path):
+    import yaml
+    from lightning.pytorch import LightningDataModule
+
+    from lightning_optim.cli import LightningOptimCLI
+    from tests.conftest import REPO_ROOT, SHARED_DATA_DIR
+
+    config = yaml.safe_load((REPO_ROOT / "examples" / recipe).read_text())
+    config["data"]["init_args"]["data_dir"] = str(SHARED_DATA_DIR)
+    config["trainer"]["default_root_dir"] = str(tmp_path)
+    for cb in config["trainer"]["callbacks"]:
+        if cb["class_path"] == "KnowledgeDistillation":  # a teacher checkpoint of the recipe's architecture
+            teacher = LeNet300100(**cb["init_args"]["teacher"]["init_args"])
+            path = tmp_path / "teacher.ckpt"
+            torch.save({"state_dict": {f"model.{k}": v for k, v in teacher.state_dict().items()}}, path)
+            cb["init_args"]["teacher_checkpoint"] = str(path)
+        if "ModelCheckpoint" in cb["class_path"]:
+            cb["init_args"]["dirpath"] = str(tmp_path / "ckpt")
+    path = tmp_path / recipe
+    path.write_text(yaml.safe_dump(config))
+    cli = LightningOptimCLI(
+        ClassificationModule, LightningDataModule, run=False, args=["--config", str(path)]
+    )
+    assert cli.datamodule.dataset == "mnist"
+    kd = [cb for cb in cli.trainer.callbacks if isinstance(cb, KnowledgeDistillation)]
+    if recipe == "distill_mnist_student.yaml":
+        assert len(kd) == 1 and kd[0].cache_teacher_logits and cli.datamodule.return_index
+        student, teacher = cli.model.model, kd[0].teacher.module
+        assert sum(p.numel() for p in teacher.parameters()) >= 10 * sum(
+            p.numel() for p in student.parameters()
+        )
