@@ -301,8 +301,7 @@ class ProgressivePruning(Callback):
         """``"pending"`` before the first event, ``"active"`` until the final event, then ``"done"``."""
         if self._end_step is None:
             return "pending"
-        n_events = len(pruning_events(self._start_step, self._end_step, self._frequency_steps))
-        if self._events_done >= n_events:
+        if self._events_done >= len(self._events()):
             return "done"
         return "active" if self._events_done > 0 else "pending"
 
@@ -348,14 +347,23 @@ class ProgressivePruning(Callback):
         self._apply_weight_masks()
         self._maybe_prune(trainer, pl_module)
 
+    def _events(self) -> list[int]:
+        """The optimizer steps of the pruning events (computed once per schedule)."""
+        key = (self._start_step, self._end_step, self._frequency_steps)
+        if getattr(self, "_events_cache", (None, None))[0] != key:
+            self._events_cache = (key, pruning_events(*key))
+        return self._events_cache[1]
+
     def _maybe_prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        events = pruning_events(self._start_step, self._end_step, self._frequency_steps)
+        events = self._events()
         step = trainer.global_step
-        due = [t for t in events[self._events_done :] if t <= step]
-        if not due:
+        if self._events_done >= len(events) or events[self._events_done] > step:
             return
-        self._events_done += len(due)
-        self._prune(trainer, pl_module, due[-1])
+        last = self._events_done
+        while last + 1 < len(events) and events[last + 1] <= step:
+            last += 1
+        self._events_done = last + 1
+        self._prune(trainer, pl_module, events[last])
 
     @torch.no_grad()
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event_step: int) -> None:
