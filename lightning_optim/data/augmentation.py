@@ -572,6 +572,19 @@ class BatchAugmentation(nn.Module):
         if "generator_state" in state_dict:
             self.generator.set_state(state_dict["generator_state"])
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the generator travels as plain bytes: torch.multiprocessing (ddp_spawn, DataLoader workers) would
+        # otherwise move its state through shared memory, which fails for generators on some systems
+        state = self.__dict__.copy()
+        state["generator"] = bytes(self.generator.get_state().numpy().tobytes())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        raw = state.pop("generator")
+        self.__dict__.update(state)
+        self.generator = torch.Generator()
+        self.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+
     def extra_repr(self) -> str:
         return f"steps={self.steps}, seed={self.seed}, interpolation={self.interpolation!r}"
 

@@ -275,3 +275,13 @@ def test_bad_input_tensor():
         BatchAugmentation("light")(torch.zeros(2, 8, 8))
     with pytest.raises(ValueError, match="float"):
         BatchAugmentation("light")(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+
+
+def test_pickle_round_trip_keeps_the_random_stream():
+    import pickle
+
+    aug = BatchAugmentation("strong", seed=4)
+    x = torch.rand(4, 3, 8, 8)
+    aug(x)
+    clone = pickle.loads(pickle.dumps(aug))
+    assert torch.equal(clone(x), aug(x))
