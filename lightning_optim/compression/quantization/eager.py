@@ -18,6 +18,9 @@ kernel rejects bfloat16), so ``bf16-mixed`` training stays sound.
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,6 +59,48 @@ class Float32FakeQuantize(FusedMovingAvgObsFakeQuantize):
         if X.dtype in (torch.bfloat16, torch.float16):
             X = X.float()
         return super().forward(X)
+
+
+@contextmanager
+def int8_determinism_tolerant() -> Iterator[None]:
+    """Let int8 CPU kernels run under ``torch.use_deterministic_algorithms(True)`` (``Trainer(deterministic=True)``).
+
+    The quantized kernels are flagged non-deterministic only because ``quantized_resize_cpu_`` may leave
+    memory uninitialized before it is overwritten; their results do not vary from run to run. Inside the
+    block, strict determinism becomes ``warn_only`` for these kernels and the notice is silenced.
+    """
+    if (
+        not torch.are_deterministic_algorithms_enabled()
+        or torch.is_deterministic_algorithms_warn_only_enabled()
+    ):
+        yield
+        return
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*does not have a deterministic implementation.*")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(True)
+
+
+class Int8Model(tq.QuantWrapper):
+    """The converted model: quantize the float input, run the int8 network, dequantize the output.
+
+    A ``QuantWrapper`` (children ``quant``, ``module``, ``dequant``) that also runs under Lightning's
+    ``deterministic=True`` (see :func:`int8_determinism_tolerant`). Scriptable; the TorchScript file needs
+    only ``torch`` to load.
+    """
+
+    def forward(self, X: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self.dequant(self.module(self.quant(X)))
+        return self._forward_eager(X)
+
+    @torch.jit.unused
+    def _forward_eager(self, X: Tensor) -> Tensor:
+        with int8_determinism_tolerant():
+            return self.dequant(self.module(self.quant(X)))
 
 
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
@@ -216,7 +261,7 @@ class EagerBackend(QuantizationBackend):
         quant, dequant = getattr(model, QUANT_STUB), getattr(model, DEQUANT_STUB)
         delattr(model, QUANT_STUB)
         delattr(model, DEQUANT_STUB)
-        wrapper = tq.QuantWrapper(model)
+        wrapper = Int8Model(model)
         wrapper.quant, wrapper.dequant = quant, dequant
         return wrapper.eval()
 
@@ -250,7 +295,7 @@ class EagerBackend(QuantizationBackend):
     def export(self, quantized: nn.Module, path: str | Path, example_input: Tensor | None = None) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with quiet_quantization_warnings():
+        with quiet_quantization_warnings(), int8_determinism_tolerant():
             try:
                 scripted = torch.jit.script(quantized)
             except Exception as err:  # noqa: BLE001 - tracing is the fallback
@@ -263,6 +308,8 @@ class EagerBackend(QuantizationBackend):
         return path
 
     def load(self, path: str | Path) -> nn.Module:
+        """The TorchScript model (under ``torch.use_deterministic_algorithms(True)``, call it inside
+        :func:`int8_determinism_tolerant`)."""
         with quiet_quantization_warnings():
             return torch.jit.load(str(path), map_location="cpu")
 

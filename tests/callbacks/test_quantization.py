@@ -1,0 +1,352 @@
+"""QuantizationAwareTraining and PostTrainingQuantization in real Trainer runs on the embedded digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+
+from lightning_optim.callbacks import PostTrainingQuantization, QuantizationAwareTraining
+from lightning_optim.compression.quantization import QuantizationError
+from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.models import ConvNet3
+from lightning_optim.modules import ClassificationModule
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAST = {"latency_batch_sizes": (), "verbose": False}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads oversubscribe and crawl."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_convnet() -> ConvNet3:
+    return ConvNet3(image_size=8, channels=(8, 16, 32), hidden=32)
+
+
+def trainer_kwargs(root, **overrides) -> dict[str, Any]:
+    kwargs = dict(
+        default_root_dir=str(root),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def fit(root, callbacks, model=None, ckpt_path=None, **overrides):
+    pl.seed_everything(0, workers=True)
+    net = model if model is not None else tiny_convnet()
+    module = ClassificationModule(net, num_classes=10, optimizer="adam", lr=1e-2)
+    dm = ImageClassificationDataModule("digits", batch_size=32)
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(root, **overrides))
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer, module, dm
+
+
+class Recorder(Callback):
+    """Snapshots of the QAT state at the end of each training epoch."""
+
+    def __init__(self, qat: QuantizationAwareTraining) -> None:
+        self.qat = qat
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        model = pl_module.model
+        row: dict[str, Any] = {
+            "phase": self.qat.phase_state(trainer),
+            "prepared": hasattr(model, "quant_stub"),
+        }
+        if row["prepared"]:
+            conv = model.features.block1.conv
+            row["running_mean"] = conv.bn.running_mean.clone()
+            row["scale"] = conv.activation_post_process.scale.clone()
+            row["observer_enabled"] = int(conv.activation_post_process.observer_enabled[0])
+        self.rows.append(row)
+
+
+# ----------------------------------------------------------------------------------------- schedule
+def test_qat_starts_freezes_and_converts_at_the_chosen_epochs(tmp_path):
+    qat = QuantizationAwareTraining(start_epoch=1, freeze_bn_epoch=2, freeze_observers_epoch=3, **FAST)
+    recorder = Recorder(qat)
+    trainer, module, dm = fit(
+        tmp_path, [qat, recorder], max_epochs=4, limit_train_batches=4, limit_val_batches=2
+    )
+    rows = recorder.rows
+    assert [r["prepared"] for r in rows] == [False, True, True, True]
+    assert [r["phase"] for r in rows] == ["pending", "active", "active", "done"]
+    assert qat.started_epoch == 1 and qat.bn_frozen and qat.observers_frozen
+    # BN statistics move in epoch 1 only; quantization ranges move in epochs 1-2, not 3
+    assert torch.equal(rows[1]["running_mean"], rows[2]["running_mean"])
+    assert torch.equal(rows[2]["running_mean"], rows[3]["running_mean"])
+    assert not torch.equal(rows[1]["scale"], rows[2]["scale"])
+    assert torch.equal(rows[2]["scale"], rows[3]["scale"])
+    assert [r["observer_enabled"] for r in rows[1:]] == [1, 1, 0]
+    # int8 at the end: handed back, saved, and put in the module so that test() measures it
+    assert qat.converted and qat.exported_path.is_file()
+    assert module.model is qat.quantized_model
+    weights = [m.weight() for m in qat.quantized_model.modules() if callable(getattr(m, "weight", None))]
+    assert len(weights) == 5 and all(w.is_quantized and w.dtype == torch.qint8 for w in weights)
+    result = trainer.test(module, datamodule=dm, verbose=False)[0]
+    assert result["test_acc"] > 0.5
+
+
+def test_validation_does_not_move_quantization_ranges(tmp_path):
+    qat = QuantizationAwareTraining(start_epoch=0, convert_on_fit_end=False, **FAST)
+
+    class Check(Callback):
+        def on_validation_start(self, trainer, pl_module):
+            self.before = pl_module.model.features.block1.conv.activation_post_process.scale.clone()
+            self.flag = int(pl_module.model.features.block1.conv.activation_post_process.observer_enabled[0])
+
+        def on_validation_end(self, trainer, pl_module):
+            after = pl_module.model.features.block1.conv.activation_post_process.scale
+            assert self.flag == 0 and torch.equal(self.before, after)
+            self.checked = True
+
+    check = Check()
+    fit(tmp_path, [qat, check], max_epochs=1, limit_train_batches=3, limit_val_batches=3)
+    assert check.checked and qat.quantized_model is None and not qat.converted
+
+
+def test_start_after_a_named_phase(tmp_path):
+    class FakePruning(Callback):
+        phase_name = "pruning"
+
+        def phase_state(self, trainer):
+            return "done" if trainer.current_epoch >= 2 else "active"
+
+    qat = QuantizationAwareTraining(start_after="pruning", **FAST)
+    fit(tmp_path, [FakePruning(), qat], max_epochs=3, limit_train_batches=2, limit_val_batches=1)
+    assert qat.started_epoch == 2 and qat.converted
+
+    with pytest.raises(ValueError, match="No callback with phase_name='pruning'"):
+        fit(tmp_path, [QuantizationAwareTraining(start_after="pruning", **FAST)], limit_train_batches=1)
+
+
+def test_convert_on_demand_keeps_training_possible(tmp_path):
+    qat = QuantizationAwareTraining(convert_on_fit_end=False, export=False, report=False, verbose=False)
+    trainer, module, _ = fit(tmp_path, [qat], max_epochs=1, limit_train_batches=3, limit_val_batches=1)
+    int8 = qat.convert(trainer, module)
+    assert int8 is qat.quantized_model and module.model is not int8
+    assert hasattr(module.model, "quant_stub") and not qat.converted
+
+
+# ----------------------------------------------------------------------------------------- accuracy
+def test_qat_int8_accuracy_close_to_float(tmp_path):
+    qat = QuantizationAwareTraining(start_epoch=1, freeze_bn_epoch=3, freeze_observers_epoch=3, **FAST)
+    fit(tmp_path, [qat], max_epochs=4)
+    report = qat.quantization_report
+    assert report.fp32_accuracy > 0.85
+    assert abs(report.int8_accuracy - report.fp32_accuracy) <= 0.021  # 3 of the 144 validation digits
+    assert report.int8_state_dict_bytes < 0.6 * report.fp32_state_dict_bytes  # tiny model: fixed overheads
+
+
+def test_ptq_after_fit_and_on_validate(tmp_path):
+    ptq = PostTrainingQuantization(calibration_batches=4, **FAST)
+    trainer, module, dm = fit(tmp_path, [ptq], max_epochs=3)
+    report = ptq.quantization_report
+    assert ptq.calibrated_batches == 4 and ptq.exported_path.is_file()
+    assert report.fp32_accuracy > 0.85
+    assert abs(report.int8_accuracy - report.fp32_accuracy) <= 0.021
+    assert module.model is ptq.quantized_model
+    # quantize a float model without training it: trainer.validate
+    float_module = ClassificationModule(tiny_convnet())
+    ptq2 = PostTrainingQuantization(
+        calibration_batches=2, calibration_split="val", replace_model=False, **FAST
+    )
+    pl.Trainer(callbacks=[ptq2], **trainer_kwargs(tmp_path / "v")).validate(
+        float_module, datamodule=dm, verbose=False
+    )
+    assert ptq2.done and ptq2.quantized_model is not None and float_module.model is not ptq2.quantized_model
+
+
+def test_bf16_mixed_keeps_fake_quantization_sound(tmp_path):
+    qat = QuantizationAwareTraining(start_epoch=0, freeze_observers_epoch=2, replace_model=False, **FAST)
+    trainer, module, _ = fit(tmp_path, [qat], max_epochs=3, precision="bf16-mixed")
+    report = qat.quantization_report
+    assert report.fp32_accuracy > 0.8 and report.int8_accuracy > 0.8
+    assert report.int8_accuracy >= report.fp32_accuracy - 0.035
+    grid = qat.backend.quantization_state(module.model)
+    scales = [v for k, v in grid.items() if k.endswith("scale")]
+    assert len(scales) >= 6
+    assert all(s.dtype == torch.float32 and torch.isfinite(s).all() and (s > 0).all() for s in scales)
+    for name, value in module.model.state_dict().items():
+        assert torch.isfinite(value.float()).all(), name
+    for name, value in qat.quantized_model.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert torch.isfinite(value).all(), name
+
+
+# ----------------------------------------------------------------------------------------- resume
+def _int8_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in model.state_dict().items():
+        values = value if isinstance(value, tuple) else (value,)
+        for i, v in enumerate(values):
+            if isinstance(v, torch.Tensor):
+                out[f"{key}.{i}"] = v.dequantize() if v.is_quantized else v
+    return out
+
+
+def test_resume_mid_qat_equals_uninterrupted(tmp_path):
+    def run(root, ckpt_path=None):
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        qat = QuantizationAwareTraining(start_epoch=1, freeze_bn_epoch=2, **FAST)
+        callbacks = [qat, ckpt] if ckpt_path is None else [qat]
+        _, module, _ = fit(
+            root,
+            callbacks,
+            ckpt_path=ckpt_path,
+            max_epochs=3,
+            limit_train_batches=4,
+            limit_val_batches=1,
+            enable_checkpointing=True,
+        )
+        return qat, module
+
+    full_qat, full_module = run(tmp_path / "a")
+    mid = tmp_path / "ckpt" / "epoch=1.ckpt"  # taken after QAT started: the prepared structure
+    state = torch.load(mid, weights_only=True)["state_dict"]
+    assert any(".quant_stub." in k for k in state)
+    resumed_qat, resumed_module = run(tmp_path / "b", ckpt_path=str(mid))
+    assert resumed_qat.started_epoch == 1 and resumed_qat.bn_frozen
+    a, b = _int8_state(full_qat.quantized_model), _int8_state(resumed_qat.quantized_model)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(full_qat.quantized_model(x), resumed_qat.quantized_model(x))
+
+
+# ----------------------------------------------------------------------------------------- bad input
+def test_bad_arguments_fail_at_construction():
+    with pytest.raises(
+        ValueError, match=r"Unsupported quantization `backend` 'qnnpak'; allowed: \['fbgemm', 'x86'\]"
+    ):
+        QuantizationAwareTraining(backend="qnnpak")
+    with pytest.raises(ValueError, match="`start_epoch` must be an int >= 0"):
+        QuantizationAwareTraining(start_epoch=-1)
+    with pytest.raises(ValueError, match="`freeze_observers_epoch` must be >= `start_epoch`"):
+        QuantizationAwareTraining(start_epoch=3, freeze_observers_epoch=2)
+    with pytest.raises(ValueError, match="fp32_best_effort"):
+        QuantizationAwareTraining(fp32_best_effort=("tensorrt",))
+    with pytest.raises(ValueError, match="calibration_split"):
+        PostTrainingQuantization(calibration_split="holdout")
+    with pytest.raises(ValueError, match="calibration_batches"):
+        PostTrainingQuantization(calibration_batches=0)
+
+
+def test_start_epoch_after_max_epochs(tmp_path):
+    with pytest.raises(ValueError, match=r"`start_epoch`=5 is not before the Trainer's max_epochs=2"):
+        fit(tmp_path, [QuantizationAwareTraining(start_epoch=5, **FAST)])
+
+
+class NoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(64, 10) * 0.1)
+
+    def forward(self, x):
+        return torch.flatten(x, 1) @ self.weight
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        return self.fc(torch.flatten(h + self.conv2(h), 1))
+
+
+def test_model_without_quantizable_layers(tmp_path):
+    with pytest.raises(QuantizationError, match="NoLayers has no quantizable layer"):
+        fit(tmp_path, [QuantizationAwareTraining(**FAST)], model=NoLayers(), limit_train_batches=1)
+
+
+def test_forward_that_cannot_be_quantized_fails_on_the_first_batch(tmp_path):
+    with pytest.raises(
+        QuantizationError, match=r"forward of Residual cannot run on int8 tensors.*QuantizedCPU"
+    ):
+        fit(tmp_path, [QuantizationAwareTraining(**FAST)], model=Residual(), limit_train_batches=2)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("recipe", ["qat_lenet5.yaml", "qat_convnet3.yaml", "ptq_convnet3.yaml"])
+def test_example_recipes_instantiate_from_yaml(recipe, tmp_path, monkeypatch):
+    from lightning.pytorch import LightningDataModule
+
+    from lightning_optim.cli import LightningOptimCLI
+
+    monkeypatch.chdir(REPO_ROOT)
+    cli = LightningOptimCLI(
+        ClassificationModule,
+        LightningDataModule,
+        run=False,
+        args=["--config", str(REPO_ROOT / "examples" / recipe), f"--trainer.default_root_dir={tmp_path}"],
+    )
+    expected = PostTrainingQuantization if recipe.startswith("ptq") else QuantizationAwareTraining
+    found = [cb for cb in cli.trainer.callbacks if isinstance(cb, expected)]
+    assert len(found) == 1
+    assert found[0].backend_name == "x86"
+
+
+# ----------------------------------------------------------------------------------------- DDP
+class SaveRankResult(Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        qat = next(cb for cb in trainer.callbacks if isinstance(cb, QuantizationAwareTraining))
+        torch.manual_seed(123)
+        x = torch.randn(8, 1, 8, 8)
+        torch.save(
+            {
+                "state": _int8_state(qat.quantized_model),
+                "y": qat.quantized_model(x),
+                "world": trainer.world_size,
+            },
+            Path(self.out) / f"rank{trainer.global_rank}.pt",
+        )
+
+
+@pytest.mark.slow
+def test_ddp_int8_model_identical_on_every_rank(tmp_path):
+    qat = QuantizationAwareTraining(start_epoch=1, replace_model=False, **FAST)
+    fit(
+        tmp_path,
+        [qat, SaveRankResult(str(tmp_path))],
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        devices=2,
+        strategy="ddp_spawn",
+    )
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["world"] == r1["world"] == 2
+    assert r0["state"].keys() == r1["state"].keys()
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    assert torch.equal(r0["y"], r1["y"])
