@@ -17,7 +17,7 @@ from lightning_optim.data.augmentation import (
     build_sample_augmentation,
     parse_augmentation,
 )
-from lightning_optim.data.cleaning.images import check_image_mode, list_image_folder
+from lightning_optim.data.cleaning.images import IMAGE_MODES, check_image_mode, list_image_folder
 from lightning_optim.data.cleaning.tensors import (
     check_nonfinite_policy,
     clean_nonfinite_rows,
@@ -65,8 +65,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     * an image folder (``image_folder``) in ImageFolder layout, cleaned by
       :func:`~lightning_optim.data.cleaning.images.scan_images` (corrupt, truncated, zero-byte and duplicate
       files dropped and reported), converted to ``image_mode`` and resized to ``image_size``;
-    * in-memory tensors (``images`` and ``labels``); float tensors with NaN/inf rows are cleaned per
-      ``nonfinite``.
+    * in-memory tensors (``images`` and ``labels``): images ``(N, C, H, W)`` or a feature table ``(N, F)``
+      (normalized per feature, not augmented); float rows holding NaN/inf are cleaned per ``nonfinite``.
 
     Args:
         dataset: a name from :data:`~lightning_optim.data.datasets.DATASETS`.
@@ -93,7 +93,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         image_size: resize folder images to this size (int or ``[height, width]``); needed when the
             folder's images differ in size.
         image_mode: ``"L"``, ``"RGB"`` or ``"RGBA"``: the mode folder images are converted to.
-        images: with ``labels``, in-memory data instead of a named dataset: uint8 or float ``(N, C, H, W)``.
+        images: with ``labels``, in-memory data instead of a named dataset: uint8 or float ``(N, C, H, W)``,
+            or a float feature table ``(N, F)``.
         labels: int labels for ``images``.
         nonfinite: what to do with in-memory rows holding NaN/inf: ``"drop"``, ``"mean"``, ``"median"``,
             ``"zero"`` (imputed with training-split statistics), ``"error"`` or ``"keep"``.
@@ -152,10 +153,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
         if (images is None) != (labels is None):
             raise ValueError("Give both `images` and `labels`, or neither.")
-        if images is not None and (images.ndim != 4 or images.shape[0] != labels.shape[0]):
+        if images is not None and (images.ndim < 2 or images.shape[0] != labels.shape[0]):
             raise ValueError(
-                f"`images` must be (N, C, H, W) with one label each; got images {tuple(images.shape)}, "
-                f"labels {tuple(labels.shape)}."
+                f"`images` must be (N, C, H, W) images or (N, F) features with one label each; got images "
+                f"{tuple(images.shape)}, labels {tuple(labels.shape)}."
             )
         if augmentation_mode not in AUGMENTATION_MODES:
             raise ValueError(
@@ -172,6 +173,11 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.augmentation = augmentation
         self.augmentation_mode = augmentation_mode
         self.augmentation_steps = parse_augmentation(augmentation)
+        if images is not None and images.ndim != 4 and self.augmentation_steps:
+            raise ValueError(
+                f"`augmentation` needs (N, C, H, W) images; `images` has shape {tuple(images.shape)}: "
+                "use augmentation 'none'."
+            )
         self.batch_augmentation: BatchAugmentation | None = (
             build_batch_augmentation(self.augmentation_steps, seed=seed)
             if augmentation_mode == "batch"
@@ -211,22 +217,24 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         return DATASETS[self.dataset][2]
 
     @property
-    def source_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of the stored images, before augmentation."""
+    def source_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of the stored images (``(F,)`` for feature tables), before augmentation."""
         if self.dataset == "tensors":
             return tuple(self._tensors[0].shape[1:])  # type: ignore[return-value]
         if self.dataset == "folder":
             if self.image_size is not None:
                 size = self.image_size
                 h, w = (size, size) if isinstance(size, int) else tuple(size)
-                return ({"L": 1, "RGB": 3, "RGBA": 4}[self.image_mode], int(h), int(w))
+                return (IMAGE_MODES[self.image_mode], int(h), int(w))
             return tuple(self._load()[0].images.shape[1:])  # type: ignore[return-value]
         c, s, _ = DATASETS[self.dataset]
         return (c, s, s)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         """``(C, H, W)`` of the model inputs (after a size-changing augmentation such as a crop)."""
+        if len(self.source_shape) != 3:
+            return self.source_shape
         c, h, w = self.source_shape
         return (c, *augmented_size(self.augmentation_steps, (h, w)))
 

@@ -238,3 +238,21 @@ def test_batch_size_finder_tunes_batch_size(tmp_path):
     # 2 -> 4 -> 8: three trials succeed, the finder stops at max_trials and keeps the largest
     assert dm.batch_size == 8 == finder.optimal_batch_size
     assert trainer.train_dataloader.batch_size == 8
+
+
+def test_feature_table_tensors_are_cleaned_and_normalized_per_feature():
+    features = torch.randn(300, 5) * torch.tensor([1.0, 10.0, 0.1, 5.0, 2.0]) + 4
+    features[7, 2] = float("nan")
+    features[50, 0] = float("-inf")
+    dm = ImageClassificationDataModule(
+        images=features, labels=torch.arange(300) % 2, nonfinite="median", val_split=0.2
+    )
+    assert dm.input_shape == (5,)
+    dm.setup("fit")
+    x = dm.to_model_input(dm.train_split.images)
+    assert torch.isfinite(x).all() and x.shape[1] == 5
+    assert torch.allclose(x.mean(0), torch.zeros(5), atol=1e-4) and torch.allclose(
+        x.std(0, unbiased=False), torch.ones(5), atol=1e-3
+    )
+    with pytest.raises(ValueError, match="`augmentation` needs \\(N, C, H, W\\) images"):
+        ImageClassificationDataModule(images=features, labels=torch.zeros(300), augmentation="light")
