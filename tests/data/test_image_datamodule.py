@@ -256,3 +256,26 @@ def test_feature_table_tensors_are_cleaned_and_normalized_per_feature():
     )
     with pytest.raises(ValueError, match="`augmentation` needs \\(N, C, H, W\\) images"):
         ImageClassificationDataModule(images=features, labels=torch.zeros(300), augmentation="light")
+
+
+def test_sample_mode_is_reproducible_under_a_seed():
+    dm = ImageClassificationDataModule(
+        "digits", batch_size=64, augmentation="strong", augmentation_mode="sample"
+    )
+    dm.setup("fit")
+
+    def first_batch():
+        pl.seed_everything(3, verbose=False)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(0)
+        return next(iter(loader))[0]
+
+    a, b = first_batch(), first_batch()
+    assert torch.equal(a, b)
+    assert not torch.equal(a, dm.train_split.images[loader_order(dm)][:64])
+
+
+def loader_order(dm):
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    return list(loader.sampler)

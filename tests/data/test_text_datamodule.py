@@ -166,3 +166,16 @@ def test_fit_and_vocabulary_in_checkpoint(files, tmp_path):
     restored.setup("test")
     assert restored.vocab.itos == dm.vocab.itos
     trainer.test(ClassificationModule(model), datamodule=restored, verbose=False)
+
+
+def test_predict_without_labels(files, tmp_path):
+    train, _, _ = files
+    predict = tmp_path / "predict.jsonl"
+    predict.write_text('{"text": "great fun"}\n{"text": "!!!"}\n', encoding="utf-8")
+    dm = TextClassificationDataModule(str(train), predict_file=str(predict), max_length=4, val_split=0.25)
+    tokens, labels = next(iter(dm.predict_dataloader()))
+    assert tokens.shape[0] == 2 and labels.tolist() == [
+        -1,
+        -1,
+    ]  # every row kept, even one empty after cleaning
+    assert tokens[1].tolist() == [0] * tokens.shape[1]

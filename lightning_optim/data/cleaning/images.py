@@ -10,6 +10,7 @@ in-memory data path and a summary (kept, dropped by reason) that is logged.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections import Counter
@@ -122,10 +123,10 @@ def list_image_folder(
     return items, list(classes) if classes is not None else found
 
 
-def _decode(path: str, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+def _decode(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(data)) as img:
         img.load()  # a truncated file raises here ("image file is truncated")
         if img.mode != mode:
             if mode in ("L", "RGB") and img.mode in ("RGBA", "LA", "PA"):
@@ -204,7 +205,8 @@ def scan_images(
                 dropped.append((path, "zero_byte"))
                 continue
             with open(path, "rb") as fh:
-                digest = hashlib.sha256(fh.read()).hexdigest()
+                data = fh.read()  # read once: hashed, then decoded from memory
+            digest = hashlib.sha256(data).hexdigest()
         except OSError:
             dropped.append((path, "missing"))
             continue
@@ -212,7 +214,7 @@ def scan_images(
             dropped.append((path, "duplicate"))
             continue
         try:
-            array = _decode(path, mode, hw)
+            array = _decode(data, mode, hw)
         except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
             dropped.append((path, _classify_error(err)))
             continue
