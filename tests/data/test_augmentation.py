@@ -285,3 +285,33 @@ def test_pickle_round_trip_keeps_the_random_stream():
     aug(x)
     clone = pickle.loads(pickle.dumps(aug))
     assert torch.equal(clone(x), aug(x))
+
+
+@pytest.mark.parametrize(
+    ("option", "factor", "reference"),
+    [
+        ("brightness", 1.3, TF.adjust_brightness),
+        ("contrast", 0.6, TF.adjust_contrast),
+        ("saturation", 1.7, TF.adjust_saturation),
+        ("hue", 0.2, TF.adjust_hue),
+        ("hue", -0.35, TF.adjust_hue),
+    ],
+)
+def test_colour_jitter_matches_torchvision_for_fixed_factors(option, factor, reference):
+    img = torch.rand(3, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    out = BatchAugmentation([{"name": "color_jitter", option: [factor, factor]}])(img)
+    assert torch.allclose(out, reference(img, factor), atol=1e-5)
+
+
+def test_random_resized_crop_and_resize_geometry():
+    x = torch.rand(5, 2, 12, 12)
+    whole = BatchAugmentation([{"name": "random_resized_crop", "scale": [1, 1], "ratio": [1, 1]}])(x)
+    assert torch.allclose(whole, x, atol=1e-5)  # the whole image at its own size
+    resized = BatchAugmentation([{"name": "resize", "size": [6, 9]}])(x)
+    reference = F.interpolate(x, size=(6, 9), mode="bilinear", align_corners=False)
+    assert torch.allclose(resized, reference, atol=1e-5)
+    # crops of half the area: every sample takes its own window
+    crops = BatchAugmentation(
+        [{"name": "random_resized_crop", "scale": [0.25, 0.25], "ratio": [1, 1]}], seed=0
+    )(x)
+    assert crops.shape == x.shape and not torch.allclose(crops, x, atol=1e-3)
