@@ -269,23 +269,21 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             self._loaded = load_named_dataset(self.dataset, self.data_dir, download=False)
         return self._loaded
 
-    def _clean_tensor_splits(
-        self, train: ImageSplit, others: list[ImageSplit]
-    ) -> tuple[ImageSplit, list[ImageSplit]]:
-        """Drop or impute NaN/inf rows; imputation values come from the training split only."""
-        if not train.images.is_floating_point() or self.nonfinite == "keep":
-            return train, others
+    def _clean_tensor_splits(self, splits: dict[str, ImageSplit]) -> dict[str, ImageSplit]:
+        """Drop or impute NaN/inf rows of every split; imputation values come from the training split only."""
+        if not splits["train"].images.is_floating_point() or self.nonfinite == "keep":
+            return splits
         fill = None
         if self.nonfinite in ("mean", "median", "zero"):
-            fill = column_fill_values(train.images, self.nonfinite)
-        cleaned = []
-        for name, split in [("train", train)] + [(f"split{i}", s) for i, s in enumerate(others)]:
+            fill = column_fill_values(splits["train"].images, self.nonfinite)
+        cleaned = {}
+        for name, split in splits.items():
             x, y, report = clean_nonfinite_rows(
                 split.images, split.labels, self.nonfinite, fill=fill, name=f"{name} images"
             )
             self.cleaning_reports[name] = report.summary
-            cleaned.append(ImageSplit(x, y))
-        return cleaned[0], cleaned[1:]
+            cleaned[name] = ImageSplit(x, y)
+        return cleaned
 
     def setup(self, stage: str | None = None) -> None:
         if self.batch_augmentation is not None and not self._augmentation_seeded:
@@ -298,13 +296,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         keep, held = seeded_holdout(len(train_full), self.val_split, self.seed)
         train, val = train_full.subset(keep), train_full.subset(held)
         if self.dataset == "tensors":
-            self.cleaning_reports = {}
-            train, (val, test) = self._clean_tensor_splits(train, [val, test])
-            self.cleaning_reports = {
-                "train": self.cleaning_reports.get("train"),
-                "val": self.cleaning_reports.get("split0"),
-                "test": self.cleaning_reports.get("split1"),
-            }
+            cleaned = self._clean_tensor_splits({"train": train, "val": val, "test": test})
+            train, val, test = cleaned["train"], cleaned["val"], cleaned["test"]
         if self.limit_train_samples is not None:
             train = train.subset(torch.arange(min(self.limit_train_samples, len(train))))
         if len(train) == 0:
