@@ -214,7 +214,8 @@ class CompressionReport(Callback):
     def _run_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._measure(trainer, pl_module, "fit end")
         quantized = self._quantized_model(trainer)
-        if quantized is not None:
+        network = target_model(pl_module, self.attribute)
+        if quantized is not None and quantized is not network and self.rows[-1].get("precision") != "int8":
             self._measure(trainer, pl_module, "int8", model=quantized)
         if not trainer.is_global_zero or not self.rows:
             return

@@ -1,0 +1,163 @@
+"""The pipeline on a tiny task: stage order and hand-offs, early stopping held, warm start, bad recipes."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_optim.callbacks import (
+    CompressionReport,
+    EarlyStopping,
+    KnowledgeDistillation,
+    ProgressivePruning,
+    QuantizationAwareTraining,
+)
+from lightning_optim.compression.pipeline import CompressionPipeline, WarmStart, load_model_weights
+from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.models import LeNet300100
+from lightning_optim.modules import ClassificationModule
+from tests.conftest import quiet_trainer_kwargs
+
+
+def net() -> LeNet300100:
+    return LeNet300100(in_features=64, hidden=(32, 16))
+
+
+def qat(**kw) -> QuantizationAwareTraining:
+    return QuantizationAwareTraining(export=False, report=False, verbose=False, **kw)
+
+
+def test_stage_order_handoffs_and_early_stopping_held(tmp_path):
+    pl.seed_everything(0)
+    pipeline = CompressionPipeline()
+    # patience 0 and an impossible min_delta: without the hold-off this stops after the second epoch
+    stopper = EarlyStopping(monitor="val_loss", mode="min", patience=0, min_delta=10.0)
+    report = CompressionReport(
+        latency_batch_sizes=(1,), latency_repeats=1, latency_warmup=0, plot=False, verbose=False
+    )
+    callbacks = [
+        ProgressivePruning(final_sparsity=0.8, start=0, end=2, unit="epoch", verbose=False),
+        KnowledgeDistillation(teacher=net(), start_epoch=2),
+        qat(start_after="pruning", freeze_observers_epoch=4),
+        stopper,
+        pipeline,
+        report,
+    ]
+    trainer = pl.Trainer(
+        callbacks=callbacks,
+        **quiet_trainer_kwargs(tmp_path, max_epochs=8, limit_train_batches=3, limit_val_batches=2),
+    )
+    trainer.fit(
+        ClassificationModule(net(), lr=1e-2),
+        datamodule=ImageClassificationDataModule("digits", batch_size=32),
+    )
+    events = [(h["phase"], h["state"], h["epoch"]) for h in pipeline.handoffs if h["when"] == "epoch start"]
+    assert ("pruning", "active", 0) in events and ("pruning", "done", 2) in events
+    assert ("quantization", "active", 2) in events and ("quantization", "done", 4) in events
+    first = {(p, s): e for p, s, e in reversed(events)}
+    assert first[("pruning", "done")] <= first[("quantization", "active")] < first[("quantization", "done")]
+    # early stopping waited for the schedule, then stopped (before max_epochs)
+    assert 5 <= trainer.current_epoch < 8, trainer.current_epoch
+    stages = [r["stage"] for r in report.rows]
+    assert stages[0] == "fit start" and "pruning done" in stages and "quantization done" in stages
+    assert report.rows[-1]["precision"] == "int8" and report.rows[-1]["weight_sparsity"] >= 0.75
+
+
+def test_warm_start_loads_checkpoint_weights(tmp_path):
+    teacher = ClassificationModule(net())
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": teacher.state_dict()}, path)
+    student = net()
+    load_model_weights(str(path), student)
+    assert all(
+        torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.model.state_dict().values())
+    )
+    module = ClassificationModule(net())
+    WarmStart(str(path)).setup(None, module, "fit")
+    assert torch.equal(module.model.fc1.weight, teacher.model.fc1.weight)
+    with pytest.raises(FileNotFoundError):
+        WarmStart(str(tmp_path / "missing.ckpt")).setup(None, module, "fit")
+    with pytest.raises(ValueError, match="do not fit"):
+        load_model_weights(str(path), LeNet300100(in_features=64))
+
+
+def _fit_recipe(tmp_path, callbacks):
+    trainer = pl.Trainer(
+        callbacks=callbacks, **quiet_trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=1)
+    )
+    trainer.fit(
+        ClassificationModule(net()), datamodule=ImageClassificationDataModule("digits", batch_size=32)
+    )
+
+
+def test_qat_before_pruning_ends_is_refused(tmp_path):
+    callbacks = [
+        ProgressivePruning(final_sparsity=0.5, start=0, end=3, unit="epoch", verbose=False),
+        qat(start_epoch=1),
+        CompressionPipeline(distill=False),
+    ]
+    with pytest.raises(ValueError, match="quantization starts at epoch 1, before pruning ends at epoch 3"):
+        _fit_recipe(tmp_path, callbacks)
+
+
+def test_distillation_without_teacher_is_refused(tmp_path):
+    callbacks = [
+        ProgressivePruning(final_sparsity=0.5, start=0, end=2, unit="epoch", verbose=False),
+        qat(start_after="pruning"),
+        CompressionPipeline(distill=True),
+    ]
+    with pytest.raises(ValueError, match="no distillation callback with a teacher"):
+        _fit_recipe(tmp_path, callbacks)
+
+
+def test_distillation_during_the_ramp_is_refused(tmp_path):
+    callbacks = [
+        ProgressivePruning(final_sparsity=0.5, start=0, end=2, unit="epoch", verbose=False),
+        KnowledgeDistillation(teacher=net(), start_epoch=1),
+        qat(start_after="pruning"),
+        CompressionPipeline(distill=True, distill_from="pruning"),
+    ]
+    with pytest.raises(ValueError, match="distillation starts at epoch 1, during pruning"):
+        _fit_recipe(tmp_path, callbacks)
+
+
+def test_missing_stage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no callback for \\['quantization'\\]"):
+        _fit_recipe(
+            tmp_path,
+            [
+                ProgressivePruning(final_sparsity=0.5, start=0, end=2, verbose=False),
+                CompressionPipeline(distill=False),
+            ],
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"order": ["quantization", "distill"]}, "order"),
+        ({"order": ["pruning", "pruning"]}, "twice"),
+        ({"distill_from": "qat"}, "distill_from"),
+    ],
+)
+def test_bad_pipeline_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CompressionPipeline(**kwargs)
+
+
+def test_digits_demo_prints_the_table(tmp_path, capsys):
+    from lightning_optim.compression.pipeline import run_digits_pipeline
+
+    result = run_digits_pipeline(
+        str(tmp_path),
+        teacher_epochs=1,
+        prune_epochs=1,
+        finetune_epochs=1,
+        qat_epochs=1,
+        latency_threads=1,
+        latency_batch_sizes=(1,),
+    )
+    out = capsys.readouterr().out
+    assert "| Stage |" in out and "| fit start |" in out and "int8" in out
+    assert result["rows"][-1]["precision"] == "int8" and result["rows"][-1]["compression_ratio"] > 1
