@@ -279,3 +279,30 @@ def loader_order(dm):
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
     return list(loader.sampler)
+
+
+def _fit_augmented(tmp_path, max_epochs, ckpt_path=None, callbacks=()):
+    pl.seed_everything(0, verbose=False)
+    dm = ImageClassificationDataModule("digits", batch_size=64, augmentation="strong", seed=4)
+    module = ClassificationModule(LeNet300100(in_features=64), lr=1e-2)
+    trainer = pl.Trainer(
+        **quiet_trainer_kwargs(
+            tmp_path,
+            max_epochs=max_epochs,
+            limit_train_batches=3,
+            limit_val_batches=1,
+            enable_checkpointing=bool(callbacks),
+            callbacks=list(callbacks),
+        )
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return module, dm
+
+
+def test_resume_continues_the_augmentation_stream(tmp_path):
+    straight, _ = _fit_augmented(tmp_path / "a", max_epochs=2)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    _fit_augmented(tmp_path / "b", max_epochs=1, callbacks=[ckpt])
+    resumed, _ = _fit_augmented(tmp_path / "c", max_epochs=2, ckpt_path=ckpt.last_model_path)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
