@@ -328,17 +328,27 @@ def _gray(x: Tensor) -> Tensor:
 def affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
     """``F.affine_grid(theta, (N, C, height, width), align_corners=False)`` by broadcasting.
 
-    The same sampling grid, computed with five element-wise operations instead of a batched matrix
-    product (about twice as fast on CPU for small images).
+    The same sampling grid, computed as ``(N, 2, H, W)`` with three element-wise operations and returned as
+    an ``(N, H, W, 2)`` view (``grid_sample`` accepts it as is): several times faster on CPU than the
+    batched matrix product of ``F.affine_grid`` for small images.
     """
     n = theta.shape[0]
     xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1
     ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
     t = theta.view(n, 2, 3, 1, 1)
-    xs, ys = xs.view(1, 1, width), ys.view(1, height, 1)
-    gx = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]
-    gy = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
-    return torch.stack((gx, gy), -1)
+    grid = t[:, :, 0] * xs.view(1, 1, 1, width) + t[:, :, 1] * ys.view(1, 1, height, 1) + t[:, :, 2]
+    return grid.permute(0, 2, 3, 1)
+
+
+def invert_affine(m: Tensor) -> Tensor:
+    """Inverse of a batch of 3x3 affine matrices ``[[A, t], [0, 1]]`` in closed form (``[[A^-1, -A^-1 t], [0, 1]]``)."""
+    a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    det = a * d - b * c
+    inv = torch.zeros_like(m)
+    inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 0], inv[:, 1, 1] = d / det, -b / det, -c / det, a / det
+    inv[:, :2, 2] = -(inv[:, :2, :2] @ m[:, :2, 2:]).squeeze(-1)
+    inv[:, 2, 2] = 1.0
+    return inv
 
 
 class BatchAugmentation(nn.Module):
@@ -478,7 +488,7 @@ class BatchAugmentation(nn.Module):
         forward = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
         forward[:, :2, :2] = linear
         forward[:, 0, 2], forward[:, 1, 2] = tx, ty
-        return torch.linalg.inv(forward)
+        return invert_affine(forward)
 
     def _warp(self, x: Tensor, steps: list[dict[str, Any]], train: bool) -> Tensor:
         n, _, h, w = x.shape

@@ -315,3 +315,11 @@ def test_random_resized_crop_and_resize_geometry():
         [{"name": "random_resized_crop", "scale": [0.25, 0.25], "ratio": [1, 1]}], seed=0
     )(x)
     assert crops.shape == x.shape and not torch.allclose(crops, x, atol=1e-3)
+
+
+def test_invert_affine_matches_linalg():
+    from lightning_optim.data.augmentation import invert_affine
+
+    m = torch.eye(3, dtype=torch.float64).repeat(6, 1, 1)
+    m[:, :2, :] = torch.randn(6, 2, 3, dtype=torch.float64) + torch.eye(2, 3, dtype=torch.float64) * 3
+    assert torch.allclose(invert_affine(m), torch.linalg.inv(m), atol=1e-10)
