@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default="artifacts/bench")
     parser.add_argument("--epoch-scale", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
+    parser.add_argument("--reuse", action="store_true", help="reuse a finished pipeline run in --out-dir (measure only)")
     args = parser.parse_args()
 
     from lightning_optim.compression.artifact import describe_artifact, load_artifact
@@ -131,7 +132,10 @@ def main() -> None:
         timings["teacher_s"] = _run_cli(
             _config(f"compress_{args.model}_teacher.yaml", data_dir, out, args.epoch_scale)
         )
-    timings["pipeline_s"] = _run_cli(_config(f"compress_{args.model}.yaml", data_dir, out, args.epoch_scale))
+    if args.reuse and (folder / "compression_report.json").is_file():
+        timings["pipeline_s"] = float("nan")
+    else:
+        timings["pipeline_s"] = _run_cli(_config(f"compress_{args.model}.yaml", data_dir, out, args.epoch_scale))
 
     report = json.loads((folder / "compression_report.json").read_text())
     rows = report["rows"]
