@@ -306,3 +306,13 @@ def test_resume_continues_the_augmentation_stream(tmp_path):
     resumed, _ = _fit_augmented(tmp_path / "c", max_epochs=2, ckpt_path=ckpt.last_model_path)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_fashionmnist_reader(mnist_dir, tmp_path):
+    # FashionMNIST uses MNIST's file names and format: MNIST's raw files stand in for it here
+    (tmp_path / "FashionMNIST").mkdir()
+    (tmp_path / "FashionMNIST" / "raw").symlink_to(mnist_dir / "MNIST" / "raw", target_is_directory=True)
+    dm = ImageClassificationDataModule("Fashion-MNIST", data_dir=str(tmp_path))
+    dm.setup("fit")
+    assert dm.dataset == "fashionmnist" and dm.input_shape == (1, 28, 28)
+    assert len(dm.test_split) == 10000 and dm.test_split.images.dtype == torch.uint8
