@@ -251,7 +251,8 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         start_epoch: first epoch with fake quantization (0 = from the start).
         start_after: name of a compression phase (e.g. ``"pruning"``); QAT starts at the first epoch
             ``>= start_epoch`` at which that phase is done.
-        freeze_observers_epoch: epoch from which the quantization ranges are frozen (``None``: never).
+        freeze_observers_epoch: epoch from which the quantization ranges are frozen (``None``: never); always
+            after at least one epoch of QAT (when ``start_after`` delays the start, one epoch after it).
         freeze_bn_epoch: epoch from which the fused batch-norm statistics are frozen (``None``: never).
         convert_on_fit_end: convert to int8 when training ends.
         fuse: fuse conv-bn(-relu)/conv-relu/linear-relu chains automatically.
@@ -325,12 +326,15 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         )
         if not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"`start_epoch` must be an int >= 0, got {start_epoch!r}.")
-        for name, value in (
-            ("freeze_observers_epoch", freeze_observers_epoch),
-            ("freeze_bn_epoch", freeze_bn_epoch),
-        ):
-            if value is not None and value < start_epoch:
-                raise ValueError(f"`{name}` must be >= `start_epoch` ({start_epoch}) or None, got {value}.")
+        if freeze_bn_epoch is not None and freeze_bn_epoch < start_epoch:
+            raise ValueError(
+                f"`freeze_bn_epoch` must be >= `start_epoch` ({start_epoch}) or None, got {freeze_bn_epoch}."
+            )
+        if freeze_observers_epoch is not None and freeze_observers_epoch <= start_epoch:
+            raise ValueError(
+                f"`freeze_observers_epoch` must be > `start_epoch` ({start_epoch}) or None (the ranges need one epoch "
+                f"of observation first), got {freeze_observers_epoch}."
+            )
         if start_after is not None and (not isinstance(start_after, str) or not start_after):
             raise ValueError(
                 f"`start_after` must be a phase name (e.g. 'pruning') or None, got {start_after!r}."
@@ -472,6 +476,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         if (
             self.freeze_observers_epoch is not None
             and epoch >= self.freeze_observers_epoch
+            and (self.started_epoch is None or epoch > self.started_epoch)  # observed one epoch at least
             and not self.observers_frozen
         ):
             self._broadcast_state(trainer, model)

@@ -244,8 +244,10 @@ def test_bad_arguments_fail_at_construction():
         QuantizationAwareTraining(backend="qnnpak")
     with pytest.raises(ValueError, match="`start_epoch` must be an int >= 0"):
         QuantizationAwareTraining(start_epoch=-1)
-    with pytest.raises(ValueError, match="`freeze_observers_epoch` must be >= `start_epoch`"):
-        QuantizationAwareTraining(start_epoch=3, freeze_observers_epoch=2)
+    with pytest.raises(ValueError, match="`freeze_observers_epoch` must be > `start_epoch`"):
+        QuantizationAwareTraining(start_epoch=3, freeze_observers_epoch=3)
+    with pytest.raises(ValueError, match="`freeze_bn_epoch` must be >= `start_epoch`"):
+        QuantizationAwareTraining(start_epoch=3, freeze_bn_epoch=2)
     with pytest.raises(ValueError, match="fp32_best_effort"):
         QuantizationAwareTraining(fp32_best_effort=("tensorrt",))
     with pytest.raises(ValueError, match="calibration_split"):

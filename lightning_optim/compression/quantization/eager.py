@@ -174,8 +174,15 @@ class EagerBackend(QuantizationBackend):
         with quiet_quantization_warnings():
             return tq.get_default_qconfig(self.engine)
 
-    def _use_engine(self) -> None:
+    @contextmanager
+    def _use_engine(self) -> Iterator[None]:
+        """The quantized engine packs the int8 weights at conversion; the packed weights keep their kernels."""
+        previous = torch.backends.quantized.engine
         torch.backends.quantized.engine = self.engine
+        try:
+            yield
+        finally:
+            torch.backends.quantized.engine = previous
 
     # ----------------------------------------------------------------------------------- prepare
     def _check_model(self, model: nn.Module) -> None:
@@ -201,8 +208,7 @@ class EagerBackend(QuantizationBackend):
         model.train()
         device = _device_of(model)
         qconfig = self.qat_qconfig()
-        self._use_engine()
-        with quiet_quantization_warnings():
+        with quiet_quantization_warnings(), self._use_engine():
             if plan.groups:
                 tq.fuse_modules_qat(model, [list(g) for g in plan.groups], inplace=True)
             model.qconfig = qconfig
@@ -240,8 +246,7 @@ class EagerBackend(QuantizationBackend):
             find_fusion_groups(observed) if fuse else FusionPlan(traced=False, trace_error="fusion disabled")
         )
         qconfig = self.ptq_qconfig()
-        self._use_engine()
-        with quiet_quantization_warnings():
+        with quiet_quantization_warnings(), self._use_engine():
             if plan.groups:
                 tq.fuse_modules(observed, [list(g) for g in plan.groups], inplace=True)
             observed.qconfig = qconfig
@@ -253,9 +258,8 @@ class EagerBackend(QuantizationBackend):
     def convert(self, prepared: nn.Module) -> nn.Module:
         if not self.is_prepared(prepared):
             raise QuantizationError("convert() needs a model prepared by prepare_qat() or prepare_ptq().")
-        self._use_engine()
         model = copy.deepcopy(prepared).cpu().eval()
-        with quiet_quantization_warnings():
+        with quiet_quantization_warnings(), self._use_engine():
             tq.convert(model, inplace=True)
         _remove_stub_hooks(model)
         quant, dequant = getattr(model, QUANT_STUB), getattr(model, DEQUANT_STUB)

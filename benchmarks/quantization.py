@@ -1,0 +1,262 @@
+"""int8 quantization on real MNIST: QAT and PTQ vs fp32 for LeNet-5 and the 3-block CNN, side by side.
+
+For each model, in one run:
+
+1. fp32: train ``--epochs`` epochs (Adam), keep the checkpoint after the first epoch;
+2. QAT: same budget: resume that first-epoch checkpoint with :class:`QuantizationAwareTraining`
+   (fake quantization from epoch 1, BN statistics and ranges frozen for the last epoch), convert to int8;
+3. PTQ: :class:`PostTrainingQuantization`-style calibration of the trained fp32 model on
+   ``--calibration-batches`` training batches, convert to int8;
+4. test accuracy (the 10,000 MNIST test images) of fp32, QAT int8 and PTQ int8;
+5. size: fp32 state dict, int8 state dict, int8 TorchScript file;
+6. CPU latency at batch 1 and 256, interleaved rounds (median): fp32 eager, fp32 channels-last, fp32
+   ``torch.compile``, int8 (``x86`` engine), and int8 with the ``fbgemm`` engine for comparison.
+
+Acceptance (issue 5): int8 accuracy within 0.1 point of fp32; artifact >= 3.8x smaller than the fp32 state
+dict; on the 3-block CNN at batch 256 int8 >= 2.5x faster than the best fp32 and >= 5x faster than fp32
+eager; at batch 1 int8 no slower than fp32 eager.
+
+    .venv/bin/python -m benchmarks.quantization --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_optim.callbacks import QuantizationAwareTraining
+from lightning_optim.compression.measure import compare_latency, state_dict_size_bytes
+from lightning_optim.compression.quantization import accuracy, create_backend, quiet_quantization_warnings
+from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.models import ConvNet3, LeNet5
+from lightning_optim.modules import ClassificationModule
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+warnings.filterwarnings("ignore", ".*is deprecated.*")
+
+MODELS = {"lenet5": lambda: LeNet5(variant="classic"), "convnet3": lambda: ConvNet3(image_size=28)}
+
+
+class EpochPrinter(Callback):
+    def __init__(self, tag: str) -> None:
+        self.tag, self.t0 = tag, time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        acc = trainer.callback_metrics.get("val_acc")
+        print(
+            f"  [{self.tag}] epoch {trainer.current_epoch}: val_acc {float(acc):.4f} "
+            f"({time.perf_counter() - self.t0:.0f} s, load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+
+
+def trainer(root: str, epochs: int, callbacks: list, checkpoint: bool = False) -> Trainer:
+    return Trainer(
+        default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=checkpoint,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+
+
+def test_batches(dm: ImageClassificationDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(dm.to_model_input(x, train=False), y) for x, y in dm.test_dataloader()]
+
+
+def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    dm = ImageClassificationDataModule(
+        "mnist",
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        eval_batch_size=1000,
+        limit_train_samples=args.limit_train_samples,
+    )
+    dm.setup("fit")
+    row: dict[str, Any] = {"model": name}
+
+    # 1. fp32
+    seed_everything(0, workers=True)
+    fp32_module = ClassificationModule(MODELS[name](), optimizer="adam", lr=args.lr)
+    ckpt = ModelCheckpoint(dirpath=root / f"{name}_ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    t0 = time.perf_counter()
+    trainer(
+        str(root / f"{name}_fp32"), args.epochs, [ckpt, EpochPrinter(f"{name} fp32")], checkpoint=True
+    ).fit(fp32_module, datamodule=dm)
+    row["fp32_train_s"] = time.perf_counter() - t0
+    fp32 = fp32_module.model.eval()
+    batches = test_batches(dm)
+    row["fp32_acc"] = accuracy(fp32, batches)
+
+    # 2. QAT, same budget: continue the fp32 run's first epoch with fake quantization
+    seed_everything(0, workers=True)
+    last = args.epochs - 1
+    qat = QuantizationAwareTraining(
+        start_epoch=1,
+        freeze_bn_epoch=last,
+        freeze_observers_epoch=last if last > 1 else None,
+        report=False,
+        verbose=False,
+        export_path=str(root / f"{name}_qat_int8.pt"),
+    )
+    qat_module = ClassificationModule(MODELS[name](), optimizer="adam", lr=args.lr)
+    t0 = time.perf_counter()
+    trainer(str(root / f"{name}_qat"), args.epochs, [qat, EpochPrinter(f"{name} QAT")]).fit(
+        qat_module, datamodule=dm, ckpt_path=str(root / f"{name}_ckpt" / "epoch=0.ckpt")
+    )
+    row["qat_train_s"] = time.perf_counter() - t0
+    int8 = qat.quantized_model
+    row["qat_int8_acc"] = accuracy(int8, batches)
+    row["fusion"] = [" + ".join(g) for g in qat.fusion_plan.groups]
+
+    # 3. PTQ of the fp32 model
+    backend = create_backend("x86")
+    observed, _ = backend.prepare_ptq(fp32)
+    calibration = (
+        dm.to_model_input(x, train=False)
+        for i, (x, _) in zip(range(args.calibration_batches), dm.train_dataloader())
+    )
+    backend.calibrate(observed, calibration)
+    ptq_int8 = backend.convert(observed)
+    row["ptq_int8_acc"] = accuracy(ptq_int8, batches)
+    ptq_fbgemm = create_backend("fbgemm").convert(observed) if args.fbgemm else None
+
+    # 4. sizes
+    row["fp32_state_dict_bytes"] = state_dict_size_bytes(fp32)
+    with quiet_quantization_warnings():
+        row["int8_state_dict_bytes"] = state_dict_size_bytes(int8)
+    row["int8_torchscript_bytes"] = os.path.getsize(qat.exported_path)
+
+    # 5. latency, all variants interleaved
+    latency: dict[int, dict[str, float]] = {}
+    for bs in args.batch_sizes:
+        x = torch.randn(bs, 1, 28, 28)
+        variants: dict[str, Any] = {"fp32 eager": fp32}
+        cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last).eval()
+        variants["fp32 channels_last"] = lambda t, m=cl: m(t.contiguous(memory_format=torch.channels_last))
+        if not args.skip_compile:
+            compiled = torch.compile(copy.deepcopy(fp32).eval())
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                compiled(x)
+            print(f"  [{name}] torch.compile at batch {bs}: {time.perf_counter() - t0:.1f} s", flush=True)
+            variants["fp32 compile"] = compiled
+        variants["int8 x86"] = int8
+        if ptq_fbgemm is not None:  # same calibrated model packed by both engines
+            variants["int8 PTQ x86"] = ptq_int8
+            variants["int8 PTQ fbgemm"] = ptq_fbgemm
+        timed = compare_latency(
+            variants, x, repeats=args.repeats, warmup=3, rounds=args.rounds, threads=args.threads
+        )
+        latency[bs] = {k: v["median_ms"] for k, v in timed.items()}
+        print(
+            f"  [{name}] batch {bs}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in latency[bs].items()),
+            flush=True,
+        )
+    row["latency_ms"] = latency
+    return row
+
+
+def fmt_bytes(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def report(
+    rows: list[dict[str, Any]], args: argparse.Namespace, load_before: tuple, load_after: tuple
+) -> str:
+    lines = [
+        "| model | fp32 acc | QAT int8 acc | PTQ int8 acc | fp32 state dict | int8 state dict | int8 TorchScript | size ratio (sd / TS) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {100 * r['fp32_acc']:.2f} | {100 * r['qat_int8_acc']:.2f} | {100 * r['ptq_int8_acc']:.2f} | "
+            f"{fmt_bytes(r['fp32_state_dict_bytes'])} | {fmt_bytes(r['int8_state_dict_bytes'])} | "
+            f"{fmt_bytes(r['int8_torchscript_bytes'])} | "
+            f"{r['fp32_state_dict_bytes'] / r['int8_state_dict_bytes']:.2f}x / "
+            f"{r['fp32_state_dict_bytes'] / r['int8_torchscript_bytes']:.2f}x |"
+        )
+    lines += ["", "CPU latency, median ms (interleaved rounds):", ""]
+    names = list(next(iter(rows[0]["latency_ms"].values())).keys())
+    lines.append("| model | batch | " + " | ".join(names) + " | int8 vs eager | int8 vs best fp32 |")
+    lines.append("|---|---:|" + "---:|" * (len(names) + 2))
+    for r in rows:
+        for bs, lat in r["latency_ms"].items():
+            best = min(v for k, v in lat.items() if k.startswith("fp32"))
+            lines.append(
+                f"| {r['model']} | {bs} | "
+                + " | ".join(f"{lat[n]:.3f}" for n in names)
+                + f" | {lat['fp32 eager'] / lat['int8 x86']:.2f}x | {best / lat['int8 x86']:.2f}x |"
+            )
+    lines += [
+        "",
+        f"Training: {args.epochs} epochs, Adam lr {args.lr}, batch {args.batch_size}; QAT from epoch 1 (resumed from the "
+        f"fp32 run's epoch-0 checkpoint), BN and ranges frozen in the last epoch; PTQ: {args.calibration_batches} "
+        "calibration batches. "
+        + "; ".join(
+            f"{r['model']}: fp32 {r['fp32_train_s']:.0f} s, QAT {r['qat_train_s']:.0f} s" for r in rows
+        ),
+        "Fusion: " + "; ".join(f"{r['model']}: {', '.join(r['fusion'])}" for r in rows),
+        f"torch {torch.__version__}, {os.cpu_count()} cores, latency threads {args.threads}, "
+        f"load average before {load_before}, after {load_after}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--limit-train-samples", type=int, default=None)
+    parser.add_argument("--calibration-batches", type=int, default=32)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="intra-op threads for the latency measurements"
+    )
+    parser.add_argument("--train-threads", type=int, default=None, help="intra-op threads for training")
+    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument(
+        "--fbgemm", action="store_true", help="also time the int8 model under the fbgemm engine"
+    )
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (one float epoch, then QAT)")
+    if args.train_threads:
+        torch.set_num_threads(args.train_threads)
+    load_before = tuple(round(x, 2) for x in os.getloadavg())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            rows.append(run_model(name, args, Path(tmp)))
+    load_after = tuple(round(x, 2) for x in os.getloadavg())
+    print()
+    print(report(rows, args, load_before, load_after))
+
+
+if __name__ == "__main__":
+    main()
