@@ -91,15 +91,23 @@ class LightningOptimCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LightningOptimCLI:
-    """Entry point of the ``lightning-optim`` console script.
+def build_cli(args: list[str] | None = None, run: bool = True) -> LightningOptimCLI:
+    """Parse ``args``, instantiate the trainer, module and data module, and (with ``run``) run the subcommand.
 
     Args:
         args: command-line arguments (``None`` reads ``sys.argv``), for example
             ``["fit", "--config", "recipe.yaml"]``.
         run: run the subcommand; with ``False`` (and no subcommand in ``args``) only parse and instantiate.
+
+    Returns:
+        The CLI object, with ``trainer``, ``model``, ``datamodule`` and ``config``.
     """
     return LightningOptimCLI(ClassificationModule, LightningDataModule, args=args, run=run)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-optim`` console script (returns nothing, so the exit status is 0)."""
+    build_cli(args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lightning_optim.cli import _import_short_name_modules, main
+from lightning_optim.cli import _import_short_name_modules, build_cli
 from lightning_optim.modules import OPTIMIZERS, ClassificationModule, optimizer_factory
 
 
@@ -145,7 +145,7 @@ def test_unknown_optimizer_in_a_recipe_names_the_option(tmp_path):
     with pytest.raises(ValueError, match=r"Unknown `optimizer` 'adamax_typo'; allowed names: .*nesterov"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            main(["--config", str(tmp_path / "recipe.yaml")], run=False)
+            build_cli(["--config", str(tmp_path / "recipe.yaml")], run=False)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

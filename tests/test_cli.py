@@ -1,0 +1,150 @@
+"""The `lightning-optim` CLI: fit from YAML in a subprocess, reload the saved config.yaml, --print_config,
+short class names, the num_classes link, and the other subcommands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_optim.cli import build_cli
+from tests.conftest import REPO_ROOT
+
+
+def recipe(tmp_path: Path, **model_overrides) -> dict:
+    """A tiny digits recipe: one epoch of three batches."""
+    network = {
+        "class_path": "ConvNet3",
+        "init_args": {"image_size": 8, "channels": [8, 16, 16], "hidden": 32},
+    }
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 1,
+            "limit_train_batches": 3,
+            "limit_val_batches": 2,
+            "limit_test_batches": 2,
+            "limit_predict_batches": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "enable_checkpointing": False,
+            "num_sanity_val_steps": 0,
+            "default_root_dir": str(tmp_path),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path)},
+            },
+        },
+        "model": {
+            "class_path": "ClassificationModule",
+            "init_args": {"model": network, "optimizer": "nesterov", "lr": 0.05, **model_overrides},
+        },
+        "data": {
+            "class_path": "ImageClassificationDataModule",
+            "init_args": {"dataset": "digits", "batch_size": 32},
+        },
+    }
+
+
+def write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("lightning-optim")  # the console script of the installed package
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lightning_optim.cli"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [*cli_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_fit_from_yaml_then_train_again_from_the_saved_config(tmp_path):
+    config = write(
+        tmp_path / "recipe.yaml",
+        recipe(tmp_path, lr_scheduler={"class_path": "StepLR", "init_args": {"step_size": 1}}),
+    )
+    first = run_cli("fit", "--config", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "test_acc" in first.stdout  # fit runs the test split afterwards
+    saved = tmp_path / "lightning_logs" / "version_0" / "config.yaml"
+    assert saved.is_file()
+    saved_config = yaml.safe_load(saved.read_text())
+    assert saved_config["model"]["init_args"]["optimizer"] == "nesterov"
+    assert saved_config["model"]["init_args"]["model"]["class_path"] == "lightning_optim.models.ConvNet3"
+    assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").is_file()
+
+    second = run_cli(
+        "fit", "--config", str(saved), cwd=tmp_path
+    )  # Lightning's own saved configs often fail here
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert (tmp_path / "lightning_logs" / "version_1" / "config.yaml").is_file()
+    metrics = (tmp_path / "lightning_logs" / "version_1" / "metrics.csv").read_text()
+    assert "train_loss" in metrics and "test_acc" in metrics
+    # same seed, same recipe: the same test metrics as the first run
+    first_rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    assert first_rows[-1] == metrics.splitlines()[-1]
+
+
+def quiet_main(args: list[str], run: bool = True):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_cli(args, run=run)
+
+
+def test_print_config_reloads_and_is_stable(tmp_path, capsys):
+    config = write(tmp_path / "recipe.yaml", recipe(tmp_path, l1=1e-5, label_smoothing=0.1))
+    with pytest.raises(SystemExit) as info:
+        quiet_main(["fit", "--config", str(config), "--print_config"])
+    assert info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: lightning_optim.ClassificationModule" in printed
+    reloaded = write(tmp_path / "printed.yaml", yaml.safe_load(printed))
+    with pytest.raises(SystemExit):
+        quiet_main(["fit", "--config", str(reloaded), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(printed)
+    # and it trains
+    cli = quiet_main(["fit", "--config", str(reloaded), "--test_after_fit", "false"])
+    assert cli.trainer.state.finished and cli.model.l1 == 1e-5 and cli.model.label_smoothing == 0.1
+    assert "test_acc" not in cli.trainer.callback_metrics  # --test_after_fit false
+
+
+def test_short_class_names_and_num_classes_link(tmp_path):
+    cli = quiet_main(["--config", str(write(tmp_path / "r.yaml", recipe(tmp_path)))], run=False)
+    assert type(cli.model).__name__ == "ClassificationModule"
+    assert type(cli.model.model).__name__ == "ConvNet3"
+    assert cli.model.num_classes == cli.datamodule.num_classes == 10
+    assert type(cli.model.configure_optimizers()).__name__ == "SGD"
+
+
+def test_num_classes_mismatch_between_data_and_model_is_an_error(tmp_path):
+    config = recipe(tmp_path)
+    config["model"]["init_args"]["model"]["init_args"]["num_classes"] = 5
+    with pytest.raises(ValueError, match=r"`num_classes`=10 .*model outputs 5"):
+        quiet_main(["--config", str(write(tmp_path / "r.yaml", config))], run=False)
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_other_subcommands(tmp_path, subcommand):
+    cli = quiet_main([subcommand, "--config", str(write(tmp_path / "r.yaml", recipe(tmp_path)))])
+    assert cli.trainer.state.finished
+    if subcommand != "predict":
+        assert f"{'val' if subcommand == 'validate' else 'test'}_acc" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("example", ["digits_baseline.yaml", "mnist_baseline.yaml"])
+def test_examples_parse_and_instantiate(example, mnist_dir, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # recipes use paths relative to the repository root
+    cli = quiet_main(["--config", str(REPO_ROOT / "examples" / example)], run=False)
+    assert cli.model.num_classes == 10 and cli.trainer.max_epochs >= 1
