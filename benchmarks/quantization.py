@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import os
 import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +146,10 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
     with quiet_quantization_warnings():
         row["int8_state_dict_bytes"] = state_dict_size_bytes(int8)
     row["int8_torchscript_bytes"] = os.path.getsize(qat.exported_path)
+    row["fp32_state_dict_deflated_bytes"] = deflated_size(fp32.state_dict())
 
     # 5. latency, all variants interleaved
-    latency: dict[int, dict[str, float]] = {}
+    latency: dict[tuple[int, int], dict[str, float]] = {}
     for bs in args.batch_sizes:
         x = torch.randn(bs, 1, 28, 28)
         variants: dict[str, Any] = {"fp32 eager": fp32}
@@ -163,16 +166,30 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
         if ptq_fbgemm is not None:  # same calibrated model packed by both engines
             variants["int8 PTQ x86"] = ptq_int8
             variants["int8 PTQ fbgemm"] = ptq_fbgemm
-        timed = compare_latency(
-            variants, x, repeats=args.repeats, warmup=3, rounds=args.rounds, threads=args.threads
-        )
-        latency[bs] = {k: v["median_ms"] for k, v in timed.items()}
-        print(
-            f"  [{name}] batch {bs}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in latency[bs].items()),
-            flush=True,
-        )
+        for threads in args.threads:
+            timed = compare_latency(
+                variants, x, repeats=args.repeats, warmup=3, rounds=args.rounds, threads=threads
+            )
+            latency[(bs, threads)] = {k: v["median_ms"] for k, v in timed.items()}
+            print(
+                f"  [{name}] batch {bs}, {threads} thread(s): "
+                + ", ".join(f"{k} {v:.3f} ms" for k, v in latency[(bs, threads)].items()),
+                flush=True,
+            )
     row["latency_ms"] = latency
     return row
+
+
+def deflated_size(state: dict) -> int:
+    """Bytes of ``torch.save(state)`` re-zipped with deflate (what compression alone gives fp32)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info.filename))
+    return len(out.getvalue())
 
 
 def fmt_bytes(n: int) -> str:
@@ -183,26 +200,30 @@ def report(
     rows: list[dict[str, Any]], args: argparse.Namespace, load_before: tuple, load_after: tuple
 ) -> str:
     lines = [
-        "| model | fp32 acc | QAT int8 acc | PTQ int8 acc | fp32 state dict | int8 state dict | int8 TorchScript | size ratio (sd / TS) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | fp32 acc | QAT int8 acc | PTQ int8 acc | fp32 state dict | int8 state dict | int8 TorchScript "
+        "(compact) | fp32 sd / int8 sd | fp32 sd / int8 TorchScript | deflated fp32 sd / int8 TorchScript |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {100 * r['fp32_acc']:.2f} | {100 * r['qat_int8_acc']:.2f} | {100 * r['ptq_int8_acc']:.2f} | "
             f"{fmt_bytes(r['fp32_state_dict_bytes'])} | {fmt_bytes(r['int8_state_dict_bytes'])} | "
             f"{fmt_bytes(r['int8_torchscript_bytes'])} | "
-            f"{r['fp32_state_dict_bytes'] / r['int8_state_dict_bytes']:.2f}x / "
-            f"{r['fp32_state_dict_bytes'] / r['int8_torchscript_bytes']:.2f}x |"
+            f"{r['fp32_state_dict_bytes'] / r['int8_state_dict_bytes']:.2f}x | "
+            f"{r['fp32_state_dict_bytes'] / r['int8_torchscript_bytes']:.2f}x | "
+            f"{r['fp32_state_dict_deflated_bytes'] / r['int8_torchscript_bytes']:.2f}x |"
         )
     lines += ["", "CPU latency, median ms (interleaved rounds):", ""]
     names = list(next(iter(rows[0]["latency_ms"].values())).keys())
-    lines.append("| model | batch | " + " | ".join(names) + " | int8 vs eager | int8 vs best fp32 |")
-    lines.append("|---|---:|" + "---:|" * (len(names) + 2))
+    lines.append(
+        "| model | batch | threads | " + " | ".join(names) + " | int8 vs eager | int8 vs best fp32 |"
+    )
+    lines.append("|---|---:|---:|" + "---:|" * (len(names) + 2))
     for r in rows:
-        for bs, lat in r["latency_ms"].items():
+        for (bs, threads), lat in r["latency_ms"].items():
             best = min(v for k, v in lat.items() if k.startswith("fp32"))
             lines.append(
-                f"| {r['model']} | {bs} | "
+                f"| {r['model']} | {bs} | {threads} | "
                 + " | ".join(f"{lat[n]:.3f}" for n in names)
                 + f" | {lat['fp32 eager'] / lat['int8 x86']:.2f}x | {best / lat['int8 x86']:.2f}x |"
             )
@@ -215,7 +236,7 @@ def report(
             f"{r['model']}: fp32 {r['fp32_train_s']:.0f} s, QAT {r['qat_train_s']:.0f} s" for r in rows
         ),
         "Fusion: " + "; ".join(f"{r['model']}: {', '.join(r['fusion'])}" for r in rows),
-        f"torch {torch.__version__}, {os.cpu_count()} cores, latency threads {args.threads}, "
+        f"torch {torch.__version__}, {os.cpu_count()} cores, "
         f"load average before {load_before}, after {load_after}.",
     ]
     return "\n".join(lines)
@@ -236,7 +257,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
-        "--threads", type=int, default=2, help="intra-op threads for the latency measurements"
+        "--threads", type=int, nargs="+", default=[2], help="intra-op thread counts for latency"
     )
     parser.add_argument("--train-threads", type=int, default=None, help="intra-op threads for training")
     parser.add_argument("--skip-compile", action="store_true")

@@ -18,7 +18,9 @@ kernel rejects bfloat16), so ``bf16-mixed`` training stays sound.
 from __future__ import annotations
 
 import copy
+import io
 import warnings
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,16 +145,34 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
+def compact_torchscript(archive: bytes) -> bytes:
+    """A TorchScript archive without its debug source ranges (``*.debug_pkl``), deflate-compressed.
+
+    ``torch.jit.load`` reads it as it is: the debug records are optional (they only map errors back to
+    Python source lines) and the archive reader inflates deflated records.
+    """
+    source = zipfile.ZipFile(io.BytesIO(archive))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as target:
+        for info in source.infolist():
+            if info.filename.endswith(".debug_pkl"):
+                continue
+            target.writestr(info.filename, source.read(info.filename))
+    return out.getvalue()
+
+
 class EagerBackend(QuantizationBackend):
     """Eager-mode ``torch.ao.quantization`` on a CPU quantized engine, exported as TorchScript.
 
     Args:
         engine: the quantized engine and qconfig family, ``"x86"`` (default, fastest here) or ``"fbgemm"``.
+        compact_export: write the TorchScript file without debug source ranges and deflate-compressed
+            (:func:`compact_torchscript`; ``torch.jit.load`` reads it as usual).
     """
 
     export_format = "torchscript"
 
-    def __init__(self, engine: str = "x86") -> None:
+    def __init__(self, engine: str = "x86", compact_export: bool = True) -> None:
         if engine not in torch.backends.quantized.supported_engines:
             raise ValueError(
                 f"Quantized engine {engine!r} is not supported by this torch build; "
@@ -160,6 +180,7 @@ class EagerBackend(QuantizationBackend):
             )
         self.engine = engine
         self.name = engine
+        self.compact_export = compact_export
 
     # ----------------------------------------------------------------------------------- qconfigs
     def qat_qconfig(self) -> tq.QConfig:
@@ -308,7 +329,10 @@ class EagerBackend(QuantizationBackend):
                         f"torch.jit.script failed ({_first_line(err)}) and no example input was given to trace it."
                     ) from err
                 scripted = torch.jit.trace(quantized, example_input.detach().cpu().float())
-            torch.jit.save(scripted, str(path))
+            buffer = io.BytesIO()
+            torch.jit.save(scripted, buffer)
+        data = compact_torchscript(buffer.getvalue()) if self.compact_export else buffer.getvalue()
+        path.write_bytes(data)
         return path
 
     def load(self, path: str | Path) -> nn.Module:
