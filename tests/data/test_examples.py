@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_optim.cli import main
+from lightning_optim.cli import build_cli
 from lightning_optim.data import ImageClassificationDataModule, TextClassificationDataModule
 from tests.conftest import REPO_ROOT
 
@@ -28,7 +28,7 @@ QUICK = [
 def test_example_recipe_fits(recipe, data_cls, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["lightning-optim"])
     monkeypatch.chdir(REPO_ROOT)  # recipes use paths relative to the repository root
-    cli = main(["fit", "--config", f"examples/{recipe}", f"--trainer.default_root_dir={tmp_path}", *QUICK])
+    cli = build_cli(["fit", "--config", f"examples/{recipe}", f"--trainer.default_root_dir={tmp_path}", *QUICK])
     assert isinstance(cli.datamodule, data_cls)
     assert cli.trainer.global_step == 2
     if data_cls is ImageClassificationDataModule:
@@ -42,7 +42,7 @@ def test_unknown_augmentation_name_from_the_command_line(tmp_path, monkeypatch, 
     monkeypatch.setattr("sys.argv", ["lightning-optim"])
     monkeypatch.chdir(REPO_ROOT)
     with pytest.raises((ValueError, SystemExit)) as info:
-        main(
+        build_cli(
             [
                 "fit",
                 "--config",
