@@ -84,6 +84,49 @@ class Vocabulary:
         return [self.itos[i] for i in ids if i != self.pad_id]
 
 
+def _infer_format(path: Path, file_format: str | None) -> str:
+    fmt = file_format
+    if fmt is None:
+        fmt = next((f for f, ends in TEXT_FORMATS.items() if path.suffix.lower() in ends), None)
+        if fmt is None:
+            raise ValueError(
+                f"Cannot infer `file_format` of {str(path)!r} from its ending; allowed formats: {list(TEXT_FORMATS)} "
+                f"(endings {sorted(e for ends in TEXT_FORMATS.values() for e in ends)})."
+            )
+    if fmt not in TEXT_FORMATS:
+        raise ValueError(f"Unknown `file_format` {fmt!r}; allowed: {list(TEXT_FORMATS)}.")
+    return fmt
+
+
+def check_text_columns(
+    path: str | os.PathLike, text_column: str, label_column: str | None, file_format: str | None = None
+) -> None:
+    """Check, from the header (CSV/TSV) or the first record (JSONL) only, that the columns exist.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unknown format; a missing text or label column (the message lists the columns found).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Text file {str(path)!r} does not exist.")
+    fmt = _infer_format(path, file_format)
+    with path.open(encoding="utf-8", newline="") as fh:
+        if fmt == "jsonl":
+            first = next((line for line in fh if line.strip()), None)
+            try:
+                columns = sorted(json.loads(first)) if first is not None else []
+            except (json.JSONDecodeError, TypeError):
+                return  # the full read reports the broken line
+        else:
+            columns = next(csv.reader(fh, delimiter="," if fmt == "csv" else "\t"), [])
+    for option, column in (("text_column", text_column), ("label_column", label_column)):
+        if column is not None and column not in columns:
+            raise ValueError(
+                f"`{option}` {column!r} is not a column of {str(path)!r}; columns found: {columns}."
+            )
+
+
 def read_text_file(
     path: str | os.PathLike, text_column: str, label_column: str | None, file_format: str | None = None
 ) -> tuple[list[str], list[str | None]]:
@@ -102,16 +145,7 @@ def read_text_file(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Text file {str(path)!r} does not exist.")
-    fmt = file_format
-    if fmt is None:
-        fmt = next((f for f, ends in TEXT_FORMATS.items() if path.suffix.lower() in ends), None)
-        if fmt is None:
-            raise ValueError(
-                f"Cannot infer `file_format` of {str(path)!r} from its ending; allowed formats: {list(TEXT_FORMATS)} "
-                f"(endings {sorted(e for ends in TEXT_FORMATS.values() for e in ends)})."
-            )
-    if fmt not in TEXT_FORMATS:
-        raise ValueError(f"Unknown `file_format` {fmt!r}; allowed: {list(TEXT_FORMATS)}.")
+    fmt = _infer_format(path, file_format)
     if fmt == "jsonl":
         rows = []
         with path.open(encoding="utf-8") as fh:
@@ -204,8 +238,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     Raises:
         ValueError: ``val_split`` outside (0, 1), non-positive sizes, an unknown cleaning option or file
-            format; at setup, a missing text/label column or a validation/test label unseen in training.
-        FileNotFoundError: a missing file.
+            format, a missing text/label column (checked from each file's header at construction); at
+            setup, a validation/test label unseen in training.
+        FileNotFoundError: a missing file (at construction).
 
     Example::
 
@@ -272,6 +307,14 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
         self.return_index = return_index
+        for path, labelled in (
+            (train_file, True),
+            (val_file, True),
+            (test_file, True),
+            (predict_file, False),
+        ):
+            if path is not None:  # fail at construction on a missing file or column (header only)
+                check_text_columns(path, text_column, label_column if labelled else None, file_format)
         self.vocab: Vocabulary | None = None
         self.label_names: list[str] | None = None
         self.cleaning_report: dict[str, dict[str, int]] = {}

@@ -28,7 +28,9 @@ QUICK = [
 def test_example_recipe_fits(recipe, data_cls, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["lightning-optim"])
     monkeypatch.chdir(REPO_ROOT)  # recipes use paths relative to the repository root
-    cli = build_cli(["fit", "--config", f"examples/{recipe}", f"--trainer.default_root_dir={tmp_path}", *QUICK])
+    cli = build_cli(
+        ["fit", "--config", f"examples/{recipe}", f"--trainer.default_root_dir={tmp_path}", *QUICK]
+    )
     assert isinstance(cli.datamodule, data_cls)
     assert cli.trainer.global_step == 2
     if data_cls is ImageClassificationDataModule:

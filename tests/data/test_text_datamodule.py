@@ -128,9 +128,9 @@ def test_bad_inputs_name_options(files, tmp_path):
     with pytest.raises(
         ValueError, match=r"`label_column` 'sentiment' is not a column .*columns found: \['text', 'label'\]"
     ):
-        TextClassificationDataModule(str(train), label_column="sentiment").setup("fit")
+        TextClassificationDataModule(str(train), label_column="sentiment")  # at construction
     with pytest.raises(ValueError, match=r"`text_column` 'body'"):
-        TextClassificationDataModule(str(train), text_column="body").setup("fit")
+        TextClassificationDataModule(str(train), text_column="body")
     with pytest.raises(ValueError, match=r"`val_split` must be in \(0, 1\)"):
         TextClassificationDataModule(str(train), val_split=1.5)
     with pytest.raises(ValueError, match=r"`file_format` 'xml'; allowed: \['csv', 'tsv', 'jsonl'\]"):
@@ -138,10 +138,15 @@ def test_bad_inputs_name_options(files, tmp_path):
     with pytest.raises(ValueError, match=r"Unknown `cleaning` option"):
         TextClassificationDataModule(str(train), cleaning={"stem": True})
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        TextClassificationDataModule(str(tmp_path / "none.csv")).setup("fit")
+        TextClassificationDataModule(str(tmp_path / "none.csv"))
     other = write_csv(tmp_path / "v.csv", [("great", "neutral")])
     with pytest.raises(ValueError, match=r"val labels \['neutral'\].*`label_column`"):
         TextClassificationDataModule(str(train), val_file=str(other)).setup("fit")
+    jsonl = write_jsonl(tmp_path / "j.jsonl", [("hi", "pos")], text="body")
+    with pytest.raises(
+        ValueError, match=r"`text_column` 'text' is not a column .*columns found: \['body', 'label'\]"
+    ):
+        TextClassificationDataModule(str(train), test_file=str(jsonl))
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(ValueError, match="Cannot infer `file_format`"):
         read_text_file(tmp_path / "x.txt", "text", "label")
