@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import BatchSizeFinder, ModelCheckpoint
+from lightning.pytorch.trainer.states import RunningStage
 
 from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import LeNet300100
@@ -174,10 +175,10 @@ def test_batch_mode_augments_training_batches_only():
     dm.trainer = trainer
     dm.setup("fit")
     images = dm.train_split.images[:16]
-    trainer.state.stage = "train"
+    trainer.state.stage = RunningStage.TRAINING
     augmented = dm.on_after_batch_transfer((images, torch.zeros(16)), 0)[0]
     assert not torch.allclose(augmented, images.float() / 255)
-    trainer.state.stage = "validate"
+    trainer.state.stage = RunningStage.VALIDATING
     plain = dm.on_after_batch_transfer((images, torch.zeros(16)), 0)[0]
     assert torch.equal(plain, images.float() / 255)
 
