@@ -352,3 +352,23 @@ def test_ddp_int8_model_identical_on_every_rank(tmp_path):
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), key
     assert torch.equal(r0["y"], r1["y"])
+
+
+# ----------------------------------------------------------------------------------------- pipeline
+def test_qat_after_progressive_pruning_keeps_the_pruned_zeros_in_int8(tmp_path):
+    from lightning_optim.callbacks import ProgressivePruning
+
+    pruning = ProgressivePruning(final_sparsity=0.6, start=0, end=4, unit="step", frequency=2, verbose=False)
+    qat = QuantizationAwareTraining(start_after="pruning", freeze_observers_epoch=2, **FAST)
+    fit(tmp_path, [pruning, qat], max_epochs=3, limit_train_batches=6, limit_val_batches=1)
+    assert qat.started_epoch == 1  # pruning's ramp ends within epoch 0
+    int8 = {
+        n: m.weight() for n, m in qat.quantized_model.named_modules() if callable(getattr(m, "weight", None))
+    }
+    checked = 0
+    for name, mask in pruning.masks.items():  # "features.block1.conv.weight" -> int8 layer
+        weight = int8[f"module.{name.rsplit('.', 1)[0]}"].int_repr()
+        assert weight.shape == mask.shape
+        assert (weight[~mask.bool()] == 0).all(), name
+        checked += int((~mask.bool()).sum())
+    assert checked > 0
