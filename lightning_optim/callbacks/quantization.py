@@ -106,8 +106,11 @@ class _QuantizationCallbackBase(Callback):
         return model
 
     def _remember_input(self, x: Any) -> None:
-        if isinstance(x, Tensor) and x.dim() >= 1 and self.input_shape is None:
+        if not (isinstance(x, Tensor) and x.dim() >= 1):
+            return
+        if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
+        if self._example is None:  # also after a resume, where input_shape came back from the checkpoint
             self._example = x[:2].detach().float().cpu().clone()
 
     def _loader(self, trainer: pl.Trainer, split: str) -> Any:
@@ -526,7 +529,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
                 )
 
     def _run_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
-        if self.input_shape is None or (self.prepared and self._needs_check):
+        if self.input_shape is None or self._example is None or (self.prepared and self._needs_check):
             try:
                 x = unpack_batch(batch)[0]
             except TypeError:
