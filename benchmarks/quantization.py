@@ -149,12 +149,18 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
     row["fp32_state_dict_deflated_bytes"] = deflated_size(fp32.state_dict())
 
     # 5. latency, all variants interleaved
+    int8_script = torch.jit.load(str(qat.exported_path))
+    fp32_script = (
+        torch.jit.freeze(torch.jit.script(copy.deepcopy(fp32).eval())) if args.fp32_torchscript else None
+    )
     latency: dict[tuple[int, int], dict[str, float]] = {}
     for bs in args.batch_sizes:
         x = torch.randn(bs, 1, 28, 28)
         variants: dict[str, Any] = {"fp32 eager": fp32}
         cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last).eval()
         variants["fp32 channels_last"] = lambda t, m=cl: m(t.contiguous(memory_format=torch.channels_last))
+        if args.fp32_torchscript:
+            variants["fp32 TorchScript"] = fp32_script
         if not args.skip_compile:
             compiled = torch.compile(copy.deepcopy(fp32).eval())
             t0 = time.perf_counter()
@@ -163,6 +169,7 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
             print(f"  [{name}] torch.compile at batch {bs}: {time.perf_counter() - t0:.1f} s", flush=True)
             variants["fp32 compile"] = compiled
         variants["int8 x86"] = int8
+        variants["int8 TorchScript"] = int8_script  # the exported artifact, as a user loads it
         if ptq_fbgemm is not None:  # same calibrated model packed by both engines
             variants["int8 PTQ x86"] = ptq_int8
             variants["int8 PTQ fbgemm"] = ptq_fbgemm
@@ -216,16 +223,19 @@ def report(
     lines += ["", "CPU latency, median ms (interleaved rounds):", ""]
     names = list(next(iter(rows[0]["latency_ms"].values())).keys())
     lines.append(
-        "| model | batch | threads | " + " | ".join(names) + " | int8 vs eager | int8 vs best fp32 |"
+        "| model | batch | threads | "
+        + " | ".join(names)
+        + " | int8 vs eager | int8 vs best fp32 | int8 TorchScript vs eager |"
     )
-    lines.append("|---|---:|---:|" + "---:|" * (len(names) + 2))
+    lines.append("|---|---:|---:|" + "---:|" * (len(names) + 3))
     for r in rows:
         for (bs, threads), lat in r["latency_ms"].items():
-            best = min(v for k, v in lat.items() if k.startswith("fp32"))
+            best = min(v for k, v in lat.items() if k in ("fp32 channels_last", "fp32 compile", "fp32 eager"))
             lines.append(
                 f"| {r['model']} | {bs} | {threads} | "
                 + " | ".join(f"{lat[n]:.3f}" for n in names)
-                + f" | {lat['fp32 eager'] / lat['int8 x86']:.2f}x | {best / lat['int8 x86']:.2f}x |"
+                + f" | {lat['fp32 eager'] / lat['int8 x86']:.2f}x | {best / lat['int8 x86']:.2f}x"
+                + f" | {lat['fp32 eager'] / lat['int8 TorchScript']:.2f}x |"
             )
     lines += [
         "",
@@ -261,6 +271,9 @@ def main() -> None:
     )
     parser.add_argument("--train-threads", type=int, default=None, help="intra-op threads for training")
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument(
+        "--fp32-torchscript", action="store_true", help="also time a frozen TorchScript fp32 model"
+    )
     parser.add_argument(
         "--fbgemm", action="store_true", help="also time the int8 model under the fbgemm engine"
     )
