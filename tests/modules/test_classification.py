@@ -239,3 +239,55 @@ def test_short_fit_on_digits_learns_and_logs(tmp_path):
     assert logged["val_acc"] > 0.8
     test = trainer.test(module, datamodule=dm, verbose=False)[0]
     assert test["test_acc"] > 0.8 and math.isfinite(test["test_loss"])
+
+
+def _resumable_fit(tmp_path, max_epochs: int, ckpt_path=None):
+    from functools import partial
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    module = ClassificationModule(
+        LeNet300100(in_features=64, hidden=(32, 16)),
+        optimizer="momentum",
+        lr=0.05,
+        weight_decay=1e-4,
+        l1=1e-6,
+        lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+    )
+    trainer = Trainer(
+        **quiet_trainer_kwargs(
+            tmp_path,
+            max_epochs=max_epochs,
+            limit_train_batches=4,
+            limit_val_batches=1,
+            enable_checkpointing=True,
+            callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        )
+    )
+    trainer.fit(
+        module,
+        datamodule=ImageClassificationDataModule("digits", batch_size=32),
+        ckpt_path=ckpt_path,
+        weights_only=True,
+    )
+    return module, trainer
+
+
+def test_resume_from_checkpoint_gives_the_same_weights(tmp_path):
+    straight, _ = _resumable_fit(tmp_path / "a", max_epochs=2)
+    _resumable_fit(tmp_path / "b", max_epochs=1)
+    resumed, trainer = _resumable_fit(
+        tmp_path / "b", max_epochs=2, ckpt_path=tmp_path / "b" / "ckpt" / "last.ckpt"
+    )
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**2)
+    # the checkpoint loads with weights_only=True and the network given again (it is not a hyperparameter)
+    loaded = ClassificationModule.load_from_checkpoint(
+        tmp_path / "b" / "ckpt" / "last.ckpt",
+        model=LeNet300100(in_features=64, hidden=(32, 16)),
+        weights_only=True,
+    )
+    assert loaded.lr == 0.05 and loaded.l1 == 1e-6
+    torch.testing.assert_close(loaded.model.fc1.weight, resumed.model.fc1.weight)
