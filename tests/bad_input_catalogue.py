@@ -1,0 +1,340 @@
+"""The bad-input catalogue: every entry is a user mistake and the exact error it gets.
+
+``tests/test_bad_inputs.py`` runs each entry; ``python -m tests.bad_input_catalogue`` regenerates
+``docs/bad-inputs.md`` from the messages the code really raises (a test checks the page is current).
+Entries are ``(area, what the user did, code, exception type)``; the code runs in :func:`namespace`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+CATALOGUE: list[tuple[str, str, str, str]] = [
+    # ------------------------------------------------------------------------------------ data
+    ("data", "unknown dataset name", "ImageClassificationDataModule('imagenet')", "ValueError"),
+    (
+        "data",
+        "MNIST missing with download=False",
+        "ImageClassificationDataModule('mnist', data_dir=EMPTY).setup('fit')",
+        "FileNotFoundError",
+    ),
+    (
+        "data",
+        "empty image folder",
+        "ImageClassificationDataModule(image_folder=EMPTY).setup('fit')",
+        "ValueError",
+    ),
+    (
+        "data",
+        "validation split outside (0, 1)",
+        "ImageClassificationDataModule('digits', val_split=1.5)",
+        "ValueError",
+    ),
+    ("data", "batch size 0", "ImageClassificationDataModule('digits', batch_size=0)", "ValueError"),
+    ("data", "negative num_workers", "ImageClassificationDataModule('digits', num_workers=-1)", "ValueError"),
+    (
+        "data",
+        "unknown normalization",
+        "ImageClassificationDataModule('digits', normalization='l2')",
+        "ValueError",
+    ),
+    (
+        "data",
+        "unknown augmentation preset",
+        "ImageClassificationDataModule('digits', augmentation='extreme')",
+        "ValueError",
+    ),
+    (
+        "data",
+        "unknown augmentation step",
+        "ImageClassificationDataModule('digits', augmentation=[{'name': 'twirl'}])",
+        "ValueError",
+    ),
+    (
+        "data",
+        "text file without the label column",
+        "TextClassificationDataModule(train_file=NO_LABEL_CSV)",
+        "ValueError",
+    ),
+    (
+        "data",
+        "text validation split outside (0, 1)",
+        "TextClassificationDataModule(train_file=GOOD_CSV, val_split=0)",
+        "ValueError",
+    ),
+    # ------------------------------------------------------------------------------------ modules, layers, models
+    (
+        "module",
+        "unknown optimizer name",
+        "ClassificationModule(LeNet300100(), optimizer='adamax')",
+        "ValueError",
+    ),
+    ("module", "negative L1 coefficient", "ClassificationModule(LeNet300100(), l1=-0.1)", "ValueError"),
+    (
+        "module",
+        "label smoothing of 1",
+        "ClassificationModule(LeNet300100(), label_smoothing=1.0)",
+        "ValueError",
+    ),
+    (
+        "module",
+        "unknown scheduler interval",
+        "ClassificationModule(LeNet300100(), scheduler_interval='hour')",
+        "ValueError",
+    ),
+    ("module", "learning rate 0", "ClassificationModule(LeNet300100(), lr=0)", "ValueError"),
+    ("models", "unknown LeNet-5 variant", "LeNet5(variant='alexnet')", "ValueError"),
+    ("models", "unknown zoo model", "create_model('resnet50')", "ValueError"),
+    ("layers", "unknown norm", "create_norm('spectral', 8)", "ValueError"),
+    ("layers", "unknown activation", "create_act('swish2')", "ValueError"),
+    # ------------------------------------------------------------------------------------ callbacks
+    ("LRScheduling", "unknown schedule name", "LRScheduling(schedule='zigzag')", "ValueError"),
+    ("LRScheduling", "unknown interval", "LRScheduling(interval='hour')", "ValueError"),
+    ("LRScheduling", "unknown warm-up mode", "LRScheduling(warmup_mode='cubic')", "ValueError"),
+    ("LRScheduling", "negative base LR", "LRScheduling(base_lr=-1.0)", "ValueError"),
+    (
+        "LRScheduling",
+        "plateau on a metric that is never logged",
+        "fit(LRScheduling(schedule=ReduceOnPlateau(monitor='val_nope')))",
+        "Exception",
+    ),
+    ("EarlyStopping", "unknown mode", "EarlyStopping(monitor='val_loss', mode='average')", "ValueError"),
+    (
+        "EarlyStopping",
+        "unknown min_delta mode",
+        "EarlyStopping(monitor='val_loss', min_delta_mode='percent')",
+        "ValueError",
+    ),
+    (
+        "EarlyStopping",
+        "unknown best-weights source",
+        "EarlyStopping(monitor='val_loss', restore_best_weights=True, best_weights_source='disk')",
+        "ValueError",
+    ),
+    (
+        "EarlyStopping",
+        "negative start epoch",
+        "EarlyStopping(monitor='val_loss', start_epoch=-2)",
+        "ValueError",
+    ),
+    ("ProgressivePruning", "sparsity of 1", "ProgressivePruning(final_sparsity=1.0)", "ValueError"),
+    ("ProgressivePruning", "end before start", "ProgressivePruning(start=5, end=2)", "ValueError"),
+    ("ProgressivePruning", "unknown granularity", "ProgressivePruning(granularity='blocks')", "ValueError"),
+    ("ProgressivePruning", "unknown importance", "ProgressivePruning(importance='l3')", "ValueError"),
+    ("ProgressivePruning", "unknown scope", "ProgressivePruning(scope='world')", "ValueError"),
+    ("ProgressivePruning", "unknown schedule", "ProgressivePruning(schedule='quartic')", "ValueError"),
+    (
+        "ProgressivePruning",
+        "no module matched",
+        "fit(ProgressivePruning(include=['nothing_here.*']))",
+        "ValueError",
+    ),
+    (
+        "QuantizationAwareTraining",
+        "unsupported backend",
+        "QuantizationAwareTraining(backend='tpu')",
+        "ValueError",
+    ),
+    (
+        "QuantizationAwareTraining",
+        "negative start epoch",
+        "QuantizationAwareTraining(start_epoch=-1)",
+        "ValueError",
+    ),
+    (
+        "QuantizationAwareTraining",
+        "start epoch after max_epochs",
+        "fit(QuantizationAwareTraining(start_epoch=5), max_epochs=1)",
+        "Exception",
+    ),
+    (
+        "PostTrainingQuantization",
+        "no calibration batches",
+        "PostTrainingQuantization(calibration_batches=0)",
+        "ValueError",
+    ),
+    (
+        "PostTrainingQuantization",
+        "unknown calibration split",
+        "PostTrainingQuantization(calibration_split='holdout')",
+        "ValueError",
+    ),
+    (
+        "KnowledgeDistillation",
+        "temperature 0",
+        "KnowledgeDistillation(teacher=LeNet300100(), temperature=0)",
+        "ValueError",
+    ),
+    (
+        "KnowledgeDistillation",
+        "alpha outside [0, 1]",
+        "KnowledgeDistillation(teacher=LeNet300100(), alpha=1.5)",
+        "ValueError",
+    ),
+    (
+        "KnowledgeDistillation",
+        "unknown feature loss",
+        "KnowledgeDistillation(teacher=LeNet300100(), feature_loss='l7')",
+        "ValueError",
+    ),
+    (
+        "KnowledgeDistillation",
+        "missing teacher checkpoint",
+        "KnowledgeDistillation(teacher=LeNet300100(), teacher_checkpoint='/nonexistent.ckpt')",
+        "FileNotFoundError",
+    ),
+    (
+        "KnowledgeDistillation",
+        "teacher with other classes than the student",
+        "fit(KnowledgeDistillation(teacher=LeNet300100(in_features=64, num_classes=5)))",
+        "Exception",
+    ),
+    (
+        "KnowledgeDistillation",
+        "unknown layer for feature matching",
+        "fit(KnowledgeDistillation(teacher=LeNet300100(in_features=64), feature_pairs={'nope': 'fc1'}))",
+        "Exception",
+    ),
+    (
+        "NonFiniteGuard",
+        "negative check interval",
+        "NonFiniteGuard(check_weights_every_n_steps=-1)",
+        "ValueError",
+    ),
+    # ------------------------------------------------------------------------------------ CLI
+    (
+        "CLI",
+        "unknown callback class in a recipe",
+        "cli(['fit', '--trainer.callbacks+=NoSuchCallback'])",
+        "SystemExit",
+    ),
+    ("CLI", "unknown model class in a recipe", "cli(['fit', '--model.model=NoSuchNet'])", "SystemExit"),
+]
+
+#: what the message must name, where the call's own option names and values are not it
+MUST_NAME: dict[str, str] = {
+    "text file without the label column": "label_column",
+    "unknown callback class in a recipe": "NoSuchCallback",
+    "unknown model class in a recipe": "NoSuchNet",
+}
+
+
+def namespace() -> dict:
+    """Names the catalogue's code may use (imports, temp files, a tiny ``fit`` and a ``cli`` runner)."""
+    import contextlib
+    import io
+
+    import lightning.pytorch as pl
+
+    import lightning_optim.callbacks as callbacks
+    import lightning_optim.data as data
+    import lightning_optim.layers as layers
+    import lightning_optim.models as models
+    from lightning_optim.callbacks.schedules import ReduceOnPlateau
+    from lightning_optim.cli import build_cli
+    from lightning_optim.modules import ClassificationModule
+
+    exported = {}
+    for package in (callbacks, data, layers, models):
+        exported.update({name: getattr(package, name) for name in package.__all__})
+    LeNet300100 = models.LeNet300100
+    ImageClassificationDataModule = data.ImageClassificationDataModule
+
+    tmp = Path(tempfile.mkdtemp(prefix="bad-inputs-"))
+    (tmp / "empty").mkdir()
+    (tmp / "no_label.csv").write_text("text,category\nhello world,1\nbye,0\n")
+    (tmp / "good.csv").write_text("text,label\nhello world,1\nbye,0\nhi there,1\nso long,0\n")
+
+    def fit(callback, max_epochs: int = 1):
+        pl.seed_everything(0)
+        module = ClassificationModule(LeNet300100(in_features=64), lr=1e-3)
+        trainer = pl.Trainer(
+            default_root_dir=str(tmp),
+            accelerator="cpu",
+            max_epochs=max_epochs,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[callback],
+        )
+        trainer.fit(module, datamodule=ImageClassificationDataModule("digits", batch_size=16))
+
+    def cli(args):
+        base = [
+            "--model=ClassificationModule",
+            "--model.model=LeNet300100",
+            "--model.model.in_features=64",
+            "--data=ImageClassificationDataModule",
+            "--trainer.max_epochs=1",
+            "--trainer.logger=false",
+        ]
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                build_cli([args[0], *base, *args[1:]], run=False)
+        except SystemExit as exit_:
+            text = " ".join(stderr.getvalue().split())
+            text = text[text.find("error:") :] if "error:" in text else text
+            raise SystemExit(f"exit {exit_.code}: {text}") from None
+
+    return {
+        **exported,
+        "ReduceOnPlateau": ReduceOnPlateau,
+        "ClassificationModule": ClassificationModule,
+        "fit": fit,
+        "cli": cli,
+        "EMPTY": str(tmp / "empty"),
+        "NO_LABEL_CSV": str(tmp / "no_label.csv"),
+        "GOOD_CSV": str(tmp / "good.csv"),
+    }
+
+
+def run_entry(code: str, ns: dict) -> BaseException | None:
+    """Run one entry's code; return the exception it raised (``None`` if it raised nothing)."""
+    try:
+        eval(code, ns)  # noqa: S307 - the catalogue's own code
+    except BaseException as err:  # noqa: BLE001 - SystemExit from the CLI included
+        return err
+    return None
+
+
+def render_markdown() -> str:
+    """The docs page: one row per bad input with the exact message."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    ns = namespace()
+    lines = [
+        "# Bad inputs and the errors they get",
+        "",
+        "Generated by `python -m tests.bad_input_catalogue` from `tests/bad_input_catalogue.py`; every row is",
+        "a test (`tests/test_bad_inputs.py`), so the message shown is the one a user sees. Temporary paths",
+        "are shown as `<tmp>`.",
+        "",
+        f"{len(CATALOGUE)} bad inputs.",
+        "",
+        "| area | bad input | call | error |",
+        "|---|---|---|---|",
+    ]
+    tmp_root = str(Path(ns["EMPTY"]).parent)
+    for area, what, code, _ in CATALOGUE:
+        err = run_entry(code, ns)
+        message = f"{type(err).__name__}: {err}" if err is not None else "(no error)"
+        message = " ".join(message.replace(tmp_root, "<tmp>").split())
+        if len(message) > 400:
+            message = message[:400] + " ..."
+        cell = message.replace("|", "\\|")
+        call = code.replace("|", "\\|")
+        lines.append(f"| {area} | {what} | `{call}` | {cell} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    target = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+    target.write_text(render_markdown())
+    print(f"wrote {target}")
