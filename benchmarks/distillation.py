@@ -188,6 +188,10 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--timing-batches", type=int, default=60)
     parser.add_argument("--timing-rounds", type=int, default=3)
+    parser.add_argument("--skip-timing", action="store_true", help="only the error counts")
+    parser.add_argument(
+        "--timing-only", action="store_true", help="only the step times (teacher from the cache)"
+    )
     parser.add_argument("--limit-train-samples", type=int, default=None, help="for a quick trial only")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -202,7 +206,7 @@ def main() -> None:
         flush=True,
     )
     alone, distilled, saved = [], [], []
-    for seed in range(args.seeds):
+    for seed in range(0 if args.timing_only else args.seeds):
         errors, _ = train_student(args, seed, None)
         alone.append(errors)
         errors, kd = train_student(args, seed, teacher)
@@ -211,11 +215,15 @@ def main() -> None:
         print(f"seed {seed}: student alone {alone[-1]} errors, distilled {distilled[-1]} errors", flush=True)
 
     rounds: dict[str, list[float]] = {"alone": [], "online": [], "cached": []}
-    for _ in range(args.timing_rounds):  # interleaved, so load changes hit every mode alike
+    for _ in range(
+        0 if args.skip_timing else args.timing_rounds
+    ):  # interleaved, so load changes hit every mode alike
         for mode in rounds:
             rounds[mode].append(step_times(args, teacher, mode))
-    median = {mode: statistics.median(values) for mode, values in rounds.items()}
+    median = {mode: statistics.median(values) if values else float("nan") for mode, values in rounds.items()}
 
+    if args.timing_only:
+        alone, distilled, saved = [float("nan")], [float("nan")], [float("nan")]
     mean_alone, mean_kd = statistics.mean(alone), statistics.mean(distilled)
     spread = max(max(alone) - min(alone), max(distilled) - min(distilled))
     gap = mean_alone - teacher_errors

@@ -69,7 +69,7 @@ class KnowledgeDistillation(Callback):
 
     logged as ``train_loss_task`` (the unweighted CE), ``train_loss_kd`` (the weighted KD term),
     ``train_loss_feature`` and ``train_loss``; temperature, alpha, teacher time per step and cache hit rate
-    go to the logger as ``distill/*``.
+    go to the logger once per epoch as ``distill/*``.
 
     The teacher lives on the callback, not in the LightningModule: it is never wrapped by DDP (no
     ``find_unused_parameters`` needed, no gradient sync), never written into the student's checkpoints, kept
@@ -221,7 +221,8 @@ class KnowledgeDistillation(Callback):
         self._teacher_features: dict[str, Tensor] = {}
         self._capture = False
         self._checked_shapes = False
-        self._last_hit_rate = 0.0
+        self._epoch_stats: dict[str, float] = {}
+        self._reset_epoch_stats()
         self.cache = TeacherLogitCache(int(self.cache_max_mb * 2**20)) if cache_teacher_logits else None
         self._reset_stats()
 
@@ -231,6 +232,16 @@ class KnowledgeDistillation(Callback):
         return self._generate_state_key(
             temperature=self.temperature, alpha=self.alpha, feature_pairs=sorted(self.feature_pairs.items())
         )
+
+    def _reset_epoch_stats(self) -> None:
+        self._epoch_stats = {
+            "steps": 0,
+            "teacher_seconds": 0.0,
+            "samples": 0,
+            "hits": 0,
+            "temperature": 0.0,
+            "alpha": 0.0,
+        }
 
     def _reset_stats(self) -> None:
         self.stats: dict[str, float] = {
@@ -296,6 +307,12 @@ class KnowledgeDistillation(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_fit_start(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset_epoch_stats()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_log_epoch(trainer, pl_module)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -532,7 +549,7 @@ class KnowledgeDistillation(Callback):
         hit, rows = self.cache.lookup(index)
         n_hit = int(hit.sum().item())
         self.stats["cache_hit_samples"] += n_hit
-        self._last_hit_rate = n_hit / max(int(index.numel()), 1)
+        self._epoch_stats["hits"] += n_hit
         if n_hit == index.numel():
             return rows
         miss = ~hit
@@ -569,17 +586,26 @@ class KnowledgeDistillation(Callback):
                 total = term if total is None else total + term
             terms["feature"] = self.feature_weight * total
         self.stats["distilled_steps"] += 1
-        batch_size = int(ctx.targets.shape[0])
+        epoch = self._epoch_stats
+        epoch["steps"] += 1
+        epoch["teacher_seconds"] += self.stats["teacher_seconds"] - seconds_before
+        epoch["samples"] += int(ctx.targets.shape[0])
+        epoch["temperature"], epoch["alpha"] = float(temperature), float(alpha)
+        return terms
+
+    def _run_log_epoch(self, trainer: Any, pl_module: Any) -> None:
+        """Epoch aggregates to the logger (once per epoch: no per-step logging cost)."""
+        epoch = self._epoch_stats
+        if not epoch["steps"]:
+            return
         log = {
-            "distill/temperature": float(temperature),
-            "distill/alpha": float(alpha),
-            "distill/teacher_ms": 1000.0 * (self.stats["teacher_seconds"] - seconds_before),
+            "distill/temperature": epoch["temperature"],
+            "distill/alpha": epoch["alpha"],
+            "distill/teacher_ms_per_step": 1000.0 * epoch["teacher_seconds"] / epoch["steps"],
         }
         if self.cache is not None:
-            log["distill/cache_hit_rate"] = self._last_hit_rate
-        if isinstance(trainer, pl.Trainer) and getattr(pl_module, "_trainer", None) is trainer:
-            pl_module.log_dict(log, on_step=False, on_epoch=True, batch_size=batch_size)
-        return terms
+            log["distill/cache_hit_rate"] = epoch["hits"] / max(epoch["samples"], 1)
+        pl_module.log_dict(log, on_step=False, on_epoch=True)
 
     def _run_sync_adapter_grads(self, trainer: Any) -> None:
         world = int(getattr(trainer, "world_size", 1))

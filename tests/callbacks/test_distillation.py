@@ -262,6 +262,8 @@ def test_gradients_reach_only_student_and_adapters_teacher_unchanged_hooks_remov
     groups = trainer.optimizers[0].param_groups
     assert {id(p) for p in groups[-1]["params"]} == {id(p) for p in kd.adapters.parameters()}
     assert "train_loss_feature" in trainer.callback_metrics and "train_loss_kd" in trainer.callback_metrics
+    assert trainer.callback_metrics["distill/teacher_ms_per_step"] > 0
+    assert trainer.callback_metrics["distill/alpha"] == pytest.approx(0.8)
 
 
 def test_student_checkpoint_holds_no_teacher_nor_adapters(tmp_path):
@@ -326,7 +328,11 @@ def test_resume_restores_adapters_and_their_optimizer_state(tmp_path):
 def test_cached_logits_equal_online_logits_and_training_is_identical(tmp_path):
     dm = ImageClassificationDataModule("digits", batch_size=32, return_index=True, limit_train_samples=192)
     cached = KnowledgeDistillation(_teacher(), cache_teacher_logits=True)
-    _, cached_module = _fit(tmp_path / "c", cached, dm=dm, max_epochs=2, limit_train_batches=None)
+    cached_trainer, cached_module = _fit(
+        tmp_path / "c", cached, dm=dm, max_epochs=2, limit_train_batches=None
+    )
+    assert cached_trainer.callback_metrics["distill/cache_hit_rate"] == 1.0  # epoch 2: all from the cache
+    assert cached_trainer.callback_metrics["distill/teacher_ms_per_step"] == 0.0
     n_train = len(dm.train_split)
     # every sample was computed once, then served from the cache in epoch 2
     assert len(cached.cache) == n_train
