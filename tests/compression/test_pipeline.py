@@ -161,3 +161,25 @@ def test_digits_demo_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| Stage |" in out and "| fit start |" in out and "int8" in out
     assert result["rows"][-1]["precision"] == "int8" and result["rows"][-1]["compression_ratio"] > 1
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "compress_lenet300.yaml",
+        "compress_lenet300_teacher.yaml",
+        "compress_lenet5.yaml",
+        "compress_lenet5_teacher.yaml",
+    ],
+)
+def test_recipes_parse(recipe, monkeypatch, capsys):
+    from lightning_optim.cli import main
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.setattr("sys.argv", ["lightning-optim"])
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", f"examples/{recipe}", "--print_config"])
+    assert info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "ProgressivePruning" in out or "ModelCheckpoint" in out
