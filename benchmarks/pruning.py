@@ -41,6 +41,26 @@ warnings.filterwarnings("ignore", ".*is deprecated.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
 
+class EpochPrinter(Callback):
+    """One line per epoch: validation accuracy, sparsity of the pruning callback, elapsed time."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        acc = trainer.callback_metrics.get("val_acc")
+        pruning = [cb for cb in trainer.callbacks if isinstance(cb, ProgressivePruning)]
+        sparsity = pruning[0].global_sparsity() if pruning and pruning[0].masks else 0.0
+        acc_text = f"{float(acc):.4f}" if acc is not None else "-"
+        print(
+            f"  epoch {trainer.current_epoch}: val_acc {acc_text} sparsity {sparsity:.3f} "
+            f"({time.perf_counter() - self.t0:.0f} s, load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+
+
 def _trainer(epochs: int, callbacks: list[Callback], **kwargs: Any) -> Trainer:
     options: dict[str, Any] = dict(
         max_epochs=epochs,
@@ -51,7 +71,7 @@ def _trainer(epochs: int, callbacks: list[Callback], **kwargs: Any) -> Trainer:
         enable_model_summary=False,
         enable_progress_bar=False,
         num_sanity_val_steps=0,
-        callbacks=callbacks,
+        callbacks=[*callbacks, EpochPrinter()],
     )
     options.update(kwargs)
     return Trainer(**options)
@@ -152,7 +172,7 @@ def run_structured(args: argparse.Namespace) -> None:
     seed_everything(args.seed, workers=True)
     dm = ImageClassificationDataModule("mnist", data_dir=args.data_dir, batch_size=args.batch_size)
     net = ConvNet3(image_size=28)
-    limit = args.limit_train_batches
+    limit = int(args.limit_train_batches) if args.limit_train_batches > 1 else args.limit_train_batches
     module = _module(net, args.dense_epochs, args.lr, args.optimizer, args.weight_decay)
     trainer = _trainer(args.dense_epochs, [], limit_train_batches=limit)
     trainer.fit(module, datamodule=dm)
@@ -303,12 +323,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-decay", type=float, default=None)
     parser.add_argument("--dropout", type=float, default=0.0, help="unstructured: dropout of the network")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--shift", type=int, default=0, help="random shift of training images, in pixels")
-    parser.add_argument("--dense-epochs", type=int, default=4, help="structured: dense training epochs")
+    parser.add_argument(
+        "--shift",
+        type=int,
+        default=None,
+        help="random shift of training images in pixels (default 2; 0: none)",
+    )
+    parser.add_argument("--dense-epochs", type=int, default=3, help="structured: dense training epochs")
     parser.add_argument("--prune-epochs", type=int, default=2, help="structured: ramp epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="structured: fine-tuning epochs")
     parser.add_argument("--finetune-lr", type=float, default=0.01)
-    parser.add_argument("--limit-train-batches", type=float, default=1.0)
+    parser.add_argument(
+        "--limit-train-batches", type=float, default=150, help="structured: batches per epoch"
+    )
     parser.add_argument("--repeats", type=int, default=10, help="structured: timed runs per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (latency, overhead)")
     parser.add_argument("--steps", type=int, default=150, help="overhead: timed steps per run")
@@ -329,19 +356,21 @@ def main(argv: list[str] | None = None) -> None:
             lr=0.05,
             weight_decay=1e-4,
             batch_size=128,
+            shift=2,
         ),
         "lenet5": dict(
-            epochs=20,
-            prune_start=2,
-            prune_end=12,
+            epochs=8,
+            prune_start=1,
+            prune_end=5,
             frequency=100,
             sparsities=[0.92, 0.955],
             lr=0.05,
             weight_decay=1e-4,
             batch_size=128,
+            shift=2,
         ),
-        "structured": dict(lr=0.05, weight_decay=1e-4, batch_size=128),
-        "overhead": dict(batch_size=128, lr=0.01, weight_decay=0.0),
+        "structured": dict(lr=0.05, weight_decay=1e-4, batch_size=128, shift=0),
+        "overhead": dict(batch_size=128, lr=0.01, weight_decay=0.0, shift=0),
     }
     parts = ["lenet300", "lenet5", "structured", "overhead"] if args.part == "all" else [args.part]
     for part in parts:
