@@ -217,10 +217,11 @@ class CompressionReport(Callback):
         network = target_model(pl_module, self.attribute)
         if quantized is not None and quantized is not network and self.rows[-1].get("precision") != "int8":
             self._measure(trainer, pl_module, "int8", model=quantized)
+        add_ratios(self.rows)  # on every rank: the rows (callback state) stay identical
+        # on every rank: ``trainer.log_dir`` is a collective (broadcast) under DDP
+        dirpath = self.dirpath or trainer.log_dir or trainer.default_root_dir
         if not trainer.is_global_zero or not self.rows:
             return
-        add_ratios(self.rows)
-        dirpath = self.dirpath or trainer.log_dir or trainer.default_root_dir
         if self.plot and not _has_matplotlib():
             self._note("PNG not drawn: matplotlib is not installed (pip install matplotlib).")
         self.paths = write_report(self.rows, dirpath, self.filename, self.history, self.notes, plot=self.plot)
