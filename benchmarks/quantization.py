@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import io
 import os
 import tempfile
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from lightning_optim.callbacks import QuantizationAwareTraining
 from lightning_optim.compression.measure import compare_latency, state_dict_size_bytes
@@ -80,6 +82,12 @@ def trainer(root: str, epochs: int, callbacks: list, checkpoint: bool = False) -
     )
 
 
+def make_module(name: str, args: argparse.Namespace) -> ClassificationModule:
+    """Adam, with a per-epoch cosine decay of the learning rate unless ``--no-cosine``."""
+    scheduler = functools.partial(CosineAnnealingLR, T_max=args.epochs) if args.cosine else None
+    return ClassificationModule(MODELS[name](), optimizer="adam", lr=args.lr, lr_scheduler=scheduler)
+
+
 def test_batches(dm: ImageClassificationDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(dm.to_model_input(x, train=False), y) for x, y in dm.test_dataloader()]
 
@@ -97,7 +105,7 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
 
     # 1. fp32
     seed_everything(0, workers=True)
-    fp32_module = ClassificationModule(MODELS[name](), optimizer="adam", lr=args.lr)
+    fp32_module = make_module(name, args)
     ckpt = ModelCheckpoint(dirpath=root / f"{name}_ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     t0 = time.perf_counter()
     trainer(
@@ -119,7 +127,7 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
         verbose=False,
         export_path=str(root / f"{name}_qat_int8.pt"),
     )
-    qat_module = ClassificationModule(MODELS[name](), optimizer="adam", lr=args.lr)
+    qat_module = make_module(name, args)
     t0 = time.perf_counter()
     trainer(str(root / f"{name}_qat"), args.epochs, [qat, EpochPrinter(f"{name} QAT")]).fit(
         qat_module, datamodule=dm, ckpt_path=str(root / f"{name}_ckpt" / "epoch=0.ckpt")
@@ -239,7 +247,7 @@ def report(
             )
     lines += [
         "",
-        f"Training: {args.epochs} epochs, Adam lr {args.lr}, batch {args.batch_size}; QAT from epoch 1 (resumed from the "
+        f"Training: {args.epochs} epochs, Adam lr {args.lr} ({'cosine decay' if args.cosine else 'constant'}), batch {args.batch_size}; QAT from epoch 1 (resumed from the "
         f"fp32 run's epoch-0 checkpoint), BN and ranges frozen in the last epoch; PTQ: {args.calibration_batches} "
         "calibration batches. "
         + "; ".join(
@@ -260,6 +268,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--cosine", action=argparse.BooleanOptionalAction, default=True, help="cosine LR decay"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--limit-train-samples", type=int, default=None)
     parser.add_argument("--calibration-batches", type=int, default=32)
