@@ -394,6 +394,18 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_observe(pl_module, training=True)
 
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_observe(pl_module, training=False)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_observe(pl_module, training=True)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_observe(pl_module, training=False)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_observe(pl_module, training=True)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.convert_on_fit_end and self.prepared and not self.converted:
             self._run_convert(trainer, pl_module)
