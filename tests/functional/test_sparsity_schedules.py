@@ -14,7 +14,9 @@ from lightning_optim.functional.sparsity_schedules import (
 )
 
 
-@pytest.mark.parametrize("t0,n,dt,si,sf", [(0, 10, 1, 0.0, 0.9), (100, 5, 20, 0.2, 0.75), (3, 1, 7, 0.0, 0.5)])
+@pytest.mark.parametrize(
+    "t0,n,dt,si,sf", [(0, 10, 1, 0.0, 0.9), (100, 5, 20, 0.2, 0.75), (3, 1, 7, 0.0, 0.5)]
+)
 def test_cubic_matches_zhu_gupta_formula(t0, n, dt, si, sf):
     end = t0 + n * dt
     assert pruning_events(t0, end, dt) == [t0 + k * dt for k in range(n + 1)]
