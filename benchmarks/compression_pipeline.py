@@ -117,8 +117,20 @@ def main() -> None:
     parser.add_argument("--out-dir", default="artifacts/bench")
     parser.add_argument("--epoch-scale", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
-    parser.add_argument("--reuse", action="store_true", help="reuse a finished pipeline run in --out-dir (measure only)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse a finished pipeline run in --out-dir (measure only)"
+    )
+    parser.add_argument(
+        "--size-check",
+        metavar="CKPT",
+        help="only the artifact format on trained weights: prune CKPT's network one-shot (global magnitude, "
+        "--sparsity), quantize it post-training (x86, 10 calibration batches), and print sizes and test error",
+    )
+    parser.add_argument("--sparsity", type=float, default=0.95)
     args = parser.parse_args()
+    if args.size_check:
+        size_check(args)
+        return
 
     from lightning_optim.compression.artifact import describe_artifact, load_artifact
     from lightning_optim.compression.measure import compare_latency, state_dict_size_bytes
@@ -135,7 +147,9 @@ def main() -> None:
     if args.reuse and (folder / "compression_report.json").is_file():
         timings["pipeline_s"] = float("nan")
     else:
-        timings["pipeline_s"] = _run_cli(_config(f"compress_{args.model}.yaml", data_dir, out, args.epoch_scale))
+        timings["pipeline_s"] = _run_cli(
+            _config(f"compress_{args.model}.yaml", data_dir, out, args.epoch_scale)
+        )
 
     report = json.loads((folder / "compression_report.json").read_text())
     rows = report["rows"]
@@ -177,6 +191,74 @@ def main() -> None:
         f"Machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load}."
     )
     print(f"Report: {folder / 'compression_report.md'} and .png")
+
+
+def size_check(args: argparse.Namespace) -> None:
+    """Artifact sizes of a trained network pruned one-shot and quantized post-training (no fine-tuning)."""
+    import copy
+
+    import torch.ao.quantization as tq
+    from torch import nn
+
+    from lightning_optim.compression.artifact import pack_artifact, save_artifact
+    from lightning_optim.compression.measure import state_dict_size_bytes, weight_sparsity
+    from lightning_optim.compression.report import evaluate_classifier
+
+    data_dir = os.path.abspath(args.data_dir)
+    model, dense_err, x = _teacher_error(args.model, args.size_check, data_dir)
+    dense_bytes = state_dict_size_bytes(model)
+    pruned = copy.deepcopy(model)
+    weights = [m.weight for m in pruned.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    with torch.no_grad():
+        flat = torch.cat([w.abs().flatten() for w in weights])
+        threshold = flat.kthvalue(int(args.sparsity * flat.numel())).values
+        for w in weights:
+            w.mul_(w.abs() > threshold)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = tq.QuantWrapper(copy.deepcopy(pruned)).eval()
+        q.qconfig = tq.get_default_qconfig("x86")
+        tq.prepare(q, inplace=True)
+        from lightning_optim.data import ImageClassificationDataModule
+
+        dm = ImageClassificationDataModule("mnist", data_dir=data_dir, batch_size=256)
+        dm.setup("fit")
+        with torch.no_grad():
+            for i, (xb, _) in enumerate(dm.train_dataloader()):
+                if i >= 10:
+                    break
+                q(dm.to_model_input(xb))
+        q = tq.convert(q)
+    dm.setup("test")
+    batches = [(dm.to_model_input(xb), yb) for xb, yb in dm.test_dataloader()]
+    rows = [
+        ("dense fp32 (state dict)", dense_bytes, dense_err),
+        (
+            "pruned fp32, artifact",
+            len(save_artifact(pruned, example_input=x[:8])),
+            evaluate_classifier(pruned, batches)["test_error_pct"],
+        ),
+    ]
+    int8_err = evaluate_classifier(q, batches)["test_error_pct"]
+    rows.append(("pruned int8, artifact (state dict)", len(save_artifact(q, example_input=x[:8])), int8_err))
+    rows.append(
+        (
+            "pruned int8, artifact (TorchScript, self-contained)",
+            len(pack_artifact(q, torchscript=True)),
+            int8_err,
+        )
+    )
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(
+        f"\n## Artifact size check: {args.model}, {args.size_check}, one-shot global magnitude pruning to "
+        f"{100 * args.sparsity:.0f}% + post-training int8 (no fine-tuning)\n"
+    )
+    print(f"weight sparsity: {100 * weight_sparsity(pruned):.2f}%\n")
+    print("| Model | Bytes | Ratio vs dense fp32 | Test error |\n|---|---|---|---|")
+    for name, size, err in rows:
+        print(f"| {name} | {size:,} | {dense_bytes / size:.1f}x | {err:.2f}% |")
+    print(f"\nMachine: {os.cpu_count()} cores, torch {torch.__version__}; load average {load}.")
 
 
 if __name__ == "__main__":
