@@ -41,11 +41,12 @@ def cli_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "lightning_optim.cli"]
 
 
-def last_value(metrics_csv: Path, key: str) -> float | None:
+def last_value(metrics_csv: Path, key: str, where: str | None = None) -> float | None:
+    """The last non-empty ``key`` in the CSV (only in rows where ``where`` is also non-empty, if given)."""
     value = None
     with metrics_csv.open() as fh:
         for row in csv.DictReader(fh):
-            if row.get(key):
+            if row.get(key) and (where is None or row.get(where)):
                 value = float(row[key])
     return value
 
@@ -69,7 +70,7 @@ def run_recipe(config: str, data_dir: str, threads: int, extra: list[str]) -> di
         "wall_s": wall,
         "test_acc": last_value(metrics, "test_acc"),
         "val_acc": last_value(metrics, "val_acc"),
-        "epochs": int(last_value(metrics, "epoch") or 0) + 1,
+        "epochs": int(last_value(metrics, "epoch", where="val_acc") or 0) + 1,
     }
     shutil.rmtree(out, ignore_errors=True)
     return result
