@@ -299,12 +299,80 @@ def run_overhead(args: argparse.Namespace) -> None:
         )
 
 
+def run_overhead_steps(args: argparse.Namespace) -> None:
+    """The same comparison at the level of single steps, in round-robin: step k of the dense model, then
+    step k with ProgressivePruning's per-step work (its own methods: gradients masked before the optimizer
+    step, weights masked after it), then step k with the forward pre-hooks that ModelPruning installs
+    (``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured``, what ``ModelPruning("l1_unstructured",
+    use_global_unstructured=True)`` calls). Alternating every step puts the three under the same load."""
+    import torch.nn.utils.prune as prune
+
+    from lightning_optim.functional.masks import compute_masks
+
+    dm = _mnist(args)
+    dm.setup("fit")
+    x = dm.to_model_input(dm.train_split.images[: args.batch_size])
+    y = dm.train_split.labels[: args.batch_size]
+    print(
+        f"\n### step-level overhead, round-robin (batch {args.batch_size}, {args.steps} steps each, sparsity 0.9)\n"
+    )
+    print(
+        "| model | no pruning ms/step | ProgressivePruning ms/step | ratio | ModelPruning hooks ms/step | ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for model_name in args.models:
+        seed_everything(args.seed)
+        build = (lambda: LeNet300100()) if model_name == "lenet300" else (lambda: LeNet5(variant="caffe"))
+        dense, ours, theirs = build(), build(), build()
+        ours.load_state_dict(dense.state_dict())
+        theirs.load_state_dict(dense.state_dict())
+        cb = ProgressivePruning(final_sparsity=0.9, scope="global", verbose=False)
+        cb._modules = cb.select_modules(ours)
+        weights = {f"{n}.weight": m.weight for n, m in cb._modules.items()}
+        cb.masks = compute_masks(weights, 0.9, scope="global")
+        cb._build_targets(ours)
+        cb._apply_weight_masks()
+        prune.global_unstructured(
+            [(m, "weight") for m in theirs.modules() if isinstance(m, (nn.Linear, nn.Conv2d))],
+            pruning_method=prune.L1Unstructured,
+            amount=0.9,
+        )
+        optimizers = {
+            name: torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            for name, model in (("none", dense), ("ours", ours), ("theirs", theirs))
+        }
+        models = {"none": dense, "ours": ours, "theirs": theirs}
+        times: dict[str, list[float]] = {k: [] for k in models}
+        for step in range(args.steps + 5):
+            for name, model in models.items():
+                opt = optimizers[name]
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                if name == "ours":
+                    cb._run_mask_gradients()
+                opt.step()
+                if name == "ours":
+                    cb._apply_weight_masks()
+                if step >= 5:
+                    times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        print(
+            f"| {model_name} | {med['none']:.2f} | {med['ours']:.2f} | {med['ours'] / med['none']:.3f} "
+            f"| {med['theirs']:.2f} | {med['theirs'] / med['none']:.3f} |"
+        )
+        assert all(int(torch.count_nonzero(t * (1 - m))) == 0 for t, m in cb._targets)
+
+
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=["lenet300", "lenet5", "structured", "overhead", "all"])
+    parser.add_argument(
+        "part", choices=["lenet300", "lenet5", "structured", "overhead", "overhead_steps", "all"]
+    )
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -371,8 +439,13 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "structured": dict(lr=0.05, weight_decay=1e-4, batch_size=128, shift=0),
         "overhead": dict(batch_size=128, lr=0.01, weight_decay=0.0, shift=0),
+        "overhead_steps": dict(batch_size=128, lr=0.01, weight_decay=0.0, shift=0),
     }
-    parts = ["lenet300", "lenet5", "structured", "overhead"] if args.part == "all" else [args.part]
+    parts = (
+        ["lenet300", "lenet5", "structured", "overhead", "overhead_steps"]
+        if args.part == "all"
+        else [args.part]
+    )
     for part in parts:
         part_args = copy.copy(args)
         for key, value in defaults[part].items():
@@ -382,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
             run_unstructured(part_args, part)
         elif part == "structured":
             run_structured(part_args)
+        elif part == "overhead_steps":
+            run_overhead_steps(part_args)
         else:
             run_overhead(part_args)
     print(f"\nload at the end {os.getloadavg()}")
