@@ -200,7 +200,7 @@ def size_check(args: argparse.Namespace) -> None:
     import torch.ao.quantization as tq
     from torch import nn
 
-    from lightning_optim.compression.artifact import pack_artifact, save_artifact
+    from lightning_optim.compression.artifact import describe_artifact, pack_artifact, save_artifact
     from lightning_optim.compression.measure import state_dict_size_bytes, weight_sparsity
     from lightning_optim.compression.report import evaluate_classifier
 
@@ -240,7 +240,8 @@ def size_check(args: argparse.Namespace) -> None:
         ),
     ]
     int8_err = evaluate_classifier(q, batches)["test_error_pct"]
-    rows.append(("pruned int8, artifact (state dict)", len(save_artifact(q, example_input=x[:8])), int8_err))
+    int8_blob = save_artifact(q, example_input=x[:8])
+    rows.append(("pruned int8, artifact (state dict)", len(int8_blob), int8_err))
     rows.append(
         (
             "pruned int8, artifact (TorchScript, self-contained)",
@@ -258,7 +259,11 @@ def size_check(args: argparse.Namespace) -> None:
     print("| Model | Bytes | Ratio vs dense fp32 | Test error |\n|---|---|---|---|")
     for name, size, err in rows:
         print(f"| {name} | {size:,} | {dense_bytes / size:.1f}x | {err:.2f}% |")
-    print(f"\nMachine: {os.cpu_count()} cores, torch {torch.__version__}; load average {load}.")
+    parts = describe_artifact(int8_blob)
+    print(
+        f"\nint8 state-dict artifact, compressed bytes per stream: {json.dumps({k: v['compressed'] for k, v in parts['streams'].items()})}, header {parts['header_bytes']}"
+    )
+    print(f"Machine: {os.cpu_count()} cores, torch {torch.__version__}; load average {load}.")
 
 
 if __name__ == "__main__":
