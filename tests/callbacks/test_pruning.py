@@ -408,3 +408,38 @@ def test_example_recipes_instantiate(recipe):
     pruning = [cb for cb in cli.trainer.callbacks if isinstance(cb, ProgressivePruning)]
     assert len(pruning) == 1 and pruning[0].phase_name == "pruning"
     assert pruning[0].select_modules(cli.model.model)
+
+
+def test_structured_separable_cnn_global_l1_compacts(tmp_path):
+    from lightning_optim.models import SeparableCNN
+
+    seed_everything(0)
+    net = SeparableCNN(channels=(8, 16, 16, 16), strides=(2, 2, 1))
+    cb = ProgressivePruning(
+        final_sparsity=0.4,
+        start=0,
+        end=4,
+        unit="step",
+        granularity="channel",
+        scope="global",
+        module_types=["Conv2d"],
+        exclude=["*.conv_dw"],
+        compact_at_end=True,
+        verbose=False,
+    )
+    module = ClassificationModule(net, lr=1e-2)
+    Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=1, callbacks=[cb])).fit(
+        module, train_dataloaders=fixed_loader()
+    )
+    units = [
+        m.out_channels for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and "conv_dw" not in n
+    ]
+    kept = [
+        m.out_channels
+        for n, m in module.model.named_modules()
+        if isinstance(m, nn.Conv2d) and "conv_dw" not in n
+    ]
+    assert sum(units) - sum(kept) == round(0.4 * sum(units))  # global: exactly 40% of all filters removed
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert (net.eval()(x) - module.model.eval()(x)).abs().max() <= 1e-5
