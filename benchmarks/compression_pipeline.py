@@ -110,6 +110,12 @@ def _teacher_error(model_name: str, ckpt: str, data_dir: str) -> tuple[torch.nn.
     return model, result["test_error_pct"], batches[0][0][:256]
 
 
+def _report_dir(folder: Path) -> Path | None:
+    """The newest folder under ``folder`` holding the pipeline's report (the logger's ``log_dir``)."""
+    found = sorted(folder.rglob("compression_report.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent if found else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="../shared/data")
@@ -144,20 +150,23 @@ def main() -> None:
         timings["teacher_s"] = _run_cli(
             _config(f"compress_{args.model}_teacher.yaml", data_dir, out, args.epoch_scale)
         )
-    if args.reuse and (folder / "compression_report.json").is_file():
+    if args.reuse and _report_dir(folder) is not None:
         timings["pipeline_s"] = float("nan")
     else:
         timings["pipeline_s"] = _run_cli(
             _config(f"compress_{args.model}.yaml", data_dir, out, args.epoch_scale)
         )
 
-    report = json.loads((folder / "compression_report.json").read_text())
+    report_dir = _report_dir(folder)
+    if report_dir is None:
+        raise FileNotFoundError(f"No compression_report.json under {folder}.")
+    report = json.loads((report_dir / "compression_report.json").read_text())
     rows = report["rows"]
     from lightning_optim.compression.report import format_markdown
 
     teacher, teacher_err, x = _teacher_error(args.model, str(teacher_ckpt), data_dir)
     dense_bytes = state_dict_size_bytes(teacher)
-    artifact = folder / "compression_report.lopt"
+    artifact = report_dir / "compression_report.lopt"
     int8 = load_artifact(str(artifact))
     final = rows[-1]
     ratio = dense_bytes / artifact.stat().st_size
@@ -190,7 +199,7 @@ def main() -> None:
     print(
         f"Machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load}."
     )
-    print(f"Report: {folder / 'compression_report.md'} and .png")
+    print(f"Report: {report_dir / 'compression_report.md'} and .png")
 
 
 def size_check(args: argparse.Namespace) -> None:

@@ -210,6 +210,7 @@ def measure_model(
                     threads=threads,
                 )
                 row[f"latency_ms_b{bs}"] = result["median_ms"]
+                row[f"latency_min_ms_b{bs}"] = result["min_ms"]  # less sensitive to a shared CPU
                 row["threads"] = int(result["threads"])
         row["latency_repeats"] = latency_repeats
         row["latency_warmup"] = latency_warmup
@@ -456,7 +457,9 @@ def _plot_size_bars(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _plot_latency_bars(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    keys = sorted({k for r in rows for k in r if k.startswith("latency_ms_b")}, key=lambda k: int(k[12:]))
+    keys = sorted(
+        {k for r in rows for k in r if k.startswith("latency_ms_b")}, key=lambda k: int(k[12:])
+    )  # medians
     threads = next((r.get("threads") for r in rows if r.get("threads")), "?")
     ax.set_title(f"CPU latency per stage (median, {threads} thread(s))")
     timed = [r for r in rows if any(r.get(k) for k in keys)]
