@@ -63,6 +63,7 @@ class DemoResult:
     epochs: int
     train_samples: int
     test_samples: int
+    threads: int = 1
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -129,6 +130,7 @@ def evaluate(
         epochs=trainer.current_epoch,
         train_samples=len(datamodule.train_split),
         test_samples=len(datamodule.test_split),
+        threads=torch.get_num_threads(),
     )
     result.stages["baseline"] = {
         "test_accuracy": result.test_accuracy,
@@ -146,7 +148,7 @@ def summarize(result: DemoResult) -> str:
         "lightning-optim demo: ConvNet3 on the embedded 8x8 digits (no download)",
         f"  data        {result.train_samples} train / {result.test_samples} test images",
         f"  model       {result.parameters:,} parameters",
-        f"  training    {result.epochs} epochs in {result.train_seconds:.1f} s on CPU ({torch.get_num_threads()} thread(s))",
+        f"  training    {result.epochs} epochs in {result.train_seconds:.1f} s on CPU ({result.threads} thread(s))",
         f"  test        accuracy {100 * result.test_accuracy:.2f}%, top-5 {100 * result.test_top5_accuracy:.2f}%, "
         f"loss {result.test_loss:.4f}",
         f"  target      >= {100 * TARGET_ACCURACY:.0f}%: {'met' if result.test_accuracy >= TARGET_ACCURACY else 'NOT met'}",
@@ -157,12 +159,16 @@ def summarize(result: DemoResult) -> str:
 def run_demo(config: DemoConfig | None = None) -> DemoResult:
     """Run every stage and return the measured result."""
     config = config or DemoConfig()
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
-    pl.seed_everything(config.seed, verbose=False)
-    datamodule = build_data(config)
-    module = build_module(config, datamodule)
-    trainer, seconds = train(config, module, datamodule)
-    return evaluate(trainer, module, datamodule, seconds, config)
+    try:
+        pl.seed_everything(config.seed, verbose=False)
+        datamodule = build_data(config)
+        module = build_module(config, datamodule)
+        trainer, seconds = train(config, module, datamodule)
+        return evaluate(trainer, module, datamodule, seconds, config)
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def _quiet_lightning() -> None:

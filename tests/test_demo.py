@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from lightning_optim import demo
 
 
 def test_demo_prints_test_accuracy_above_target(capsys):
+    threads = torch.get_num_threads()
     result = demo.main([])
+    assert torch.get_num_threads() == threads  # restored after the run
     out = capsys.readouterr().out
     match = re.search(r"^test accuracy: (\d+\.\d+)%$", out, flags=re.MULTILINE)
     assert match, out
