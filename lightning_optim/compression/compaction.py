@@ -248,8 +248,8 @@ def compact_model(
         A model of the same class whose layers are smaller; its outputs equal the original's.
 
     Raises:
-        CompactionError: for a model that ``torch.fx`` cannot trace, a layer with parameters called more
-            than once, or a compacted model whose outputs differ from the original's.
+        CompactionError: for a model that ``torch.fx`` cannot trace, or a compacted model whose outputs
+            differ from the original's. (A layer with parameters called more than once is left as it is.)
     """
     compact = copy.deepcopy(model)
     was_training = model.training
