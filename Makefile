@@ -26,10 +26,10 @@ demo: $(STAMP)
 	$(BIN)/python -m lightning_optim.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check lightning_optim tests benchmarks examples

@@ -15,7 +15,9 @@ SHARED_DATA_DIR = Path(os.environ.get("LIGHTNING_OPTIM_DATA_DIR", REPO_ROOT.pare
 
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*is deprecated.*", category=DeprecationWarning)
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny test models: one intra-op thread is fastest, and it cannot oversubscribe the cores when tests or
+# other processes run beside it (two OpenMP threads on a busy 2-core machine were 20-50x slower).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
