@@ -314,7 +314,7 @@ def test_lr_finder_and_batch_size_finder_feed_the_schedule(tmp_path):
     dm = ImageClassificationDataModule("digits", batch_size=16)
     callback = LRScheduling(OneCycle(pct_start=0.3))
     finders = [
-        BatchSizeFinder(mode="power", steps_per_trial=1, init_val=16, max_trials=1),
+        BatchSizeFinder(mode="power", steps_per_trial=1, init_val=16, max_trials=2),
         LearningRateFinder(min_lr=1e-4, max_lr=1.0, num_training_steps=15),
     ]
     trainer = pl.Trainer(callbacks=[callback, *finders], **quiet_trainer_kwargs(tmp_path, max_epochs=2))
