@@ -27,10 +27,5 @@ SETTINGS = {
         "kwargs": {"monitor": "val_loss", "patience": 1, "min_delta": 0.0, "restore_best_weights": True},
         "model": "convnet3",
         "check_active": _check_early_stopping,
-        # `class_path: EarlyStopping` is ambiguous with Lightning's own class; the CLI round trip with the full
-        # class path lightning_optim.callbacks.EarlyStopping is in tests/callbacks/test_early_stopping.py
-        "skip": {
-            "cli": "short name EarlyStopping is ambiguous with lightning.pytorch.callbacks.EarlyStopping"
-        },
     },
 }
