@@ -8,7 +8,9 @@ stages, each a plain function, so that later stages (prune, quantize, distill) s
 2. :func:`build_module` - :class:`~lightning_optim.modules.ClassificationModule` around ``ConvNet3``;
 3. :func:`train` - a Lightning ``Trainer`` fit on CPU;
 4. :func:`evaluate` - test accuracy, parameter count, training time;
-5. :func:`summarize` - the printed report.
+5. :func:`summarize` - the printed report;
+6. (``--pipeline``, on by default) the short compression pipeline of
+   :func:`lightning_optim.compression.pipeline.run_digits_pipeline`, which prints the compression report.
 
 Example::
 
@@ -187,6 +189,12 @@ def main(argv: list[str] | None = None) -> DemoResult:
     parser.add_argument("--seed", type=int, default=DemoConfig.seed, help="random seed")
     parser.add_argument("--threads", type=int, default=DemoConfig.threads, help="torch CPU threads")
     parser.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
+    parser.add_argument(
+        "--pipeline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the baseline, run the short compression pipeline (prune, QAT, distill) and print its report",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -196,6 +204,10 @@ def main(argv: list[str] | None = None) -> DemoResult:
         DemoConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, progress=args.progress)
     )
     print(summarize(result), flush=True)
+    if args.pipeline:
+        from lightning_optim.compression.pipeline import run_digits_pipeline
+
+        result.stages["pipeline"] = run_digits_pipeline(seed=args.seed, latency_threads=args.threads)
     return result
 
 

@@ -51,3 +51,15 @@ def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
     )
     kwargs.update(overrides)
     return kwargs
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_torch_state():
+    """A Trainer(deterministic=True) turns on torch's deterministic mode for the whole process; restore it (and
+    the thread count) after each test so that one test's Trainer cannot change how the next one runs."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_num_threads(threads)

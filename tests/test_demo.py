@@ -12,7 +12,7 @@ from lightning_optim import demo
 
 def test_demo_prints_test_accuracy_above_target(capsys):
     threads = torch.get_num_threads()
-    result = demo.main([])
+    result = demo.main(["--no-pipeline"])
     assert torch.get_num_threads() == threads  # restored after the run
     out = capsys.readouterr().out
     match = re.search(r"^test accuracy: (\d+\.\d+)%$", out, flags=re.MULTILINE)
