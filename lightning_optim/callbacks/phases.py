@@ -63,7 +63,9 @@ def phase_done(trainer: Any, name: str) -> bool:
     """
     cb = find_phase(trainer, name)
     if cb is None:
-        raise ValueError(f"No callback with phase_name={name!r} on the Trainer; phases present: {list(phase_states(trainer))}.")
+        raise ValueError(
+            f"No callback with phase_name={name!r} on the Trainer; phases present: {list(phase_states(trainer))}."
+        )
     return cb.phase_state(trainer) == "done"
 
 
