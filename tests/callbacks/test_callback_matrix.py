@@ -157,6 +157,18 @@ def test_bf16_mixed(name, tmp_path):
         assert torch.isfinite(value).all(), f"{name}: non-finite {key} after bf16-mixed fit"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs CUDA (runs on a lent GPU)")
+@pytest.mark.parametrize("name", _cases("fp16"))
+def test_16_mixed_on_gpu(name, tmp_path):
+    trainer, module, _ = _fit(
+        name, str(tmp_path), precision="16-mixed", accelerator="gpu", deterministic=False
+    )
+    assert trainer.state.finished
+    for key, value in ms.model_state(module).items():
+        assert torch.isfinite(value).all(), f"{name}: non-finite {key} after 16-mixed fit"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
