@@ -49,9 +49,13 @@ def is_fake_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameter entries (shared parameters counted once), packed int8 weights and biases included."""
-    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter entries (shared parameters counted once), packed int8 weights and biases included;
+    with ``trainable_only`` only parameters that require gradients (packed int8 weights never do)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    total = sum(p.numel() for p in unique if p.requires_grad or not trainable_only)
+    if trainable_only:
+        return total
     for _, w, b in quantized_weights(model):
         total += w.numel() + (b.numel() if b is not None else 0)
     return total

@@ -1,17 +1,8 @@
-"""Parameter counts."""
+"""Parameter counts of zoo models: the same functions as :mod:`lightning_optim.compression.measure`."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from lightning_optim.compression.measure import count_nonzero as count_nonzero_parameters
+from lightning_optim.compression.measure import count_parameters
 
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def count_nonzero_parameters(model: nn.Module) -> int:
-    """Number of non-zero parameter entries of ``model``."""
-    with torch.no_grad():
-        return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+__all__ = ["count_nonzero_parameters", "count_parameters"]
