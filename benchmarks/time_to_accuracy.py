@@ -18,17 +18,22 @@ After every training epoch the full 10,000-image test set is evaluated; the cloc
 only (setup and the test evaluations are excluded, identically for every recipe). Recipe (a) stops at the
 target (or ``--max-epochs``); (b) runs its whole schedule. The overhead section times steps (median interval
 between consecutive ``on_train_batch_end`` within an epoch) of the recipe-(a) training with no callback and
-with ``LRScheduling`` + ``EarlyStopping``, interleaved over ``--overhead-rounds`` rounds.
+with ``LRScheduling`` + ``EarlyStopping``, interleaved over ``--overhead-rounds`` rounds, with a second
+callback-free fit per round as the A/A control (the noise floor of between-fit ratios); then, within one
+fit, ``LRScheduling``'s per-step hook switched on and off in alternating blocks of steps; and the CPU time
+spent inside the two callbacks' hooks, per step and per epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -123,36 +128,38 @@ class StepClock(Callback):
 
 
 class _HookTimer:
-    """Mixin that adds the CPU time of the current thread spent in a callback's hooks to ``seconds``."""
+    """Adds the CPU time of the current thread spent in a callback's hooks to ``seconds[category]``.
 
-    seconds = 0.0
+    Categories: ``step`` (hooks called at every training step) and ``epoch`` (once per fit or epoch: setup,
+    the early-stopping check and its weight copy), so the per-step cost can be told from the per-epoch one.
+    """
 
-    @classmethod
-    def timed(cls, hook):
+    @staticmethod
+    def timed(hook, category: str):
         def wrapper(self, *args, **kwargs):
             start = time.thread_time()
             try:
                 return hook(self, *args, **kwargs)
             finally:
-                type(self).seconds += time.thread_time() - start
+                type(self).seconds[category] += time.thread_time() - start
 
         return wrapper
 
 
 class TimedLRScheduling(LRScheduling):
-    seconds = 0.0
-    on_train_batch_start = _HookTimer.timed(LRScheduling.on_train_batch_start)
-    on_train_epoch_start = _HookTimer.timed(LRScheduling.on_train_epoch_start)
-    on_train_epoch_end = _HookTimer.timed(LRScheduling.on_train_epoch_end)
-    on_validation_end = _HookTimer.timed(LRScheduling.on_validation_end)
-    on_train_start = _HookTimer.timed(LRScheduling.on_train_start)
+    seconds = {"step": 0.0, "epoch": 0.0}
+    on_train_batch_start = _HookTimer.timed(LRScheduling.on_train_batch_start, "step")
+    on_train_epoch_start = _HookTimer.timed(LRScheduling.on_train_epoch_start, "epoch")
+    on_train_epoch_end = _HookTimer.timed(LRScheduling.on_train_epoch_end, "epoch")
+    on_validation_end = _HookTimer.timed(LRScheduling.on_validation_end, "epoch")
+    on_train_start = _HookTimer.timed(LRScheduling.on_train_start, "epoch")
 
 
 class TimedEarlyStopping(EarlyStopping):
-    seconds = 0.0
-    on_train_epoch_end = _HookTimer.timed(EarlyStopping.on_train_epoch_end)
-    on_validation_end = _HookTimer.timed(EarlyStopping.on_validation_end)
-    on_train_end = _HookTimer.timed(EarlyStopping.on_train_end)
+    seconds = {"step": 0.0, "epoch": 0.0}
+    on_train_epoch_end = _HookTimer.timed(EarlyStopping.on_train_epoch_end, "epoch")
+    on_validation_end = _HookTimer.timed(EarlyStopping.on_validation_end, "epoch")
+    on_train_end = _HookTimer.timed(EarlyStopping.on_train_end, "epoch")
 
 
 @torch.no_grad()
@@ -170,7 +177,7 @@ def test_accuracy(
     return correct / len(split)
 
 
-def make_module(args: argparse.Namespace, recipe: Recipe) -> ClassificationModule:
+def make_module(args: argparse.Namespace, recipe: Recipe, **kwargs: Any) -> ClassificationModule:
     net = create_model(args.model, **({"image_size": 28} if args.model in ("lenet5", "convnet3") else {}))
     return ClassificationModule(
         net,
@@ -178,6 +185,7 @@ def make_module(args: argparse.Namespace, recipe: Recipe) -> ClassificationModul
         lr=recipe.lr,
         label_smoothing=recipe.label_smoothing,
         weight_decay=recipe.weight_decay,
+        **kwargs,
     )
 
 
@@ -227,21 +235,34 @@ def run_recipe(args: argparse.Namespace, recipe: Recipe) -> RunResult:
 
 
 def measure_overhead(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
-    """Per-step time of recipe (a) with no callback vs LRScheduling + EarlyStopping, interleaved."""
+    """Per-step time of recipe (a) with no callback vs LRScheduling + EarlyStopping, interleaved.
+
+    A third variant, ``none_again`` (no callback, a second fit in the same round), is the A/A control: its
+    ratio to ``none`` is the measurement's noise floor. A fourth, ``torch_onecycle``, has no callback but
+    ``torch.optim.lr_scheduler.OneCycleLR`` stepped by Lightning per step: the same LR and beta1 sequence as
+    ``lr_es``'s one-cycle, so the two fits compute on the same numbers and only the mechanism differs. Each round runs the three variants in a rotated order;
+    besides the pooled medians, the per-round ratios (same round, adjacent fits) are reported.
+    """
     dm = make_datamodule(args, recipe)
-    intervals: dict[str, list[float]] = {"none": [], "lr_es": []}
-    cpu: dict[str, list[float]] = {"none": [], "lr_es": []}
-    TimedLRScheduling.seconds = TimedEarlyStopping.seconds = 0.0
-    hook_steps = 0
+    variants = ("none", "lr_es", "none_again", "torch_onecycle")
+    steps = 2 * (args.overhead_steps // 2)
+    intervals: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    round_medians: list[dict[str, float]] = []
+    for timed in (TimedLRScheduling, TimedEarlyStopping):
+        timed.seconds = {"step": 0.0, "epoch": 0.0}
+    hook_steps = hook_epochs = 0
     for round_ in range(args.overhead_rounds):
-        order = ["none", "lr_es"] if round_ % 2 == 0 else ["lr_es", "none"]
+        shift = round_ % len(variants)
+        order = variants[shift:] + variants[:shift]
+        medians: dict[str, float] = {}
         for variant in order:
             pl.seed_everything(args.seed, verbose=False)
             clock = StepClock()
             callbacks: list[Callback] = [clock]
             if variant == "lr_es":
                 callbacks += [
-                    TimedLRScheduling(OneCycle(), interval="step", warmup=10),
+                    TimedLRScheduling(OneCycle(), interval="step"),
                     TimedEarlyStopping("val_loss", patience=10, restore_best_weights=True),
                 ]
             trainer = pl.Trainer(
@@ -253,28 +274,106 @@ def measure_overhead(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]
                     num_sanity_val_steps=0,
                 ),
             )
-            trainer.fit(make_module(args, recipe), datamodule=dm)
+            kwargs: dict[str, Any] = {}
+            if variant == "torch_onecycle":  # OneCycle()'s defaults are torch's OneCycleLR defaults
+                kwargs = dict(
+                    lr_scheduler=partial(
+                        torch.optim.lr_scheduler.OneCycleLR, max_lr=recipe.lr, total_steps=steps
+                    ),
+                    scheduler_interval="step",
+                )
+            trainer.fit(make_module(args, recipe, **kwargs), datamodule=dm)
             intervals[variant] += clock.intervals
             cpu[variant] += clock.cpu_intervals
+            medians[variant] = statistics.median(clock.intervals)
             if variant == "lr_es":
                 hook_steps += trainer.global_step
+                hook_epochs += trainer.current_epoch
+        round_medians.append(medians)
     med = {k: statistics.median(v) for k, v in intervals.items()}
     mean = {k: statistics.fmean(v) for k, v in intervals.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+    step_hooks = TimedLRScheduling.seconds["step"] + TimedEarlyStopping.seconds["step"]
+    epoch_hooks = TimedLRScheduling.seconds["epoch"] + TimedEarlyStopping.seconds["epoch"]
+    full_epoch_steps = math.ceil(len(dm.train_split) / recipe.batch_size)
     return {
         "steps": {k: len(v) for k, v in intervals.items()},
         "median_ms": {k: 1000 * v for k, v in med.items()},
         "mean_ms": {k: 1000 * v for k, v in mean.items()},
         "cpu_median_ms": {k: 1000 * v for k, v in cpu_med.items()},
         "ratio_median": med["lr_es"] / med["none"],
+        "ratio_aa": med["none_again"] / med["none"],
+        "ratio_vs_torch": med["lr_es"] / med["torch_onecycle"],
         "ratio_mean": mean["lr_es"] / mean["none"],
         "ratio_cpu_median": cpu_med["lr_es"] / cpu_med["none"],
-        # every hook of both callbacks (epoch-end checks and the weight copies included), per training step
-        "hook_us_per_step": 1e6
-        * (TimedLRScheduling.seconds + TimedEarlyStopping.seconds)
-        / max(hook_steps, 1),
-        "ratio_hooks": 1.0
-        + (TimedLRScheduling.seconds + TimedEarlyStopping.seconds) / max(hook_steps, 1) / med["none"],
+        # per round: lr_es against the mean of the two callback-free fits of the same round
+        "round_ratios": [m["lr_es"] / (0.5 * (m["none"] + m["none_again"])) for m in round_medians],
+        "round_ratios_aa": [m["none_again"] / m["none"] for m in round_medians],
+        # CPU time in the two callbacks' hooks: per training step, and per epoch (setup and checks)
+        "hook_us_per_step": 1e6 * step_hooks / max(hook_steps, 1),
+        "hook_ms_per_epoch": 1e3 * epoch_hooks / max(hook_epochs, 1),
+        "ratio_hooks_step": 1.0 + step_hooks / max(hook_steps, 1) / med["none"],
+        # amortized over a full MNIST epoch of recipe (a): 59,000 images at batch 64 = 922 steps
+        "steps_per_full_epoch": full_epoch_steps,
+        "ratio_hooks_full_epoch": 1.0
+        + (step_hooks / max(hook_steps, 1) + epoch_hooks / max(hook_epochs, 1) / full_epoch_steps)
+        / med["none"],
+    }
+
+
+class _GatedLRScheduling(LRScheduling):
+    """LRScheduling whose per-step hook runs only in "on" blocks of ``block`` steps (for the in-fit A/B)."""
+
+    def __init__(self, *args: Any, block: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.block = block
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (batch_idx // self.block) % 2 == 0:
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
+class _BlockClock(StepClock):
+    """StepClock that files each interval under "on" or "off" by the block of the step it ends."""
+
+    def __init__(self, block: int, skip: int = 5) -> None:
+        super().__init__(skip)
+        self.block = block
+        self.by_state: dict[str, list[float]] = {"on": [], "off": []}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        n = len(self.intervals)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if len(self.intervals) > n and batch_idx % self.block != 0:  # skip the first step of each block
+            self.by_state["on" if (batch_idx // self.block) % 2 == 0 else "off"].append(self.intervals[-1])
+
+
+def measure_overhead_in_fit(args: argparse.Namespace, recipe: Recipe, block: int = 8) -> dict[str, Any]:
+    """The per-step hook of LRScheduling switched on and off in alternating blocks of steps within one fit.
+
+    Both halves share the process, the memory layout and the machine's state at that moment, so the ratio
+    of their median step times has a far lower noise floor than ratios between separate fits.
+    """
+    dm = make_datamodule(args, recipe)
+    pl.seed_everything(args.seed, verbose=False)
+    clock = _BlockClock(block)
+    callbacks: list[Callback] = [
+        clock,
+        _GatedLRScheduling(OneCycle(), interval="step", warmup=10, block=block),
+        EarlyStopping("val_loss", patience=10, restore_best_weights=True),
+    ]
+    trainer = pl.Trainer(
+        callbacks=callbacks,
+        **trainer_kwargs(1, limit_train_batches=args.overhead_in_fit_steps, limit_val_batches=2),
+    )
+    trainer.fit(make_module(args, recipe), datamodule=dm)
+    on, off = (statistics.median(clock.by_state[k]) for k in ("on", "off"))
+    return {
+        "steps": {k: len(v) for k, v in clock.by_state.items()},
+        "on_ms": 1e3 * on,
+        "off_ms": 1e3 * off,
+        "ratio": on / off,
+        "block": block,
     }
 
 
@@ -334,7 +433,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long-epochs", type=int, default=10)
     parser.add_argument("--peak-lr", type=float, default=1e-2)
     parser.add_argument("--overhead-steps", type=int, default=400)
-    parser.add_argument("--overhead-rounds", type=int, default=4)
+    parser.add_argument("--overhead-rounds", type=int, default=6)
+    parser.add_argument(
+        "--overhead-in-fit-steps", type=int, default=900, help="steps of the in-fit on/off measurement"
+    )
     parser.add_argument("--only", nargs="*", default=None, help="recipe names to run (default: all)")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -343,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.limit_train_samples = 6000
         args.max_epochs, args.fast_epochs, args.long_epochs = 2, 1, 2
-        args.overhead_steps, args.overhead_rounds = 60, 2
+        args.overhead_steps, args.overhead_rounds, args.overhead_in_fit_steps = 60, 2, 120
     torch.set_num_threads(args.threads)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?", "?", "?")
     print(
@@ -397,19 +499,38 @@ def main(argv: list[str] | None = None) -> None:
         print("\n## Per-step overhead of LRScheduling + EarlyStopping (recipe (a) steps, interleaved)\n")
         print("| variant | steps timed | median wall ms/step | mean wall ms/step | median CPU ms/step |")
         print("|---|---|---|---|---|")
-        for k in ("none", "lr_es"):
+        for k in ("none", "lr_es", "none_again", "torch_onecycle"):
             print(
                 f"| {k} | {over['steps'][k]} | {over['median_ms'][k]:.3f} | {over['mean_ms'][k]:.3f} | "
                 f"{over['cpu_median_ms'][k]:.3f} |"
             )
+        rounds = over["round_ratios"]
         print(
-            f"\noverhead ratio (LRScheduling + EarlyStopping) / none: wall median {over['ratio_median']:.4f}, "
-            f"wall mean {over['ratio_mean']:.4f}, process CPU time median {over['ratio_cpu_median']:.4f} "
-            "(target <= 1.01)"
+            f"\noverhead ratio (LRScheduling + EarlyStopping) / none, pooled wall median: {over['ratio_median']:.4f} "
+            f"(A/A control none_again / none: {over['ratio_aa']:.4f}); wall mean {over['ratio_mean']:.4f}; "
+            f"process CPU time median {over['ratio_cpu_median']:.4f} (target <= 1.01)"
         )
         print(
-            f"CPU time inside the two callbacks' hooks: {over['hook_us_per_step']:.1f} us per step; "
-            f"1 + that / median step (none) = {over['ratio_hooks']:.5f} (robust to the machine's load)"
+            f"same LR/beta1 sequence, lr_es / torch_onecycle (OneCycleLR in configure_optimizers): "
+            f"{over['ratio_vs_torch']:.4f}"
+        )
+        print(
+            f"per round, lr_es / mean(none, none_again): median {statistics.median(rounds):.4f} of "
+            f"{', '.join(f'{r:.3f}' for r in rounds)}; A/A per round: "
+            f"{', '.join(f'{r:.3f}' for r in over['round_ratios_aa'])}"
+        )
+        print(
+            f"CPU time inside the two callbacks' hooks (robust to the machine's load): "
+            f"{over['hook_us_per_step']:.1f} us per step, {over['hook_ms_per_epoch']:.2f} ms per epoch "
+            f"(setup, early-stopping check, weight copy); per-step ratio 1 + hooks / median step (none) = "
+            f"{over['ratio_hooks_step']:.5f}; amortized over a full epoch of {over['steps_per_full_epoch']} steps: "
+            f"{over['ratio_hooks_full_epoch']:.5f} (target <= 1.01)"
+        )
+        in_fit = measure_overhead_in_fit(args, recipes(args)[0])
+        print(
+            f"in one fit, LRScheduling's per-step hook on / off in alternating blocks of {in_fit['block']} steps "
+            f"({in_fit['steps']['on']} / {in_fit['steps']['off']} steps timed): median "
+            f"{in_fit['on_ms']:.3f} / {in_fit['off_ms']:.3f} ms = {in_fit['ratio']:.4f}"
         )
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?", "?", "?")
     print(f"\nload average at end {load}")

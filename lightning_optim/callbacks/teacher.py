@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_optim.paths import user_file
+
 
 class FrozenTeacher(nn.Module):
     """A frozen, always-eval wrapper around a teacher network.
@@ -77,12 +79,10 @@ def load_teacher_weights(teacher: nn.Module, checkpoint_path: str | os.PathLike)
 
     Raises:
         FileNotFoundError: if ``checkpoint_path`` does not exist.
-        ValueError: if the file is not a checkpoint, or its weights do not fit ``teacher`` (the message lists
+        ValueError: if the path is not a regular file, or the file is not a checkpoint, or its weights do not fit ``teacher`` (the message lists
             missing keys, unexpected keys and shape mismatches).
     """
-    path = os.fspath(checkpoint_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"`teacher_checkpoint` {path!r} does not exist.")
+    path = os.fspath(user_file(checkpoint_path, "teacher_checkpoint"))
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_optim.callbacks.phases import find_phase, phase_states, target_model
+from lightning_optim.paths import user_file
 
 #: stage name -> the phase_name of the callback that implements it
 STAGE_PHASES: dict[str, str] = {
@@ -47,10 +48,9 @@ def load_model_weights(
 
     Raises:
         FileNotFoundError: if ``checkpoint`` does not exist.
-        ValueError: if the checkpoint holds no matching weights.
+        ValueError: if ``checkpoint`` is not a regular file, or holds no matching weights.
     """
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"Checkpoint {checkpoint!r} not found.")
+    checkpoint = os.fspath(user_file(checkpoint, "checkpoint"))
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):

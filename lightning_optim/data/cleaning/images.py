@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from lightning_optim.paths import is_within
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,8 @@ def list_image_folder(
     """List ``(path, class_name)`` of an ImageFolder layout ``root/<class>/<file>`` and the class names.
 
     Files whose name does not end in one of :data:`IMAGE_EXTENSIONS` and hidden files are ignored. The
-    classes are the sorted sub-folder names unless ``classes`` is given.
+    classes are the sorted sub-folder names unless ``classes`` is given. Symbolic links (to files or to
+    class folders) that lead outside ``root`` are not followed: they are skipped with one warning.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -106,15 +110,28 @@ def list_image_folder(
         raise FileNotFoundError(f"`image_folder` {str(root)!r} is not a folder.")
     items: list[tuple[str, str]] = []
     found = []
+    outside: list[str] = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = [
-            f
-            for f in sorted(class_dir.rglob("*"))
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
-        ]
+        if not is_within(class_dir, root):
+            outside.append(str(class_dir))
+            continue
+        files = []
+        for f in sorted(class_dir.rglob("*")):
+            if not (f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS):
+                continue
+            if is_within(f, root):
+                files.append(f)
+            else:
+                outside.append(str(f))
         if files:
             found.append(class_dir.name)
         items += [(str(f), class_dir.name) for f in files]
+    if outside:
+        warnings.warn(
+            f"`image_folder` {str(root)!r}: skipped {len(outside)} symbolic link(s) leading outside the folder "
+            f"(not followed), e.g. {outside[:3]}.",
+            stacklevel=2,
+        )
     if not items:
         raise ValueError(
             f"`image_folder` {str(root)!r} holds no images: expected the ImageFolder layout "

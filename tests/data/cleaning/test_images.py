@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -82,3 +83,23 @@ def test_scan_errors_name_the_option(tmp_path):
         scan_images(tmp_path)
     with pytest.raises(FileNotFoundError, match="`image_folder`"):
         scan_images(tmp_path / "missing")
+
+
+def test_image_folder_does_not_follow_links_outside_the_folder(tmp_path):
+    from lightning_optim.data.cleaning.images import list_image_folder
+
+    root, outside = tmp_path / "data", tmp_path / "elsewhere"
+    for folder in (root / "cat", root / "dog", outside / "more"):
+        folder.mkdir(parents=True)
+    write_image(root / "cat" / "a.png", "L", (8, 8))
+    write_image(root / "dog" / "b.png", "L", (8, 8))
+    write_image(outside / "secret.png", "L", (8, 8))
+    write_image(outside / "more" / "c.png", "L", (8, 8))
+    (root / "cat" / "escape.png").symlink_to(outside / "secret.png")  # a file link out of the folder
+    (root / "dog" / "sub").symlink_to(outside / "more")  # a folder link out of it: rglob does not enter it
+    (root / "bird").symlink_to(outside)  # a whole class folder elsewhere
+    (root / "cat" / "again.png").symlink_to(root / "cat" / "a.png")  # a link inside is kept
+    with pytest.warns(UserWarning, match="skipped 2 symbolic link.*not followed"):
+        items, classes = list_image_folder(root)
+    assert sorted(os.path.basename(p) for p, _ in items) == ["a.png", "again.png", "b.png"]
+    assert classes == ["cat", "dog"]

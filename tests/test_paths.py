@@ -1,0 +1,73 @@
+"""Paths named in configs are opened as given and never followed outside what the user gave."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lightning_optim.callbacks.teacher import load_teacher_weights
+from lightning_optim.compression.pipeline import load_model_weights
+from lightning_optim.models import LeNet300100
+from lightning_optim.paths import is_within, user_file
+
+
+def test_user_file_accepts_a_regular_file_as_given(tmp_path):
+    path = tmp_path / "w.ckpt"
+    path.write_bytes(b"x")
+    assert user_file(str(path), "checkpoint") == path
+
+
+def test_user_file_refuses_missing_folder_and_fifo(tmp_path):
+    with pytest.raises(FileNotFoundError, match="`checkpoint` .*missing.ckpt' does not exist"):
+        user_file(tmp_path / "missing.ckpt", "checkpoint")
+    with pytest.raises(ValueError, match="`teacher_checkpoint` .* is a folder"):
+        user_file(tmp_path, "teacher_checkpoint")
+    fifo = tmp_path / "pipe.ckpt"
+    os.mkfifo(fifo)  # reading it would block forever: refused before anything opens it
+    with pytest.raises(ValueError, match="is not a regular file"):
+        user_file(fifo, "checkpoint")
+
+
+def test_user_file_expands_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path / "..")
+    with pytest.raises(FileNotFoundError):
+        user_file("~/w.ckpt", "checkpoint")
+    monkeypatch.setenv("CKPT_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        user_file("$CKPT_DIR/w.ckpt", "checkpoint")
+
+
+def test_is_within_resolves_links(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"x")
+    (root / "inside.png").write_bytes(b"x")
+    (root / "link.png").symlink_to(outside / "secret.png")
+    (root / "inner_link.png").symlink_to(root / "inside.png")
+    assert is_within(root / "inside.png", root)
+    assert is_within(root / "inner_link.png", root)
+    assert not is_within(root / "link.png", root)
+    assert not is_within(root / ".." / "outside" / "secret.png", root)
+    assert not is_within(tmp_path / "root_sibling", root)  # a prefix of the name is not containment
+
+
+@pytest.mark.parametrize("loader", ["teacher", "warm_start"])
+def test_checkpoint_loaders_refuse_a_folder(tmp_path, loader):
+    with pytest.raises(ValueError, match="is a folder"):
+        if loader == "teacher":
+            load_teacher_weights(LeNet300100(), tmp_path)
+        else:
+            load_model_weights(str(tmp_path), LeNet300100())
+
+
+def test_checkpoint_loaders_read_a_file_they_are_given(tmp_path):
+    model = LeNet300100()
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    other = load_model_weights(str(path), LeNet300100())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
