@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from lightning_optim.callbacks import QuantizationAwareTraining
+from lightning_optim.compression.artifact import save_artifact
 from lightning_optim.compression.measure import compare_latency, state_dict_size_bytes
 from lightning_optim.compression.quantization import accuracy, create_backend, quiet_quantization_warnings
 from lightning_optim.data import ImageClassificationDataModule
@@ -49,7 +50,11 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
 warnings.filterwarnings("ignore", ".*is deprecated.*")
 
-MODELS = {"lenet5": lambda: LeNet5(variant="classic"), "convnet3": lambda: ConvNet3(image_size=28)}
+MODELS = {
+    "lenet5": lambda: LeNet5(variant="classic"),
+    "lenet5_caffe": lambda: LeNet5(variant="caffe"),
+    "convnet3": lambda: ConvNet3(image_size=28),
+}
 
 
 class EpochPrinter(Callback):
@@ -92,6 +97,64 @@ def test_batches(dm: ImageClassificationDataModule) -> list[tuple[torch.Tensor, 
     return [(dm.to_model_input(x, train=False), y) for x, y in dm.test_dataloader()]
 
 
+def train_seed(
+    name: str, args: argparse.Namespace, root: Path, dm: ImageClassificationDataModule, seed: int
+) -> dict[str, Any]:
+    """fp32, QAT and PTQ for one seed: the trained models and their test accuracies."""
+    out: dict[str, Any] = {"seed": seed}
+    tag = f"{name} seed {seed}"
+    # 1. fp32
+    seed_everything(seed, workers=True)
+    dm.seed = seed  # the shuffling order follows the seed too
+    fp32_module = make_module(name, args)
+    ckpt_dir = root / f"{name}_s{seed}_ckpt"
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    t0 = time.perf_counter()
+    trainer(
+        str(root / f"{name}_s{seed}_fp32"), args.epochs, [ckpt, EpochPrinter(f"{tag} fp32")], checkpoint=True
+    ).fit(fp32_module, datamodule=dm)
+    out["fp32_train_s"] = time.perf_counter() - t0
+    fp32 = fp32_module.model.eval()
+    batches = test_batches(dm)
+    out["fp32"], out["fp32_acc"] = fp32, accuracy(fp32, batches)
+
+    # 2. QAT, same budget: continue the fp32 run's first epoch with fake quantization
+    seed_everything(seed, workers=True)
+    last = args.epochs - 1
+    qat = QuantizationAwareTraining(
+        start_epoch=1,
+        freeze_bn_epoch=last,
+        freeze_observers_epoch=last if last > 1 else None,
+        report=False,
+        verbose=False,
+        export_path=str(root / f"{name}_s{seed}_qat_int8.pt"),
+    )
+    qat_module = make_module(name, args)
+    t0 = time.perf_counter()
+    trainer(str(root / f"{name}_s{seed}_qat"), args.epochs, [qat, EpochPrinter(f"{tag} QAT")]).fit(
+        qat_module, datamodule=dm, ckpt_path=str(ckpt_dir / "epoch=0.ckpt")
+    )
+    out["qat_train_s"] = time.perf_counter() - t0
+    out["qat"], out["qat_int8_acc"] = qat, accuracy(qat.quantized_model, batches)
+
+    # 3. PTQ of the fp32 model
+    backend = create_backend("x86")
+    observed, _ = backend.prepare_ptq(fp32)
+    calibration = (
+        dm.to_model_input(x, train=False)
+        for i, (x, _) in zip(range(args.calibration_batches), dm.train_dataloader())
+    )
+    backend.calibrate(observed, calibration)
+    out["observed"], out["ptq_int8"] = observed, backend.convert(observed)
+    out["ptq_int8_acc"] = accuracy(out["ptq_int8"], batches)
+    print(
+        f"  [{tag}] test acc fp32 {100 * out['fp32_acc']:.2f}, QAT int8 {100 * out['qat_int8_acc']:.2f}, "
+        f"PTQ int8 {100 * out['ptq_int8_acc']:.2f}",
+        flush=True,
+    )
+    return out
+
+
 def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     dm = ImageClassificationDataModule(
         "mnist",
@@ -102,52 +165,16 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
     )
     dm.setup("fit")
     row: dict[str, Any] = {"model": name}
-
-    # 1. fp32
-    seed_everything(0, workers=True)
-    fp32_module = make_module(name, args)
-    ckpt = ModelCheckpoint(dirpath=root / f"{name}_ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
-    t0 = time.perf_counter()
-    trainer(
-        str(root / f"{name}_fp32"), args.epochs, [ckpt, EpochPrinter(f"{name} fp32")], checkpoint=True
-    ).fit(fp32_module, datamodule=dm)
-    row["fp32_train_s"] = time.perf_counter() - t0
-    fp32 = fp32_module.model.eval()
-    batches = test_batches(dm)
-    row["fp32_acc"] = accuracy(fp32, batches)
-
-    # 2. QAT, same budget: continue the fp32 run's first epoch with fake quantization
-    seed_everything(0, workers=True)
-    last = args.epochs - 1
-    qat = QuantizationAwareTraining(
-        start_epoch=1,
-        freeze_bn_epoch=last,
-        freeze_observers_epoch=last if last > 1 else None,
-        report=False,
-        verbose=False,
-        export_path=str(root / f"{name}_qat_int8.pt"),
-    )
-    qat_module = make_module(name, args)
-    t0 = time.perf_counter()
-    trainer(str(root / f"{name}_qat"), args.epochs, [qat, EpochPrinter(f"{name} QAT")]).fit(
-        qat_module, datamodule=dm, ckpt_path=str(root / f"{name}_ckpt" / "epoch=0.ckpt")
-    )
-    row["qat_train_s"] = time.perf_counter() - t0
+    seeds = [train_seed(name, args, root, dm, seed) for seed in range(args.seeds)]
+    for key in ("fp32_acc", "qat_int8_acc", "ptq_int8_acc", "fp32_train_s", "qat_train_s"):
+        row[f"{key}_seeds"] = [s[key] for s in seeds]
+        row[key] = sum(row[f"{key}_seeds"]) / len(seeds)
+    # sizes and latency: the first seed's models
+    first = seeds[0]
+    fp32, qat, ptq_int8 = first["fp32"], first["qat"], first["ptq_int8"]
     int8 = qat.quantized_model
-    row["qat_int8_acc"] = accuracy(int8, batches)
     row["fusion"] = [" + ".join(g) for g in qat.fusion_plan.groups]
-
-    # 3. PTQ of the fp32 model
-    backend = create_backend("x86")
-    observed, _ = backend.prepare_ptq(fp32)
-    calibration = (
-        dm.to_model_input(x, train=False)
-        for i, (x, _) in zip(range(args.calibration_batches), dm.train_dataloader())
-    )
-    backend.calibrate(observed, calibration)
-    ptq_int8 = backend.convert(observed)
-    row["ptq_int8_acc"] = accuracy(ptq_int8, batches)
-    ptq_fbgemm = create_backend("fbgemm").convert(observed) if args.fbgemm else None
+    ptq_fbgemm = create_backend("fbgemm").convert(first["observed"]) if args.fbgemm else None
 
     # 4. sizes
     row["fp32_state_dict_bytes"] = state_dict_size_bytes(fp32)
@@ -155,6 +182,10 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
         row["int8_state_dict_bytes"] = state_dict_size_bytes(int8)
     row["int8_torchscript_bytes"] = os.path.getsize(qat.exported_path)
     row["fp32_state_dict_deflated_bytes"] = deflated_size(fp32.state_dict())
+    # the compact artifact: the same TorchScript module, its int8 values and scales in LZMA streams
+    example = torch.randn(8, 1, 28, 28)
+    with quiet_quantization_warnings():
+        row["int8_artifact_bytes"] = len(save_artifact(int8, torchscript=True, example_input=example))
 
     # 5. latency, all variants interleaved
     int8_script = torch.jit.load(str(qat.exported_path))
@@ -215,18 +246,37 @@ def report(
     rows: list[dict[str, Any]], args: argparse.Namespace, load_before: tuple, load_after: tuple
 ) -> str:
     lines = [
-        "| model | fp32 acc | QAT int8 acc | PTQ int8 acc | fp32 state dict | int8 state dict | int8 TorchScript "
-        "(compact) | fp32 sd / int8 sd | fp32 sd / int8 TorchScript | deflated fp32 sd / int8 TorchScript |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Test accuracy (%), mean of {args.seeds} seed(s) (per seed in brackets); difference int8 - fp32 in points:",
+        "",
+        "| model | fp32 acc | QAT int8 acc | PTQ int8 acc | QAT - fp32 | PTQ - fp32 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        per = {
+            k: ", ".join(f"{100 * v:.2f}" for v in r[f"{k}_seeds"])
+            for k in ("fp32_acc", "qat_int8_acc", "ptq_int8_acc")
+        }
+        lines.append(
+            f"| {r['model']} | {100 * r['fp32_acc']:.2f} [{per['fp32_acc']}] | "
+            f"{100 * r['qat_int8_acc']:.2f} [{per['qat_int8_acc']}] | {100 * r['ptq_int8_acc']:.2f} [{per['ptq_int8_acc']}] | "
+            f"{100 * (r['qat_int8_acc'] - r['fp32_acc']):+.2f} | {100 * (r['ptq_int8_acc'] - r['fp32_acc']):+.2f} |"
+        )
+    lines += [
+        "",
+        "Sizes (first seed's models):",
+        "",
+        "| model | fp32 state dict | int8 state dict | int8 TorchScript (export) | int8 compact artifact (.lopt) "
+        "| fp32 sd / int8 sd | fp32 sd / int8 TorchScript | fp32 sd / int8 artifact | deflated fp32 sd / int8 artifact |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {100 * r['fp32_acc']:.2f} | {100 * r['qat_int8_acc']:.2f} | {100 * r['ptq_int8_acc']:.2f} | "
-            f"{fmt_bytes(r['fp32_state_dict_bytes'])} | {fmt_bytes(r['int8_state_dict_bytes'])} | "
-            f"{fmt_bytes(r['int8_torchscript_bytes'])} | "
+            f"| {r['model']} | {fmt_bytes(r['fp32_state_dict_bytes'])} | {fmt_bytes(r['int8_state_dict_bytes'])} | "
+            f"{fmt_bytes(r['int8_torchscript_bytes'])} | {fmt_bytes(r['int8_artifact_bytes'])} | "
             f"{r['fp32_state_dict_bytes'] / r['int8_state_dict_bytes']:.2f}x | "
             f"{r['fp32_state_dict_bytes'] / r['int8_torchscript_bytes']:.2f}x | "
-            f"{r['fp32_state_dict_deflated_bytes'] / r['int8_torchscript_bytes']:.2f}x |"
+            f"{r['fp32_state_dict_bytes'] / r['int8_artifact_bytes']:.2f}x | "
+            f"{r['fp32_state_dict_deflated_bytes'] / r['int8_artifact_bytes']:.2f}x |"
         )
     lines += ["", "CPU latency, median ms (interleaved rounds):", ""]
     names = list(next(iter(rows[0]["latency_ms"].values())).keys())
@@ -251,7 +301,8 @@ def report(
         f"fp32 run's epoch-0 checkpoint), BN and ranges frozen in the last epoch; PTQ: {args.calibration_batches} "
         "calibration batches. "
         + "; ".join(
-            f"{r['model']}: fp32 {r['fp32_train_s']:.0f} s, QAT {r['qat_train_s']:.0f} s" for r in rows
+            f"{r['model']}: fp32 {r['fp32_train_s']:.0f} s, QAT {r['qat_train_s']:.0f} s per seed"
+            for r in rows
         ),
         "Fusion: " + "; ".join(f"{r['model']}: {', '.join(r['fusion'])}" for r in rows),
         f"torch {torch.__version__}, {os.cpu_count()} cores, "
@@ -267,6 +318,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (accuracy: their mean)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
         "--cosine", action=argparse.BooleanOptionalAction, default=True, help="cosine LR decay"

@@ -89,3 +89,26 @@ def test_latency_fields():
     result = measure_latency(mlp(), torch.randn(8, IN), repeats=3, warmup=1, threads=1)
     assert result["runs"] == 3 and result["threads"] == 1 and result["batch_size"] == 8
     assert 0 < result["min_ms"] <= result["median_ms"]
+
+
+def test_latency_times_a_fresh_copy_of_modules_only():
+    from lightning_optim.compression.measure import fresh_for_timing
+
+    model = mlp().eval()
+    q = int8_mlp(model)
+    x = torch.randn(4, IN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for original in (model, q):  # int8: the copy repacks the weights (no per-shape kernel cache)
+            copied = fresh_for_timing(original)
+            assert copied is not original
+            assert torch.equal(copied(x), original(x))
+    fn = lambda t: model(t)  # noqa: E731
+    assert fresh_for_timing(fn) is fn
+
+    class Uncopyable(nn.Linear):
+        def __deepcopy__(self, memo):
+            raise RuntimeError("no")
+
+    odd = Uncopyable(2, 2)
+    assert fresh_for_timing(odd) is odd
