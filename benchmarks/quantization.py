@@ -118,13 +118,15 @@ def train_seed(
     batches = test_batches(dm)
     out["fp32"], out["fp32_acc"] = fp32, accuracy(fp32, batches)
 
-    # 2. QAT, same budget: continue the fp32 run's first epoch with fake quantization
+    # 2. QAT, same budget: continue the fp32 run's checkpoint with fake quantization for the last
+    # ``--qat-epochs`` epochs (BN statistics and ranges frozen in the last epoch when QAT has two or more)
     seed_everything(seed, workers=True)
     last = args.epochs - 1
+    start = args.epochs - args.qat_epochs
     qat = QuantizationAwareTraining(
-        start_epoch=1,
+        start_epoch=start,
         freeze_bn_epoch=last,
-        freeze_observers_epoch=last if last > 1 else None,
+        freeze_observers_epoch=last if last > start else None,
         report=False,
         verbose=False,
         export_path=str(root / f"{name}_s{seed}_qat_int8.pt"),
@@ -132,7 +134,7 @@ def train_seed(
     qat_module = make_module(name, args)
     t0 = time.perf_counter()
     trainer(str(root / f"{name}_s{seed}_qat"), args.epochs, [qat, EpochPrinter(f"{tag} QAT")]).fit(
-        qat_module, datamodule=dm, ckpt_path=str(ckpt_dir / "epoch=0.ckpt")
+        qat_module, datamodule=dm, ckpt_path=str(ckpt_dir / f"epoch={start - 1}.ckpt")
     )
     out["qat_train_s"] = time.perf_counter() - t0
     out["qat"], out["qat_int8_acc"] = qat, accuracy(qat.quantized_model, batches)
@@ -297,8 +299,9 @@ def report(
             )
     lines += [
         "",
-        f"Training: {args.epochs} epochs, Adam lr {args.lr} ({'cosine decay' if args.cosine else 'constant'}), batch {args.batch_size}; QAT from epoch 1 (resumed from the "
-        f"fp32 run's epoch-0 checkpoint), BN and ranges frozen in the last epoch; PTQ: {args.calibration_batches} "
+        f"Training: {args.epochs} epochs, Adam lr {args.lr} ({'cosine decay' if args.cosine else 'constant'}), batch {args.batch_size}; "
+        f"QAT in the last {args.qat_epochs} epoch(s) (resumed from the fp32 run's epoch-{args.epochs - args.qat_epochs - 1} checkpoint), "
+        f"BN statistics frozen in the last epoch{' and ranges' if args.qat_epochs > 1 else ''}; PTQ: {args.calibration_batches} "
         "calibration batches. "
         + "; ".join(
             f"{r['model']}: fp32 {r['fp32_train_s']:.0f} s, QAT {r['qat_train_s']:.0f} s per seed"
@@ -319,6 +322,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (accuracy: their mean)")
+    parser.add_argument(
+        "--qat-epochs", type=int, default=2, help="last epochs trained with fake quantization (the rest fp32)"
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
         "--cosine", action=argparse.BooleanOptionalAction, default=True, help="cosine LR decay"
@@ -341,8 +347,10 @@ def main() -> None:
         "--fbgemm", action="store_true", help="also time the int8 model under the fbgemm engine"
     )
     args = parser.parse_args()
-    if args.epochs < 2:
-        parser.error("--epochs must be >= 2 (one float epoch, then QAT)")
+    if args.epochs < 2 or not 1 <= args.qat_epochs < args.epochs:
+        parser.error(
+            "need --epochs >= 2 and 1 <= --qat-epochs < --epochs (at least one float epoch, then QAT)"
+        )
     if args.train_threads:
         torch.set_num_threads(args.train_threads)
     load_before = tuple(round(x, 2) for x in os.getloadavg())

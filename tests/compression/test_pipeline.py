@@ -82,6 +82,46 @@ def test_warm_start_loads_checkpoint_weights(tmp_path):
         load_model_weights(str(path), LeNet300100(in_features=64))
 
 
+def test_staged_variant_chains_checkpoints(tmp_path):
+    """Stage 1 (pruning, its own fit, ModelCheckpoint) hands its checkpoint to stage 2 (WarmStart + QAT)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_optim.compression.measure import count_nonzero
+
+    dm = ImageClassificationDataModule("digits", batch_size=32)
+    pl.seed_everything(0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="pruned", enable_version_counter=False)
+    stage1 = pl.Trainer(
+        callbacks=[
+            ProgressivePruning(final_sparsity=0.9, start=0, end=2, unit="epoch", verbose=False),
+            checkpoint,
+        ],
+        **{
+            **quiet_trainer_kwargs(tmp_path / "s1", max_epochs=3, limit_train_batches=3, limit_val_batches=1),
+            "enable_checkpointing": True,
+        },
+    )
+    stage1.fit(ClassificationModule(net(), lr=1e-2), datamodule=dm)
+    pruned_ckpt = tmp_path / "pruned.ckpt"
+    assert pruned_ckpt.is_file()
+    pruned = load_model_weights(str(pruned_ckpt), net())
+    zeros = {n: p == 0 for n, p in pruned.named_parameters() if p.dim() > 1}
+    assert sum(int(z.sum()) for z in zeros.values()) >= 0.89 * sum(z.numel() for z in zeros.values())
+
+    quantize = qat(start_epoch=0, freeze_observers_epoch=1)
+    stage2 = pl.Trainer(
+        callbacks=[WarmStart(str(pruned_ckpt)), quantize],
+        **quiet_trainer_kwargs(tmp_path / "s2", max_epochs=2, limit_train_batches=3, limit_val_batches=1),
+    )
+    stage2.fit(ClassificationModule(net(), lr=1e-2), datamodule=dm)
+    int8 = quantize.quantized_model
+    assert int8 is not None
+    # the pruned zeros survived QAT and conversion: the int8 model has no more non-zeros than the pruned one
+    assert count_nonzero(int8) <= count_nonzero(pruned)
+    x = dm.to_model_input(next(iter(dm.val_dataloader()))[0], train=False)
+    assert int8(x).shape == (x.shape[0], 10)
+
+
 def _fit_recipe(tmp_path, callbacks):
     trainer = pl.Trainer(
         callbacks=callbacks, **quiet_trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=1)
@@ -170,6 +210,8 @@ def test_digits_demo_prints_the_table(tmp_path, capsys):
         "compress_lenet300_teacher.yaml",
         "compress_lenet5.yaml",
         "compress_lenet5_teacher.yaml",
+        "staged/lenet300_1_prune.yaml",
+        "staged/lenet300_2_quantize.yaml",
     ],
 )
 def test_recipes_parse(recipe, monkeypatch, capsys):
@@ -182,4 +224,4 @@ def test_recipes_parse(recipe, monkeypatch, capsys):
         main(["fit", "--config", f"examples/{recipe}", "--print_config"])
     assert info.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "ProgressivePruning" in out or "ModelCheckpoint" in out
+    assert any(name in out for name in ("ProgressivePruning", "ModelCheckpoint", "QuantizationAwareTraining"))
