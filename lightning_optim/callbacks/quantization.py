@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_optim.callbacks.phases import PhaseState, phase_done, target_model
+from lightning_optim.compression.artifact import save_artifact
 from lightning_optim.compression.quantization import (
     FP32_BEST_EFFORT,
     FusionPlan,
@@ -30,11 +31,14 @@ from lightning_optim.compression.quantization import (
     create_backend,
     format_report,
     quantization_report,
+    quiet_quantization_warnings,
 )
-from lightning_optim.compression.quantization.eager import QUANT_STUB
+from lightning_optim.compression.quantization.eager import QUANT_STUB, int8_determinism_tolerant
 from lightning_optim.modules.loss_terms import unpack_batch
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: export format -> file suffix
+EXPORT_FORMATS: dict[str, str] = {"torchscript": ".pt", "artifact": ".lopt"}
 
 
 def _check_batch_sizes(batch_sizes: Any, name: str) -> tuple[int, ...]:
@@ -69,8 +73,12 @@ class _QuantizationCallbackBase(Callback):
         fp32_best_effort: tuple[str, ...],
         attribute: str,
         verbose: bool,
+        export_format: str = "torchscript",
     ) -> None:
         self.backend_name = check_backend_name(backend)
+        if export_format not in EXPORT_FORMATS:
+            raise ValueError(f"Unknown `export_format` {export_format!r}; allowed: {list(EXPORT_FORMATS)}.")
+        self.export_format = export_format
         if eval_batches is not None and eval_batches < 1:
             raise ValueError(f"`eval_batches` must be >= 1 or None (all), got {eval_batches}.")
         if latency_repeats < 1:
@@ -159,7 +167,20 @@ class _QuantizationCallbackBase(Callback):
     def _default_export_path(self, trainer: pl.Trainer, filename: str) -> Path:
         if self.export_path:
             return Path(self.export_path)
-        return Path(trainer.default_root_dir) / "quantization" / filename
+        return (
+            Path(trainer.default_root_dir)
+            / "quantization"
+            / (Path(filename).stem + EXPORT_FORMATS[self.export_format])
+        )
+
+    def _run_export(self, quantized: nn.Module, path: Path) -> None:
+        if self.export_format == "torchscript":
+            self.backend.export(quantized, path, self._example)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the compact artifact: TorchScript inside, LZMA streams; its round-trip check runs the int8 kernels
+        with quiet_quantization_warnings(), int8_determinism_tolerant():
+            save_artifact(quantized, path, torchscript=True, example_input=self._example)
 
     def _broadcast_state(self, trainer: pl.Trainer, model: nn.Module) -> None:
         """Rank 0's parameters, buffers and quantization ranges on every rank (identical int8 models)."""
@@ -185,7 +206,7 @@ class _QuantizationCallbackBase(Callback):
         if self.export:
             path = self._default_export_path(trainer, filename)
             if trainer.is_global_zero:
-                self.backend.export(quantized, path, self._example)
+                self._run_export(quantized, path)
             trainer.strategy.barrier("quantization_export")
             self.exported_path = path
         if self.report and trainer.is_global_zero:
@@ -262,8 +283,13 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         preserve_zeros: keep weights that are exactly zero at the start (pruned ones) at zero.
         replace_model: after conversion, put the int8 model in ``pl_module.<attribute>`` (only when the model
             was trained on the CPU) so that ``trainer.test`` measures the int8 model.
-        export: save the int8 model (TorchScript) at conversion.
-        export_path: file for the export; default ``<default_root_dir>/quantization/model_int8.pt``.
+        export: save the int8 model at conversion.
+        export_path: file for the export; default ``<default_root_dir>/quantization/model_int8.pt`` (``.lopt``
+            for the artifact format).
+        export_format: ``"torchscript"`` (``torch.jit.load`` reads it) or ``"artifact"`` (the compact
+            artifact of :mod:`lightning_optim.compression.artifact`: the same TorchScript module with its
+            int8 values, scales and code in LZMA streams, smaller; ``load_artifact`` reads it, and that module
+            needs only torch and the standard library).
         report: measure and log the report after conversion.
         eval_batches: validation batches for the accuracy in the report (``None``: all).
         latency_batch_sizes: batch sizes at which the report times fp32 and int8 (empty: no timing).
@@ -305,6 +331,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         replace_model: bool = True,
         export: bool = True,
         export_path: str | None = None,
+        export_format: str = "torchscript",
         report: bool = True,
         eval_batches: int | None = None,
         latency_batch_sizes: tuple[int, ...] = (1, 256),
@@ -326,6 +353,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             fp32_best_effort,
             attribute,
             verbose,
+            export_format,
         )
         if not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"`start_epoch` must be an int >= 0, got {start_epoch!r}.")
@@ -643,8 +671,10 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         calibration_split: ``"train"``, ``"val"`` or ``"test"``.
         fuse: fuse conv-bn(-relu)/conv-relu/linear-relu chains.
         replace_model: put the int8 model in ``pl_module.<attribute>`` afterwards (CPU models only).
-        export: save the int8 model (TorchScript).
-        export_path: file for the export; default ``<default_root_dir>/quantization/model_int8_ptq.pt``.
+        export: save the int8 model.
+        export_path: file for the export; default ``<default_root_dir>/quantization/model_int8_ptq.pt``
+            (``.lopt`` for the artifact format).
+        export_format: ``"torchscript"`` or ``"artifact"`` (see :class:`QuantizationAwareTraining`).
         report: measure and log the report.
         eval_batches: validation batches for the accuracy in the report (``None``: all).
         latency_batch_sizes: batch sizes at which fp32 and int8 are timed (empty: no timing).
@@ -674,6 +704,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         replace_model: bool = True,
         export: bool = True,
         export_path: str | None = None,
+        export_format: str = "torchscript",
         report: bool = True,
         eval_batches: int | None = None,
         latency_batch_sizes: tuple[int, ...] = (1, 256),
@@ -695,6 +726,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
             fp32_best_effort,
             attribute,
             verbose,
+            export_format,
         )
         if calibration_batches < 1:
             raise ValueError(f"`calibration_batches` must be >= 1, got {calibration_batches}.")

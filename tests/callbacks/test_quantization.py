@@ -372,3 +372,36 @@ def test_qat_after_progressive_pruning_keeps_the_pruned_zeros_in_int8(tmp_path):
         assert (weight[~mask.bool()] == 0).all(), name
         checked += int((~mask.bool()).sum())
     assert checked > 0
+
+
+def test_artifact_export_format_loads_with_torch_alone(tmp_path):
+    """export_format="artifact": a compact .lopt that the artifact module (torch + stdlib) reads back."""
+    import subprocess
+    import sys
+
+    from lightning_optim.compression import artifact
+
+    ptq = PostTrainingQuantization(calibration_batches=2, export_format="artifact", **FAST)
+    fit(tmp_path, [ptq], max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    path = ptq.exported_path
+    assert path.suffix == ".lopt" and path.is_file()
+    x = torch.randn(3, 1, 8, 8)
+    torch.save({"x": x, "y": ptq.quantized_model(x)}, tmp_path / "io.pt")
+    script = f"""
+import importlib.util, sys, torch
+sys.modules["lightning_optim"] = None  # importing our package would fail
+spec = importlib.util.spec_from_file_location("artifact_loader", {artifact.__file__!r})
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+model = mod.load_artifact({str(path)!r})
+ref = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
+assert torch.equal(model(ref["x"]), ref["y"])
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    with pytest.raises(
+        ValueError, match=r"Unknown `export_format` 'onnx'; allowed: \['torchscript', 'artifact'\]"
+    ):
+        QuantizationAwareTraining(export_format="onnx")
