@@ -149,6 +149,12 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
         "Exception",
     ),
     (
+        "QuantizationAwareTraining",
+        "unknown export format",
+        "QuantizationAwareTraining(export_format='onnx')",
+        "ValueError",
+    ),
+    (
         "PostTrainingQuantization",
         "no calibration batches",
         "PostTrainingQuantization(calibration_batches=0)",
@@ -183,6 +189,12 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
         "missing teacher checkpoint",
         "KnowledgeDistillation(teacher=LeNet300100(), teacher_checkpoint='/nonexistent.ckpt')",
         "FileNotFoundError",
+    ),
+    (
+        "KnowledgeDistillation",
+        "teacher checkpoint that is a folder",
+        "KnowledgeDistillation(teacher=LeNet300100(), teacher_checkpoint=EMPTY)",
+        "ValueError",
     ),
     (
         "KnowledgeDistillation",
