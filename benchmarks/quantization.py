@@ -2,13 +2,14 @@
 
 For each model, in one run:
 
-1. fp32: train ``--epochs`` epochs (Adam), keep the checkpoint after the first epoch;
-2. QAT: same budget: resume that first-epoch checkpoint with :class:`QuantizationAwareTraining`
-   (fake quantization from epoch 1, BN statistics and ranges frozen for the last epoch), convert to int8;
+1. fp32: train ``--epochs`` epochs (Adam), keep a checkpoint after every epoch; for each of ``--seeds`` seeds;
+2. QAT: same budget: resume the fp32 checkpoint before the last ``--qat-epochs`` epochs with
+   :class:`QuantizationAwareTraining` (fake quantization in those epochs, BN statistics and ranges frozen in
+   the last one), convert to int8;
 3. PTQ: :class:`PostTrainingQuantization`-style calibration of the trained fp32 model on
    ``--calibration-batches`` training batches, convert to int8;
 4. test accuracy (the 10,000 MNIST test images) of fp32, QAT int8 and PTQ int8;
-5. size: fp32 state dict, int8 state dict, int8 TorchScript file;
+5. size: fp32 state dict, int8 state dict, int8 TorchScript file, int8 compact artifact (``.lopt``);
 6. CPU latency at batch 1 and 256, interleaved rounds (median): fp32 eager, fp32 channels-last, fp32
    ``torch.compile``, int8 (``x86`` engine), and int8 with the ``fbgemm`` engine for comparison.
 
