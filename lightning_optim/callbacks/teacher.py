@@ -139,9 +139,13 @@ class TeacherLogitCache:
     def lookup(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(hit_mask, rows)`` for sample indices ``index``; ``rows`` holds the cached logits of the hits."""
         index = index.to(self.slot_of.device, torch.long)
-        hit = torch.zeros_like(index, dtype=torch.bool)
         if self.values is None or self.slot_of.numel() == 0:
-            return hit, None
+            return torch.zeros_like(index, dtype=torch.bool), None
+        if index.numel() and int(index.max()) < self.slot_of.numel():  # every index has an entry (usual)
+            slots = self.slot_of[index]
+            hit = slots >= 0
+            return hit, self.values[slots if bool(hit.all()) else slots[hit]]
+        hit = torch.zeros_like(index, dtype=torch.bool)
         inside = index < self.slot_of.numel()
         slots = torch.full_like(index, -1)
         slots[inside] = self.slot_of[index[inside]]
