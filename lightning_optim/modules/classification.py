@@ -136,6 +136,8 @@ class ClassificationModule(pl.LightningModule):
         self.label_smoothing = label_smoothing
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        self._loss_part_sums: dict[str, Tensor] = {}
+        self._loss_part_samples = 0
         # "micro": the fraction of samples classified correctly (torchmetrics' default is the macro mean)
         metrics: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes >= 5:
@@ -169,9 +171,48 @@ class ClassificationModule(pl.LightningModule):
         )
         extra = {f"train_loss_{k}": v for k, v in parts.items() if k not in ("total",) and len(parts) > 2}
         if extra:
-            self.log_dict(extra, on_step=True, on_epoch=True, batch_size=y.shape[0])
+            self._log_loss_parts(extra, batch_idx, y.shape[0])
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
+
+    def _log_loss_parts(self, parts: dict[str, Tensor], batch_idx: int, batch_size: int) -> None:
+        """Log the loss parts (``train_loss_task``, ``train_loss_kd``, ...): the step value every
+        ``log_every_n_steps`` steps and the epoch mean (weighted by batch size) with the epoch's last batch.
+
+        Lightning's ``self.log`` costs a few hundred microseconds per call on the CPU (it moves its stored
+        results to the value's device on every call); logging every part at every step added about 10% to
+        the step of a small student under distillation. The epoch sums are kept here as tensors instead.
+        """
+        for name, value in parts.items():
+            weighted = value.detach().float() * batch_size
+            previous = self._loss_part_sums.get(name)
+            self._loss_part_sums[name] = weighted if previous is None else previous + weighted
+        self._loss_part_samples += batch_size
+        trainer = self._trainer
+        if trainer is None:  # a training_step called by hand: nothing to log to
+            return
+        if (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
+            self.log_dict(
+                {f"{k}_step": v for k, v in parts.items()},
+                on_step=True,
+                on_epoch=False,
+                batch_size=batch_size,
+            )
+        if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's last batch (never for unsized data)
+            self._flush_loss_parts()
+
+    def _flush_loss_parts(self) -> None:
+        if self._loss_part_samples:
+            means = {k: v / self._loss_part_samples for k, v in self._loss_part_sums.items()}
+            self.log_dict(means, on_step=False, on_epoch=True, batch_size=self._loss_part_samples)
+        self._loss_part_sums = {}
+        self._loss_part_samples = 0
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_part_sums, self._loss_part_samples = {}, 0
+
+    def on_train_epoch_end(self) -> None:
+        self._flush_loss_parts()  # an epoch cut short (max_steps, a stop request) still logs its means
 
     def l1_term(self) -> Tensor:
         """``l1 * sum(|w|)`` over the weights that weight decay applies to (not biases nor norms)."""
