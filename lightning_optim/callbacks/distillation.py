@@ -547,7 +547,9 @@ class KnowledgeDistillation(Callback):
             )
         index = ctx.sample_index
         hit, rows = self.cache.lookup(index)
-        n_hit = int(hit.sum().item())
+        n_hit = (
+            index.numel() if rows is not None and rows.shape[0] == index.numel() else int(hit.sum().item())
+        )
         self.stats["cache_hit_samples"] += n_hit
         self._epoch_stats["hits"] += n_hit
         if n_hit == index.numel():

@@ -291,3 +291,24 @@ def test_resume_from_checkpoint_gives_the_same_weights(tmp_path):
     )
     assert loaded.lr == 0.05 and loaded.l1 == 1e-6
     torch.testing.assert_close(loaded.model.fc1.weight, resumed.model.fc1.weight)
+
+
+def test_train_metrics_cover_every_batch_of_the_epoch(tmp_path):
+    """The training metrics are handed to Lightning once per epoch but updated at every step: the logged
+    train_acc is the accuracy over all the epoch's batches, not only the last one."""
+    torch.manual_seed(0)
+    module = ClassificationModule(LeNet300100(in_features=64), optimizer="sgd", lr=1e-12)  # weights fixed
+    dm = ImageClassificationDataModule("digits", batch_size=100)
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0))
+    trainer.fit(module, datamodule=dm)
+    assert trainer.num_training_batches > 2
+    split = dm.train_split
+    with torch.no_grad():
+        predictions = module(dm.to_model_input(split.images, train=False)).argmax(-1)
+    expected = (predictions == split.labels).float().mean()
+    torch.testing.assert_close(trainer.callback_metrics["train_acc"], expected, atol=1e-6, rtol=0)
+    # an epoch cut short by max_steps still logs its metrics
+    module2 = ClassificationModule(LeNet300100(in_features=64))
+    trainer2 = Trainer(**quiet_trainer_kwargs(tmp_path / "short", max_steps=2, limit_val_batches=0))
+    trainer2.fit(module2, datamodule=dm)
+    assert "train_acc" in trainer2.callback_metrics
