@@ -32,6 +32,8 @@ class QuantizationReport:
     fp32_state_dict_bytes: int = 0
     int8_state_dict_bytes: int = 0
     artifact_bytes: int | None = None
+    #: what the exported file is (for the table): "TorchScript file" or "compact artifact (.lopt)"
+    artifact_kind: str = "TorchScript file"
     #: batch size -> {"fp32_eager": ms, "fp32_best": ms, "fp32_best_method": str, "int8": ms}
     latency_ms: dict[int, dict[str, Any]] = field(default_factory=dict)
     threads: int = 0
@@ -78,7 +80,7 @@ def format_report(report: QuantizationReport, title: str = "Quantization report"
     )
     if report.artifact_bytes:
         lines.append(
-            f"| fp32 state dict vs int8 TorchScript file (bytes) | {fp32_bytes:,} | {report.artifact_bytes:,} | "
+            f"| fp32 state dict vs int8 {report.artifact_kind} (bytes) | {fp32_bytes:,} | {report.artifact_bytes:,} | "
             f"{report.size_ratio:.2f}x smaller |"
         )
     for bs, row in sorted(report.latency_ms.items()):
@@ -187,6 +189,9 @@ def quantization_report(
             fp32_state_dict_bytes=state_dict_size_bytes(fp32_model),
             int8_state_dict_bytes=state_dict_size_bytes(int8_model),
             artifact_bytes=os.path.getsize(artifact_path) if artifact_path is not None else None,
+            artifact_kind="compact artifact (.lopt)"
+            if artifact_path is not None and str(artifact_path).endswith(".lopt")
+            else "TorchScript file",
             threads=threads or torch.get_num_threads(),
         )
     batch_sizes = tuple(batch_sizes)
