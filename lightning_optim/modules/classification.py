@@ -222,8 +222,22 @@ class ClassificationModule(pl.LightningModule):
         self._loss_part_samples = 0
 
     def on_train_epoch_start(self) -> None:
+        # not called for an epoch resumed in the middle: there, the sums restored from the checkpoint go on
         self._loss_part_sums, self._loss_part_samples = {}, 0
         self._train_metrics_logged = False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the running epoch sums of the loss parts, so that a run resumed mid-epoch logs the same epoch means
+        checkpoint["loss_part_sums"] = {
+            "sums": {k: v.detach().cpu() for k, v in self._loss_part_sums.items()},
+            "samples": self._loss_part_samples,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("loss_part_sums")
+        if saved and saved.get("samples"):
+            self._loss_part_sums = {k: v.to(self.device) for k, v in saved["sums"].items()}
+            self._loss_part_samples = int(saved["samples"])
 
     def on_train_epoch_end(self) -> None:
         # an epoch cut short (max_steps, a stop request, unsized data) still logs its means and metrics

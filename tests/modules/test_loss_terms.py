@@ -142,3 +142,45 @@ def test_callback_terms_reach_a_subclass_in_a_real_fit(tmp_path):
     assert {"train_loss_margin", "train_loss_task", "train_loss"} <= set(metrics)
     total = metrics["train_loss_task"] + metrics["train_loss_margin"]
     torch.testing.assert_close(metrics["train_loss"], total)
+
+
+def test_loss_part_sums_travel_in_checkpoints(tmp_path):
+    """A checkpoint taken mid-epoch carries the loss parts' running sums; a run resumed from it continues them
+    (Lightning does not call on_train_epoch_start for an epoch it resumes in the middle)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    module = ClassificationModule(LeNet300100(in_features=64))
+    module._log_loss_parts({"train_loss_task": torch.tensor(2.0), "train_loss_kd": torch.tensor(0.5)}, 0, 64)
+    module._log_loss_parts({"train_loss_task": torch.tensor(1.0), "train_loss_kd": torch.tensor(0.25)}, 1, 32)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = ClassificationModule(LeNet300100(in_features=64))
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed._loss_part_samples == 96
+    torch.testing.assert_close(resumed._loss_part_sums["train_loss_task"], torch.tensor(2.0 * 64 + 1.0 * 32))
+    torch.testing.assert_close(resumed._loss_part_sums["train_loss_kd"], torch.tensor(0.5 * 64 + 0.25 * 32))
+    resumed.on_train_epoch_start()  # a new epoch starts from zero
+    assert resumed._loss_part_samples == 0 and not resumed._loss_part_sums
+
+    class FirstBatch(Callback):
+        samples: list[int] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.samples.append(pl_module._loss_part_samples)
+
+    def run(root, ckpt_path=None, extra=(), max_steps=-1):
+        torch.manual_seed(0)
+        kwargs = quiet_trainer_kwargs(root, max_epochs=1, limit_val_batches=0)
+        kwargs.update(enable_checkpointing=True, max_steps=max_steps)
+        trainer = Trainer(callbacks=[LogitMarginTerm(0.01), *extra], **kwargs)
+        trainer.fit(
+            ClassificationModule(LeNet300100(in_features=64)),
+            datamodule=ImageClassificationDataModule("digits", batch_size=64),
+            ckpt_path=ckpt_path,
+        )
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, filename="mid")
+    run(tmp_path / "first", extra=(saver,), max_steps=5)
+    probe = FirstBatch()
+    run(tmp_path / "resumed", ckpt_path=str(tmp_path / "ckpt" / "mid.ckpt"), extra=(probe,))
+    assert probe.samples[0] == 5 * 64  # the resumed epoch continues the sums of its first five batches
