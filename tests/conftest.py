@@ -63,3 +63,19 @@ def _restore_global_torch_state():
     yield
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.set_num_threads(threads)
+
+
+def gather_across_ranks(tensor):
+    """``tensor`` from every rank, stacked (rank order), with the plain synchronous ``all_gather``.
+
+    Tests use this instead of ``trainer.strategy.all_gather``: on gloo, Lightning routes that through
+    ``torch.distributed.nn.functional.all_gather`` (deprecated in torch 2.14, asynchronous functional
+    collectives underneath), and a spawned worker exiting right after it aborted once in six full-suite runs
+    ("terminate called without an active exception"; not reproduced when the test ran alone)."""
+    import torch
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    dist.barrier()
+    return torch.stack(parts)

@@ -21,7 +21,7 @@ from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import ConvNet3, LeNet300100
 from lightning_optim.modules import ClassificationModule
 from lightning_optim.modules.loss_terms import StepContext, combine_losses
-from tests.conftest import quiet_trainer_kwargs
+from tests.conftest import gather_across_ranks, quiet_trainer_kwargs
 
 PAIRS = {"features.block2": "features.block2", "classifier.fc1": "classifier.fc1"}
 
@@ -408,7 +408,7 @@ class _DDPProbe(Callback):
         flat = torch.cat(
             [p.detach().flatten() for p in [*pl_module.parameters(), *self.kd.adapters.parameters()]]
         )
-        gathered = trainer.strategy.all_gather(flat)
+        gathered = gather_across_ranks(flat)
         assert torch.equal(gathered[0], gathered[1]), "student/adapters differ across ranks"
         assert self.kd.stats["distilled_steps"] > 0
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim.callbacks import EarlyStopping, LRScheduling
 from lightning_optim.callbacks.schedules import OneCycle
-from tests.conftest import quiet_trainer_kwargs
+from tests.conftest import gather_across_ranks, quiet_trainer_kwargs
 
 
 class ScriptedModule(pl.LightningModule):
@@ -286,7 +286,7 @@ class RankCheck(Callback):
 
     def on_train_end(self, trainer, pl_module):
         flat = torch.cat([v.detach().float().flatten() for v in pl_module.state_dict().values()])
-        gathered = trainer.strategy.all_gather(flat)
+        gathered = gather_across_ranks(flat)
         assert gathered.shape[0] == 2 and torch.equal(gathered[0], gathered[1]), "ranks differ after restore"
         best = self.recorder.states[self.es.best_epoch]
         assert self.es.best_epoch == 1 and self.es.stopped_epoch == 3
