@@ -34,6 +34,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import KnowledgeDistillation
 from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import LeNet300100, count_parameters
@@ -67,17 +68,12 @@ def make_data(data_dir: str, batch_size: int, augmentation: str = "none", limit:
 
 def trainer(epochs: int, callbacks=(), limit_train_batches=None) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        limit_train_batches=limit_train_batches,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=list(callbacks),
+        **quiet_trainer_kwargs(
+            max_epochs=epochs,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=0,
+            callbacks=list(callbacks),
+        )
     )
 
 

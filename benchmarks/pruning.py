@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import nn
 
+from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import ProgressivePruning
 from lightning_optim.compression.measure import compare_latency, count_nonzero, count_parameters
 from lightning_optim.data import ImageClassificationDataModule
@@ -62,17 +63,7 @@ class EpochPrinter(Callback):
 
 
 def _trainer(epochs: int, callbacks: list[Callback], **kwargs: Any) -> Trainer:
-    options: dict[str, Any] = dict(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        callbacks=[*callbacks, EpochPrinter()],
-    )
+    options = quiet_trainer_kwargs(max_epochs=epochs, callbacks=[*callbacks, EpochPrinter()])
     options.update(kwargs)
     return Trainer(**options)
 

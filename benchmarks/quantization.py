@@ -39,6 +39,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import QuantizationAwareTraining
 from lightning_optim.compression.artifact import save_artifact
 from lightning_optim.compression.measure import compare_latency, state_dict_size_bytes
@@ -75,16 +76,9 @@ class EpochPrinter(Callback):
 
 def trainer(root: str, epochs: int, callbacks: list, checkpoint: bool = False) -> Trainer:
     return Trainer(
-        default_root_dir=root,
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=checkpoint,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
+        **quiet_trainer_kwargs(
+            default_root_dir=root, max_epochs=epochs, enable_checkpointing=checkpoint, callbacks=callbacks
+        )
     )
 
 
@@ -324,7 +318,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (accuracy: their mean)")
     parser.add_argument(
-        "--qat-epochs", type=int, default=2, help="last epochs trained with fake quantization (the rest fp32)"
+        "--qat-epochs", type=int, default=1, help="last epochs trained with fake quantization (the rest fp32)"
     )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(

@@ -40,6 +40,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import EarlyStopping, LRScheduling
 from lightning_optim.callbacks.schedules import OneCycle
 from lightning_optim.data import ImageClassificationDataModule
@@ -206,17 +207,7 @@ def make_datamodule(args: argparse.Namespace, recipe: Recipe) -> ImageClassifica
 
 
 def trainer_kwargs(epochs: int, **overrides: Any) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    kwargs = quiet_trainer_kwargs(max_epochs=epochs, limit_val_batches=0)
     kwargs.update(overrides)
     return kwargs
 

@@ -246,6 +246,7 @@ def namespace() -> dict:
     from lightning_optim.callbacks.schedules import ReduceOnPlateau
     from lightning_optim.cli import build_cli
     from lightning_optim.modules import ClassificationModule
+    from tests.conftest import quiet_trainer_kwargs
 
     exported = {}
     for package in (callbacks, data, layers, models):
@@ -262,17 +263,8 @@ def namespace() -> dict:
         pl.seed_everything(0)
         module = ClassificationModule(LeNet300100(in_features=64), lr=1e-3)
         trainer = pl.Trainer(
-            default_root_dir=str(tmp),
-            accelerator="cpu",
-            max_epochs=max_epochs,
-            limit_train_batches=2,
-            limit_val_batches=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
             callbacks=[callback],
+            **quiet_trainer_kwargs(tmp, max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1),
         )
         trainer.fit(module, datamodule=ImageClassificationDataModule("digits", batch_size=16))
 

@@ -13,6 +13,7 @@ from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import ConvNet3, LeNet300100
 from lightning_optim.modules import ClassificationModule
 from tests.callbacks.callback_settings import CALLBACK_SETTINGS
+from tests.conftest import quiet_trainer_kwargs
 
 MODEL_BUILDERS = {
     "convnet3": lambda: ConvNet3(image_size=8, channels=(8, 16, 32), hidden=32),
@@ -55,19 +56,12 @@ def make_datamodule(name: str) -> ImageClassificationDataModule:
 
 
 def trainer_kwargs(name: str, root: str, **overrides: Any) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(
-        default_root_dir=root,
-        accelerator="cpu",
-        devices=1,
+    kwargs = quiet_trainer_kwargs(
+        root,
         max_epochs=2,
         limit_train_batches=6,
         limit_val_batches=2,
         limit_test_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         deterministic=True,
     )
     kwargs.update(entry(name).get("trainer", {}))

@@ -16,6 +16,7 @@ from lightning_optim.compression.quantization import QuantizationError
 from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import ConvNet3
 from lightning_optim.modules import ClassificationModule
+from tests.conftest import quiet_trainer_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST = {"latency_batch_sizes": (), "verbose": False}
@@ -35,18 +36,7 @@ def tiny_convnet() -> ConvNet3:
 
 
 def trainer_kwargs(root, **overrides) -> dict[str, Any]:
-    kwargs = dict(
-        default_root_dir=str(root),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
+    kwargs = quiet_trainer_kwargs(root, max_epochs=2, deterministic=True)
     kwargs.update(overrides)
     return kwargs
 
