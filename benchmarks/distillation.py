@@ -98,10 +98,12 @@ def test_errors(net: torch.nn.Module, dm: ImageClassificationDataModule) -> int:
     return errors
 
 
-def train_teacher(args) -> tuple[torch.nn.Module, int, float]:
+def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
+    """One teacher network (ensemble member ``member``, seed ``100 + member``), trained or loaded from the cache."""
+    suffix = "" if member == 0 else f"_m{member}"
     path = (
         Path(args.cache_dir)
-        / f"teacher_mlp1200x2_dropout_jitter_e{args.teacher_epochs}_s{args.limit_train_samples}.pt"
+        / f"teacher_mlp1200x2_dropout_jitter_e{args.teacher_epochs}_s{args.limit_train_samples}{suffix}.pt"
     )
     net = make_teacher()
     dm = make_data(args.data_dir, args.batch_size, augmentation="light", limit=args.limit_train_samples)
@@ -110,7 +112,7 @@ def train_teacher(args) -> tuple[torch.nn.Module, int, float]:
         net.load_state_dict(torch.load(path, weights_only=True))
         seconds = float("nan")
     else:
-        pl.seed_everything(100)
+        pl.seed_everything(100 + member)
         start = time.perf_counter()
         trainer(args.teacher_epochs).fit(module(net, args.teacher_lr, args.teacher_epochs), datamodule=dm)
         seconds = time.perf_counter() - start

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_optim.paths import user_file
+from lightning_optim.weights import load_weights, state_dict_from_checkpoint
 
 
 class FrozenTeacher(nn.Module):
@@ -51,62 +51,18 @@ class FrozenTeacher(nn.Module):
 
 
 def teacher_state_dict_from_checkpoint(checkpoint: Any, prefix: str = "model.") -> dict[str, Tensor]:
-    """The teacher network's state dict inside a loaded checkpoint.
-
-    Accepts a Lightning checkpoint of a :class:`~lightning_optim.modules.ClassificationModule` (weights
-    under ``state_dict`` with keys ``model.<name>``), a Lightning checkpoint of any module (keys used as
-    they are when none start with ``prefix``), or a plain ``nn.Module.state_dict()``.
-
-    Raises:
-        ValueError: if ``checkpoint`` holds no tensors in a recognizable layout.
-    """
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
-            "`teacher_checkpoint` holds no state dict: expected a Lightning checkpoint (with 'state_dict') "
-            f"or an nn.Module state dict, got {type(checkpoint).__name__} with keys "
-            f"{list(checkpoint)[:8] if isinstance(checkpoint, dict) else '-'}."
-        )
-    if any(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return dict(state)
+    """The teacher network's state dict inside a loaded checkpoint (see
+    :func:`~lightning_optim.weights.state_dict_from_checkpoint`)."""
+    return state_dict_from_checkpoint(checkpoint, "teacher_checkpoint", prefix)
 
 
 def load_teacher_weights(teacher: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Module:
     """Load the weights of ``checkpoint_path`` into the architecture ``teacher`` (in place, strict).
 
-    Read with ``torch.load(..., weights_only=True, map_location="cpu")``.
-
-    Raises:
-        FileNotFoundError: if ``checkpoint_path`` does not exist.
-        ValueError: if the path is not a regular file, or the file is not a checkpoint, or its weights do not fit ``teacher`` (the message lists
-            missing keys, unexpected keys and shape mismatches).
+    Read with ``torch.load(..., weights_only=True, map_location="cpu")``; errors name ``teacher_checkpoint``
+    (see :func:`~lightning_optim.weights.load_weights`).
     """
-    path = os.fspath(user_file(checkpoint_path, "teacher_checkpoint"))
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise ValueError(
-            f"`teacher_checkpoint` {path!r} could not be read as a PyTorch checkpoint: {err}"
-        ) from err
-    state = teacher_state_dict_from_checkpoint(checkpoint)
-    expected = teacher.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs teacher {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and isinstance(state[k], Tensor) and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"`teacher_checkpoint` {path!r} does not fit the teacher architecture {type(teacher).__name__}: "
-            f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected keys "
-            f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, shape mismatches {mismatched[:8]}. "
-            "Give the same architecture (class and init args) the checkpoint was trained with."
-        )
-    teacher.load_state_dict(state, strict=True)
-    return teacher
+    return load_weights(teacher, checkpoint_path, "teacher_checkpoint")
 
 
 class TeacherLogitCache:

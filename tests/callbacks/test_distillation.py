@@ -162,7 +162,7 @@ def test_missing_and_incompatible_teacher_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="`teacher_checkpoint`.*does not exist"):
         KnowledgeDistillation(_teacher(), teacher_checkpoint=str(tmp_path / "missing.ckpt"))
     path = _teacher_checkpoint(tmp_path, _teacher())
-    with pytest.raises(ValueError, match="does not fit the teacher architecture LeNet300100.*missing keys"):
+    with pytest.raises(ValueError, match="does not fit the architecture LeNet300100.*missing keys"):
         KnowledgeDistillation(LeNet300100(in_features=64), teacher_checkpoint=path)
     with pytest.raises(ValueError, match="shape mismatches.*features.block1.conv.weight"):
         KnowledgeDistillation(
