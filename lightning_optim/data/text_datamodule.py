@@ -98,6 +98,14 @@ def _infer_format(path: Path, file_format: str | None) -> str:
     return fmt
 
 
+def _existing_file(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path``, checked to be an existing file (else ``FileNotFoundError``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Text file {str(path)!r} does not exist.")
+    return path
+
+
 def check_text_columns(
     path: str | os.PathLike, text_column: str, label_column: str | None, file_format: str | None = None
 ) -> None:
@@ -107,9 +115,7 @@ def check_text_columns(
         FileNotFoundError: the file does not exist.
         ValueError: unknown format; a missing text or label column (the message lists the columns found).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Text file {str(path)!r} does not exist.")
+    path = _existing_file(path)
     fmt = _infer_format(path, file_format)
     with path.open(encoding="utf-8", newline="") as fh:
         if fmt == "jsonl":
@@ -142,9 +148,7 @@ def read_text_file(
         FileNotFoundError: the file does not exist.
         ValueError: unknown format; a missing text or label column (the message lists the columns found).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Text file {str(path)!r} does not exist.")
+    path = _existing_file(path)
     fmt = _infer_format(path, file_format)
     if fmt == "jsonl":
         rows = []
