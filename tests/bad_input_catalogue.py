@@ -209,6 +209,18 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
         "Exception",
     ),
     (
+        "LogitEnsemble",
+        "ensemble teacher with fewer checkpoints than members",
+        "LogitEnsemble([LeNet300100(), LeNet300100()], checkpoints=['runs/t0.ckpt'])",
+        "ValueError",
+    ),
+    (
+        "LogitEnsemble",
+        "ensemble member checkpoint missing",
+        "LogitEnsemble([LeNet300100()], checkpoints=['/nonexistent/t0.ckpt'])",
+        "FileNotFoundError",
+    ),
+    (
         "NonFiniteGuard",
         "negative check interval",
         "NonFiniteGuard(check_weights_every_n_steps=-1)",

@@ -473,7 +473,17 @@ data:
     assert os.path.isfile(path)
 
 
-@pytest.mark.parametrize("recipe", ["distill_mnist_teacher.yaml", "distill_mnist_student.yaml"])
+def _save_random_weights(init_args: dict, path) -> str:
+    """A checkpoint (Lightning layout) of a randomly initialized LeNet300100 with ``init_args``."""
+    teacher = LeNet300100(**init_args)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in teacher.state_dict().items()}}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    ["distill_mnist_teacher.yaml", "distill_mnist_student.yaml", "distill_mnist_ensemble_student.yaml"],
+)
 def test_example_recipes_instantiate(recipe, tmp_path):
     import yaml
     from lightning.pytorch import LightningDataModule
@@ -485,11 +495,18 @@ def test_example_recipes_instantiate(recipe, tmp_path):
     config["data"]["init_args"]["data_dir"] = str(SHARED_DATA_DIR)
     config["trainer"]["default_root_dir"] = str(tmp_path)
     for cb in config["trainer"]["callbacks"]:
-        if cb["class_path"] == "KnowledgeDistillation":  # a teacher checkpoint of the recipe's architecture
-            teacher = LeNet300100(**cb["init_args"]["teacher"]["init_args"])
-            path = tmp_path / "teacher.ckpt"
-            torch.save({"state_dict": {f"model.{k}": v for k, v in teacher.state_dict().items()}}, path)
-            cb["init_args"]["teacher_checkpoint"] = str(path)
+        if cb["class_path"] == "KnowledgeDistillation":  # teacher checkpoints of the recipe's architecture
+            teacher = cb["init_args"]["teacher"]
+            if teacher["class_path"] == "LogitEnsemble":
+                members = teacher["init_args"]["members"]
+                assert len(teacher["init_args"]["checkpoints"]) == len(members)
+                teacher["init_args"]["checkpoints"] = [
+                    _save_random_weights(m["init_args"], tmp_path / f"m{i}.ckpt")
+                    for i, m in enumerate(members)
+                ]
+            else:
+                path = _save_random_weights(teacher["init_args"], tmp_path / "teacher.ckpt")
+                cb["init_args"]["teacher_checkpoint"] = path
         if "ModelCheckpoint" in cb["class_path"]:
             cb["init_args"]["dirpath"] = str(tmp_path / "ckpt")
     path = tmp_path / recipe
@@ -499,7 +516,7 @@ def test_example_recipes_instantiate(recipe, tmp_path):
     )
     assert cli.datamodule.dataset == "mnist"
     kd = [cb for cb in cli.trainer.callbacks if isinstance(cb, KnowledgeDistillation)]
-    if recipe == "distill_mnist_student.yaml":
+    if recipe != "distill_mnist_teacher.yaml":
         assert len(kd) == 1 and kd[0].cache_teacher_logits and cli.datamodule.return_index
         student, teacher = cli.model.model, kd[0].teacher.module
         assert sum(p.numel() for p in teacher.parameters()) >= 10 * sum(
