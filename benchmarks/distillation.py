@@ -7,13 +7,19 @@ Here, in one run::
 
     .venv/bin/python -m benchmarks.distillation --data-dir ../shared/data
 
-1. **Teacher**: Hinton's large net, a 784-1200-1200-10 MLP (2,395,210 parameters) with dropout, trained
-   with jitter (the data module's ``augmentation="light"``: random translations up to 10%). Cached under
-   ``--cache-dir`` so a re-run reuses it (delete the file to retrain).
-2. **Student**: a 784-256-128-10 MLP (235,146 parameters, 10.2x fewer), trained on the *unaugmented* data (with
-   ``--augmented``: both on jittered data, the distilled one with online KD), once alone (cross-entropy) and once distilled with
-   :class:`~lightning_optim.callbacks.KnowledgeDistillation` (offline mode: teacher logits cached by
-   sample index), same epochs, optimizer, schedule and seeds; mean and spread over ``--seeds``.
+1. **Teacher**: an ensemble of ``--teacher-members`` (7) of Hinton's large nets, 784-1200-1200-10 MLPs
+   (2,395,210 parameters each) with dropout, each trained ``--teacher-epochs`` (40) with jitter (the data
+   module's ``augmentation="light"``: random translations up to 10%) from its own seed, their logits
+   averaged by :class:`~lightning_optim.models.LogitEnsemble` (Hinton et al. distill to compress an
+   ensemble). Each member is cached under ``--cache-dir`` so a re-run reuses it (delete the files to
+   retrain). ``--teacher-members 1 --teacher-epochs 15 --student-hidden 256,128 --temperature 8`` is the
+   single-teacher protocol of earlier runs.
+2. **Student**: Hinton's small net, a 784-800-800-10 MLP (1,276,810 parameters, 13.1x fewer than the
+   7-member teacher), trained on the *unaugmented* data with no regularization (with ``--augmented``: both
+   on jittered data, the distilled one with online KD), once alone (cross-entropy) and once distilled with
+   :class:`~lightning_optim.callbacks.KnowledgeDistillation` at T = 20 on soft targets only (offline mode:
+   teacher logits cached by sample index), same epochs, optimizer, schedule and seeds; mean and spread over
+   ``--seeds``.
 3. **Overhead**: median training-step time of the student alone, with online KD (teacher every step) and
    with the logit cache after it is filled, interleaved in one process; ratios to the student alone.
 
@@ -37,19 +43,22 @@ from lightning.pytorch.callbacks import Callback
 from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import KnowledgeDistillation
 from lightning_optim.data import ImageClassificationDataModule
-from lightning_optim.models import LeNet300100, count_parameters
+from lightning_optim.models import LeNet300100, LogitEnsemble, count_parameters
 from lightning_optim.modules import ClassificationModule
 
 TEACHER_HIDDEN = (1200, 1200)
-STUDENT_HIDDEN = (256, 128)
+TEACHER_MEMBERS = 7
+TEACHER_EPOCHS = 40
+STUDENT_HIDDEN = (800, 800)
 
 
 def make_teacher(dropout: float = 0.3) -> torch.nn.Module:
+    """One teacher network (an ensemble member): Hinton's large net, 784-1200-1200-10 with dropout."""
     return LeNet300100(hidden=TEACHER_HIDDEN, dropout=dropout)
 
 
-def make_student() -> torch.nn.Module:
-    return LeNet300100(hidden=STUDENT_HIDDEN)
+def make_student(hidden: tuple[int, int]) -> torch.nn.Module:
+    return LeNet300100(hidden=hidden)
 
 
 def make_data(data_dir: str, batch_size: int, augmentation: str = "none", limit: int | None = None):
@@ -121,11 +130,29 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
     return net, test_errors(net, dm), seconds
 
 
+def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
+    """The teacher: one network, or a :class:`LogitEnsemble` of ``--teacher-members`` networks (seeds 100,
+    101, ...). Returns the teacher, its test errors, each member's test errors and the training seconds."""
+    members, member_errors, seconds = [], [], 0.0
+    for member in range(args.teacher_members):
+        net, errors, took = train_teacher(args, member)
+        members.append(net)
+        member_errors.append(errors)
+        seconds += took
+        print(f"teacher member {member}: {errors} test errors", flush=True)
+    if len(members) == 1:
+        return members[0], member_errors[0], member_errors, seconds
+    ensemble = LogitEnsemble(members)
+    dm = make_data(args.data_dir, args.batch_size, limit=args.limit_train_samples)
+    dm.setup("fit")
+    return ensemble, test_errors(ensemble, dm), member_errors, seconds
+
+
 def train_student(
     args, seed: int, teacher: torch.nn.Module | None
 ) -> tuple[int, KnowledgeDistillation | None]:
     pl.seed_everything(seed)
-    net = make_student()
+    net = make_student(args.student_hidden)
     augmentation = "light" if args.augmented else "none"
     dm = make_data(args.data_dir, args.batch_size, augmentation=augmentation, limit=args.limit_train_samples)
     callbacks = []
@@ -168,7 +195,7 @@ def step_times(args, teacher: torch.nn.Module, mode: str) -> float:
         )
     dm = make_data(args.data_dir, args.batch_size, limit=args.timing_batches * args.batch_size)
     # two epochs over the same samples: the first fills the cache, the second is timed
-    trainer(2, callbacks).fit(module(make_student(), args.student_lr, 2), datamodule=dm)
+    trainer(2, callbacks).fit(module(make_student(args.student_hidden), args.student_lr, 2), datamodule=dm)
     return statistics.median(timer.times[len(timer.times) // 2 :])
 
 
@@ -198,7 +225,7 @@ def step_times_in_fit(args, teacher: torch.nn.Module, block: int = 8) -> dict[st
         teacher, temperature=args.temperature, alpha=args.alpha, cache_teacher_logits=True, block=block
     )
     dm = make_data(args.data_dir, args.batch_size, limit=args.timing_batches * args.batch_size * 4)
-    trainer(2, [timer, kd]).fit(module(make_student(), args.student_lr, 2), datamodule=dm)
+    trainer(2, [timer, kd]).fit(module(make_student(args.student_hidden), args.student_lr, 2), datamodule=dm)
     second = timer.times[len(timer.times) // 2 :]  # two epochs of the same length
     on = [t for i, t in enumerate(second) if (i // block) % 2 == 0 and i % block]
     off = [t for i, t in enumerate(second) if (i // block) % 2 == 1 and i % block]
@@ -212,12 +239,24 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--cache-dir", default="runs/benchmarks")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--teacher-epochs", type=int, default=15)
+    parser.add_argument(
+        "--teacher-members",
+        type=int,
+        default=TEACHER_MEMBERS,
+        help="networks in the teacher ensemble (logits averaged); 1: a single teacher network",
+    )
+    parser.add_argument(
+        "--student-hidden",
+        type=lambda text: tuple(int(v) for v in text.split(",")),
+        default=STUDENT_HIDDEN,
+        help="the student MLP's two hidden widths, comma-separated (256,128: the single-teacher protocol)",
+    )
+    parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
     parser.add_argument("--student-epochs", type=int, default=40)
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
     parser.add_argument("--student-lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=8.0)
+    parser.add_argument("--temperature", type=float, default=20.0)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument(
         "--augmented",
@@ -236,11 +275,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
-    teacher, teacher_errors, teacher_seconds = train_teacher(args)
-    n_teacher, n_student = count_parameters(teacher), count_parameters(make_student())
+    teacher, teacher_errors, member_errors, teacher_seconds = train_teachers(args)
+    n_teacher, n_student = count_parameters(teacher), count_parameters(make_student(args.student_hidden))
+    teacher_name = (
+        "LeNet300100 1200-1200"
+        if args.teacher_members == 1
+        else f"LogitEnsemble of {args.teacher_members} LeNet300100 1200-1200"
+    )
     print(
-        f"teacher: {type(teacher).__name__} {n_teacher:,} parameters, {teacher_errors} test errors "
-        f"(trained in {teacher_seconds:.0f} s; nan = loaded from cache)",
+        f"teacher: {teacher_name}, {n_teacher:,} parameters, {teacher_errors} test errors "
+        f"(members: {member_errors}; trained in {teacher_seconds:.0f} s; nan = loaded from cache)",
         flush=True,
     )
     alone, distilled, saved = [], [], []
@@ -274,12 +318,14 @@ def main() -> None:
         "jittered data (augmentation 'light'), online KD" if args.augmented else "unaugmented data, cached KD"
     )
     print(
-        f"students: {args.student_epochs} epochs, Adam {args.student_lr:g}, cosine, batch {args.batch_size}; {data}"
+        f"students: {'-'.join(map(str, args.student_hidden))} MLP, {args.student_epochs} epochs, Adam {args.student_lr:g}, cosine, batch {args.batch_size}; {data}"
     )
     print()
     print("| model | parameters | test errors (mean) | per seed |")
     print("|---|---|---|---|")
-    print(f"| teacher {type(teacher).__name__} (jitter) | {n_teacher:,} | {teacher_errors} | - |")
+    print(
+        f"| teacher: {teacher_name} (dropout, jitter) | {n_teacher:,} | {teacher_errors} | members {member_errors} |"
+    )
     print(f"| student alone | {n_student:,} | {mean_alone:.1f} | {alone} |")
     print(
         f"| student distilled (T={args.temperature:g}, alpha={args.alpha:g}) | {n_student:,} | {mean_kd:.1f} | {distilled} |"
