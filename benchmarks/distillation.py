@@ -142,7 +142,7 @@ def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
         print(f"teacher member {member}: {errors} test errors", flush=True)
     if len(members) == 1:
         return members[0], member_errors[0], member_errors, seconds
-    ensemble = LogitEnsemble(members)
+    ensemble = LogitEnsemble(members, combine=args.ensemble_combine, temperature=args.temperature)
     dm = make_data(args.data_dir, args.batch_size, limit=args.limit_train_samples)
     dm.setup("fit")
     return ensemble, test_errors(ensemble, dm), member_errors, seconds
@@ -246,6 +246,12 @@ def main() -> None:
         help="networks in the teacher ensemble (logits averaged); 1: a single teacher network",
     )
     parser.add_argument(
+        "--ensemble-combine",
+        choices=["logits", "probabilities"],
+        default="logits",
+        help="average the members' logits, or their distributions at --temperature (Hinton et al.)",
+    )
+    parser.add_argument(
         "--student-hidden",
         type=lambda text: tuple(int(v) for v in text.split(",")),
         default=STUDENT_HIDDEN,
@@ -280,7 +286,7 @@ def main() -> None:
     teacher_name = (
         "LeNet300100 1200-1200"
         if args.teacher_members == 1
-        else f"LogitEnsemble of {args.teacher_members} LeNet300100 1200-1200"
+        else f"LogitEnsemble ({args.ensemble_combine}) of {args.teacher_members} LeNet300100 1200-1200"
     )
     print(
         f"teacher: {teacher_name}, {n_teacher:,} parameters, {teacher_errors} test errors "

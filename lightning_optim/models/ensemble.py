@@ -1,12 +1,18 @@
-"""An ensemble of classifiers that averages their logits: the teacher Hinton et al. (2015) distill.
+"""An ensemble of classifiers that averages their predictions: the teacher Hinton et al. (2015) distill.
 
-Averaging the members' logits is the geometric mean of their class distributions, renormalized, at *every*
-temperature: ``softmax(mean_i z_i / T)`` is proportional to ``prod_i softmax(z_i / T) ** (1 / n)``. So one
-ensemble module serves as a distillation teacher for any temperature or temperature schedule.
+Two ways to combine the members (``combine``):
+
+- ``"logits"``: the mean of the members' logits. That is the geometric mean of their class distributions,
+  renormalized, at *every* temperature: ``softmax(mean_i z_i / T)`` is proportional to
+  ``prod_i softmax(z_i / T) ** (1 / n)``, so it serves any temperature or temperature schedule.
+- ``"probabilities"``: the arithmetic mean of the members' distributions at ``temperature`` (how Hinton et
+  al. average an ensemble's predictions). The output ``T * log(mean_i softmax(z_i / T))`` is a logit vector
+  whose ``softmax(. / T)`` is exactly that mean, so distilling at the same temperature uses it as is.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -15,7 +21,13 @@ from torch import Tensor, nn
 
 from lightning_optim.weights import load_weights
 
-__all__ = ["LogitEnsemble"]
+__all__ = ["ENSEMBLE_COMBINES", "LogitEnsemble"]
+
+#: ``combine`` name -> what is averaged
+ENSEMBLE_COMBINES: dict[str, str] = {
+    "logits": "the members' logits (geometric mean of their distributions at every temperature)",
+    "probabilities": "the members' distributions at `temperature` (arithmetic mean)",
+}
 
 
 class LogitEnsemble(nn.Module):
@@ -27,10 +39,13 @@ class LogitEnsemble(nn.Module):
         checkpoints: optional weights for each member, in order (Lightning checkpoints of our modules or saved
             state dicts, read with ``weights_only=True``); ``None`` (or omitted) keeps the weights the members
             have.
+        combine: ``"logits"`` (default) or ``"probabilities"`` (see the module docs).
+        temperature: with ``combine="probabilities"``, the temperature at which the distributions are
+            averaged: give the distillation temperature. Ignored for ``"logits"``.
 
     Raises:
         TypeError: a member is not an ``nn.Module``.
-        ValueError: no members; ``checkpoints`` of another length than ``members``; a checkpoint that is missing,
+        ValueError: an unknown ``combine``; ``temperature`` not > 0; no members; ``checkpoints`` of another length than ``members``; a checkpoint that is missing,
             unreadable or does not fit its member (named by its position); members whose outputs differ in
             shape (at the first forward).
 
@@ -55,9 +70,19 @@ class LogitEnsemble(nn.Module):
     """
 
     def __init__(
-        self, members: Sequence[nn.Module], checkpoints: Sequence[str | os.PathLike] | None = None
+        self,
+        members: Sequence[nn.Module],
+        checkpoints: Sequence[str | os.PathLike] | None = None,
+        combine: str = "logits",
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
+        if combine not in ENSEMBLE_COMBINES:
+            raise ValueError(f"`combine` must be one of {list(ENSEMBLE_COMBINES)}, got {combine!r}.")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+        self.combine = combine
+        self.temperature = float(temperature)
         members = list(members)
         if not members:
             raise ValueError("`members` must hold at least one network, got none.")
@@ -86,4 +111,10 @@ class LogitEnsemble(nn.Module):
                 + ", ".join(f"members[{i}]: {tuple(o.shape)}" for i, o in enumerate(outputs))
                 + "."
             )
-        return torch.stack(outputs).mean(0)
+        stacked = torch.stack(outputs)
+        if self.combine == "logits":
+            return stacked.mean(0)
+        t = self.temperature
+        # T * log(mean_i softmax(z_i / T)), computed in log space
+        log_mean = torch.logsumexp(torch.log_softmax(stacked.float() / t, -1), 0) - math.log(len(outputs))
+        return (t * log_mean).to(stacked.dtype)

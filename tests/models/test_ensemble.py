@@ -34,6 +34,19 @@ def test_output_is_the_mean_of_the_members_logits_and_the_geometric_mean_of_thei
     )
 
 
+@pytest.mark.parametrize("temperature", [1.0, 4.0, 20.0])
+def test_probabilities_combine_gives_the_arithmetic_mean_at_its_temperature(temperature):
+    members = _members()
+    ensemble = LogitEnsemble(members, combine="probabilities", temperature=temperature)
+    x = torch.randn(5, 1, 8, 8)
+    arithmetic = torch.stack([F.softmax(m(x) / temperature, -1) for m in members]).mean(0)
+    out = ensemble(x)
+    torch.testing.assert_close(F.softmax(out / temperature, -1), arithmetic)
+    assert torch.equal(out.argmax(-1), arithmetic.argmax(-1))
+    # and differs from the logit mean (the geometric mean) wherever the members disagree
+    assert not torch.allclose(F.softmax(LogitEnsemble(members)(x) / temperature, -1), arithmetic)
+
+
 def test_members_load_their_checkpoints(tmp_path):
     trained = _members(2)
     paths = []
@@ -92,6 +105,16 @@ def test_distillation_from_a_yaml_ensemble_teacher(tmp_path):
     ("kwargs", "error", "match"),
     [
         ({"members": []}, ValueError, "`members` must hold at least one network"),
+        (
+            {"members": [torch.nn.Linear(2, 2)], "combine": "median"},
+            ValueError,
+            r"`combine` must be one of \['logits', 'probabilities'\], got 'median'",
+        ),
+        (
+            {"members": [torch.nn.Linear(2, 2)], "combine": "probabilities", "temperature": 0},
+            ValueError,
+            "`temperature` must be a finite number > 0, got 0",
+        ),
         (
             {"members": [torch.nn.Linear(2, 2), "lenet"]},
             TypeError,
