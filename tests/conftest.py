@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks._trainer import quiet_trainer_kwargs as _quiet_trainer_kwargs
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Real MNIST (the files torchvision reads with download=False) lives in ../shared/data beside the checkout.
 SHARED_DATA_DIR = Path(os.environ.get("LIGHTNING_OPTIM_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
@@ -37,20 +39,9 @@ def digits_dm():
 
 
 def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
-    """Keyword arguments for a fast, quiet CPU Trainer in tests."""
-    kwargs = dict(
-        default_root_dir=str(tmp_path),
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    kwargs.update(overrides)
-    return kwargs
+    """Keyword arguments for a fast, quiet CPU Trainer in tests: the benchmarks' quiet settings, one epoch,
+    files under ``tmp_path``."""
+    return _quiet_trainer_kwargs(**{"default_root_dir": str(tmp_path), "max_epochs": 1, **overrides})
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_optim.callbacks.phases import PhaseState, target_model
@@ -27,6 +27,7 @@ from lightning_optim.functional.distillation import (
     kd_loss,
     scheduled_value,
 )
+from lightning_optim.models.ensemble import LogitEnsemble
 from lightning_optim.modules.loss_terms import StepContext
 
 
@@ -200,6 +201,7 @@ class KnowledgeDistillation(Callback):
             load_teacher_weights(teacher, teacher_checkpoint)
         for teacher_layer in feature_pairs.values():
             _get_layer(teacher, teacher_layer, "feature_pairs", "teacher")
+        _warn_if_ensemble_temperature_differs(teacher, self.temperature, self.final_temperature)
         self.teacher = FrozenTeacher(teacher)
         self.teacher_checkpoint = teacher_checkpoint
         self.schedule = schedule
@@ -642,3 +644,22 @@ class KnowledgeDistillation(Callback):
                 f"{self.cache.nbytes / 2**20:.2f} MiB), about {s['estimated_saved_seconds']:.2f} s of teacher time saved"
             )
         rank_zero_info(msg + ".")
+
+
+def _warn_if_ensemble_temperature_differs(
+    teacher: nn.Module, temperature: float, final_temperature: float | None
+) -> None:
+    """A ``LogitEnsemble(combine="probabilities")`` averages distributions at its own temperature; distilling at
+    another one softens that average again instead of averaging at the distillation temperature."""
+    if not isinstance(teacher, LogitEnsemble) or teacher.combine != "probabilities":
+        return
+    if teacher.temperature != temperature or (
+        final_temperature is not None and final_temperature != teacher.temperature
+    ):
+        rank_zero_warn(
+            f"The teacher LogitEnsemble averages probabilities at `temperature`={teacher.temperature:g}, but "
+            f"distillation runs at `temperature`={temperature:g}"
+            + (f" to `final_temperature`={final_temperature:g}" if final_temperature is not None else "")
+            + ": the soft targets are then not the members' mean distribution at the distillation temperature. "
+            "Give the ensemble the distillation temperature, or use combine='logits' (right at every temperature)."
+        )

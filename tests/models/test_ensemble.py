@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,20 @@ def test_probabilities_combine_gives_the_arithmetic_mean_at_its_temperature(temp
     assert torch.equal(out.argmax(-1), arithmetic.argmax(-1))
     # and differs from the logit mean (the geometric mean) wherever the members disagree
     assert not torch.allclose(F.softmax(LogitEnsemble(members)(x) / temperature, -1), arithmetic)
+
+
+def test_distillation_warns_when_a_probability_ensemble_has_another_temperature():
+    ensemble = LogitEnsemble(_members(2), combine="probabilities", temperature=4.0)
+    with pytest.warns(
+        UserWarning, match=r"averages probabilities at `temperature`=4, but distillation runs at"
+    ):
+        KnowledgeDistillation(ensemble, temperature=8.0)
+    with pytest.warns(UserWarning, match="to `final_temperature`=1"):
+        KnowledgeDistillation(ensemble, temperature=4.0, final_temperature=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        KnowledgeDistillation(ensemble, temperature=4.0)
+        KnowledgeDistillation(LogitEnsemble(_members(2)), temperature=8.0)
 
 
 def test_members_load_their_checkpoints(tmp_path):
