@@ -44,6 +44,10 @@ AUGMENTATION_STEPS: dict[str, dict[str, Any]] = {
     "vertical_flip": {"p": 0.5},
     "color_jitter": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0},
     "affine": {"degrees": 0.0, "translate": None, "scale": None, "shear": None},
+    # Simard et al. (2003): a random displacement field, smoothed by a Gaussian of std ``sigma`` pixels and
+    # scaled by ``alpha`` (``torchvision.transforms.v2.ElasticTransform``'s meaning: ``alpha / size`` in
+    # grid units, i.e. ``alpha / 2`` pixels for a unit value of the smoothed noise)
+    "elastic": {"alpha": 50.0, "sigma": 5.0},
 }
 #: other spellings accepted for step names
 STEP_ALIASES: dict[str, str] = {
@@ -54,6 +58,7 @@ STEP_ALIASES: dict[str, str] = {
     "random_vertical_flip": "vertical_flip",
     "colour_jitter": "color_jitter",
     "random_affine": "affine",
+    "elastic_transform": "elastic",
 }
 #: steps whose output is independent of the random generator (kept at evaluation time)
 DETERMINISTIC_STEPS = ("resize", "center_crop")
@@ -67,6 +72,7 @@ GEOMETRIC_STEPS = (
     "flip",
     "vertical_flip",
     "affine",
+    "elastic",
 )
 
 #: preset name -> list of steps. Flips are left out of the presets because they change the meaning of
@@ -166,6 +172,12 @@ def _check_step(step: dict[str, Any]) -> dict[str, Any]:
             if len(out["shear"]) not in (2, 4):
                 raise ValueError(
                     f"Augmentation 'affine': `shear` is a number, 2 or 4 numbers, got {out['shear']}."
+                )
+    if name == "elastic":
+        for option in ("alpha", "sigma"):
+            if not isinstance(out[option], (int, float)) or out[option] < 0:
+                raise ValueError(
+                    f"Augmentation 'elastic': `{option}` must be a number >= 0, got {out[option]!r}."
                 )
     if name == "color_jitter":
         for option in ("brightness", "contrast", "saturation"):
@@ -283,6 +295,12 @@ def build_sample_augmentation(
                     interpolation=bilinear,
                 )
             )
+        elif name == "elastic":
+            ops.append(
+                v2.ElasticTransform(
+                    alpha=float(step["alpha"]), sigma=float(step["sigma"]), interpolation=bilinear
+                )
+            )
         elif name == "color_jitter":
             ops.append(
                 v2.ColorJitter(
@@ -325,19 +343,71 @@ def _gray(x: Tensor) -> Tensor:
     return x.mean(1, keepdim=True)
 
 
-def affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
+def affine_grid(theta: Tensor, height: int, width: int, displacement: Tensor | None = None) -> Tensor:
     """``F.affine_grid(theta, (N, C, height, width), align_corners=False)`` by broadcasting.
 
     The same sampling grid, computed as ``(N, 2, H, W)`` with three element-wise operations and returned as
     an ``(N, H, W, 2)`` view (``grid_sample`` accepts it as is): several times faster on CPU than the
     batched matrix product of ``F.affine_grid`` for small images.
+
+    ``displacement`` (``(N, 2, H, W)``, grid units) moves each output coordinate before ``theta`` maps it:
+    an elastic distortion applied *after* the affine warp, in one sampling.
     """
     n = theta.shape[0]
-    xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1
-    ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
+    xs = ((torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1).view(1, 1, width)
+    ys = ((torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1).view(
+        1, height, 1
+    )
+    if displacement is not None:
+        xs, ys = xs + displacement[:, 0], ys + displacement[:, 1]
     t = theta.view(n, 2, 3, 1, 1)
-    grid = t[:, :, 0] * xs.view(1, 1, 1, width) + t[:, :, 1] * ys.view(1, 1, height, 1) + t[:, :, 2]
+    grid = t[:, :, 0] * xs.unsqueeze(1) + t[:, :, 1] * ys.unsqueeze(1) + t[:, :, 2]
     return grid.permute(0, 2, 3, 1)
+
+
+def gaussian_kernel1d(sigma: float) -> Tensor:
+    """torchvision's Gaussian of ``gaussian_blur`` for ``sigma``: ``int(8 * sigma + 1)`` taps (made odd), sum 1."""
+    size = int(8 * sigma + 1)
+    size += 1 - size % 2
+    t = torch.linspace(-(size // 2), size // 2, size, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur_matrix(size: int, sigma: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(size, size)`` matrix ``B`` with ``B @ v`` = ``v`` blurred by :func:`gaussian_kernel1d` with reflect padding.
+
+    A kernel wider than ``2 * size - 1`` taps is truncated (and renormalized), as reflect padding needs a
+    padding smaller than the size. Blurring fields as ``B_h @ d @ B_w.T`` is a batched matrix product: on the
+    CPU many times faster than a long-kernel ``conv2d``.
+    """
+    k = gaussian_kernel1d(sigma)
+    r = len(k) // 2
+    pad = min(r, size - 1)
+    taps = k[r - pad : r + pad + 1]
+    taps = taps / taps.sum()
+    src = torch.arange(size).view(-1, 1) + torch.arange(-pad, pad + 1).view(1, -1)  # (size, taps)
+    src = torch.where(src < 0, -src, src)
+    src = torch.where(src > size - 1, 2 * (size - 1) - src, src)  # reflect (edge pixel not repeated)
+    blur = torch.zeros(size, size, dtype=torch.float64)
+    blur.scatter_add_(1, src, taps.expand(size, -1).contiguous())
+    return blur.to(dtype)
+
+
+def elastic_displacement(
+    n: int, height: int, width: int, alpha: float, sigma: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Random elastic displacement fields ``(n, 2, height, width)`` in grid units, one per sample.
+
+    Uniform noise in ``[-1, 1]`` per pixel and direction, smoothed by a Gaussian of std ``sigma`` pixels
+    (reflect padding) and scaled by ``alpha / size``, the recipe of ``torchvision``'s ``ElasticTransform``
+    (which draws one field per call).
+    """
+    d = torch.rand(n, 2, height, width, generator=generator) * 2 - 1
+    if sigma > 0:
+        d = gaussian_blur_matrix(height, sigma) @ d @ gaussian_blur_matrix(width, sigma).T
+    scale = torch.tensor([alpha / width, alpha / height], dtype=d.dtype).view(1, 2, 1, 1)
+    return d * scale
 
 
 def invert_affine(m: Tensor) -> Tensor:
@@ -356,7 +426,9 @@ class BatchAugmentation(nn.Module):
 
     Geometric steps that follow each other are composed into one ``2x3`` matrix per sample (in pixel
     coordinates centred on the image) and applied with one ``affine_grid``/``grid_sample``; integer
-    translations and flips are pixel-exact. ``color_jitter`` scales brightness, contrast and saturation
+    translations and flips are pixel-exact. An ``elastic`` step (Simard et al. 2003) draws a smoothed random
+    displacement field per sample and adds it to the sampling grid of the geometric steps before it, so
+    they still take one ``grid_sample``; it ends its group. ``color_jitter`` scales brightness, contrast and saturation
     and rotates hue with per-sample factors (in that fixed order; values are clamped to ``[0, 1]``, so
     inputs are expected in ``[0, 1]``). Areas moved in from outside the image are filled with 0.
 
@@ -415,7 +487,7 @@ class BatchAugmentation(nn.Module):
         name = step["name"]
         out = step.get("size") or size
         oh, ow = out
-        if not train and name in ("rotation", "flip", "vertical_flip", "affine"):
+        if not train and name in ("rotation", "flip", "vertical_flip", "affine", "elastic"):
             return m, size  # random steps that keep the size do nothing at evaluation time
         if name == "resize" or (name == "random_resized_crop" and not train):
             m[:, 0, 0], m[:, 1, 1] = w / ow, h / oh
@@ -493,7 +565,11 @@ class BatchAugmentation(nn.Module):
     def _warp(self, x: Tensor, steps: list[dict[str, Any]], train: bool) -> Tensor:
         n, _, h, w = x.shape
         size = (h, w)
-        if train and all(s["name"] in ("flip", "vertical_flip") for s in steps):
+        elastic = steps[-1] if steps[-1]["name"] == "elastic" else None  # only ever last (see forward)
+        steps = steps[:-1] if elastic is not None else steps
+        if not train:
+            elastic = None
+        if train and elastic is None and all(s["name"] in ("flip", "vertical_flip") for s in steps):
             for s in steps:  # pure flips: exact and cheaper than a warp
                 mask = self._bernoulli(n, float(s["p"])).to(x.device).view(n, 1, 1, 1)
                 x = torch.where(mask, x.flip(-1 if s["name"] == "flip" else -2), x)
@@ -504,12 +580,17 @@ class BatchAugmentation(nn.Module):
             total = total @ m
         oh, ow = size
         identity = torch.eye(3, dtype=torch.float64)
-        if (oh, ow) == (h, w) and torch.equal(total, identity.expand_as(total)):
+        if elastic is None and (oh, ow) == (h, w) and torch.equal(total, identity.expand_as(total)):
             return x
         s_out = torch.diag(torch.tensor([ow / 2.0, oh / 2.0, 1.0], dtype=torch.float64))
         s_in_inv = torch.diag(torch.tensor([2.0 / w, 2.0 / h, 1.0], dtype=torch.float64))
         theta = (s_in_inv @ total @ s_out)[:, :2, :].to(device=x.device, dtype=x.dtype)
-        grid = affine_grid(theta, oh, ow)
+        displacement = None
+        if elastic is not None:  # displaces the output coordinates, then the affine maps them
+            displacement = elastic_displacement(
+                n, oh, ow, float(elastic["alpha"]), float(elastic["sigma"]), self.generator
+            ).to(device=x.device, dtype=x.dtype)
+        grid = affine_grid(theta, oh, ow, displacement)
         return F.grid_sample(x, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
 
     # -------------------------------------------------------------------------------- colour
@@ -564,6 +645,10 @@ class BatchAugmentation(nn.Module):
         for step in self.steps:
             if step["name"] in GEOMETRIC_STEPS:
                 group.append(step)
+                if (
+                    step["name"] == "elastic"
+                ):  # ends its group: it is applied after the affine steps before it
+                    x, group = self._warp(x, group, train), []
                 continue
             if group:
                 x, group = self._warp(x, group, train), []

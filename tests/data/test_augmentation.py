@@ -16,6 +16,8 @@ from lightning_optim.data.augmentation import (
     augmented_size,
     build_batch_augmentation,
     build_sample_augmentation,
+    elastic_displacement,
+    gaussian_kernel1d,
     parse_augmentation,
 )
 
@@ -29,6 +31,7 @@ STEP_CASES = {
     "vertical_flip": {"p": 0.5},
     "color_jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
     "affine": {"degrees": 10, "translate": [0.1, 0.1], "scale": [0.9, 1.1], "shear": 5},
+    "elastic": {"alpha": 20.0, "sigma": 1.0},
 }
 
 
@@ -111,6 +114,8 @@ def test_yaml_style_custom_list_and_aliases():
         ([{"degrees": 3}], r"must be a dict with a `name`"),
         ([{"name": "affine", "translate": [2, 0]}], r"`translate` fractions must be in \[0, 1\]"),
         ([{"name": "color_jitter", "hue": 0.9}], r"`hue` must be in \[0, 0.5\]"),
+        ([{"name": "elastic", "sigma": -1}], r"'elastic': `sigma` must be a number >= 0, got -1"),
+        ([{"name": "elastic", "alpha": "big"}], r"'elastic': `alpha` must be a number >= 0"),
     ],
 )
 def test_bad_specs_name_option_and_allowed_values(spec, message):
@@ -323,3 +328,61 @@ def test_invert_affine_matches_linalg():
     m = torch.eye(3, dtype=torch.float64).repeat(6, 1, 1)
     m[:, :2, :] = torch.randn(6, 2, 3, dtype=torch.float64) + torch.eye(2, 3, dtype=torch.float64) * 3
     assert torch.allclose(invert_affine(m), torch.linalg.inv(m), atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------- elastic
+def test_elastic_kernel_is_torchvisions():
+    from torchvision.transforms.v2.functional._misc import _get_gaussian_kernel1d
+
+    for sigma in (0.5, 1.0, 4.0, 5.0):
+        size = int(8 * sigma + 1) + (1 - int(8 * sigma + 1) % 2)
+        ref = _get_gaussian_kernel1d(size, sigma, torch.float64, torch.device("cpu"))
+        assert torch.allclose(gaussian_kernel1d(sigma), ref, atol=1e-12)
+
+
+def test_elastic_warp_is_torchvisions_elastic_with_the_same_field():
+    """The batched step samples each image at identity + its own displacement, as ``TF.elastic`` does."""
+    x = torch.rand(6, 1, 28, 28)
+    y = BatchAugmentation([{"name": "elastic", "alpha": 34.0, "sigma": 4.0}], seed=5)(x)
+    fields = elastic_displacement(6, 28, 28, 34.0, 4.0, torch.Generator().manual_seed(5))
+    for i in range(6):
+        ref = TF.elastic(x[i], fields[i].permute(1, 2, 0)[None], interpolation=TF.InterpolationMode.BILINEAR)
+        assert torch.allclose(y[i], ref, atol=1e-5)
+    assert len({tuple(v.flatten().round(decimals=4).tolist()) for v in y}) == 6  # one field per sample
+
+
+def test_elastic_field_is_smooth_scaled_by_alpha_and_off_at_eval():
+    g = torch.Generator().manual_seed(0)
+    d = elastic_displacement(64, 28, 28, 34.0, 4.0, g)
+    assert d.shape == (64, 2, 28, 28)
+    # smoothing: neighbouring displacements are strongly correlated (raw uniform noise: ~0)
+    a, b = d[..., :, :-1].flatten(), d[..., :, 1:].flatten()
+    assert torch.corrcoef(torch.stack((a, b)))[0, 1] > 0.9
+    d2 = elastic_displacement(64, 28, 28, 68.0, 4.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(d2, 2 * d)  # linear in alpha
+    x = torch.rand(4, 1, 28, 28)
+    aug = BatchAugmentation([{"name": "elastic", "alpha": 34.0, "sigma": 4.0}], seed=0)
+    assert torch.equal(aug(x, train=False), x)
+    assert torch.allclose(BatchAugmentation([{"name": "elastic", "alpha": 0.0}], seed=0)(x), x, atol=1e-6)
+    # wider kernels than the image are truncated (reflect padding needs pad < size), not an error
+    assert elastic_displacement(2, 5, 5, 10.0, 5.0).shape == (2, 2, 5, 5)
+
+
+def test_elastic_after_affine_is_one_sampling_of_the_composed_map():
+    """``[translate, elastic]`` samples x(M(p + d(p))): the shift, then the field drawn after it, in one go."""
+    x = torch.zeros(8, 1, 16, 16)
+    x[..., 5:11, 5:11] = torch.rand(8, 1, 6, 6)  # content away from the border: nothing leaves the frame
+    spec = [{"name": "affine", "translate": [0.125, 0.125]}, {"name": "elastic", "alpha": 0.0}]
+    shift = BatchAugmentation(spec[:1], seed=2)
+    shifted = shift(x)
+    assert torch.allclose(BatchAugmentation(spec, seed=2)(x), shifted, atol=1e-6)  # alpha 0: the shift alone
+    spec[1] = {"name": "elastic", "alpha": 10.0, "sigma": 2.0}
+    y = BatchAugmentation(spec, seed=2)(x)
+    fields = elastic_displacement(8, 16, 16, 10.0, 2.0, shift.generator)  # the draws that follow the shift's
+    assert fields.abs().max() > 0.02  # a real field (in grid units; 0.02 = 0.16 px)
+    for i in range(8):
+        ref = TF.elastic(
+            shifted[i], fields[i].permute(1, 2, 0)[None], interpolation=TF.InterpolationMode.BILINEAR
+        )
+        assert torch.allclose(y[i], ref, atol=1e-5)
+    assert not torch.allclose(y, shifted, atol=1e-3)
