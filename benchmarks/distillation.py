@@ -7,19 +7,23 @@ Here, in one run::
 
     .venv/bin/python -m benchmarks.distillation --data-dir ../shared/data
 
-1. **Teacher**: an ensemble of ``--teacher-members`` (7) of Hinton's large nets, 784-1200-1200-10 MLPs
-   (2,395,210 parameters each) with dropout, each trained ``--teacher-epochs`` (40) with jitter (the data
-   module's ``augmentation="light"``: random translations up to 10%) from its own seed, their logits
-   averaged by :class:`~lightning_optim.models.LogitEnsemble` (Hinton et al. distill to compress an
-   ensemble). Each member is cached under ``--cache-dir`` so a re-run reuses it (delete the files to
-   retrain). ``--teacher-members 1 --teacher-epochs 15 --student-hidden 256,128 --temperature 8`` is the
-   single-teacher protocol of earlier runs.
-2. **Student**: Hinton's small net, a 784-800-800-10 MLP (1,276,810 parameters, 13.1x fewer than the
-   7-member teacher), trained on the *unaugmented* data with no regularization (with ``--augmented``: both
+1. **Teacher**: an ensemble of ``--teacher-members`` (6) of Hinton's large nets, 784-1200-1200-10 MLPs
+   (2,395,210 parameters each) with dropout, each trained ``--teacher-epochs`` (80) with jitter (the data
+   module's ``augmentation="light"``: random translations up to 10%; ``--teacher-augmentation elastic``
+   adds Simard et al.'s elastic distortions) from its own seed, their logits averaged by
+   :class:`~lightning_optim.models.LogitEnsemble` (Hinton et al. distill to compress an ensemble). Each
+   member is cached under ``--cache-dir`` so a re-run reuses it (delete the files to retrain);
+   ``--train-member K`` trains one member into the cache, so that members can be trained in parallel
+   processes first. ``--teacher-members 7 --teacher-epochs 40`` is the third session's teacher;
+   ``--teacher-members 1 --teacher-epochs 15 --student-hidden 256,128 --temperature 8`` the single-teacher
+   protocol of earlier runs.
+2. **Student**: Hinton's small net, a 784-800-800-10 MLP (1,276,810 parameters, 11.3x fewer than the
+   6-member teacher), trained on the *unaugmented* data with no regularization (with ``--augmented``: both
    on jittered data, the distilled one with online KD), once alone (cross-entropy) and once distilled with
    :class:`~lightning_optim.callbacks.KnowledgeDistillation` at T = 20 on soft targets only (offline mode:
    teacher logits cached by sample index), same epochs, optimizer, schedule and seeds; mean and spread over
-   ``--seeds``.
+   ``--seeds``. Each run's test errors are cached too (``--cache-dir``/students, named by every setting
+   that changes them); ``--student-seed K [--student-mode alone]`` runs one seed's student into the cache.
 3. **Overhead**: median training-step time of the student alone, with online KD (teacher every step) and
    with the logit cache after it is filled, interleaved in one process; ratios to the student alone.
 
@@ -29,6 +33,7 @@ Errors are counted on the 10,000 MNIST test images. Gap recovery = (alone - dist
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -46,9 +51,18 @@ from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import LeNet300100, LogitEnsemble, count_parameters
 from lightning_optim.modules import ClassificationModule
 
+#: --teacher-augmentation -> the members' training augmentation: Hinton et al.'s jitter (shifts up to 10%,
+#: i.e. 3 px), or the same shifts followed by Simard et al.'s (2003) elastic distortions (alpha 34 px, sigma 4)
+TEACHER_AUGMENTATIONS: dict[str, str | list[dict]] = {
+    "jitter": "light",
+    "elastic": [
+        {"name": "affine", "translate": [0.1, 0.1]},
+        {"name": "elastic", "alpha": 68.0, "sigma": 4.0},
+    ],
+}
 TEACHER_HIDDEN = (1200, 1200)
-TEACHER_MEMBERS = 7
-TEACHER_EPOCHS = 40
+TEACHER_MEMBERS = 6
+TEACHER_EPOCHS = 80
 STUDENT_HIDDEN = (800, 800)
 
 
@@ -112,10 +126,11 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
     suffix = "" if member == 0 else f"_m{member}"
     path = (
         Path(args.cache_dir)
-        / f"teacher_mlp1200x2_dropout_jitter_e{args.teacher_epochs}_s{args.limit_train_samples}{suffix}.pt"
+        / f"teacher_mlp1200x2_dropout_{args.teacher_augmentation}_e{args.teacher_epochs}_s{args.limit_train_samples}{suffix}.pt"
     )
     net = make_teacher()
-    dm = make_data(args.data_dir, args.batch_size, augmentation="light", limit=args.limit_train_samples)
+    augmentation = TEACHER_AUGMENTATIONS[args.teacher_augmentation]
+    dm = make_data(args.data_dir, args.batch_size, augmentation=augmentation, limit=args.limit_train_samples)
     dm.setup("fit")
     if path.is_file():
         net.load_state_dict(torch.load(path, weights_only=True))
@@ -146,6 +161,34 @@ def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
     dm = make_data(args.data_dir, args.batch_size, limit=args.limit_train_samples)
     dm.setup("fit")
     return ensemble, test_errors(ensemble, dm), member_errors, seconds
+
+
+def student_result_path(args, seed: int, distilled: bool) -> Path:
+    """Where one student run's test errors are cached: the file name holds every setting that changes them."""
+    student = "x".join(map(str, args.student_hidden))
+    setting = (
+        f"h{student}_e{args.student_epochs}_lr{args.student_lr:g}_b{args.batch_size}"
+        f"_aug{int(args.augmented)}_s{args.limit_train_samples}"
+    )
+    if distilled:
+        setting += (
+            f"_kd_T{args.temperature:g}_a{args.alpha:g}_teacher{args.teacher_members}x{args.teacher_augmentation}"
+            f"_e{args.teacher_epochs}_{args.ensemble_combine}"
+        )
+    return Path(args.cache_dir) / "students" / f"{setting}_seed{seed}.json"
+
+
+def student_errors(args, seed: int, teacher: torch.nn.Module | None) -> tuple[int, float]:
+    """``(test errors, teacher seconds the logit cache saved)`` of one student run, trained or from the cache."""
+    path = student_result_path(args, seed, teacher is not None)
+    if path.is_file():
+        result = json.loads(path.read_text())
+        return int(result["errors"]), float(result["saved_seconds"])
+    errors, kd = train_student(args, seed, teacher)
+    saved = kd.stats.get("estimated_saved_seconds", 0.0) if kd is not None else 0.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"errors": errors, "saved_seconds": saved}))
+    return errors, saved
 
 
 def train_student(
@@ -258,6 +301,26 @@ def main() -> None:
         help="the student MLP's two hidden widths, comma-separated (256,128: the single-teacher protocol)",
     )
     parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
+    parser.add_argument(
+        "--teacher-augmentation",
+        choices=list(TEACHER_AUGMENTATIONS),
+        default="jitter",
+        help="the members' training augmentation: shifts (jitter), or shifts then elastic distortions",
+    )
+    parser.add_argument(
+        "--student-seed",
+        type=int,
+        default=None,
+        help="run only this seed's student (--student-mode alone or distilled) into the cache and exit",
+    )
+    parser.add_argument("--student-mode", choices=["alone", "distilled"], default="distilled")
+    parser.add_argument(
+        "--train-member",
+        type=int,
+        default=None,
+        help="train (or load) only this ensemble member into the cache and exit: members can be trained "
+        "in parallel processes before the main run",
+    )
     parser.add_argument("--student-epochs", type=int, default=40)
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
     parser.add_argument("--student-lr", type=float, default=2e-3)
@@ -281,7 +344,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
+    if args.train_member is not None:
+        _, errors, seconds = train_teacher(args, args.train_member)
+        print(f"teacher member {args.train_member}: {errors} test errors (trained in {seconds:.0f} s)")
+        return
+    if args.student_seed is not None and args.student_mode == "alone":  # needs no teacher
+        errors, _ = student_errors(args, args.student_seed, None)
+        print(f"seed {args.student_seed}: student alone {errors} errors")
+        return
     teacher, teacher_errors, member_errors, teacher_seconds = train_teachers(args)
+    if args.student_seed is not None:
+        errors, _ = student_errors(args, args.student_seed, teacher)
+        print(f"seed {args.student_seed}: student distilled {errors} errors")
+        return
     n_teacher, n_student = count_parameters(teacher), count_parameters(make_student(args.student_hidden))
     teacher_name = (
         "LeNet300100 1200-1200"
@@ -295,11 +370,11 @@ def main() -> None:
     )
     alone, distilled, saved = [], [], []
     for seed in range(0 if args.timing_only else args.seeds):
-        errors, _ = train_student(args, seed, None)
+        errors, _ = student_errors(args, seed, None)
         alone.append(errors)
-        errors, kd = train_student(args, seed, teacher)
+        errors, seconds = student_errors(args, seed, teacher)
         distilled.append(errors)
-        saved.append(kd.stats.get("estimated_saved_seconds", 0.0))
+        saved.append(seconds)
         print(f"seed {seed}: student alone {alone[-1]} errors, distilled {distilled[-1]} errors", flush=True)
 
     rounds: dict[str, list[float]] = {"alone": [], "online": [], "cached": []}
@@ -330,7 +405,7 @@ def main() -> None:
     print("| model | parameters | test errors (mean) | per seed |")
     print("|---|---|---|---|")
     print(
-        f"| teacher: {teacher_name} (dropout, jitter) | {n_teacher:,} | {teacher_errors} | members {member_errors} |"
+        f"| teacher: {teacher_name} (dropout, {args.teacher_augmentation}) | {n_teacher:,} | {teacher_errors} | members {member_errors} |"
     )
     print(f"| student alone | {n_student:,} | {mean_alone:.1f} | {alone} |")
     print(
