@@ -413,7 +413,7 @@ def main() -> None:
     )
     print()
     print(
-        f"gap recovery: {100 * recovery:.0f}% (Hinton et al. 2015: 91%); improvement {mean_alone - mean_kd:.1f} errors "
+        f"gap recovery: {100 * recovery:.1f}% (Hinton et al. 2015: 91%); improvement {mean_alone - mean_kd:.1f} errors "
         f"vs largest seed-to-seed spread {spread} errors"
     )
     print(
