@@ -168,8 +168,8 @@ def student_result_path(args, seed: int, distilled: bool) -> Path:
     student = "x".join(map(str, args.student_hidden))
     setting = (
         f"h{student}_e{args.student_epochs}_lr{args.student_lr:g}_b{args.batch_size}"
-        f"_aug{int(args.augmented)}_s{args.limit_train_samples}"
-    )
+        f"_aug{int(args.augmented)}_s{args.limit_train_samples}_t{args.threads}"
+    )  # threads too: an unregularized student's errors change with the order of float sums
     if distilled:
         setting += (
             f"_kd_T{args.temperature:g}_a{args.alpha:g}_teacher{args.teacher_members}x{args.teacher_augmentation}"

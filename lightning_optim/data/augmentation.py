@@ -487,7 +487,7 @@ class BatchAugmentation(nn.Module):
         name = step["name"]
         out = step.get("size") or size
         oh, ow = out
-        if not train and name in ("rotation", "flip", "vertical_flip", "affine", "elastic"):
+        if not train and name in ("rotation", "flip", "vertical_flip", "affine"):
             return m, size  # random steps that keep the size do nothing at evaluation time
         if name == "resize" or (name == "random_resized_crop" and not train):
             m[:, 0, 0], m[:, 1, 1] = w / ow, h / oh
@@ -645,9 +645,8 @@ class BatchAugmentation(nn.Module):
         for step in self.steps:
             if step["name"] in GEOMETRIC_STEPS:
                 group.append(step)
-                if (
-                    step["name"] == "elastic"
-                ):  # ends its group: it is applied after the affine steps before it
+                # elastic ends its group: its field is applied after the geometric steps before it
+                if step["name"] == "elastic":
                     x, group = self._warp(x, group, train), []
                 continue
             if group:
