@@ -89,13 +89,14 @@ def make_data(data_dir: str, batch_size: int, augmentation: str = "none", limit:
     )
 
 
-def trainer(epochs: int, callbacks=(), limit_train_batches=None) -> pl.Trainer:
+def trainer(epochs: int, callbacks=(), limit_train_batches=None, precision: str = "32-true") -> pl.Trainer:
     return pl.Trainer(
         **quiet_trainer_kwargs(
             max_epochs=epochs,
             limit_train_batches=limit_train_batches,
             limit_val_batches=0,
             callbacks=list(callbacks),
+            precision=precision,
         )
     )
 
@@ -124,6 +125,8 @@ def test_errors(net: torch.nn.Module, dm: ImageClassificationDataModule) -> int:
 def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
     """One teacher network (ensemble member ``member``, seed ``100 + member``), trained or loaded from the cache."""
     suffix = "" if member == 0 else f"_m{member}"
+    if args.teacher_precision != "32-true":
+        suffix = f"_{args.teacher_precision}{suffix}"
     path = (
         Path(args.cache_dir)
         / f"teacher_mlp1200x2_dropout_{args.teacher_augmentation}_e{args.teacher_epochs}_s{args.limit_train_samples}{suffix}.pt"
@@ -138,7 +141,9 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
     else:
         pl.seed_everything(100 + member)
         start = time.perf_counter()
-        trainer(args.teacher_epochs).fit(module(net, args.teacher_lr, args.teacher_epochs), datamodule=dm)
+        trainer(args.teacher_epochs, precision=args.teacher_precision).fit(
+            module(net, args.teacher_lr, args.teacher_epochs), datamodule=dm
+        )
         seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), path)
@@ -175,6 +180,8 @@ def student_result_path(args, seed: int, distilled: bool) -> Path:
             f"_kd_T{args.temperature:g}_a{args.alpha:g}_teacher{args.teacher_members}x{args.teacher_augmentation}"
             f"_e{args.teacher_epochs}_{args.ensemble_combine}"
         )
+        if args.teacher_precision != "32-true":
+            setting += f"_{args.teacher_precision}"
     return Path(args.cache_dir) / "students" / f"{setting}_seed{seed}.json"
 
 
@@ -308,6 +315,13 @@ def main() -> None:
         help="the members' training augmentation: shifts (jitter), or shifts then elastic distortions",
     )
     parser.add_argument(
+        "--teacher-precision",
+        choices=["32-true", "bf16-mixed"],
+        default="32-true",
+        help="the members' training precision (bf16-mixed: about 1.5x faster steps on a CPU with AMX); the "
+        "teacher's logits are computed in float32 either way",
+    )
+    parser.add_argument(
         "--student-seed",
         type=int,
         default=None,
@@ -405,7 +419,8 @@ def main() -> None:
     print("| model | parameters | test errors (mean) | per seed |")
     print("|---|---|---|---|")
     print(
-        f"| teacher: {teacher_name} (dropout, {args.teacher_augmentation}) | {n_teacher:,} | {teacher_errors} | members {member_errors} |"
+        f"| teacher: {teacher_name} (dropout, {args.teacher_augmentation}, {args.teacher_epochs} epochs, "
+        f"{args.teacher_precision}) | {n_teacher:,} | {teacher_errors} | members {member_errors} |"
     )
     print(f"| student alone | {n_student:,} | {mean_alone:.1f} | {alone} |")
     print(
