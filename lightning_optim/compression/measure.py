@@ -200,7 +200,9 @@ def measure_latency(
     batch size is: the x86 (oneDNN) int8 convolution caches its kernel plan for the first input shape it
     sees, so a model first run at another batch size (an evaluation at batch 1000, say) is up to 1.4x
     slower at batch 1 than a copy whose first call is at batch 1 (measured on LeNet-5). Copying repacks the
-    weights and clears that cache. Compiled modules (``torch.compile``) are not copied.
+    weights and clears that cache. Compiled modules (``torch.compile``) are not copied. The copy holds a
+    second set of the weights for the measurement: for a model that does not fit in memory twice, pass
+    ``fresh_copy=False`` (and call it first at the batch size to be timed).
 
     Args:
         model: a module (put in eval mode) or any callable.
