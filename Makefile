@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 # wheel cache where the machine has one.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast lint bench docs clean
+.PHONY: demo test test-fast test-min-deps lint bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
+# the lowest versions pyproject.toml allows (torch and torchvision stay pinned), in their own venv
+MIN_PINS ?= lightning==2.6.0 torchmetrics==1.4.0 'jsonargparse[signatures]==4.39.0'
+test-min-deps:
+	test -x .venv-min/bin/python || $(PY) -m venv .venv-min
+	.venv-min/bin/python -m pip install -q --upgrade pip
+	.venv-min/bin/python -m pip install -q $(TORCH_PINS)
+	.venv-min/bin/python -m pip install -q -e '.[dev]' $(MIN_PINS)
+	OMP_NUM_THREADS=1 .venv-min/bin/python -m pytest -q tests
+
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" tests
 
@@ -42,4 +51,4 @@ docs: $(VENV)/.docs
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) site build *.egg-info lightning_logs
+	rm -rf $(VENV) .venv-min site build *.egg-info lightning_logs

@@ -319,6 +319,13 @@ def run_entry(code: str, ns: dict) -> BaseException | None:
     return None
 
 
+def rendered_with() -> str:
+    """The versions whose wording the CLI rows show (jsonargparse writes those messages)."""
+    from importlib.metadata import version
+
+    return f"Rendered with jsonargparse {version('jsonargparse')} and lightning {version('lightning')}."
+
+
 def render_markdown() -> str:
     """The docs page: one row per bad input with the exact message."""
     import warnings
@@ -332,7 +339,7 @@ def render_markdown() -> str:
         "a test (`tests/test_bad_inputs.py`), so the message shown is the one a user sees. Temporary paths",
         "are shown as `<tmp>`.",
         "",
-        f"{len(CATALOGUE)} bad inputs.",
+        f"{len(CATALOGUE)} bad inputs. {rendered_with()}",
         "",
         "| area | bad input | call | error |",
         "|---|---|---|---|",

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.bad_input_catalogue import CATALOGUE, MUST_NAME, namespace, render_markdown, run_entry
+from tests.bad_input_catalogue import (
+    CATALOGUE,
+    MUST_NAME,
+    namespace,
+    render_markdown,
+    rendered_with,
+    run_entry,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 
@@ -42,6 +49,8 @@ def test_bad_input_is_refused_clearly(ns, area, what, code, exc):
 
 def test_docs_page_is_current():
     assert DOC.is_file(), "run `python -m tests.bad_input_catalogue` to write docs/bad-inputs.md"
+    if rendered_with() not in DOC.read_text():  # other versions word the CLI messages differently
+        pytest.skip(f"docs/bad-inputs.md was rendered with other versions than these ({rendered_with()})")
     assert DOC.read_text() == render_markdown(), (
         "docs/bad-inputs.md is stale: run `python -m tests.bad_input_catalogue`"
     )
