@@ -129,6 +129,8 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
     suffix = "" if member == 0 else f"_m{member}"
     if args.teacher_precision != "32-true":
         suffix = f"_{args.teacher_precision}{suffix}"
+    if (args.teacher_lr, args.batch_size) != (1e-3, 256):  # the defaults keep their earlier file names
+        suffix = f"_lr{args.teacher_lr:g}_b{args.batch_size}{suffix}"
     path = (
         Path(args.cache_dir)
         / f"teacher_mlp1200x2_dropout_{args.teacher_augmentation}_e{args.teacher_epochs}_s{args.limit_train_samples}{suffix}.pt"
@@ -184,6 +186,8 @@ def student_result_path(args, seed: int, distilled: bool) -> Path:
         )
         if args.teacher_precision != "32-true":
             setting += f"_{args.teacher_precision}"
+        if args.teacher_lr != 1e-3:  # the members' --batch-size is the students' (in the name already)
+            setting += f"_tlr{args.teacher_lr:g}"
     return Path(args.cache_dir) / "students" / f"{setting}_seed{seed}.json"
 
 
