@@ -49,8 +49,15 @@ def test_bad_input_is_refused_clearly(ns, area, what, code, exc):
 
 def test_docs_page_is_current():
     assert DOC.is_file(), "run `python -m tests.bad_input_catalogue` to write docs/bad-inputs.md"
-    if rendered_with() not in DOC.read_text():  # other versions word the CLI messages differently
-        pytest.skip(f"docs/bad-inputs.md was rendered with other versions than these ({rendered_with()})")
-    assert DOC.read_text() == render_markdown(), (
-        "docs/bad-inputs.md is stale: run `python -m tests.bad_input_catalogue`"
-    )
+    page, current = DOC.read_text(), render_markdown()
+    if rendered_with() not in page:
+        # other jsonargparse/lightning versions word the CLI rows' messages differently: compare the rest
+        def ours(text: str) -> list[str]:
+            return [
+                line
+                for line in text.splitlines()
+                if not line.startswith(("| CLI |", f"{len(CATALOGUE)} bad"))
+            ]
+
+        page, current = ours(page), ours(current)
+    assert page == current, "docs/bad-inputs.md is stale: run `python -m tests.bad_input_catalogue`"
