@@ -288,6 +288,12 @@ def step_times_in_fit(args, teacher: torch.nn.Module, block: int = 8) -> dict[st
     return {"on": statistics.median(on), "off": statistics.median(off), "steps": len(on) + len(off)}
 
 
+def gap_recovery(alone: list[float], distilled: list[float], teacher_errors: float) -> float:
+    """(mean alone - mean distilled) / (mean alone - teacher): the share of the gap the distillation closes."""
+    gap = statistics.mean(alone) - teacher_errors
+    return (statistics.mean(alone) - statistics.mean(distilled)) / gap if gap > 0 else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -295,6 +301,13 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--cache-dir", default="runs/benchmarks")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--split-at",
+        type=int,
+        default=None,
+        help="also print the gap recovery of seeds below and from this seed (e.g. 5 with --seeds 10: the "
+        "earlier seeds and the ones added after them), and each seed's own recovery",
+    )
     parser.add_argument(
         "--teacher-members",
         type=int,
@@ -409,8 +422,7 @@ def main() -> None:
         alone, distilled, saved = [float("nan")], [float("nan")], [float("nan")]
     mean_alone, mean_kd = statistics.mean(alone), statistics.mean(distilled)
     spread = max(max(alone) - min(alone), max(distilled) - min(distilled))
-    gap = mean_alone - teacher_errors
-    recovery = (mean_alone - mean_kd) / gap if gap > 0 else float("nan")
+    recovery = gap_recovery(alone, distilled, teacher_errors)
     print()
     print(
         f"MNIST test errors (of 10,000); student {n_student:,} parameters = teacher / {n_teacher / n_student:.1f}"
@@ -437,6 +449,23 @@ def main() -> None:
         f"gap recovery: {100 * recovery:.1f}% (Hinton et al. 2015: 91%); improvement {mean_alone - mean_kd:.1f} errors "
         f"vs largest seed-to-seed spread {spread} errors"
     )
+    if args.split_at is not None and not args.timing_only:
+        print(
+            "per seed: "
+            + ", ".join(
+                f"{100 * gap_recovery([a], [d], teacher_errors):.1f}%" for a, d in zip(alone, distilled)
+            )
+        )
+        for label, part in (
+            (f"seeds 0-{args.split_at - 1}", slice(0, args.split_at)),
+            (f"seeds {args.split_at}-{len(alone) - 1}", slice(args.split_at, None)),
+        ):
+            if alone[part]:
+                recovery_part = gap_recovery(alone[part], distilled[part], teacher_errors)
+                print(
+                    f"{label}: alone {statistics.mean(alone[part]):.1f}, distilled "
+                    f"{statistics.mean(distilled[part]):.1f}, gap recovery {100 * recovery_part:.1f}%"
+                )
     print(
         f"teacher time saved by the logit cache per distilled run: {statistics.mean(saved):.1f} s (estimated)"
     )
