@@ -16,7 +16,8 @@ Here, in one run::
    ``--train-member K`` trains one member into the cache, so that members can be trained in parallel
    processes first; ``--teacher-precision bf16-mixed`` trains them in bf16 autocast (``--teacher-epochs 150
    --teacher-precision bf16-mixed`` is the fifth session's teacher: 67 errors, but a worse teacher for the
-   student than the default's 71). ``--teacher-members 7 --teacher-epochs 40`` is the third session's teacher;
+   student than the default's, 71 on that CPU). ``--teacher-members 7 --teacher-epochs 40`` is the third
+   session's teacher;
    ``--teacher-members 1 --teacher-epochs 15 --student-hidden 256,128 --temperature 8`` the single-teacher
    protocol of earlier runs.
 2. **Student**: Hinton's small net, a 784-800-800-10 MLP (1,276,810 parameters, 11.3x fewer than the
