@@ -67,6 +67,8 @@ TEACHER_HIDDEN = (1200, 1200)
 TEACHER_MEMBERS = 6
 TEACHER_EPOCHS = 80
 STUDENT_HIDDEN = (800, 800)
+#: --student-optimizer -> its name in the printed table
+OPTIMIZER_NAMES = {"adam": "Adam", "momentum": "SGD momentum 0.9", "nesterov": "SGD Nesterov 0.9"}
 
 
 def make_teacher(dropout: float = 0.3) -> torch.nn.Module:
@@ -104,10 +106,10 @@ def trainer(epochs: int, callbacks=(), limit_train_batches=None, precision: str 
     )
 
 
-def module(net: torch.nn.Module, lr: float, epochs: int) -> ClassificationModule:
+def module(net: torch.nn.Module, lr: float, epochs: int, optimizer: str = "adam") -> ClassificationModule:
     return ClassificationModule(
         net,
-        optimizer="adam",
+        optimizer=optimizer,
         lr=lr,
         lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs),
     )
@@ -180,6 +182,8 @@ def student_result_path(args, seed: int, distilled: bool) -> Path:
         f"h{student}_e{args.student_epochs}_lr{args.student_lr:g}_b{args.batch_size}"
         f"_aug{int(args.augmented)}_s{args.limit_train_samples}_t{args.threads}"
     )  # threads too: an unregularized student's errors change with the order of float sums
+    if args.student_optimizer != "adam":  # Adam runs keep their earlier file names
+        setting += f"_opt{args.student_optimizer}"
     if distilled:
         setting += (
             f"_kd_T{args.temperature:g}_a{args.alpha:g}_teacher{args.teacher_members}x{args.teacher_augmentation}"
@@ -220,7 +224,7 @@ def train_student(
         )
         callbacks.append(kd)
     trainer(args.student_epochs, callbacks).fit(
-        module(net, args.student_lr, args.student_epochs), datamodule=dm
+        module(net, args.student_lr, args.student_epochs, args.student_optimizer), datamodule=dm
     )
     return test_errors(net, dm), kd
 
@@ -358,6 +362,12 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=40)
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
     parser.add_argument("--student-lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--student-optimizer",
+        choices=["adam", "momentum", "nesterov"],
+        default="adam",
+        help="both students' optimizer (momentum/nesterov: SGD with momentum 0.9), at --student-lr",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=20.0)
     parser.add_argument("--alpha", type=float, default=1.0)
@@ -432,7 +442,7 @@ def main() -> None:
         "jittered data (augmentation 'light'), online KD" if args.augmented else "unaugmented data, cached KD"
     )
     print(
-        f"students: {'-'.join(map(str, args.student_hidden))} MLP, {args.student_epochs} epochs, Adam {args.student_lr:g}, cosine, batch {args.batch_size}; {data}"
+        f"students: {'-'.join(map(str, args.student_hidden))} MLP, {args.student_epochs} epochs, {OPTIMIZER_NAMES[args.student_optimizer]} {args.student_lr:g}, cosine, batch {args.batch_size}; {data}"
     )
     print()
     print("| model | parameters | test errors (mean) | per seed |")
