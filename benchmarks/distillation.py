@@ -31,6 +31,9 @@ Here, in one run::
    with the logit cache after it is filled, interleaved in one process; ratios to the student alone.
 
 Errors are counted on the 10,000 MNIST test images. Gap recovery = (alone - distilled) / (alone - teacher).
+``--holdout N`` holds N training images out of every member's and student's training (seeded; cache names
+get ``_hoN``) and counts errors on them instead: settings can be tuned there, leaving the test set for one
+pre-registered run. ``--student-optimizer`` trains both students with momentum or Nesterov SGD instead of Adam.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ TEACHER_HIDDEN = (1200, 1200)
 TEACHER_MEMBERS = 6
 TEACHER_EPOCHS = 80
 STUDENT_HIDDEN = (800, 800)
+MNIST_TRAIN_IMAGES = 60_000
 #: --student-optimizer -> its name in the printed table
 OPTIMIZER_NAMES = {"adam": "Adam", "momentum": "SGD momentum 0.9", "nesterov": "SGD Nesterov 0.9"}
 
@@ -80,13 +84,16 @@ def make_student(hidden: tuple[int, int]) -> torch.nn.Module:
     return LeNet300100(hidden=hidden)
 
 
-def make_data(data_dir: str, batch_size: int, augmentation: str = "none", limit: int | None = None):
+def make_data(
+    data_dir: str, batch_size: int, augmentation: str = "none", limit: int | None = None, holdout: int = 0
+):
+    """MNIST with a seeded 2% validation split, or with ``holdout`` training images held out instead."""
     return ImageClassificationDataModule(
         "mnist",
         data_dir=data_dir,
         batch_size=batch_size,
         eval_batch_size=1000,
-        val_split=0.02,
+        val_split=holdout / MNIST_TRAIN_IMAGES if holdout else 0.02,
         augmentation=augmentation,
         return_index=True,
         limit_train_samples=limit,
@@ -116,11 +123,11 @@ def module(net: torch.nn.Module, lr: float, epochs: int, optimizer: str = "adam"
 
 
 @torch.no_grad()
-def test_errors(net: torch.nn.Module, dm: ImageClassificationDataModule) -> int:
-    """Misclassified images of the 10,000-image MNIST test split."""
+def test_errors(net: torch.nn.Module, dm: ImageClassificationDataModule, holdout: bool = False) -> int:
+    """Misclassified images of the 10,000-image MNIST test split, or of the held-out training images."""
     net.eval()
     errors = 0
-    split = dm.test_split
+    split = dm.val_split_data if holdout else dm.test_split
     for i in range(0, len(split), 1000):
         x = dm.to_model_input(split.images[i : i + 1000])
         errors += int((net(x).argmax(-1) != split.labels[i : i + 1000]).sum())
@@ -134,13 +141,21 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
         suffix = f"_{args.teacher_precision}{suffix}"
     if (args.teacher_lr, args.batch_size) != (1e-3, 256):  # the defaults keep their earlier file names
         suffix = f"_lr{args.teacher_lr:g}_b{args.batch_size}{suffix}"
+    if args.holdout:
+        suffix = f"_ho{args.holdout}{suffix}"
     path = (
         Path(args.cache_dir)
         / f"teacher_mlp1200x2_dropout_{args.teacher_augmentation}_e{args.teacher_epochs}_s{args.limit_train_samples}{suffix}.pt"
     )
     net = make_teacher()
     augmentation = TEACHER_AUGMENTATIONS[args.teacher_augmentation]
-    dm = make_data(args.data_dir, args.batch_size, augmentation=augmentation, limit=args.limit_train_samples)
+    dm = make_data(
+        args.data_dir,
+        args.batch_size,
+        augmentation=augmentation,
+        limit=args.limit_train_samples,
+        holdout=args.holdout,
+    )
     dm.setup("fit")
     if path.is_file():
         net.load_state_dict(torch.load(path, weights_only=True))
@@ -154,7 +169,7 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
         seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), path)
-    return net, test_errors(net, dm), seconds
+    return net, test_errors(net, dm, bool(args.holdout)), seconds
 
 
 def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
@@ -166,13 +181,13 @@ def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
         members.append(net)
         member_errors.append(errors)
         seconds += took
-        print(f"teacher member {member}: {errors} test errors", flush=True)
+        print(f"teacher member {member}: {errors} {error_kind(args)}", flush=True)
     if len(members) == 1:
         return members[0], member_errors[0], member_errors, seconds
     ensemble = LogitEnsemble(members, combine=args.ensemble_combine, temperature=args.temperature)
-    dm = make_data(args.data_dir, args.batch_size, limit=args.limit_train_samples)
+    dm = make_data(args.data_dir, args.batch_size, limit=args.limit_train_samples, holdout=args.holdout)
     dm.setup("fit")
-    return ensemble, test_errors(ensemble, dm), member_errors, seconds
+    return ensemble, test_errors(ensemble, dm, bool(args.holdout)), member_errors, seconds
 
 
 def student_result_path(args, seed: int, distilled: bool) -> Path:
@@ -184,6 +199,8 @@ def student_result_path(args, seed: int, distilled: bool) -> Path:
     )  # threads too: an unregularized student's errors change with the order of float sums
     if args.student_optimizer != "adam":  # Adam runs keep their earlier file names
         setting += f"_opt{args.student_optimizer}"
+    if args.holdout:
+        setting += f"_ho{args.holdout}"
     if distilled:
         setting += (
             f"_kd_T{args.temperature:g}_a{args.alpha:g}_teacher{args.teacher_members}x{args.teacher_augmentation}"
@@ -215,7 +232,13 @@ def train_student(
     pl.seed_everything(seed)
     net = make_student(args.student_hidden)
     augmentation = "light" if args.augmented else "none"
-    dm = make_data(args.data_dir, args.batch_size, augmentation=augmentation, limit=args.limit_train_samples)
+    dm = make_data(
+        args.data_dir,
+        args.batch_size,
+        augmentation=augmentation,
+        limit=args.limit_train_samples,
+        holdout=args.holdout,
+    )
     callbacks = []
     kd = None
     if teacher is not None:  # augmented data: the teacher runs online on the same jittered batch
@@ -226,7 +249,7 @@ def train_student(
     trainer(args.student_epochs, callbacks).fit(
         module(net, args.student_lr, args.student_epochs, args.student_optimizer), datamodule=dm
     )
-    return test_errors(net, dm), kd
+    return test_errors(net, dm, bool(args.holdout)), kd
 
 
 class StepTimer(Callback):
@@ -291,6 +314,11 @@ def step_times_in_fit(args, teacher: torch.nn.Module, block: int = 8) -> dict[st
     on = [t for i, t in enumerate(second) if (i // block) % 2 == 0 and i % block]
     off = [t for i, t in enumerate(second) if (i // block) % 2 == 1 and i % block]
     return {"on": statistics.median(on), "off": statistics.median(off), "steps": len(on) + len(off)}
+
+
+def error_kind(args) -> str:
+    """What the error counts are counted on: the test set, or the held-out training images (``--holdout``)."""
+    return "held-out errors" if args.holdout else "test errors"
 
 
 def gap_recovery(alone: list[float], distilled: list[float], teacher_errors: float) -> float:
@@ -383,14 +411,23 @@ def main() -> None:
         "--timing-only", action="store_true", help="only the step times (teacher from the cache)"
     )
     parser.add_argument("--limit-train-samples", type=int, default=None, help="for a quick trial only")
+    parser.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        help="hold out this many training images (seeded) from the members and the students and count errors "
+        "on them instead of the test set: tuning on them leaves the test set for one pre-registered run",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not 0 <= args.holdout < MNIST_TRAIN_IMAGES:
+        parser.error(f"--holdout must be in [0, {MNIST_TRAIN_IMAGES}), got {args.holdout}")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
     if args.train_member is not None:
         _, errors, seconds = train_teacher(args, args.train_member)
-        print(f"teacher member {args.train_member}: {errors} test errors (trained in {seconds:.0f} s)")
+        print(f"teacher member {args.train_member}: {errors} {error_kind(args)} (trained in {seconds:.0f} s)")
         return
     if args.student_seed is not None and args.student_mode == "alone":  # needs no teacher
         errors, _ = student_errors(args, args.student_seed, None)
@@ -408,7 +445,7 @@ def main() -> None:
         else f"LogitEnsemble ({args.ensemble_combine}) of {args.teacher_members} LeNet300100 1200-1200"
     )
     print(
-        f"teacher: {teacher_name}, {n_teacher:,} parameters, {teacher_errors} test errors "
+        f"teacher: {teacher_name}, {n_teacher:,} parameters, {teacher_errors} {error_kind(args)} "
         f"(members: {member_errors}; trained in {teacher_seconds:.0f} s; nan = loaded from cache)",
         flush=True,
     )
@@ -435,8 +472,14 @@ def main() -> None:
     spread = max(max(alone) - min(alone), max(distilled) - min(distilled))
     recovery = gap_recovery(alone, distilled, teacher_errors)
     print()
+    counted = (
+        f"of {args.holdout:,} held-out training images; the test set is not used"
+        if args.holdout
+        else "of 10,000"
+    )
     print(
-        f"MNIST test errors (of 10,000); student {n_student:,} parameters = teacher / {n_teacher / n_student:.1f}"
+        f"MNIST {error_kind(args)} ({counted}); student {n_student:,} parameters = teacher / "
+        f"{n_teacher / n_student:.1f}"
     )
     data = (
         "jittered data (augmentation 'light'), online KD" if args.augmented else "unaugmented data, cached KD"
@@ -445,7 +488,7 @@ def main() -> None:
         f"students: {'-'.join(map(str, args.student_hidden))} MLP, {args.student_epochs} epochs, {OPTIMIZER_NAMES[args.student_optimizer]} {args.student_lr:g}, cosine, batch {args.batch_size}; {data}"
     )
     print()
-    print("| model | parameters | test errors (mean) | per seed |")
+    print(f"| model | parameters | {error_kind(args)} (mean) | per seed |")
     print("|---|---|---|---|")
     print(
         f"| teacher: {teacher_name} (dropout, {args.teacher_augmentation}, {args.teacher_epochs} epochs, "
