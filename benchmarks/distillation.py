@@ -32,8 +32,8 @@ Here, in one run::
 
 Errors are counted on the 10,000 MNIST test images. Gap recovery = (alone - distilled) / (alone - teacher).
 ``--holdout N`` holds N training images out of every member's and student's training (seeded; cache names
-get ``_hoN``) and counts errors on them instead: settings can be tuned there, leaving the test set for one
-pre-registered run. ``--student-optimizer`` trains both students with momentum or Nesterov SGD instead of Adam.
+get ``_hoN``); ``--count-on holdout`` counts errors on them instead of the test set. Settings can be tuned
+there, and the chosen one run once on the test set (``--count-on test``, the same members and training data). ``--student-optimizer`` trains both students with momentum or Nesterov SGD instead of Adam.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
         seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), path)
-    return net, test_errors(net, dm, bool(args.holdout)), seconds
+    return net, test_errors(net, dm, counts_on_holdout(args)), seconds
 
 
 def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
@@ -187,7 +187,7 @@ def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
     ensemble = LogitEnsemble(members, combine=args.ensemble_combine, temperature=args.temperature)
     dm = make_data(args.data_dir, args.batch_size, limit=args.limit_train_samples, holdout=args.holdout)
     dm.setup("fit")
-    return ensemble, test_errors(ensemble, dm, bool(args.holdout)), member_errors, seconds
+    return ensemble, test_errors(ensemble, dm, counts_on_holdout(args)), member_errors, seconds
 
 
 def student_result_path(args, seed: int, distilled: bool) -> Path:
@@ -200,7 +200,7 @@ def student_result_path(args, seed: int, distilled: bool) -> Path:
     if args.student_optimizer != "adam":  # Adam runs keep their earlier file names
         setting += f"_opt{args.student_optimizer}"
     if args.holdout:
-        setting += f"_ho{args.holdout}"
+        setting += f"_ho{args.holdout}" + ("_onho" if counts_on_holdout(args) else "")
     if distilled:
         setting += (
             f"_kd_T{args.temperature:g}_a{args.alpha:g}_teacher{args.teacher_members}x{args.teacher_augmentation}"
@@ -249,7 +249,7 @@ def train_student(
     trainer(args.student_epochs, callbacks).fit(
         module(net, args.student_lr, args.student_epochs, args.student_optimizer), datamodule=dm
     )
-    return test_errors(net, dm, bool(args.holdout)), kd
+    return test_errors(net, dm, counts_on_holdout(args)), kd
 
 
 class StepTimer(Callback):
@@ -316,9 +316,14 @@ def step_times_in_fit(args, teacher: torch.nn.Module, block: int = 8) -> dict[st
     return {"on": statistics.median(on), "off": statistics.median(off), "steps": len(on) + len(off)}
 
 
+def counts_on_holdout(args) -> bool:
+    """Whether errors are counted on the held-out training images (``--holdout N --count-on holdout``)."""
+    return bool(args.holdout) and args.count_on == "holdout"
+
+
 def error_kind(args) -> str:
-    """What the error counts are counted on: the test set, or the held-out training images (``--holdout``)."""
-    return "held-out errors" if args.holdout else "test errors"
+    """What the error counts are counted on: the test set, or the held-out training images."""
+    return "held-out errors" if counts_on_holdout(args) else "test errors"
 
 
 def gap_recovery(alone: list[float], distilled: list[float], teacher_errors: float) -> float:
@@ -415,13 +420,20 @@ def main() -> None:
         "--holdout",
         type=int,
         default=0,
-        help="hold out this many training images (seeded) from the members and the students and count errors "
-        "on them instead of the test set: tuning on them leaves the test set for one pre-registered run",
+        help="hold out this many training images (seeded) from the members' and the students' training",
+    )
+    parser.add_argument(
+        "--count-on",
+        choices=["test", "holdout"],
+        default="test",
+        help="count errors on the test set, or on the --holdout images (to tune without the test set)",
     )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if not 0 <= args.holdout < MNIST_TRAIN_IMAGES:
         parser.error(f"--holdout must be in [0, {MNIST_TRAIN_IMAGES}), got {args.holdout}")
+    if args.count_on == "holdout" and not args.holdout:
+        parser.error("--count-on holdout needs --holdout N (N > 0)")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
@@ -474,7 +486,7 @@ def main() -> None:
     print()
     counted = (
         f"of {args.holdout:,} held-out training images; the test set is not used"
-        if args.holdout
+        if counts_on_holdout(args)
         else "of 10,000"
     )
     print(
@@ -484,6 +496,8 @@ def main() -> None:
     data = (
         "jittered data (augmentation 'light'), online KD" if args.augmented else "unaugmented data, cached KD"
     )
+    if args.holdout:
+        data += f"; {args.holdout:,} training images held out of every member's and student's training"
     print(
         f"students: {'-'.join(map(str, args.student_hidden))} MLP, {args.student_epochs} epochs, {OPTIMIZER_NAMES[args.student_optimizer]} {args.student_lr:g}, cosine, batch {args.batch_size}; {data}"
     )
