@@ -33,7 +33,9 @@ Here, in one run::
 Errors are counted on the 10,000 MNIST test images. Gap recovery = (alone - distilled) / (alone - teacher).
 ``--holdout N`` holds N training images out of every member's and student's training (seeded; cache names
 get ``_hoN``); ``--count-on holdout`` counts errors on them instead of the test set. Settings can be tuned
-there, and the chosen one run once on the test set (``--count-on test``, the same members and training data). ``--student-optimizer`` trains both students with momentum or Nesterov SGD instead of Adam.
+there, and the chosen one run once on the test set (``--count-on test``, the same members and training
+data). ``--student-optimizer`` trains both students with momentum or Nesterov SGD instead of Adam; every
+student run stops at its first non-finite loss (``NonFiniteGuard``) instead of caching a diverged result.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchmarks._trainer import quiet_trainer_kwargs
-from lightning_optim.callbacks import KnowledgeDistillation
+from lightning_optim.callbacks import KnowledgeDistillation, NonFiniteGuard
 from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import LeNet300100, LogitEnsemble, count_parameters
 from lightning_optim.modules import ClassificationModule
@@ -98,6 +100,14 @@ def make_data(
         return_index=True,
         limit_train_samples=limit,
         seed=0,
+    )
+
+
+def run_data(args, augmentation: str | list[dict] = "none") -> ImageClassificationDataModule:
+    """The data of this run's members and students: ``--data-dir``, ``--batch-size``, ``--limit-train-samples``
+    and ``--holdout`` from ``args``."""
+    return make_data(
+        args.data_dir, args.batch_size, augmentation, limit=args.limit_train_samples, holdout=args.holdout
     )
 
 
@@ -149,13 +159,7 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
     )
     net = make_teacher()
     augmentation = TEACHER_AUGMENTATIONS[args.teacher_augmentation]
-    dm = make_data(
-        args.data_dir,
-        args.batch_size,
-        augmentation=augmentation,
-        limit=args.limit_train_samples,
-        holdout=args.holdout,
-    )
+    dm = run_data(args, augmentation)
     dm.setup("fit")
     if path.is_file():
         net.load_state_dict(torch.load(path, weights_only=True))
@@ -185,7 +189,7 @@ def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
     if len(members) == 1:
         return members[0], member_errors[0], member_errors, seconds
     ensemble = LogitEnsemble(members, combine=args.ensemble_combine, temperature=args.temperature)
-    dm = make_data(args.data_dir, args.batch_size, limit=args.limit_train_samples, holdout=args.holdout)
+    dm = run_data(args)
     dm.setup("fit")
     return ensemble, test_errors(ensemble, dm, counts_on_holdout(args)), member_errors, seconds
 
@@ -232,14 +236,10 @@ def train_student(
     pl.seed_everything(seed)
     net = make_student(args.student_hidden)
     augmentation = "light" if args.augmented else "none"
-    dm = make_data(
-        args.data_dir,
-        args.batch_size,
-        augmentation=augmentation,
-        limit=args.limit_train_samples,
-        holdout=args.holdout,
-    )
-    callbacks = []
+    dm = run_data(args, augmentation)
+    callbacks: list[Callback] = [
+        NonFiniteGuard(check_weights_every_n_steps=0)
+    ]  # a diverged run is not cached
     kd = None
     if teacher is not None:  # augmented data: the teacher runs online on the same jittered batch
         kd = KnowledgeDistillation(
@@ -332,7 +332,8 @@ def gap_recovery(alone: list[float], distilled: list[float], teacher_errors: flo
     return (statistics.mean(alone) - statistics.mean(distilled)) / gap if gap > 0 else float("nan")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: ``--holdout`` in range, ``--count-on holdout`` only with ``--holdout``."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -429,11 +430,16 @@ def main() -> None:
         help="count errors on the test set, or on the --holdout images (to tune without the test set)",
     )
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not 0 <= args.holdout < MNIST_TRAIN_IMAGES:
         parser.error(f"--holdout must be in [0, {MNIST_TRAIN_IMAGES}), got {args.holdout}")
     if args.count_on == "holdout" and not args.holdout:
         parser.error("--count-on holdout needs --holdout N (N > 0)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
