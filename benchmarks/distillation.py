@@ -543,15 +543,16 @@ def main() -> None:
     print(
         f"teacher time saved by the logit cache per distilled run: {statistics.mean(saved):.1f} s (estimated)"
     )
-    print()
-    print("| step time (median of medians) | ms | ratio to student alone |")
-    print("|---|---|---|")
-    for mode, label in (
-        ("alone", "student alone"),
-        ("online", "online KD (teacher every step)"),
-        ("cached", "offline KD (cached logits)"),
-    ):
-        print(f"| {label} | {1000 * median[mode]:.2f} | {median[mode] / median['alone']:.2f} |")
+    if rounds["alone"]:  # --skip-timing: no table of nan
+        print()
+        print("| step time (median of medians) | ms | ratio to student alone |")
+        print("|---|---|---|")
+        for mode, label in (
+            ("alone", "student alone"),
+            ("online", "online KD (teacher every step)"),
+            ("cached", "offline KD (cached logits)"),
+        ):
+            print(f"| {label} | {1000 * median[mode]:.2f} | {median[mode] / median['alone']:.2f} |")
     if not args.skip_timing:
         gated = step_times_in_fit(args, teacher)
         print(
