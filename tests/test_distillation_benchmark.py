@@ -1,12 +1,20 @@
-"""The distillation benchmark's cache keys and command-line checks (benchmarks/distillation.py).
+"""The distillation benchmark (benchmarks/distillation.py): its cache keys, its command-line checks, and one
+end-to-end run on a tiny slice of real MNIST.
 
 Cached results are reused by file name, so a setting that changes a result must change the name, and the
 defaults must keep the names that earlier sessions' caches were written under.
 """
 
+import math
+import re
+import statistics
+import subprocess
+import sys
+
 import pytest
 
-from benchmarks.distillation import counts_on_holdout, parse_args, student_result_path
+from benchmarks.distillation import counts_on_holdout, gap_recovery, parse_args, student_result_path
+from tests.conftest import REPO_ROOT
 
 
 def _name(argv: list[str], distilled: bool, seed: int = 0) -> str:
@@ -54,3 +62,53 @@ def test_bad_arguments_name_the_option(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def _run_benchmark(mnist_dir, cache_dir, *extra: str) -> str:
+    """The benchmark as a user runs it (its own process, its own argv), on a tiny slice of real MNIST."""
+    argv = [
+        sys.executable, "-m", "benchmarks.distillation", "--data-dir", str(mnist_dir),
+        "--cache-dir", str(cache_dir), "--limit-train-samples", "512", "--teacher-members", "2",
+        "--teacher-epochs", "1", "--student-epochs", "2", "--seeds", "2", "--timing-batches", "4",
+        "--timing-rounds", "1", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _row(output: str, label: str) -> tuple[float, list[int]]:
+    """``(mean, per-seed errors)`` of the results-table row that starts with ``label``."""
+    match = re.search(rf"^\| {re.escape(label)}[^|]*\| [\d,]+ \| ([\d.]+) \| \[([\d, ]+)\] \|$", output, re.M)
+    assert match, f"no table row {label!r} in:\n{output}"
+    return float(match[1]), [int(v) for v in match[2].split(",")]
+
+
+def test_runs_end_to_end_on_real_mnist_and_reuses_its_caches(mnist_dir, tmp_path):
+    """Trains a 2-member teacher and both students on 512 real images; the printed table, the gap recovery
+    and the step-time ratios must agree with each other, and a second run must load everything it can from
+    the caches and print the same errors."""
+    first = _run_benchmark(mnist_dir, tmp_path)
+    teacher = int(re.search(r"^\| teacher: [^|]*\| [\d,]+ \| (\d+) \|", first, re.M)[1])
+    mean_alone, alone = _row(first, "student alone")
+    mean_kd, distilled = _row(first, "student distilled (T=20, alpha=1)")
+    assert len(alone) == len(distilled) == 2
+    assert mean_alone == pytest.approx(statistics.mean(alone), abs=0.05)
+    assert mean_kd == pytest.approx(statistics.mean(distilled), abs=0.05)
+    recovery = float(re.search(r"^gap recovery: (-?[\d.]+|nan)%", first, re.M)[1])
+    expected = 100 * gap_recovery(alone, distilled, teacher)
+    assert recovery == pytest.approx(expected, abs=0.05) or (math.isnan(recovery) and math.isnan(expected))
+    # the second epoch of each distilled run reads the logit cache, so some teacher time is saved
+    assert float(re.search(r"per distilled run: ([\d.]+) s", first)[1]) > 0
+    step_row = r"^\| (student alone|online KD[^|]*|offline KD[^|]*) \| [\d.]+ \| ([\d.]+) \|$"
+    ratios = dict(re.findall(step_row, first, re.M))
+    assert len(ratios) == 3 and float(ratios["student alone"]) == 1.0, first
+    assert re.search(r"cached KD on / off in alternating blocks .* = \d+\.\d{3} \(target <= 1\.1\)", first)
+    assert len(list(tmp_path.glob("*.pt"))) == 2  # one file per ensemble member
+    assert len(list((tmp_path / "students").glob("*.json"))) == 4  # 2 seeds x (alone, distilled)
+
+    again = _run_benchmark(mnist_dir, tmp_path, "--skip-timing")
+    assert "trained in nan s" in again  # every member loaded, none retrained
+    assert _row(again, "student alone")[1] == alone
+    assert _row(again, "student distilled (T=20, alpha=1)")[1] == distilled
+    assert "| step time" not in again and "alternating blocks" not in again
