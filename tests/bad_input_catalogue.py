@@ -84,6 +84,7 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
         "ValueError",
     ),
     ("module", "learning rate 0", "ClassificationModule(LeNet300100(), lr=0)", "ValueError"),
+    ("module", "learning rate NaN", "ClassificationModule(LeNet300100(), lr=float('nan'))", "ValueError"),
     ("models", "unknown LeNet-5 variant", "LeNet5(variant='alexnet')", "ValueError"),
     ("models", "unknown zoo model", "create_model('resnet50')", "ValueError"),
     ("layers", "unknown norm", "create_norm('spectral', 8)", "ValueError"),

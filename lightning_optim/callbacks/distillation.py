@@ -185,10 +185,10 @@ class KnowledgeDistillation(Callback):
             raise ValueError(f"`end_epoch` must be > `start_epoch` ({start_epoch}) or None, got {end_epoch}.")
         if feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"`feature_loss` must be one of {list(FEATURE_LOSSES)}, got {feature_loss!r}.")
-        if feature_weight < 0:
-            raise ValueError(f"`feature_weight` must be >= 0, got {feature_weight}.")
-        if adapter_lr is not None and adapter_lr <= 0:
-            raise ValueError(f"`adapter_lr` must be > 0 or None, got {adapter_lr}.")
+        if not math.isfinite(feature_weight) or feature_weight < 0:
+            raise ValueError(f"`feature_weight` must be >= 0 and finite, got {feature_weight}.")
+        if adapter_lr is not None and (not math.isfinite(adapter_lr) or adapter_lr <= 0):
+            raise ValueError(f"`adapter_lr` must be > 0 and finite, or None, got {adapter_lr}.")
         if cache_max_mb <= 0:
             raise ValueError(f"`cache_max_mb` must be > 0, got {cache_max_mb}.")
         feature_pairs = dict(feature_pairs or {})

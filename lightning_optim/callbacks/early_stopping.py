@@ -119,8 +119,8 @@ class EarlyStopping(LightningEarlyStopping):
             raise ValueError(
                 f"Unknown `best_weights_source` {best_weights_source!r}; allowed: {list(BEST_WEIGHTS_SOURCES)}."
             )
-        if min_delta < 0:
-            raise ValueError(f"`min_delta` must be >= 0, got {min_delta}.")
+        if not math.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"`min_delta` must be >= 0 and finite, got {min_delta}.")
         if patience < 0:
             raise ValueError(f"`patience` must be >= 0, got {patience}.")
         if start_epoch < 0:

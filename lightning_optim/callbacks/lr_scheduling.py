@@ -110,8 +110,10 @@ class LRScheduling(Callback):
             raise ValueError(f"`warmup` must be >= 0, got {warmup}.")
         if not 0 < warmup_start_factor <= 1:
             raise ValueError(f"`warmup_start_factor` must be in (0, 1], got {warmup_start_factor}.")
-        if base_lr is not None and base_lr <= 0:
-            raise ValueError(f"`base_lr` must be > 0 (or None to use the optimizer's), got {base_lr}.")
+        if base_lr is not None and (not math.isfinite(base_lr) or base_lr <= 0):
+            raise ValueError(
+                f"`base_lr` must be > 0 and finite (or None to use the optimizer's), got {base_lr}."
+            )
         self.schedule = schedule
         self.interval = interval
         self.total_steps = total_steps

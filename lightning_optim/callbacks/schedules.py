@@ -15,6 +15,7 @@ or by short name with default arguments: ``schedule: cosine``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,8 +50,8 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
 def _check_positive(name: str, value: float | None, allow_zero: bool = False) -> None:
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}.")
 
 
 class LRSchedule:

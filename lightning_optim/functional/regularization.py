@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -48,8 +49,8 @@ def weight_decay_param_groups(model: nn.Module, weight_decay: float | None) -> l
     With ``weight_decay=None`` the decayed group carries no ``weight_decay`` key, so the optimizer's own
     default (for example ``AdamW(weight_decay=0.01)``) applies to it, while the other group stays at 0.
     """
-    if weight_decay is not None and weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+    if weight_decay is not None and (not math.isfinite(weight_decay) or weight_decay < 0):
+        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay}.")
     decay, no_decay = split_decay_parameters(model)
     groups: list[dict] = []
     if decay:

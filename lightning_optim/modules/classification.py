@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -102,16 +103,16 @@ class ClassificationModule(pl.LightningModule):
         super().__init__()
         if isinstance(optimizer, str):
             optimizer_factory(optimizer)  # validates the name now, at construction time
-        if l1 < 0:
-            raise ValueError(f"`l1` must be >= 0, got {l1}.")
-        if weight_decay is not None and weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+        if not math.isfinite(l1) or l1 < 0:  # NaN passes a plain `< 0` check
+            raise ValueError(f"`l1` must be a finite number >= 0, got {l1}.")
+        if weight_decay is not None and (not math.isfinite(weight_decay) or weight_decay < 0):
+            raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay}.")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"`scheduler_interval` must be 'epoch' or 'step', got {scheduler_interval!r}.")
-        if lr is not None and lr <= 0:
-            raise ValueError(f"`lr` must be > 0, got {lr}.")
+        if lr is not None and (not math.isfinite(lr) or lr <= 0):
+            raise ValueError(f"`lr` must be a finite number > 0, got {lr}.")
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         inferred = infer_num_classes(model)

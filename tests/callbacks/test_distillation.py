@@ -142,6 +142,8 @@ def test_schedule_and_phase_states():
         ({"schedule": "step"}, "`schedule` must be one of"),
         ({"feature_loss": "l1"}, "`feature_loss` must be one of"),
         ({"feature_weight": -1.0}, "`feature_weight`"),
+        ({"feature_weight": float("nan")}, "`feature_weight` must be >= 0 and finite, got nan"),
+        ({"adapter_lr": float("inf")}, "`adapter_lr` must be > 0 and finite, or None, got inf"),
         ({"start_epoch": 3, "end_epoch": 2}, "`end_epoch` must be > `start_epoch`"),
         ({"feature_pairs": {"fc1": "no.such.layer"}}, "teacher has no layer named 'no.such.layer'"),
         ({"cache_teacher_logits": True, "feature_pairs": {"fc1": "classifier.fc1"}}, "cannot be combined"),

@@ -266,6 +266,7 @@ def test_unknown_monitored_metric_names_the_available_ones(tmp_path):
         ({"min_delta_mode": "pct"}, r"`min_delta_mode` 'pct'; allowed: \['abs', 'rel'\]"),
         ({"best_weights_source": "disk"}, r"`best_weights_source` 'disk'"),
         ({"min_delta": -0.1}, r"`min_delta` must be >= 0"),
+        ({"min_delta": float("nan")}, r"`min_delta` must be >= 0 and finite, got nan"),
         ({"patience": -1}, r"`patience` must be >= 0"),
         ({"start_epoch": -2}, r"`start_epoch` must be >= 0"),
     ],

@@ -457,6 +457,11 @@ def test_cli_round_trip_print_config_reload_and_train_again(tmp_path, monkeypatc
         ),
         (lambda: LRScheduling("constant", warmup=-1), r"`warmup` must be >= 0"),
         (lambda: LRScheduling("constant", base_lr=0.0), r"`base_lr` must be > 0"),
+        (
+            lambda: LRScheduling("constant", base_lr=float("nan")),
+            r"`base_lr` must be > 0 and finite.*got nan",
+        ),
+        (lambda: OneCycle(max_lr=float("inf")), r"`max_lr` must be > 0 and finite, got inf"),
         (lambda: LRScheduling("constant", base_lr=-1e-3), r"`base_lr` must be > 0"),
         (lambda: Cyclic(max_lr=-0.1), r"`max_lr` must be > 0"),
         (
