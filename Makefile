@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m lightning_optim.demo
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests benchmarks/tests
 
 # the lowest versions pyproject.toml allows (torch and torchvision stay pinned), in their own venv
 MIN_PINS ?= lightning==2.6.0 torchmetrics==1.4.0 'jsonargparse[signatures]==4.39.0'
@@ -35,10 +35,10 @@ test-min-deps:
 	.venv-min/bin/python -m pip install -q --upgrade pip
 	.venv-min/bin/python -m pip install -q $(TORCH_PINS)
 	.venv-min/bin/python -m pip install -q -e '.[dev]' $(MIN_PINS)
-	OMP_NUM_THREADS=1 .venv-min/bin/python -m pytest -q tests
+	OMP_NUM_THREADS=1 .venv-min/bin/python -m pytest -q tests benchmarks/tests
 
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" tests benchmarks/tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check lightning_optim tests benchmarks examples

@@ -96,9 +96,9 @@ def _run_cli(config: str) -> float:
 
 
 def _teacher_error(model_name: str, ckpt: str, data_dir: str) -> tuple[torch.nn.Module, float, torch.Tensor]:
-    from lightning_optim.compression.pipeline import load_model_weights
-    from lightning_optim.compression.report import evaluate_classifier
+    from lightning_optim.callbacks.pipeline import load_model_weights
     from lightning_optim.data import ImageClassificationDataModule
+    from lightning_optim.functional.compression_report.report import evaluate_classifier
     from lightning_optim.models import LeNet5, LeNet300100
 
     model = LeNet300100() if model_name == "lenet300" else LeNet5("caffe")
@@ -138,8 +138,8 @@ def main() -> None:
         size_check(args)
         return
 
-    from lightning_optim.compression.artifact import describe_artifact, load_artifact
-    from lightning_optim.compression.measure import compare_latency, state_dict_size_bytes
+    from lightning_optim.functional.artifact import describe_artifact, load_artifact
+    from lightning_optim.functional.compression_report.measure import compare_latency, state_dict_size_bytes
 
     out = os.path.abspath(os.path.join(args.out_dir, f"scale{args.epoch_scale:g}"))
     data_dir = os.path.abspath(args.data_dir)
@@ -162,7 +162,7 @@ def main() -> None:
         raise FileNotFoundError(f"No compression_report.json under {folder}.")
     report = json.loads((report_dir / "compression_report.json").read_text())
     rows = report["rows"]
-    from lightning_optim.compression.report import format_markdown
+    from lightning_optim.functional.compression_report.report import format_markdown
 
     teacher, teacher_err, x = _teacher_error(args.model, str(teacher_ckpt), data_dir)
     dense_bytes = state_dict_size_bytes(teacher)
@@ -209,9 +209,9 @@ def size_check(args: argparse.Namespace) -> None:
     import torch.ao.quantization as tq
     from torch import nn
 
-    from lightning_optim.compression.artifact import describe_artifact, pack_artifact, save_artifact
-    from lightning_optim.compression.measure import state_dict_size_bytes, weight_sparsity
-    from lightning_optim.compression.report import evaluate_classifier
+    from lightning_optim.functional.artifact import describe_artifact, pack_artifact, save_artifact
+    from lightning_optim.functional.compression_report.measure import state_dict_size_bytes, weight_sparsity
+    from lightning_optim.functional.compression_report.report import evaluate_classifier
 
     data_dir = os.path.abspath(args.data_dir)
     model, dense_err, x = _teacher_error(args.model, args.size_check, data_dir)

@@ -56,7 +56,8 @@ from lightning.pytorch.callbacks import Callback
 from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import KnowledgeDistillation, NonFiniteGuard
 from lightning_optim.data import ImageClassificationDataModule
-from lightning_optim.models import LeNet300100, LogitEnsemble, count_parameters
+from lightning_optim.functional.compression_report.measure import count_parameters
+from lightning_optim.models import LeNet300100, LogitEnsemble
 from lightning_optim.modules import ClassificationModule
 
 #: --teacher-augmentation -> the members' training augmentation: Hinton et al.'s jitter (shifts up to 10%,

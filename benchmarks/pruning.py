@@ -32,8 +32,12 @@ from torch import nn
 
 from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import ProgressivePruning
-from lightning_optim.compression.measure import compare_latency, count_nonzero, count_parameters
 from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.compression_report.measure import (
+    compare_latency,
+    count_nonzero,
+    count_parameters,
+)
 from lightning_optim.models import ConvNet3, LeNet5, LeNet300100
 from lightning_optim.modules import ClassificationModule
 
@@ -305,7 +309,7 @@ def run_overhead_steps(args: argparse.Namespace) -> None:
     use_global_unstructured=True)`` calls). Alternating every step puts the three under the same load."""
     import torch.nn.utils.prune as prune
 
-    from lightning_optim.functional.masks import compute_masks
+    from lightning_optim.functional.pruning.masks import compute_masks
 
     dm = _mnist(args)
     dm.setup("fit")

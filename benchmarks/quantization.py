@@ -41,10 +41,10 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import QuantizationAwareTraining
-from lightning_optim.compression.artifact import save_artifact
-from lightning_optim.compression.measure import compare_latency, state_dict_size_bytes
-from lightning_optim.compression.quantization import accuracy, create_backend, quiet_quantization_warnings
 from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.artifact import save_artifact
+from lightning_optim.functional.compression_report.measure import compare_latency, state_dict_size_bytes
+from lightning_optim.functional.quantization import accuracy, create_backend, quiet_quantization_warnings
 from lightning_optim.models import ConvNet3, LeNet5
 from lightning_optim.modules import ClassificationModule
 

@@ -42,8 +42,8 @@ from lightning.pytorch.callbacks import Callback
 
 from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import EarlyStopping, LRScheduling
-from lightning_optim.callbacks.schedules import OneCycle
 from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.lr_scheduling.schedules import OneCycle
 from lightning_optim.models import create_model
 from lightning_optim.modules import ClassificationModule
 

@@ -1,8 +1,9 @@
 """Network weights from a checkpoint file the user named: read with ``weights_only=True``, checked to fit.
 
 Used wherever a recipe names weights to load into an architecture it also names: the distillation
-teacher (``teacher_checkpoint``) and the members of a :class:`~lightning_optim.models.LogitEnsemble`
-(``checkpoints``). Errors name the option the path came from.
+teacher (``teacher_checkpoint``), the members of a :class:`~lightning_optim.models.LogitEnsemble`
+(``checkpoints``) and :class:`~lightning_optim.callbacks.WarmStart` (``checkpoint``). Errors name the option
+the path came from.
 """
 
 from __future__ import annotations
@@ -45,8 +46,14 @@ def state_dict_from_checkpoint(checkpoint: Any, option: str, prefix: str = "mode
     return dict(state)
 
 
-def load_weights(module: nn.Module, checkpoint_path: str | os.PathLike, option: str) -> nn.Module:
-    """Load the weights of ``checkpoint_path`` into the architecture ``module`` (in place, strict).
+def load_weights(
+    module: nn.Module,
+    checkpoint_path: str | os.PathLike,
+    option: str,
+    prefix: str = "model.",
+    strict: bool = True,
+) -> nn.Module:
+    """Load the weights of ``checkpoint_path`` into the architecture ``module`` (in place).
 
     Read with ``torch.load(..., weights_only=True, map_location="cpu")``: nothing is unpickled.
 
@@ -54,6 +61,9 @@ def load_weights(module: nn.Module, checkpoint_path: str | os.PathLike, option: 
         module: the architecture the weights belong to.
         checkpoint_path: a Lightning checkpoint or a saved state dict.
         option: the option the path came from, named in the error messages (``"teacher_checkpoint"``).
+        prefix: the key prefix of the network inside a Lightning module's state dict (``"<attribute>."``).
+        strict: require the checkpoint's keys to match the architecture's exactly; with ``False`` missing and
+            unexpected keys are allowed (shapes must still match).
 
     Raises:
         FileNotFoundError: if ``checkpoint_path`` does not exist.
@@ -65,10 +75,10 @@ def load_weights(module: nn.Module, checkpoint_path: str | os.PathLike, option: 
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
         raise ValueError(f"`{option}` {path!r} could not be read as a PyTorch checkpoint: {err}") from err
-    state = state_dict_from_checkpoint(checkpoint, option)
+    state = state_dict_from_checkpoint(checkpoint, option, prefix)
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state)) if strict else []
+    unexpected = sorted(set(state) - set(expected)) if strict else []
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs architecture {tuple(v.shape)}"
         for k, v in expected.items()
@@ -81,5 +91,5 @@ def load_weights(module: nn.Module, checkpoint_path: str | os.PathLike, option: 
             f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, shape mismatches {mismatched[:8]}. "
             "Give the same architecture (class and init args) the checkpoint was trained with."
         )
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=strict)
     return module

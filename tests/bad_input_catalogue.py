@@ -256,8 +256,8 @@ def namespace() -> dict:
     import lightning_optim.data as data
     import lightning_optim.layers as layers
     import lightning_optim.models as models
-    from lightning_optim.callbacks.schedules import ReduceOnPlateau
     from lightning_optim.cli import build_cli
+    from lightning_optim.functional.lr_scheduling.schedules import ReduceOnPlateau
     from lightning_optim.modules import ClassificationModule
     from tests.conftest import quiet_trainer_kwargs
 

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks._trainer import quiet_trainer_kwargs as _quiet_trainer_kwargs
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Real MNIST (the files torchvision reads with download=False) lives in ../shared/data beside the checkout.
 SHARED_DATA_DIR = Path(os.environ.get("LIGHTNING_OPTIM_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
@@ -39,9 +37,21 @@ def digits_dm():
 
 
 def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
-    """Keyword arguments for a fast, quiet CPU Trainer in tests: the benchmarks' quiet settings, one epoch,
-    files under ``tmp_path``."""
-    return _quiet_trainer_kwargs(**{"default_root_dir": str(tmp_path), "max_epochs": 1, **overrides})
+    """Keyword arguments for a fast, quiet single-process CPU Trainer in tests: no logger, checkpoints, progress
+    bar, model summary or sanity check, one epoch, files under ``tmp_path``; ``overrides`` win."""
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        max_epochs=1,
+    )
+    kwargs.update(overrides)
+    return kwargs
 
 
 @pytest.fixture(autouse=True)

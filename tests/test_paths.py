@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from lightning_optim.callbacks.teacher import load_teacher_weights
-from lightning_optim.compression.pipeline import load_model_weights
+from lightning_optim.functional.distillation.teacher import load_teacher_weights
 from lightning_optim.models import LeNet300100
 from lightning_optim.paths import is_within, user_file
+from lightning_optim.weights import load_weights
 
 
 def test_user_file_accepts_a_regular_file_as_given(tmp_path):
@@ -62,12 +62,12 @@ def test_checkpoint_loaders_refuse_a_folder(tmp_path, loader):
         if loader == "teacher":
             load_teacher_weights(LeNet300100(), tmp_path)
         else:
-            load_model_weights(str(tmp_path), LeNet300100())
+            load_weights(LeNet300100(), str(tmp_path), "checkpoint")
 
 
 def test_checkpoint_loaders_read_a_file_they_are_given(tmp_path):
     model = LeNet300100()
     path = tmp_path / "weights.pt"
     torch.save(model.state_dict(), path)
-    other = load_model_weights(str(path), LeNet300100())
+    other = load_weights(LeNet300100(), str(path), "checkpoint")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))

@@ -16,9 +16,10 @@ from lightning_optim.callbacks.phases import (
     phase_states,
     target_model,
 )
+from lightning_optim.callbacks.pipeline import CompressionPipeline, WarmStart
 from lightning_optim.callbacks.pruning import ProgressivePruning
 from lightning_optim.callbacks.quantization import PostTrainingQuantization, QuantizationAwareTraining
-from lightning_optim.callbacks.schedules import (
+from lightning_optim.functional.lr_scheduling.schedules import (
     SCHEDULES,
     Constant,
     CosineAnnealing,
@@ -33,7 +34,9 @@ from lightning_optim.callbacks.schedules import (
 )
 
 __all__ = [
+    "CompressionPipeline",
     "CompressionReport",
+    "WarmStart",
     "KnowledgeDistillation",
     "ProgressivePruning",
     "PostTrainingQuantization",

@@ -15,8 +15,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_optim.callbacks.phases import phase_states, target_model
-from lightning_optim.compression.measure import weight_sparsity
-from lightning_optim.compression.report import add_ratios, format_markdown, measure_model, write_report
+from lightning_optim.functional.compression_report.measure import weight_sparsity
+from lightning_optim.functional.compression_report.report import (
+    add_ratios,
+    format_markdown,
+    measure_model,
+    write_report,
+)
 from lightning_optim.modules.loss_terms import unpack_batch
 
 NO_TEST_LOADER = (
@@ -38,7 +43,7 @@ class CompressionReport(Callback):
     fit end; when a callback on the Trainer holds a converted int8 model in ``quantized_model`` (as
     :class:`~lightning_optim.callbacks.QuantizationAwareTraining` does), a last row measures that model. Each
     row holds parameters, non-zero parameters, weight sparsity, the ``torch.save`` state-dict size, the
-    size of the compact deployable artifact (:mod:`lightning_optim.compression.artifact`) and its ratio to
+    size of the compact deployable artifact (:mod:`lightning_optim.functional.artifact`) and its ratio to
     the dense fp32 state dict of the first row, FLOPs and MACs (``torch.utils.flop_counter``), CPU latency
     at each of ``latency_batch_sizes`` (median of ``latency_repeats`` runs after ``latency_warmup``, thread
     count stated) and test accuracy, loss and error on the test loader of the Trainer's data module (a clear
@@ -226,7 +231,7 @@ class CompressionReport(Callback):
             self._note("PNG not drawn: matplotlib is not installed (pip install matplotlib).")
         self.paths = write_report(self.rows, dirpath, self.filename, self.history, self.notes, plot=self.plot)
         if self.save_artifact:
-            from lightning_optim.compression.artifact import save_artifact
+            from lightning_optim.functional.artifact import save_artifact
 
             final = quantized if quantized is not None else target_model(pl_module, self.attribute)
             path = os.path.join(dirpath, f"{self.filename}.lopt")

@@ -15,11 +15,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_optim.callbacks.phases import PhaseState, target_model
-from lightning_optim.callbacks.teacher import FrozenTeacher, TeacherLogitCache, load_teacher_weights
-from lightning_optim.functional.distillation import (
+from lightning_optim.functional.distillation.losses import (
     FEATURE_LOSSES,
     SCHEDULES,
-    build_feature_adapter,
     check_alpha,
     check_logit_shapes,
     check_temperature,
@@ -27,6 +25,12 @@ from lightning_optim.functional.distillation import (
     kd_loss,
     scheduled_value,
 )
+from lightning_optim.functional.distillation.teacher import (
+    FrozenTeacher,
+    TeacherLogitCache,
+    load_teacher_weights,
+)
+from lightning_optim.layers.adapters import build_feature_adapter
 from lightning_optim.models.ensemble import LogitEnsemble
 from lightning_optim.modules.loss_terms import StepContext
 

@@ -17,8 +17,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 
-from lightning_optim.callbacks.schedules import LRSchedule, create_schedule
-from lightning_optim.functional.lr_schedules import WARMUP_MODES, warmup_factor
+from lightning_optim.functional.lr_scheduling.formulas import WARMUP_MODES, warmup_factor
+from lightning_optim.functional.lr_scheduling.schedules import LRSchedule, create_schedule
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ INTERVALS: tuple[str, ...] = ("step", "epoch")
 class LRScheduling(Callback):
     r"""Drive the learning rate of every parameter group from a schedule, at each step or epoch.
 
-    The schedule is a closed form of the step (see :mod:`lightning_optim.callbacks.schedules`), computed
+    The schedule is a closed form of the step (see :mod:`lightning_optim.functional.lr_scheduling.schedules`), computed
     for each parameter group from that group's base learning rate, so groups with different LRs keep their
     ratio. Base LRs are read from the optimizer when training starts -- after Lightning's
     ``LearningRateFinder`` has set the module's ``lr`` -- unless ``base_lr`` is given. The number of steps
@@ -63,7 +63,7 @@ class LRScheduling(Callback):
     Example::
 
         from lightning_optim.callbacks import LRScheduling
-        from lightning_optim.callbacks.schedules import CosineAnnealing, OneCycle
+        from lightning_optim.functional.lr_scheduling.schedules import CosineAnnealing, OneCycle
 
         trainer = Trainer(max_epochs=5, callbacks=[LRScheduling(OneCycle(pct_start=0.25), interval="step")])
         trainer = Trainer(callbacks=[LRScheduling(CosineAnnealing(min_lr=1e-5), warmup=500)])

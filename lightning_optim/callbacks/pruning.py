@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_optim.callbacks.phases import PhaseState, target_model
-from lightning_optim.functional.masks import (
+from lightning_optim.functional.pruning.masks import (
     GRANULARITIES,
     IMPORTANCES,
     SCOPES,
@@ -25,7 +25,7 @@ from lightning_optim.functional.masks import (
     pack_mask,
     unpack_mask,
 )
-from lightning_optim.functional.sparsity_schedules import (
+from lightning_optim.functional.pruning.schedules import (
     check_sparsity,
     get_sparsity_schedule,
     pruning_events,
@@ -85,7 +85,7 @@ class ProgressivePruning(Callback):
         granularity: ``"unstructured"`` (single weights by magnitude) or ``"structured"`` (alias ``"neuron"``,
             ``"filter"``, ``"channel"``: whole output units, rows of a ``Linear``, filters of a ``Conv``, by
             their norm; the unit's bias and the normalization layer right after it are masked as well, so the
-            model can be compacted with :func:`lightning_optim.compression.compact_model`).
+            model can be compacted with :func:`lightning_optim.functional.pruning.compact_model`).
         scope: ``"layer"`` (each layer reaches the target) or ``"global"`` (all selected weights ranked together).
         importance: norm that ranks structured units: ``"l1"`` (alias ``"magnitude"``) or ``"l2"``.
         module_types: ``torch.nn`` class names (or dotted class paths) of the modules whose ``weight`` is pruned.
@@ -262,7 +262,7 @@ class ProgressivePruning(Callback):
         self._modules = self.select_modules(model)
         self._followers = {}
         if self.structured:
-            from lightning_optim.compression.compaction import channel_followers
+            from lightning_optim.functional.pruning.compaction import channel_followers
 
             self._followers = channel_followers(model, list(self._modules))
 
@@ -456,7 +456,7 @@ class ProgressivePruning(Callback):
         if self.verbose and self.masks:
             rank_zero_info(self.summary_table())
         if self.compact_at_end:
-            from lightning_optim.compression.compaction import compact_model
+            from lightning_optim.functional.pruning.compaction import compact_model
 
             model = target_model(pl_module, self.attribute)
             if self.example_input is None:

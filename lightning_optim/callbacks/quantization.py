@@ -1,6 +1,6 @@
 """Quantization-aware training and post-training quantization ending in a real int8 model.
 
-Both callbacks talk to a :class:`~lightning_optim.compression.quantization.QuantizationBackend` (``x86``:
+Both callbacks talk to a :class:`~lightning_optim.functional.quantization.QuantizationBackend` (``x86``:
 eager ``torch.ao.quantization``, exported as TorchScript), hand back the int8 model as
 ``callback.quantized_model``, save it where ``torch.jit.load`` alone can read it, and report fp32 vs int8
 accuracy, size and CPU latency as a table and to the logger.
@@ -20,8 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_optim.callbacks.phases import PhaseState, phase_done, target_model
-from lightning_optim.compression.artifact import save_artifact
-from lightning_optim.compression.quantization import (
+from lightning_optim.functional.artifact import save_artifact
+from lightning_optim.functional.quantization import (
     FP32_BEST_EFFORT,
     FusionPlan,
     QuantizationError,
@@ -33,7 +33,7 @@ from lightning_optim.compression.quantization import (
     quantization_report,
     quiet_quantization_warnings,
 )
-from lightning_optim.compression.quantization.eager import QUANT_STUB, int8_determinism_tolerant
+from lightning_optim.functional.quantization.eager import QUANT_STUB, int8_determinism_tolerant
 from lightning_optim.modules.loss_terms import unpack_batch
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -287,7 +287,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         export_path: file for the export; default ``<default_root_dir>/quantization/model_int8.pt`` (``.lopt``
             for the artifact format).
         export_format: ``"torchscript"`` (``torch.jit.load`` reads it) or ``"artifact"`` (the compact
-            artifact of :mod:`lightning_optim.compression.artifact`: the same TorchScript module with its
+            artifact of :mod:`lightning_optim.functional.artifact`: the same TorchScript module with its
             int8 values, scales and code in LZMA streams, smaller; ``load_artifact`` reads it, and that module
             needs only torch and the standard library).
         report: measure and log the report after conversion.

@@ -1,24 +1,12 @@
-"""Compression: physical compaction of pruned models, measurements, quantization.
+"""Deprecated package (removed in 0.3.0): its modules moved.
 
-Import-light on purpose: the names below load their module on first use.
+- ``compression.compaction`` -> :mod:`lightning_optim.functional.pruning.compaction`
+- ``compression.measure``, ``compression.report`` -> :mod:`lightning_optim.functional.compression_report`
+- ``compression.artifact`` -> :mod:`lightning_optim.functional.artifact`
+- ``compression.quantization`` -> :mod:`lightning_optim.functional.quantization`
+- ``compression.pipeline`` (``WarmStart``, ``CompressionPipeline``) -> :mod:`lightning_optim.callbacks.pipeline`
 """
 
-from __future__ import annotations
+from lightning_optim._deprecation import moved
 
-import importlib
-from typing import Any
-
-_LAZY = {
-    "CompactionError": "lightning_optim.compression.compaction",
-    "channel_followers": "lightning_optim.compression.compaction",
-    "compact_model": "lightning_optim.compression.compaction",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__ = moved(__name__, "lightning_optim.functional.pruning.compaction")

@@ -1,7 +1,11 @@
 """Pure functions (no Lightning import): the math that callbacks and modules call."""
 
-from lightning_optim.functional.distillation import distillation_loss, feature_distillation_loss, kd_loss
-from lightning_optim.functional.lr_schedules import (
+from lightning_optim.functional.distillation.losses import (
+    distillation_loss,
+    feature_distillation_loss,
+    kd_loss,
+)
+from lightning_optim.functional.lr_scheduling.formulas import (
     PlateauState,
     constant_lr,
     cosine_lr,
@@ -17,7 +21,7 @@ from lightning_optim.functional.lr_schedules import (
     step_lr,
     warmup_factor,
 )
-from lightning_optim.functional.masks import (
+from lightning_optim.functional.pruning.masks import (
     apply_masks_,
     compute_masks,
     global_magnitude_masks,
@@ -25,8 +29,8 @@ from lightning_optim.functional.masks import (
     magnitude_mask,
     structured_mask,
 )
+from lightning_optim.functional.pruning.schedules import SPARSITY_SCHEDULES, scheduled_sparsity
 from lightning_optim.functional.regularization import l1_penalty, weight_decay_param_groups
-from lightning_optim.functional.sparsity_schedules import SPARSITY_SCHEDULES, scheduled_sparsity
 
 __all__ = [
     "distillation_loss",

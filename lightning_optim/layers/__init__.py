@@ -1,6 +1,8 @@
-"""Building blocks: depthwise-separable convolution, channels-first layer norm, name maps."""
+"""Building blocks: depthwise-separable convolution, channels-first layer norm, distillation feature adapters,
+name maps."""
 
 from lightning_optim.layers.activations import ACTIVATIONS, create_act
+from lightning_optim.layers.adapters import FlattenLinearAdapter, SpatialAdapter, build_feature_adapter
 from lightning_optim.layers.norm import NORM_LAYERS, LayerNorm2d, create_norm
 from lightning_optim.layers.separable_conv import DepthwiseSeparableConv2d
 
@@ -8,7 +10,10 @@ __all__ = [
     "ACTIVATIONS",
     "NORM_LAYERS",
     "DepthwiseSeparableConv2d",
+    "FlattenLinearAdapter",
     "LayerNorm2d",
+    "SpatialAdapter",
+    "build_feature_adapter",
     "create_act",
     "create_norm",
 ]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from lightning_optim._deprecation import moved
 from lightning_optim.models.cnn import ConvNet3, SeparableCNN, conv_block
 from lightning_optim.models.ensemble import LogitEnsemble
 from lightning_optim.models.lenet import LeNet5, LeNet300100
-from lightning_optim.models.stats import count_nonzero_parameters, count_parameters
 from lightning_optim.models.text import TextClassifier
 
 #: short name -> model class
@@ -48,7 +48,16 @@ __all__ = [
     "SeparableCNN",
     "TextClassifier",
     "conv_block",
-    "count_nonzero_parameters",
-    "count_parameters",
     "create_model",
 ]
+
+_MEASURE = "lightning_optim.functional.compression_report.measure"
+# deprecated (0.2.x): the counters are measurements and live with them; removed in 0.3.0
+__getattr__ = moved(
+    __name__,
+    _MEASURE,
+    renamed={
+        "count_parameters": f"{_MEASURE}:count_parameters",
+        "count_nonzero_parameters": f"{_MEASURE}:count_nonzero",
+    },
+)

@@ -1,8 +1,12 @@
-"""Parameter counts of zoo models: the same functions as :mod:`lightning_optim.compression.measure`."""
+"""Deprecated: the counters moved to :mod:`lightning_optim.functional.compression_report.measure` (this path is
+removed in 0.3.0)."""
 
-from __future__ import annotations
+from lightning_optim._deprecation import moved
 
-from lightning_optim.compression.measure import count_nonzero as count_nonzero_parameters
-from lightning_optim.compression.measure import count_parameters
-
-__all__ = ["count_nonzero_parameters", "count_parameters"]
+__getattr__ = moved(
+    __name__,
+    "lightning_optim.functional.compression_report.measure",
+    renamed={
+        "count_nonzero_parameters": "lightning_optim.functional.compression_report.measure:count_nonzero"
+    },
+)

@@ -35,7 +35,7 @@ def main() -> None:
         module = ms.make_module(name)
         dm = ms.make_datamodule(name)
         kwargs = ms.trainer_kwargs(name, str(out / name), devices=local, num_nodes=num_nodes, strategy="ddp")
-        trainer = pl.Trainer(callbacks=[callback], **kwargs)
+        trainer = pl.Trainer(callbacks=[callback, *ms.companions(name)], **kwargs)
         trainer.fit(module, datamodule=dm)
         rank = trainer.global_rank
         torch.save(

@@ -44,6 +44,12 @@ def make_callback(name: str) -> Callback:
     return getattr(callbacks_pkg, name)(**callback_kwargs(name))
 
 
+def companions(name: str) -> list[Callback]:
+    """Callbacks the entry needs beside it on the Trainer (``"companions"``: a function returning them)."""
+    factory = entry(name).get("companions")
+    return list(factory()) if factory is not None else []
+
+
 def make_module(name: str) -> ClassificationModule:
     model = entry(name).get("model", "convnet3")
     net = MODEL_BUILDERS[model]() if isinstance(model, str) else model()

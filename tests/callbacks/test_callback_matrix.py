@@ -49,7 +49,7 @@ def _fit(name: str, root: str, callback=None, ckpt_path=None, **overrides):
     callback = callback if callback is not None else ms.make_callback(name)
     module = ms.make_module(name)
     dm = ms.make_datamodule(name)
-    extra = overrides.pop("callbacks", [])
+    extra = [*ms.companions(name), *overrides.pop("callbacks", [])]
     trainer = pl.Trainer(callbacks=[callback, *extra], **ms.trainer_kwargs(name, root, **overrides))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return trainer, module, callback

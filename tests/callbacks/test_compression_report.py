@@ -106,7 +106,7 @@ def test_rows_at_phase_boundaries_int8_row_and_files(tmp_path):
     table = open(report.paths["markdown"]).read()
     assert "| fake done |" in table and "| int8 |" in table
     assert json.load(open(report.paths["json"]))["rows"][-1]["stage"] == "int8"
-    from lightning_optim.compression.artifact import load_artifact
+    from lightning_optim.functional.artifact import load_artifact
 
     assert set(load_artifact(report.paths["artifact"])) == set(report_quantized_keys(trainer))
 

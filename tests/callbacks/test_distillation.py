@@ -16,8 +16,12 @@ from torch.utils.data import DataLoader
 
 from lightning_optim.callbacks import KnowledgeDistillation
 from lightning_optim.callbacks.phases import model_is_changing
-from lightning_optim.callbacks.teacher import FrozenTeacher, TeacherLogitCache, load_teacher_weights
 from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.distillation.teacher import (
+    FrozenTeacher,
+    TeacherLogitCache,
+    load_teacher_weights,
+)
 from lightning_optim.models import ConvNet3, LeNet300100
 from lightning_optim.modules import ClassificationModule
 from lightning_optim.modules.loss_terms import StepContext, combine_losses

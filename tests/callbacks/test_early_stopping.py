@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim.callbacks import EarlyStopping, LRScheduling
-from lightning_optim.callbacks.schedules import OneCycle
+from lightning_optim.functional.lr_scheduling.schedules import OneCycle
 from tests.conftest import gather_across_ranks, quiet_trainer_kwargs
 
 

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim.callbacks import EarlyStopping, LRScheduling
-from lightning_optim.callbacks.schedules import (
+from lightning_optim.functional.lr_scheduling import formulas as F
+from lightning_optim.functional.lr_scheduling.schedules import (
     Constant,
     CosineAnnealing,
     Cyclic,
@@ -31,7 +32,6 @@ from lightning_optim.callbacks.schedules import (
     StepDecay,
     create_schedule,
 )
-from lightning_optim.functional import lr_schedules as F
 from tests.conftest import quiet_trainer_kwargs
 
 STEPS_PER_EPOCH = 8

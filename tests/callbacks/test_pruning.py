@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim.callbacks import ProgressivePruning
-from lightning_optim.functional.sparsity_schedules import scheduled_sparsity
+from lightning_optim.functional.pruning.schedules import scheduled_sparsity
 from lightning_optim.models import ConvNet3, LeNet300100
 from lightning_optim.modules import ClassificationModule
 from tests.conftest import quiet_trainer_kwargs
@@ -354,7 +354,7 @@ trainer:
         start: 0
         end: 1
         unit: epoch
-        schedule: lightning_optim.functional.sparsity_schedules.linear_schedule
+        schedule: lightning_optim.functional.pruning.schedules.linear_schedule
         include: ["fc*"]
         exclude: ["fc3"]
         layer_sparsity: {{"fc2": 0.5}}
@@ -380,7 +380,7 @@ data:
     printed = yaml.safe_load(out.getvalue())
     (cb_cfg,) = [c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("ProgressivePruning")]
     assert cb_cfg["init_args"]["layer_sparsity"] == {"fc2": 0.5}
-    assert cb_cfg["init_args"]["schedule"] == "lightning_optim.functional.sparsity_schedules.linear_schedule"
+    assert cb_cfg["init_args"]["schedule"] == "lightning_optim.functional.pruning.schedules.linear_schedule"
     main(["fit", "--config", str(config)])
     saved = tmp_path / "run1" / "config.yaml"
     assert saved.is_file() and "ProgressivePruning" in saved.read_text()

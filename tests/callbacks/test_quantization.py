@@ -12,11 +12,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from lightning_optim.callbacks import PostTrainingQuantization, QuantizationAwareTraining
-from lightning_optim.compression.quantization import QuantizationError
 from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.quantization import QuantizationError
 from lightning_optim.models import ConvNet3
 from lightning_optim.modules import ClassificationModule
 from tests.conftest import quiet_trainer_kwargs
+from tests.nets import NoLayers, Residual
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST = {"latency_batch_sizes": (), "verbose": False}
@@ -251,27 +252,6 @@ def test_start_epoch_after_max_epochs(tmp_path):
         fit(tmp_path, [QuantizationAwareTraining(start_epoch=5, **FAST)])
 
 
-class NoLayers(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(64, 10) * 0.1)
-
-    def forward(self, x):
-        return torch.flatten(x, 1) @ self.weight
-
-
-class Residual(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(256, 10)
-
-    def forward(self, x):
-        h = self.conv1(x)
-        return self.fc(torch.flatten(h + self.conv2(h), 1))
-
-
 def test_model_without_quantizable_layers(tmp_path):
     with pytest.raises(QuantizationError, match="NoLayers has no quantizable layer"):
         fit(tmp_path, [QuantizationAwareTraining(**FAST)], model=NoLayers(), limit_train_batches=1)
@@ -369,7 +349,7 @@ def test_artifact_export_format_loads_with_torch_alone(tmp_path):
     import subprocess
     import sys
 
-    from lightning_optim.compression import artifact
+    from lightning_optim.functional import artifact
 
     ptq = PostTrainingQuantization(calibration_batches=2, export_format="artifact", **FAST)
     fit(tmp_path, [ptq], max_epochs=1, limit_train_batches=2, limit_val_batches=1)

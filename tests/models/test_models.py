@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_optim.functional.compression_report.measure import count_nonzero as count_nonzero_parameters
+from lightning_optim.functional.compression_report.measure import count_parameters
 from lightning_optim.models import (
     MODELS,
     ConvNet3,
@@ -13,8 +15,6 @@ from lightning_optim.models import (
     LeNet300100,
     SeparableCNN,
     TextClassifier,
-    count_nonzero_parameters,
-    count_parameters,
     create_model,
 )
 

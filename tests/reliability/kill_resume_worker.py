@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_optim.callbacks import KnowledgeDistillation, ProgressivePruning, QuantizationAwareTraining
-from lightning_optim.compression.measure import count_nonzero, count_parameters
 from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.compression_report.measure import count_nonzero, count_parameters
 from lightning_optim.models import ConvNet3
 from lightning_optim.modules import ClassificationModule
 

@@ -1,6 +1,6 @@
 """Settings of the training-process callbacks (LR scheduling, early stopping) for the generated tests."""
 
-from lightning_optim.callbacks.schedules import OneCycle
+from lightning_optim.functional.lr_scheduling.schedules import OneCycle
 
 
 def _check_lr_scheduling(trainer, module, callback):

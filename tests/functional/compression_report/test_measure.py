@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_optim.compression.measure import (
+from lightning_optim.functional.compression_report.measure import (
     count_flops,
     count_layer_macs,
     count_nonzero,
@@ -20,25 +19,7 @@ from lightning_optim.compression.measure import (
     state_dict_size_bytes,
     weight_sparsity,
 )
-
-IN, HIDDEN, OUT = 10, 20, 3
-
-
-def mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, OUT))
-
-
-def int8_mlp(model: nn.Module) -> nn.Module:
-    import torch.ao.quantization as tq
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = tq.QuantWrapper(copy.deepcopy(model)).eval()
-        q.qconfig = tq.get_default_qconfig("x86")
-        tq.prepare(q, inplace=True)
-        q(torch.randn(64, IN))
-        return tq.convert(q)
+from tests.nets import HIDDEN, IN, OUT, int8_mlp, mlp  # noqa: F401
 
 
 def test_parameters_and_nonzero_by_hand():
@@ -92,7 +73,7 @@ def test_latency_fields():
 
 
 def test_latency_times_a_fresh_copy_of_modules_only():
-    from lightning_optim.compression.measure import fresh_for_timing
+    from lightning_optim.functional.compression_report.measure import fresh_for_timing
 
     model = mlp().eval()
     q = int8_mlp(model)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_optim.compression.compaction import CompactionError, channel_followers, compact_model
+from lightning_optim.functional.compression_report.measure import count_parameters
+from lightning_optim.functional.pruning.compaction import CompactionError, channel_followers, compact_model
 from lightning_optim.models import ConvNet3, LeNet5, LeNet300100, SeparableCNN
-from lightning_optim.models.stats import count_parameters
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 

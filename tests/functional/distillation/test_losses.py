@@ -9,10 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_optim.functional.distillation import (
-    FlattenLinearAdapter,
-    SpatialAdapter,
-    build_feature_adapter,
+from lightning_optim.functional.distillation.losses import (
     check_alpha,
     check_temperature,
     distillation_loss,
@@ -20,6 +17,7 @@ from lightning_optim.functional.distillation import (
     kd_loss,
     scheduled_value,
 )
+from lightning_optim.layers.adapters import FlattenLinearAdapter, SpatialAdapter, build_feature_adapter
 
 
 def _logits(seed: int, shape=(6, 5)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,18 +3,15 @@
 - :func:`kd_loss`: Hinton et al. (2015) soft-target loss ``T^2 * KL(softmax(t/T) || softmax(s/T))``.
 - :func:`distillation_loss`: ``alpha * kd_loss + (1 - alpha) * cross_entropy``.
 - :func:`feature_distillation_loss`: MSE or cosine distance between (adapted) intermediate features.
-- :func:`build_feature_adapter`: a learned 1x1 conv / linear map from a student feature shape to a
-  teacher feature shape (identity where they already match).
 - :func:`scheduled_value`: constant, linear or cosine ramp of temperature/alpha over training progress.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 #: feature-loss name -> function ``(student, teacher) -> scalar``
 FEATURE_LOSSES: tuple[str, ...] = ("mse", "cosine")
@@ -136,61 +133,6 @@ def feature_distillation_loss(student_feature: Tensor, teacher_feature: Tensor, 
     return (1.0 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1, eps=1e-8)).mean()
 
 
-class SpatialAdapter(nn.Module):
-    """1x1 convolution from student to teacher channels, then resize to the teacher's spatial size.
-
-    Args:
-        in_channels: student channels.
-        out_channels: teacher channels.
-        size: teacher spatial size ``(H, W)``; the projected map is average-pooled (or bilinearly
-            upsampled) to it when it differs.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
-        self.size = tuple(int(s) for s in size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.proj(x)
-        if tuple(x.shape[-2:]) == self.size:
-            return x
-        if x.shape[-2] >= self.size[0] and x.shape[-1] >= self.size[1]:
-            return F.adaptive_avg_pool2d(x, self.size)
-        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-
-
-class FlattenLinearAdapter(nn.Module):
-    """Flatten a student feature to ``(batch, -1)`` and map it linearly to the teacher's flattened size."""
-
-    def __init__(self, in_features: int, out_features: int, out_shape: Sequence[int]) -> None:
-        super().__init__()
-        self.proj = nn.Linear(in_features, out_features, bias=False)
-        self.out_shape = tuple(int(s) for s in out_shape)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x.flatten(1)).reshape(x.shape[0], *self.out_shape)
-
-
-def build_feature_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
-    """A learned map from a student feature shape to a teacher feature shape (batch dim excluded).
-
-    - equal shapes: :class:`torch.nn.Identity` (no parameters);
-    - both ``(C, H, W)``: :class:`SpatialAdapter` (1x1 conv, then pooled/upsampled to the teacher's H, W);
-    - otherwise: :class:`FlattenLinearAdapter` (a linear map of the flattened features).
-
-    Args:
-        student_shape: per-sample shape of the student feature, e.g. ``(16, 7, 7)`` or ``(100,)``.
-        teacher_shape: per-sample shape of the teacher feature.
-    """
-    s, t = tuple(int(v) for v in student_shape), tuple(int(v) for v in teacher_shape)
-    if s == t:
-        return nn.Identity()
-    if len(s) == 3 and len(t) == 3:
-        return SpatialAdapter(s[0], t[0], (t[1], t[2]))
-    return FlattenLinearAdapter(math.prod(s), math.prod(t), t)
-
-
 def scheduled_value(start: float, end: float | None, progress: float, kind: str = "linear") -> float:
     """The value of a ramp from ``start`` to ``end`` at ``progress`` in ``[0, 1]`` (clamped).
 
@@ -212,9 +154,6 @@ def scheduled_value(start: float, end: float | None, progress: float, kind: str 
 __all__ = [
     "FEATURE_LOSSES",
     "SCHEDULES",
-    "FlattenLinearAdapter",
-    "SpatialAdapter",
-    "build_feature_adapter",
     "check_alpha",
     "check_logit_shapes",
     "check_temperature",

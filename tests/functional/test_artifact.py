@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_optim.compression.artifact import (
+from lightning_optim.functional.artifact import (
     describe_artifact,
     load_artifact,
     pack_artifact,
@@ -21,10 +21,10 @@ from lightning_optim.compression.artifact import (
     save_artifact,
     unpack_archive,
 )
-from lightning_optim.compression.measure import state_dict_size_bytes
+from lightning_optim.functional.compression_report.measure import state_dict_size_bytes
 from lightning_optim.models import ConvNet3, LeNet5, LeNet300100
 
-ARTIFACT_PY = Path(__file__).resolve().parents[2] / "lightning_optim" / "compression" / "artifact.py"
+ARTIFACT_PY = Path(__file__).resolve().parents[2] / "lightning_optim" / "functional" / "artifact.py"
 
 
 def prune_(model: nn.Module, sparsity: float) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_optim.functional.masks import (
+from lightning_optim.functional.pruning.masks import (
     apply_masks_,
     compute_masks,
     global_magnitude_masks,

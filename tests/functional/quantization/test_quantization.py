@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_optim.compression.quantization import (
+from lightning_optim.functional.quantization import (
     BACKENDS,
     QuantizationError,
     accuracy,
@@ -25,8 +25,9 @@ from lightning_optim.compression.quantization import (
     format_report,
     quantization_report,
 )
-from lightning_optim.compression.quantization.eager import int8_determinism_tolerant
+from lightning_optim.functional.quantization.eager import int8_determinism_tolerant
 from lightning_optim.models import ConvNet3, LeNet5, LeNet300100, SeparableCNN
+from tests.nets import NoLayers, Residual
 
 
 @pytest.fixture(autouse=True)
@@ -341,27 +342,6 @@ def test_unsupported_backend_name():
     ):
         check_backend_name("tensorrt")
     assert set(BACKENDS) >= {"x86", "fbgemm"}
-
-
-class NoLayers(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(64, 10))
-
-    def forward(self, x):
-        return torch.flatten(x, 1) @ self.weight
-
-
-class Residual(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(256, 10)
-
-    def forward(self, x):
-        h = self.conv1(x)
-        return self.fc(torch.flatten(h + self.conv2(h), 1))  # float `+` on int8 tensors
 
 
 def test_model_without_quantizable_layers():

@@ -13,10 +13,11 @@ from lightning_optim.callbacks import (
     ProgressivePruning,
     QuantizationAwareTraining,
 )
-from lightning_optim.compression.pipeline import CompressionPipeline, WarmStart, load_model_weights
+from lightning_optim.callbacks.pipeline import CompressionPipeline, WarmStart
 from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.models import LeNet300100
 from lightning_optim.modules import ClassificationModule
+from lightning_optim.weights import load_weights
 from tests.conftest import quiet_trainer_kwargs
 
 
@@ -69,7 +70,7 @@ def test_warm_start_loads_checkpoint_weights(tmp_path):
     path = tmp_path / "teacher.ckpt"
     torch.save({"state_dict": teacher.state_dict()}, path)
     student = net()
-    load_model_weights(str(path), student)
+    load_weights(student, str(path), "checkpoint")
     assert all(
         torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.model.state_dict().values())
     )
@@ -78,15 +79,15 @@ def test_warm_start_loads_checkpoint_weights(tmp_path):
     assert torch.equal(module.model.fc1.weight, teacher.model.fc1.weight)
     with pytest.raises(FileNotFoundError):
         WarmStart(str(tmp_path / "missing.ckpt")).setup(None, module, "fit")
-    with pytest.raises(ValueError, match="do not fit"):
-        load_model_weights(str(path), LeNet300100(in_features=64))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_weights(LeNet300100(in_features=64), str(path), "checkpoint")
 
 
 def test_staged_variant_chains_checkpoints(tmp_path):
     """Stage 1 (pruning, its own fit, ModelCheckpoint) hands its checkpoint to stage 2 (WarmStart + QAT)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_optim.compression.measure import count_nonzero
+    from lightning_optim.functional.compression_report.measure import count_nonzero
 
     dm = ImageClassificationDataModule("digits", batch_size=32)
     pl.seed_everything(0)
@@ -104,7 +105,7 @@ def test_staged_variant_chains_checkpoints(tmp_path):
     stage1.fit(ClassificationModule(net(), lr=1e-2), datamodule=dm)
     pruned_ckpt = tmp_path / "pruned.ckpt"
     assert pruned_ckpt.is_file()
-    pruned = load_model_weights(str(pruned_ckpt), net())
+    pruned = load_weights(net(), str(pruned_ckpt), "checkpoint")
     zeros = {n: p == 0 for n, p in pruned.named_parameters() if p.dim() > 1}
     assert sum(int(z.sum()) for z in zeros.values()) >= 0.89 * sum(z.numel() for z in zeros.values())
 
@@ -187,7 +188,7 @@ def test_bad_pipeline_arguments(kwargs, match):
 
 
 def test_digits_demo_prints_the_table(tmp_path, capsys):
-    from lightning_optim.compression.pipeline import run_digits_pipeline
+    from lightning_optim.demo import run_digits_pipeline
 
     result = run_digits_pipeline(
         str(tmp_path),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_optim.functional.sparsity_schedules import (
+from lightning_optim.functional.pruning.schedules import (
     constant_schedule,
     cubic_schedule,
     get_sparsity_schedule,
@@ -52,7 +52,7 @@ def test_end_is_always_an_event():
 
 
 def test_callable_and_dotted_path():
-    fn = get_sparsity_schedule("lightning_optim.functional.sparsity_schedules.linear_schedule")
+    fn = get_sparsity_schedule("lightning_optim.functional.pruning.schedules.linear_schedule")
     assert fn is linear_schedule
     assert get_sparsity_schedule(cubic_schedule) is cubic_schedule
 

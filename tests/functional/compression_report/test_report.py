@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_optim.compression.report import (
+from lightning_optim.functional.compression_report.report import (
     compression_report,
     evaluate_classifier,
     format_markdown,
     measure_model,
     write_report,
 )
-from tests.compression.test_measure import IN, int8_mlp, mlp
+from tests.nets import IN, int8_mlp, mlp
 
 
 def batches(n: int = 3, size: int = 16):

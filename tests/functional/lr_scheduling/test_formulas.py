@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_optim.functional import lr_schedules as F
+from lightning_optim.functional.lr_scheduling import formulas as F
 
 BASE = 0.1
 

@@ -1,0 +1,174 @@
+"""What every callback needs from the Trainer, written once: logging, rank-0 broadcast, example inputs and
+evaluation batches.
+
+- :func:`log_metrics`: metrics to every logger of the Trainer, from rank 0 only;
+- :func:`broadcast_from_rank0`: rank 0's value on every rank (unchanged in a single process);
+- :func:`batch_inputs`, :func:`example_from_batch`: the model inputs of a training batch, a small copy of them;
+- :func:`known_input_shape`: one sample's shape from an option, ``example_input_array`` or the data module;
+- :func:`eval_loader`, :func:`eval_batches`: a split's loader, and its ``(inputs, targets)`` as the model sees
+  them at evaluation (the data module's transfer hooks run under the testing stage: normalized, resized,
+  never augmented).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.trainer.states import RunningStage
+from torch import Tensor
+
+from lightning_optim.modules.loss_terms import unpack_batch
+
+#: the splits a callback can read
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def log_metrics(trainer: pl.Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Send ``metrics`` to every logger of ``trainer`` at ``step`` (default: the global step), on rank 0 only."""
+    if not metrics or not trainer.loggers or trainer.global_rank != 0:
+        return
+    step = trainer.global_step if step is None else step
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(metrics), step=step)
+
+
+def is_distributed(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer`` runs several processes with an initialized process group."""
+    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def broadcast_from_rank0(trainer: pl.Trainer, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank; ``obj`` itself in a single process.
+
+    A mapping of tensors goes tensor by tensor with ``torch.distributed.broadcast`` (on the tensors' own
+    devices, no pickling; bool tensors travel as uint8); anything else through ``trainer.strategy.broadcast``.
+    """
+    if not is_distributed(trainer):
+        return obj
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        out = {}
+        for name, tensor in obj.items():
+            buf = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor.clone()
+            buf = buf.contiguous()
+            dist.broadcast(buf, src=0)
+            out[name] = buf.bool() if tensor.dtype == torch.bool else buf
+        return out
+    return trainer.strategy.broadcast(obj, src=0)
+
+
+def batch_inputs(batch: Any) -> Any:
+    """The model inputs of a batch: ``x`` of ``(x, y)``, ``(x, y, index)`` or ``{"input": x, ...}``; the first
+    element of another sequence; the batch itself otherwise (a bare tensor)."""
+    try:
+        return unpack_batch(batch)[0]
+    except (TypeError, KeyError):
+        if isinstance(batch, (tuple, list)) and batch:
+            return batch[0]
+        if isinstance(batch, Mapping):
+            return batch.get("input")
+        return batch
+
+
+def example_from_batch(batch: Any, n: int = 2) -> Tensor | None:
+    """A detached CPU copy of the first ``n`` inputs of ``batch`` (dtype kept), or ``None`` if it has no tensor."""
+    x = batch_inputs(batch)
+    if not isinstance(x, Tensor) or x.dim() < 1:
+        return None
+    return x[:n].detach().cpu().clone()
+
+
+def known_input_shape(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, input_shape: Sequence[int] | None = None
+) -> tuple[int, ...] | None:
+    """One sample's input shape: ``input_shape`` when given, else that of ``pl_module.example_input_array``,
+    else the data module's ``input_shape``; ``None`` when none of them is known."""
+    if input_shape is not None:
+        return tuple(int(s) for s in input_shape)
+    example = getattr(pl_module, "example_input_array", None)
+    if isinstance(example, Tensor) and example.dim() >= 1:
+        return tuple(example.shape[1:])
+    dm = getattr(trainer, "datamodule", None)
+    shape = getattr(dm, "input_shape", None) if dm is not None else None
+    return tuple(shape) if shape is not None else None
+
+
+def _overrides(obj: Any, base: type, hook: str) -> bool:
+    return obj is not None and getattr(type(obj), hook, None) is not getattr(base, hook, None)
+
+
+def eval_loader(trainer: pl.Trainer, pl_module: pl.LightningModule | None, split: str) -> Any:
+    """The dataloader of ``split``: the data module's, else the LightningModule's, else the one the Trainer
+    holds (the first of several); ``None`` when there is none."""
+    hook = f"{split}_dataloader"
+    dm = trainer.datamodule
+    if _overrides(dm, pl.LightningDataModule, hook):
+        try:
+            return getattr(dm, hook)()
+        except Exception:  # noqa: BLE001 - e.g. a split this data module does not have
+            pass
+    if _overrides(pl_module, pl.LightningModule, hook):
+        return getattr(pl_module, hook)()
+    loader = {
+        "train": trainer.train_dataloader,
+        "val": trainer.val_dataloaders,
+        "test": trainer.test_dataloaders,
+    }[split]
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    if isinstance(loader, dict):
+        loader = next(iter(loader.values()), None)
+    return loader
+
+
+def eval_batches(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule | None,
+    split: str,
+    limit: int | None = None,
+    loader: Any = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(inputs, targets)`` of ``split`` (at most ``limit`` batches) as the model sees them at evaluation, on
+    the CPU in float32: the data module's ``on_before_batch_transfer``/``on_after_batch_transfer`` run under the
+    testing stage, so inputs are normalized and resized but never augmented.
+
+    Args:
+        trainer: the Trainer whose data is read.
+        pl_module: the LightningModule (its own ``*_dataloader`` hooks are used when the data module has none).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        limit: the most batches to yield (``None``: all).
+        loader: read this loader instead of looking one up.
+    """
+    loader = loader if loader is not None else eval_loader(trainer, pl_module, split)
+    if loader is None:
+        return
+    dm = trainer.datamodule
+    previous = trainer.state.stage
+    trainer.state.stage = RunningStage.TESTING  # the data module's hooks see an evaluation batch
+    try:
+        for i, batch in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            if dm is not None:
+                batch = dm.on_before_batch_transfer(batch, 0)
+                batch = dm.on_after_batch_transfer(batch, 0)
+            x, y, _ = unpack_batch(batch)
+            yield x.detach().float().cpu(), y.detach().cpu()
+    finally:
+        trainer.state.stage = previous
+
+
+__all__ = [
+    "SPLITS",
+    "batch_inputs",
+    "broadcast_from_rank0",
+    "eval_batches",
+    "eval_loader",
+    "example_from_batch",
+    "is_distributed",
+    "known_input_shape",
+    "log_metrics",
+]

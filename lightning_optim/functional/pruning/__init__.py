@@ -1,0 +1,60 @@
+"""Pruning, pure torch: masks and importance (:mod:`.masks`), sparsity schedules (:mod:`.schedules`) and the
+physical removal of pruned units (:mod:`.compaction`)."""
+
+from lightning_optim.functional.pruning.compaction import CompactionError, channel_followers, compact_model
+from lightning_optim.functional.pruning.masks import (
+    GRANULARITIES,
+    IMPORTANCES,
+    SCOPES,
+    apply_masks_,
+    compute_masks,
+    global_magnitude_masks,
+    global_structured_masks,
+    magnitude_mask,
+    mask_sparsity,
+    num_pruned,
+    pack_mask,
+    structured_mask,
+    unit_scores,
+    unpack_mask,
+)
+from lightning_optim.functional.pruning.schedules import (
+    SPARSITY_SCHEDULES,
+    check_sparsity,
+    constant_schedule,
+    cubic_schedule,
+    get_sparsity_schedule,
+    linear_schedule,
+    pruning_events,
+    schedule_progress,
+    scheduled_sparsity,
+)
+
+__all__ = [
+    "GRANULARITIES",
+    "IMPORTANCES",
+    "SCOPES",
+    "SPARSITY_SCHEDULES",
+    "CompactionError",
+    "apply_masks_",
+    "channel_followers",
+    "check_sparsity",
+    "compact_model",
+    "compute_masks",
+    "constant_schedule",
+    "cubic_schedule",
+    "get_sparsity_schedule",
+    "global_magnitude_masks",
+    "global_structured_masks",
+    "linear_schedule",
+    "magnitude_mask",
+    "mask_sparsity",
+    "num_pruned",
+    "pack_mask",
+    "pruning_events",
+    "schedule_progress",
+    "scheduled_sparsity",
+    "structured_mask",
+    "unit_scores",
+    "unpack_mask",
+]

@@ -1,0 +1,406 @@
+"""Physical compaction: remove pruned channels and neurons, giving a smaller dense model.
+
+Structured pruning (:class:`~lightning_optim.callbacks.ProgressivePruning` with ``granularity="structured"``)
+zeroes whole output units: a filter of a convolution (with its bias and the batch-norm scale/shift that
+follows), a row of a linear layer. :func:`compact_model` traces the network with ``torch.fx``, follows each
+channel from the layer that produces it through the operations that keep channels apart (batch norm,
+activations with ``f(0) = 0``, dropout, pooling, depthwise convolutions, flatten) to the layers that
+consume it (convolution, linear; after a flatten, each channel is ``H * W`` input features), and removes
+the channels that are zero wherever they are consumed: rows of the producer, entries of the batch norms
+and depthwise convolutions on the way, input columns of the consumers.
+
+A channel that reaches anything else (the model's output, an addition, a concatenation, a reshape, an
+unknown function) is kept. A model that ``torch.fx`` cannot trace (data-dependent control flow) is
+refused with :class:`CompactionError`, and the compacted model is checked against the original on the
+example input before it is returned.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+
+class CompactionError(RuntimeError):
+    """The model cannot be compacted (untraceable, or the compacted model would differ)."""
+
+
+#: modules that act on each channel separately and map 0 to 0
+ZERO_PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Softsign,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
+ZERO_PRESERVING_FUNCTIONS = {
+    F.relu,
+    torch.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardtanh,
+    torch.tanh,
+    F.tanh,
+    F.dropout,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+}
+ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "contiguous"}
+NORM_MODULES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with a clear error for models it cannot follow.
+
+    Raises:
+        CompactionError: when tracing fails (for example data-dependent control flow in ``forward``).
+    """
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as err:  # noqa: BLE001 - every tracing failure means: cannot compact
+        raise CompactionError(
+            f"Cannot compact {type(model).__name__}: torch.fx could not trace its forward ({type(err).__name__}: "
+            f"{err}). Models with data-dependent control flow (if/for on tensor values) are not supported; "
+            "keep the masked model, or compact the traceable sub-module."
+        ) from err
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _is_producer(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == 1)
+
+
+def _row_zero(m: nn.Module) -> Tensor:
+    """Output units whose weight row and bias are exactly zero."""
+    rows = m.weight.detach().flatten(1).eq(0).all(1)
+    if getattr(m, "bias", None) is not None:
+        rows &= m.bias.detach().eq(0)
+    return rows
+
+
+def channel_followers(model: nn.Module, module_names: list[str]) -> dict[str, list[str]]:
+    """For each named layer, the batch-norm layers that read its output directly (their scale/shift must be
+    masked with its pruned units for the channel to be exactly zero).
+
+    Uses ``torch.fx``; for a model it cannot trace, a batch norm registered right after the layer with a
+    matching number of features.
+    """
+    wanted = set(module_names)
+    out: dict[str, list[str]] = {n: [] for n in module_names}
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - fall back to registration order
+        named = list(model.named_modules())
+        for i, (name, module) in enumerate(named[:-1]):
+            nxt_name, nxt = named[i + 1]
+            units = getattr(module, "out_channels", getattr(module, "out_features", None))
+            if name in wanted and isinstance(nxt, NORM_MODULES) and nxt.num_features == units:
+                out[name].append(nxt_name)
+        return out
+    modules = dict(model.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in wanted:
+            for user in node.users:
+                if user.op == "call_module" and isinstance(modules.get(user.target), NORM_MODULES):
+                    out[node.target].append(user.target)
+    return out
+
+
+@dataclass
+class _Group:
+    """Channels produced by one layer and carried unchanged to their consumers."""
+
+    root: fx.Node
+    members: list[tuple[fx.Node, int]] = field(default_factory=list)  # (node, features per channel)
+    reads: list[tuple[fx.Node, fx.Node]] = field(default_factory=list)  # (consumer node, node it reads)
+    pinned: bool = False
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n))
+    return found
+
+
+def _flatten_start_dim(node: fx.Node, module: nn.Module | None) -> int | None:
+    """``start_dim`` of a flatten to the end, or ``None`` when ``node`` is not such a flatten."""
+    if module is not None:
+        if isinstance(module, nn.Flatten) and module.end_dim == -1:
+            return module.start_dim
+        return None
+    if (node.op == "call_function" and node.target is torch.flatten) or (
+        node.op == "call_method" and node.target == "flatten"
+    ):
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return start if end == -1 else None
+    return None
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _slice_param(module: nn.Module, name: str, index: Tensor, dim: int) -> None:
+    tensor = getattr(module, name, None)
+    if tensor is None:
+        return
+    new = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
+    if isinstance(tensor, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+    else:
+        module.register_buffer(name, new)
+
+
+def _slice_outputs(module: nn.Module, index: Tensor) -> None:
+    _slice_param(module, "weight", index, 0)
+    _slice_param(module, "bias", index, 0)
+    if isinstance(module, nn.Linear):
+        module.out_features = len(index)
+    else:
+        module.out_channels = len(index)
+
+
+def _slice_inputs(module: nn.Module, index: Tensor) -> None:
+    _slice_param(module, "weight", index, 1)
+    if isinstance(module, nn.Linear):
+        module.in_features = len(index)
+    else:
+        module.in_channels = len(index)
+
+
+def _slice_norm(module: nn.Module, index: Tensor) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        _slice_param(module, name, index, 0)
+    module.num_features = len(index)
+
+
+def _slice_depthwise(module: nn.Conv2d, index: Tensor) -> None:
+    _slice_param(module, "weight", index, 0)
+    _slice_param(module, "bias", index, 0)
+    module.in_channels = module.out_channels = module.groups = len(index)
+
+
+def _expand(keep: Tensor, factor: int) -> Tensor:
+    """Channel indices -> feature indices after a flatten with ``factor`` features per channel."""
+    if factor == 1:
+        return keep
+    return (keep.view(-1, 1) * factor + torch.arange(factor)).flatten()
+
+
+@torch.no_grad()
+def compact_model(
+    model: nn.Module, example_input: Tensor, atol: float = 1e-4, check: bool = True
+) -> nn.Module:
+    """A copy of ``model`` with its zeroed channels and neurons physically removed.
+
+    Args:
+        model: a structurally pruned network (zero filters/rows, their biases and following batch-norm
+            scale/shift zero); it is not modified.
+        example_input: a batch the model accepts (its shapes follow flatten dependencies; also used for
+            the equivalence check).
+        atol: largest absolute difference allowed between the outputs of the compacted and original model
+            (in eval mode) on ``example_input``.
+        check: run that equivalence check.
+
+    Returns:
+        A model of the same class whose layers are smaller; its outputs equal the original's.
+
+    Raises:
+        CompactionError: for a model that ``torch.fx`` cannot trace, or a compacted model whose outputs
+            differ from the original's. (A layer with parameters called more than once is left as it is.)
+    """
+    compact = copy.deepcopy(model)
+    was_training = model.training
+    compact.eval()
+    gm = trace(compact)
+    try:
+        ShapeProp(gm).propagate(example_input)
+    except Exception as err:  # noqa: BLE001
+        raise CompactionError(
+            f"Running the traced {type(model).__name__} on `example_input` failed: {err}"
+        ) from err
+    modules = dict(compact.named_modules())
+    calls: dict[str, int] = defaultdict(int)
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] += 1
+
+    groups: dict[fx.Node, _Group] = {}
+    member_of: dict[fx.Node, tuple[_Group, int]] = {}  # node -> (its group, features per channel)
+    zero: dict[fx.Node, Tensor] = {}
+
+    def pin_args(node: fx.Node) -> None:
+        for arg in _node_args(node):
+            if arg in member_of:
+                member_of[arg][0].pinned = True
+
+    for node in gm.graph.nodes:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        shape = _shape(node)
+        if node.op == "placeholder":
+            if shape is not None and len(shape) >= 2:
+                group = _Group(node, pinned=True)
+                groups[node] = group
+                member_of[node] = (group, 1)
+                zero[node] = torch.zeros(shape[1], dtype=torch.bool)
+            continue
+        if node.op == "output":
+            pin_args(node)
+            continue
+        inputs = _node_args(node)
+        source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        shared = module is not None and calls[node.target] > 1 and any(True for _ in module.parameters())
+        if (
+            module is not None
+            and _is_producer(module)
+            and not shared
+            and shape is not None
+            and len(shape) >= 2
+        ):
+            if isinstance(module, nn.Linear) and len(shape) != 2:
+                pin_args(node)
+                continue
+            if source in member_of:
+                g, factor = member_of[source]
+                if isinstance(module, nn.Linear) or factor == 1:
+                    g.reads.append((node, source))
+                else:
+                    g.pinned = True
+            pin_args_except = [a for a in inputs if a is not source]
+            for a in pin_args_except:
+                if a in member_of:
+                    member_of[a][0].pinned = True
+            group = _Group(node)
+            groups[node] = group
+            member_of[node] = (group, 1)
+            zero[node] = _row_zero(module).cpu()
+            continue
+        # channel-preserving operations
+        if source in member_of and len(inputs) == 1 and not shared:
+            g, factor = member_of[source]
+            z_in = zero[source]
+            new_factor, z_out = None, None
+            flat_start = _flatten_start_dim(node, module)
+            in_shape = _shape(source)
+            if module is not None and isinstance(module, NORM_MODULES):
+                if module.affine:
+                    z_out = module.weight.detach().eq(0).cpu() & module.bias.detach().eq(0).cpu()
+                else:
+                    z_out = torch.zeros_like(z_in)
+                new_factor = factor
+            elif module is not None and _is_depthwise(module) and factor == 1:
+                z_out = z_in | module.weight.detach().flatten(1).eq(0).all(1).cpu()
+                if module.bias is not None:
+                    z_out &= module.bias.detach().eq(0).cpu()
+                new_factor = 1
+            elif module is not None and isinstance(module, ZERO_PRESERVING_MODULES):
+                z_out, new_factor = z_in, factor
+            elif node.op == "call_function" and node.target in ZERO_PRESERVING_FUNCTIONS:
+                z_out, new_factor = z_in, factor
+            elif node.op == "call_method" and node.target in ZERO_PRESERVING_METHODS:
+                z_out, new_factor = z_in, factor
+            elif flat_start == 1 and in_shape is not None and len(in_shape) >= 2:
+                per_channel = 1
+                for d in in_shape[2:]:
+                    per_channel *= int(d)
+                z_out, new_factor = z_in.repeat_interleave(per_channel), factor * per_channel
+            if z_out is not None and shape is not None and len(shape) >= 2 and z_out.numel() == shape[1]:
+                g.members.append((node, new_factor))
+                member_of[node] = (g, new_factor)
+                zero[node] = z_out
+                continue
+        pin_args(node)
+
+    # decide and apply
+    changed = False
+    for root, group in groups.items():
+        if group.pinned or not group.reads or root.op != "call_module":
+            continue
+        producer = modules[root.target]
+        units = zero[root].numel()
+        removable = torch.ones(units, dtype=torch.bool)
+        for _, read in group.reads:
+            factor = member_of[read][1]
+            removable &= zero[read].view(units, factor).all(1)
+        if not removable.any():
+            continue
+        if removable.all():
+            removable[0] = False  # keep one channel: a layer with no units is not a layer
+        keep = (~removable).nonzero().flatten()
+        changed = True
+        _slice_outputs(producer, keep)
+        for node, factor in group.members:
+            m = modules.get(node.target) if node.op == "call_module" else None
+            if m is not None and isinstance(m, NORM_MODULES):
+                _slice_norm(m, _expand(keep, factor))
+            elif m is not None and _is_depthwise(m):
+                _slice_depthwise(m, keep)
+        for consumer, read in group.reads:
+            _slice_inputs(modules[consumer.target], _expand(keep, member_of[read][1]))
+
+    compact.train(was_training)
+    if check and changed:
+        _check_equivalence(model, compact, example_input, atol)
+    return compact
+
+
+def _check_equivalence(original: nn.Module, compact: nn.Module, example_input: Tensor, atol: float) -> None:
+    modes = (original.training, compact.training)
+    original.eval()
+    compact.eval()
+    try:
+        ref, out = original(example_input), compact(example_input)
+    finally:
+        original.train(modes[0])
+        compact.train(modes[1])
+    if not isinstance(ref, Tensor) or ref.shape != out.shape:
+        raise CompactionError("The compacted model's output has another shape than the original's.")
+    diff = float((ref.float() - out.float()).abs().max()) if ref.numel() else 0.0
+    scale = max(1.0, float(ref.float().abs().max())) if ref.numel() else 1.0
+    if diff > atol * scale:
+        raise CompactionError(
+            f"The compacted model differs from the original by {diff:.3g} (allowed {atol * scale:.3g}); "
+            "refusing to return it. Are the pruned units' biases and batch-norm scale/shift zero too?"
+        )
