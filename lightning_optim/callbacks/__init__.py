@@ -10,8 +10,10 @@ from lightning_optim.callbacks.lr_scheduling import LRScheduling
 from lightning_optim.callbacks.non_finite_guard import NonFiniteError, NonFiniteGuard
 from lightning_optim.callbacks.phases import (
     CompressionPhase,
+    OffersModel,
     find_phase,
     model_is_changing,
+    offered_model,
     phase_done,
     phase_states,
     target_model,
@@ -58,7 +60,9 @@ __all__ = [
     "NonFiniteGuard",
     "CompressionPhase",
     "find_phase",
+    "OffersModel",
     "model_is_changing",
+    "offered_model",
     "phase_done",
     "phase_states",
     "target_model",

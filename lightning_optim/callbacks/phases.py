@@ -10,6 +10,11 @@ model is only fine-tuned from here). Others ask through the functions below:
 - a QAT callback with ``start_after="pruning"`` starts at the first epoch at which the pruning phase is
   ``done`` (:func:`phase_done`).
 - the compression report records a row at each phase boundary (:func:`phase_states`).
+
+A callback that ends with a model *other than the network it trained* (the int8 model of quantization)
+offers it as ``compressed_model`` (:class:`OffersModel`; ``None`` until it exists); the report measures it
+through :func:`offered_model`. A callback that changes the network in place (compaction) offers nothing: the
+network itself is the result.
 """
 
 from __future__ import annotations
@@ -67,6 +72,26 @@ def phase_done(trainer: Any, name: str) -> bool:
             f"No callback with phase_name={name!r} on the Trainer; phases present: {list(phase_states(trainer))}."
         )
     return cb.phase_state(trainer) == "done"
+
+
+@runtime_checkable
+class OffersModel(Protocol):
+    """Implemented by callbacks that end with a compressed model other than the network they train."""
+
+    @property
+    def compressed_model(self) -> nn.Module | None:
+        """The compressed model (for example int8), or ``None`` before it exists."""
+
+
+def offered_model(trainer: Any) -> nn.Module | None:
+    """The compressed model offered by the last callback of ``trainer`` that has one, or ``None``."""
+    found = None
+    for cb in getattr(trainer, "callbacks", []):
+        if isinstance(cb, OffersModel):
+            model = cb.compressed_model
+            if isinstance(model, nn.Module):
+                found = model
+    return found
 
 
 def target_model(pl_module: nn.Module, attribute: str = "model") -> nn.Module:

@@ -17,6 +17,7 @@ from lightning_optim.functional.pruning.masks import (
     structured_mask,
     unit_scores,
     unpack_mask,
+    zero_masks,
 )
 from lightning_optim.functional.pruning.schedules import (
     SPARSITY_SCHEDULES,
@@ -57,4 +58,5 @@ __all__ = [
     "structured_mask",
     "unit_scores",
     "unpack_mask",
+    "zero_masks",
 ]

@@ -181,6 +181,26 @@ def apply_masks_(tensors: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> 
             t.mul_(mask)
 
 
+@torch.no_grad()
+def zero_masks(tensors: Mapping[str, Tensor], min_dim: int = 2) -> dict[str, Tensor]:
+    """Keep-masks (``True`` where non-zero) of the tensors with at least ``min_dim`` dimensions that hold an
+    exact zero: what :func:`apply_masks_` needs to keep pruned weights at zero while others train on.
+
+    Example::
+
+        keep = zero_masks(dict(model.named_parameters()))
+        ...  # an optimizer step
+        apply_masks_(dict(model.named_parameters()), keep)
+    """
+    out = {}
+    for name, t in tensors.items():
+        if t.dim() >= min_dim:
+            keep = t != 0
+            if not bool(keep.all()):
+                out[name] = keep
+    return out
+
+
 def mask_sparsity(mask: Tensor, shape: torch.Size | tuple[int, ...] | None = None) -> float:
     """Fraction of the weight pruned by ``mask`` (a broadcast structured mask counts whole units)."""
     if shape is None or tuple(mask.shape) == tuple(shape):
