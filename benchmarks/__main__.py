@@ -8,7 +8,8 @@
   ``--data-dir DIR``, then list the longer ones with their commands. Each prints its own Markdown table.
 
 Every benchmark is run from the repository root; results, with the command and the machine, are recorded
-in ``benchmarks/results/<area>.md`` and merged into ``benchmarks/RESULTS.md``.
+in ``benchmarks/results/<area>.md``. ``benchmarks/RESULTS.md`` is their index: a hand-written summary against
+the issues' targets and a list of the records that ``python -m benchmarks.results_index`` regenerates.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 #: benchmarks that ``make bench`` runs (each a few minutes at most on 2 CPU cores); the others are listed
 QUICK_BENCHMARKS: tuple[str, ...] = ("mnist_baseline", "augmentation")
 
+#: modules of ``benchmarks/`` that are tools, not benchmarks (never listed nor run by ``make bench``)
+TOOLS: tuple[str, ...] = ("results_index",)
+
 
 def available() -> dict[str, str]:
     """``{name: first line of the module docstring}`` for every ``benchmarks/<name>.py``, sorted by name."""
     found: dict[str, str] = {}
     for path in sorted(BENCHMARKS_DIR.glob("*.py")):
-        if path.name.startswith("_"):
+        if path.name.startswith("_") or path.stem in TOOLS:
             continue
         try:
             doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""

@@ -98,7 +98,7 @@ def _run_cli(config: str) -> float:
 def _teacher_error(model_name: str, ckpt: str, data_dir: str) -> tuple[torch.nn.Module, float, torch.Tensor]:
     from lightning_optim.callbacks.pipeline import load_model_weights
     from lightning_optim.data import ImageClassificationDataModule
-    from lightning_optim.functional.compression_report.report import evaluate_classifier
+    from lightning_optim.functional.compression_report.evaluate import evaluate_classifier
     from lightning_optim.models import LeNet5, LeNet300100
 
     model = LeNet300100() if model_name == "lenet300" else LeNet5("caffe")
@@ -210,8 +210,8 @@ def size_check(args: argparse.Namespace) -> None:
     from torch import nn
 
     from lightning_optim.functional.artifact import describe_artifact, pack_artifact, save_artifact
+    from lightning_optim.functional.compression_report.evaluate import evaluate_classifier
     from lightning_optim.functional.compression_report.measure import state_dict_size_bytes, weight_sparsity
-    from lightning_optim.functional.compression_report.report import evaluate_classifier
 
     data_dir = os.path.abspath(args.data_dir)
     model, dense_err, x = _teacher_error(args.model, args.size_check, data_dir)

@@ -56,6 +56,7 @@ from lightning.pytorch.callbacks import Callback
 from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import KnowledgeDistillation, NonFiniteGuard
 from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.compression_report.evaluate import count_correct
 from lightning_optim.functional.compression_report.measure import count_parameters
 from lightning_optim.models import LeNet300100, LogitEnsemble
 from lightning_optim.modules import ClassificationModule
@@ -133,16 +134,16 @@ def module(net: torch.nn.Module, lr: float, epochs: int, optimizer: str = "adam"
     )
 
 
-@torch.no_grad()
 def test_errors(net: torch.nn.Module, dm: ImageClassificationDataModule, holdout: bool = False) -> int:
     """Misclassified images of the 10,000-image MNIST test split, or of the held-out training images."""
     net.eval()
-    errors = 0
     split = dm.val_split_data if holdout else dm.test_split
-    for i in range(0, len(split), 1000):
-        x = dm.to_model_input(split.images[i : i + 1000])
-        errors += int((net(x).argmax(-1) != split.labels[i : i + 1000]).sum())
-    return errors
+    batches = (
+        (dm.to_model_input(split.images[i : i + 1000]), split.labels[i : i + 1000])
+        for i in range(0, len(split), 1000)
+    )
+    counts = count_correct(net, batches)
+    return counts["samples"] - counts["correct"]
 
 
 def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:

@@ -135,7 +135,7 @@ def train_seed(
     out["qat"], out["qat_int8_acc"] = qat, accuracy(qat.quantized_model, batches)
 
     # 3. PTQ of the fp32 model
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     observed, _ = backend.prepare_ptq(fp32)
     calibration = (
         dm.to_model_input(x, train=False)
@@ -171,7 +171,7 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
     fp32, qat, ptq_int8 = first["fp32"], first["qat"], first["ptq_int8"]
     int8 = qat.quantized_model
     row["fusion"] = [" + ".join(g) for g in qat.fusion_plan.groups]
-    ptq_fbgemm = create_backend("fbgemm").convert(first["observed"]) if args.fbgemm else None
+    ptq_fbgemm = create_backend("eager", engine="fbgemm").convert(first["observed"]) if args.fbgemm else None
 
     # 4. sizes
     row["fp32_state_dict_bytes"] = state_dict_size_bytes(fp32)

@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import Callback
 from benchmarks._trainer import quiet_trainer_kwargs
 from lightning_optim.callbacks import EarlyStopping, LRScheduling
 from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.compression_report.evaluate import count_correct
 from lightning_optim.functional.lr_scheduling.schedules import OneCycle
 from lightning_optim.models import create_model
 from lightning_optim.modules import ClassificationModule
@@ -163,17 +164,17 @@ class TimedEarlyStopping(EarlyStopping):
     on_train_end = _HookTimer.timed(EarlyStopping.on_train_end, "epoch")
 
 
-@torch.no_grad()
 def test_accuracy(
     pl_module: pl.LightningModule, dm: ImageClassificationDataModule, batch: int = 2000
 ) -> float:
     was_training = pl_module.training
     pl_module.eval()
     split = dm.test_split
-    correct = 0
-    for i in range(0, len(split), batch):
-        x = dm.to_model_input(split.images[i : i + batch], train=False)
-        correct += int((pl_module(x).argmax(-1) == split.labels[i : i + batch]).sum())
+    batches = (
+        (dm.to_model_input(split.images[i : i + batch], train=False), split.labels[i : i + batch])
+        for i in range(0, len(split), batch)
+    )
+    correct = count_correct(pl_module, batches)["correct"]
     pl_module.train(was_training)
     return correct / len(split)
 

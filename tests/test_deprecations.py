@@ -10,6 +10,32 @@ from lightning_optim._deprecation import REMOVED_IN
 
 # (old module, name, new module, new name)
 MOVED = [
+    # three constants were called SCHEDULES: the LR one is LR_SCHEDULES, distillation's is DISTILLATION_RAMPS
+    ("lightning_optim.callbacks", "SCHEDULES", "lightning_optim.callbacks", "LR_SCHEDULES"),
+    (
+        "lightning_optim.functional.lr_scheduling",
+        "SCHEDULES",
+        "lightning_optim.functional.lr_scheduling",
+        "LR_SCHEDULES",
+    ),
+    (
+        "lightning_optim.functional.lr_scheduling.schedules",
+        "SCHEDULES",
+        "lightning_optim.functional.lr_scheduling.schedules",
+        "LR_SCHEDULES",
+    ),
+    (
+        "lightning_optim.functional.distillation",
+        "SCHEDULES",
+        "lightning_optim.functional.distillation",
+        "DISTILLATION_RAMPS",
+    ),
+    (
+        "lightning_optim.functional.distillation.losses",
+        "SCHEDULES",
+        "lightning_optim.functional.distillation",
+        "DISTILLATION_RAMPS",
+    ),
     (
         "lightning_optim.compression",
         "compact_model",
@@ -33,6 +59,18 @@ MOVED = [
         "format_markdown",
         "lightning_optim.functional.compression_report.report",
         "format_markdown",
+    ),
+    (
+        "lightning_optim.compression.report",
+        "evaluate_classifier",
+        "lightning_optim.functional.compression_report.evaluate",
+        "evaluate_classifier",
+    ),
+    (
+        "lightning_optim.compression.report",
+        "plot_report",
+        "lightning_optim.functional.compression_report.plots",
+        "plot_report",
     ),
     (
         "lightning_optim.compression.artifact",
@@ -126,6 +164,12 @@ MOVED = [
         "lightning_optim.functional.compression_report",
         "count_nonzero",
     ),
+    (
+        "lightning_optim.callbacks.quantization",
+        "EXPORT_FORMATS",
+        "lightning_optim.functional.quantization.export",
+        "EXPORT_FORMATS",
+    ),
 ]
 
 
@@ -144,6 +188,28 @@ def test_from_import_of_an_old_path_warns():
         DeprecationWarning, match="lightning_optim.functional.pruning.compaction.compact_model"
     ):
         from lightning_optim.compression.compaction import compact_model  # noqa: F401
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "lightning_optim.callbacks",
+        "lightning_optim.functional.lr_scheduling",
+        "lightning_optim.functional.lr_scheduling.schedules",
+        "lightning_optim.functional.distillation",
+        "lightning_optim.functional.distillation.losses",
+    ],
+)
+def test_renamed_constants_leave_other_names_alone(module):
+    """Only `SCHEDULES` is forwarded: another unknown name is a plain AttributeError (no warning, no recursion)."""
+    import warnings
+
+    mod = importlib.import_module(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not hasattr(mod, "no_such_name")
+    with pytest.warns(DeprecationWarning, match="SCHEDULES"):
+        exec(f"from {module} import SCHEDULES", {})
 
 
 def test_unknown_name_on_an_old_path_is_an_attribute_error():
@@ -183,3 +249,25 @@ def test_recipes_with_the_old_class_paths_still_build():
     with pytest.warns(DeprecationWarning, match="lightning_optim.callbacks.pipeline.CompressionPipeline"):
         cli = build_cli(args, run=False)
     assert any(type(cb).__name__ == "CompressionPipeline" for cb in cli.trainer.callbacks)
+
+
+@pytest.mark.parametrize("engine", ["x86", "fbgemm"])
+def test_quantization_backend_meaning_the_engine_still_works(engine):
+    """`backend="x86"` (0.2.x: the engine) is mapped to `engine` with a warning naming `engine`."""
+    from lightning_optim.callbacks import PostTrainingQuantization, QuantizationAwareTraining
+    from lightning_optim.functional.quantization import create_backend
+
+    for cls in (QuantizationAwareTraining, PostTrainingQuantization):
+        with pytest.warns(DeprecationWarning, match=rf"pass `engine='{engine}'`.*removed in lightning-optim"):
+            cb = cls(backend=engine, verbose=False)
+        assert (cb.backend_name, cb.engine) == ("eager", engine)
+    with pytest.warns(DeprecationWarning, match="`engine="):
+        assert create_backend(engine).engine == engine
+
+
+def test_quantization_backend_export_format_is_renamed_file_format():
+    from lightning_optim.functional.quantization import create_backend
+
+    backend = create_backend()
+    with pytest.warns(DeprecationWarning, match="renamed `file_format`"):
+        assert backend.export_format == backend.file_format == "torchscript"

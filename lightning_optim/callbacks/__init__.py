@@ -3,6 +3,9 @@
 Every callback exported here must have an entry in ``tests/callbacks/callback_settings.py``.
 """
 
+from typing import Any
+
+from lightning_optim._deprecation import moved
 from lightning_optim.callbacks.compression_report import CompressionReport
 from lightning_optim.callbacks.distillation import KnowledgeDistillation
 from lightning_optim.callbacks.early_stopping import EarlyStopping
@@ -22,7 +25,7 @@ from lightning_optim.callbacks.pipeline import CompressionPipeline, WarmStart
 from lightning_optim.callbacks.pruning import ProgressivePruning
 from lightning_optim.callbacks.quantization import PostTrainingQuantization, QuantizationAwareTraining
 from lightning_optim.functional.lr_scheduling.schedules import (
-    SCHEDULES,
+    LR_SCHEDULES,
     Constant,
     CosineAnnealing,
     Cyclic,
@@ -45,7 +48,7 @@ __all__ = [
     "QuantizationAwareTraining",
     "EarlyStopping",
     "LRScheduling",
-    "SCHEDULES",
+    "LR_SCHEDULES",
     "Constant",
     "CosineAnnealing",
     "Cyclic",
@@ -67,3 +70,13 @@ __all__ = [
     "phase_states",
     "target_model",
 ]
+
+# deprecated (0.2.x): `SCHEDULES` is now `LR_SCHEDULES`; removed in 0.3.0
+_RENAMED = {"SCHEDULES": f"{__name__}:LR_SCHEDULES"}
+_moved = moved(__name__, __name__, renamed=_RENAMED)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        return _moved(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,15 +41,18 @@ def is_distributed(trainer: pl.Trainer) -> bool:
     return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
 
 
-def broadcast_from_rank0(trainer: pl.Trainer, obj: Any) -> Any:
+def broadcast_from_rank0(trainer: pl.Trainer, obj: Any, tensorwise: bool = False) -> Any:
     """Rank 0's ``obj`` on every rank; ``obj`` itself in a single process.
 
-    A mapping of tensors goes tensor by tensor with ``torch.distributed.broadcast`` (on the tensors' own
-    devices, no pickling; bool tensors travel as uint8); anything else through ``trainer.strategy.broadcast``.
+    By default ``obj`` travels as one pickled object through ``trainer.strategy.broadcast`` (tensors keep rank
+    0's devices). With ``tensorwise=True``, a mapping of tensors that all sit on the process group's device (CPU
+    under gloo, CUDA under NCCL) goes tensor by tensor with ``torch.distributed.broadcast`` instead (no
+    pickling; bool tensors travel as uint8): every rank must then pass the same names, shapes and dtypes (as
+    pruning masks computed on every rank have).
     """
     if not is_distributed(trainer):
         return obj
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+    if tensorwise and isinstance(obj, Mapping) and obj and _on_group_device(obj.values()):
         out = {}
         for name, tensor in obj.items():
             buf = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor.clone()
@@ -58,6 +61,15 @@ def broadcast_from_rank0(trainer: pl.Trainer, obj: Any) -> Any:
             out[name] = buf.bool() if tensor.dtype == torch.bool else buf
         return out
     return trainer.strategy.broadcast(obj, src=0)
+
+
+def _on_group_device(values: Any) -> bool:
+    """Whether every value is a dense tensor on the device the default process group communicates on."""
+    device = {"gloo": "cpu", "nccl": "cuda"}.get(str(dist.get_backend()))
+    return device is not None and all(
+        isinstance(v, Tensor) and not v.is_quantized and v.layout == torch.strided and v.device.type == device
+        for v in values
+    )
 
 
 def batch_inputs(batch: Any) -> Any:

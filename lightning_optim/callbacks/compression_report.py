@@ -10,19 +10,20 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_optim.callbacks.phases import phase_states, target_model
-from lightning_optim.functional.compression_report.measure import weight_sparsity
-from lightning_optim.functional.compression_report.report import (
-    add_ratios,
-    format_markdown,
-    measure_model,
-    write_report,
+from lightning_optim.callbacks._trainer import (
+    broadcast_from_rank0,
+    eval_batches,
+    eval_loader,
+    example_from_batch,
+    known_input_shape,
+    log_metrics,
 )
-from lightning_optim.modules.loss_terms import unpack_batch
+from lightning_optim.callbacks.phases import offered_model, phase_states, target_model
+from lightning_optim.functional.compression_report.measure import measure_model, weight_sparsity
+from lightning_optim.functional.compression_report.report import add_ratios, format_markdown, write_report
 
 NO_TEST_LOADER = (
     "CompressionReport: the trainer has no test data (no datamodule with a `test_dataloader`, and no "
@@ -40,8 +41,9 @@ class CompressionReport(Callback):
 
     A row is measured at fit start, at the end of every epoch at which the state of a compression phase
     changes (:func:`~lightning_optim.callbacks.phases.phase_states`: pruning ramp done, QAT started...) and at
-    fit end; when a callback on the Trainer holds a converted int8 model in ``quantized_model`` (as
-    :class:`~lightning_optim.callbacks.QuantizationAwareTraining` does), a last row measures that model. Each
+    fit end; when a callback on the Trainer offers a compressed model other than the network
+    (``compressed_model``, :func:`~lightning_optim.callbacks.phases.offered_model`: the int8 model of
+    :class:`~lightning_optim.callbacks.QuantizationAwareTraining`), a last row measures that model. Each
     row holds parameters, non-zero parameters, weight sparsity, the ``torch.save`` state-dict size, the
     size of the compact deployable artifact (:mod:`lightning_optim.functional.artifact`) and its ratio to
     the dense fp32 state dict of the first row, FLOPs and MACs (``torch.utils.flop_counter``), CPU latency
@@ -176,7 +178,7 @@ class CompressionReport(Callback):
             return
         if (
             self._example is None
-            and self._known_input_shape(trainer, pl_module) is None
+            and known_input_shape(trainer, pl_module, self.input_shape) is None
             and not self._has_test_data(trainer, pl_module)
         ):
             self._pending_start = True  # no shape known yet: measure on the first training batch
@@ -185,9 +187,9 @@ class CompressionReport(Callback):
 
     def _run_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if self._example is None:
-            x = unpack_batch(batch)[0]
-            if isinstance(x, Tensor):
-                self._example = x[:2].detach().float().cpu().clone()
+            example = example_from_batch(batch, n=2)
+            if example is not None:
+                self._example = example.float()
         if self._pending_start:
             self._pending_start = False
             self._measure(trainer, pl_module, "fit start")
@@ -210,7 +212,7 @@ class CompressionReport(Callback):
         ):
             value = next((metrics[n] for n in names if n in metrics), None)
             entry[key] = float(value) if value is not None else None
-        self.history.append(self._broadcast(trainer, entry))  # per-rank losses differ: keep rank 0's
+        self.history.append(broadcast_from_rank0(trainer, entry))  # per-rank losses differ: keep rank 0's
         if self.at_phase_boundaries and self._last_phases is not None and states != self._last_phases:
             changed = [_transition(n, s) for n, s in states.items() if self._last_phases.get(n) != s]
             self._measure(trainer, pl_module, ", ".join(changed), epoch=trainer.current_epoch + 1)
@@ -218,7 +220,7 @@ class CompressionReport(Callback):
 
     def _run_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._measure(trainer, pl_module, "fit end")
-        quantized = self._quantized_model(trainer)
+        quantized = offered_model(trainer)
         network = target_model(pl_module, self.attribute)
         if quantized is not None and quantized is not network and self.rows[-1].get("precision") != "int8":
             self._measure(trainer, pl_module, "int8", model=quantized)
@@ -283,65 +285,21 @@ class CompressionReport(Callback):
             row["step"] = trainer.global_step
             row["phases"] = dict(phase_states(trainer))
         # rank 0 measures; every rank keeps the same rows (identical callback state in checkpoints)
-        row, self._example, self.notes = self._broadcast(trainer, (row, self._example, self.notes))
+        row, self._example, self.notes = broadcast_from_rank0(trainer, (row, self._example, self.notes))
         self.rows.append(row)
-
-    @staticmethod
-    def _broadcast(trainer: pl.Trainer, obj: Any) -> Any:
-        if (
-            trainer.world_size <= 1
-            or not torch.distributed.is_available()
-            or not torch.distributed.is_initialized()
-        ):
-            return obj
-        return trainer.strategy.broadcast(obj, src=0)
 
     def _test_batches(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Test ``(inputs, targets)`` on the CPU, transformed by the data module as for testing."""
-        dm = trainer.datamodule
-        loader = None
-        if dm is not None and type(dm).test_dataloader is not pl.LightningDataModule.test_dataloader:
-            loader = dm.test_dataloader()
-        elif type(pl_module).test_dataloader is not pl.LightningModule.test_dataloader:
-            loader = pl_module.test_dataloader()
+        """Test ``(inputs, targets)`` on the CPU as the model sees them at evaluation; a note when there is none."""
+        loader = eval_loader(trainer, pl_module, "test")
         if loader is None:
             self._note(NO_TEST_LOADER)
-            return
-        previous = trainer.state.stage
-        trainer.state.stage = (
-            RunningStage.TESTING
-        )  # the data module's hooks see a test batch: no augmentation
-        try:
-            for i, batch in enumerate(loader):
-                if self.limit_test_batches is not None and i >= self.limit_test_batches:
-                    break
-                if dm is not None:
-                    batch = dm.on_before_batch_transfer(batch, 0)
-                    batch = dm.on_after_batch_transfer(batch, 0)
-                x, y, _ = unpack_batch(batch)
-                yield x.detach().float().cpu(), y.detach().cpu()
-        finally:
-            trainer.state.stage = previous
+            return iter(())
+        return eval_batches(trainer, pl_module, "test", limit=self.limit_test_batches, loader=loader)
 
     def _has_test_data(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        dm = trainer.datamodule
-        return bool(self.test_metrics) and (
-            (dm is not None and type(dm).test_dataloader is not pl.LightningDataModule.test_dataloader)
-            or type(pl_module).test_dataloader is not pl.LightningModule.test_dataloader
-        )
-
-    def _known_input_shape(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> tuple[int, ...] | None:
-        if self.input_shape is not None:
-            return self.input_shape
-        example_array = getattr(pl_module, "example_input_array", None)
-        if isinstance(example_array, Tensor):
-            return tuple(example_array.shape[1:])
-        shape = getattr(trainer.datamodule, "input_shape", None) if trainer.datamodule is not None else None
-        return tuple(shape) if shape is not None else None
+        return bool(self.test_metrics) and eval_loader(trainer, pl_module, "test") is not None
 
     def _example_input(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list | None
@@ -354,7 +312,7 @@ class CompressionReport(Callback):
         if self.input_shape is None and isinstance(example_array, Tensor):
             self._example = example_array.detach().float().cpu()
             return self._example
-        shape = self._known_input_shape(trainer, pl_module)
+        shape = known_input_shape(trainer, pl_module, self.input_shape)
         if shape is None:
             raise ValueError(
                 "CompressionReport needs an example input: give `input_shape` (one sample, e.g. [1, 28, 28]), set "
@@ -368,14 +326,6 @@ class CompressionReport(Callback):
         if not trainer.optimizers:
             return None
         return float(trainer.optimizers[0].param_groups[0]["lr"])
-
-    @staticmethod
-    def _quantized_model(trainer: pl.Trainer) -> nn.Module | None:
-        for cb in trainer.callbacks:
-            model = getattr(cb, "quantized_model", None)
-            if isinstance(model, nn.Module) and cb is not None:
-                return model
-        return None
 
     def _note(self, message: str) -> None:
         if message not in self.notes:
@@ -392,8 +342,7 @@ class CompressionReport(Callback):
                 for k, v in row.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step")
             }
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=row.get("step", trainer.global_step))
+            log_metrics(trainer, metrics, step=row.get("step", trainer.global_step))
         for logger in trainer.loggers:
             logger.save()
 

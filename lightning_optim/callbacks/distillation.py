@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,52 +13,36 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_optim.callbacks._trainer import known_input_shape
 from lightning_optim.callbacks.phases import PhaseState, target_model
+from lightning_optim.checks import check_choice
+from lightning_optim.functional.distillation.features import (
+    build_feature_adapters,
+    dry_run,
+    feature_pairs_loss,
+    first_tensor,
+    get_layer,
+    hook_feature_pairs,
+)
 from lightning_optim.functional.distillation.losses import (
+    DISTILLATION_RAMPS,
     FEATURE_LOSSES,
-    SCHEDULES,
     check_alpha,
     check_logit_shapes,
     check_temperature,
-    feature_distillation_loss,
     kd_loss,
+    ramp_length,
+    ramp_progress,
     scheduled_value,
 )
 from lightning_optim.functional.distillation.teacher import (
     FrozenTeacher,
     TeacherLogitCache,
     load_teacher_weights,
+    logits_through_cache,
 )
-from lightning_optim.layers.adapters import build_feature_adapter
 from lightning_optim.models.ensemble import LogitEnsemble
 from lightning_optim.modules.loss_terms import StepContext
-
-
-def _first_tensor(output: Any) -> Tensor | None:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(output, Mapping):
-        for item in output.values():
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
-
-
-def _get_layer(root: nn.Module, name: str, option: str, owner: str) -> nn.Module:
-    try:
-        return root.get_submodule(name)
-    except AttributeError:
-        names = [n for n, _ in root.named_modules() if n]
-        shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
-        raise ValueError(
-            f"`{option}`: the {owner} has no layer named {name!r}; its layers are: {shown}."
-        ) from None
 
 
 class KnowledgeDistillation(Callback):
@@ -179,16 +162,14 @@ class KnowledgeDistillation(Callback):
             None if final_temperature is None else check_temperature(final_temperature, "final_temperature")
         )
         self.final_alpha = None if final_alpha is None else check_alpha(final_alpha, "final_alpha")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {list(SCHEDULES)}, got {schedule!r}.")
+        check_choice("schedule", schedule, DISTILLATION_RAMPS)
         if schedule_epochs is not None and schedule_epochs < 1:
             raise ValueError(f"`schedule_epochs` must be >= 1 or None, got {schedule_epochs}.")
         if start_epoch < 0:
             raise ValueError(f"`start_epoch` must be >= 0, got {start_epoch}.")
         if end_epoch is not None and end_epoch <= start_epoch:
             raise ValueError(f"`end_epoch` must be > `start_epoch` ({start_epoch}) or None, got {end_epoch}.")
-        if feature_loss not in FEATURE_LOSSES:
-            raise ValueError(f"`feature_loss` must be one of {list(FEATURE_LOSSES)}, got {feature_loss!r}.")
+        check_choice("feature_loss", feature_loss, FEATURE_LOSSES)
         if not math.isfinite(feature_weight) or feature_weight < 0:
             raise ValueError(f"`feature_weight` must be >= 0 and finite, got {feature_weight}.")
         if adapter_lr is not None and (not math.isfinite(adapter_lr) or adapter_lr <= 0):
@@ -204,7 +185,7 @@ class KnowledgeDistillation(Callback):
         if teacher_checkpoint is not None:
             load_teacher_weights(teacher, teacher_checkpoint)
         for teacher_layer in feature_pairs.values():
-            _get_layer(teacher, teacher_layer, "feature_pairs", "teacher")
+            get_layer(teacher, teacher_layer, "feature_pairs", "teacher")
         _warn_if_ensemble_temperature_differs(teacher, self.temperature, self.final_temperature)
         self.teacher = FrozenTeacher(teacher)
         self.teacher_checkpoint = teacher_checkpoint
@@ -269,17 +250,9 @@ class KnowledgeDistillation(Callback):
     def _ramp_length(self, trainer: Any) -> float | None:
         if not self._has_ramp():
             return None
-        if self.schedule_epochs is not None:
-            return float(self.schedule_epochs)
-        if self.end_epoch is not None:
-            return float(self.end_epoch - self.start_epoch)
-        max_epochs = getattr(trainer, "max_epochs", None)
-        if max_epochs is None or max_epochs < 0:
-            raise ValueError(
-                "A temperature/alpha ramp (`final_temperature`/`final_alpha`) needs `schedule_epochs` or `end_epoch` "
-                "when the Trainer has no `max_epochs`."
-            )
-        return float(max(max_epochs - self.start_epoch, 1))
+        return ramp_length(
+            self.schedule_epochs, self.start_epoch, self.end_epoch, getattr(trainer, "max_epochs", None)
+        )
 
     def current_values(self, trainer: Any, batch_idx: int = 0) -> tuple[float, float]:
         """``(temperature, alpha)`` at the trainer's position (``batch_idx`` within the epoch)."""
@@ -287,8 +260,7 @@ class KnowledgeDistillation(Callback):
         if length is None:
             return self.temperature, self.alpha
         batches = getattr(trainer, "num_training_batches", 0)
-        frac = batch_idx / batches if isinstance(batches, int) and batches > 0 else 0.0
-        progress = (trainer.current_epoch - self.start_epoch + frac) / length
+        progress = ramp_progress(trainer.current_epoch, self.start_epoch, length, batch_idx, batches)
         t = scheduled_value(self.temperature, self.final_temperature, progress, self.schedule)
         a = scheduled_value(self.alpha, self.final_alpha, progress, self.schedule)
         return t, a
@@ -388,21 +360,19 @@ class KnowledgeDistillation(Callback):
         return state
 
     # ----------------------------------------------------------------------------------------- internals
-    def _dry_run_input(self, trainer: Any, pl_module: Any) -> Any:
-        if self.input_shape is not None:
-            return torch.zeros(2, *self.input_shape)
+    def _dry_run_input(self, trainer: Any, pl_module: Any) -> Tensor | None:
+        """The module's own example (first two samples, its dtype kept: token ids stay integers), else zeros of
+        the known input shape (``input_shape``, else the data module's); ``None`` when the shape is unknown."""
         example = getattr(pl_module, "example_input_array", None)
-        if isinstance(example, Tensor):
+        if self.input_shape is None and isinstance(example, Tensor):
             return example[:2] if example.ndim > 0 and example.shape[0] >= 1 else example
-        shape = getattr(getattr(trainer, "datamodule", None), "input_shape", None)
-        if shape is not None:
-            return torch.zeros(2, *shape)
-        return None
+        shape = known_input_shape(trainer, pl_module, self.input_shape)
+        return None if shape is None else torch.zeros(2, *shape)
 
     def _run_setup(self, trainer: Any, pl_module: Any) -> None:
         student = target_model(pl_module)
         for student_layer in self.feature_pairs:
-            _get_layer(student, student_layer, "feature_pairs", "student")
+            get_layer(student, student_layer, "feature_pairs", "student")
         if self.cache is not None:
             dm = getattr(trainer, "datamodule", None)
             if dm is not None and getattr(dm, "return_index", True) is False:
@@ -430,17 +400,12 @@ class KnowledgeDistillation(Callback):
                     "`example_input_array` on the module, or use a data module with an `input_shape` property."
                 )
             return
-        student_out, teacher_out, s_feats, t_feats = self._dry_run(student, x)
+        student_out, teacher_out, s_feats, t_feats = dry_run(student, self.teacher, x, self.feature_pairs)
         if isinstance(student_out, Tensor) and isinstance(teacher_out, Tensor):
             check_logit_shapes(student_out, teacher_out)
             self._checked_shapes = True
         if needs_shapes:
-            adapters = nn.ModuleDict()
-            for i, (s_name, t_name) in enumerate(self.feature_pairs.items()):
-                adapters[f"pair{i}"] = build_feature_adapter(
-                    s_feats[s_name].shape[1:], t_feats[t_name].shape[1:]
-                )
-            self.adapters = adapters
+            self.adapters = build_feature_adapters(self.feature_pairs, s_feats, t_feats)
         if self._pending_adapter_state is not None:
             self.adapters.load_state_dict(self._pending_adapter_state)
             self._pending_adapter_state = None
@@ -448,40 +413,8 @@ class KnowledgeDistillation(Callback):
     def _adapters_match_pairs(self) -> bool:
         return len(self.adapters) == len(self.feature_pairs) and len(self.adapters) > 0
 
-    def _dry_run(self, student: nn.Module, x: Any) -> tuple[Any, Any, dict[str, Tensor], dict[str, Tensor]]:
-        s_feats: dict[str, Tensor] = {}
-        t_feats: dict[str, Tensor] = {}
-        handles = []
-        for s_name, t_name in self.feature_pairs.items():
-            handles.append(
-                student.get_submodule(s_name).register_forward_hook(self._store(s_feats, s_name, force=True))
-            )
-            handles.append(
-                self.teacher.module.get_submodule(t_name).register_forward_hook(
-                    self._store(t_feats, t_name, force=True)
-                )
-            )
-        modes = {m: m.training for m in student.modules()}
-        device = next((p.device for p in student.parameters()), torch.device("cpu"))
-        teacher_device = next((p.device for p in self.teacher.parameters()), torch.device("cpu"))
-        try:
-            student.eval()
-            with torch.no_grad():
-                student_out = _first_tensor(student(x.to(device)))
-                teacher_out = _first_tensor(self.teacher(x.to(teacher_device)))
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
-            for h in handles:
-                h.remove()
-        return student_out, teacher_out, s_feats, t_feats
-
-    def _store(self, sink: dict[str, Tensor], name: str, force: bool = False):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if force or self._capture:
-                sink[name] = _first_tensor(output)
-
-        return hook
+    def _capturing(self) -> bool:
+        return self._capture
 
     def _run_fit_start(self, trainer: Any, pl_module: Any) -> None:
         student = target_model(pl_module)
@@ -493,17 +426,14 @@ class KnowledgeDistillation(Callback):
             self.teacher.to(device=device)
         self.adapters.to(device)
         self._remove_hooks()
-        for s_name, t_name in self.feature_pairs.items():
-            self._handles.append(
-                student.get_submodule(s_name).register_forward_hook(
-                    self._store(self._student_features, s_name)
-                )
-            )
-            self._handles.append(
-                self.teacher.module.get_submodule(t_name).register_forward_hook(
-                    self._store(self._teacher_features, t_name)
-                )
-            )
+        self._handles = hook_feature_pairs(
+            student,
+            self.teacher,
+            self.feature_pairs,
+            self._student_features,
+            self._teacher_features,
+            enabled=self._capturing,
+        )
         params = [p for p in self.adapters.parameters() if p.requires_grad]
         if params:
             if not trainer.optimizers:
@@ -536,7 +466,7 @@ class KnowledgeDistillation(Callback):
         if sync:
             torch.cuda.synchronize(inputs.device)
         start = time.perf_counter()
-        out = _first_tensor(self.teacher(inputs))
+        out = first_tensor(self.teacher(inputs))
         if sync:
             torch.cuda.synchronize(inputs.device)
         self.stats["teacher_seconds"] += time.perf_counter() - start
@@ -551,23 +481,9 @@ class KnowledgeDistillation(Callback):
             raise ValueError(
                 "`cache_teacher_logits=True` needs sample indices in the batch: set `return_index=True` on the data module."
             )
-        index = ctx.sample_index
-        hit, rows = self.cache.lookup(index)
-        n_hit = (
-            index.numel() if rows is not None and rows.shape[0] == index.numel() else int(hit.sum().item())
-        )
+        logits, n_hit = logits_through_cache(self.cache, ctx.sample_index, ctx.inputs, self._teacher_forward)
         self.stats["cache_hit_samples"] += n_hit
         self._epoch_stats["hits"] += n_hit
-        if n_hit == index.numel():
-            return rows
-        miss = ~hit
-        computed = self._teacher_forward(ctx.inputs[miss.to(ctx.inputs.device)])
-        self.cache.insert(index[miss], computed)
-        if n_hit == 0:
-            return computed.float()
-        logits = torch.empty(index.numel(), computed.shape[-1], device=computed.device, dtype=torch.float32)
-        logits[miss.to(logits.device)] = computed.float()
-        logits[hit.to(logits.device)] = rows.to(logits.device)
         return logits
 
     def _run_loss_terms(self, trainer: Any, pl_module: Any, ctx: StepContext) -> dict[str, Tensor]:
@@ -579,19 +495,13 @@ class KnowledgeDistillation(Callback):
             self._checked_shapes = True
         terms = {"kd": alpha * kd_loss(ctx.logits, teacher_logits, temperature)}
         if self.feature_pairs:
-            total = None
-            for i, (s_name, t_name) in enumerate(self.feature_pairs.items()):
-                s_feat, t_feat = (
-                    self._student_features.pop(s_name, None),
-                    self._teacher_features.pop(t_name, None),
-                )
-                if s_feat is None or t_feat is None:
-                    raise RuntimeError(
-                        f"Feature pair {s_name!r} -> {t_name!r} produced no activation in this step; the layer is not "
-                        "used by the forward pass."
-                    )
-                term = feature_distillation_loss(self.adapters[f"pair{i}"](s_feat), t_feat, self.feature_loss)
-                total = term if total is None else total + term
+            total = feature_pairs_loss(
+                self.adapters,
+                self.feature_pairs,
+                self._student_features,
+                self._teacher_features,
+                self.feature_loss,
+            )
             terms["feature"] = self.feature_weight * total
         self.stats["distilled_steps"] += 1
         epoch = self._epoch_stats

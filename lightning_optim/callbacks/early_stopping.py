@@ -21,7 +21,9 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
+from lightning_optim.callbacks._trainer import broadcast_from_rank0, log_metrics
 from lightning_optim.callbacks.phases import model_is_changing, phase_states
+from lightning_optim.checks import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +111,9 @@ class EarlyStopping(LightningEarlyStopping):
         hold_off_while_compressing: bool = True,
         ignore_phases: tuple[str, ...] = (),
     ) -> None:
-        if mode not in self.mode_dict:
-            raise ValueError(f"Unknown `mode` {mode!r}; allowed: {list(self.mode_dict)}.")
-        if min_delta_mode not in MIN_DELTA_MODES:
-            raise ValueError(
-                f"Unknown `min_delta_mode` {min_delta_mode!r}; allowed: {list(MIN_DELTA_MODES)}."
-            )
-        if best_weights_source not in BEST_WEIGHTS_SOURCES:
-            raise ValueError(
-                f"Unknown `best_weights_source` {best_weights_source!r}; allowed: {list(BEST_WEIGHTS_SOURCES)}."
-            )
+        check_choice("mode", mode, self.mode_dict)
+        check_choice("min_delta_mode", min_delta_mode, MIN_DELTA_MODES)
+        check_choice("best_weights_source", best_weights_source, BEST_WEIGHTS_SOURCES)
         if not math.isfinite(min_delta) or min_delta < 0:
             raise ValueError(f"`min_delta` must be >= 0 and finite, got {min_delta}.")
         if patience < 0:
@@ -225,7 +220,7 @@ class EarlyStopping(LightningEarlyStopping):
 
         current = logs[self.monitor].squeeze().detach()
         # one decision for all ranks: rank 0's value (identical anyway when the metric is synced)
-        current = trainer.strategy.broadcast(current.cpu(), src=0).to(current.device)
+        current = broadcast_from_rank0(trainer, current.cpu()).to(current.device)
         if self.min_delta_mode == "rel":
             best = float(self.best_score)
             sign = 1.0 if self.monitor_op == torch.gt else -1.0
@@ -276,19 +271,16 @@ class EarlyStopping(LightningEarlyStopping):
         ).strip()
 
     def _run_logging(self, trainer: pl.Trainer) -> None:
-        if not trainer.loggers or trainer.global_rank != 0:
-            return
         metrics = {"early_stopping/wait_count": float(self.wait_count)}
         if torch.isfinite(self.best_score):
             metrics["early_stopping/best"] = float(self.best_score)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_metrics(trainer, metrics)
 
     def _run_restore_best_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Load the best weights into ``pl_module``, identical on every rank."""
         if self.best_weights_source == "checkpoint":
             path = self._checkpoint_callback(trainer).best_model_path
-            path = trainer.strategy.broadcast(path, src=0)
+            path = broadcast_from_rank0(trainer, path)
             if not path:
                 rank_zero_info("EarlyStopping: no best checkpoint was saved; the final weights are kept.")
                 return
@@ -296,12 +288,13 @@ class EarlyStopping(LightningEarlyStopping):
             state = checkpoint["state_dict"]
             epoch = checkpoint.get("epoch")
         else:
-            has_best = trainer.strategy.broadcast(self.best_weights is not None, src=0)
+            has_best = broadcast_from_rank0(trainer, self.best_weights is not None)
             if not has_best:
                 rank_zero_info("EarlyStopping: no best weights were recorded; the final weights are kept.")
                 return
-            state = trainer.strategy.broadcast(self.best_weights, src=0)
-            epoch = trainer.strategy.broadcast(self.best_epoch, src=0)
+            # one pickled object: the CPU copies cannot go tensor by tensor under NCCL
+            state = broadcast_from_rank0(trainer, self.best_weights)
+            epoch = broadcast_from_rank0(trainer, self.best_epoch)
         pl_module.load_state_dict(state)
         self.restored_epoch = epoch
         rank_zero_info(

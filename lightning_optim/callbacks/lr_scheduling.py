@@ -17,8 +17,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 
-from lightning_optim.functional.lr_scheduling.formulas import WARMUP_MODES, warmup_factor
-from lightning_optim.functional.lr_scheduling.schedules import LRSchedule, create_schedule
+from lightning_optim.callbacks._trainer import broadcast_from_rank0, log_metrics
+from lightning_optim.checks import check_choice
+from lightning_optim.functional.lr_scheduling.formulas import WARMUP_MODES
+from lightning_optim.functional.lr_scheduling.schedules import (
+    LRSchedule,
+    ScheduledValues,
+    create_schedule,
+    lr_and_momentum_at,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +103,10 @@ class LRScheduling(Callback):
             raise ValueError(
                 f"`schedule` must be a schedule name or an LRSchedule instance, got {type(schedule).__name__}."
             )
-        if interval not in INTERVALS:
-            raise ValueError(f"Unknown `interval` {interval!r}; allowed: {list(INTERVALS)}.")
+        check_choice("interval", interval, INTERVALS)
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"`total_steps` must be >= 1 (or None to infer it), got {total_steps}.")
-        if warmup_mode not in WARMUP_MODES:
-            raise ValueError(f"Unknown `warmup_mode` {warmup_mode!r}; allowed: {list(WARMUP_MODES)}.")
+        check_choice("warmup_mode", warmup_mode, WARMUP_MODES)
         if isinstance(warmup, float) and not warmup.is_integer() and not 0 < warmup < 1:
             raise ValueError(
                 f"`warmup` must be a number of steps >= 0 or a fraction in (0, 1), got {warmup}."
@@ -261,49 +266,49 @@ class LRScheduling(Callback):
             return "momentum"
         return None
 
+    def _values_at(
+        self, position: int, base_lrs: list[float], ref_lr: float | None = None
+    ) -> ScheduledValues:
+        """The LRs of ``base_lrs``' groups and the momentum at ``position`` (the one functional composition)."""
+        assert self.total is not None
+        return lr_and_momentum_at(
+            self.schedule,
+            position,
+            self.total,
+            base_lrs,
+            self.warmup_steps,
+            self.warmup_mode,
+            self.warmup_start_factor,
+            ref_lr,
+        )
+
     def lr_at(self, position: int, base_lr: float, ref_lr: float) -> float:
         """The learning rate at ``position`` for a group with base LR ``base_lr`` (reference group: ``ref_lr``)."""
-        assert self.total is not None
-        factor = warmup_factor(position, self.warmup_steps, self.warmup_mode, self.warmup_start_factor)
-        t = max(position - self.warmup_steps, 0)
-        main = self.schedule.lr(t, self.total - self.warmup_steps, ref_lr)
-        return factor * main * (base_lr / ref_lr)
+        return self._values_at(position, [base_lr], ref_lr).lrs[0]
 
     def _run_schedule(self, trainer: pl.Trainer, position: int) -> None:
         """Set the LR (and momentum) of every group for ``position`` (a step or an epoch)."""
         if self.base_lrs is None:  # e.g. hooks called by a tuner's inner loop before training starts
             return
-        assert self.total is not None
         if position == self._last_position:
             return
         self._last_position = position
-        n_main = self.total - self.warmup_steps
-        t = max(position - self.warmup_steps, 0)
-        factor = warmup_factor(position, self.warmup_steps, self.warmup_mode, self.warmup_start_factor)
-        momentum = self.schedule.momentum(t, n_main) if position >= self.warmup_steps else None
-        if momentum is None and position < self.warmup_steps:
-            momentum = self.schedule.momentum(0, n_main)
+        momentum = None
         self.last_lrs = []
         for opt, groups, key in zip(trainer.optimizers, self.base_lrs, self._momentum_keys):
-            ref = groups[0]
-            main = self.schedule.lr(t, n_main, ref) * factor
-            lrs = []
-            for group, base in zip(opt.param_groups, groups):
-                lr = main * (base / ref)
+            lrs, momentum = self._values_at(position, groups)
+            for group, lr in zip(opt.param_groups, lrs):
                 group["lr"] = lr
-                lrs.append(lr)
                 if momentum is not None and key is not None:
                     if key == "betas":
                         group["betas"] = (momentum, *tuple(group["betas"])[1:])
                     else:
                         group["momentum"] = momentum
-            self.last_lrs.append(lrs)
+            self.last_lrs.append(lrs[: len(opt.param_groups)])
         self._last_momentum = momentum
         self._run_logging(trainer, position)
 
     def _run_logging(self, trainer: pl.Trainer, position: int) -> None:
-        if not trainer.loggers or trainer.global_rank != 0:
-            return
         if self.interval == "step" and position % max(trainer.log_every_n_steps, 1) != 0:
             return
         metrics: dict[str, float] = {}
@@ -314,8 +319,7 @@ class LRScheduling(Callback):
                 metrics.update({f"{name}/pg{i}": lr for i, lr in enumerate(lrs)})
             if self.log_momentum and self._last_momentum is not None:
                 metrics[name.replace("lr-", "momentum-", 1)] = self._last_momentum
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_metrics(trainer, metrics)
 
     def _run_metric_update(self, trainer: pl.Trainer) -> None:
         """Feed the monitored metric to a metric-driven schedule (after warm-up) and apply the new LR."""
@@ -332,7 +336,7 @@ class LRScheduling(Callback):
             return
         value = logs[monitor]
         value = float(
-            trainer.strategy.broadcast(value.detach().cpu() if hasattr(value, "detach") else value, 0)
+            broadcast_from_rank0(trainer, value.detach().cpu() if hasattr(value, "detach") else value)
         )
         self.schedule.update(value)
         self._last_position = None  # re-apply at the next step/epoch start

@@ -14,22 +14,29 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_optim.callbacks._trainer import broadcast_from_rank0, example_from_batch, log_metrics
 from lightning_optim.callbacks.phases import PhaseState, target_model
+from lightning_optim.checks import check_choice
+from lightning_optim.functional.pruning.importance import check_importance
 from lightning_optim.functional.pruning.masks import (
     GRANULARITIES,
-    IMPORTANCES,
     SCOPES,
-    check_choice,
+    apply_masks_,
+    cast_masks,
     compute_masks,
+    mask_gradients_,
+    mask_optimizer_state_,
     mask_sparsity,
     pack_mask,
+    unit_masks_with_followers,
     unpack_mask,
 )
 from lightning_optim.functional.pruning.schedules import (
     check_sparsity,
+    event_sparsity,
     get_sparsity_schedule,
+    layer_final_sparsity,
     pruning_events,
-    schedule_progress,
 )
 
 UNITS: tuple[str, ...] = ("epoch", "step")
@@ -148,7 +155,7 @@ class ProgressivePruning(Callback):
         super().__init__()
         self.final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
         self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
-        check_choice(unit, UNITS, "unit")
+        check_choice("unit", unit, sorted(UNITS))
         if start < 0:
             raise ValueError(f"`start` must be >= 0, got {start}.")
         if end < start:
@@ -156,9 +163,9 @@ class ProgressivePruning(Callback):
         if frequency is not None and frequency < 1:
             raise ValueError(f"`frequency` must be >= 1 optimizer step, got {frequency}.")
         self._schedule_fn = get_sparsity_schedule(schedule)
-        check_choice(granularity, GRANULARITIES, "granularity")
-        check_choice(scope, SCOPES, "scope")
-        check_choice(importance, IMPORTANCES, "importance")
+        check_choice("granularity", granularity, sorted(GRANULARITIES))
+        check_choice("scope", scope, sorted(SCOPES))
+        check_importance(importance)
         module_types = list(module_types) if module_types is not None else ["Linear", "Conv2d"]
         if not module_types:
             raise ValueError("`module_types` must name at least one module class.")
@@ -202,7 +209,9 @@ class ProgressivePruning(Callback):
         # caches, rebuilt from the model (not pickled)
         self._modules: dict[str, nn.Module] = {}
         self._followers: dict[str, list[str]] = {}
-        self._targets: list[tuple[Tensor, Tensor]] = []
+        # what the masks zero: parameter name -> parameter, and -> its mask in the parameter's dtype/device
+        self._params: dict[str, Tensor] = {}
+        self._fast_masks: dict[str, Tensor] = {}
         self.example_input: Tensor | None = None
         self.compacted_model: nn.Module | None = None
 
@@ -245,15 +254,6 @@ class ProgressivePruning(Callback):
             )
         return dict(selected)
 
-    def _target_sparsity(self, name: str, progress: float) -> float:
-        final = self.final_sparsity
-        for pattern, value in self.layer_sparsity.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                final = value
-                break
-        initial = min(self.initial_sparsity, final)
-        return float(self._schedule_fn(progress, initial, final))
-
     # -------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -273,15 +273,7 @@ class ProgressivePruning(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self.compact_at_end and self.example_input is None:
-            x = (
-                batch[0]
-                if isinstance(batch, (tuple, list))
-                else batch.get("input")
-                if isinstance(batch, dict)
-                else batch
-            )
-            if isinstance(x, Tensor):
-                self.example_input = x[:2].detach().clone()
+            self.example_input = example_from_batch(batch)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -365,19 +357,31 @@ class ProgressivePruning(Callback):
         self._events_done = last + 1
         self._prune(trainer, pl_module, events[last])
 
+    def _event_sparsity(self, event_step: int, layer: str | None = None) -> float:
+        """The target of ``layer`` (``None``: of the layers without a ``layer_sparsity`` override) at an event."""
+        return event_sparsity(
+            event_step,
+            self._start_step,
+            self._end_step,
+            self.initial_sparsity,
+            self.final_sparsity,
+            self._schedule_fn,
+            layer,
+            self.layer_sparsity,
+        )
+
     @torch.no_grad()
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event_step: int) -> None:
         model = target_model(pl_module, self.attribute)
-        progress = schedule_progress(event_step, self._start_step, self._end_step)
-        target = float(self._schedule_fn(progress, self.initial_sparsity, self.final_sparsity))
-        check_sparsity(target, "schedule(progress, initial_sparsity, final_sparsity)")
+        target = self._event_sparsity(event_step)
         weights = {f"{n}.weight": m.weight for n, m in self._modules.items()}
-        overrides = {}
-        for n in self._modules:
-            if any(fnmatch.fnmatchcase(n, p) for p in self.layer_sparsity):
-                overrides[f"{n}.weight"] = self._target_sparsity(n, progress)
+        overrides = {
+            f"{n}.weight": self._event_sparsity(event_step, n)
+            for n in self._modules
+            if layer_final_sparsity(n, self.final_sparsity, self.layer_sparsity)[1]
+        }
         masks = compute_masks(weights, target, self.granularity, self.scope, self.importance, overrides)
-        masks = self._broadcast(trainer, masks)
+        masks = broadcast_from_rank0(trainer, masks, tensorwise=True)
         self.masks = {n: m.cpu() for n, m in masks.items()}
         self.current_sparsity = target
         self._build_targets(model)
@@ -388,68 +392,33 @@ class ProgressivePruning(Callback):
         self.history.append(record)
         metrics = {"pruning/target_sparsity": target, "pruning/sparsity": record["sparsity"]}
         metrics.update({f"pruning/sparsity/{name}": s for name, (_, _, s) in stats.items()})
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-
-    def _broadcast(self, trainer: pl.Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Rank 0's masks on every rank (they already agree when weights are synchronized)."""
-        if (
-            trainer.world_size <= 1
-            or not torch.distributed.is_available()
-            or not torch.distributed.is_initialized()
-        ):
-            return masks
-        out = {}
-        for name, mask in masks.items():
-            buf = mask.to(torch.uint8).contiguous()
-            torch.distributed.broadcast(buf, src=0)
-            out[name] = buf.bool()
-        return out
+        log_metrics(trainer, metrics)
 
     def _build_targets(self, model: nn.Module) -> None:
-        """(tensor, mask in the tensor's dtype/device) pairs: weights, and with structured pruning the unit's
-        bias and the normalization layer that follows."""
+        """What the masks zero, with each mask pre-cast to its tensor's dtype/device (the fast path): the
+        weights, and with structured pruning the unit's bias and the normalization layer that follows."""
         params = dict(model.named_parameters())
-        targets = []
-        for name, mask in self.masks.items():
-            weight = params[name]
-            targets.append((weight, mask.to(device=weight.device, dtype=weight.dtype)))
-            if not self.structured:
-                continue
-            unit = mask.flatten()
-            module_name = name[: -len(".weight")]
-            extra = [f"{module_name}.bias"]
-            for follower in self._followers.get(module_name, []):
-                extra += [f"{follower}.weight", f"{follower}.bias"]
-            for pname in extra:
-                p = params.get(pname)
-                if p is not None and p.shape == unit.shape:
-                    targets.append((p, unit.to(device=p.device, dtype=p.dtype)))
-        self._targets = targets
+        masks = (
+            unit_masks_with_followers(self.masks, params, self._followers) if self.structured else self.masks
+        )
+        self._params = {n: params[n] for n in masks}
+        self._fast_masks = cast_masks(masks, self._params)
 
-    @torch.no_grad()
+    @property
+    def _targets(self) -> list[tuple[Tensor, Tensor]]:
+        """``(tensor, mask in its dtype/device)`` pairs of what the masks zero."""
+        return [(self._params[n], m) for n, m in self._fast_masks.items()]
+
     def _apply_weight_masks(self) -> None:
-        for tensor, mask in self._targets:
-            tensor.mul_(mask)
+        apply_masks_(self._params, self._fast_masks)
 
-    @torch.no_grad()
     def _run_mask_gradients(self) -> None:
-        for tensor, mask in self._targets:
-            if tensor.grad is not None:
-                tensor.grad.mul_(mask)
+        mask_gradients_(self._params, self._fast_masks)
 
-    @torch.no_grad()
     def _clear_optimizer_state(self, trainer: pl.Trainer) -> None:
         """Zero momentum/moment estimates of pruned entries, so they do not push on the masked weights."""
         for optimizer in trainer.optimizers:
-            for tensor, mask in self._targets:
-                state = optimizer.state.get(tensor)
-                if not state:
-                    continue
-                for value in state.values():
-                    if isinstance(value, Tensor) and value.shape == tensor.shape:
-                        value.mul_(mask.to(value.dtype))
+            mask_optimizer_state_(optimizer, self._params, self._fast_masks)
 
     def _run_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply_weight_masks()
@@ -466,7 +435,7 @@ class ProgressivePruning(Callback):
             self.compacted_model = compact_model(model, self.example_input.to(device))
             if model is not pl_module:
                 setattr(pl_module, self.attribute, self.compacted_model)
-            self._targets = []
+            self._params, self._fast_masks = {}, {}
 
     # -------------------------------------------------------------------------------------- reporting
     def layer_sparsities(self) -> dict[str, tuple[tuple[int, ...], int, float]]:
@@ -525,6 +494,7 @@ class ProgressivePruning(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_targets"] = []
+        state["_params"] = {}
+        state["_fast_masks"] = {}
         state["_modules"] = {}
         return state

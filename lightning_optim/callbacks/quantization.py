@@ -1,9 +1,11 @@
 """Quantization-aware training and post-training quantization ending in a real int8 model.
 
-Both callbacks talk to a :class:`~lightning_optim.functional.quantization.QuantizationBackend` (``x86``:
-eager ``torch.ao.quantization``, exported as TorchScript), hand back the int8 model as
-``callback.quantized_model``, save it where ``torch.jit.load`` alone can read it, and report fp32 vs int8
-accuracy, size and CPU latency as a table and to the logger.
+Both callbacks talk to a :class:`~lightning_optim.functional.quantization.QuantizationBackend` (the stack,
+``backend="eager"``: eager ``torch.ao.quantization``, exported as TorchScript) converting for a kernel target
+(``engine="x86"`` or ``"fbgemm"``), hand back the int8 model as ``callback.quantized_model`` (also
+``compressed_model``, see :class:`~lightning_optim.callbacks.phases.OffersModel`), save it with
+:func:`~lightning_optim.functional.quantization.export_quantized` where ``torch.jit.load`` alone can read it,
+and report fp32 vs int8 accuracy, size and CPU latency as a table and to the logger.
 """
 
 from __future__ import annotations
@@ -19,26 +21,36 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_optim._deprecation import moved
+from lightning_optim.callbacks._trainer import (
+    SPLITS,
+    batch_inputs,
+    broadcast_from_rank0,
+    eval_batches,
+    log_metrics,
+)
 from lightning_optim.callbacks.phases import PhaseState, phase_done, target_model
-from lightning_optim.functional.artifact import save_artifact
+from lightning_optim.checks import check_choice
+from lightning_optim.functional.pruning import apply_masks_, zero_masks
 from lightning_optim.functional.quantization import (
+    DEFAULT_BACKEND,
+    DEFAULT_ENGINE,
     FP32_BEST_EFFORT,
     FusionPlan,
     QuantizationError,
     QuantizationReport,
     accuracy,
-    check_backend_name,
+    check_export_format,
     create_backend,
+    export_file_path,
+    export_quantized,
     format_report,
     quantization_report,
-    quiet_quantization_warnings,
+    resolve_backend,
 )
-from lightning_optim.functional.quantization.eager import QUANT_STUB, int8_determinism_tolerant
-from lightning_optim.modules.loss_terms import unpack_batch
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: export format -> file suffix
-EXPORT_FORMATS: dict[str, str] = {"torchscript": ".pt", "artifact": ".lopt"}
+# `EXPORT_FORMATS` lived here up to 0.2.x: it moved to functional/quantization/export.py
+__getattr__ = moved(__name__, "lightning_optim.functional.quantization.export")
 
 
 def _check_batch_sizes(batch_sizes: Any, name: str) -> tuple[int, ...]:
@@ -62,6 +74,7 @@ class _QuantizationCallbackBase(Callback):
     def __init__(
         self,
         backend: str,
+        engine: str,
         fuse: bool,
         replace_model: bool,
         export: bool,
@@ -75,10 +88,9 @@ class _QuantizationCallbackBase(Callback):
         verbose: bool,
         export_format: str = "torchscript",
     ) -> None:
-        self.backend_name = check_backend_name(backend)
-        if export_format not in EXPORT_FORMATS:
-            raise ValueError(f"Unknown `export_format` {export_format!r}; allowed: {list(EXPORT_FORMATS)}.")
-        self.export_format = export_format
+        # `backend="x86"`/`"fbgemm"` (the engine, the old meaning) maps to `engine` with a DeprecationWarning
+        self.backend_name, self.engine = resolve_backend(backend, engine, stacklevel=3)
+        self.export_format = check_export_format(export_format)
         if eval_batches is not None and eval_batches < 1:
             raise ValueError(f"`eval_batches` must be >= 1 or None (all), got {eval_batches}.")
         if latency_repeats < 1:
@@ -94,7 +106,7 @@ class _QuantizationCallbackBase(Callback):
         self.fp32_best_effort = _check_best_effort(fp32_best_effort)
         self.attribute = attribute
         self.verbose = verbose
-        self.backend = create_backend(self.backend_name)
+        self.backend = create_backend(self.backend_name, engine=self.engine)
         self.quantized_model: nn.Module | None = None
         self.exported_path: Path | None = None
         self.fusion_plan: FusionPlan | None = None
@@ -121,75 +133,31 @@ class _QuantizationCallbackBase(Callback):
         if self._example is None:  # also after a resume, where input_shape came back from the checkpoint
             self._example = x[:2].detach().float().cpu().clone()
 
-    def _loader(self, trainer: pl.Trainer, split: str) -> Any:
-        dm = trainer.datamodule
-        if dm is not None and callable(getattr(dm, f"{split}_dataloader", None)):
-            try:
-                return getattr(dm, f"{split}_dataloader")()
-            except Exception:  # noqa: BLE001 - e.g. a split the data module does not have
-                pass
-        loaders = {
-            "train": trainer.train_dataloader,
-            "val": trainer.val_dataloaders,
-            "test": trainer.test_dataloaders,
-        }
-        loader = loaders[split]
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
-        if isinstance(loader, dict):
-            loader = next(iter(loader.values()), None)
-        return loader
+    @property
+    def compressed_model(self) -> nn.Module | None:
+        """The int8 model (:attr:`quantized_model`), as the compression report finds it (``OffersModel``)."""
+        return self.quantized_model
 
     def _model_batches(
-        self, trainer: pl.Trainer, split: str, limit: int | None
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, limit: int | None
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(inputs, targets)`` on the CPU, transformed as for evaluation (normalized, never augmented)."""
-        loader = self._loader(trainer, split)
-        if loader is None:
-            return
-        dm = trainer.datamodule
-        for i, batch in enumerate(loader):
-            if limit is not None and i >= limit:
-                break
-            if dm is not None and callable(getattr(dm, "to_model_input", None)):
-                x, y, _ = unpack_batch(batch)
-                x = dm.to_model_input(x, train=False)
-            else:
-                if (
-                    dm is not None
-                    and type(dm).on_after_batch_transfer is not pl.LightningDataModule.on_after_batch_transfer
-                ):
-                    batch = dm.on_after_batch_transfer(batch, 0)
-                x, y, _ = unpack_batch(batch)
+        """``(inputs, targets)`` on the CPU as seen at evaluation (normalized, never augmented); remembers the
+        input shape and an example input on the way."""
+        for x, y in eval_batches(trainer, pl_module, split, limit):
             self._remember_input(x)
-            yield x.float().cpu(), y.cpu()
+            yield x, y
 
     def _default_export_path(self, trainer: pl.Trainer, filename: str) -> Path:
         if self.export_path:
             return Path(self.export_path)
-        return (
-            Path(trainer.default_root_dir)
-            / "quantization"
-            / (Path(filename).stem + EXPORT_FORMATS[self.export_format])
-        )
-
-    def _run_export(self, quantized: nn.Module, path: Path) -> None:
-        if self.export_format == "torchscript":
-            self.backend.export(quantized, path, self._example)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the compact artifact: TorchScript inside, LZMA streams; its round-trip check runs the int8 kernels
-        with quiet_quantization_warnings(), int8_determinism_tolerant():
-            save_artifact(quantized, path, torchscript=True, example_input=self._example)
+        return export_file_path(Path(trainer.default_root_dir) / "quantization", filename, self.export_format)
 
     def _broadcast_state(self, trainer: pl.Trainer, model: nn.Module) -> None:
         """Rank 0's parameters, buffers and quantization ranges on every rank (identical int8 models)."""
-        if trainer.world_size <= 1:
-            return
-        state = trainer.strategy.broadcast(
-            {k: v.detach().cpu() for k, v in model.state_dict().items()}, src=0
-        )
-        model.load_state_dict(state)
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        received = broadcast_from_rank0(trainer, state)
+        if received is not state:
+            model.load_state_dict(received)
 
     def _finish(
         self,
@@ -206,12 +174,12 @@ class _QuantizationCallbackBase(Callback):
         if self.export:
             path = self._default_export_path(trainer, filename)
             if trainer.is_global_zero:
-                self._run_export(quantized, path)
+                export_quantized(quantized, path, self.export_format, self._example, backend=self.backend)
             trainer.strategy.barrier("quantization_export")
             self.exported_path = path
         if self.report and trainer.is_global_zero:
             fp32_acc = int8_acc = None
-            batches = list(self._model_batches(trainer, "val", self.eval_batches))
+            batches = list(self._model_batches(trainer, pl_module, "val", self.eval_batches))
             if batches:
                 fp32_acc = accuracy(fp32_accuracy_model, batches)
                 int8_acc = accuracy(quantized, batches)
@@ -230,15 +198,14 @@ class _QuantizationCallbackBase(Callback):
             self.report_table = format_report(rep, title)
             if self.verbose:
                 rank_zero_info(self.report_table)
-            for logger in trainer.loggers:
-                logger.log_metrics(rep.metrics(), step=trainer.global_step)
+            log_metrics(trainer, rep.metrics())
         if self.replace_model:
             setattr(pl_module, self.attribute, quantized)
 
     # ------------------------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("quantized_model", "_float_reference", "_zero_masks", "_load_hook"):
+        for key in ("quantized_model", "_float_reference", "_zero_masks", "_zero_weights", "_load_hook"):
             if key in state:
                 state[key] = None
         return state
@@ -270,8 +237,11 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     quantization ranges still change, ``done`` once they are frozen or the model is converted.
 
     Args:
-        backend: quantization backend; ``"x86"`` (eager ``torch.ao.quantization``, fastest on x86 CPUs) or
-            ``"fbgemm"``.
+        backend: the quantization stack: ``"eager"`` (eager ``torch.ao.quantization``, exported as
+            TorchScript). ``"x86"``/``"fbgemm"`` here still mean ``engine`` for one release (with a
+            ``DeprecationWarning``).
+        engine: the kernel target the int8 model is converted for: ``"x86"`` (fastest on x86 CPUs) or
+            ``"fbgemm"`` (like ``torch.backends.quantized.engine``).
         start_epoch: first epoch with fake quantization (0 = from the start).
         start_after: name of a compression phase (e.g. ``"pruning"``); QAT starts at the first epoch
             ``>= start_epoch`` at which that phase is done.
@@ -300,7 +270,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         verbose: print the fusion summary and the report.
 
     Raises:
-        ValueError: an unknown ``backend``; a negative ``start_epoch``; freeze epochs before ``start_epoch``;
+        ValueError: an unknown ``backend`` or ``engine``; a negative ``start_epoch``; freeze epochs before ``start_epoch``;
             bad report options. At ``fit`` start: ``start_epoch`` not before ``max_epochs``, or no phase called
             ``start_after`` on the Trainer.
         QuantizationError: when QAT starts: a network with no conv/linear layer, or whose forward cannot run
@@ -320,7 +290,8 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
 
     def __init__(
         self,
-        backend: str = "x86",
+        backend: str = DEFAULT_BACKEND,
+        engine: str = DEFAULT_ENGINE,
         start_epoch: int = 0,
         start_after: str | None = None,
         freeze_observers_epoch: int | None = None,
@@ -342,6 +313,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     ) -> None:
         super().__init__(
             backend,
+            engine,
             fuse,
             replace_model,
             export,
@@ -384,14 +356,16 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         self.converted = False
         self._needs_check = False
         self._float_reference: nn.Module | None = None
-        self._zero_masks: list[tuple[Tensor, Tensor]] | None = None
+        self._zero_masks: dict[str, Tensor] | None = None
+        self._zero_weights: dict[str, Tensor] | None = None
         self._load_hook: Any = None
         self._in_eval = False
 
     @property
     def state_key(self) -> str:
+        # the key argument keeps its old name `backend` (with the engine, its old value): checkpoints resume
         return self._generate_state_key(
-            backend=self.backend_name,
+            backend=self.engine,
             start_epoch=self.start_epoch,
             start_after=self.start_after,
             attribute=self.attribute,
@@ -487,7 +461,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
     ) -> None:
         """Load-state-dict pre-hook: a checkpoint of a prepared model needs the prepared structure first."""
-        marker = f"{prefix}{self.attribute}.{QUANT_STUB}."
+        marker = f"{prefix}{self.attribute}.{self.backend.prepared_marker}."
         if not any(key.startswith(marker) for key in state_dict):
             return
         model = target_model(module, self.attribute)
@@ -526,9 +500,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             self.backend.freeze_observers(model)
             self.observers_frozen = True
             metrics["quantization/observers_frozen_epoch"] = float(epoch)
-        if metrics and trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+        log_metrics(trainer, metrics)
 
     def _prepare(self, model: nn.Module, epoch: int | None) -> None:
         self._float_reference = copy.deepcopy(model).cpu().eval()
@@ -537,6 +509,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         self.started_epoch = epoch if epoch is not None else self.started_epoch
         self._needs_check = True
         self._zero_masks = None
+        self._zero_weights = None
 
     def _run_prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = self._network(pl_module)
@@ -562,40 +535,26 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             rank_zero_warn(
                 "QuantizationAwareTraining: the prepared model has parameters the float model did not have."
             )
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(
-                    {"quantization/start_epoch": float(trainer.current_epoch)}, step=trainer.global_step
-                )
+        log_metrics(trainer, {"quantization/start_epoch": float(trainer.current_epoch)})
 
     def _run_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if self.input_shape is None or self._example is None or (self.prepared and self._needs_check):
-            try:
-                x = unpack_batch(batch)[0]
-            except TypeError:
-                x = batch
-            self._remember_input(x)
+            self._remember_input(batch_inputs(batch))
         if self.prepared and self._needs_check and self._example is not None:
             self._needs_check = False
             self.backend.check_int8_forward(self._network(pl_module), self._example)
         if self.prepared and self.preserve_zeros and self._zero_masks is None:
             self._build_zero_masks(self._network(pl_module))  # after a resume: from the loaded weights
 
-    @torch.no_grad()
     def _build_zero_masks(self, model: nn.Module) -> None:
-        masks = []
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(weight, nn.Parameter) and weight.dim() > 1:
-                keep = weight != 0
-                if not bool(keep.all()):
-                    masks.append((weight, keep))
-        self._zero_masks = masks
+        """Keep-masks of the layer weights (``*.weight``, 2-D or more) that hold exact zeros (pruned ones)."""
+        weights = {n: p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "weight"}
+        self._zero_masks = zero_masks(weights)
+        self._zero_weights = {n: weights[n] for n in self._zero_masks}
 
-    @torch.no_grad()
     def _run_zero_masks(self) -> None:
-        for weight, keep in self._zero_masks or ():
-            weight.mul_(keep)
+        if self._zero_masks:
+            apply_masks_(self._zero_weights or {}, self._zero_masks)
 
     def _run_observe(self, pl_module: pl.LightningModule, training: bool) -> None:
         """Observe ranges only on training batches (validation data must not move them)."""
@@ -666,7 +625,8 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
     used on every rank.
 
     Args:
-        backend: ``"x86"`` or ``"fbgemm"``.
+        backend: the quantization stack, ``"eager"`` (see :class:`QuantizationAwareTraining`).
+        engine: the kernel target, ``"x86"`` or ``"fbgemm"``.
         calibration_batches: batches run through the observed model.
         calibration_split: ``"train"``, ``"val"`` or ``"test"``.
         fuse: fuse conv-bn(-relu)/conv-relu/linear-relu chains.
@@ -684,7 +644,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         verbose: print the fusion summary and the report.
 
     Raises:
-        ValueError: an unknown ``backend`` or ``calibration_split``; ``calibration_batches < 1``.
+        ValueError: an unknown ``backend``, ``engine`` or ``calibration_split``; ``calibration_batches < 1``.
         QuantizationError: a network with no conv/linear layer, no calibration data, or a forward that cannot
             run in int8.
 
@@ -697,7 +657,8 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
 
     def __init__(
         self,
-        backend: str = "x86",
+        backend: str = DEFAULT_BACKEND,
+        engine: str = DEFAULT_ENGINE,
         calibration_batches: int = 32,
         calibration_split: str = "train",
         fuse: bool = True,
@@ -715,6 +676,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
     ) -> None:
         super().__init__(
             backend,
+            engine,
             fuse,
             replace_model,
             export,
@@ -730,8 +692,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         )
         if calibration_batches < 1:
             raise ValueError(f"`calibration_batches` must be >= 1, got {calibration_batches}.")
-        if calibration_split not in SPLITS:
-            raise ValueError(f"`calibration_split` must be one of {list(SPLITS)}, got {calibration_split!r}.")
+        check_choice("calibration_split", calibration_split, SPLITS)
         self.calibration_batches = calibration_batches
         self.calibration_split = calibration_split
         self.calibrated_batches = 0
@@ -739,7 +700,8 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(backend=self.backend_name, attribute=self.attribute)
+        # the key argument keeps its old name `backend` (with the engine, its old value): checkpoints resume
+        return self._generate_state_key(backend=self.engine, attribute=self.attribute)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_quantize(trainer, pl_module)
@@ -759,7 +721,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         observed, self.fusion_plan = self.backend.prepare_ptq(model, fuse=self.fuse)
         if self.verbose:
             rank_zero_info(f"PostTrainingQuantization:\n{self.fusion_plan.summary()}")
-        batches = self._model_batches(trainer, self.calibration_split, self.calibration_batches)
+        batches = self._model_batches(trainer, pl_module, self.calibration_split, self.calibration_batches)
         self.calibrated_batches = self.backend.calibrate(observed, (x for x, _ in batches))
         if self.calibrated_batches == 0:
             raise QuantizationError(

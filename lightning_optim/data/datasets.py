@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_optim.checks import check_choice
+
 
 @dataclass
 class ImageSplit:
@@ -89,8 +91,8 @@ def check_dataset_name(name: str) -> str:
         ValueError: for a name outside :data:`DATASETS`.
     """
     key = name.lower().replace("-", "").replace("_", "")
-    if key not in DATASETS:
-        raise ValueError(f"Unknown `dataset` {name!r}; allowed: {sorted(DATASETS)} (or give `image_folder`).")
+    if key not in DATASETS:  # the message shows the name as given
+        check_choice("dataset", name, sorted(DATASETS), hint=" (or give `image_folder`)")
     return key
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_optim.checks import check_choice
 from lightning_optim.data.augmentation import (
     BatchAugmentation,
     augmented_size,
@@ -158,10 +159,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                 f"`images` must be (N, C, H, W) images or (N, F) features with one label each; got images "
                 f"{tuple(images.shape)}, labels {tuple(labels.shape)}."
             )
-        if augmentation_mode not in AUGMENTATION_MODES:
-            raise ValueError(
-                f"Unknown `augmentation_mode` {augmentation_mode!r}; allowed: {list(AUGMENTATION_MODES)}."
-            )
+        check_choice("augmentation_mode", augmentation_mode, AUGMENTATION_MODES)
         if limit_train_samples is not None and limit_train_samples < 1:
             raise ValueError(f"`limit_train_samples` must be >= 1 or None, got {limit_train_samples}.")
         self.data_dir = data_dir

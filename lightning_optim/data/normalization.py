@@ -12,6 +12,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from lightning_optim.checks import check_choice
+
 NORMALIZATIONS: tuple[str, ...] = ("none", "minmax", "minmax_symmetric", "zscore")
 
 
@@ -21,9 +23,7 @@ def check_normalization(name: str) -> str:
     Raises:
         ValueError: for a name outside :data:`NORMALIZATIONS`.
     """
-    if name not in NORMALIZATIONS:
-        raise ValueError(f"Unknown `normalization` {name!r}; allowed: {list(NORMALIZATIONS)}.")
-    return name
+    return check_choice("normalization", name, NORMALIZATIONS)
 
 
 def fit_normalization(chunks: Iterable[Tensor], method: str, channel_dim: int = 1) -> dict[str, Tensor]:

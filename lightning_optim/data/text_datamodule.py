@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_optim.checks import check_choice
 from lightning_optim.data.cleaning.text import TextCleaner
 from lightning_optim.data.datasets import batched_collate
 from lightning_optim.data.image_datamodule import seeded_holdout
@@ -93,9 +94,7 @@ def _infer_format(path: Path, file_format: str | None) -> str:
                 f"Cannot infer `file_format` of {str(path)!r} from its ending; allowed formats: {list(TEXT_FORMATS)} "
                 f"(endings {sorted(e for ends in TEXT_FORMATS.values() for e in ends)})."
             )
-    if fmt not in TEXT_FORMATS:
-        raise ValueError(f"Unknown `file_format` {fmt!r}; allowed: {list(TEXT_FORMATS)}.")
-    return fmt
+    return check_choice("file_format", fmt, TEXT_FORMATS)
 
 
 def _existing_file(path: str | os.PathLike) -> Path:
@@ -289,8 +288,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"`eval_batch_size` must be >= 1 or None, got {eval_batch_size}.")
         if num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
-        if file_format is not None and file_format not in TEXT_FORMATS:
-            raise ValueError(f"Unknown `file_format` {file_format!r}; allowed: {list(TEXT_FORMATS)} or None.")
+        if file_format is not None:
+            check_choice("file_format", file_format, TEXT_FORMATS, hint=" or None")
         self.train_file = train_file
         self.val_file = val_file
         self.test_file = test_file

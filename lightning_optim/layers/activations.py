@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from lightning_optim.checks import check_choice
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
@@ -24,6 +26,6 @@ def create_act(name: str | None) -> nn.Module:
         ValueError: for a name outside :data:`ACTIVATIONS`.
     """
     key = "none" if name is None else name.lower()
-    if key not in ACTIVATIONS:
-        raise ValueError(f"Unknown `act` {name!r}; allowed: {sorted(ACTIVATIONS)}.")
+    if key not in ACTIVATIONS:  # the message shows the name as given
+        check_choice("act", name, sorted(ACTIVATIONS))
     return ACTIVATIONS[key]()

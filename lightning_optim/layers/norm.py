@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_optim.checks import check_choice
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel dimension of an ``(N, C, H, W)`` tensor, at each spatial position."""
@@ -53,6 +55,6 @@ def create_norm(name: str | None, num_channels: int, dims: int = 2) -> nn.Module
     """
     table = NORM_LAYERS if dims == 2 else NORM_LAYERS_1D
     key = "none" if name is None else name.lower()
-    if key not in table:
-        raise ValueError(f"Unknown `norm` {name!r}; allowed: {sorted(table)}.")
+    if key not in table:  # the message shows the name as given
+        check_choice("norm", name, sorted(table))
     return table[key](num_channels)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_optim.checks import check_choice
 from lightning_optim.weights import load_weights
 
 __all__ = ["ENSEMBLE_COMBINES", "LogitEnsemble"]
@@ -77,8 +78,7 @@ class LogitEnsemble(nn.Module):
         temperature: float = 1.0,
     ) -> None:
         super().__init__()
-        if combine not in ENSEMBLE_COMBINES:
-            raise ValueError(f"`combine` must be one of {list(ENSEMBLE_COMBINES)}, got {combine!r}.")
+        check_choice("combine", combine, ENSEMBLE_COMBINES)
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
         self.combine = combine

@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from lightning_optim.checks import check_choice
 from lightning_optim.layers.activations import create_act
 
 
@@ -83,8 +84,7 @@ class LeNet5(nn.Module):
         act: str = "relu",
     ) -> None:
         super().__init__()
-        if variant not in LENET5_VARIANTS:
-            raise ValueError(f"Unknown LeNet5 `variant` {variant!r}; allowed: {sorted(LENET5_VARIANTS)}.")
+        check_choice("variant", variant, sorted(LENET5_VARIANTS), kind="LeNet5")
         if norm not in ("none", "batch"):
             raise ValueError(f"LeNet5 `norm` must be 'none' or 'batch', got {norm!r}.")
         spec = LENET5_VARIANTS[variant]

@@ -50,10 +50,10 @@ def _epoch_ended(trainer) -> bool:
 
 
 class FakeQuantizer(Callback):
-    """Converts the network to int8 at train end and hands it over as ``quantized_model``."""
+    """Converts the network to int8 at train end and offers it as ``compressed_model`` (phases.OffersModel)."""
 
     def __init__(self):
-        self.quantized_model = None
+        self.compressed_model = None
 
     def on_train_end(self, trainer, pl_module):
         import torch.ao.quantization as tq
@@ -64,7 +64,7 @@ class FakeQuantizer(Callback):
             q.qconfig = tq.get_default_qconfig("x86")
             tq.prepare(q, inplace=True)
             q(torch.randn(64, 1, 8, 8))
-            self.quantized_model = tq.convert(q)
+            self.compressed_model = tq.convert(q)
 
 
 def _module():
@@ -112,7 +112,7 @@ def test_rows_at_phase_boundaries_int8_row_and_files(tmp_path):
 
 
 def report_quantized_keys(trainer):
-    return next(cb.quantized_model for cb in trainer.callbacks if isinstance(cb, FakeQuantizer)).state_dict()
+    return next(cb.compressed_model for cb in trainer.callbacks if isinstance(cb, FakeQuantizer)).state_dict()
 
 
 def test_skip_message_without_test_loader(tmp_path):

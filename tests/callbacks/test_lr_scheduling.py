@@ -31,6 +31,7 @@ from lightning_optim.functional.lr_scheduling.schedules import (
     ReduceOnPlateau,
     StepDecay,
     create_schedule,
+    lr_and_momentum_at,
 )
 from tests.conftest import quiet_trainer_kwargs
 
@@ -159,6 +160,19 @@ def test_warmup_boundaries_then_schedule(mode, start, tmp_path):
     assert lr[6] == pytest.approx(BASE)  # first step after warm-up: the cosine's start
     assert lr[7] == pytest.approx(BASE * (1 + math.cos(math.pi * 1 / (TOTAL - 6))) / 2)
     assert all(b > a for a, b in zip(lr[:6], lr[1:7]))  # rises monotonically through the warm-up
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_fit_sets_exactly_the_functional_lr_and_momentum(optimizer, tmp_path):
+    """Every group's LR and the momentum at each step are ``lr_and_momentum_at``'s, bit for bit; ``lr_at`` too."""
+    schedule = OneCycle(pct_start=0.3, base_momentum=0.8, max_momentum=0.95)
+    callback = LRScheduling(schedule, interval="step", warmup=5, warmup_mode="exponential")
+    _, rec = _fit(tmp_path, callback, module=TinyModule(optimizer))
+    base_lrs = callback.base_lrs[0]
+    for t, lrs, momentum in zip(rec.steps, rec.lrs, rec.momenta):
+        expected = lr_and_momentum_at(schedule, t, TOTAL, base_lrs, 5, "exponential", 0.01)
+        assert lrs == expected.lrs and momentum == expected.momentum, t
+        assert [callback.lr_at(t, base, base_lrs[0]) for base in base_lrs] == lrs, t
 
 
 def test_warmup_fraction_with_constant(tmp_path):
@@ -447,7 +461,10 @@ def test_cli_round_trip_print_config_reload_and_train_again(tmp_path, monkeypatc
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: LRScheduling("cosinee"), r"Unknown `schedule` 'cosinee'; allowed names: \['constant'"),
+        (
+            lambda: LRScheduling("cosinee"),
+            r"Unknown `schedule` 'cosinee'; allowed: \['constant'.*\] \(or a schedule instance\)\.",
+        ),
         (lambda: create_schedule("linear"), r"Unknown `schedule`"),
         (lambda: LRScheduling("constant", interval="batch"), r"`interval`.*'step', 'epoch'"),
         (lambda: LRScheduling("constant", warmup_mode="cubic"), r"`warmup_mode`"),

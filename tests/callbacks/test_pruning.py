@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim.callbacks import ProgressivePruning
-from lightning_optim.functional.pruning.schedules import scheduled_sparsity
+from lightning_optim.functional.pruning.schedules import event_sparsity, scheduled_sparsity
 from lightning_optim.models import ConvNet3, LeNet300100
 from lightning_optim.modules import ClassificationModule
 from tests.conftest import quiet_trainer_kwargs
@@ -123,6 +123,49 @@ def test_pruning_events_follow_the_schedule(tmp_path):
         assert h["target"] == pytest.approx(scheduled_sparsity(int(h["step"]), 3, 15, 4, 0.1, 0.8))
         assert h["sparsity"] == pytest.approx(h["target"], abs=2e-3)
     assert dict(states)[2] == "pending" and dict(states)[8] == "active" and dict(states)[15] == "done"
+
+
+def test_layer_overrides_follow_the_event_sparsity_at_every_event(tmp_path):
+    overrides = {"fc2": 0.4, "fc*": 0.6}  # fc2 takes the first matching pattern, fc1 and fc3 the second
+    cb = ProgressivePruning(
+        final_sparsity=0.9,
+        initial_sparsity=0.5,
+        start=2,
+        end=10,
+        unit="step",
+        frequency=4,
+        schedule="linear",
+        layer_sparsity=overrides,
+        verbose=False,
+    )
+    seen = []
+
+    class LayerRecorder(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if cb.history and (not seen or seen[-1][0] != cb.history[-1]["step"]):
+                seen.append((cb.history[-1]["step"], cb.layer_sparsities()))
+
+    _, module = fit(tmp_path, cb, extra=[LayerRecorder()], epochs=1)
+    assert [step for step, _ in seen] == [2, 6, 10]
+    for step, stats in seen:
+        assert cb.history[[h["step"] for h in cb.history].index(step)]["target"] == event_sparsity(
+            int(step), 2, 10, 0.5, 0.9, "linear"
+        )
+        for layer in ("fc1", "fc2", "fc3"):
+            target = event_sparsity(int(step), 2, 10, 0.5, 0.9, "linear", layer, overrides)
+            shape, kept, _ = stats[f"{layer}.weight"]
+            assert shape[0] * shape[1] - kept == round(target * shape[0] * shape[1]), (step, layer)
+    assert int((module.model.fc2.weight == 0).sum()) == round(0.4 * module.model.fc2.weight.numel())
+
+
+def _full_sparsity(progress, initial, final):
+    return 1.0
+
+
+def test_schedule_value_out_of_range_stops_fit(tmp_path):
+    cb = ProgressivePruning(start=0, end=4, unit="step", schedule=_full_sparsity, verbose=False)
+    with pytest.raises(ValueError, match=r"schedule\(progress, initial_sparsity, final_sparsity\)"):
+        fit(tmp_path, cb, epochs=1)
 
 
 def test_epoch_units_and_once_per_epoch(tmp_path):

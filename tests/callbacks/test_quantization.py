@@ -229,10 +229,12 @@ def test_resume_mid_qat_equals_uninterrupted(tmp_path):
 
 # ----------------------------------------------------------------------------------------- bad input
 def test_bad_arguments_fail_at_construction():
-    with pytest.raises(
-        ValueError, match=r"Unsupported quantization `backend` 'qnnpak'; allowed: \['fbgemm', 'x86'\]"
-    ):
+    with pytest.raises(ValueError, match=r"Unknown quantization `backend` 'qnnpak'; allowed: \['eager'\]"):
         QuantizationAwareTraining(backend="qnnpak")
+    with pytest.raises(
+        ValueError, match=r"Unknown quantization `engine` 'qnnpak'; allowed: \['x86', 'fbgemm'\]\."
+    ):
+        PostTrainingQuantization(engine="qnnpak")
     with pytest.raises(ValueError, match="`start_epoch` must be an int >= 0"):
         QuantizationAwareTraining(start_epoch=-1)
     with pytest.raises(ValueError, match="`freeze_observers_epoch` must be > `start_epoch`"):
@@ -241,7 +243,9 @@ def test_bad_arguments_fail_at_construction():
         QuantizationAwareTraining(start_epoch=3, freeze_bn_epoch=2)
     with pytest.raises(ValueError, match="fp32_best_effort"):
         QuantizationAwareTraining(fp32_best_effort=("tensorrt",))
-    with pytest.raises(ValueError, match="calibration_split"):
+    with pytest.raises(
+        ValueError, match=r"Unknown `calibration_split` 'holdout'; allowed: \['train', 'val', 'test'\]\."
+    ):
         PostTrainingQuantization(calibration_split="holdout")
     with pytest.raises(ValueError, match="calibration_batches"):
         PostTrainingQuantization(calibration_batches=0)
@@ -281,7 +285,54 @@ def test_example_recipes_instantiate_from_yaml(recipe, tmp_path, monkeypatch):
     expected = PostTrainingQuantization if recipe.startswith("ptq") else QuantizationAwareTraining
     found = [cb for cb in cli.trainer.callbacks if isinstance(cb, expected)]
     assert len(found) == 1
-    assert found[0].backend_name == "x86"
+    assert (found[0].backend_name, found[0].engine) == ("eager", "x86")
+
+
+# ----------------------------------------------------------------------------------------- backend/engine
+@pytest.mark.parametrize("cls", [QuantizationAwareTraining, PostTrainingQuantization])
+def test_backend_is_the_stack_and_engine_the_kernel_target(cls):
+    cb = cls(engine="fbgemm", **FAST)
+    assert (cb.backend_name, cb.engine) == ("eager", "fbgemm")
+    assert (cb.backend.name, cb.backend.engine) == ("eager", "fbgemm")
+    default = cls(**FAST)
+    assert (default.backend_name, default.engine) == ("eager", "x86")
+
+
+@pytest.mark.parametrize("cls", [QuantizationAwareTraining, PostTrainingQuantization])
+@pytest.mark.parametrize("engine", ["x86", "fbgemm"])
+def test_engine_passed_as_backend_still_works_for_one_release(cls, engine):
+    """``backend="x86"`` (the old meaning: the engine) maps to ``engine`` with a warning naming ``engine``; the
+    state key is the one of the old releases, so checkpoints resume."""
+    with pytest.warns(
+        DeprecationWarning, match=rf"`backend='{engine}'` names a quantized engine: pass `engine="
+    ):
+        old = cls(backend=engine, **FAST)
+    new = cls(engine=engine, **FAST)
+    assert (old.backend_name, old.engine) == ("eager", engine)
+    assert old.state_key == new.state_key
+    assert f"'backend': '{engine}'" in new.state_key  # the key argument keeps its old name and value
+
+
+def test_state_keys_are_the_old_strings():
+    assert QuantizationAwareTraining(**FAST).state_key == (
+        "QuantizationAwareTraining{'backend': 'x86', 'start_epoch': 0, 'start_after': None, 'attribute': 'model'}"
+    )
+    assert PostTrainingQuantization(**FAST).state_key == (
+        "PostTrainingQuantization{'backend': 'x86', 'attribute': 'model'}"
+    )
+
+
+def test_callbacks_offer_the_int8_model(tmp_path):
+    """The OffersModel contract: ``compressed_model`` is ``quantized_model`` (read-only)."""
+    from lightning_optim.callbacks.phases import OffersModel, offered_model
+
+    ptq = PostTrainingQuantization(calibration_batches=2, export=False, report=False, **FAST)
+    assert isinstance(ptq, OffersModel) and ptq.compressed_model is None
+    with pytest.raises(AttributeError):
+        ptq.compressed_model = nn.Identity()
+    trainer, _, _ = fit(tmp_path, [ptq], max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    assert ptq.compressed_model is ptq.quantized_model is not None
+    assert offered_model(trainer) is ptq.quantized_model
 
 
 # ----------------------------------------------------------------------------------------- DDP
@@ -344,33 +395,18 @@ def test_qat_after_progressive_pruning_keeps_the_pruned_zeros_in_int8(tmp_path):
     assert checked > 0
 
 
-def test_artifact_export_format_loads_with_torch_alone(tmp_path):
-    """export_format="artifact": a compact .lopt that the artifact module (torch + stdlib) reads back."""
-    import subprocess
-    import sys
-
-    from lightning_optim.functional import artifact
+def test_artifact_export_format_writes_the_compact_artifact(tmp_path):
+    """export_format="artifact": the callback writes a .lopt (export_quantized; its loading is tested in
+    tests/functional/quantization/test_export.py) that load_artifact reads back as the same int8 model."""
+    from lightning_optim.functional.artifact import load_artifact
 
     ptq = PostTrainingQuantization(calibration_batches=2, export_format="artifact", **FAST)
     fit(tmp_path, [ptq], max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     path = ptq.exported_path
-    assert path.suffix == ".lopt" and path.is_file()
+    assert path == tmp_path / "quantization" / "model_int8_ptq.lopt" and path.is_file()
     x = torch.randn(3, 1, 8, 8)
-    torch.save({"x": x, "y": ptq.quantized_model(x)}, tmp_path / "io.pt")
-    script = f"""
-import importlib.util, sys, torch
-sys.modules["lightning_optim"] = None  # importing our package would fail
-spec = importlib.util.spec_from_file_location("artifact_loader", {artifact.__file__!r})
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-model = mod.load_artifact({str(path)!r})
-ref = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
-assert torch.equal(model(ref["x"]), ref["y"])
-print("ok")
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    with ptq.backend.int8_context():  # the Trainer ran with deterministic=True
+        assert torch.equal(load_artifact(path)(x), ptq.quantized_model(x))
     with pytest.raises(
         ValueError, match=r"Unknown `export_format` 'onnx'; allowed: \['torchscript', 'artifact'\]"
     ):

@@ -168,11 +168,11 @@ def test_sample_mode_runs_v2_per_image_in_workers():
     assert torch.equal(val, dm.val_split_data.images[: len(val)])
 
 
-def test_batch_mode_augments_training_batches_only():
+def test_batch_mode_augments_training_batches_only(tmp_path):
     dm = ImageClassificationDataModule(
         "digits", batch_size=16, augmentation="standard", normalization="none", seed=3
     )
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, max_epochs=1)
+    trainer = pl.Trainer(**quiet_trainer_kwargs(tmp_path))
     dm.trainer = trainer
     dm.setup("fit")
     images = dm.train_split.images[:16]

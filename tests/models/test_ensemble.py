@@ -124,7 +124,7 @@ def test_distillation_from_a_yaml_ensemble_teacher(tmp_path):
         (
             {"members": [torch.nn.Linear(2, 2)], "combine": "median"},
             ValueError,
-            r"`combine` must be one of \['logits', 'probabilities'\], got 'median'",
+            r"Unknown `combine` 'median'; allowed: \['logits', 'probabilities'\]",
         ),
         (
             {"members": [torch.nn.Linear(2, 2)], "combine": "probabilities", "temperature": 0},

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_optim.checks import check_choice
 from lightning_optim.paths import is_within
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,7 @@ def check_image_mode(mode: str) -> str:
     Raises:
         ValueError: for a mode outside :data:`IMAGE_MODES`.
     """
-    if mode not in IMAGE_MODES:
-        raise ValueError(f"Unknown `image_mode` {mode!r}; allowed: {list(IMAGE_MODES)}.")
-    return mode
+    return check_choice("image_mode", mode, IMAGE_MODES)
 
 
 def list_image_folder(

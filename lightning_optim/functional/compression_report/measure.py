@@ -1,6 +1,15 @@
-"""Measurements of a model: parameters, non-zeros, serialized size, FLOPs and CPU latency.
+"""What a model measures: parameters, non-zeros, serialized size, FLOPs, CPU latency, and one report row.
 
-Pure functions (no Lightning import), shared by the compression report and the benchmarks.
+Pure functions (no Lightning import), shared by the compression report, the quantization report and the
+benchmarks:
+
+- counters: :func:`count_parameters`, :func:`count_nonzero`, :func:`weight_sparsity`,
+  :func:`state_dict_size_bytes`, :func:`count_flops`, :func:`count_layer_macs`;
+- latency, the one timing path: :func:`measure_latency` (one model), :func:`compare_latency` (several,
+  interleaved) and :func:`measure_cpu_latency` (fp32 eager, its fastest best-effort variant and int8, per
+  batch size), all timing a fresh copy (:func:`fresh_for_timing`) under :func:`num_threads`;
+- :func:`measure_model`: one row of the compression report (the counters, the artifact's size, latency and,
+  given batches, :func:`~lightning_optim.functional.compression_report.evaluate.evaluate_classifier`).
 """
 
 from __future__ import annotations
@@ -11,12 +20,18 @@ import io
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from lightning_optim.functional.artifact import pack_artifact
+from lightning_optim.functional.compression_report.evaluate import evaluate_classifier
+
+#: ways to make the fp32 model faster on the CPU that :func:`measure_cpu_latency` tries ("best effort")
+FP32_BEST_EFFORT: tuple[str, ...] = ("channels_last", "compile")
 
 
 def quantized_weights(model: nn.Module) -> list[tuple[str, Tensor, Tensor | None]]:
@@ -277,3 +292,184 @@ def compare_latency(
         name: {"median_ms": statistics.median(values), "min_ms": min(values), "rounds": float(len(values))}
         for name, values in samples.items()
     }
+
+
+def fp32_variants(
+    model: nn.Module, example: Tensor, methods: Sequence[str] = FP32_BEST_EFFORT
+) -> dict[str, Callable[[Tensor], Any]]:
+    """Faster CPU forms of the float ``model`` to time beside it, by name: ``"channels_last"`` (a copy in the
+    channels-last memory format, for 4-D inputs) and ``"compile"`` (``torch.compile`` of a copy, compiled
+    on ``example`` here, outside any timing; left out where no compiler is available)."""
+    variants: dict[str, Callable[[Tensor], Any]] = {}
+    if "channels_last" in methods and example.dim() == 4:
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+        variants["channels_last"] = lambda x, m=cl: m(x.contiguous(memory_format=torch.channels_last))
+    if "compile" in methods:
+        compiled = torch.compile(copy.deepcopy(model).eval())
+        try:
+            with torch.inference_mode():
+                compiled(example)  # compile outside the timing
+            variants["compile"] = compiled
+        except Exception:  # noqa: BLE001 - torch.compile unavailable (no compiler): best effort only
+            pass
+    return variants
+
+
+def measure_cpu_latency(
+    fp32_model: nn.Module,
+    int8_model: Callable[[Tensor], Any],
+    input_shape: tuple[int, ...],
+    batch_sizes: Iterable[int] = (1, 256),
+    repeats: int = 20,
+    rounds: int = 3,
+    best_effort: tuple[str, ...] = FP32_BEST_EFFORT,
+    threads: int | None = None,
+    extra: dict[str, Callable[[Tensor], Any]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Median CPU latency (ms) of fp32 eager, the fastest fp32 ``best_effort`` variant and int8, interleaved
+    (:func:`compare_latency`, 3 warm-up runs) on random inputs of each batch size.
+
+    Args:
+        fp32_model: the float model (copied; moved to the CPU).
+        int8_model: the converted model.
+        input_shape: one sample's shape, e.g. ``(1, 28, 28)``.
+        batch_sizes: batch sizes to time.
+        repeats: timed runs per round; rounds: interleaved rounds (median over rounds).
+        best_effort: fp32 variants to try (:func:`fp32_variants`); the fastest is reported.
+        threads: intra-op threads (``None`` keeps torch's setting).
+        extra: more callables to time side by side (reported under their names).
+
+    Returns:
+        batch size -> ``{"fp32_eager": ms, "fp32_<variant>": ms, ..., "int8": ms, "fp32_best": ms,
+        "fp32_best_method": name}``.
+    """
+    fp32 = copy.deepcopy(fp32_model).cpu().eval()
+    results: dict[int, dict[str, Any]] = {}
+    for bs in batch_sizes:
+        x = torch.randn(bs, *input_shape)
+        models: dict[str, Callable[[Tensor], Any]] = {"fp32_eager": fp32}
+        models.update({f"fp32_{k}": v for k, v in fp32_variants(fp32, x, best_effort).items()})
+        models["int8"] = int8_model
+        models.update(extra or {})
+        timed = compare_latency(models, x, repeats=repeats, warmup=3, rounds=rounds, threads=threads)
+        row: dict[str, Any] = {name: r["median_ms"] for name, r in timed.items()}
+        candidates = {k: v for k, v in row.items() if k.startswith("fp32_")}
+        best = min(candidates, key=candidates.get)
+        row["fp32_best"] = candidates[best]
+        row["fp32_best_method"] = best.removeprefix("fp32_")
+        results[bs] = row
+    return results
+
+
+# ------------------------------------------------------------------------------------------ one report row
+def precision_of(model: nn.Module) -> str:
+    """``"int8"`` (converted), ``"fake-quant"`` (prepared for QAT) or the dtype of the first float parameter."""
+    if is_quantized(model):
+        return "int8"
+    if is_fake_quantized(model):
+        return "fake-quant"
+    for p in model.parameters():
+        if p.is_floating_point():
+            return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(
+                p.dtype, str(p.dtype)
+            )
+    return "fp32"
+
+
+def batch_of(example_input: Tensor, batch_size: int) -> Tensor:
+    """A batch of ``batch_size`` made by repeating the samples of ``example_input``."""
+    reps = math.ceil(batch_size / example_input.shape[0])
+    return example_input.repeat(reps, *([1] * (example_input.dim() - 1)))[:batch_size].contiguous()
+
+
+def measure_model(
+    model: nn.Module,
+    example_input: Tensor,
+    stage: str = "model",
+    batches: Iterable[Any] | None = None,
+    prepare: Callable[[Any], tuple[Tensor, Tensor]] | None = None,
+    max_batches: int | None = None,
+    latency_batch_sizes: Sequence[int] = (1, 256),
+    latency_repeats: int = 20,
+    latency_warmup: int = 3,
+    threads: int | None = None,
+    artifact: bool = True,
+    artifact_torchscript: bool = False,
+    copy_model: bool = True,
+) -> dict[str, Any]:
+    """Measure one model; see the module docstring. The model is measured on the CPU, on a copy.
+
+    Args:
+        model: the model (float, pruned, fake-quantized or int8).
+        example_input: an input batch (the first sample is repeated for the latency batches).
+        stage: the row's label.
+        batches: test batches for :func:`~lightning_optim.functional.compression_report.evaluate.evaluate_classifier` (``None`` skips the test metrics).
+        prepare: see :func:`evaluate_classifier`.
+        max_batches: at most this many test batches.
+        latency_batch_sizes: batch sizes timed (median of ``latency_repeats`` runs after
+            ``latency_warmup``); a fake-quantized model is not timed (its latency means nothing).
+        latency_repeats: timed runs per batch size.
+        latency_warmup: untimed runs first.
+        threads: intra-op threads for the latency (``None``: torch's current setting, stated in the row).
+        artifact: also pack the compact artifact and report its size.
+        artifact_torchscript: the artifact holds a TorchScript module (self-contained) instead of the state dict.
+        copy_model: measure a deep copy (observers, BN statistics and train/eval mode of ``model`` untouched).
+
+    Returns:
+        A row: ``stage``, ``precision``, ``parameters``, ``nonzero``, ``weight_sparsity``,
+        ``state_dict_bytes``, ``artifact_bytes``, ``flops`` (+ ``flops_source``), ``macs``, ``nonzero_macs``,
+        ``mflops``, ``nonzero_mflops``, ``latency_ms_b<N>`` per batch size, ``threads``, ``latency_repeats``,
+        ``latency_warmup`` and, with ``batches``, the test metrics.
+    """
+    if copy_model:
+        try:
+            model = copy.deepcopy(model)
+        except Exception:  # noqa: BLE001 - measure the model itself, restoring its mode afterwards
+            pass
+    was_training = model.training
+    model = model.cpu().eval()
+    example_input = example_input.detach().cpu()
+    x1 = example_input[:1]
+    precision = precision_of(model)
+    row: dict[str, Any] = {"stage": stage, "precision": precision}
+    try:
+        row["parameters"] = count_parameters(model)
+        row["nonzero"] = count_nonzero(model)
+        row["sparsity"] = 1.0 - row["nonzero"] / row["parameters"] if row["parameters"] else 0.0
+        row["weight_sparsity"] = weight_sparsity(model)
+        row["state_dict_bytes"] = state_dict_size_bytes(model)
+        if artifact and precision != "fake-quant":
+            row["artifact_bytes"] = len(
+                pack_artifact(model, torchscript=artifact_torchscript, example_input=x1)
+            )
+            row["artifact_format"] = "torchscript" if artifact_torchscript else "state_dict"
+        flops = count_flops(model, x1)
+        macs = count_layer_macs(model, x1)
+        if flops == 0 and macs > 0:  # int8 kernels are invisible to the flop counter
+            flops, row["flops_source"] = 2 * macs, "layer hooks (int8 kernels)"
+        else:
+            row["flops_source"] = "torch.utils.flop_counter"
+        row["flops"] = flops
+        row["macs"] = flops // 2
+        row["nonzero_macs"] = count_layer_macs(model, x1, nonzero=True)
+        row["mflops"] = flops / 1e6
+        row["nonzero_mflops"] = 2 * row["nonzero_macs"] / 1e6
+        if precision != "fake-quant":
+            for bs in latency_batch_sizes:
+                result = measure_latency(
+                    model,
+                    batch_of(example_input, bs),
+                    repeats=latency_repeats,
+                    warmup=latency_warmup,
+                    threads=threads,
+                )
+                row[f"latency_ms_b{bs}"] = result["median_ms"]
+                row[f"latency_min_ms_b{bs}"] = result["min_ms"]  # less sensitive to a shared CPU
+                row["threads"] = int(result["threads"])
+        row["latency_repeats"] = latency_repeats
+        row["latency_warmup"] = latency_warmup
+        if batches is not None:
+            row.update(evaluate_classifier(model, batches, prepare=prepare, max_batches=max_batches))
+    finally:
+        model.train(was_training)
+    return row

@@ -3,20 +3,26 @@
 - :func:`kd_loss`: Hinton et al. (2015) soft-target loss ``T^2 * KL(softmax(t/T) || softmax(s/T))``.
 - :func:`distillation_loss`: ``alpha * kd_loss + (1 - alpha) * cross_entropy``.
 - :func:`feature_distillation_loss`: MSE or cosine distance between (adapted) intermediate features.
-- :func:`scheduled_value`: constant, linear or cosine ramp of temperature/alpha over training progress.
+- :func:`scheduled_value`, :func:`ramp_length`, :func:`ramp_progress`: the temperature/alpha ramp (constant,
+  linear or cosine) over training progress, a :func:`~lightning_optim.functional.ramps.ramp`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_optim._deprecation import moved
+from lightning_optim.checks import check_choice
+from lightning_optim.functional.ramps import ramp
+
 #: feature-loss name -> function ``(student, teacher) -> scalar``
 FEATURE_LOSSES: tuple[str, ...] = ("mse", "cosine")
-#: schedule shapes for temperature and alpha ramps
-SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+#: ramp shapes (:data:`lightning_optim.functional.ramps.RAMPS`) for the temperature and alpha of distillation
+DISTILLATION_RAMPS: tuple[str, ...] = ("linear", "cosine")
 
 
 def check_temperature(value: float, name: str = "temperature") -> float:
@@ -119,8 +125,7 @@ def feature_distillation_loss(student_feature: Tensor, teacher_feature: Tensor, 
     Raises:
         ValueError: for an unknown ``kind`` or mismatched shapes.
     """
-    if kind not in FEATURE_LOSSES:
-        raise ValueError(f"Unknown feature loss {kind!r}; allowed: {list(FEATURE_LOSSES)}.")
+    check_choice("kind", kind, FEATURE_LOSSES, kind="feature loss")
     if student_feature.shape != teacher_feature.shape:
         raise ValueError(
             f"Feature shapes differ after the adapter: student {tuple(student_feature.shape)}, "
@@ -136,29 +141,66 @@ def feature_distillation_loss(student_feature: Tensor, teacher_feature: Tensor, 
 def scheduled_value(start: float, end: float | None, progress: float, kind: str = "linear") -> float:
     """The value of a ramp from ``start`` to ``end`` at ``progress`` in ``[0, 1]`` (clamped).
 
-    ``end=None`` means constant ``start``. ``kind`` is ``"linear"`` or ``"cosine"`` (half-cosine ease).
+    ``end=None`` means constant ``start``. ``kind`` is ``"linear"`` or ``"cosine"`` (half-cosine ease), the
+    distillation's ``schedule`` option.
 
     Raises:
-        ValueError: for an unknown ``kind``.
+        ValueError: for a ``kind`` outside :data:`DISTILLATION_RAMPS`.
     """
-    if kind not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {kind!r}; allowed: {list(SCHEDULES)}.")
+    check_choice("schedule", kind, DISTILLATION_RAMPS)
     if end is None:
         return float(start)
-    p = min(max(float(progress), 0.0), 1.0)
-    if kind == "cosine":
-        p = 0.5 * (1.0 - math.cos(math.pi * p))
-    return float(start + (end - start) * p)
+    return ramp(progress, start, end, kind)
+
+
+def ramp_length(
+    schedule_epochs: int | None, start_epoch: int, end_epoch: int | None, max_epochs: int | None
+) -> float:
+    """The length in epochs of a temperature/alpha ramp that starts at ``start_epoch``: ``schedule_epochs``,
+    else up to ``end_epoch``, else up to ``max_epochs`` (at least one epoch).
+
+    Raises:
+        ValueError: when none of the three is known (``max_epochs`` ``None`` or negative: an endless training).
+    """
+    if schedule_epochs is not None:
+        return float(schedule_epochs)
+    if end_epoch is not None:
+        return float(end_epoch - start_epoch)
+    if max_epochs is None or max_epochs < 0:
+        raise ValueError(
+            "A temperature/alpha ramp (`final_temperature`/`final_alpha`) needs `schedule_epochs` or `end_epoch` "
+            "when the Trainer has no `max_epochs`."
+        )
+    return float(max(max_epochs - start_epoch, 1))
+
+
+def ramp_progress(epoch: int, start_epoch: int, length: float, batch_idx: int = 0, batches: Any = 0) -> float:
+    """The progress (not clamped) of a ramp of ``length`` epochs from ``start_epoch``, at batch ``batch_idx`` of
+    ``batches`` in ``epoch``: progress moves per step (``batches`` not a positive int, e.g. unknown: per epoch)."""
+    frac = batch_idx / batches if isinstance(batches, int) and batches > 0 else 0.0
+    return (epoch - start_epoch + frac) / length
 
 
 __all__ = [
+    "DISTILLATION_RAMPS",
     "FEATURE_LOSSES",
-    "SCHEDULES",
     "check_alpha",
     "check_logit_shapes",
     "check_temperature",
     "distillation_loss",
     "feature_distillation_loss",
     "kd_loss",
+    "ramp_length",
+    "ramp_progress",
     "scheduled_value",
 ]
+
+# deprecated (0.2.x): `SCHEDULES` was one of three constants of that name; removed in 0.3.0
+_RENAMED = {"SCHEDULES": f"{__name__}:DISTILLATION_RAMPS"}
+_moved = moved(__name__, __name__, renamed=_RENAMED)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        return _moved(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ stays in eval mode whatever ``train()`` calls it receives.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -155,3 +156,27 @@ class TeacherLogitCache:
         self.slot_of = torch.empty(0, dtype=torch.long)
         self.size = 0
         self.capacity = 0
+
+
+def logits_through_cache(
+    cache: TeacherLogitCache, index: Tensor, inputs: Tensor, forward: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, int]:
+    """The teacher logits of a batch with sample indices ``index``, and how many came from ``cache``.
+
+    Rows the cache holds are served from it; ``forward`` runs on the other inputs only, and its logits are
+    stored in the cache (while there is room). Served rows are float32; a batch with no hit returns
+    ``forward``'s logits in float32.
+    """
+    hit, rows = cache.lookup(index)
+    n_hit = index.numel() if rows is not None and rows.shape[0] == index.numel() else int(hit.sum().item())
+    if n_hit == index.numel():
+        return rows, n_hit
+    miss = ~hit
+    computed = forward(inputs[miss.to(inputs.device)])
+    cache.insert(index[miss], computed)
+    if n_hit == 0:
+        return computed.float(), n_hit
+    logits = torch.empty(index.numel(), computed.shape[-1], device=computed.device, dtype=torch.float32)
+    logits[miss.to(logits.device)] = computed.float()
+    logits[hit.to(logits.device)] = rows.to(logits.device)
+    return logits, n_hit

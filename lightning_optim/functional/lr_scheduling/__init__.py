@@ -1,6 +1,10 @@
-"""Learning-rate scheduling, pure Python: the closed forms (:mod:`.formulas`) and the schedule objects that
-:class:`~lightning_optim.callbacks.LRScheduling` takes (:mod:`.schedules`)."""
+"""Learning-rate scheduling, pure Python: the closed forms (:mod:`.formulas`), the schedule objects that
+:class:`~lightning_optim.callbacks.LRScheduling` takes and the LR at step t, warm-up included
+(:func:`lr_and_momentum_at`) (:mod:`.schedules`)."""
 
+from typing import Any
+
+from lightning_optim._deprecation import moved
 from lightning_optim.functional.lr_scheduling.formulas import (
     ANNEAL_STRATEGIES,
     CYCLIC_MODES,
@@ -27,7 +31,7 @@ from lightning_optim.functional.lr_scheduling.formulas import (
     warmup_factor,
 )
 from lightning_optim.functional.lr_scheduling.schedules import (
-    SCHEDULES,
+    LR_SCHEDULES,
     Constant,
     CosineAnnealing,
     Cyclic,
@@ -37,15 +41,17 @@ from lightning_optim.functional.lr_scheduling.schedules import (
     OneCycle,
     Polynomial,
     ReduceOnPlateau,
+    ScheduledValues,
     StepDecay,
     create_schedule,
+    lr_and_momentum_at,
 )
 
 __all__ = [
     "ANNEAL_STRATEGIES",
     "CYCLIC_MODES",
+    "LR_SCHEDULES",
     "PLATEAU_MODES",
-    "SCHEDULES",
     "THRESHOLD_MODES",
     "WARMUP_MODES",
     "Constant",
@@ -58,6 +64,7 @@ __all__ = [
     "PlateauState",
     "Polynomial",
     "ReduceOnPlateau",
+    "ScheduledValues",
     "StepDecay",
     "constant_lr",
     "cosine_lr",
@@ -67,6 +74,7 @@ __all__ = [
     "cyclic_scale",
     "exponential_lr",
     "is_improvement",
+    "lr_and_momentum_at",
     "multistep_lr",
     "one_cycle_lr",
     "one_cycle_momentum",
@@ -78,3 +86,13 @@ __all__ = [
     "step_lr",
     "warmup_factor",
 ]
+
+# deprecated (0.2.x): `SCHEDULES` is now `LR_SCHEDULES`; removed in 0.3.0
+_RENAMED = {"SCHEDULES": f"{__name__}:LR_SCHEDULES"}
+_moved = moved(__name__, __name__, renamed=_RENAMED)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        return _moved(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

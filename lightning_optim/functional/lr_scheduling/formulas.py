@@ -17,6 +17,8 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from lightning_optim.checks import check_choice
+
 WARMUP_MODES: tuple[str, ...] = ("linear", "exponential")
 CYCLIC_MODES: tuple[str, ...] = ("triangular", "triangular2", "exp_range")
 ANNEAL_STRATEGIES: tuple[str, ...] = ("cos", "linear")
@@ -40,8 +42,7 @@ def warmup_factor(step: int, warmup_steps: int, mode: str = "linear", start_fact
     Raises:
         ValueError: for an unknown ``mode``.
     """
-    if mode not in WARMUP_MODES:
-        raise ValueError(f"Unknown warm-up `mode` {mode!r}; allowed: {list(WARMUP_MODES)}.")
+    check_choice("mode", mode, WARMUP_MODES, kind="warm-up")
     if warmup_steps <= 0 or step >= warmup_steps:
         return 1.0
     frac = max(step, 0) / warmup_steps
@@ -127,8 +128,7 @@ def cyclic_scale(
     step: int, step_size_up: int, step_size_down: int, mode: str, gamma: float
 ) -> tuple[float, float]:
     """``(position in [0, 1] of the triangle, amplitude scale)`` for cyclic schedules (Smith 2017)."""
-    if mode not in CYCLIC_MODES:
-        raise ValueError(f"Unknown cyclic `mode` {mode!r}; allowed: {list(CYCLIC_MODES)}.")
+    check_choice("mode", mode, CYCLIC_MODES, kind="cyclic")
     step = max(step, 0)
     total = step_size_up + step_size_down
     cycle = step // total
@@ -190,8 +190,7 @@ def _one_cycle_phases(total_steps: int, pct_start: float, three_phase: bool) -> 
 def _one_cycle_value(
     step: int, total_steps: int, pct_start: float, values: dict[str, float], anneal: str, three_phase: bool
 ) -> float:
-    if anneal not in ANNEAL_STRATEGIES:
-        raise ValueError(f"Unknown one-cycle `anneal` {anneal!r}; allowed: {list(ANNEAL_STRATEGIES)}.")
+    check_choice("anneal", anneal, ANNEAL_STRATEGIES, kind="one-cycle")
     step = min(max(step, 0), total_steps - 1)
     start_step = 0.0
     phases = _one_cycle_phases(total_steps, pct_start, three_phase)
@@ -251,16 +250,14 @@ class PlateauState(NamedTuple):
 
 def plateau_initial_state(mode: str = "min") -> PlateauState:
     """The state before the first check."""
-    if mode not in PLATEAU_MODES:
-        raise ValueError(f"Unknown plateau `mode` {mode!r}; allowed: {list(PLATEAU_MODES)}.")
+    check_choice("mode", mode, PLATEAU_MODES, kind="plateau")
     return PlateauState(best=math.inf if mode == "min" else -math.inf)
 
 
 def is_improvement(current: float, best: float, mode: str, threshold: float, threshold_mode: str) -> bool:
     """Whether ``current`` beats ``best`` by more than ``threshold`` (relative or absolute), as PyTorch's
     ``ReduceLROnPlateau`` decides it."""
-    if threshold_mode not in THRESHOLD_MODES:
-        raise ValueError(f"Unknown `threshold_mode` {threshold_mode!r}; allowed: {list(THRESHOLD_MODES)}.")
+    check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
     if not math.isfinite(best):
         return (current < best) if mode == "min" else (current > best)
     if mode == "min":

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+from lightning_optim._deprecation import moved
+from lightning_optim.checks import check_choice
 from lightning_optim.functional.lr_scheduling.formulas import (
     ANNEAL_STRATEGIES,
     CYCLIC_MODES,
@@ -38,13 +40,8 @@ from lightning_optim.functional.lr_scheduling.formulas import (
     plateau_update,
     polynomial_lr,
     step_lr,
+    warmup_factor,
 )
-
-
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"Unknown `{name}` {value!r}; allowed: {list(allowed)}.")
-    return value
 
 
 def _check_positive(name: str, value: float | None, allow_zero: bool = False) -> None:
@@ -259,7 +256,7 @@ class Cyclic(LRSchedule):
             raise ValueError(
                 f"`step_size_up`/`step_size_down` must be >= 1, got {step_size_up}/{step_size_down}."
             )
-        _check_choice("mode", mode, CYCLIC_MODES)
+        check_choice("mode", mode, CYCLIC_MODES)
         if not 0 < gamma <= 1:
             raise ValueError(f"`gamma` must be in (0, 1], got {gamma}.")
         if cycle_momentum and not 0 <= base_momentum < max_momentum < 1:
@@ -340,7 +337,7 @@ class OneCycle(LRSchedule):
             raise ValueError(
                 f"`div_factor` and `final_div_factor` must be >= 1, got {div_factor}, {final_div_factor}."
             )
-        _check_choice("anneal", anneal, ANNEAL_STRATEGIES)
+        check_choice("anneal", anneal, ANNEAL_STRATEGIES)
         if cycle_momentum and not 0 <= base_momentum < max_momentum < 1:
             raise ValueError(
                 f"Cycle bounds reversed or out of range: need 0 <= `base_momentum` < `max_momentum` < 1, "
@@ -415,8 +412,8 @@ class ReduceOnPlateau(LRSchedule):
     ) -> None:
         if not monitor:
             raise ValueError("`monitor` must name a logged metric, e.g. 'val_loss'.")
-        _check_choice("mode", mode, PLATEAU_MODES)
-        _check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
+        check_choice("mode", mode, PLATEAU_MODES)
+        check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
         if not 0 < factor < 1:
             raise ValueError(f"`factor` must be in (0, 1), got {factor}.")
         if patience < 0 or cooldown < 0:
@@ -460,7 +457,7 @@ class ReduceOnPlateau(LRSchedule):
 
 
 #: short name -> schedule class, for ``schedule: <name>`` in code and YAML
-SCHEDULES: dict[str, type[LRSchedule]] = {
+LR_SCHEDULES: dict[str, type[LRSchedule]] = {
     "constant": Constant,
     "step": StepDecay,
     "multistep": MultiStep,
@@ -477,12 +474,76 @@ def create_schedule(name: str) -> LRSchedule:
     """A schedule with default arguments from its short name.
 
     Raises:
-        ValueError: for a name outside :data:`SCHEDULES`.
+        ValueError: for a name outside :data:`LR_SCHEDULES`.
     """
     key = name.lower().replace("-", "_")
     key = {"onecycle": "one_cycle", "multi_step": "multistep", "reduce_on_plateau": "plateau"}.get(key, key)
-    if key not in SCHEDULES:
-        raise ValueError(
-            f"Unknown `schedule` {name!r}; allowed names: {sorted(SCHEDULES)} (or a schedule instance)."
-        )
-    return SCHEDULES[key]()
+    if key not in LR_SCHEDULES:
+        check_choice("schedule", name, sorted(LR_SCHEDULES), hint=" (or a schedule instance)")
+    return LR_SCHEDULES[key]()
+
+
+class ScheduledValues(NamedTuple):
+    """The learning rate of each parameter group and the momentum (``None``: left alone) at one position."""
+
+    lrs: list[float]
+    momentum: float | None
+
+
+def lr_and_momentum_at(
+    schedule: LRSchedule,
+    position: int,
+    total: int,
+    base_lrs: Sequence[float],
+    warmup_steps: int = 0,
+    warmup_mode: str = "linear",
+    warmup_start_factor: float = 0.01,
+    ref_lr: float | None = None,
+) -> ScheduledValues:
+    """The learning rates (one per parameter group) and the momentum at ``position``: warm-up, then ``schedule``.
+
+    The one composition of warm-up and schedule (what :class:`~lightning_optim.callbacks.LRScheduling` sets):
+
+    - the schedule runs over the ``total - warmup_steps`` steps after the warm-up, at
+      ``t = max(position - warmup_steps, 0)`` (so it waits at its step 0 during the warm-up);
+    - the schedule's LR is computed for the reference group (``ref_lr``, default ``base_lrs[0]``) and
+      multiplied by :func:`~lightning_optim.functional.lr_scheduling.formulas.warmup_factor`;
+    - each group gets that LR times its ratio ``base_lr / ref_lr``, so groups keep their ratio (and the
+      absolute bounds of a schedule, such as ``min_lr`` or ``max_lr``, apply to the reference group);
+    - the momentum is the schedule's at ``t`` (its step-0 value during the warm-up), ``None`` for
+      schedules that do not cycle it.
+
+    Args:
+        schedule: the schedule after the warm-up.
+        position: the step (or epoch), from 0, warm-up included.
+        total: the number of steps in all, warm-up included.
+        base_lrs: the base learning rate of each parameter group.
+        warmup_steps: the length of the warm-up (0: none).
+        warmup_mode: ``"linear"`` or ``"exponential"``.
+        warmup_start_factor: the warm-up factor at step 0, in ``(0, 1]``.
+        ref_lr: the reference group's base LR; ``None``: ``base_lrs[0]``.
+
+    Raises:
+        ValueError: for an unknown ``warmup_mode``.
+
+    Example::
+
+        lrs, momentum = lr_and_momentum_at(OneCycle(), position=10, total=100, base_lrs=[0.1, 0.01])
+    """
+    ref = base_lrs[0] if ref_lr is None else ref_lr
+    n_main = total - warmup_steps
+    t = max(position - warmup_steps, 0)
+    factor = warmup_factor(position, warmup_steps, warmup_mode, warmup_start_factor)
+    main = schedule.lr(t, n_main, ref) * factor
+    return ScheduledValues([main * (base / ref) for base in base_lrs], schedule.momentum(t, n_main))
+
+
+# deprecated (0.2.x): `SCHEDULES` was one of three constants of that name; removed in 0.3.0
+_RENAMED = {"SCHEDULES": f"{__name__}:LR_SCHEDULES"}
+_moved = moved(__name__, __name__, renamed=_RENAMED)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        return _moved(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,15 +6,28 @@ structured masks select whole output units (rows of a ``Linear``, filters of a `
 
 Sparsity is always the fraction of the weights (or units) pruned, a *target*: exactly
 ``round(sparsity * n)`` of the ``n`` entries are pruned (the lowest scores; ties broken by position), never
-a fraction of what was left by an earlier step.
+a fraction of what was left by an earlier step. How weights and units are scored, and how many a sparsity
+prunes, is :mod:`lightning_optim.functional.pruning.importance`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from lightning_optim.checks import check_choice
+from lightning_optim.functional.pruning.importance import (
+    IMPORTANCES as IMPORTANCES,  # re-exported: masks.IMPORTANCES was its home before importance.py
+)
+from lightning_optim.functional.pruning.importance import (
+    check_importance,
+    keep_mask_from_scores,
+    magnitude_scores,
+    num_pruned,
+    unit_scores,
+)
 
 #: granularity name -> canonical granularity (``neuron``/``filter``/``channel`` all prune output units)
 GRANULARITIES: dict[str, str] = {
@@ -24,63 +37,21 @@ GRANULARITIES: dict[str, str] = {
     "filter": "structured",
     "channel": "structured",
 }
-#: importance name -> norm order of a unit's weights (unstructured pruning uses |w| for both)
-IMPORTANCES: dict[str, int] = {"l1": 1, "magnitude": 1, "l2": 2}
 #: scope names
 SCOPES: tuple[str, ...] = ("layer", "global")
 
 
-def check_choice(value: str, allowed: Mapping | tuple, name: str) -> str:
-    """Validate that ``value`` is one of ``allowed``.
-
-    Raises:
-        ValueError: naming the option and the allowed values.
-    """
-    if value not in allowed:
-        raise ValueError(f"Unknown `{name}` {value!r}; allowed: {sorted(allowed)}.")
-    return value
-
-
-def num_pruned(n: int, sparsity: float, keep_one: bool = False) -> int:
-    """``round(sparsity * n)``, at most ``n - 1`` when ``keep_one``."""
-    k = int(round(float(sparsity) * n))
-    return min(k, n - 1) if keep_one else min(k, n)
-
-
-def unit_scores(weight: Tensor, importance: str = "l1", normalize: bool = False) -> Tensor:
-    """Norm of each output unit (row of ``weight.flatten(1)``): L1 or L2; divided by the unit's size
-    (mean absolute value, root mean square) when ``normalize``, to compare units of different layers."""
-    order = IMPORTANCES[check_choice(importance, IMPORTANCES, "importance")]
-    rows = weight.detach().flatten(1).float()
-    if order == 1:
-        scores = rows.abs().sum(1)
-        return scores / rows.shape[1] if normalize else scores
-    scores = rows.pow(2).sum(1)
-    return (scores / rows.shape[1]).sqrt() if normalize else scores.sqrt()
-
-
-def _keep_mask_from_scores(scores: Tensor, k: int) -> Tensor:
-    """``True`` everywhere except at the ``k`` lowest scores (flattened)."""
-    flat = scores.flatten()
-    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-    if k > 0:
-        # stable sort: equal scores are pruned in index order, the same on every process
-        idx = torch.sort(flat, stable=True).indices[:k]
-        keep[idx] = False
-    return keep.view_as(scores)
-
-
 def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
     """Unstructured mask pruning exactly ``round(sparsity * numel)`` entries of lowest ``|w|``."""
-    scores = weight.detach().abs().float()
-    return _keep_mask_from_scores(scores, num_pruned(scores.numel(), sparsity))
+    scores = magnitude_scores(weight)
+    return keep_mask_from_scores(scores, num_pruned(scores.numel(), sparsity))
 
 
 def structured_mask(weight: Tensor, sparsity: float, importance: str = "l1") -> Tensor:
     """Mask of shape ``(out, 1, ...)`` pruning ``round(sparsity * out)`` output units of lowest norm
     (at least one unit is kept)."""
     scores = unit_scores(weight, importance)
-    keep = _keep_mask_from_scores(scores, num_pruned(scores.numel(), sparsity, keep_one=True))
+    keep = keep_mask_from_scores(scores, num_pruned(scores.numel(), sparsity, keep_one=True))
     return keep.view(-1, *([1] * (weight.dim() - 1)))
 
 
@@ -90,8 +61,8 @@ def global_magnitude_masks(weights: Mapping[str, Tensor], sparsity: float) -> di
     if not weights:
         return {}
     names = list(weights)
-    scores = torch.cat([weights[n].detach().abs().float().flatten() for n in names])
-    keep = _keep_mask_from_scores(scores, num_pruned(scores.numel(), sparsity))
+    scores = torch.cat([magnitude_scores(weights[n]).flatten() for n in names])
+    keep = keep_mask_from_scores(scores, num_pruned(scores.numel(), sparsity))
     out, offset = {}, 0
     for n in names:
         numel = weights[n].numel()
@@ -119,7 +90,7 @@ def global_structured_masks(
         guarded.append(s)
     total = scores.numel()
     k = min(num_pruned(total, sparsity), total - len(names))
-    keep = _keep_mask_from_scores(torch.cat(guarded), k)
+    keep = keep_mask_from_scores(torch.cat(guarded), k)
     out, offset = {}, 0
     for n, s in zip(names, per_layer):
         out[n] = keep[offset : offset + s.numel()].view(-1, *([1] * (weights[n].dim() - 1)))
@@ -149,9 +120,9 @@ def compute_masks(
     Raises:
         ValueError: for unknown granularity/scope/importance names or a sparsity outside ``[0, 1)``.
     """
-    gran = GRANULARITIES[check_choice(granularity, GRANULARITIES, "granularity")]
-    check_choice(scope, SCOPES, "scope")
-    check_choice(importance, IMPORTANCES, "importance")
+    gran = GRANULARITIES[check_choice("granularity", granularity, sorted(GRANULARITIES))]
+    check_choice("scope", scope, sorted(SCOPES))
+    check_importance(importance)
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"`sparsity` must be in [0, 1), got {sparsity}.")
     overrides = dict(layer_sparsity or {})
@@ -169,16 +140,89 @@ def compute_masks(
     return {n: masks[n] for n in weights}
 
 
+def unit_masks_with_followers(
+    masks: Mapping[str, Tensor],
+    params: Mapping[str, Tensor],
+    followers: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Tensor]:
+    """Structured masks extended to everything that belongs to a pruned output unit.
+
+    A unit mask of ``"<module>.weight"`` (shape ``(out, 1, ...)``) also masks ``"<module>.bias"`` and the
+    ``weight``/``bias`` of the normalization layers that follow the module (``followers``: module name ->
+    follower module names, as :func:`lightning_optim.functional.pruning.channel_followers` gives them), each
+    where that parameter exists in ``params`` with one entry per unit.
+    A parameter reached by two masks keeps only what both keep.
+
+    Args:
+        masks: weight name (``"<module>.weight"``) -> structured keep-mask.
+        params: parameter name -> parameter (``dict(model.named_parameters())``); only their shapes are read.
+        followers: module name -> names of the modules whose per-channel parameters follow its units.
+
+    Returns:
+        parameter name -> keep-mask (the weights' own masks first, in the order of ``masks``).
+    """
+    followers = followers or {}
+    out: dict[str, Tensor] = {}
+
+    def add(name: str, mask: Tensor) -> None:
+        out[name] = out[name] & mask if name in out else mask
+
+    for name, mask in masks.items():
+        add(name, mask)
+        unit = mask.flatten()
+        module_name = name[: -len(".weight")] if name.endswith(".weight") else name
+        extra = [f"{module_name}.bias"]
+        for follower in followers.get(module_name, []):
+            extra += [f"{follower}.weight", f"{follower}.bias"]
+        for pname in extra:
+            p = params.get(pname)
+            if p is not None and p.shape == unit.shape:
+                add(pname, unit)
+    return out
+
+
+def cast_masks(masks: Mapping[str, Tensor], tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``masks`` in the dtype and on the device of the tensor of the same name: the fast form for
+    :func:`apply_masks_` (a multiply, no conversion at each step). Masks without a tensor are left out."""
+    return {
+        n: m.to(device=tensors[n].device, dtype=tensors[n].dtype) for n, m in masks.items() if n in tensors
+    }
+
+
 @torch.no_grad()
-def apply_masks_(tensors: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+def apply_masks_(tensors: Mapping[str, Tensor | None], masks: Mapping[str, Tensor]) -> None:
     """Zero in place the entries of ``tensors`` (weights, gradients) where ``masks`` is ``False``.
 
     Masks may have any dtype (``bool`` or the tensor's own, which is faster) and broadcast over the tensor.
+    A name missing from ``tensors`` or mapped to ``None`` (a parameter without a gradient) is skipped.
     """
     for name, mask in masks.items():
         t = tensors.get(name)
         if t is not None:
             t.mul_(mask)
+
+
+@torch.no_grad()
+def mask_gradients_(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+    """Zero in place the gradients of ``params`` where ``masks`` is ``False`` (parameters without one are
+    skipped), so that an optimizer step does not move pruned weights through their gradient."""
+    apply_masks_({n: p.grad for n, p in params.items()}, masks)
+
+
+@torch.no_grad()
+def mask_optimizer_state_(
+    optimizer: torch.optim.Optimizer, params: Mapping[str, Tensor], masks: Mapping[str, Tensor]
+) -> None:
+    """Zero in place the per-entry optimizer state (momentum, moment estimates: every state tensor of the
+    parameter's shape) of the entries that ``masks`` prunes, so that it does not push on the masked weights."""
+    for name, mask in masks.items():
+        param = params.get(name)
+        state = optimizer.state.get(param) if param is not None else None
+        if not state:
+            continue
+        for value in state.values():
+            if isinstance(value, Tensor) and value.shape == param.shape:
+                value.mul_(mask.to(value.dtype))
 
 
 @torch.no_grad()

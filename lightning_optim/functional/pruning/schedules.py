@@ -1,9 +1,11 @@
 """Sparsity schedules: how the pruned fraction rises from an initial to a final target.
 
-A schedule is a function ``(progress, initial, final) -> sparsity`` of the ramp's progress in ``[0, 1]``.
+A schedule is a function ``(progress, initial, final) -> sparsity`` of the ramp's progress in ``[0, 1]``;
+the built-in ones are ramps (:func:`lightning_optim.functional.ramps.ramp`).
 :func:`pruning_events` lays out the optimizer steps at which pruning happens (every ``frequency`` steps
-from ``start`` to ``end``, the end always included) and :func:`scheduled_sparsity` gives the target at
-any step. The target is always a fraction of the *original* weights (never compounded).
+from ``start`` to ``end``, the end always included), :func:`event_sparsity` gives a layer's target at a
+pruning event (the one formula, per-layer overrides included) and :func:`scheduled_sparsity` the target in
+force at any step. The target is always a fraction of the *original* weights (never compounded).
 
 The default is the cubic schedule of Zhu & Gupta 2017 ("To prune, or not to prune"):
 
@@ -15,8 +17,12 @@ towards the end.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from lightning_optim.checks import check_choice
+from lightning_optim.functional.ramps import ramp
 
 #: ``(progress in [0, 1], initial sparsity, final sparsity) -> sparsity``
 ScheduleFn = Callable[[float, float, float], float]
@@ -24,19 +30,17 @@ ScheduleFn = Callable[[float, float, float], float]
 
 def cubic_schedule(progress: float, initial: float, final: float) -> float:
     """Zhu & Gupta 2017: ``final + (initial - final) * (1 - progress)^3``."""
-    p = min(max(progress, 0.0), 1.0)
-    return final + (initial - final) * (1.0 - p) ** 3
+    return ramp(progress, initial, final, "cubic")
 
 
 def linear_schedule(progress: float, initial: float, final: float) -> float:
     """``initial + (final - initial) * progress``."""
-    p = min(max(progress, 0.0), 1.0)
-    return initial + (final - initial) * p
+    return ramp(progress, initial, final, "linear")
 
 
 def constant_schedule(progress: float, initial: float, final: float) -> float:
     """One-shot: ``final`` from the first pruning step on (``initial`` is ignored)."""
-    return final
+    return ramp(progress, initial, final, "constant")
 
 
 #: schedule name -> function
@@ -69,10 +73,8 @@ def get_sparsity_schedule(schedule: str | ScheduleFn) -> ScheduleFn:
         if not callable(fn):
             raise ValueError(f"`schedule` {schedule!r} is not callable.")
         return fn
-    raise ValueError(
-        f"Unknown `schedule` {schedule!r}; allowed: {sorted(SPARSITY_SCHEDULES)} or a dotted import path "
-        "to a function (progress, initial, final) -> sparsity."
-    )
+    hint = " or a dotted import path to a function (progress, initial, final) -> sparsity"
+    return check_choice("schedule", schedule, sorted(SPARSITY_SCHEDULES), hint=hint)  # raises: not a name
 
 
 def check_sparsity(value: float, name: str) -> float:
@@ -112,6 +114,56 @@ def schedule_progress(step: int, start: int, end: int) -> float:
     return min(max((step - start) / (end - start), 0.0), 1.0)
 
 
+def layer_final_sparsity(
+    layer: str | None, final: float, layer_sparsity: Mapping[str, float] | None = None
+) -> tuple[float, bool]:
+    """The final sparsity of ``layer``: that of the first ``layer_sparsity`` glob pattern matching its name,
+    else ``final``; and whether a pattern matched (``layer=None``, the shared target, matches none)."""
+    if layer is not None:
+        for pattern, value in (layer_sparsity or {}).items():
+            if fnmatch.fnmatchcase(layer, pattern):
+                return float(value), True
+    return final, False
+
+
+def event_sparsity(
+    event: int,
+    start: int,
+    end: int,
+    initial: float,
+    final: float,
+    schedule: str | ScheduleFn = "cubic",
+    layer: str | None = None,
+    layer_sparsity: Mapping[str, float] | None = None,
+) -> float:
+    """Target sparsity of ``layer`` set at the pruning event at optimizer step ``event``: the schedule at the
+    ramp's progress (:func:`schedule_progress`) from ``initial`` to ``final``.
+
+    A layer whose name matches a ``layer_sparsity`` glob pattern (the first that matches) ramps to that
+    pattern's value instead, from ``min(initial, value)``. ``layer=None`` gives the target shared by the
+    layers without an override.
+
+    Args:
+        event: the optimizer step of the pruning event.
+        start: the first pruning event (progress 0).
+        end: the last pruning event (progress 1).
+        initial: sparsity at ``start``.
+        final: sparsity at ``end``.
+        schedule: a schedule name, dotted import path or function (see :func:`get_sparsity_schedule`).
+        layer: the layer's name (as matched by the patterns of ``layer_sparsity``).
+        layer_sparsity: ``{glob pattern: final sparsity}`` overrides.
+
+    Raises:
+        ValueError: for an unknown schedule, or a schedule value outside ``[0, 1)``.
+    """
+    fn = get_sparsity_schedule(schedule)
+    final, overridden = layer_final_sparsity(layer, final, layer_sparsity)
+    if overridden:
+        initial = min(initial, final)
+    target = float(fn(schedule_progress(event, start, end), initial, final))
+    return check_sparsity(target, "schedule(progress, initial_sparsity, final_sparsity)")
+
+
 def scheduled_sparsity(
     step: int,
     start: int,
@@ -120,8 +172,11 @@ def scheduled_sparsity(
     initial: float,
     final: float,
     schedule: str | ScheduleFn = "cubic",
+    layer: str | None = None,
+    layer_sparsity: Mapping[str, float] | None = None,
 ) -> float:
-    """Target sparsity in force at optimizer step ``step``: that of the last pruning event at or before it.
+    """Target sparsity in force at optimizer step ``step``: that of the last pruning event at or before it
+    (:func:`event_sparsity`, with the same ``layer``/``layer_sparsity`` overrides).
 
     Returns 0 before ``start`` (nothing pruned yet) and ``final`` from ``end`` on.
     """
@@ -129,5 +184,4 @@ def scheduled_sparsity(
         return 0.0
     events = pruning_events(start, end, frequency)
     last = max(t for t in events if t <= step)
-    fn = get_sparsity_schedule(schedule)
-    return float(fn(schedule_progress(last, start, end), initial, final))
+    return event_sparsity(last, start, end, initial, final, schedule, layer, layer_sparsity)

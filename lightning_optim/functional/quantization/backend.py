@@ -1,5 +1,12 @@
 """The small interface between our quantization callbacks and a quantization stack.
 
+Two words, two meanings (as in ``torch.backends.quantized.engine``):
+
+- the **backend** is the quantization stack, a :class:`QuantizationBackend` subclass registered by name in
+  :data:`BACKENDS`: ``"eager"`` (eager ``torch.ao.quantization``); PT2E would be another one;
+- the **engine** is the kernel target the stack converts for: ``"x86"`` or ``"fbgemm"``
+  (:attr:`QuantizationBackend.engines` lists what a stack supports).
+
 torch's quantization stack is moving (eager ``torch.ao.quantization``, FX, PT2E in torchao). The callbacks
 only talk to a :class:`QuantizationBackend`; a new stack is a new subclass registered in
 :data:`BACKENDS`, without touching the callbacks.
@@ -11,14 +18,26 @@ fake-quantized one that trains with the same ``nn.Parameter`` objects, so optimi
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from lightning_optim.checks import check_choice
 from lightning_optim.functional.quantization.fusion import FusionPlan
+
+#: the stack the callbacks use unless told otherwise
+DEFAULT_BACKEND = "eager"
+#: the kernel target unless told otherwise
+DEFAULT_ENGINE = "x86"
+#: the release that drops ``backend="x86"``/``"fbgemm"`` meaning the engine (and ``export_format`` for
+#: :attr:`QuantizationBackend.file_format`)
+ENGINE_AS_BACKEND_REMOVED_IN = "0.3.0"
 
 
 class QuantizationError(ValueError):
@@ -28,11 +47,22 @@ class QuantizationError(ValueError):
 class QuantizationBackend(ABC):
     """A quantization stack: prepare for QAT or PTQ, convert to int8, export, load.
 
-    Subclasses set :attr:`name` (the string users pass as ``backend=``) and :attr:`export_format`.
+    Subclasses set :attr:`name` (the string users pass as ``backend=``), :attr:`engines` (the kernel targets
+    they convert for, the first being the default), :attr:`file_format` (what :meth:`export` writes) and
+    :attr:`prepared_marker`; an instance has its :attr:`engine`.
     """
 
+    #: the stack's name, as users pass it as ``backend=``
     name: str = ""
-    export_format: str = ""
+    #: the engines (kernel targets) this stack can convert for
+    engines: tuple[str, ...] = ()
+    #: the engine of this instance
+    engine: str = ""
+    #: the file format :meth:`export` writes (``"torchscript"``)
+    file_format: str = ""
+    #: the child module (and state-dict key part) that only a prepared model has: a checkpoint whose keys hold
+    #: ``<model>.<prepared_marker>.`` was taken from a prepared model
+    prepared_marker: str = ""
 
     # ----------------------------------------------------------------------------------- QAT
     @abstractmethod
@@ -101,34 +131,104 @@ class QuantizationBackend(ABC):
     def load(self, path: str | Path) -> nn.Module:
         """Load what :meth:`export` wrote."""
 
+    @property
+    def export_format(self) -> str:
+        """Deprecated name of :attr:`file_format` (what :meth:`export` writes; the export *format* of the
+        callbacks is :data:`~lightning_optim.functional.quantization.export.EXPORT_FORMATS`)."""
+        warnings.warn(
+            "`QuantizationBackend.export_format` is renamed `file_format`; the old name is removed in "
+            f"lightning-optim {ENGINE_AS_BACKEND_REMOVED_IN}.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.file_format
+
+    def int8_context(self) -> AbstractContextManager[None]:
+        """A context in which the converted model runs (e.g. under ``torch.use_deterministic_algorithms``)."""
+        return contextlib.nullcontext()
+
     def describe(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, export_format={self.export_format!r})"
+        return f"{type(self).__name__}(name={self.name!r}, engine={self.engine!r}, file_format={self.file_format!r})"
 
 
-#: backend name -> factory; add a stack by registering here
-BACKENDS: dict[str, Callable[[], QuantizationBackend]] = {}
+#: backend (stack) name -> the :class:`QuantizationBackend` subclass, built as ``cls(engine=...)``; add a
+#: stack by registering here
+BACKENDS: dict[str, Callable[..., QuantizationBackend]] = {}
 
 
-def register_backend(name: str, factory: Callable[[], QuantizationBackend]) -> None:
-    """Make ``backend=name`` available to the callbacks."""
+def register_backend(name: str, factory: type[QuantizationBackend]) -> None:
+    """Make ``backend=name`` available to the callbacks.
+
+    Args:
+        name: the stack's name.
+        factory: the :class:`QuantizationBackend` subclass (its :attr:`~QuantizationBackend.engines` are the
+            allowed ``engine=`` values); it is called as ``factory(engine=engine)``.
+    """
     BACKENDS[name] = factory
 
 
+def _all_engines() -> list[str]:
+    return list(dict.fromkeys(e for factory in BACKENDS.values() for e in getattr(factory, "engines", ())))
+
+
 def check_backend_name(name: str) -> str:
-    """Validate a backend name.
+    """Validate a backend (stack) name; returns it in lower case.
 
     Raises:
         ValueError: for a name outside :data:`BACKENDS`.
     """
     _ensure_builtin_backends()
-    if not isinstance(name, str) or name.lower() not in BACKENDS:
-        raise ValueError(f"Unsupported quantization `backend` {name!r}; allowed: {sorted(BACKENDS)}.")
-    return name.lower()
+    value = name.lower() if isinstance(name, str) else name
+    check_choice(
+        "backend",
+        value,
+        sorted(BACKENDS),
+        kind="quantization",
+        hint=f" (the kernel target is `engine`: {_all_engines()})",
+    )
+    return value
 
 
-def create_backend(name: str) -> QuantizationBackend:
-    """Build the backend called ``name`` (see :data:`BACKENDS`)."""
-    return BACKENDS[check_backend_name(name)]()
+def check_engine(engine: str, backend: str = DEFAULT_BACKEND) -> str:
+    """Validate an engine (kernel target) for the stack ``backend``; returns it in lower case.
+
+    Raises:
+        ValueError: ``Unknown `engine` ...; allowed: [...]`` for an engine the stack does not convert for.
+    """
+    factory = BACKENDS[check_backend_name(backend)]
+    value = engine.lower() if isinstance(engine, str) else engine
+    return check_choice("engine", value, getattr(factory, "engines", ()), kind="quantization")
+
+
+def resolve_backend(backend: str, engine: str, stacklevel: int = 2) -> tuple[str, str]:
+    """``(backend, engine)``, validated; ``backend="x86"``/``"fbgemm"`` (the old meaning: the engine) becomes
+    ``engine`` with a :class:`DeprecationWarning`, for one release.
+
+    Raises:
+        ValueError: an unknown backend or an engine the backend does not support.
+    """
+    _ensure_builtin_backends()
+    if isinstance(backend, str) and backend.lower() not in BACKENDS and backend.lower() in _all_engines():
+        warnings.warn(
+            f"`backend={backend!r}` names a quantized engine: pass `engine={backend.lower()!r}` instead "
+            f"(`backend` is now the quantization stack, {sorted(BACKENDS)}); this use of `backend` is removed in "
+            f"lightning-optim {ENGINE_AS_BACKEND_REMOVED_IN}.",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
+        engine, backend = backend.lower(), DEFAULT_BACKEND
+    backend = check_backend_name(backend)
+    return backend, check_engine(engine, backend)
+
+
+def create_backend(name: str = DEFAULT_BACKEND, engine: str = DEFAULT_ENGINE) -> QuantizationBackend:
+    """Build the backend (stack) called ``name`` for ``engine`` (see :data:`BACKENDS`).
+
+    ``create_backend("x86")`` (an engine as the name, the old meaning) still works for one release, with a
+    :class:`DeprecationWarning`.
+    """
+    name, engine = resolve_backend(name, engine, stacklevel=2)
+    return BACKENDS[name](engine=engine)
 
 
 def _ensure_builtin_backends() -> None:

@@ -1,4 +1,4 @@
-"""Eager-mode ``torch.ao.quantization`` backends (``x86``, ``fbgemm``) with TorchScript export.
+"""The eager-mode ``torch.ao.quantization`` backend (``"eager"``; engines ``x86``, ``fbgemm``) with TorchScript export.
 
 Why this stack (measured on the project machine, torch 2.14.1, see ``benchmarks/results/quantization.md``):
 eager QAT -> convert runs end to end for every model of our zoo, the converted model runs with a dynamic
@@ -22,7 +22,7 @@ import io
 import warnings
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import torch
@@ -170,7 +170,10 @@ class EagerBackend(QuantizationBackend):
             (:func:`compact_torchscript`; ``torch.jit.load`` reads it as usual).
     """
 
-    export_format = "torchscript"
+    name = "eager"
+    engines = ("x86", "fbgemm")
+    file_format = "torchscript"
+    prepared_marker = QUANT_STUB
 
     def __init__(self, engine: str = "x86", compact_export: bool = True) -> None:
         if engine not in torch.backends.quantized.supported_engines:
@@ -179,8 +182,11 @@ class EagerBackend(QuantizationBackend):
                 f"supported: {torch.backends.quantized.supported_engines}."
             )
         self.engine = engine
-        self.name = engine
         self.compact_export = compact_export
+
+    def int8_context(self) -> AbstractContextManager[None]:
+        """Int8 CPU kernels under ``Trainer(deterministic=True)``: :func:`int8_determinism_tolerant`."""
+        return int8_determinism_tolerant()
 
     # ----------------------------------------------------------------------------------- qconfigs
     def qat_qconfig(self) -> tq.QConfig:
@@ -342,5 +348,4 @@ class EagerBackend(QuantizationBackend):
             return torch.jit.load(str(path), map_location="cpu")
 
 
-register_backend("x86", lambda: EagerBackend("x86"))
-register_backend("fbgemm", lambda: EagerBackend("fbgemm"))
+register_backend(EagerBackend.name, EagerBackend)

@@ -1,26 +1,35 @@
 """The quantization report: fp32 vs int8 accuracy, state-dict/artifact size, CPU latency side by side.
 
 Pure torch (no Lightning): the callbacks and ``benchmarks/quantization.py`` both call
-:func:`quantization_report` and print :func:`format_report`.
+:func:`quantization_report` and print :func:`format_report`. The figures come from the compression report's
+one implementation of each: :func:`accuracy` is
+:func:`lightning_optim.functional.compression_report.evaluate.accuracy`, the latency is
+:func:`lightning_optim.functional.compression_report.measure.measure_cpu_latency` (here with torch's
+quantization notices silenced) and the table is drawn by
+:func:`lightning_optim.functional.compression_report.markdown.markdown_table`.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from lightning_optim.functional.compression_report.measure import compare_latency, state_dict_size_bytes
+from lightning_optim.functional.compression_report import measure as _measure
+from lightning_optim.functional.compression_report.evaluate import accuracy
+from lightning_optim.functional.compression_report.markdown import markdown_table
+from lightning_optim.functional.compression_report.measure import FP32_BEST_EFFORT, state_dict_size_bytes
 from lightning_optim.functional.quantization._quiet import quiet_quantization_warnings
+from lightning_optim.functional.quantization.export import export_format_of
 
-#: ways to make the fp32 model faster on the CPU that the report tries ("best effort")
-FP32_BEST_EFFORT: tuple[str, ...] = ("channels_last", "compile")
+#: export format (:data:`~lightning_optim.functional.quantization.export.EXPORT_FORMATS`) -> its name in the table
+ARTIFACT_KINDS: dict[str, str] = {"torchscript": "TorchScript file", "artifact": "compact artifact (.lopt)"}
 
 
 @dataclass
@@ -66,29 +75,51 @@ class QuantizationReport:
 
 
 def format_report(report: QuantizationReport, title: str = "Quantization report") -> str:
-    """A Markdown table of the report."""
-    lines = [f"### {title}", "", "| | fp32 | int8 | ratio |", "|---|---:|---:|---:|"]
+    """A Markdown table of the report (:func:`markdown_table`), under a ``###`` title."""
+    rows: list[list[str]] = []
     if report.fp32_accuracy is not None and report.int8_accuracy is not None:
         diff = 100 * (report.int8_accuracy - report.fp32_accuracy)
-        lines.append(
-            f"| accuracy (%) | {100 * report.fp32_accuracy:.2f} | {100 * report.int8_accuracy:.2f} | {diff:+.2f} pt |"
+        rows.append(
+            [
+                "accuracy (%)",
+                f"{100 * report.fp32_accuracy:.2f}",
+                f"{100 * report.int8_accuracy:.2f}",
+                f"{diff:+.2f} pt",
+            ]
         )
     fp32_bytes = report.fp32_state_dict_bytes
     sd_ratio = fp32_bytes / max(report.int8_state_dict_bytes, 1)
-    lines.append(
-        f"| state dict (bytes) | {fp32_bytes:,} | {report.int8_state_dict_bytes:,} | {sd_ratio:.2f}x smaller |"
+    rows.append(
+        [
+            "state dict (bytes)",
+            f"{fp32_bytes:,}",
+            f"{report.int8_state_dict_bytes:,}",
+            f"{sd_ratio:.2f}x smaller",
+        ]
     )
     if report.artifact_bytes:
-        lines.append(
-            f"| fp32 state dict vs int8 {report.artifact_kind} (bytes) | {fp32_bytes:,} | {report.artifact_bytes:,} | "
-            f"{report.size_ratio:.2f}x smaller |"
+        rows.append(
+            [
+                f"fp32 state dict vs int8 {report.artifact_kind} (bytes)",
+                f"{fp32_bytes:,}",
+                f"{report.artifact_bytes:,}",
+                f"{report.size_ratio:.2f}x smaller",
+            ]
         )
     for bs, row in sorted(report.latency_ms.items()):
-        lines.append(
-            f"| latency batch {bs} (ms, median) | eager {row['fp32_eager']:.3f} / {row['fp32_best_method']} "
-            f"{row['fp32_best']:.3f} | {row['int8']:.3f} | {row['fp32_eager'] / row['int8']:.2f}x vs eager, "
-            f"{row['fp32_best'] / row['int8']:.2f}x vs best |"
+        rows.append(
+            [
+                f"latency batch {bs} (ms, median)",
+                f"eager {row['fp32_eager']:.3f} / {row['fp32_best_method']} {row['fp32_best']:.3f}",
+                f"{row['int8']:.3f}",
+                f"{row['fp32_eager'] / row['int8']:.2f}x vs eager, {row['fp32_best'] / row['int8']:.2f}x vs best",
+            ]
         )
+    lines = [
+        f"### {title}",
+        "",
+        markdown_table(["", "fp32", "int8", "ratio"], rows, [None, "right", "right", "right"]),
+    ]
     if report.latency_ms:
         lines.append("")
         lines.append(
@@ -97,75 +128,20 @@ def format_report(report: QuantizationReport, title: str = "Quantization report"
     return "\n".join(lines)
 
 
-@torch.no_grad()
-def accuracy(model: Callable[[Tensor], Tensor], batches: Iterable[tuple[Tensor, Tensor]]) -> float:
-    """Top-1 accuracy of ``model`` over ``(inputs, targets)`` batches (CPU float inputs for int8 models)."""
-    correct, total = 0, 0
-    for x, y in batches:
-        logits = model(x)
-        correct += int((logits.argmax(-1) == y.to(logits.device)).sum())
-        total += int(y.numel())
-    return correct / max(total, 1)
+@functools.wraps(_measure.measure_cpu_latency)
+def measure_cpu_latency(*args: Any, **kwargs: Any) -> dict[int, dict[str, Any]]:
+    with quiet_quantization_warnings():
+        return _measure.measure_cpu_latency(*args, **kwargs)
 
 
-def _fp32_variants(
-    model: nn.Module, example: Tensor, methods: tuple[str, ...]
-) -> dict[str, Callable[[Tensor], Any]]:
-    variants: dict[str, Callable[[Tensor], Any]] = {}
-    if "channels_last" in methods and example.dim() == 4:
-        cl = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
-        variants["channels_last"] = lambda x, m=cl: m(x.contiguous(memory_format=torch.channels_last))
-    if "compile" in methods:
-        compiled = torch.compile(copy.deepcopy(model).eval())
-        try:
-            with torch.inference_mode():
-                compiled(example)  # compile outside the timing
-            variants["compile"] = compiled
-        except Exception:  # noqa: BLE001 - torch.compile unavailable (no compiler): best effort only
-            pass
-    return variants
-
-
-def measure_cpu_latency(
-    fp32_model: nn.Module,
-    int8_model: Callable[[Tensor], Any],
-    input_shape: tuple[int, ...],
-    batch_sizes: Iterable[int] = (1, 256),
-    repeats: int = 20,
-    rounds: int = 3,
-    best_effort: tuple[str, ...] = FP32_BEST_EFFORT,
-    threads: int | None = None,
-    extra: dict[str, Callable[[Tensor], Any]] | None = None,
-) -> dict[int, dict[str, Any]]:
-    """Median CPU latency (ms) of fp32 eager, the fastest fp32 ``best_effort`` variant and int8, interleaved.
-
-    Args:
-        fp32_model: the float model (copied; moved to the CPU).
-        int8_model: the converted model.
-        input_shape: one sample's shape, e.g. ``(1, 28, 28)``.
-        batch_sizes: batch sizes to time.
-        repeats: timed runs per round; rounds: interleaved rounds (median over rounds).
-        best_effort: fp32 variants to try (``"channels_last"``, ``"compile"``); the fastest is reported.
-        threads: intra-op threads (``None`` keeps torch's setting).
-        extra: more callables to time side by side (reported under their names).
-    """
-    fp32 = copy.deepcopy(fp32_model).cpu().eval()
-    results: dict[int, dict[str, Any]] = {}
-    for bs in batch_sizes:
-        x = torch.randn(bs, *input_shape)
-        models: dict[str, Callable[[Tensor], Any]] = {"fp32_eager": fp32}
-        models.update({f"fp32_{k}": v for k, v in _fp32_variants(fp32, x, best_effort).items()})
-        models["int8"] = int8_model
-        models.update(extra or {})
-        with quiet_quantization_warnings():
-            timed = compare_latency(models, x, repeats=repeats, warmup=3, rounds=rounds, threads=threads)
-        row: dict[str, Any] = {name: r["median_ms"] for name, r in timed.items()}
-        candidates = {k: v for k, v in row.items() if k.startswith("fp32_")}
-        best = min(candidates, key=candidates.get)
-        row["fp32_best"] = candidates[best]
-        row["fp32_best_method"] = best.removeprefix("fp32_")
-        results[bs] = row
-    return results
+def artifact_kind(path: str | Path) -> str:
+    """What the exported file ``path`` is, for the table: by its suffix
+    (:func:`~lightning_optim.functional.quantization.export.export_format_of`); a suffix of no export format
+    (a user's own file name) reads as a TorchScript file, the default export."""
+    try:
+        return ARTIFACT_KINDS[export_format_of(path)]
+    except ValueError:
+        return ARTIFACT_KINDS["torchscript"]
 
 
 def quantization_report(
@@ -189,9 +165,9 @@ def quantization_report(
             fp32_state_dict_bytes=state_dict_size_bytes(fp32_model),
             int8_state_dict_bytes=state_dict_size_bytes(int8_model),
             artifact_bytes=os.path.getsize(artifact_path) if artifact_path is not None else None,
-            artifact_kind="compact artifact (.lopt)"
-            if artifact_path is not None and str(artifact_path).endswith(".lopt")
-            else "TorchScript file",
+            artifact_kind=artifact_kind(artifact_path)
+            if artifact_path is not None
+            else ARTIFACT_KINDS["torchscript"],
             threads=threads or torch.get_num_threads(),
         )
     batch_sizes = tuple(batch_sizes)
@@ -200,3 +176,15 @@ def quantization_report(
             fp32_model, int8_model, tuple(input_shape), batch_sizes, repeats, rounds, best_effort, threads
         )
     return report
+
+
+__all__ = [
+    "ARTIFACT_KINDS",
+    "FP32_BEST_EFFORT",
+    "QuantizationReport",
+    "accuracy",
+    "artifact_kind",
+    "format_report",
+    "measure_cpu_latency",
+    "quantization_report",
+]

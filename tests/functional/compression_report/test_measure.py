@@ -15,10 +15,14 @@ from lightning_optim.functional.compression_report.measure import (
     count_parameters,
     is_fake_quantized,
     is_quantized,
+    measure_cpu_latency,
     measure_latency,
+    measure_model,
+    precision_of,
     state_dict_size_bytes,
     weight_sparsity,
 )
+from tests.functional.compression_report import batches
 from tests.nets import HIDDEN, IN, OUT, int8_mlp, mlp  # noqa: F401
 
 
@@ -93,3 +97,63 @@ def test_latency_times_a_fresh_copy_of_modules_only():
 
     odd = Uncopyable(2, 2)
     assert fresh_for_timing(odd) is odd
+
+
+def test_measure_model_figures_by_hand():
+    model = mlp()
+    with torch.no_grad():
+        model[0].weight[:, :5] = 0
+    data = batches()
+    row = measure_model(
+        model,
+        data[0][0],
+        stage="pruned",
+        batches=data,
+        latency_batch_sizes=(1, 4),
+        latency_repeats=2,
+        latency_warmup=0,
+        threads=1,
+    )
+    assert row["stage"] == "pruned" and row["precision"] == "fp32"
+    assert row["parameters"] == 283 and row["nonzero"] == 183
+    assert row["flops"] == 2 * 260 and row["macs"] == 260  # per sample
+    assert row["nonzero_macs"] == 260 - 100
+    assert row["flops_source"] == "torch.utils.flop_counter"
+    assert row["latency_ms_b1"] > 0 and row["latency_ms_b4"] > 0 and row["threads"] == 1
+    assert 0 < row["artifact_bytes"] and row["state_dict_bytes"] > 283 * 4
+    # test metrics equal a direct computation
+    x = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+    logits = model(x)
+    assert row["test_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert row["test_loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert row["test_samples"] == 48
+    assert model.training  # the caller's model is left as it was
+
+
+def test_precision_of_each_kind():
+    model = mlp()
+    assert precision_of(model) == "fp32" and precision_of(mlp().to(torch.bfloat16)) == "bf16"
+    assert precision_of(int8_mlp(model)) == "int8"
+
+
+def test_cpu_latency_side_by_side_picks_the_fastest_fp32_form():
+    model = mlp().eval()
+    q = int8_mlp(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = measure_cpu_latency(
+            model,
+            q,
+            (IN,),
+            batch_sizes=(1, 4),
+            repeats=2,
+            rounds=1,
+            best_effort=(),
+            threads=1,
+            extra={"twice": lambda t: model(t) * 2},
+        )
+    assert set(result) == {1, 4}
+    for row in result.values():
+        assert {"fp32_eager", "int8", "twice", "fp32_best", "fp32_best_method"} <= set(row)
+        assert row["fp32_best_method"] == "eager" and row["fp32_best"] == row["fp32_eager"] > 0

@@ -1,4 +1,4 @@
-"""The report functions on a 2-layer MLP whose figures are computed by hand."""
+"""The report's rows, ratios, table and files on a 2-layer MLP whose figures are computed by hand."""
 
 from __future__ import annotations
 
@@ -6,53 +6,16 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from lightning_optim.functional.compression_report.report import (
+    TABLE_COLUMNS,
+    add_ratios,
     compression_report,
-    evaluate_classifier,
     format_markdown,
-    measure_model,
     write_report,
 )
-from tests.nets import IN, int8_mlp, mlp
-
-
-def batches(n: int = 3, size: int = 16):
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(size, IN, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
-
-
-def test_measure_model_figures_by_hand():
-    model = mlp()
-    with torch.no_grad():
-        model[0].weight[:, :5] = 0
-    data = batches()
-    row = measure_model(
-        model,
-        data[0][0],
-        stage="pruned",
-        batches=data,
-        latency_batch_sizes=(1, 4),
-        latency_repeats=2,
-        latency_warmup=0,
-        threads=1,
-    )
-    assert row["stage"] == "pruned" and row["precision"] == "fp32"
-    assert row["parameters"] == 283 and row["nonzero"] == 183
-    assert row["flops"] == 2 * 260 and row["macs"] == 260  # per sample
-    assert row["nonzero_macs"] == 260 - 100
-    assert row["flops_source"] == "torch.utils.flop_counter"
-    assert row["latency_ms_b1"] > 0 and row["latency_ms_b4"] > 0 and row["threads"] == 1
-    assert 0 < row["artifact_bytes"] and row["state_dict_bytes"] > 283 * 4
-    # test metrics equal a direct computation
-    x = torch.cat([b[0] for b in data])
-    y = torch.cat([b[1] for b in data])
-    logits = model(x)
-    assert row["test_acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
-    assert row["test_loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
-    assert row["test_samples"] == 48
-    assert model.training  # the caller's model is left as it was
+from tests.functional.compression_report import batches
+from tests.nets import int8_mlp, mlp
 
 
 def test_int8_row_and_ratios(tmp_path):
@@ -86,6 +49,27 @@ def test_int8_row_and_ratios(tmp_path):
     assert paths["png"].endswith(".png") and open(paths["png"], "rb").read(4) == b"\x89PNG"
 
 
-def test_evaluate_classifier_rejects_empty():
-    with pytest.raises(ValueError, match="empty"):
-        evaluate_classifier(mlp(), [])
+def test_ratios_refer_to_the_first_row_or_the_given_baseline():
+    rows = add_ratios([{"state_dict_bytes": 4000, "artifact_bytes": 1000}, {"artifact_bytes": 250}, {}])
+    assert [r.get("compression_ratio") for r in rows] == [4.0, 16.0, None]
+    assert all(r["baseline_bytes"] == 4000 for r in rows)
+    assert add_ratios([{"artifact_bytes": 100}], baseline_bytes=1000)[0]["compression_ratio"] == 10.0
+    assert add_ratios([]) == []
+
+
+def test_markdown_table_of_rows_exactly():
+    rows = [
+        {"stage": "dense", "parameters": 1234567, "weight_sparsity": 0.0, "state_dict_bytes": 2048},
+        {"stage": "pruned", "parameters": 1234567, "weight_sparsity": 0.955, "latency_ms_b8": 1.23456},
+    ]
+    lines = format_markdown(rows, notes=["a note"]).splitlines()
+    assert lines[:4] == [
+        "| Stage | Params | Weight sparsity | State dict | Latency b=8 (ms) |",
+        "|---|---|---|---|---|",
+        "| dense | 1,234,567 | 0.00% | 2.0 KiB | - |",
+        "| pruned | 1,234,567 | 95.50% | - | 1.235 |",
+    ]
+    assert (
+        lines[4] == "" and lines[-1] == "- a note" and lines[5].startswith("- Latency: CPU, median of ? runs")
+    )
+    assert {h for _, h, _ in TABLE_COLUMNS} >= {"Stage", "Params", "Weight sparsity", "State dict"}

@@ -1,4 +1,4 @@
-"""The distillation losses against hand-computed references, adapters and schedules."""
+"""The distillation losses against hand-computed references, and the ramps."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lightning_optim.functional.distillation.losses import (
+    DISTILLATION_RAMPS,
     check_alpha,
     check_temperature,
     distillation_loss,
     feature_distillation_loss,
     kd_loss,
+    ramp_length,
+    ramp_progress,
     scheduled_value,
 )
-from lightning_optim.layers.adapters import FlattenLinearAdapter, SpatialAdapter, build_feature_adapter
+from lightning_optim.functional.ramps import ramp
 
 
 def _logits(seed: int, shape=(6, 5)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -146,27 +148,6 @@ def test_feature_losses():
         feature_distillation_loss(a, b[:, :2], "mse")
 
 
-@pytest.mark.parametrize(
-    ("student", "teacher", "kind"),
-    [
-        ((8, 7, 7), (8, 7, 7), nn.Identity),
-        ((8, 7, 7), (32, 7, 7), SpatialAdapter),
-        ((8, 14, 14), (32, 7, 7), SpatialAdapter),
-        ((8, 3, 3), (16, 7, 7), SpatialAdapter),
-        ((100,), (300,), FlattenLinearAdapter),
-        ((8, 4, 4), (64,), FlattenLinearAdapter),
-    ],
-)
-def test_build_feature_adapter_maps_to_teacher_shape(student, teacher, kind):
-    adapter = build_feature_adapter(student, teacher)
-    assert isinstance(adapter, kind)
-    out = adapter(torch.randn(2, *student))
-    assert tuple(out.shape) == (2, *teacher)
-    if kind is not nn.Identity:
-        out.sum().backward()
-        assert all(p.grad is not None for p in adapter.parameters())
-
-
 def test_scheduled_value():
     assert scheduled_value(1.0, None, 0.7) == 1.0
     assert scheduled_value(1.0, 3.0, 0.0) == 1.0
@@ -176,5 +157,27 @@ def test_scheduled_value():
     assert scheduled_value(1.0, 3.0, 0.25, "cosine") == pytest.approx(
         1.0 + 2.0 * 0.5 * (1 - math.cos(math.pi / 4))
     )
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ValueError, match=r"Unknown `schedule` 'step'; allowed: \['linear', 'cosine'\]\."):
         scheduled_value(1.0, 2.0, 0.5, "step")
+    with pytest.raises(ValueError, match="schedule"):  # a ramp kind that distillation does not offer
+        scheduled_value(1.0, 2.0, 0.5, "cubic")
+
+
+@pytest.mark.parametrize("kind", DISTILLATION_RAMPS)
+@pytest.mark.parametrize("progress", [-0.2, 0.0, 0.3, 0.5, 1.0, 1.7])
+def test_scheduled_value_is_the_shared_ramp(kind, progress):
+    assert scheduled_value(4.0, 1.5, progress, kind) == ramp(progress, 4.0, 1.5, kind)
+
+
+def test_ramp_length_and_progress():
+    assert ramp_length(3, 1, 9, 20) == 3.0  # schedule_epochs first
+    assert ramp_length(None, 1, 9, 20) == 8.0  # then up to end_epoch
+    assert ramp_length(None, 1, None, 20) == 19.0  # then up to max_epochs
+    assert ramp_length(None, 5, None, 5) == 1.0  # at least one epoch
+    for max_epochs in (None, -1):
+        with pytest.raises(ValueError, match="needs `schedule_epochs` or `end_epoch`"):
+            ramp_length(None, 0, None, max_epochs)
+    assert ramp_progress(3, 1, 4.0) == 0.5
+    assert ramp_progress(3, 1, 4.0, batch_idx=2, batches=8) == (2 + 0.25) / 4.0  # per step within the epoch
+    assert ramp_progress(3, 1, 4.0, batch_idx=2, batches=float("inf")) == 0.5  # unknown batches: per epoch
+    assert ramp_progress(0, 1, 4.0) == -0.25  # before the start (scheduled_value clamps)

@@ -1,4 +1,5 @@
-"""Masks: exact sparsity, what is pruned, global ranking, structured units, packing."""
+"""Masks: exact sparsity, what is pruned, global ranking, structured units, applying them (weights, gradients,
+optimizer state, the unit's bias and norm), packing."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import torch
 
 from lightning_optim.functional.pruning.masks import (
     apply_masks_,
+    cast_masks,
     compute_masks,
     global_magnitude_masks,
     global_structured_masks,
     magnitude_mask,
+    mask_gradients_,
+    mask_optimizer_state_,
     mask_sparsity,
     pack_mask,
     structured_mask,
+    unit_masks_with_followers,
     unpack_mask,
 )
 
@@ -117,3 +122,73 @@ def test_bad_names(kwargs, match):
     args = {"sparsity": 0.5, **kwargs}
     with pytest.raises(ValueError, match=match):
         compute_masks({"w": torch.randn(3, 3)}, **args)
+
+
+def test_unit_masks_reach_the_bias_and_the_following_norm():
+    conv, bn, fc = torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 3)
+    params = {
+        "conv.weight": conv.weight,
+        "conv.bias": conv.bias,
+        "bn.weight": bn.weight,
+        "bn.bias": bn.bias,
+        "fc.weight": fc.weight,
+        "fc.bias": fc.bias,
+    }
+    unit = torch.tensor([True, False, True, False])
+    masks = {"conv.weight": unit.view(4, 1, 1, 1)}
+    out = unit_masks_with_followers(masks, params, {"conv": ["bn"]})
+    assert list(out) == ["conv.weight", "conv.bias", "bn.weight", "bn.bias"]
+    assert torch.equal(out["conv.weight"], masks["conv.weight"])
+    assert all(torch.equal(out[n], unit) for n in ("conv.bias", "bn.weight", "bn.bias"))
+    # without followers only the bias; a parameter of another size (fc.bias has 3 entries) is never masked
+    assert list(unit_masks_with_followers(masks, params)) == ["conv.weight", "conv.bias"]
+    fc_mask = torch.tensor([True, True, False]).view(3, 1)
+    assert list(unit_masks_with_followers({"fc.weight": fc_mask}, params, {"fc": ["conv"]})) == [
+        "fc.weight",
+        "fc.bias",
+    ]
+    # a parameter reached twice keeps what both masks keep
+    twice = unit_masks_with_followers(
+        {"conv.weight": unit.view(4, 1, 1, 1), "bn.weight": torch.tensor([True, True, False, False])},
+        params,
+        {"conv": ["bn"]},
+    )
+    assert twice["bn.weight"].tolist() == [True, False, False, False]
+
+
+def test_cast_masks_to_each_tensor():
+    tensors = {"a": torch.ones(2, 2, dtype=torch.bfloat16), "b": torch.ones(3)}
+    masks = {
+        "a": torch.tensor([[True, False], [False, True]]),
+        "b": torch.tensor([True, False, True]),
+        "c": torch.ones(1),
+    }
+    cast = cast_masks(masks, tensors)
+    assert set(cast) == {"a", "b"}
+    assert cast["a"].dtype == torch.bfloat16 and cast["b"].dtype == torch.float32
+    apply_masks_(tensors, cast)
+    assert tensors["a"].tolist() == [[1.0, 0.0], [0.0, 1.0]] and tensors["b"].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_mask_gradients_skips_parameters_without_gradient():
+    a, b = torch.nn.Parameter(torch.ones(2, 3)), torch.nn.Parameter(torch.ones(2))
+    a.grad = torch.ones(2, 3)
+    mask = {"a": torch.tensor([[1.0], [0.0]]), "b": torch.tensor([0.0, 1.0])}
+    mask_gradients_({"a": a, "b": b}, mask)
+    assert a.grad.tolist() == [[1.0] * 3, [0.0] * 3] and b.grad is None
+    assert a.detach().sum() == 6  # the weights themselves are left alone
+
+
+def test_mask_optimizer_state_zeroes_pruned_moments():
+    w = torch.nn.Parameter(torch.ones(3, 2))
+    opt = torch.optim.Adam([w], lr=0.1)
+    w.grad = torch.ones(3, 2)
+    opt.step()
+    mask = {"w": torch.tensor([[1.0], [0.0], [1.0]])}
+    mask_optimizer_state_(opt, {"w": w}, mask)
+    state = opt.state[w]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert state[key][1].abs().sum() == 0 and (state[key][[0, 2]] != 0).all(), key
+    assert state["step"].numel() == 1 and float(state["step"]) == 1.0  # state of another shape is left alone
+    # a parameter the optimizer never stepped has no state: nothing to do
+    mask_optimizer_state_(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1), {"w": w}, mask)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 from collections import OrderedDict
 
@@ -17,15 +13,17 @@ from torch import nn
 
 from lightning_optim.functional.quantization import (
     BACKENDS,
+    EagerBackend,
     QuantizationError,
     accuracy,
     check_backend_name,
+    check_engine,
     create_backend,
     find_fusion_groups,
     format_report,
     quantization_report,
+    resolve_backend,
 )
-from lightning_optim.functional.quantization.eager import int8_determinism_tolerant
 from lightning_optim.models import ConvNet3, LeNet5, LeNet300100, SeparableCNN
 from tests.nets import NoLayers, Residual
 
@@ -172,7 +170,7 @@ def test_fusion_falls_back_to_sequential_neighbours_when_untraceable():
 
 # ----------------------------------------------------------------------------------------- prepare
 def test_prepare_qat_keeps_parameters_and_optimizer_updates_them():
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     model = tiny_convnet()
     names = dict(model.named_parameters())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -190,7 +188,7 @@ def test_prepare_qat_keeps_parameters_and_optimizer_updates_them():
 
 
 def test_converted_model_is_really_int8_and_close_to_fake_quant():
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     model = tiny_convnet()
     backend.prepare_qat(model)
     _observe(model)
@@ -218,7 +216,7 @@ def test_converted_model_is_really_int8_and_close_to_fake_quant():
 
 @pytest.mark.parametrize("mode", ["qat", "ptq"])
 def test_zero_weights_stay_zero_in_int8(mode):
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     torch.manual_seed(0)
     model = tiny_convnet()
     with torch.no_grad():  # unstructured zeros and one whole pruned channel
@@ -256,7 +254,7 @@ def test_ptq_accuracy_close_to_float_on_tiny_fixed_task():
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     observed, plan = backend.prepare_ptq(model)
     assert plan.groups == [("fc1", "act")]
     backend.calibrate(observed, [x[i : i + 100] for i in range(0, 400, 100)])
@@ -269,7 +267,7 @@ def test_ptq_accuracy_close_to_float_on_tiny_fixed_task():
 
 
 def test_fake_quant_is_sound_under_bf16_autocast():
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     model = tiny_convnet()
     backend.prepare_qat(model)
     _observe(model)
@@ -286,7 +284,7 @@ def test_fake_quant_is_sound_under_bf16_autocast():
 
 
 def test_freeze_observers_and_bn_stats():
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     model = tiny_convnet()
     backend.prepare_qat(model)
     _observe(model)
@@ -301,58 +299,70 @@ def test_freeze_observers_and_bn_stats():
     assert torch.equal(running, model.features.block1.conv.bn.running_mean)
 
 
-# ----------------------------------------------------------------------------------------- export
-def test_export_loads_in_fresh_process_without_lightning_optim(tmp_path):
-    backend = create_backend("x86")
-    model = tiny_convnet()
-    backend.prepare_qat(model)
-    _observe(model)
-    quantized = backend.convert(model.eval())
-    path = backend.export(quantized, tmp_path / "int8.pt", torch.randn(2, 1, 8, 8))
-    x = torch.randn(5, 1, 8, 8)
-    torch.save({"x": x, "y": quantized(x)}, tmp_path / "io.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["lightning_optim"] = None  # importing our package would fail
-        import torch
-        model = torch.jit.load({str(path)!r})
-        io = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
-        y = model(io["x"])
-        assert torch.allclose(y, io["y"]), (y - io["y"]).abs().max()
-        assert not any(name.startswith("lightning_optim") and sys.modules[name] is not None for name in sys.modules)
-        print("OK", tuple(y.shape))
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "OK (5, 10)" in proc.stdout
-    loaded = backend.load(path)
-    with int8_determinism_tolerant():  # an earlier Lightning test may have left deterministic mode on
-        assert torch.allclose(loaded(x), quantized(x))
-
-
 # ----------------------------------------------------------------------------------------- bad input
 def test_unsupported_backend_name():
     with pytest.raises(
-        ValueError, match=r"Unsupported quantization `backend` 'tensorrt'.*allowed: \['fbgemm', 'x86'\]"
+        ValueError,
+        match=r"Unknown quantization `backend` 'tensorrt'; allowed: \['eager'\] \(the kernel target is `engine`",
     ):
         check_backend_name("tensorrt")
-    assert set(BACKENDS) >= {"x86", "fbgemm"}
+    assert set(BACKENDS) >= {"eager"}
+    assert check_backend_name("Eager") == "eager"
+
+
+def test_backend_is_the_stack_and_engine_the_kernel_target():
+    for engine in ("x86", "fbgemm"):
+        backend = create_backend("eager", engine=engine)
+        assert isinstance(backend, EagerBackend)
+        assert (backend.name, backend.engine, backend.file_format) == ("eager", engine, "torchscript")
+        assert (
+            backend.describe() == f"EagerBackend(name='eager', engine={engine!r}, file_format='torchscript')"
+        )
+    assert create_backend().engine == "x86"
+    assert check_engine("FBGEMM") == "fbgemm"
+    with pytest.raises(
+        ValueError, match=r"Unknown quantization `engine` 'arm'; allowed: \['x86', 'fbgemm'\]\."
+    ):
+        check_engine("arm")
+    with pytest.raises(ValueError, match=r"`engine` 'arm'"):
+        create_backend("eager", engine="arm")
+
+
+def test_engine_as_backend_name_still_works_with_a_warning():
+    """The old meaning, ``create_backend("fbgemm")``: the engine, for one release."""
+    with pytest.warns(
+        DeprecationWarning, match=r"`backend='fbgemm'` names a quantized engine: pass `engine='fbgemm'`"
+    ):
+        backend = create_backend("fbgemm")
+    assert (backend.name, backend.engine) == ("eager", "fbgemm")
+    with pytest.warns(DeprecationWarning, match="engine"):
+        assert resolve_backend("x86", "fbgemm") == ("eager", "x86")
+
+
+def test_prepared_marker_and_int8_context_come_from_the_interface():
+    backend = create_backend()
+    model = tiny_convnet()
+    backend.prepare_qat(model)
+    assert backend.prepared_marker and isinstance(getattr(model, backend.prepared_marker), nn.Module)
+    assert any(k.startswith(f"{backend.prepared_marker}.") for k in model.state_dict())
+    torch.use_deterministic_algorithms(True)
+    try:
+        with backend.int8_context():
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_model_without_quantizable_layers():
     with pytest.raises(QuantizationError, match="no quantizable layer"):
-        create_backend("x86").prepare_qat(NoLayers())
+        create_backend("eager", engine="x86").prepare_qat(NoLayers())
     with pytest.raises(QuantizationError, match="no quantizable layer"):
-        create_backend("x86").prepare_ptq(NoLayers())
+        create_backend("eager", engine="x86").prepare_ptq(NoLayers())
 
 
 def test_forward_that_cannot_run_in_int8_is_named():
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     model = Residual()
     backend.prepare_qat(model)
     with pytest.raises(QuantizationError, match=r"cannot run on int8 tensors.*FloatFunctional"):
@@ -363,11 +373,11 @@ def test_pruning_reparametrization_is_refused():
     model = tiny_convnet()
     torch.nn.utils.prune.l1_unstructured(model.classifier.fc1, "weight", amount=0.5)
     with pytest.raises(QuantizationError, match="prune.remove"):
-        create_backend("x86").prepare_qat(model)
+        create_backend("eager", engine="x86").prepare_qat(model)
 
 
 def test_no_deprecation_noise_reaches_the_user(tmp_path):
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = tiny_convnet()
@@ -384,7 +394,7 @@ def test_no_deprecation_noise_reaches_the_user(tmp_path):
 
 # ----------------------------------------------------------------------------------------- report
 def test_report_sizes_and_latency_table():
-    backend = create_backend("x86")
+    backend = create_backend("eager", engine="x86")
     model = tiny_convnet()
     reference = copy.deepcopy(model).eval()
     backend.prepare_qat(model)
