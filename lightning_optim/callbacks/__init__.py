@@ -1,6 +1,6 @@
 """Callbacks: LR scheduling, early stopping, pruning, quantization-aware training, distillation, reports.
 
-Every callback exported here must have an entry in ``tests/callbacks/callback_settings.py``.
+Every callback exported here must have an entry in the settings table (``tests/callbacks/settings/<area>.py``).
 """
 
 from typing import Any
