@@ -96,13 +96,13 @@ def _run_cli(config: str) -> float:
 
 
 def _teacher_error(model_name: str, ckpt: str, data_dir: str) -> tuple[torch.nn.Module, float, torch.Tensor]:
-    from lightning_optim.callbacks.pipeline import load_model_weights
     from lightning_optim.data import ImageClassificationDataModule
     from lightning_optim.functional.compression_report.evaluate import evaluate_classifier
     from lightning_optim.models import LeNet5, LeNet300100
+    from lightning_optim.weights import load_weights
 
     model = LeNet300100() if model_name == "lenet300" else LeNet5("caffe")
-    load_model_weights(ckpt, model)
+    load_weights(model, ckpt, "checkpoint")
     dm = ImageClassificationDataModule("mnist", data_dir=data_dir, batch_size=1000)
     dm.setup("test")
     batches = [(dm.to_model_input(x), y) for x, y in dm.test_dataloader()]

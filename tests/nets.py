@@ -55,3 +55,111 @@ def int8_mlp(model: nn.Module) -> nn.Module:
         tq.prepare(q, inplace=True)
         q(torch.randn(64, IN))
         return tq.convert(q)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one tiny network per dependency pattern of structured pruning (random init, 3x16x16 inputs)
+class ResidualCNN(nn.Module):
+    """A stem, two residual blocks on one stream (their additions tie the stream's channels), a head."""
+
+    def __init__(self, width: int = 8, classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(2 * width),
+                nn.ReLU(),
+                nn.Conv2d(2 * width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+            )
+            for _ in range(2)
+        )
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(x + block(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ConcatCNN(nn.Module):
+    """Two branches concatenated along the channels, then a convolution and a flatten -> linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 10, 1), nn.ReLU())
+        self.mix = nn.Conv2d(16, 12, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(12 * 4, 5)
+
+    def forward(self, x):
+        h = torch.cat([self.a(x), self.b(x)], dim=1)
+        return self.head(torch.flatten(self.pool(torch.relu(self.mix(h))), 1))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+class SEDepthwiseCNN(nn.Module):
+    """An inverted residual (1x1 expand, depthwise 3x3, squeeze-excitation, 1x1 project) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Hardswish()
+        )
+        self.expand = nn.Sequential(nn.Conv2d(8, 24, 1, bias=False), nn.BatchNorm2d(24), nn.SiLU())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False), nn.BatchNorm2d(24), nn.SiLU()
+        )
+        self.se = SqueezeExcite(24, 6)
+        self.project = nn.Sequential(nn.Conv2d(24, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.se(self.depthwise(self.expand(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class GroupedCNN(nn.Module):
+    """A grouped convolution (groups=2, not depthwise): the channels around it are kept, with the reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.conv3(torch.relu(self.grouped(torch.relu(self.conv1(x))))))
+        return self.head(h.mean((2, 3)))
+
+
+class TokenMLPBlock(nn.Module):
+    """A pre-norm transformer MLP block on (batch, tokens, width) inputs: the hidden neurons can go, the
+    residual stream (behind a layer norm) stays."""
+
+    def __init__(self, width: int = 16, hidden: int = 32) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))

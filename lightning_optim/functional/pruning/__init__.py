@@ -1,7 +1,26 @@
 """Pruning, pure torch: how weights and units are scored (:mod:`.importance`), masks (:mod:`.masks`), sparsity
-schedules (:mod:`.schedules`) and the physical removal of pruned units (:mod:`.compaction`)."""
+schedules (:mod:`.schedules`), the physical removal of pruned units (:mod:`.compaction`), and channel pruning
+of any traceable network by dependency groups (:mod:`.dependency` traces which slices go together,
+:mod:`.groups` scores, selects, masks and removes them)."""
 
 from lightning_optim.functional.pruning.compaction import CompactionError, channel_followers, compact_model
+from lightning_optim.functional.pruning.dependency import (
+    CouplingGroup,
+    DependencyError,
+    DependencyGraph,
+    ParamSlice,
+    Unit,
+    build_dependency_graph,
+)
+from lightning_optim.functional.pruning.groups import (
+    CompactionMismatch,
+    check_equivalent,
+    group_unit_scores,
+    prune_channels,
+    remove_units,
+    select_units,
+    unit_masks,
+)
 from lightning_optim.functional.pruning.importance import IMPORTANCES, num_pruned, unit_scores
 from lightning_optim.functional.pruning.masks import (
     GRANULARITIES,
@@ -36,6 +55,19 @@ from lightning_optim.functional.pruning.schedules import (
 )
 
 __all__ = [
+    "CompactionMismatch",
+    "CouplingGroup",
+    "DependencyError",
+    "DependencyGraph",
+    "ParamSlice",
+    "Unit",
+    "build_dependency_graph",
+    "check_equivalent",
+    "group_unit_scores",
+    "prune_channels",
+    "remove_units",
+    "select_units",
+    "unit_masks",
     "GRANULARITIES",
     "IMPORTANCES",
     "SCOPES",

@@ -1,0 +1,282 @@
+"""Channel pruning by dependency groups: score the units of a :class:`DependencyGraph`, choose which to prune,
+mask them in place (training goes on with the same architecture), and remove them (compaction).
+
+- :func:`group_unit_scores`: one importance per unit, the norm of everything that writes the channel (all
+  producers' filters, summed over the members of a residual stage), normalised by the mean of its group;
+- :func:`select_units`: the units to prune for a target sparsity, per coupling group (``scope="layer"``) or
+  ranked across groups (``scope="global"``), with per-group overrides; a group never loses its last unit;
+- :func:`unit_masks`: keep-masks of every parameter slice the pruned units write (producer rows, biases,
+  batch-norm entries, depthwise filters), ready for :func:`~lightning_optim.functional.pruning.masks.apply_masks_`;
+- :func:`remove_units`: a copy of the model with the pruned units removed from every member (rows, columns,
+  entries, and the module attributes ``out_channels``/``in_features``/``num_features``...), checked against
+  the masked model.
+
+Per-op slicing lives in :data:`SIZE_ATTRIBUTES` (which attribute holds the size of which axis, by op type).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from lightning_optim.checks import check_choice
+from lightning_optim.functional.pruning.dependency import DependencyGraph, ParamSlice, build_dependency_graph
+from lightning_optim.functional.pruning.importance import IMPORTANCES
+from lightning_optim.functional.pruning.masks import SCOPES
+
+#: op type -> {(parameter name, axis): the attribute that holds that size}; the first matching type wins
+SIZE_ATTRIBUTES: list[tuple[type[nn.Module], dict[tuple[str, int], tuple[str, ...]]]] = [
+    (nn.Linear, {("weight", 0): ("out_features",), ("weight", 1): ("in_features",)}),
+    (
+        nn.modules.conv._ConvNd,
+        {("weight", 0): ("out_channels",), ("weight", 1): ("in_channels",)},
+    ),
+    (
+        nn.modules.batchnorm._NormBase,
+        {("weight", 0): ("num_features",), ("running_mean", 0): ("num_features",)},
+    ),
+]
+
+
+class CompactionMismatch(RuntimeError):
+    """The model with units removed does not compute what the masked model computes."""
+
+
+def _param(modules: Mapping[str, nn.Module], s: ParamSlice) -> Tensor | None:
+    t = getattr(modules[s.module], s.name, None)
+    return t if isinstance(t, Tensor) else None
+
+
+@torch.no_grad()
+def group_unit_scores(model: nn.Module, graph: DependencyGraph, importance: str = "l2") -> Tensor:
+    """Importance of every unit: the ``importance`` norm (``"l1"``/``"magnitude"`` or ``"l2"``) of the filters
+    that write it (producer rows and depthwise filters, summed over members), divided by the mean score of
+    its coupling group (so groups of different sizes and scales can be ranked together). Pinned units get
+    ``inf``."""
+    p = IMPORTANCES[check_choice("importance", importance, sorted(IMPORTANCES))]
+    modules = dict(model.named_modules())
+    raw = torch.zeros(len(graph.units), dtype=torch.float64)
+    for u in graph.units:
+        total = 0.0
+        for s in u.outputs:
+            if s.name != "weight":
+                continue
+            t = _param(modules, s)
+            if t is None or (isinstance(modules[s.module], nn.modules.batchnorm._NormBase)):
+                continue
+            row = t.detach().select(s.axis, s.index).double()
+            total += float(row.abs().sum()) if p == 1 else float(row.pow(2).sum())
+        raw[u.id] = total if p == 1 else total**0.5
+    scores = raw.clone()
+    for g in graph.groups:
+        idx = torch.tensor(g.units)
+        mean = raw[idx].mean()
+        scores[idx] = raw[idx] / mean if mean > 0 else raw[idx]
+    for u in graph.units:
+        if u.pinned is not None:
+            scores[u.id] = float("inf")
+    return scores
+
+
+def _group_target(
+    name_patterns: Iterable[str], sparsity: float, overrides: Mapping[str, float] | None
+) -> float:
+    for pattern, value in (overrides or {}).items():
+        if any(fnmatch.fnmatchcase(n, pattern) for n in name_patterns):
+            return float(value)
+    return sparsity
+
+
+def select_units(
+    graph: DependencyGraph,
+    scores: Tensor,
+    sparsity: float,
+    scope: str = "layer",
+    overrides: Mapping[str, float] | None = None,
+) -> set[int]:
+    """The units to prune: in each coupling group, the ``round(sparsity * n)`` lowest-scoring of its ``n``
+    units (``scope="layer"``), or the lowest-scoring ``round(sparsity * N)`` of all ``N`` prunable units
+    (``scope="global"``). Pinned units are never chosen, and every group keeps at least one unit.
+
+    Args:
+        graph: the dependency graph.
+        scores: one score per unit (:func:`group_unit_scores`).
+        sparsity: the fraction of each group's (or all) prunable units to prune, in ``[0, 1)``.
+        scope: ``"layer"`` or ``"global"``.
+        overrides: ``{glob pattern: sparsity}`` for groups one of whose producers' names matches (layer scope).
+    """
+    check_choice("scope", scope, SCOPES)
+    chosen: set[int] = set()
+    if scope == "layer":
+        for g in graph.groups:
+            free = [u for u in g.units if graph.units[u].pinned is None]
+            if not free:
+                continue
+            target = _group_target(g.producers or [g.name], sparsity, overrides)
+            k = min(int(round(target * len(g.units))), len(free), len(g.units) - 1)
+            if k <= 0:
+                continue
+            order = sorted(free, key=lambda u: (float(scores[u]), u))
+            chosen.update(order[:k])
+        return chosen
+    free = [u.id for u in graph.units if u.pinned is None]
+    k = int(round(sparsity * len(free)))
+    left = {g.id: len(g.units) for g in graph.groups}
+    for u in sorted(free, key=lambda u: (float(scores[u]), u)):
+        if len(chosen) >= k:
+            break
+        g = graph.units[u].group
+        if left[g] > 1:
+            chosen.add(u)
+            left[g] -= 1
+    return chosen
+
+
+def unit_masks(model: nn.Module, graph: DependencyGraph, pruned: Iterable[int]) -> dict[str, Tensor]:
+    """``{parameter name: bool keep-mask}`` that zero what the ``pruned`` units write: rows of producers and
+    depthwise filters (shape ``(out, 1, ...)``), biases and batch-norm scale/shift (shape ``(C,)``). Running
+    statistics are not masked (they are buffers; the zero scale and shift already zero the channel)."""
+    modules = dict(model.named_modules())
+    masks: dict[str, Tensor] = {}
+    for uid in pruned:
+        for s in graph.units[uid].outputs:
+            if s.name not in ("weight", "bias"):
+                continue
+            t = _param(modules, s)
+            if t is None:
+                continue
+            key = f"{s.module}.{s.name}" if s.module else s.name
+            if key not in masks:
+                shape = [1] * t.dim()
+                shape[s.axis] = t.shape[s.axis]
+                masks[key] = torch.ones(shape, dtype=torch.bool, device=t.device)
+            index = [0] * t.dim()
+            index[s.axis] = s.index
+            masks[key][tuple(index)] = False
+    return masks
+
+
+def _size_attributes(module: nn.Module, name: str, axis: int) -> tuple[str, ...]:
+    for cls, table in SIZE_ATTRIBUTES:
+        if isinstance(module, cls):
+            return table.get((name, axis), ())
+    return ()
+
+
+@torch.no_grad()
+def remove_units(
+    model: nn.Module,
+    graph: DependencyGraph,
+    pruned: Iterable[int],
+    example_input: Tensor | None = None,
+    rtol: float = 1e-4,
+) -> nn.Module:
+    """A copy of ``model`` without the ``pruned`` units: every slice they own is cut out of its parameter or
+    buffer, and the size attributes of the changed modules are updated (depthwise convolutions also get
+    ``groups``). With ``example_input``, the result is checked against ``model`` with the units masked.
+
+    Raises:
+        CompactionMismatch: when the outputs differ by more than ``rtol`` (relative to the largest output).
+    """
+    pruned = set(pruned)
+    compact = copy.deepcopy(model)
+    modules = dict(compact.named_modules())
+    drop: dict[tuple[str, str, int], set[int]] = defaultdict(set)
+    for uid in pruned:
+        u = graph.units[uid]
+        if u.pinned is not None:
+            raise ValueError(f"Unit {uid} is pinned ({u.pinned}) and cannot be removed.")
+        for s in u.slices:
+            drop[(s.module, s.name, s.axis)].add(s.index)
+    for (mname, pname, axis), indices in drop.items():
+        module = modules[mname]
+        t = getattr(module, pname, None)
+        if not isinstance(t, Tensor):
+            continue
+        keep = torch.tensor([i for i in range(t.shape[axis]) if i not in indices], dtype=torch.long)
+        new = t.detach().index_select(axis, keep.to(t.device)).clone()
+        if isinstance(t, nn.Parameter):
+            setattr(module, pname, nn.Parameter(new, requires_grad=t.requires_grad))
+        else:
+            module.register_buffer(pname, new)
+        for attr in _size_attributes(module, pname, axis):
+            setattr(module, attr, len(keep))
+        if (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and module.groups > 1
+            and pname == "weight"
+            and axis == 0
+        ):
+            module.groups = module.in_channels = module.out_channels = len(keep)
+    if example_input is not None and pruned:
+        masked = copy.deepcopy(model)
+        masks = unit_masks(masked, graph, pruned)
+        params = dict(masked.named_parameters())
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name].dtype))
+        check_equivalent(masked, compact, example_input, rtol)
+    return compact
+
+
+@torch.no_grad()
+def check_equivalent(
+    reference: nn.Module, candidate: nn.Module, example_input: Tensor, rtol: float = 1e-4
+) -> float:
+    """The largest output difference of the two models in eval mode, relative to the largest reference output.
+
+    Raises:
+        CompactionMismatch: above ``rtol``, or when the output shapes differ.
+    """
+    modes = (reference.training, candidate.training)
+    reference.eval()
+    candidate.eval()
+    try:
+        ref, out = reference(example_input), candidate(example_input)
+    finally:
+        reference.train(modes[0])
+        candidate.train(modes[1])
+    if not isinstance(ref, Tensor) or not isinstance(out, Tensor) or ref.shape != out.shape:
+        raise CompactionMismatch("The compacted model's output has another shape than the masked model's.")
+    scale = max(float(ref.float().abs().max()), 1e-12) if ref.numel() else 1.0
+    diff = float((ref.float() - out.float()).abs().max()) / scale if ref.numel() else 0.0
+    if diff > rtol:
+        raise CompactionMismatch(
+            f"The compacted model differs from the masked one by {diff:.3g} (relative; allowed {rtol:.3g})."
+        )
+    return diff
+
+
+def prune_channels(
+    model: nn.Module,
+    example_input: Tensor,
+    sparsity: float,
+    importance: str = "l2",
+    scope: str = "layer",
+    overrides: Mapping[str, float] | None = None,
+) -> tuple[nn.Module, DependencyGraph, set[int]]:
+    """One-shot channel pruning by dependency groups: trace, score, select, remove.
+
+    Returns:
+        ``(compacted copy, graph, pruned unit ids)``; ``model`` is not changed.
+    """
+    graph = build_dependency_graph(model, example_input)
+    scores = group_unit_scores(model, graph, importance)
+    pruned = select_units(graph, scores, sparsity, scope, overrides)
+    return remove_units(model, graph, pruned, example_input), graph, pruned
+
+
+__all__ = [
+    "SIZE_ATTRIBUTES",
+    "CompactionMismatch",
+    "check_equivalent",
+    "group_unit_scores",
+    "prune_channels",
+    "remove_units",
+    "select_units",
+    "unit_masks",
+]
