@@ -22,6 +22,10 @@ $(VENV)/.docs: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[docs]'
 	touch $(VENV)/.docs
 
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $(VENV)/.bench
+
 demo: $(STAMP)
 	$(BIN)/python -m lightning_optim.demo
 
@@ -44,7 +48,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check lightning_optim tests benchmarks examples
 	$(BIN)/ruff format --check lightning_optim tests benchmarks examples
 
-bench: $(STAMP)
+bench: $(VENV)/.bench
 	$(BIN)/python -m benchmarks --data-dir $(DATA_DIR)
 
 docs: $(VENV)/.docs

@@ -14,9 +14,21 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_optim.callbacks._trainer import broadcast_from_rank0, example_from_batch, log_metrics
+from lightning_optim.callbacks._trainer import (
+    broadcast_from_rank0,
+    example_from_batch,
+    known_input_shape,
+    log_metrics,
+)
 from lightning_optim.callbacks.phases import PhaseState, target_model
 from lightning_optim.checks import check_choice
+from lightning_optim.functional.pruning.dependency import (
+    DependencyError,
+    DependencyGraph,
+    build_dependency_graph,
+    check_traceable,
+)
+from lightning_optim.functional.pruning.groups import group_masks, pruned_units, remove_units
 from lightning_optim.functional.pruning.importance import check_importance
 from lightning_optim.functional.pruning.masks import (
     GRANULARITIES,
@@ -40,6 +52,10 @@ from lightning_optim.functional.pruning.schedules import (
 )
 
 UNITS: tuple[str, ...] = ("epoch", "step")
+#: the pin of the network's outputs (logits): a group of them alone is not counted as requested
+OUTPUT = "the model's output"
+#: why the units of a coupling group none of whose producers is selected are not pruned
+EXCLUDED = "its producers are not selected (module_types/include/exclude/keep_first_dense/keep_last_dense)"
 
 
 def _resolve_module_type(name: str) -> type[nn.Module]:
@@ -89,10 +105,17 @@ class ProgressivePruning(Callback):
         schedule: ``"cubic"`` (Zhu & Gupta), ``"linear"``, ``"constant"`` (one-shot ``final_sparsity`` at
             ``start``), or the dotted import path of a function ``(progress, initial, final) -> sparsity``
             (a callable also works from Python).
-        granularity: ``"unstructured"`` (single weights by magnitude) or ``"structured"`` (alias ``"neuron"``,
+        granularity: ``"unstructured"`` (single weights by magnitude), ``"structured"`` (alias ``"neuron"``,
             ``"filter"``, ``"channel"``: whole output units, rows of a ``Linear``, filters of a ``Conv``, by
             their norm; the unit's bias and the normalization layer right after it are masked as well, so the
-            model can be compacted with :func:`lightning_optim.functional.pruning.compact_model`).
+            model can be compacted with :func:`lightning_optim.functional.pruning.compact_model`), or
+            ``"channel_groups"`` (alias ``"groups"``): channels of any ``torch.fx``-traceable network, each with
+            every slice that shares it (residual additions, concatenations, depthwise convolutions, gates,
+            batch norms, token MLPs), scored and selected per coupling group
+            (:mod:`lightning_optim.functional.pruning.groups`); what is masked is exactly what compaction
+            removes. A coupling group is pruned when one of its producers is a selected module
+            (``module_types``, ``include``, ``exclude``, ``keep_*_dense``); ``layer_sparsity`` patterns match
+            the producers' names, and sparsity is the fraction of a group's channels.
         scope: ``"layer"`` (each layer reaches the target) or ``"global"`` (all selected weights ranked together).
         importance: norm that ranks structured units: ``"l1"`` (alias ``"magnitude"``) or ``"l2"``.
         module_types: ``torch.nn`` class names (or dotted class paths) of the modules whose ``weight`` is pruned.
@@ -104,14 +127,18 @@ class ProgressivePruning(Callback):
         layer_sparsity: ``{glob pattern: final sparsity}`` overrides; matching layers follow the same schedule
             to their own target, pruned layer by layer.
         compact_at_end: at the end of ``fit``, replace the network by its compacted version (structured
-            pruning only); the compacted network is also kept in ``compacted_model``.
+            pruning or channel groups); the compacted network is also kept in ``compacted_model``. With
+            channel groups, a summary (requested vs removed channels per coupling group, what was kept and
+            why) is printed and ``pruning/removed_fraction`` is logged.
         attribute: the network is ``pl_module.<attribute>`` where present, else the LightningModule.
         verbose: print a summary table (layer, shape, kept, sparsity) at the end of ``fit``.
 
     Raises:
         ValueError: a sparsity outside ``[0, 1)``, ``end`` before ``start``, ``start < 0``,
             ``frequency < 1``, an unknown ``unit``/``schedule``/``granularity``/``scope``/``importance``/
-            ``module_types`` name, or (at setup) no module matched.
+            ``module_types`` name, or (at setup) no module matched; with channel groups, batches without a
+            tensor input to trace the network with.
+        DependencyError: (at setup) with channel groups, a network ``torch.fx`` cannot trace.
 
     Example::
 
@@ -173,9 +200,10 @@ class ProgressivePruning(Callback):
         self.layer_sparsity = {
             str(k): check_sparsity(v, f"layer_sparsity[{k!r}]") for k, v in (layer_sparsity or {}).items()
         }
-        if compact_at_end and GRANULARITIES[granularity] != "structured":
+        if compact_at_end and GRANULARITIES[granularity] == "unstructured":
             raise ValueError(
-                "`compact_at_end=True` needs a structured `granularity` ('structured', 'neuron', 'filter')."
+                "`compact_at_end=True` needs a structured `granularity` ('structured', 'neuron', 'filter', "
+                "'channel', 'channel_groups')."
             )
         self.start = int(start)
         self.end = int(end)
@@ -184,6 +212,7 @@ class ProgressivePruning(Callback):
         self.schedule = schedule
         self.granularity = granularity
         self.structured = GRANULARITIES[granularity] == "structured"
+        self.by_groups = GRANULARITIES[granularity] == "groups"
         self.scope = scope
         self.importance = importance
         self.module_types = module_types
@@ -214,6 +243,8 @@ class ProgressivePruning(Callback):
         self._fast_masks: dict[str, Tensor] = {}
         self.example_input: Tensor | None = None
         self.compacted_model: nn.Module | None = None
+        # channel groups: the dependency graph of the network, built once per fit (not pickled)
+        self.graph: DependencyGraph | None = None
 
     @property
     def state_key(self) -> str:
@@ -265,6 +296,16 @@ class ProgressivePruning(Callback):
             from lightning_optim.functional.pruning.compaction import channel_followers
 
             self._followers = channel_followers(model, list(self._modules))
+        if self.by_groups:
+            self.graph = None
+            shape = known_input_shape(trainer, pl_module)
+            if shape is not None:
+                self._run_build_graph(model, torch.zeros(2, *shape))
+            else:  # traced at the first training batch; an untraceable network is refused now
+                try:
+                    check_traceable(model)
+                except DependencyError as err:
+                    raise self._trace_error(err) from err
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_start(trainer, pl_module)
@@ -272,8 +313,18 @@ class ProgressivePruning(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.compact_at_end and self.example_input is None:
+        if (self.compact_at_end or self.by_groups) and self.example_input is None:
             self.example_input = example_from_batch(batch)
+        if self.by_groups and self.graph is None:
+            if self.example_input is None:
+                raise ValueError(
+                    f"ProgressivePruning(granularity={self.granularity!r}"
+                    f"{', compact_at_end=True' if self.compact_at_end else ''}) traces the network on an example "
+                    "input, and none is known: set `example_input_array` on the LightningModule, give the data "
+                    "module an `input_shape`, or use batches whose inputs are one tensor."
+                )
+            self._run_build_graph(target_model(pl_module, self.attribute), self.example_input)
+            self._maybe_prune(trainer, pl_module)  # an event held back until the graph was known
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -296,6 +347,69 @@ class ProgressivePruning(Callback):
         if self._events_done >= len(self._events()):
             return "done"
         return "active" if self._events_done > 0 else "pending"
+
+    # -------------------------------------------------------------------------------------- channel groups
+    def _trace_error(self, err: DependencyError) -> DependencyError:
+        return DependencyError(
+            f"ProgressivePruning(granularity={self.granularity!r}) traces the network to find which channels go "
+            f"together: {err} Or prune with granularity='structured' (one layer at a time, compaction where "
+            "channels are not shared) or 'unstructured', which need no trace."
+        )
+
+    def _run_build_graph(self, model: nn.Module, example: Tensor) -> None:
+        """Trace ``model`` once per fit; the channels of groups none of whose producers is selected are pinned."""
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        try:
+            graph = build_dependency_graph(model, example.to(device))
+        except DependencyError as err:
+            raise self._trace_error(err) from err
+        if not self._modules:
+            self._modules = self.select_modules(model)
+        excluded = []
+        for g in graph.groups:
+            free = [u for u in g.units if graph.units[u].pinned is None]
+            if free and not any(p in self._modules for p in g.producers):
+                excluded.append(g.name)
+                for u in free:
+                    graph.units[u].pinned = EXCLUDED
+                graph.pinned[EXCLUDED] = graph.pinned.get(EXCLUDED, 0) + len(free)
+        self.graph = graph
+        if excluded:
+            rank_zero_info(
+                f"ProgressivePruning: {graph.pinned[EXCLUDED]} channels of {len(excluded)} coupling groups "
+                f"({', '.join(excluded[:8])}{', ...' if len(excluded) > 8 else ''}) are kept: {EXCLUDED}."
+            )
+        if not graph.prunable_groups():
+            rank_zero_warn(f"ProgressivePruning: no channel of the network can be pruned.\n{graph.summary()}")
+
+    def _group_names(self) -> dict[int, str]:
+        """Group id -> a unique name (its first producer), for the groups that can be pruned."""
+        names: dict[int, str] = {}
+        seen: set[str] = set()
+        for g in self.graph.prunable_groups() if self.graph is not None else []:
+            name = g.name if g.name not in seen else f"{g.name}#{g.id}"
+            seen.add(name)
+            names[g.id] = name
+        return names
+
+    def _group_layer(self, producers: list[str]) -> str | None:
+        """The producer whose name the first matching ``layer_sparsity`` pattern matches (``None``: no override)."""
+        for pattern in self.layer_sparsity:
+            for name in producers:
+                if fnmatch.fnmatchcase(name, pattern):
+                    return name
+        return None
+
+    def _group_masks(self, model: nn.Module, event_step: int, target: float) -> dict[str, Tensor]:
+        group_sparsity = {}
+        for g in self.graph.groups:
+            layer = self._group_layer(g.producers or [g.name])
+            if layer is not None:
+                group_sparsity[g.id] = self._event_sparsity(event_step, layer)
+        masks, _ = group_masks(
+            model, self.graph, target, self.scope, self.importance, group_sparsity=group_sparsity
+        )
+        return masks
 
     # -------------------------------------------------------------------------------------- internals
     def _resolve_steps(self, trainer: pl.Trainer) -> None:
@@ -347,6 +461,8 @@ class ProgressivePruning(Callback):
         return self._events_cache[1]
 
     def _maybe_prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.by_groups and self.graph is None:  # traced at the first training batch, which runs it then
+            return
         events = self._events()
         step = trainer.global_step
         if self._events_done >= len(events) or events[self._events_done] > step:
@@ -374,13 +490,16 @@ class ProgressivePruning(Callback):
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event_step: int) -> None:
         model = target_model(pl_module, self.attribute)
         target = self._event_sparsity(event_step)
-        weights = {f"{n}.weight": m.weight for n, m in self._modules.items()}
-        overrides = {
-            f"{n}.weight": self._event_sparsity(event_step, n)
-            for n in self._modules
-            if layer_final_sparsity(n, self.final_sparsity, self.layer_sparsity)[1]
-        }
-        masks = compute_masks(weights, target, self.granularity, self.scope, self.importance, overrides)
+        if self.by_groups:
+            masks = self._group_masks(model, event_step, target)
+        else:
+            weights = {f"{n}.weight": m.weight for n, m in self._modules.items()}
+            overrides = {
+                f"{n}.weight": self._event_sparsity(event_step, n)
+                for n in self._modules
+                if layer_final_sparsity(n, self.final_sparsity, self.layer_sparsity)[1]
+            }
+            masks = compute_masks(weights, target, self.granularity, self.scope, self.importance, overrides)
         masks = broadcast_from_rank0(trainer, masks, tensorwise=True)
         self.masks = {n: m.cpu() for n, m in masks.items()}
         self.current_sparsity = target
@@ -396,7 +515,8 @@ class ProgressivePruning(Callback):
 
     def _build_targets(self, model: nn.Module) -> None:
         """What the masks zero, with each mask pre-cast to its tensor's dtype/device (the fast path): the
-        weights, and with structured pruning the unit's bias and the normalization layer that follows."""
+        weights, and with structured pruning the unit's bias and the normalization layer that follows (channel
+        groups: the masks already name every parameter they zero)."""
         params = dict(model.named_parameters())
         masks = (
             unit_masks_with_followers(self.masks, params, self._followers) if self.structured else self.masks
@@ -424,7 +544,9 @@ class ProgressivePruning(Callback):
         self._apply_weight_masks()
         if self.verbose and self.masks:
             rank_zero_info(self.summary_table())
-        if self.compact_at_end:
+        if self.compact_at_end and self.by_groups:
+            self._run_remove_units(trainer, pl_module)
+        elif self.compact_at_end:
             from lightning_optim.functional.pruning.compaction import compact_model
 
             model = target_model(pl_module, self.attribute)
@@ -437,9 +559,104 @@ class ProgressivePruning(Callback):
                 setattr(pl_module, self.attribute, self.compacted_model)
             self._params, self._fast_masks = {}, {}
 
+    def _run_remove_units(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Channel groups: remove the pruned units from the network (checked against the masked network), put
+        the result in its place, and say what was requested, removed and kept."""
+        model = target_model(pl_module, self.attribute)
+        if self.graph is None:
+            rank_zero_warn(
+                "ProgressivePruning: no training batch seen, no graph; the model was not compacted."
+            )
+            return
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        example = self.example_input
+        if example is None:
+            shape = known_input_shape(trainer, pl_module)
+            example = torch.zeros(2, *shape) if shape is not None else None
+        pruned = pruned_units(self.graph, self.masks)
+        self.compacted_model = remove_units(
+            model, self.graph, pruned, example.to(device) if example is not None else None
+        )
+        if model is not pl_module:
+            setattr(pl_module, self.attribute, self.compacted_model)
+        self._params, self._fast_masks = {}, {}
+        report, requested, removed, total = self.compaction_summary(pruned)
+        if removed == 0:
+            rank_zero_warn(f"ProgressivePruning: nothing could be removed.\n{report}")
+        else:
+            rank_zero_info(report)
+        log_metrics(
+            trainer,
+            {
+                "pruning/removed_fraction": removed / total if total else 0.0,
+                "pruning/requested_fraction": requested / total if total else 0.0,
+            },
+        )
+
+    def compaction_summary(self, pruned: set[int] | None = None) -> tuple[str, int, int, int]:
+        """Channel groups: a Markdown table of the channels requested (the final target, per coupling group
+        with ``scope="layer"`` or an override, else in total) and removed per coupling group, the total, and
+        every reason a channel was kept, with its count; and ``(text, requested, removed, channels)``, over
+        the groups one of whose producers is selected (a group of the network's outputs alone is listed, not
+        counted)."""
+        graph = self.graph
+        if graph is None:
+            return "ProgressivePruning: no dependency graph (no fit yet).", 0, 0, 0
+        pruned = pruned_units(graph, self.masks) if pruned is None else pruned
+        lines = [
+            "| coupling group | producers | channels | requested | removed | kept because |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        requested_total = removed_total = total = ranked = 0
+        names = self._group_names()
+        for g in graph.groups:
+            units = [graph.units[u] for u in g.units]
+            if all(u.pinned == EXCLUDED for u in units):
+                continue
+            layer = self._group_layer(g.producers or [g.name])
+            final = layer_final_sparsity(layer, self.final_sparsity, self.layer_sparsity)[0]
+            n = len(units)
+            removed = sum(u.id in pruned for u in units)
+            reasons = sorted({u.pinned for u in units if u.pinned is not None})
+            if all(u.pinned == OUTPUT for u in units):  # the network's outputs (logits): never asked for
+                producers = ", ".join(g.producers[:4])
+                lines.append(f"| {names.get(g.id, g.name)} | {producers} | {n} | - | 0 | {OUTPUT} |")
+                continue
+            if self.scope == "global" and layer is None:
+                ranked += n
+                requested = "global"
+            else:
+                requested = int(round(final * n))
+                requested_total += requested
+            total += n
+            removed_total += removed
+            producers = ", ".join(g.producers[:4]) + (", ..." if len(g.producers) > 4 else "")
+            lines.append(
+                f"| {names.get(g.id, g.name)} | {producers} | {n} | {requested} | {removed} | {'; '.join(reasons)} |"
+            )
+        requested_total += int(round(self.final_sparsity * ranked))
+        share = f"{removed_total / requested_total:.0%}" if requested_total else "-"
+        lines.append(
+            f"| **total** | | {total} | {requested_total} | {removed_total} ({share} of requested) | |"
+        )
+        head = "ProgressivePruning: channels removed by compaction (channel groups)"
+        text = "\n".join([head, *lines, graph.summary()])
+        return text, requested_total, removed_total, total
+
     # -------------------------------------------------------------------------------------- reporting
     def layer_sparsities(self) -> dict[str, tuple[tuple[int, ...], int, float]]:
-        """``{weight name: (shape, kept entries, sparsity)}`` of the masked weights."""
+        """``{weight name: (shape, kept entries, sparsity)}`` of the masked weights; with channel groups
+        ``{coupling group: ((channels,), kept channels, sparsity)}`` of the groups that can be pruned."""
+        if self.by_groups:
+            if self.graph is None:
+                return {}
+            pruned = pruned_units(self.graph, self.masks)
+            stats = {}
+            for gid, name in self._group_names().items():
+                units = self.graph.groups[gid].units
+                kept = sum(u not in pruned for u in units)
+                stats[name] = ((len(units),), kept, 1.0 - kept / len(units))
+            return stats
         out = {}
         for name, mask in self.masks.items():
             module = self._modules.get(name[: -len(".weight")])
@@ -457,9 +674,11 @@ class ProgressivePruning(Callback):
         return 1.0 - kept / total if total else 0.0
 
     def summary_table(self) -> str:
-        """A Markdown table: layer, shape, kept, sparsity; and the total."""
+        """A Markdown table: layer, shape, kept, sparsity; and the total (channel groups: coupling group,
+        channels, kept channels, sparsity)."""
         stats = self.layer_sparsities()
-        lines = ["| layer | shape | kept | sparsity |", "|---|---|---:|---:|"]
+        first = "| coupling group | channels |" if self.by_groups else "| layer | shape |"
+        lines = [f"{first} kept | sparsity |", "|---|---|---:|---:|"]
         total = kept_total = 0
         for name, (shape, kept, sparsity) in stats.items():
             lines.append(f"| {name} | {'x'.join(map(str, shape))} | {kept} | {sparsity:.2%} |")
@@ -497,4 +716,5 @@ class ProgressivePruning(Callback):
         state["_params"] = {}
         state["_fast_masks"] = {}
         state["_modules"] = {}
+        state["graph"] = None
         return state

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim.callbacks import ProgressivePruning
+from lightning_optim.functional.compression_report.measure import count_parameters
 from lightning_optim.functional.pruning.schedules import event_sparsity, scheduled_sparsity
 from lightning_optim.models import ConvNet3, LeNet300100
 from lightning_optim.modules import ClassificationModule
 from tests.conftest import quiet_trainer_kwargs
+from tests.nets import ResidualCNN, SEDepthwiseCNN
 
 
 def small_mlp() -> nn.Module:
@@ -486,3 +488,228 @@ def test_structured_separable_cnn_global_l1_compacts(tmp_path):
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert (net.eval()(x) - module.model.eval()(x)).abs().max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# channel groups: dependency-group pruning of any traceable network (3x16x16 images, 10 classes)
+def image_loader(n: int = 64, batch_size: int = 16, seed: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 16, 16, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+class ImageData(LightningDataModule):
+    """Four batches of 3x16x16 images; ``input_shape`` lets the callback trace the network at setup."""
+
+    input_shape = (3, 16, 16)
+
+    def train_dataloader(self):
+        return image_loader()
+
+
+def residual_cnn() -> nn.Module:
+    return ResidualCNN(width=8, classes=10)
+
+
+def se_cnn() -> nn.Module:
+    net = SEDepthwiseCNN()
+    net.head = nn.Linear(8, 10)
+    return net
+
+
+def group_fit(
+    tmp_path, cb, net, epochs=3, datamodule=True, ckpt_path=None, extra=(), optimizer="momentum", **kw
+):
+    module = ClassificationModule(net, optimizer=optimizer, lr=0.05)
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=epochs, callbacks=[cb, *extra], **kw))
+    data = {"datamodule": ImageData()} if datamodule else {"train_dataloaders": image_loader()}
+    trainer.fit(module, ckpt_path=ckpt_path, **data)
+    return trainer, module
+
+
+class MetricRecorder(Logger):
+    name, version = "rec", 0
+
+    def __init__(self):
+        super().__init__()
+        self.metrics = []
+
+    @property
+    def experiment(self):
+        return None
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((step, dict(metrics)))
+
+
+@pytest.mark.parametrize("factory", [residual_cnn, se_cnn], ids=["ResidualCNN", "SEDepthwiseCNN"])
+def test_channel_groups_ramp_then_compaction_equals_masked_model(tmp_path, factory):
+    seed_everything(0)
+    net = factory()
+    dense_params = count_parameters(net)
+    cb = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=2, unit="epoch", granularity="channel_groups", compact_at_end=True
+    )
+    checker, logger = MaskChecker(cb), MetricRecorder()
+    trainer, module = group_fit(tmp_path, cb, net, extra=[checker], logger=logger)
+    assert checker.checked > 0 and [h["step"] for h in cb.history] == [0, 4, 8]
+    compact = module.model
+    assert compact is cb.compacted_model and compact is not net
+    # the masked network (still `net`) and the compacted one compute the same function
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        masked_out, compact_out = net.eval()(x), compact.eval()(x)
+    assert (masked_out - compact_out).abs().max() <= 1e-4 * masked_out.abs().max()
+    assert count_parameters(compact) < 0.6 * dense_params
+    # every masked channel is removed: requested == removed, reported and logged
+    text, requested, removed, channels = cb.compaction_summary()
+    assert removed == requested > 0 and "kept" in text and "**total**" in text
+    (logged,) = [m for _, m in logger.metrics if "pruning/removed_fraction" in m]
+    assert logged["pruning/removed_fraction"] == pytest.approx(removed / channels)
+    assert all(s == pytest.approx(0.5, abs=0.07) for _, _, s in cb.layer_sparsities().values())
+    # the compacted module is a plain module that trains on
+    before = [p.detach().clone() for p in compact.parameters()]
+    Trainer(**quiet_trainer_kwargs(tmp_path / "more", max_steps=1)).fit(module, datamodule=ImageData())
+    assert any(not torch.equal(a, b) for a, b in zip(before, compact.parameters()))
+
+
+def test_channel_groups_resume_mid_ramp_continues_exactly(tmp_path):
+    kwargs = dict(
+        final_sparsity=0.6, start=0, end=8, unit="step", frequency=2, granularity="groups", verbose=False
+    )
+    seed_everything(0)
+    straight = ProgressivePruning(**kwargs)
+    _, module_a = group_fit(tmp_path / "a", straight, residual_cnn(), epochs=3, datamodule=False)
+
+    seed_everything(0)
+    first = ProgressivePruning(**kwargs)
+    trainer_b, _ = group_fit(tmp_path / "b", first, residual_cnn(), epochs=1, datamodule=False)
+    assert first.phase_state(trainer_b) == "active"
+    ckpt = tmp_path / "mid.ckpt"
+    trainer_b.save_checkpoint(ckpt)
+
+    resumed = ProgressivePruning(**kwargs)  # traced again, at the first batch (plain dataloaders)
+    _, module_c = group_fit(
+        tmp_path / "c", resumed, residual_cnn(), epochs=3, datamodule=False, ckpt_path=ckpt
+    )
+    assert set(straight.masks) == set(resumed.masks) and straight.masks
+    for name in straight.masks:
+        assert torch.equal(straight.masks[name], resumed.masks[name]), name
+    for (name, a), (_, c) in zip(module_a.model.state_dict().items(), module_c.model.state_dict().items()):
+        assert torch.equal(a, c), name
+    assert straight.history == resumed.history
+
+
+def test_channel_groups_global_scope_override_and_exclude(tmp_path):
+    seed_everything(0)
+    cb = ProgressivePruning(
+        final_sparsity=0.5,
+        start=0,
+        end=2,
+        unit="step",
+        granularity="channel_groups",
+        scope="global",
+        layer_sparsity={"blocks.0.0": 0.25},
+        exclude=["blocks.1.*"],
+        verbose=False,
+    )
+    _, module = group_fit(tmp_path, cb, residual_cnn(), epochs=1)
+    stats = cb.layer_sparsities()
+    # blocks.1.0's channels are kept (its only producer is excluded); the override group goes on its own
+    assert set(stats) == {"blocks.0.3", "blocks.0.0"}
+    assert stats["blocks.0.0"] == ((16,), 12, 0.25)
+    assert stats["blocks.0.3"][:2] == ((8,), 4)  # the residual stream, the only globally ranked group
+    assert (
+        cb.graph.pinned[
+            "its producers are not selected (module_types/include/exclude/keep_first_dense/keep_last_dense)"
+        ]
+        == 16
+    )
+    assert not any(n.startswith("blocks.1.0") for n in cb.masks)
+    assert "| blocks.0.0 | 16 | 12 | 25.00% |" in cb.summary_table()
+    # the masks are what the model holds: stem, both blocks' last convs and norms lose the same 4 channels
+    zero = [
+        (module.model.get_parameter(n).detach().flatten(1).abs().sum(1) == 0)
+        for n in ("stem.0.weight", "blocks.0.3.weight", "blocks.1.3.weight")
+    ]
+    assert all(torch.equal(z, zero[0]) for z in zero) and int(zero[0].sum()) == 4
+
+
+def test_channel_groups_bf16_mixed(tmp_path):
+    cb = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=4, unit="step", frequency=2, granularity="groups", verbose=False
+    )
+    checker = MaskChecker(cb)
+    _, module = group_fit(tmp_path, cb, se_cnn(), epochs=2, precision="bf16-mixed", extra=[checker])
+    assert checker.checked > 0 and module.model.stem[0].weight.dtype == torch.float32
+    assert cb.global_sparsity() == pytest.approx(0.5, abs=0.07)
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if h.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            h = h * 2
+        return self.head(h.mean((2, 3)))
+
+
+class _NoEpoch(Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        raise AssertionError("an epoch started")
+
+
+@pytest.mark.parametrize("datamodule", [True, False], ids=["input_shape", "no_input_shape"])
+def test_channel_groups_refuse_an_untraceable_model_at_setup(tmp_path, datamodule):
+    from lightning_optim.functional.pruning.dependency import DependencyError
+
+    cb = ProgressivePruning(granularity="channel_groups", compact_at_end=True, verbose=False)
+    with pytest.raises(DependencyError, match=r"could not trace _Untraceable.*granularity='structured'"):
+        group_fit(tmp_path, cb, _Untraceable(), datamodule=datamodule, extra=[_NoEpoch()])
+
+
+def test_channel_groups_without_an_example_input_is_refused(tmp_path):
+    def collate(items):  # inputs that are not one tensor: nothing to trace with
+        x = torch.stack([i[0] for i in items])
+        return {"input": {"image": x}, "target": torch.stack([i[1] for i in items])}
+
+    loader = DataLoader(image_loader().dataset, batch_size=16, collate_fn=collate)
+    cb = ProgressivePruning(granularity="channel_groups", compact_at_end=True, verbose=False)
+    module = ClassificationModule(residual_cnn())
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, callbacks=[cb]))
+    with pytest.raises(ValueError, match=r"compact_at_end=True\) traces the network on an example input"):
+        trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == 0
+
+
+@pytest.mark.slow
+def test_channel_groups_ddp_masks_identical_on_every_rank(tmp_path):
+    cb = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=2, unit="step", frequency=2, granularity="groups", verbose=False
+    )
+    module = ClassificationModule(residual_cnn(), lr=1e-2)
+    trainer = Trainer(
+        **quiet_trainer_kwargs(
+            tmp_path,
+            max_epochs=1,
+            devices=2,
+            strategy="ddp_spawn",
+            limit_train_batches=3,
+            callbacks=[_RankNoise(), cb, _SaveMasks(cb, tmp_path)],
+        )
+    )
+    trainer.fit(module, train_dataloaders=image_loader())
+    m0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    m1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert set(m0) == set(m1) and "blocks.0.0.weight" in m0
+    for name in m0:
+        assert torch.equal(m0[name], m1[name]), name
+    assert int((~m0["blocks.0.0.weight"]).sum()) == 8

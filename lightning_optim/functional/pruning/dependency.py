@@ -562,6 +562,22 @@ class _Builder:
         return True
 
 
+def check_traceable(model: nn.Module) -> fx.GraphModule:
+    """``model`` traced by ``torch.fx`` (no input needed), or a :class:`DependencyError` that names the model,
+    the failure and the way out.
+
+    Raises:
+        DependencyError: when ``torch.fx`` cannot trace the model.
+    """
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as err:  # noqa: BLE001 - every tracing failure means: no graph
+        raise DependencyError(
+            f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}). Data-dependent control "
+            "flow (if/for on tensor values) cannot be traced: exclude that module from pruning, or leave it dense."
+        ) from err
+
+
 def build_dependency_graph(model: nn.Module, example_input: Tensor) -> DependencyGraph:
     """Trace ``model`` and return its removable channels (units) and their coupling groups.
 
@@ -572,13 +588,7 @@ def build_dependency_graph(model: nn.Module, example_input: Tensor) -> Dependenc
     Raises:
         DependencyError: when ``torch.fx`` cannot trace the model or the traced model fails on the input.
     """
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as err:  # noqa: BLE001 - every tracing failure means: no graph
-        raise DependencyError(
-            f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}). Data-dependent control "
-            "flow (if/for on tensor values) cannot be traced: exclude that module from pruning, or leave it dense."
-        ) from err
+    gm = check_traceable(model)
     was_training = model.training
     gm.eval()
     try:
@@ -679,4 +689,5 @@ __all__ = [
     "ParamSlice",
     "Unit",
     "build_dependency_graph",
+    "check_traceable",
 ]

@@ -5,6 +5,8 @@ mask them in place (training goes on with the same architecture), and remove the
   producers' filters, summed over the members of a residual stage), normalised by the mean of its group;
 - :func:`select_units`: the units to prune for a target sparsity, per coupling group (``scope="layer"``) or
   ranked across groups (``scope="global"``), with per-group overrides; a group never loses its last unit;
+- :func:`group_masks`: scores, selection and masks of one pruning event, with a mask for every prunable parameter;
+  :func:`pruned_units` reads the pruned units back from masks;
 - :func:`unit_masks`: keep-masks of every parameter slice the pruned units write (producer rows, biases,
   batch-norm entries, depthwise filters), ready for :func:`~lightning_optim.functional.pruning.masks.apply_masks_`;
 - :func:`remove_units`: a copy of the model with the pruned units removed from every member (rows, columns,
@@ -92,48 +94,74 @@ def _group_target(
     return sparsity
 
 
+def _overridden_target(
+    group, overrides: Mapping[str, float] | None, group_sparsity: Mapping[int, float] | None
+) -> float | None:
+    """The group's own target (``group_sparsity`` by id first, then the first matching pattern), or ``None``."""
+    if group_sparsity and group.id in group_sparsity:
+        return float(group_sparsity[group.id])
+    names = group.producers or [group.name]
+    for pattern, value in (overrides or {}).items():
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            return float(value)
+    return None
+
+
 def select_units(
     graph: DependencyGraph,
     scores: Tensor,
     sparsity: float,
     scope: str = "layer",
     overrides: Mapping[str, float] | None = None,
+    group_sparsity: Mapping[int, float] | None = None,
 ) -> set[int]:
     """The units to prune: in each coupling group, the ``round(sparsity * n)`` lowest-scoring of its ``n``
     units (``scope="layer"``), or the lowest-scoring ``round(sparsity * N)`` of all ``N`` prunable units
     (``scope="global"``). Pinned units are never chosen, and every group keeps at least one unit.
+
+    A group with its own target (``group_sparsity``, else ``overrides``) is pruned on its own to that target
+    in both scopes; with ``scope="global"`` the other groups are ranked together.
 
     Args:
         graph: the dependency graph.
         scores: one score per unit (:func:`group_unit_scores`).
         sparsity: the fraction of each group's (or all) prunable units to prune, in ``[0, 1)``.
         scope: ``"layer"`` or ``"global"``.
-        overrides: ``{glob pattern: sparsity}`` for groups one of whose producers' names matches (layer scope).
+        overrides: ``{glob pattern: sparsity}`` for groups one of whose producers' names matches (the first
+            matching pattern wins).
+        group_sparsity: ``{group id: sparsity}``, before ``overrides``.
     """
     check_choice("scope", scope, SCOPES)
     chosen: set[int] = set()
+    ranked: list = []
+    for g in graph.groups:
+        free = [u for u in g.units if graph.units[u].pinned is None]
+        if not free:
+            continue
+        target = _overridden_target(g, overrides, group_sparsity)
+        if target is None and scope == "global":
+            ranked.append(g)
+            continue
+        target = sparsity if target is None else target
+        k = min(int(round(target * len(g.units))), len(free), len(g.units) - 1)
+        if k <= 0:
+            continue
+        order = sorted(free, key=lambda u: (float(scores[u]), u))
+        chosen.update(order[:k])
     if scope == "layer":
-        for g in graph.groups:
-            free = [u for u in g.units if graph.units[u].pinned is None]
-            if not free:
-                continue
-            target = _group_target(g.producers or [g.name], sparsity, overrides)
-            k = min(int(round(target * len(g.units))), len(free), len(g.units) - 1)
-            if k <= 0:
-                continue
-            order = sorted(free, key=lambda u: (float(scores[u]), u))
-            chosen.update(order[:k])
         return chosen
-    free = [u.id for u in graph.units if u.pinned is None]
+    free = [u for g in ranked for u in g.units if graph.units[u].pinned is None]
     k = int(round(sparsity * len(free)))
-    left = {g.id: len(g.units) for g in graph.groups}
+    left = {g.id: len(g.units) for g in ranked}
+    taken = 0
     for u in sorted(free, key=lambda u: (float(scores[u]), u)):
-        if len(chosen) >= k:
+        if taken >= k:
             break
         g = graph.units[u].group
         if left[g] > 1:
             chosen.add(u)
             left[g] -= 1
+            taken += 1
     return chosen
 
 
@@ -159,6 +187,57 @@ def unit_masks(model: nn.Module, graph: DependencyGraph, pruned: Iterable[int]) 
             index[s.axis] = s.index
             masks[key][tuple(index)] = False
     return masks
+
+
+def group_masks(
+    model: nn.Module,
+    graph: DependencyGraph,
+    sparsity: float,
+    scope: str = "layer",
+    importance: str = "l2",
+    overrides: Mapping[str, float] | None = None,
+    group_sparsity: Mapping[int, float] | None = None,
+) -> tuple[dict[str, Tensor], set[int]]:
+    """The keep-masks of one pruning event by dependency groups: score (:func:`group_unit_scores`), select
+    (:func:`select_units`), mask (:func:`unit_masks`).
+
+    Every parameter that a prunable unit writes has a mask, all ``True`` where none of its units is pruned,
+    so that the names and shapes are the same at every event and on every process (a tensor-by-tensor
+    broadcast needs that).
+
+    Returns:
+        ``(masks, pruned unit ids)``; :func:`pruned_units` recovers the ids from the masks.
+    """
+    scores = group_unit_scores(model, graph, importance)
+    pruned = select_units(graph, scores, sparsity, scope, overrides, group_sparsity)
+    free = [u.id for u in graph.units if u.pinned is None]
+    masks = {n: torch.ones_like(m) for n, m in unit_masks(model, graph, free).items()}
+    masks.update(unit_masks(model, graph, pruned))
+    return masks, pruned
+
+
+def pruned_units(graph: DependencyGraph, masks: Mapping[str, Tensor]) -> set[int]:
+    """The free units whose every written weight/bias slice is masked (``False``) in ``masks``: the inverse of
+    :func:`unit_masks` (a restored checkpoint or a broadcast mask set gives back the units to remove)."""
+    out = set()
+    for u in graph.units:
+        if u.pinned is not None:
+            continue
+        checked = 0
+        for s in u.outputs:
+            key = f"{s.module}.{s.name}" if s.module else s.name
+            mask = masks.get(key)
+            if s.name not in ("weight", "bias") or mask is None:
+                continue
+            index = [0] * mask.dim()
+            index[s.axis] = s.index
+            if bool(mask[tuple(index)]):
+                break
+            checked += 1
+        else:
+            if checked:
+                out.add(u.id)
+    return out
 
 
 def _size_attributes(module: nn.Module, name: str, axis: int) -> tuple[str, ...]:
@@ -274,8 +353,10 @@ __all__ = [
     "SIZE_ATTRIBUTES",
     "CompactionMismatch",
     "check_equivalent",
+    "group_masks",
     "group_unit_scores",
     "prune_channels",
+    "pruned_units",
     "remove_units",
     "select_units",
     "unit_masks",

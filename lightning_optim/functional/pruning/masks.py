@@ -29,13 +29,17 @@ from lightning_optim.functional.pruning.importance import (
     unit_scores,
 )
 
-#: granularity name -> canonical granularity (``neuron``/``filter``/``channel`` all prune output units)
+#: granularity name -> canonical granularity (``neuron``/``filter``/``channel`` all prune output units of one
+#: layer; ``channel_groups``/``groups`` prune channels with every layer that shares them, by dependency groups:
+#: :mod:`lightning_optim.functional.pruning.groups`, which needs the model, not only its weights)
 GRANULARITIES: dict[str, str] = {
     "unstructured": "unstructured",
     "structured": "structured",
     "neuron": "structured",
     "filter": "structured",
     "channel": "structured",
+    "channel_groups": "groups",
+    "groups": "groups",
 }
 #: scope names
 SCOPES: tuple[str, ...] = ("layer", "global")
@@ -121,6 +125,11 @@ def compute_masks(
         ValueError: for unknown granularity/scope/importance names or a sparsity outside ``[0, 1)``.
     """
     gran = GRANULARITIES[check_choice("granularity", granularity, sorted(GRANULARITIES))]
+    if gran == "groups":
+        raise ValueError(
+            f"`granularity={granularity!r}` masks dependency groups of a traced model, not named weights: use "
+            "lightning_optim.functional.pruning.groups.group_masks(model, graph, ...)."
+        )
     check_choice("scope", scope, sorted(SCOPES))
     check_importance(importance)
     if not 0.0 <= sparsity < 1.0:

@@ -203,3 +203,17 @@ def test_torchvision_models_lose_what_is_requested(name, min_removed):
     requested = sum(round(0.5 * len(g.units)) for g in graph.groups if not set(g.units) & logits)
     assert len(pruned) >= min_removed * requested, graph.summary()
     assert count_parameters(compact) < 0.45 * count_parameters(model)
+
+
+def test_group_masks_have_fixed_names_and_pruned_units_inverts_them():
+    from lightning_optim.functional.pruning.groups import group_masks, pruned_units
+
+    torch.manual_seed(0)
+    model = _randomize_norms(ResidualCNN(width=8))
+    graph = build_dependency_graph(model, X)
+    none, pruned_none = group_masks(model, graph, 0.0)
+    half, pruned_half = group_masks(model, graph, 0.5, scope="global", group_sparsity={1: 0.25})
+    assert set(none) == set(half) and not pruned_none and all(bool(m.all()) for m in none.values())
+    assert pruned_units(graph, half) == pruned_half
+    assert sum(graph.units[u].group == 1 for u in pruned_half) == 4  # its own target, also in global scope
+    assert len(pruned_half) == 4 + round(0.5 * 24)  # the other 24 free channels ranked together
