@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from lightning_optim.paths import user_file
 
-__all__ = ["load_weights", "state_dict_from_checkpoint"]
+__all__ = ["load_weights", "resize_to_state_dict", "state_dict_from_checkpoint"]
 
 
 def state_dict_from_checkpoint(checkpoint: Any, option: str, prefix: str = "model.") -> dict[str, Tensor]:
@@ -46,12 +46,87 @@ def state_dict_from_checkpoint(checkpoint: Any, option: str, prefix: str = "mode
     return dict(state)
 
 
+def _set_sizes(module: nn.Module, name: str, shape: tuple[int, ...], old: tuple[int, ...]) -> None:
+    """Update the size attributes of ``module`` after its ``name`` tensor changed from ``old`` to ``shape``."""
+    if isinstance(module, nn.Linear) and name == "weight":
+        module.out_features, module.in_features = shape[0], shape[1]
+    elif isinstance(module, nn.modules.conv._ConvNd) and name == "weight":
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels == old[0]
+        module.out_channels = shape[0]
+        if depthwise:
+            module.groups = module.in_channels = shape[0]
+        else:
+            module.in_channels = shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._NormBase) and name in ("weight", "running_mean"):
+        module.num_features = shape[0]
+    elif isinstance(module, nn.LayerNorm) and name == "weight":
+        module.normalized_shape = tuple(shape)
+
+
+#: module types whose tensors :func:`resize_to_state_dict` may resize (their size attributes are known)
+RESIZABLE: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+)
+
+
+def resize_to_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str = "") -> list[str]:
+    """Give ``module``'s tensors the shapes they have in ``state_dict`` (a model saved after structured pruning
+    removed channels), with the layers' size attributes (``out_channels``, ``in_features``, ``num_features``,
+    ``groups`` of depthwise convolutions...) to match, so that ``load_state_dict`` then fits. The new tensors
+    are uninitialised: load the state dict next.
+
+    Args:
+        module: the architecture as built (unpruned).
+        state_dict: the saved weights (keys ``prefix + name``).
+        prefix: the key prefix of ``module`` in ``state_dict`` (``"model."`` for a ClassificationModule's
+            network inside a Lightning checkpoint, ``""`` for the module itself).
+
+    Returns:
+        The names of the modules that were resized.
+
+    Raises:
+        ValueError: a tensor of another kind of layer (whose size attributes are unknown) or with another number
+            of dimensions differs in shape.
+    """
+    resized = []
+    for mname, sub in module.named_modules():
+        changed = False
+        for tname, tensor in list(sub.named_parameters(recurse=False)) + list(
+            sub.named_buffers(recurse=False)
+        ):
+            key = f"{prefix}{mname + '.' if mname else ''}{tname}"
+            saved = state_dict.get(key)
+            if not isinstance(saved, Tensor) or tensor is None or tuple(saved.shape) == tuple(tensor.shape):
+                continue
+            if not isinstance(sub, RESIZABLE) or saved.dim() != tensor.dim():
+                raise ValueError(
+                    f"`{key}` has shape {tuple(saved.shape)} in the checkpoint and {tuple(tensor.shape)} in "
+                    f"{type(sub).__name__} `{mname}`, which cannot be resized (only {[t.__name__ for t in RESIZABLE]} "
+                    "layers are, as structured pruning leaves them)."
+                )
+            old = tuple(tensor.shape)
+            new = torch.empty(saved.shape, dtype=tensor.dtype, device=tensor.device)
+            if isinstance(tensor, nn.Parameter):
+                setattr(sub, tname, nn.Parameter(new, requires_grad=tensor.requires_grad))
+            else:
+                sub.register_buffer(tname, new)
+            _set_sizes(sub, tname, tuple(saved.shape), old)
+            changed = True
+        if changed:
+            resized.append(mname)
+    return resized
+
+
 def load_weights(
     module: nn.Module,
     checkpoint_path: str | os.PathLike,
     option: str,
     prefix: str = "model.",
     strict: bool = True,
+    resize: bool = False,
 ) -> nn.Module:
     """Load the weights of ``checkpoint_path`` into the architecture ``module`` (in place).
 
@@ -64,6 +139,8 @@ def load_weights(
         prefix: the key prefix of the network inside a Lightning module's state dict (``"<attribute>."``).
         strict: require the checkpoint's keys to match the architecture's exactly; with ``False`` missing and
             unexpected keys are allowed (shapes must still match).
+        resize: first give the architecture the checkpoint's shapes (:func:`resize_to_state_dict`): the weights
+            of a model whose channels structured pruning removed load into its unpruned architecture.
 
     Raises:
         FileNotFoundError: if ``checkpoint_path`` does not exist.
@@ -76,6 +153,8 @@ def load_weights(
     except Exception as err:  # unpickling errors come in many types
         raise ValueError(f"`{option}` {path!r} could not be read as a PyTorch checkpoint: {err}") from err
     state = state_dict_from_checkpoint(checkpoint, option, prefix)
+    if resize:
+        resize_to_state_dict(module, state)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state)) if strict else []
     unexpected = sorted(set(state) - set(expected)) if strict else []

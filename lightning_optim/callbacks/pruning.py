@@ -129,7 +129,10 @@ class ProgressivePruning(Callback):
         compact_at_end: at the end of ``fit``, replace the network by its compacted version (structured
             pruning or channel groups); the compacted network is also kept in ``compacted_model``. With
             channel groups, a summary (requested vs removed channels per coupling group, what was kept and
-            why) is printed and ``pruning/removed_fraction`` is logged.
+            why) is printed and ``pruning/removed_fraction`` is logged. The optimizers are rebuilt for the
+            compacted network (their state restarts), so a checkpoint saved afterwards resumes; it also loads
+            with ``ClassificationModule.load_from_checkpoint(path, model=<the unpruned architecture>)``, which
+            takes the layer sizes from the file (:func:`lightning_optim.weights.resize_to_state_dict`).
         attribute: the network is ``pl_module.<attribute>`` where present, else the LightningModule.
         verbose: print a summary table (layer, shape, kept, sparsity) at the end of ``fit``.
 
@@ -235,6 +238,8 @@ class ProgressivePruning(Callback):
         # masks: weight name (relative to the network) -> bool mask (unit mask ``(out, 1, ..)`` when structured)
         self.masks: dict[str, Tensor] = {}
         self._loaded_state: dict[str, Any] | None = None
+        # the network was compacted (by this fit or the checkpoint's): masks no longer apply to it
+        self.compacted = False
         # caches, rebuilt from the model (not pickled)
         self._modules: dict[str, nn.Module] = {}
         self._followers: dict[str, list[str]] = {}
@@ -544,7 +549,11 @@ class ProgressivePruning(Callback):
         self._apply_weight_masks()
         if self.verbose and self.masks:
             rank_zero_info(self.summary_table())
-        if self.compact_at_end and self.by_groups:
+        if self.compact_at_end and self.compacted and not self.masks:
+            rank_zero_info(
+                "ProgressivePruning: the network was compacted already (restored from a checkpoint)."
+            )
+        elif self.compact_at_end and self.by_groups:
             self._run_remove_units(trainer, pl_module)
         elif self.compact_at_end:
             from lightning_optim.functional.pruning.compaction import compact_model
@@ -558,6 +567,15 @@ class ProgressivePruning(Callback):
             if model is not pl_module:
                 setattr(pl_module, self.attribute, self.compacted_model)
             self._params, self._fast_masks = {}, {}
+            self.compacted = True
+            self._rebuild_optimizers(trainer)
+
+    @staticmethod
+    def _rebuild_optimizers(trainer: pl.Trainer) -> None:
+        """The optimizers of the compacted network (their state restarts): a checkpoint taken from here on holds
+        optimizer state of the new shapes, so it resumes."""
+        if trainer.optimizers:
+            trainer.strategy.setup_optimizers(trainer)
 
     def _run_remove_units(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Channel groups: remove the pruned units from the network (checked against the masked network), put
@@ -580,6 +598,8 @@ class ProgressivePruning(Callback):
         if model is not pl_module:
             setattr(pl_module, self.attribute, self.compacted_model)
         self._params, self._fast_masks = {}, {}
+        self.compacted = True
+        self._rebuild_optimizers(trainer)
         report, requested, removed, total = self.compaction_summary(pruned)
         if removed == 0:
             rank_zero_warn(f"ProgressivePruning: nothing could be removed.\n{report}")
@@ -692,21 +712,25 @@ class ProgressivePruning(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self._loaded_state is not None:  # restored but not started yet: hand it on unchanged
             return dict(self._loaded_state)
+        # after compaction the pruned channels are gone: masks of the old shapes are not saved
+        masks = {} if self.compacted else self.masks
         return {
-            "masks": {n: pack_mask(m) for n, m in self.masks.items()},
-            "shapes": {n: tuple(m.shape) for n, m in self.masks.items()},
+            "masks": {n: pack_mask(m) for n, m in masks.items()},
+            "shapes": {n: tuple(m.shape) for n, m in masks.items()},
             "start_step": self._start_step,
             "end_step": self._end_step,
             "frequency_steps": self._frequency_steps,
             "events_done": self._events_done,
             "current_sparsity": self.current_sparsity,
             "history": list(self.history),
+            "compacted": self.compacted,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("end_step") is None:  # saved before the start of training: nothing to restore
             return
         self._loaded_state = dict(state_dict)
+        self.compacted = bool(state_dict.get("compacted", False))
         self._start_step, self._end_step = state_dict["start_step"], state_dict["end_step"]
         self._frequency_steps = state_dict["frequency_steps"]
         self._events_done = state_dict["events_done"]

@@ -20,6 +20,7 @@ from lightning_optim.functional.regularization import (
 )
 from lightning_optim.modules.loss_terms import StepContext, combine_losses, unpack_batch
 from lightning_optim.modules.optimizers import optimizer_factory
+from lightning_optim.weights import resize_to_state_dict
 
 
 def infer_num_classes(model: nn.Module) -> int | None:
@@ -235,6 +236,10 @@ class ClassificationModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a network whose channels structured pruning removed: give the architecture the saved shapes first
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            resize_to_state_dict(self, state)
         saved = checkpoint.get("loss_part_sums")
         if saved and saved.get("samples"):
             self._loss_part_sums = {k: v.to(self.device) for k, v in saved["sums"].items()}

@@ -713,3 +713,55 @@ def test_channel_groups_ddp_masks_identical_on_every_rank(tmp_path):
     for name in m0:
         assert torch.equal(m0[name], m1[name]), name
     assert int((~m0["blocks.0.0.weight"]).sum()) == 8
+
+
+@pytest.mark.parametrize("granularity", ["channel_groups", "filter"])
+def test_checkpoint_after_compaction_reloads_into_the_compacted_architecture(tmp_path, granularity):
+    """A checkpoint saved after compaction loads into the unpruned architecture as given (the shapes come from
+    the file), resumes training with ``ckpt_path`` without masking again, and rebuilds from its weights alone."""
+    seed_everything(0)
+    cb = ProgressivePruning(
+        final_sparsity=0.5,
+        start=0,
+        end=1,
+        unit="epoch",
+        granularity=granularity,
+        module_types=["Conv2d"],
+        compact_at_end=True,
+        verbose=False,
+    )
+    trainer, module = group_fit(tmp_path, cb, residual_cnn(), epochs=2)
+    compact = module.model.eval()
+    path = tmp_path / "compacted.ckpt"
+    trainer.save_checkpoint(path)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = compact(x)
+    # load_from_checkpoint: the unpruned architecture is resized to the saved shapes, weights_only
+    loaded = ClassificationModule.load_from_checkpoint(path, model=residual_cnn(), weights_only=True)
+    assert [m.out_channels for m in loaded.model.modules() if isinstance(m, nn.Conv2d)] == [
+        m.out_channels for m in compact.modules() if isinstance(m, nn.Conv2d)
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.eval()(x), expected)
+    # resume: the pruning state says "compacted", no mask of the old shapes is applied, training goes on
+    cb2 = ProgressivePruning(
+        final_sparsity=0.5,
+        start=0,
+        end=1,
+        unit="epoch",
+        granularity=granularity,
+        module_types=["Conv2d"],
+        compact_at_end=True,
+        verbose=False,
+    )
+    trainer2, module2 = group_fit(tmp_path / "resumed", cb2, residual_cnn(), epochs=3, ckpt_path=str(path))
+    assert cb2.compacted and trainer2.global_step > trainer.global_step
+    assert count_parameters(module2.model) == count_parameters(compact)
+    # the network's weights alone rebuild it (resize=True): no pickled module needed
+    from lightning_optim.weights import load_weights
+
+    torch.save(compact.state_dict(), tmp_path / "weights.pt")
+    rebuilt = load_weights(residual_cnn(), tmp_path / "weights.pt", "weights", resize=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), expected)

@@ -10,7 +10,10 @@ them alone either breaks the shapes or leaves the channel in place.
 by channel, every tensor element that must go together (union-find). Each resulting *unit* is one channel
 that can be removed as a whole: its :class:`ParamSlice` list says which rows, columns and entries it owns.
 Units that touch something we cannot change (the model's input or output, an operation we do not know, a
-grouped convolution, a layer norm across channels) are *pinned*, with the reason. A unit is also pinned
+grouped convolution whose input and output widths differ, a layer norm across channels) are *pinned*, with
+the reason. A grouped convolution with as many outputs as inputs (ResNeXt, RegNet) couples output channel
+``k`` with input channel ``k`` (both in conv group ``k // (channels / groups)``); its coupling group then
+loses the same number of channels in every conv group, so that the convolution stays grouped. A unit is also pinned
 when masking it would not make the channel exactly zero where it is consumed (for example after a sigmoid),
 so that the masked model and the compacted one compute the same function.
 
@@ -186,6 +189,9 @@ class CouplingGroup:
     name: str
     units: list[int]
     producers: list[str]
+    #: ``{unit id: conv group}`` when a grouped convolution runs through the group: every conv group must
+    #: lose the same number of units (empty otherwise)
+    divisions: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -277,6 +283,8 @@ class _Builder:
         self.inputs: list[tuple[int, ParamSlice]] = []
         self.reads: list[int] = []  # elements read by a consumer's weight (must be zero when masked)
         self.roles: dict[str, set[str]] = defaultdict(set)
+        # element -> [(grouped conv, its conv group of this channel, groups)]
+        self.divisions: dict[int, list[tuple[str, int, int]]] = {}
 
     # ------------------------------------------------------------------------------------ spaces
     def new_space(self, node: fx.Node, axis: int) -> tuple[int, int, int] | None:
@@ -390,10 +398,31 @@ class _Builder:
                         self.outputs.append((out[0] + k, ParamSlice(name, "weight", 0, k)))
                         if module.bias is not None:
                             self.outputs.append((out[0] + k, ParamSlice(name, "bias", 0, k)))
+            elif (
+                module.in_channels == module.out_channels
+                and source is not None
+                and source in self.space
+                and self.space[source][2] == 1
+                and self.passthrough(node, source)
+            ):
+                # grouped, in == out: channel k in and out go together (conv group k // width)
+                out = self.space.get(node)
+                if out is not None:
+                    self.roles[name].add("grouped")
+                    width = module.out_channels // module.groups
+                    src = self.space[source][0]
+                    for k in range(out[1]):
+                        e = out[0] + k
+                        self.outputs.append((e, ParamSlice(name, "weight", 0, k)))
+                        if module.bias is not None:
+                            self.outputs.append((e, ParamSlice(name, "bias", 0, k)))
+                        self.inputs.append((e, ParamSlice(name, "weight", 1, k)))
+                        self.reads.append(src + k)
+                        self.divisions.setdefault(e, []).append((name, k // width, module.groups))
             else:
-                self.pin_args(node, f"grouped convolution `{name}` (groups={module.groups})")
+                self.pin_args(node, f"grouped convolution `{name}` (groups={module.groups}, in != out)")
                 if self.new_space(node, 1) is not None:
-                    self.pin(node, f"grouped convolution `{name}` (groups={module.groups})")
+                    self.pin(node, f"grouped convolution `{name}` (groups={module.groups}, in != out)")
             return
         if isinstance(module, NORM_MODULES) and source is not None and self.passthrough(node, source):
             out = self.space.get(node)
@@ -661,6 +690,25 @@ def build_dependency_graph(model: nn.Module, example_input: Tensor) -> Dependenc
     for i, u in enumerate(units):
         u.id = i
 
+    # the conv group of each unit that runs through a grouped convolution (one grouped conv per unit, or the
+    # conv groups must agree: several grouped convolutions with other group widths on one channel are pinned)
+    unit_division: dict[int, int] = {}
+    by_root = {id(u): u for u in units}
+    for e, entries in b.divisions.items():
+        u = roots.get(b.uf.find(e))
+        if u is None or id(u) not in by_root:
+            continue
+        kinds = {(g, n) for _, g, n in entries}
+        current = unit_division.get(u.id)
+        key = next(iter(kinds))
+        if (
+            len(kinds) > 1
+            or (current is not None and current != key[0])
+            or any(n != key[1] for _, _, n in entries)
+        ):
+            u.pinned = u.pinned or "grouped convolutions with different group widths share it"
+        unit_division[u.id] = key[0]
+
     # coupling groups: units whose member parameters (module, name, axis) are the same set
     by_signature: dict[tuple, list[int]] = defaultdict(list)
     for u in units:
@@ -671,7 +719,14 @@ def build_dependency_graph(model: nn.Module, example_input: Tensor) -> Dependenc
         producers = writers(units[members[0]])
         for m in members:
             units[m].group = gid
-        groups.append(CouplingGroup(gid, producers[0] if producers else f"group{gid}", members, producers))
+        divisions = {m: unit_division[m] for m in members if m in unit_division}
+        if divisions and len(divisions) != len(members):
+            for m in members:
+                units[m].pinned = units[m].pinned or "a grouped convolution reads only some of these channels"
+            divisions = {}
+        groups.append(
+            CouplingGroup(gid, producers[0] if producers else f"group{gid}", members, producers, divisions)
+        )
     pinned: dict[str, int] = defaultdict(int)
     for u in units:
         if u.pinned is not None:

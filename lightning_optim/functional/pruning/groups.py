@@ -22,6 +22,7 @@ import copy
 import fnmatch
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +108,25 @@ def _overridden_target(
     return None
 
 
+def _select_per_division(group: Any, free: list[int], scores: Tensor, target: float) -> set[int]:
+    """The lowest-scoring ``round(target * width)`` units of each conv group of a grouped convolution (the same
+    number everywhere, at least one kept per conv group; none when a conv group has pinned units)."""
+    by_division: dict[int, list[int]] = defaultdict(list)
+    for u in group.units:
+        by_division[group.divisions[u]].append(u)
+    free_set = set(free)
+    if any(set(members) - free_set for members in by_division.values()):
+        return set()
+    width = min(len(members) for members in by_division.values())
+    k = min(int(round(target * width)), width - 1)
+    chosen: set[int] = set()
+    if k <= 0:
+        return chosen
+    for members in by_division.values():
+        chosen.update(sorted(members, key=lambda u: (float(scores[u]), u))[:k])
+    return chosen
+
+
 def select_units(
     graph: DependencyGraph,
     scores: Tensor,
@@ -139,10 +159,13 @@ def select_units(
         if not free:
             continue
         target = _overridden_target(g, overrides, group_sparsity)
-        if target is None and scope == "global":
+        if target is None and scope == "global" and not g.divisions:
             ranked.append(g)
             continue
         target = sparsity if target is None else target
+        if g.divisions:  # a grouped convolution: the same number from every conv group
+            chosen.update(_select_per_division(g, free, scores, target))
+            continue
         k = min(int(round(target * len(g.units))), len(free), len(g.units) - 1)
         if k <= 0:
             continue
@@ -247,6 +270,31 @@ def _size_attributes(module: nn.Module, name: str, axis: int) -> tuple[str, ...]
     return ()
 
 
+def _slice_grouped_conv(module: nn.Module, outputs: set[int], inputs: set[int]) -> None:
+    """Remove output rows and (global) input channels of a grouped convolution, conv group by conv group: its
+    weight's second axis holds each conv group's own inputs, so the kept ones are gathered per group (every
+    group keeps as many, which :func:`select_units` guarantees)."""
+    w = module.weight
+    groups, out_width, in_width = module.groups, module.out_channels // module.groups, w.shape[1]
+    rows, blocks = [], []
+    for g in range(groups):
+        kept_rows = [r for r in range(g * out_width, (g + 1) * out_width) if r not in outputs]
+        kept_cols = [c - g * in_width for c in range(g * in_width, (g + 1) * in_width) if c not in inputs]
+        blocks.append(w.detach()[kept_rows][:, kept_cols])
+        rows += kept_rows
+    if len({b.shape for b in blocks}) != 1:
+        raise ValueError(
+            f"A grouped convolution must keep as many channels in every conv group; got {[tuple(b.shape) for b in blocks]}."
+        )
+    module.weight = nn.Parameter(torch.cat(blocks).clone(), requires_grad=w.requires_grad)
+    if module.bias is not None:
+        module.bias = nn.Parameter(
+            module.bias.detach()[rows].clone(), requires_grad=module.bias.requires_grad
+        )
+    module.out_channels = len(rows)
+    module.in_channels = blocks[0].shape[1] * groups
+
+
 @torch.no_grad()
 def remove_units(
     model: nn.Module,
@@ -272,11 +320,28 @@ def remove_units(
             raise ValueError(f"Unit {uid} is pinned ({u.pinned}) and cannot be removed.")
         for s in u.slices:
             drop[(s.module, s.name, s.axis)].add(s.index)
+    grouped = {
+        m
+        for m, _, _ in drop
+        if isinstance(modules[m], nn.modules.conv._ConvNd)
+        and 1 < modules[m].groups
+        and not (modules[m].groups == modules[m].in_channels == modules[m].out_channels)
+    }
+    for mname in grouped:
+        drop.pop((mname, "bias", 0), None)  # sliced with the rows
+        _slice_grouped_conv(
+            modules[mname], drop.pop((mname, "weight", 0), set()), drop.pop((mname, "weight", 1), set())
+        )
     for (mname, pname, axis), indices in drop.items():
         module = modules[mname]
         t = getattr(module, pname, None)
         if not isinstance(t, Tensor):
             continue
+        depthwise = (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels
+        )
         keep = torch.tensor([i for i in range(t.shape[axis]) if i not in indices], dtype=torch.long)
         new = t.detach().index_select(axis, keep.to(t.device)).clone()
         if isinstance(t, nn.Parameter):
@@ -285,12 +350,7 @@ def remove_units(
             module.register_buffer(pname, new)
         for attr in _size_attributes(module, pname, axis):
             setattr(module, attr, len(keep))
-        if (
-            isinstance(module, nn.modules.conv._ConvNd)
-            and module.groups > 1
-            and pname == "weight"
-            and axis == 0
-        ):
+        if depthwise and pname == "weight" and axis == 0:
             module.groups = module.in_channels = module.out_channels = len(keep)
     if example_input is not None and pruned:
         masked = copy.deepcopy(model)

@@ -103,13 +103,39 @@ def test_squeeze_excitation_gate_joins_the_gated_channels():
     assert len(groups[("se.fc1",)].units) == 6  # the squeeze width is a group of its own
 
 
-def test_grouped_convolution_is_kept_with_its_reason():
-    graph = build_dependency_graph(GroupedCNN().eval(), X)
-    reasons = {graph.units[u].pinned for g in graph.groups for u in g.units}
-    assert any(r and "grouped convolution `grouped`" in r for r in reasons)
+def test_grouped_convolution_loses_the_same_channels_in_every_conv_group():
+    torch.manual_seed(0)
+    model = GroupedCNN().eval()
+    graph = build_dependency_graph(model, X)
     groups = _groups_by_producers(graph)
-    assert all(graph.units[u].pinned for u in groups[("conv1",)].units)
-    assert all(graph.units[u].pinned is None for u in groups[("conv3",)].units)
+    coupled = groups[("conv1", "grouped")]  # conv1's outputs are the grouped conv's inputs and outputs
+    assert sorted(set(coupled.divisions.values())) == [0, 1] and len(coupled.units) == 8
+    assert all(graph.units[u].pinned is None for u in coupled.units)
+    compact, graph, pruned = prune_channels(model, X, 0.5)
+    assert compact.grouped.groups == 2 and compact.grouped.in_channels == compact.grouped.out_channels == 4
+    assert compact.grouped.weight.shape == (4, 2, 3, 3) and compact.conv1.out_channels == 4
+    per_group = [sum(coupled.divisions[u] == g for u in pruned & set(coupled.units)) for g in (0, 1)]
+    assert per_group == [2, 2]
+
+
+def test_grouped_convolution_that_changes_width_is_kept_with_its_reason():
+    class Widening(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.grouped = nn.Conv2d(8, 16, 3, padding=1, groups=2)
+            self.conv3 = nn.Conv2d(16, 8, 3, padding=1)
+
+        def forward(self, x):
+            h = torch.relu(self.conv3(torch.relu(self.grouped(torch.relu(self.conv1(x))))))
+            return h.mean((2, 3))
+
+    graph = build_dependency_graph(Widening().eval(), X)
+    groups = _groups_by_producers(graph)
+    assert all(
+        "grouped convolution `grouped` (groups=2, in != out)" in graph.units[u].pinned
+        for u in groups[("conv1",)].units
+    )
     assert "grouped convolution" in graph.summary()
 
 
