@@ -102,9 +102,10 @@ def resize_to_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: 
             if not isinstance(saved, Tensor) or tensor is None or tuple(saved.shape) == tuple(tensor.shape):
                 continue
             if not isinstance(sub, RESIZABLE) or saved.dim() != tensor.dim():
+                where = f"`{mname}`" if mname else "(the module itself)"
                 raise ValueError(
                     f"`{key}` has shape {tuple(saved.shape)} in the checkpoint and {tuple(tensor.shape)} in "
-                    f"{type(sub).__name__} `{mname}`, which cannot be resized (only {[t.__name__ for t in RESIZABLE]} "
+                    f"{type(sub).__name__} {where}, which cannot be resized (only {[t.__name__ for t in RESIZABLE]} "
                     "layers are, as structured pruning leaves them)."
                 )
             old = tuple(tensor.shape)

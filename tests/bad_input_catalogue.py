@@ -132,6 +132,18 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
         "ValueError",
     ),
     (
+        "ProgressivePruning",
+        "channel groups on a network torch.fx cannot trace",
+        "fit(ProgressivePruning(granularity='channel_groups'), model=DataDependent())",
+        "RuntimeError",
+    ),
+    (
+        "weights",
+        "a pruned checkpoint of a layer whose size cannot change",
+        "resize_to_state_dict(torch.nn.Embedding(10, 4), {'weight': torch.zeros(10, 2)})",
+        "ValueError",
+    ),
+    (
         "QuantizationAwareTraining",
         "unsupported backend",
         "QuantizationAwareTraining(backend='tpu')",
@@ -251,6 +263,7 @@ def namespace() -> dict:
     import io
 
     import lightning.pytorch as pl
+    import torch
 
     import lightning_optim.callbacks as callbacks
     import lightning_optim.data as data
@@ -259,6 +272,7 @@ def namespace() -> dict:
     from lightning_optim.cli import build_cli
     from lightning_optim.functional.lr_scheduling.schedules import ReduceOnPlateau
     from lightning_optim.modules import ClassificationModule
+    from lightning_optim.weights import resize_to_state_dict
     from tests.conftest import quiet_trainer_kwargs
 
     exported = {}
@@ -272,9 +286,20 @@ def namespace() -> dict:
     (tmp / "no_label.csv").write_text("text,category\nhello world,1\nbye,0\n")
     (tmp / "good.csv").write_text("text,label\nhello world,1\nbye,0\nhi there,1\nso long,0\n")
 
-    def fit(callback, max_epochs: int = 1):
+    class DataDependent(torch.nn.Module):
+        """A forward with control flow on tensor values: torch.fx cannot trace it."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = torch.flatten(x, 1)
+            return self.fc(x) if x.sum() > 0 else self.fc(-x)
+
+    def fit(callback, max_epochs: int = 1, model=None):
         pl.seed_everything(0)
-        module = ClassificationModule(LeNet300100(in_features=64), lr=1e-3)
+        module = ClassificationModule(model if model is not None else LeNet300100(in_features=64), lr=1e-3)
         trainer = pl.Trainer(
             callbacks=[callback],
             **quiet_trainer_kwargs(tmp, max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1),
@@ -305,6 +330,9 @@ def namespace() -> dict:
         "ClassificationModule": ClassificationModule,
         "fit": fit,
         "cli": cli,
+        "torch": torch,
+        "DataDependent": DataDependent,
+        "resize_to_state_dict": resize_to_state_dict,
         "EMPTY": str(tmp / "empty"),
         "NO_LABEL_CSV": str(tmp / "no_label.csv"),
         "GOOD_CSV": str(tmp / "good.csv"),
