@@ -367,13 +367,76 @@ def run_overhead_steps(args: argparse.Namespace) -> None:
         assert all(int(torch.count_nonzero(t * (1 - m))) == 0 for t, m in cb._targets)
 
 
+def run_overhead_groups(args: argparse.Namespace) -> None:
+    """Channel groups (issue 23) on torchvision's ResNet-18: the per-step work of ProgressivePruning's
+    ``channel_groups`` masks (gradients masked before the optimizer step, weights after it: the callback's own
+    methods), step by step in round-robin with the same steps of an unpruned copy (the order alternates every
+    step), plus the cost of one pruning event (scoring, selecting and masking every group) amortised over the
+    steps between events (``--frequency``, default 100).
+
+        OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.pruning overhead_groups --steps 100 --image-size 64
+    """
+    import torchvision
+
+    seed_everything(args.seed)
+    size, batch = args.image_size, args.batch_size
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    dense = torchvision.models.resnet18(weights=None, num_classes=10)
+    ours = torchvision.models.resnet18(weights=None, num_classes=10)
+    ours.load_state_dict(dense.state_dict())
+    cb = ProgressivePruning(final_sparsity=0.5, granularity="channel_groups", verbose=False)
+    cb._modules = cb.select_modules(ours)
+    cb._run_build_graph(ours, x[:2])
+    t0 = time.perf_counter()
+    cb.masks = cb._group_masks(ours, 0, 0.5)
+    cb._build_targets(ours)
+    cb._apply_weight_masks()
+    event_s = time.perf_counter() - t0
+    models = {"none": dense, "ours": ours}
+    optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for step in range(args.steps + 3):
+        order = list(models.items()) if step % 2 == 0 else list(models.items())[::-1]  # no order effect
+        for name, model in order:
+            opt = optimizers[name]
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            if name == "ours":
+                cb._run_mask_gradients()
+            opt.step()
+            if name == "ours":
+                cb._apply_weight_masks()
+            if step >= 3:
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    per_epoch = args.frequency or 100
+    amortised = (med["ours"] + event_s / per_epoch) / med["none"]
+    print(
+        f"\n### channel-group pruning overhead, ResNet-18 ({size} px, batch {batch}, {args.steps} steps each, "
+        f"round-robin, 50% of the channel groups masked)\n"
+    )
+    print(
+        "| no pruning ms/step | channel groups ms/step | ratio | one event s | ratio with an event every N steps |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    print(
+        f"| {med['none'] * 1e3:.1f} | {med['ours'] * 1e3:.1f} | {med['ours'] / med['none']:.3f} | {event_s:.2f} "
+        f"| {amortised:.3f} (N = {per_epoch}) |"
+    )
+    zero = all(int(torch.count_nonzero(t * (1 - m.to(t.dtype)))) == 0 for t, m in cb._targets)
+    print(f"masked weights still zero after {args.steps} steps: {zero}")
+
+
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "part", choices=["lenet300", "lenet5", "structured", "overhead", "overhead_steps", "all"]
+        "part",
+        choices=["lenet300", "lenet5", "structured", "overhead", "overhead_steps", "overhead_groups", "all"],
     )
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--seed", type=int, default=0)
@@ -410,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (latency, overhead)")
     parser.add_argument("--steps", type=int, default=150, help="overhead: timed steps per run")
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"], help="overhead: models")
+    parser.add_argument("--image-size", type=int, default=64, help="overhead_groups: ResNet-18 input size")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -442,6 +506,7 @@ def main(argv: list[str] | None = None) -> None:
         "structured": dict(lr=0.05, weight_decay=1e-4, batch_size=128, shift=0),
         "overhead": dict(batch_size=128, lr=0.01, weight_decay=0.0, shift=0),
         "overhead_steps": dict(batch_size=128, lr=0.01, weight_decay=0.0, shift=0),
+        "overhead_groups": dict(batch_size=16, lr=0.01, weight_decay=0.0, shift=0),
     }
     parts = (
         ["lenet300", "lenet5", "structured", "overhead", "overhead_steps"]
@@ -459,6 +524,8 @@ def main(argv: list[str] | None = None) -> None:
             run_structured(part_args)
         elif part == "overhead_steps":
             run_overhead_steps(part_args)
+        elif part == "overhead_groups":
+            run_overhead_groups(part_args)
         else:
             run_overhead(part_args)
     print(f"\nload at the end {os.getloadavg()}")

@@ -28,7 +28,12 @@ from lightning_optim.functional.pruning.dependency import (
     build_dependency_graph,
     check_traceable,
 )
-from lightning_optim.functional.pruning.groups import group_masks, pruned_units, remove_units
+from lightning_optim.functional.pruning.groups import (
+    group_masks,
+    groups_kept_whole,
+    pruned_units,
+    remove_units,
+)
 from lightning_optim.functional.pruning.importance import check_importance
 from lightning_optim.functional.pruning.masks import (
     GRANULARITIES,
@@ -240,6 +245,7 @@ class ProgressivePruning(Callback):
         self._loaded_state: dict[str, Any] | None = None
         # the network was compacted (by this fit or the checkpoint's): masks no longer apply to it
         self.compacted = False
+        self._warned_whole: set[str] = set()
         # caches, rebuilt from the model (not pickled)
         self._modules: dict[str, nn.Module] = {}
         self._followers: dict[str, list[str]] = {}
@@ -414,6 +420,15 @@ class ProgressivePruning(Callback):
         masks, _ = group_masks(
             model, self.graph, target, self.scope, self.importance, group_sparsity=group_sparsity
         )
+        if self.scope == "layer":
+            whole = groups_kept_whole(self.graph, target, group_sparsity=group_sparsity)
+            new = sorted(set(whole) - self._warned_whole)
+            if new:
+                self._warned_whole.update(new)
+                rank_zero_warn(
+                    f"ProgressivePruning: the target sparsity ({target:.2f}) would remove every channel of the "
+                    f"coupling group(s) {new}; one channel of each is kept."
+                )
         return masks
 
     # -------------------------------------------------------------------------------------- internals

@@ -765,3 +765,12 @@ def test_checkpoint_after_compaction_reloads_into_the_compacted_architecture(tmp
     rebuilt = load_weights(residual_cnn(), tmp_path / "weights.pt", "weights", resize=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), expected)
+
+
+def test_channel_groups_say_when_a_group_keeps_one_channel(tmp_path):
+    seed_everything(0)
+    cb = ProgressivePruning(final_sparsity=0.95, start=0, end=0, unit="epoch", granularity="channel_groups")
+    with pytest.warns(
+        UserWarning, match=r"would remove every channel of the coupling group\(s\) \['blocks.0.0'"
+    ):
+        group_fit(tmp_path, cb, ResidualCNN(width=4, classes=10), epochs=1)

@@ -212,6 +212,25 @@ def unit_masks(model: nn.Module, graph: DependencyGraph, pruned: Iterable[int]) 
     return masks
 
 
+def groups_kept_whole(
+    graph: DependencyGraph,
+    sparsity: float,
+    overrides: Mapping[str, float] | None = None,
+    group_sparsity: Mapping[int, float] | None = None,
+) -> list[str]:
+    """The coupling groups whose target would remove all their channels (``round(target * n) == n``, a small
+    group at a high sparsity): :func:`select_units` keeps one channel of each; callers say so."""
+    names = []
+    for g in graph.groups:
+        if not any(graph.units[u].pinned is None for u in g.units):
+            continue
+        target = _overridden_target(g, overrides, group_sparsity)
+        target = sparsity if target is None else target
+        if int(round(target * len(g.units))) >= len(g.units):
+            names.append(g.name)
+    return names
+
+
 def group_masks(
     model: nn.Module,
     graph: DependencyGraph,
@@ -414,6 +433,7 @@ __all__ = [
     "CompactionMismatch",
     "check_equivalent",
     "group_masks",
+    "groups_kept_whole",
     "group_unit_scores",
     "prune_channels",
     "pruned_units",

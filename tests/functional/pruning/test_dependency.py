@@ -243,3 +243,24 @@ def test_group_masks_have_fixed_names_and_pruned_units_inverts_them():
     assert pruned_units(graph, half) == pruned_half
     assert sum(graph.units[u].group == 1 for u in pruned_half) == 4  # its own target, also in global scope
     assert len(pruned_half) == 4 + round(0.5 * 24)  # the other 24 free channels ranked together
+
+
+def test_a_request_that_would_empty_a_group_keeps_one_channel_and_is_named():
+    from lightning_optim.functional.pruning.groups import groups_kept_whole
+
+    class Narrow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 2, 3, padding=1)  # 2 channels: 90% of 2 rounds to 2
+            self.b = nn.Conv2d(2, 16, 3, padding=1)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.b(torch.relu(self.a(x)))).mean((2, 3)))
+
+    model = Narrow().eval()
+    graph = build_dependency_graph(model, X)
+    assert groups_kept_whole(graph, 0.9) == ["a"]
+    assert groups_kept_whole(graph, 0.5) == []
+    compact, _, _ = prune_channels(model, X, 0.9)
+    assert compact.a.out_channels == 1 and compact.b.out_channels == 2
