@@ -22,70 +22,27 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+
+from lightning_optim.functional.pruning.dependency import (
+    NORM_MODULES,
+    ZERO_PRESERVING_FUNCTIONS,
+    ZERO_PRESERVING_METHODS,
+    ZERO_PRESERVING_MODULES,
+)
 
 
 class CompactionError(RuntimeError):
     """The model cannot be compacted (untraceable, or the compacted model would differ)."""
 
 
-#: modules that act on each channel separately and map 0 to 0
-ZERO_PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Softsign,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-)
-ZERO_PRESERVING_FUNCTIONS = {
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    F.mish,
-    F.hardswish,
-    F.hardtanh,
-    torch.tanh,
-    F.tanh,
-    F.dropout,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
-}
-ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "contiguous"}
-NORM_MODULES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+class CompactionMismatch(CompactionError):
+    """The compacted model does not compute what the original (masked) model computes."""
 
 
+# the per-op tables (which modules and functions keep channels apart and map 0 to 0) are the dependency
+# tracer's: one list for both
 def trace(model: nn.Module) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a clear error for models it cannot follow.
 
@@ -382,25 +339,35 @@ def compact_model(
 
     compact.train(was_training)
     if check and changed:
-        _check_equivalence(model, compact, example_input, atol)
+        check_equivalent(model, compact, example_input, atol, floor=1.0)
     return compact
 
 
-def _check_equivalence(original: nn.Module, compact: nn.Module, example_input: Tensor, atol: float) -> None:
-    modes = (original.training, compact.training)
-    original.eval()
-    compact.eval()
+@torch.no_grad()
+def check_equivalent(
+    reference: nn.Module, candidate: nn.Module, example_input: Tensor, tol: float = 1e-4, floor: float = 1e-12
+) -> float:
+    """The largest output difference of two models in eval mode on ``example_input``, relative to
+    ``max(largest reference output, floor)`` (``floor=1`` makes it absolute for small outputs).
+
+    Raises:
+        CompactionMismatch: above ``tol``, or when the output shapes differ.
+    """
+    modes = (reference.training, candidate.training)
+    reference.eval()
+    candidate.eval()
     try:
-        ref, out = original(example_input), compact(example_input)
+        ref, out = reference(example_input), candidate(example_input)
     finally:
-        original.train(modes[0])
-        compact.train(modes[1])
-    if not isinstance(ref, Tensor) or ref.shape != out.shape:
-        raise CompactionError("The compacted model's output has another shape than the original's.")
-    diff = float((ref.float() - out.float()).abs().max()) if ref.numel() else 0.0
-    scale = max(1.0, float(ref.float().abs().max())) if ref.numel() else 1.0
-    if diff > atol * scale:
-        raise CompactionError(
-            f"The compacted model differs from the original by {diff:.3g} (allowed {atol * scale:.3g}); "
+        reference.train(modes[0])
+        candidate.train(modes[1])
+    if not isinstance(ref, Tensor) or not isinstance(out, Tensor) or ref.shape != out.shape:
+        raise CompactionMismatch("The compacted model's output has another shape than the original's.")
+    scale = max(float(ref.float().abs().max()), floor) if ref.numel() else 1.0
+    diff = float((ref.float() - out.float()).abs().max()) / scale if ref.numel() else 0.0
+    if diff > tol:
+        raise CompactionMismatch(
+            f"The compacted model differs from the original by {diff * scale:.3g} (allowed {tol * scale:.3g}); "
             "refusing to return it. Are the pruned units' biases and batch-norm scale/shift zero too?"
         )
+    return diff

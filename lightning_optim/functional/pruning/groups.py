@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_optim.checks import check_choice
+from lightning_optim.functional.pruning.compaction import CompactionMismatch, check_equivalent
 from lightning_optim.functional.pruning.dependency import DependencyGraph, ParamSlice, build_dependency_graph
 from lightning_optim.functional.pruning.importance import IMPORTANCES
 from lightning_optim.functional.pruning.masks import SCOPES
@@ -44,10 +45,6 @@ SIZE_ATTRIBUTES: list[tuple[type[nn.Module], dict[tuple[str, int], tuple[str, ..
         {("weight", 0): ("num_features",), ("running_mean", 0): ("num_features",)},
     ),
 ]
-
-
-class CompactionMismatch(RuntimeError):
-    """The model with units removed does not compute what the masked model computes."""
 
 
 def _param(modules: Mapping[str, nn.Module], s: ParamSlice) -> Tensor | None:
@@ -379,34 +376,6 @@ def remove_units(
             params[name].mul_(mask.to(params[name].dtype))
         check_equivalent(masked, compact, example_input, rtol)
     return compact
-
-
-@torch.no_grad()
-def check_equivalent(
-    reference: nn.Module, candidate: nn.Module, example_input: Tensor, rtol: float = 1e-4
-) -> float:
-    """The largest output difference of the two models in eval mode, relative to the largest reference output.
-
-    Raises:
-        CompactionMismatch: above ``rtol``, or when the output shapes differ.
-    """
-    modes = (reference.training, candidate.training)
-    reference.eval()
-    candidate.eval()
-    try:
-        ref, out = reference(example_input), candidate(example_input)
-    finally:
-        reference.train(modes[0])
-        candidate.train(modes[1])
-    if not isinstance(ref, Tensor) or not isinstance(out, Tensor) or ref.shape != out.shape:
-        raise CompactionMismatch("The compacted model's output has another shape than the masked model's.")
-    scale = max(float(ref.float().abs().max()), 1e-12) if ref.numel() else 1.0
-    diff = float((ref.float() - out.float()).abs().max()) / scale if ref.numel() else 0.0
-    if diff > rtol:
-        raise CompactionMismatch(
-            f"The compacted model differs from the masked one by {diff:.3g} (relative; allowed {rtol:.3g})."
-        )
-    return diff
 
 
 def prune_channels(
