@@ -163,3 +163,16 @@ class TokenMLPBlock(nn.Module):
 
     def forward(self, x):
         return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class TokenClassifier(nn.Module):
+    """(batch, tokens, features) -> a linear embedding, two pre-norm MLP blocks, mean over tokens, a head."""
+
+    def __init__(self, features: int = 8, width: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, width)
+        self.blocks = nn.Sequential(TokenMLPBlock(width, 2 * width), TokenMLPBlock(width, 2 * width))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.embed(x)).mean(1))

@@ -774,3 +774,30 @@ def test_channel_groups_say_when_a_group_keeps_one_channel(tmp_path):
         UserWarning, match=r"would remove every channel of the coupling group\(s\) \['blocks.0.0'"
     ):
         group_fit(tmp_path, cb, ResidualCNN(width=4, classes=10), epochs=1)
+
+
+def test_channel_groups_on_a_transformer_prune_mlp_neurons_and_keep_the_stream(tmp_path):
+    from tests.nets import TokenClassifier
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    seed_everything(0)
+    net = TokenClassifier()
+    cb = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=1, unit="epoch", granularity="channel_groups", compact_at_end=True
+    )
+    module = ClassificationModule(net, optimizer="adam", lr=1e-2)
+    Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=2, callbacks=[cb])).fit(
+        module, train_dataloaders=loader
+    )
+    compact = module.model.eval()
+    for block in compact.blocks:
+        assert block.fc1.out_features == block.fc2.in_features == 16  # half of the 32 hidden neurons
+        assert block.fc2.out_features == 16 and block.norm.normalized_shape == (16,)  # the stream stays
+    with torch.no_grad():
+        masked, out = net.eval()(x[:8]), compact(x[:8])
+    assert (masked - out).abs().max() <= 1e-4 * masked.abs().max()
+    text, requested, removed, _ = cb.compaction_summary()
+    # the stream's half is requested too, and the summary says why it was kept
+    assert (removed, requested) == (32, 40) and "LayerNorm" in text
