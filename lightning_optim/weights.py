@@ -72,7 +72,9 @@ RESIZABLE: tuple[type[nn.Module], ...] = (
 )
 
 
-def resize_to_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str = "") -> list[str]:
+def resize_to_state_dict(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str = "", strict: bool = True
+) -> list[str]:
     """Give ``module``'s tensors the shapes they have in ``state_dict`` (a model saved after structured pruning
     removed channels), with the layers' size attributes (``out_channels``, ``in_features``, ``num_features``,
     ``groups`` of depthwise convolutions...) to match, so that ``load_state_dict`` then fits. The new tensors
@@ -83,13 +85,15 @@ def resize_to_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: 
         state_dict: the saved weights (keys ``prefix + name``).
         prefix: the key prefix of ``module`` in ``state_dict`` (``"model."`` for a ClassificationModule's
             network inside a Lightning checkpoint, ``""`` for the module itself).
+        strict: refuse a differing tensor of a layer that cannot be resized; with ``False`` it is left for
+            ``load_state_dict`` (which refuses it, or resizes it itself as quantization observers do).
 
     Returns:
         The names of the modules that were resized.
 
     Raises:
-        ValueError: a tensor of another kind of layer (whose size attributes are unknown) or with another number
-            of dimensions differs in shape.
+        ValueError: (``strict``) a tensor of another kind of layer (whose size attributes are unknown) or with
+            another number of dimensions differs in shape.
     """
     resized = []
     for mname, sub in module.named_modules():
@@ -102,6 +106,8 @@ def resize_to_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: 
             if not isinstance(saved, Tensor) or tensor is None or tuple(saved.shape) == tuple(tensor.shape):
                 continue
             if not isinstance(sub, RESIZABLE) or saved.dim() != tensor.dim():
+                if not strict:
+                    continue
                 where = f"`{mname}`" if mname else "(the module itself)"
                 raise ValueError(
                     f"`{key}` has shape {tuple(saved.shape)} in the checkpoint and {tuple(tensor.shape)} in "

@@ -237,9 +237,10 @@ class ClassificationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a network whose channels structured pruning removed: give the architecture the saved shapes first
+        # (other differences, e.g. quantization observers, are load_state_dict's to handle, as before)
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
-            resize_to_state_dict(self, state)
+            resize_to_state_dict(self, state, strict=False)
         saved = checkpoint.get("loss_part_sums")
         if saved and saved.get("samples"):
             self._loss_part_sums = {k: v.to(self.device) for k, v in saved["sums"].items()}

@@ -720,16 +720,20 @@ def test_checkpoint_after_compaction_reloads_into_the_compacted_architecture(tmp
     """A checkpoint saved after compaction loads into the unpruned architecture as given (the shapes come from
     the file), resumes training with ``ckpt_path`` without masking again, and rebuilds from its weights alone."""
     seed_everything(0)
-    cb = ProgressivePruning(
-        final_sparsity=0.5,
-        start=0,
-        end=1,
-        unit="epoch",
-        granularity=granularity,
-        module_types=["Conv2d"],
-        compact_at_end=True,
-        verbose=False,
-    )
+
+    def pruning():
+        return ProgressivePruning(
+            final_sparsity=0.5,
+            start=0,
+            end=1,
+            unit="epoch",
+            granularity=granularity,
+            module_types=["Conv2d"],
+            compact_at_end=True,
+            verbose=False,
+        )
+
+    cb = pruning()
     trainer, module = group_fit(tmp_path, cb, residual_cnn(), epochs=2)
     compact = module.model.eval()
     path = tmp_path / "compacted.ckpt"
@@ -745,16 +749,7 @@ def test_checkpoint_after_compaction_reloads_into_the_compacted_architecture(tmp
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.eval()(x), expected)
     # resume: the pruning state says "compacted", no mask of the old shapes is applied, training goes on
-    cb2 = ProgressivePruning(
-        final_sparsity=0.5,
-        start=0,
-        end=1,
-        unit="epoch",
-        granularity=granularity,
-        module_types=["Conv2d"],
-        compact_at_end=True,
-        verbose=False,
-    )
+    cb2 = pruning()
     trainer2, module2 = group_fit(tmp_path / "resumed", cb2, residual_cnn(), epochs=3, ckpt_path=str(path))
     assert cb2.compacted and trainer2.global_step > trainer.global_step
     assert count_parameters(module2.model) == count_parameters(compact)
@@ -801,3 +796,30 @@ def test_channel_groups_on_a_transformer_prune_mlp_neurons_and_keep_the_stream(t
     text, requested, removed, _ = cb.compaction_summary()
     # the stream's half is requested too, and the summary says why it was kept
     assert (removed, requested) == (32, 40) and "LayerNorm" in text
+
+
+def test_channel_groups_recipe_from_yaml_compacts_and_tests_the_compacted_model(tmp_path):
+    from lightning_optim.cli import build_cli
+
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(Path(__file__).resolve().parents[2] / "examples" / "prune_convnet3_channel_groups.yaml"),
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+            "--trainer.limit_test_batches=1",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks.init_args.end=1",
+        ]
+    )
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, ProgressivePruning)]
+    assert cb.compacted and cli.model.model is cb.compacted_model
+    _, requested, removed, _ = cb.compaction_summary()
+    assert removed == requested > 0
+    assert [m.out_channels for m in cli.model.model.modules() if isinstance(m, nn.Conv2d)] == [16, 32, 64]
+    assert "test_acc" in cli.trainer.callback_metrics  # test_after_fit ran on the compacted network
