@@ -429,6 +429,98 @@ def run_overhead_groups(args: argparse.Namespace) -> None:
     print(f"masked weights still zero after {args.steps} steps: {zero}")
 
 
+class _AlternatingPruning(ProgressivePruning):
+    """ProgressivePruning whose per-step hooks run on even steps only: within one fit, the odd steps are the
+    same training without any pruning work (the comparison the overhead target asks for)."""
+
+    def _on(self, trainer: Trainer) -> bool:
+        return trainer.global_step % 2 == 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: D102
+        if self._on(trainer):
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # noqa: D102
+        if self._on(trainer):
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: D102
+        if trainer.global_step % 2 == 1:  # the step just taken was even (global_step counts it already)
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class _StepClock(Callback):
+    """Wall time of each training step, from the first callback hook to the last (two instances: ``start``
+    first in the callback list, ``stop`` last)."""
+
+    def __init__(self, times: dict[int, float], start: bool) -> None:
+        self.times, self.start = times, start
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: D102
+        if self.start:
+            self.times[trainer.global_step] = -time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: D102
+        if not self.start:
+            self.times[trainer.global_step - 1] += time.perf_counter()
+
+
+def run_overhead_fit(args: argparse.Namespace) -> None:
+    """Channel groups on torchvision's ResNet-18 inside one Lightning fit: ProgressivePruning ramps to 50% of
+    the channel groups over the whole fit (an event every ``--frequency`` steps), and its per-step hooks run on
+    even steps only, so the odd steps of the same fit are the unpruned baseline under the same load. Step time
+    = from the first callback hook of the step to the last (forward, backward, optimizer, the pruning work).
+
+        OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.pruning overhead_fit --steps 200 --image-size 64
+    """
+    import torchvision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    seed_everything(args.seed)
+    size, batch, steps = args.image_size, args.batch_size, args.steps
+    data = TensorDataset(torch.randn(batch * 8, 3, size, size), torch.randint(0, 10, (batch * 8,)))
+    loader = DataLoader(data, batch_size=batch, shuffle=True)
+    model = ClassificationModule(
+        torchvision.models.resnet18(weights=None, num_classes=10), optimizer="sgd", lr=args.lr
+    )
+    frequency = args.frequency or 10
+    cb = _AlternatingPruning(
+        final_sparsity=0.5,
+        start=0,
+        end=steps,
+        unit="step",
+        frequency=frequency,
+        granularity="channel_groups",
+        verbose=False,
+    )
+    times: dict[int, float] = {}
+    trainer = Trainer(
+        callbacks=[_StepClock(times, True), cb, _StepClock(times, False)],
+        **quiet_trainer_kwargs(max_steps=steps + 2, limit_val_batches=0),
+    )
+    trainer.fit(model, loader)
+    warm = {k: v for k, v in times.items() if 4 <= k < steps}
+    on = [v for k, v in warm.items() if k % 2 == 0]
+    off = [v for k, v in warm.items() if k % 2 == 1]
+    events = [k for k in warm if k % 2 == 0 and k % frequency == 0]
+    ratio = statistics.median(on) / statistics.median(off)
+    mean_ratio = statistics.mean(on) / statistics.mean(off)
+    print(
+        f"\n### channel-group pruning overhead within one fit, ResNet-18 ({size} px, batch {batch}, {steps} steps, "
+        f"ramp to 50% over the fit, an event every {frequency} steps, hooks on even steps)\n"
+    )
+    print(
+        "| steps without pruning work, median ms | with it, median ms | ratio (medians) | ratio (means, events included) |"
+    )
+    print("|---:|---:|---:|---:|")
+    print(
+        f"| {statistics.median(off) * 1e3:.1f} | {statistics.median(on) * 1e3:.1f} | {ratio:.3f} | {mean_ratio:.3f} |"
+    )
+    print(
+        f"{len(on)} steps with, {len(off)} without, {len(events)} pruning events; final sparsity {cb.current_sparsity:.2f}"
+    )
+
+
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -436,7 +528,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "part",
-        choices=["lenet300", "lenet5", "structured", "overhead", "overhead_steps", "overhead_groups", "all"],
+        choices=[
+            "lenet300",
+            "lenet5",
+            "structured",
+            "overhead",
+            "overhead_steps",
+            "overhead_groups",
+            "overhead_fit",
+            "all",
+        ],
     )
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--seed", type=int, default=0)
@@ -507,6 +608,7 @@ def main(argv: list[str] | None = None) -> None:
         "overhead": dict(batch_size=128, lr=0.01, weight_decay=0.0, shift=0),
         "overhead_steps": dict(batch_size=128, lr=0.01, weight_decay=0.0, shift=0),
         "overhead_groups": dict(batch_size=16, lr=0.01, weight_decay=0.0, shift=0),
+        "overhead_fit": dict(batch_size=16, lr=0.01, weight_decay=0.0, shift=0),
     }
     parts = (
         ["lenet300", "lenet5", "structured", "overhead", "overhead_steps"]
@@ -526,6 +628,8 @@ def main(argv: list[str] | None = None) -> None:
             run_overhead_steps(part_args)
         elif part == "overhead_groups":
             run_overhead_groups(part_args)
+        elif part == "overhead_fit":
+            run_overhead_fit(part_args)
         else:
             run_overhead(part_args)
     print(f"\nload at the end {os.getloadavg()}")

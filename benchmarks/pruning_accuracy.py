@@ -14,6 +14,7 @@ mean and the worst seed. Input adaptation for 28x28 grey digits: the first convo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -23,7 +24,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torch import nn
 
 from benchmarks._trainer import quiet_trainer_kwargs
-from lightning_optim.callbacks import ProgressivePruning
+from lightning_optim.callbacks import LRScheduling, ProgressivePruning
 from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.functional.compression_report.measure import count_flops, count_parameters
 from lightning_optim.modules import ClassificationModule
@@ -61,6 +62,8 @@ def fit_one(args: argparse.Namespace, name: str, seed: int, pruned: bool) -> dic
                 verbose=False,
             )
         )
+    if args.schedule != "constant":
+        callbacks.append(LRScheduling(args.schedule, interval="step", log_momentum=False))
     module = ClassificationModule(net, optimizer="adamw", lr=args.lr, weight_decay=1e-4)
     trainer = Trainer(
         callbacks=callbacks,
@@ -84,6 +87,26 @@ def fit_one(args: argparse.Namespace, name: str, seed: int, pruned: bool) -> dic
     return row
 
 
+def resumable_fit(args: argparse.Namespace, name: str, seed: int, pruned: bool) -> dict:
+    """:func:`fit_one`, or its result from an earlier run with the same settings (a killed run resumes)."""
+    settings = {
+        k: v for k, v in sorted(vars(args).items()) if k not in ("models", "seeds", "out_dir", "data_dir")
+    }
+    key = json.dumps({"model": name, "seed": seed, "pruned": pruned, **settings}, sort_keys=True)
+    path = os.path.join(args.out_dir, "results.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                if record["key"] == key:
+                    return record["row"]
+    row = fit_one(args, name, seed, pruned)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({"key": key, "row": row}) + "\n")
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,20 +122,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--limit-train-batches", type=float, default=1.0, help="batches per epoch (a float: a fraction)"
     )
+    parser.add_argument(
+        "--schedule",
+        default="constant",
+        choices=["constant", "one_cycle", "cosine"],
+        help="the LR schedule, per step",
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out-dir", default="/tmp/pruning_accuracy")
+    parser.add_argument(
+        "--out-dir",
+        default="/tmp/pruning_accuracy",
+        help="logs, and one JSON per finished fit: a rerun with the same settings skips the fits already done",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); load {os.getloadavg()}")
     print(
         f"{args.epochs} epochs (ramp 0-{args.ramp_epochs} then fine-tuning), AdamW lr {args.lr}, batch "
-        f"{args.batch_size}, limit_train_batches {args.limit_train_batches}, sparsity {args.sparsity}"
+        f"{args.batch_size}, limit_train_batches {args.limit_train_batches}, sparsity {args.sparsity}, "
+        f"schedule {args.schedule}"
     )
     for name in args.models:
         rows = []
         for seed in range(args.seeds):
-            dense = fit_one(args, name, seed, pruned=False)
-            pruned = fit_one(args, name, seed, pruned=True)
+            dense = resumable_fit(args, name, seed, pruned=False)
+            pruned = resumable_fit(args, name, seed, pruned=True)
             rows.append((seed, dense, pruned))
             print(
                 f"  [{name} seed {seed}] dense {dense['error']:.2f}% ({dense['s']:.0f} s), pruned "

@@ -20,7 +20,10 @@ Per model, in one process and side by side:
 How the figures are counted:
 
 - **prunable units**: the channels (units of ``build_dependency_graph``) that are not pinned for "the model's
-  output" (the classifier's outputs are never requested); **requested** = ``round(sparsity x prunable)``;
+  output" (the classifier's outputs are never requested) and, for the transformers (``vit_b_16``, ``vit_tiny``,
+  ``bert``), not in the residual stream (the embedding width, read by layer norms across channels: optional
+  in the issue, off by default; counted in the details); attention heads are units like channels (one per
+  head); **requested** = ``round(sparsity x prunable)``;
   **removed / requested** = pruned units / requested units (units pinned for any other reason count as
   requested and not removed: that is the coverage gap). **raw** = pruned units / all units.
 - **width removed**: ``1 - sum(out widths after) / sum(out widths before)`` over the convolutions and linear layers
@@ -237,6 +240,7 @@ class Row:
     status: str = "ok"  # "ok", "refused: ...", "failed: ...", "skipped: ...", "MISMATCH: ..."
     units: int = 0
     prunable: int = 0
+    stream: int = 0  # transformers: residual-stream units, not requested
     requested: int = 0
     pruned: int = 0
     params: tuple[int, int | None, int | None] | None = None  # dense, ours, tp
@@ -297,6 +301,13 @@ def torch_pruning(model: nn.Module, x: Tensor, sparsity: float) -> nn.Module:
     return pruned
 
 
+def residual_stream(graph: Any) -> set[int]:
+    """The units of a transformer's residual stream (its embedding width): the channels a layer norm across
+    channels reads. Pruning them is optional in the issue and off by default, so they are not requested."""
+    norms = {m for m, roles in graph.roles.items() if "layernorm" in roles}
+    return {u.id for u in graph.units if any(s.module in norms for s in u.outputs)}
+
+
 def ours(model: nn.Module, x: Tensor, sparsity: float, row: Row) -> nn.Module | None:
     """Our pruning, filling ``row``; returns the compacted copy (``None`` when refused or failed)."""
     try:
@@ -314,7 +325,9 @@ def ours(model: nn.Module, x: Tensor, sparsity: float, row: Row) -> nn.Module | 
         row.status = f"failed: {type(err).__name__}: {_short(err, 300)}"
         return None
     row.units = len(graph.units)
-    row.prunable = sum(u.pinned != OUTPUT_REASON for u in graph.units)
+    stream = residual_stream(graph) if row.model in TRANSFORMERS else set()
+    row.stream = len(stream)
+    row.prunable = sum(u.pinned != OUTPUT_REASON and u.id not in stream for u in graph.units)
     row.requested = int(round(sparsity * row.prunable))
     row.pruned = len(pruned)
     row.kept = kept_reasons(graph.summary())
@@ -435,6 +448,8 @@ def details(rows: list[Row]) -> list[str]:
         if not r.ran:
             continue
         lines.append(f"- **{r.model}**: {r.status}")
+        if r.stream:
+            lines.append(f"    - residual stream: {r.stream} units, not requested (optional, off by default)")
         lines += [f"    - {k}" for k in r.kept]
         if r.tp_status not in ("ok", "-") and not r.tp_status.startswith("not run"):
             lines.append(f"    - Torch-Pruning: {r.tp_status}")

@@ -14,6 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_optim.layers.attention import (
+    HEAD_COUNT_ATTRIBUTES,
+    HEAD_WIDTH_ATTRIBUTES,
+    INNER_WIDTH_ATTRIBUTES,
+    PrunedMultiheadAttention,
+    from_multihead_attention,
+)
 from lightning_optim.paths import user_file
 
 __all__ = ["load_weights", "resize_to_state_dict", "state_dict_from_checkpoint"]
@@ -95,7 +102,7 @@ def resize_to_state_dict(
         ValueError: (``strict``) a tensor of another kind of layer (whose size attributes are unknown) or with
             another number of dimensions differs in shape.
     """
-    resized = []
+    resized = _resize_attention(module, state_dict, prefix)
     for mname, sub in module.named_modules():
         changed = False
         for tname, tensor in list(sub.named_parameters(recurse=False)) + list(
@@ -125,6 +132,51 @@ def resize_to_state_dict(
         if changed:
             resized.append(mname)
     return resized
+
+
+def _resize_attention(module: nn.Module, state_dict: dict[str, Any], prefix: str) -> list[str]:
+    """Attention layers saved with fewer heads: an ``nn.MultiheadAttention`` becomes a
+    :class:`~lightning_optim.layers.attention.PrunedMultiheadAttention` with the saved head count; a module
+    with a head count and a head width attribute (timm's ``num_heads``/``head_dim``, transformers'
+    ``num_attention_heads``/``attention_head_size``) gets the count its projections have in the checkpoint."""
+    changed = []
+    for mname, sub in list(module.named_modules()):
+        key = f"{prefix}{mname + '.' if mname else ''}"
+        if isinstance(sub, (nn.MultiheadAttention, PrunedMultiheadAttention)):
+            saved = state_dict.get(key + "in_proj_weight")
+            if isinstance(saved, Tensor) and saved.shape[0] != sub.in_proj_weight.shape[0]:
+                heads = saved.shape[0] // (3 * sub.head_dim)
+                new = from_multihead_attention(sub, list(range(min(heads, sub.num_heads))))
+                if heads > sub.num_heads:
+                    raise ValueError(f"`{key}in_proj_weight` has more heads than `{mname}`.")
+                parent, _, child = mname.rpartition(".")
+                setattr(module.get_submodule(parent) if parent else module, child, new)
+                changed.append(mname)
+            continue
+        count = next((a for a in HEAD_COUNT_ATTRIBUTES if isinstance(getattr(sub, a, None), int)), None)
+        width = next((a for a in HEAD_WIDTH_ATTRIBUTES if isinstance(getattr(sub, a, None), int)), None)
+        if count is None or width is None or getattr(sub, width) <= 0:
+            continue
+        heads, dh = getattr(sub, count), getattr(sub, width)
+        found = set()
+        for lname, layer in sub.named_modules():
+            saved = state_dict.get(f"{key}{lname + '.' if lname else ''}weight")
+            if (
+                not isinstance(layer, nn.Linear)
+                or not isinstance(saved, Tensor)
+                or saved.shape[0] == layer.out_features
+            ):
+                continue
+            for k in (1, 3):
+                if layer.out_features == k * heads * dh and saved.shape[0] % (k * dh) == 0:
+                    found.add(saved.shape[0] // (k * dh))
+        if len(found) == 1 and (new_heads := found.pop()) != heads:
+            setattr(sub, count, new_heads)
+            for attr in INNER_WIDTH_ATTRIBUTES:
+                if getattr(sub, attr, None) == heads * dh:
+                    setattr(sub, attr, new_heads * dh)
+            changed.append(mname)
+    return changed
 
 
 def load_weights(

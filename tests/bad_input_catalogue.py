@@ -121,7 +121,7 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ),
     ("ProgressivePruning", "sparsity of 1", "ProgressivePruning(final_sparsity=1.0)", "ValueError"),
     ("ProgressivePruning", "end before start", "ProgressivePruning(start=5, end=2)", "ValueError"),
-    ("ProgressivePruning", "unknown granularity", "ProgressivePruning(granularity='blocks')", "ValueError"),
+    ("ProgressivePruning", "unknown granularity", "ProgressivePruning(granularity='layers')", "ValueError"),
     ("ProgressivePruning", "unknown importance", "ProgressivePruning(importance='l3')", "ValueError"),
     ("ProgressivePruning", "unknown scope", "ProgressivePruning(scope='world')", "ValueError"),
     ("ProgressivePruning", "unknown schedule", "ProgressivePruning(schedule='quartic')", "ValueError"),

@@ -6,6 +6,7 @@ import copy
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -176,3 +177,87 @@ class TokenClassifier(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(self.embed(x)).mean(1))
+
+
+class SplitQKVAttention(nn.Module):
+    """Self-attention written out as users write it: separate q/k/v projections, heads by ``view`` and
+    ``transpose``, ``softmax(q @ k^T) @ v`` (or ``scaled_dot_product_attention`` with ``fused``), an output
+    projection; ``num_heads`` is read in ``forward``."""
+
+    def __init__(self, width: int = 16, num_heads: int = 4, fused: bool = False) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.fused = num_heads, width // num_heads, fused
+        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+            out = attn.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class PackedQKVAttention(nn.Module):
+    """timm's layout: one ``qkv`` projection reshaped to (3, batch, heads, tokens, head_dim), ``unbind``,
+    ``scaled_dot_product_attention``, ``attn_dim`` in ``forward``."""
+
+    def __init__(self, width: int = 16, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, width // num_heads
+        self.attn_dim = num_heads * self.head_dim
+        self.qkv = nn.Linear(width, 3 * self.attn_dim)
+        self.proj = nn.Linear(self.attn_dim, width)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+
+
+class TransformerBlock(nn.Module):
+    """A pre-norm transformer layer: attention (``kind``: "split", "fused", "packed" or torch's "mha") and an
+    MLP, each with a residual connection."""
+
+    def __init__(self, width: int = 16, num_heads: int = 4, kind: str = "split") -> None:
+        super().__init__()
+        self.kind = kind
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        if kind == "mha":
+            self.attn = nn.MultiheadAttention(width, num_heads, batch_first=True)
+        elif kind == "packed":
+            self.attn = PackedQKVAttention(width, num_heads)
+        else:
+            self.attn = SplitQKVAttention(width, num_heads, fused=kind == "fused")
+        self.mlp = TokenMLPBlock(width, 2 * width)
+
+    def forward(self, x):
+        h = self.norm1(x)
+        if self.kind == "mha":
+            x = x + self.attn(h, h, h, need_weights=False)[0]
+        else:
+            x = x + self.attn(h)
+        return self.mlp(x)
+
+
+class TinyViT(nn.Module):
+    """(batch, tokens, features) -> embedding, ``depth`` transformer layers, mean over tokens, a head."""
+
+    def __init__(
+        self, features: int = 8, width: int = 16, num_heads: int = 4, depth: int = 2, kind: str = "split"
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, width)
+        self.blocks = nn.Sequential(*[TransformerBlock(width, num_heads, kind) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.head(self.norm(self.blocks(self.embed(x))).mean(1))

@@ -21,8 +21,8 @@ RANKS = {
     "_deprecation": 0,
     "checks": 0,
     "paths": 0,
-    "weights": 1,
-    "layers": 2,
+    "layers": 1,
+    "weights": 2,  # resizes layers to a checkpoint (attention layers that lost heads)
     "functional": 3,
     "models": 4,
     "data": 4,

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -22,6 +23,14 @@ from lightning_optim.callbacks._trainer import (
 )
 from lightning_optim.callbacks.phases import PhaseState, target_model
 from lightning_optim.checks import check_choice
+from lightning_optim.functional.pruning.blocks import (
+    CHECKPOINT_KEY,
+    REMOVED_BLOCKS_KEY,
+    BlockPruningError,
+    block_importance,
+    find_blocks,
+    remove_blocks,
+)
 from lightning_optim.functional.pruning.dependency import (
     DependencyError,
     DependencyGraph,
@@ -34,7 +43,7 @@ from lightning_optim.functional.pruning.groups import (
     pruned_units,
     remove_units,
 )
-from lightning_optim.functional.pruning.importance import check_importance
+from lightning_optim.functional.pruning.importance import check_importance, num_pruned
 from lightning_optim.functional.pruning.masks import (
     GRANULARITIES,
     SCOPES,
@@ -55,12 +64,18 @@ from lightning_optim.functional.pruning.schedules import (
     layer_final_sparsity,
     pruning_events,
 )
+from lightning_optim.modules.loss_terms import unpack_batch
 
 UNITS: tuple[str, ...] = ("epoch", "step")
+#: the granularities of the callback: those of the masks, and ``"blocks"`` (whole residual blocks or
+#: transformer layers replaced by identity: :mod:`lightning_optim.functional.pruning.blocks`)
+CALLBACK_GRANULARITIES: dict[str, str] = {**GRANULARITIES, "heads": "groups", "blocks": "blocks"}
 #: the pin of the network's outputs (logits): a group of them alone is not counted as requested
 OUTPUT = "the model's output"
 #: why the units of a coupling group none of whose producers is selected are not pruned
 EXCLUDED = "its producers are not selected (module_types/include/exclude/keep_first_dense/keep_last_dense)"
+#: why channels (not heads) are kept with ``granularity="heads"``
+NOT_HEADS = "granularity='heads' prunes attention heads only"
 
 
 def _resolve_module_type(name: str) -> type[nn.Module]:
@@ -118,15 +133,40 @@ class ProgressivePruning(Callback):
             every slice that shares it (residual additions, concatenations, depthwise convolutions, gates,
             batch norms, token MLPs), scored and selected per coupling group
             (:mod:`lightning_optim.functional.pruning.groups`); what is masked is exactly what compaction
-            removes. A coupling group is pruned when one of its producers is a selected module
+            removes; attention heads are units too (a head's q, k, v rows and output-projection columns go
+            together, the module's head count is updated). Or ``"heads"``: the same, attention heads only
+            (channels and MLP neurons stay; a network without heads is refused). A coupling group is pruned
+            when one of its producers is a selected module
             (``module_types``, ``include``, ``exclude``, ``keep_*_dense``); ``layer_sparsity`` patterns match
-            the producers' names, and sparsity is the fraction of a group's channels.
+            the producers' names, and sparsity is the fraction of a group's channels. Or ``"blocks"``
+            (layer pruning): whole residual blocks or transformer layers (the candidates of
+            :func:`~lightning_optim.functional.pruning.blocks.find_blocks`: items of an ``nn.Sequential``/
+            ``nn.ModuleList`` that map one tensor to one of the same shape with a skip connection from their
+            input, e.g. torchvision ResNet's blocks that do not downsample, ViT layers), found at setup (or at
+            the first training batch) on an example input. At each event ``round(sparsity x candidates)``
+            blocks are removed in all (never fewer than before, never every candidate: one is kept, with a
+            warning); the new ones are the candidates whose replacement by identity raises the loss least,
+            measured on the training batch of the event (and the ``importance_batches - 1`` batches before it)
+            with the LightningModule's ``task_loss`` (else cross-entropy). They are replaced by
+            :class:`~lightning_optim.functional.pruning.blocks.SkippedBlock` at once (removal is the
+            compaction: the network is smaller and faster from then on), the optimizers are rebuilt for the
+            remaining parameters (their state, learning rates and schedulers carried over), a line says what
+            was removed, and ``pruning/removed_blocks`` is logged. ``include``/``exclude`` patterns match block
+            names, ``keep_first_dense``/``keep_last_dense`` keep the first/last candidate; ``module_types``,
+            ``scope`` and ``importance`` do not apply. The removed names are in the callback state and in the
+            checkpoint (``checkpoint["lightning_optim"]["removed_blocks"]``, relative to the LightningModule),
+            from which ``ClassificationModule.load_from_checkpoint(path, model=<the unpruned architecture>)``
+            and ``trainer.fit(..., ckpt_path=path)`` remove the same blocks before the weights load (another
+            LightningModule calls :func:`~lightning_optim.functional.pruning.blocks.restore_removed_blocks`
+            in its ``on_load_checkpoint``).
         scope: ``"layer"`` (each layer reaches the target) or ``"global"`` (all selected weights ranked together).
         importance: norm that ranks structured units: ``"l1"`` (alias ``"magnitude"``) or ``"l2"``.
         module_types: ``torch.nn`` class names (or dotted class paths) of the modules whose ``weight`` is pruned.
         include: glob patterns of module names (as in ``model.named_modules()``); when given, only matching
             modules are pruned.
-        exclude: glob patterns of module names never pruned.
+        exclude: glob patterns of module names never pruned. With channel groups and heads, a matching module
+            is also kept whole when the network is traced (not traced into; the channels it reads and writes
+            stay): the way out for a block that ``torch.fx`` cannot trace.
         keep_first_dense: leave the first selected module (in registration order) dense.
         keep_last_dense: leave the last selected module dense (usually the classifier).
         layer_sparsity: ``{glob pattern: final sparsity}`` overrides; matching layers follow the same schedule
@@ -139,13 +179,19 @@ class ProgressivePruning(Callback):
             with ``ClassificationModule.load_from_checkpoint(path, model=<the unpruned architecture>)``, which
             takes the layer sizes from the file (:func:`lightning_optim.weights.resize_to_state_dict`).
         attribute: the network is ``pl_module.<attribute>`` where present, else the LightningModule.
-        verbose: print a summary table (layer, shape, kept, sparsity) at the end of ``fit``.
+        verbose: print a summary table (layer, shape, kept, sparsity) at the end of ``fit`` (blocks: block,
+            type, parameters, when removed, measured loss increase).
+        importance_batches: with ``granularity="blocks"``, the number of training batches the importance of
+            the blocks is measured on at each event: the batch of the event and the ``importance_batches - 1``
+            batches before it (kept on their device while the ramp lasts).
 
     Raises:
         ValueError: a sparsity outside ``[0, 1)``, ``end`` before ``start``, ``start < 0``,
             ``frequency < 1``, an unknown ``unit``/``schedule``/``granularity``/``scope``/``importance``/
-            ``module_types`` name, or (at setup) no module matched; with channel groups, batches without a
-            tensor input to trace the network with.
+            ``module_types`` name, ``importance_batches < 1`` (or given without ``granularity="blocks"``),
+            ``layer_sparsity`` with ``granularity="blocks"``, or (at setup) no module matched; with channel
+            groups or blocks, batches without a tensor input to trace (run) the network with; with blocks,
+            (at setup) a network without any candidate block.
         DependencyError: (at setup) with channel groups, a network ``torch.fx`` cannot trace.
 
     Example::
@@ -186,6 +232,7 @@ class ProgressivePruning(Callback):
         compact_at_end: bool = False,
         attribute: str = "model",
         verbose: bool = True,
+        importance_batches: int = 1,
     ) -> None:
         super().__init__()
         self.final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
@@ -198,7 +245,7 @@ class ProgressivePruning(Callback):
         if frequency is not None and frequency < 1:
             raise ValueError(f"`frequency` must be >= 1 optimizer step, got {frequency}.")
         self._schedule_fn = get_sparsity_schedule(schedule)
-        check_choice("granularity", granularity, sorted(GRANULARITIES))
+        check_choice("granularity", granularity, sorted(CALLBACK_GRANULARITIES))
         check_choice("scope", scope, sorted(SCOPES))
         check_importance(importance)
         module_types = list(module_types) if module_types is not None else ["Linear", "Conv2d"]
@@ -208,10 +255,26 @@ class ProgressivePruning(Callback):
         self.layer_sparsity = {
             str(k): check_sparsity(v, f"layer_sparsity[{k!r}]") for k, v in (layer_sparsity or {}).items()
         }
-        if compact_at_end and GRANULARITIES[granularity] == "unstructured":
+        if compact_at_end and CALLBACK_GRANULARITIES[granularity] == "unstructured":
             raise ValueError(
                 "`compact_at_end=True` needs a structured `granularity` ('structured', 'neuron', 'filter', "
-                "'channel', 'channel_groups')."
+                "'channel', 'channel_groups', 'blocks')."
+            )
+        by_blocks = CALLBACK_GRANULARITIES[granularity] == "blocks"
+        if (
+            isinstance(importance_batches, bool)
+            or not isinstance(importance_batches, int)
+            or importance_batches < 1
+        ):
+            raise ValueError(f"`importance_batches` must be an int >= 1, got {importance_batches!r}.")
+        if importance_batches != 1 and not by_blocks:
+            raise ValueError(
+                f"`importance_batches` applies to granularity='blocks' only (got granularity={granularity!r})."
+            )
+        if by_blocks and self.layer_sparsity:
+            raise ValueError(
+                "`layer_sparsity` does not apply to granularity='blocks' (blocks are ranked together by the "
+                "loss their removal costs); select blocks with `include`/`exclude` instead."
             )
         self.start = int(start)
         self.end = int(end)
@@ -219,8 +282,11 @@ class ProgressivePruning(Callback):
         self.frequency = frequency
         self.schedule = schedule
         self.granularity = granularity
-        self.structured = GRANULARITIES[granularity] == "structured"
-        self.by_groups = GRANULARITIES[granularity] == "groups"
+        self.structured = CALLBACK_GRANULARITIES[granularity] == "structured"
+        self.by_groups = CALLBACK_GRANULARITIES[granularity] == "groups"
+        self.heads_only = granularity == "heads"
+        self.by_blocks = by_blocks
+        self.importance_batches = int(importance_batches)
         self.scope = scope
         self.importance = importance
         self.module_types = module_types
@@ -256,6 +322,14 @@ class ProgressivePruning(Callback):
         self.compacted_model: nn.Module | None = None
         # channel groups: the dependency graph of the network, built once per fit (not pickled)
         self.graph: DependencyGraph | None = None
+        self._fx_failed = False  # torch.fx could not trace the network at setup: torch.export at train start
+        # blocks: the candidates (names relative to the network), found once per fit or restored; the removed
+        # ones in order; per candidate {"type", "parameters", "removed_at" (step), "loss_increase" (measured then)}
+        self.block_candidates: list[str] | None = None
+        self.removed_blocks: list[str] = []
+        self.block_records: dict[str, dict[str, Any]] = {}
+        self._recent_batches: list[tuple[Any, Any]] = []
+        self._warned_keep_one = False
 
     @property
     def state_key(self) -> str:
@@ -301,6 +375,12 @@ class ProgressivePruning(Callback):
         if stage != "fit":
             return
         model = target_model(pl_module, self.attribute)
+        if self.by_blocks:  # found now when the input shape is known, else at the first training batch
+            self.block_candidates = None
+            shape = known_input_shape(trainer, pl_module)
+            if shape is not None:
+                self._find_block_candidates(model, torch.zeros(2, *shape))
+            return
         self._modules = self.select_modules(model)
         self._followers = {}
         if self.structured:
@@ -312,20 +392,50 @@ class ProgressivePruning(Callback):
             shape = known_input_shape(trainer, pl_module)
             if shape is not None:
                 self._run_build_graph(model, torch.zeros(2, *shape))
-            else:  # traced at the first training batch; an untraceable network is refused now
+            else:  # traced at the first training batch; when torch.fx cannot, before any epoch (below)
+                self._fx_failed = False
                 try:
-                    check_traceable(model)
-                except DependencyError as err:
-                    raise self._trace_error(err) from err
+                    check_traceable(model, self.exclude)
+                except DependencyError:
+                    self._fx_failed = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.by_groups and self.graph is None and self._fx_failed:
+            self._run_graph_from_loader(trainer, pl_module)
         self._run_start(trainer, pl_module)
+
+    def _run_graph_from_loader(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """torch.fx cannot trace the network: trace it with torch.export on a first batch of the training data
+        now, before any epoch, so that a network no tracer follows is refused before training."""
+        loader = trainer.train_dataloader
+        example = None
+        if loader is not None:
+            try:
+                example = example_from_batch(next(iter(loader)))
+            except (StopIteration, TypeError):
+                example = None
+        if example is None:
+            return  # the first training batch will say what is missing
+        self.example_input = example
+        self._run_build_graph(target_model(pl_module, self.attribute), example)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if (self.compact_at_end or self.by_groups) and self.example_input is None:
+        if (self.compact_at_end or self.by_groups or self.by_blocks) and self.example_input is None:
             self.example_input = example_from_batch(batch)
+        if self.by_blocks:
+            if self.block_candidates is None:
+                if self.example_input is None:
+                    raise ValueError(
+                        f"ProgressivePruning(granularity={self.granularity!r}) runs the network on an example "
+                        "input to find its blocks, and none is known: set `example_input_array` on the "
+                        "LightningModule, give the data module an `input_shape`, or use batches whose inputs "
+                        "are one tensor."
+                    )
+                self._find_block_candidates(target_model(pl_module, self.attribute), self.example_input)
+            self._maybe_prune(trainer, pl_module, batch)  # an event due before this batch's step (step 0)
+            return
         if self.by_groups and self.graph is None:
             if self.example_input is None:
                 raise ValueError(
@@ -345,7 +455,19 @@ class ProgressivePruning(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._run_step(trainer, pl_module)
+        self._run_step(trainer, pl_module, batch)
+        if self.by_blocks:
+            self._keep_recent_batch(batch)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # the removed blocks, relative to the LightningModule: its on_load_checkpoint removes them from the
+        # unpruned architecture before the weights load (restore_removed_blocks)
+        if self.removed_blocks:
+            prefix = self._block_prefix(pl_module)
+            entry = checkpoint.setdefault(CHECKPOINT_KEY, {})
+            entry[REMOVED_BLOCKS_KEY] = [prefix + n for n in self.removed_blocks]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_end(trainer, pl_module)
@@ -371,15 +493,29 @@ class ProgressivePruning(Callback):
         """Trace ``model`` once per fit; the channels of groups none of whose producers is selected are pinned."""
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         try:
-            graph = build_dependency_graph(model, example.to(device))
+            graph = build_dependency_graph(model, example.to(device), leaves=self.exclude)
         except DependencyError as err:
             raise self._trace_error(err) from err
+        if self.heads_only:
+            if not any(g.kind == "heads" for g in graph.groups):
+                raise ValueError(
+                    "ProgressivePruning(granularity='heads') found no attention heads in the network (a width "
+                    "split into heads feeding q @ k^T, scaled_dot_product_attention or nn.MultiheadAttention); "
+                    "use granularity='channel_groups' for its channels and neurons."
+                )
+            for g in graph.groups:
+                free = [u for u in g.units if graph.units[u].pinned is None]
+                if g.kind != "heads" and free:
+                    for u in free:
+                        graph.units[u].pinned = NOT_HEADS
+                    graph.pinned[NOT_HEADS] = graph.pinned.get(NOT_HEADS, 0) + len(free)
         if not self._modules:
             self._modules = self.select_modules(model)
         excluded = []
         for g in graph.groups:
             free = [u for u in g.units if graph.units[u].pinned is None]
-            if free and not any(p in self._modules for p in g.producers):
+            # an attention layer (nn.MultiheadAttention) is selected with its output projection
+            if free and not any(p in self._modules or f"{p}.out_proj" in self._modules for p in g.producers):
                 excluded.append(g.name)
                 for u in free:
                     graph.units[u].pinned = EXCLUDED
@@ -431,6 +567,234 @@ class ProgressivePruning(Callback):
                 )
         return masks
 
+    # -------------------------------------------------------------------------------------- blocks
+    def _find_block_candidates(self, model: nn.Module, example: Tensor) -> None:
+        """The candidate blocks of ``model`` (:func:`find_blocks`), filtered by ``include``/``exclude`` and
+        ``keep_first_dense``/``keep_last_dense``; refused when there is none."""
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        try:
+            found = find_blocks(model, example.to(device))
+        except BlockPruningError as err:
+            raise BlockPruningError(f"ProgressivePruning(granularity={self.granularity!r}): {err}") from err
+        selected = [
+            n
+            for n in found
+            if (self.include is None or any(fnmatch.fnmatchcase(n, p) for p in self.include))
+            and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)
+        ]
+        if self.keep_first_dense and selected:
+            selected = selected[1:]
+        if self.keep_last_dense and selected:
+            selected = selected[:-1]
+        if not selected:
+            chosen = (
+                f" ({found} before include={self.include}, exclude={self.exclude}, "
+                f"keep_first_dense={self.keep_first_dense}, keep_last_dense={self.keep_last_dense})"
+                if found
+                else ""
+            )
+            raise ValueError(
+                f"ProgressivePruning(granularity={self.granularity!r}) found no block to remove in "
+                f"{type(model).__name__}{chosen}: a block is an item of an nn.Sequential or nn.ModuleList, with "
+                "parameters, that maps one tensor to one tensor of the same shape with a skip connection from "
+                "its input (x + f(x): residual blocks, transformer layers). Prune channels instead with "
+                "granularity='channel_groups'."
+            )
+        self.block_candidates = selected
+        modules = dict(model.named_modules())
+        self.block_records = {
+            n: {
+                "type": type(modules[n]).__name__,
+                "parameters": sum(p.numel() for p in modules[n].parameters()),
+                "removed_at": None,
+                "loss_increase": None,
+            }
+            for n in selected
+        }
+
+    def _block_prefix(self, pl_module: nn.Module) -> str:
+        """The name of the network inside the LightningModule, with a dot (``""`` when it is the module)."""
+        return "" if target_model(pl_module, self.attribute) is pl_module else f"{self.attribute}."
+
+    def _keep_recent_batch(self, batch: Any) -> None:
+        """The last ``importance_batches - 1`` training batches, while an event is still to come."""
+        if self.importance_batches <= 1 or self.phase_state(None) == "done":
+            self._recent_batches = []
+            return
+        try:
+            x, y, _ = unpack_batch(batch)
+        except (TypeError, KeyError):
+            return
+        kept = [t.detach() if isinstance(t, Tensor) else t for t in (x, y)]
+        self._recent_batches = [*self._recent_batches, tuple(kept)][1 - self.importance_batches :]
+
+    def _prune_blocks(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, event_step: int, batch: Any
+    ) -> None:
+        """One event: remove the cheapest blocks so that ``round(target x candidates)`` are removed in all."""
+        model = target_model(pl_module, self.attribute)
+        candidates = self.block_candidates or []
+        n = len(candidates)
+        target = self._event_sparsity(event_step)
+        wanted = num_pruned(n, target)
+        if wanted >= n and n and not self._warned_keep_one:
+            self._warned_keep_one = True
+            rank_zero_warn(
+                f"ProgressivePruning: the target sparsity ({target:.2f}) would remove every one of the {n} "
+                f"candidate blocks; one is kept ({n - 1} removed)."
+            )
+        count = max(len(self.removed_blocks), min(wanted, n - 1))
+        new = count - len(self.removed_blocks)
+        chosen: list[str] = []
+        scores: dict[str, float] = {}
+        if new > 0:
+            if trainer.global_rank == 0:  # the other ranks take rank 0's choice
+                remaining = [b for b in candidates if b not in self.removed_blocks]
+                scores = block_importance(
+                    model, remaining, self._importance_data(batch), self._loss_fn(pl_module)
+                )
+                chosen = sorted(remaining, key=lambda b: scores[b])[:new]  # stable: ties in candidate order
+            chosen, scores = broadcast_from_rank0(trainer, (chosen, scores))
+            self._remove_blocks(trainer, pl_module, chosen)
+            # the latest measurement of every block; for a removed block, the one that chose it
+            for b, increase in scores.items():
+                record = self.block_records.setdefault(b, {"type": None, "parameters": None})
+                record["loss_increase"] = float(increase)
+            for b in chosen:
+                self.block_records[b]["removed_at"] = int(event_step)
+        self.current_sparsity = target
+        removed = len(self.removed_blocks)
+        self.history.append(
+            {
+                "step": float(event_step),
+                "target": target,
+                "sparsity": removed / n if n else 0.0,
+                "removed": float(removed),
+            }
+        )
+        log_metrics(
+            trainer,
+            {
+                "pruning/target_sparsity": target,
+                "pruning/sparsity": removed / n if n else 0.0,
+                "pruning/removed_blocks": float(removed),
+            },
+        )
+        if chosen and self.verbose:
+            increases = ", ".join(f"{b} ({scores[b]:+.4f})" for b in chosen)
+            rank_zero_info(
+                f"ProgressivePruning: step {event_step}, target {target:.1%} of {n} blocks: removed {increases} "
+                f"(loss increase measured on {len(self._recent_batches) + 1} batch(es)); {removed}/{n} removed."
+            )
+
+    def _importance_data(self, batch: Any) -> list[tuple[Any, Any]]:
+        try:
+            x, y, _ = unpack_batch(batch)
+        except (TypeError, KeyError) as err:
+            raise ValueError(
+                f"ProgressivePruning(granularity={self.granularity!r}) measures the loss of the network without "
+                "each block on the training batch: batches must be (inputs, targets), (inputs, targets, index) "
+                f"or a dict with 'input' and 'target' keys ({err})."
+            ) from err
+        return [*self._recent_batches, (x, y)]
+
+    @staticmethod
+    def _loss_fn(pl_module: nn.Module) -> Callable[[Any, Any], Tensor]:
+        """The LightningModule's ``task_loss(outputs, targets)`` where it has one, else cross-entropy."""
+        task_loss = getattr(pl_module, "task_loss", None)
+        return task_loss if callable(task_loss) else (lambda out, y: F.cross_entropy(out.float(), y))
+
+    def _remove_blocks(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str]
+    ) -> list[str]:
+        """Replace ``names`` by :class:`SkippedBlock` (those not removed yet), then give the trainer a DDP wrapper
+        and optimizers of the remaining parameters; returns the names replaced now."""
+        model = target_model(pl_module, self.attribute)
+        replaced = remove_blocks(model, names)
+        self.removed_blocks += [b for b in names if b not in self.removed_blocks]
+        if replaced:
+            self._rewrap_distributed(trainer, pl_module)
+            self._rebuild_optimizers_keeping_state(trainer)
+        return replaced
+
+    @staticmethod
+    def _rewrap_distributed(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Under DDP, wrap the LightningModule again: the old wrapper waits for gradients of removed parameters.
+        Every rank removes the same blocks at the same step, so every rank re-wraps together."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        strategy = trainer.strategy
+        if isinstance(strategy.model, DistributedDataParallel) and callable(
+            getattr(strategy, "configure_ddp", None)
+        ):
+            strategy.model = pl_module
+            strategy.configure_ddp()
+
+    @staticmethod
+    def _rebuild_optimizers_keeping_state(trainer: pl.Trainer) -> None:
+        """Optimizers of the network's current parameters (``configure_optimizers`` again, so that a checkpoint
+        resumes), with what the old ones had: per-parameter state (momentum, moments), the param groups' settings
+        (learning rates) and the schedulers' positions. Where the structure changed (a param group emptied), the
+        optimizer state restarts, with a warning."""
+        if not trainer.optimizers:
+            return
+        old_optimizers = list(trainer.optimizers)
+        old_configs = list(trainer.lr_scheduler_configs)
+        trainer.strategy.setup_optimizers(trainer)
+        restarted = len(old_optimizers) != len(trainer.optimizers)
+        for old, new in zip(old_optimizers, trainer.optimizers):
+            if type(old) is not type(new) or len(old.param_groups) != len(new.param_groups):
+                restarted = True
+                continue
+            for old_group, new_group in zip(old.param_groups, new.param_groups):
+                new_group.update({k: v for k, v in old_group.items() if k != "params"})
+                for p in new_group["params"]:
+                    if p in old.state:
+                        new.state[p] = old.state[p]
+        if not restarted and len(old_configs) == len(trainer.lr_scheduler_configs):
+            for old_config, new_config in zip(old_configs, trainer.lr_scheduler_configs):
+                if type(old_config.scheduler) is type(new_config.scheduler):
+                    new_config.scheduler.load_state_dict(old_config.scheduler.state_dict())
+        if restarted:
+            rank_zero_warn(
+                "ProgressivePruning: the optimizers of the network without the removed blocks differ in structure "
+                "from the previous ones (param groups); their state and schedules restart."
+            )
+
+    def block_summary(self) -> tuple[str, int, int, int]:
+        """Blocks: a Markdown table of the candidate blocks (type, parameters, the step each was removed at and
+        the loss increase measured then), the total, and ``(text, requested, removed, candidates)``; requested
+        is the final target, ``round(final_sparsity x candidates)`` (at most all but one)."""
+        candidates = self.block_candidates or []
+        n = len(candidates)
+        requested = min(num_pruned(n, self.final_sparsity), max(n - 1, 0))
+        lines = [
+            "| block | type | parameters | removed at step | loss increase without it (last measured) |",
+            "|---|---|---:|---:|---:|",
+        ]
+        total = removed_parameters = 0
+        for b in candidates:
+            record = self.block_records.get(b, {})
+            parameters = record.get("parameters")
+            total += parameters or 0
+            when, increase = record.get("removed_at"), record.get("loss_increase")
+            if b in self.removed_blocks:
+                removed_parameters += parameters or 0
+            else:
+                when = "kept"
+            lines.append(
+                f"| {b} | {record.get('type') or '-'} | {'-' if parameters is None else parameters} "
+                f"| {'-' if when is None else when} | {'-' if increase is None else f'{increase:+.4f}'} |"
+            )
+        removed = len(self.removed_blocks)
+        share = f"{removed / requested:.0%}" if requested else "-"
+        lines.append(
+            f"| **total** | {removed} of {n} removed, {requested} requested ({share}) "
+            f"| {removed_parameters} of {total} removed | | |"
+        )
+        head = "ProgressivePruning: blocks removed (replaced by identity)"
+        return "\n".join([head, *lines]), requested, removed, n
+
     # -------------------------------------------------------------------------------------- internals
     def _resolve_steps(self, trainer: pl.Trainer) -> None:
         if self.unit == "step":
@@ -447,7 +811,7 @@ class ProgressivePruning(Callback):
 
     def _run_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = target_model(pl_module, self.attribute)
-        if not self._modules:
+        if not self._modules and not self.by_blocks:
             self._modules = self.select_modules(model)
         state = self._loaded_state
         if state is not None:
@@ -458,6 +822,12 @@ class ProgressivePruning(Callback):
             self.history = list(state.get("history", []))
             self.masks = {n: unpack_mask(p, state["shapes"][n]) for n, p in state["masks"].items()}
             self._loaded_state = None
+            if self.removed_blocks:  # already removed by the LightningModule's on_load_checkpoint, if it can
+                replaced = self._remove_blocks(trainer, pl_module, list(self.removed_blocks))
+                if replaced:
+                    rank_zero_info(
+                        f"ProgressivePruning: removed the blocks {replaced} as the checkpoint records."
+                    )
         elif self._end_step is None:
             self._resolve_steps(trainer)
         self._build_targets(model)
@@ -465,13 +835,13 @@ class ProgressivePruning(Callback):
         self._last_step = trainer.global_step
         self._maybe_prune(trainer, pl_module)
 
-    def _run_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _run_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any = None) -> None:
         step = trainer.global_step
         if step == self._last_step:  # no optimizer step in this batch (gradient accumulation)
             return
         self._last_step = step
         self._apply_weight_masks()
-        self._maybe_prune(trainer, pl_module)
+        self._maybe_prune(trainer, pl_module, batch)
 
     def _events(self) -> list[int]:
         """The optimizer steps of the pruning events (computed once per schedule)."""
@@ -480,8 +850,12 @@ class ProgressivePruning(Callback):
             self._events_cache = (key, pruning_events(*key))
         return self._events_cache[1]
 
-    def _maybe_prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _maybe_prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any = None) -> None:
         if self.by_groups and self.graph is None:  # traced at the first training batch, which runs it then
+            return
+        if self.by_blocks and (
+            self.block_candidates is None or batch is None
+        ):  # measured on a training batch
             return
         events = self._events()
         step = trainer.global_step
@@ -491,7 +865,10 @@ class ProgressivePruning(Callback):
         while last + 1 < len(events) and events[last + 1] <= step:
             last += 1
         self._events_done = last + 1
-        self._prune(trainer, pl_module, events[last])
+        if self.by_blocks:
+            self._prune_blocks(trainer, pl_module, events[last], batch)
+        else:
+            self._prune(trainer, pl_module, events[last])
 
     def _event_sparsity(self, event_step: int, layer: str | None = None) -> float:
         """The target of ``layer`` (``None``: of the layers without a ``layer_sparsity`` override) at an event."""
@@ -561,6 +938,13 @@ class ProgressivePruning(Callback):
             mask_optimizer_state_(optimizer, self._params, self._fast_masks)
 
     def _run_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._recent_batches = []
+        if self.by_blocks:  # the removed blocks are gone already: nothing to compact
+            if self.verbose and self.block_candidates:
+                rank_zero_info(self.block_summary()[0])
+            if self.compact_at_end:
+                self.compacted_model = target_model(pl_module, self.attribute)
+            return
         self._apply_weight_masks()
         if self.verbose and self.masks:
             rank_zero_info(self.summary_table())
@@ -634,6 +1018,8 @@ class ProgressivePruning(Callback):
         every reason a channel was kept, with its count; and ``(text, requested, removed, channels)``, over
         the groups one of whose producers is selected (a group of the network's outputs alone is listed, not
         counted)."""
+        if self.by_blocks:
+            return self.block_summary()
         graph = self.graph
         if graph is None:
             return "ProgressivePruning: no dependency graph (no fit yet).", 0, 0, 0
@@ -646,7 +1032,9 @@ class ProgressivePruning(Callback):
         names = self._group_names()
         for g in graph.groups:
             units = [graph.units[u] for u in g.units]
-            if all(u.pinned == EXCLUDED for u in units):
+            if all(u.pinned in (EXCLUDED, NOT_HEADS) for u in units) or (
+                self.heads_only and g.kind != "heads"
+            ):
                 continue
             layer = self._group_layer(g.producers or [g.name])
             final = layer_final_sparsity(layer, self.final_sparsity, self.layer_sparsity)[0]
@@ -681,7 +1069,13 @@ class ProgressivePruning(Callback):
     # -------------------------------------------------------------------------------------- reporting
     def layer_sparsities(self) -> dict[str, tuple[tuple[int, ...], int, float]]:
         """``{weight name: (shape, kept entries, sparsity)}`` of the masked weights; with channel groups
-        ``{coupling group: ((channels,), kept channels, sparsity)}`` of the groups that can be pruned."""
+        ``{coupling group: ((channels,), kept channels, sparsity)}`` of the groups that can be pruned; with blocks
+        ``{block: ((1,), 0 or 1 kept, sparsity)}`` of the candidate blocks."""
+        if self.by_blocks:
+            return {
+                b: ((1,), int(b not in self.removed_blocks), float(b in self.removed_blocks))
+                for b in self.block_candidates or []
+            }
         if self.by_groups:
             if self.graph is None:
                 return {}
@@ -710,7 +1104,9 @@ class ProgressivePruning(Callback):
 
     def summary_table(self) -> str:
         """A Markdown table: layer, shape, kept, sparsity; and the total (channel groups: coupling group,
-        channels, kept channels, sparsity)."""
+        channels, kept channels, sparsity; blocks: :meth:`block_summary`)."""
+        if self.by_blocks:
+            return self.block_summary()[0]
         stats = self.layer_sparsities()
         first = "| coupling group | channels |" if self.by_groups else "| layer | shape |"
         lines = [f"{first} kept | sparsity |", "|---|---|---:|---:|"]
@@ -739,6 +1135,9 @@ class ProgressivePruning(Callback):
             "current_sparsity": self.current_sparsity,
             "history": list(self.history),
             "compacted": self.compacted,
+            "block_candidates": None if self.block_candidates is None else list(self.block_candidates),
+            "removed_blocks": list(self.removed_blocks),
+            "block_records": {n: dict(r) for n, r in self.block_records.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -749,6 +1148,10 @@ class ProgressivePruning(Callback):
         self._start_step, self._end_step = state_dict["start_step"], state_dict["end_step"]
         self._frequency_steps = state_dict["frequency_steps"]
         self._events_done = state_dict["events_done"]
+        if state_dict.get("block_candidates") is not None:  # the candidates of the unpruned network
+            self.block_candidates = list(state_dict["block_candidates"])
+        self.removed_blocks = list(state_dict.get("removed_blocks", []))
+        self.block_records = {n: dict(r) for n, r in state_dict.get("block_records", {}).items()}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -756,4 +1159,5 @@ class ProgressivePruning(Callback):
         state["_fast_masks"] = {}
         state["_modules"] = {}
         state["graph"] = None
+        state["_recent_batches"] = []
         return state

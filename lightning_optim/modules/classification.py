@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_optim.functional.pruning.blocks import restore_removed_blocks
 from lightning_optim.functional.regularization import (
     l1_penalty,
     split_decay_parameters,
@@ -236,6 +237,9 @@ class ClassificationModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # blocks that block pruning replaced by identity (recorded by ProgressivePruning(granularity="blocks")):
+        # replaced in the unpruned architecture too, so that the weights fit
+        restore_removed_blocks(self, checkpoint)
         # a network whose channels structured pruning removed: give the architecture the saved shapes first
         # (other differences, e.g. quantization observers, are load_state_dict's to handle, as before)
         state = checkpoint.get("state_dict")

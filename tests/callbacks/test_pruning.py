@@ -1,10 +1,11 @@
 """ProgressivePruning behaviour: exact sparsity, masks held through optimizer steps, schedule, resume,
-structured compaction, phases, logging, mixed precision, DDP and the CLI."""
+structured compaction, phases, logging, mixed precision, DDP and the CLI; channel groups; blocks (layer pruning)."""
 
 from __future__ import annotations
 
 import copy
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,10 @@ def test_no_module_matched(tmp_path):
         ({"module_types": ["Dense"]}, "module_types"),
         ({"layer_sparsity": {"fc1": 1.2}}, "layer_sparsity"),
         ({"compact_at_end": True}, "compact_at_end"),
+        ({"granularity": "blocks", "layer_sparsity": {"blocks.0": 0.5}}, "`layer_sparsity` does not apply"),
+        ({"granularity": "blocks", "importance_batches": 0}, "`importance_batches` must be an int >= 1"),
+        ({"granularity": "blocks", "importance_batches": 1.5}, "`importance_batches` must be an int >= 1"),
+        ({"importance_batches": 2}, r"`importance_batches` applies to granularity='blocks' only"),
     ],
 )
 def test_bad_inputs(kwargs, match):
@@ -795,7 +800,7 @@ def test_channel_groups_on_a_transformer_prune_mlp_neurons_and_keep_the_stream(t
     assert (masked - out).abs().max() <= 1e-4 * masked.abs().max()
     text, requested, removed, _ = cb.compaction_summary()
     # the stream's half is requested too, and the summary says why it was kept
-    assert (removed, requested) == (32, 40) and "LayerNorm" in text
+    assert (removed, requested) == (32, 40) and "a layer norm across channels" in text
 
 
 def test_channel_groups_recipe_from_yaml_compacts_and_tests_the_compacted_model(tmp_path):
@@ -823,3 +828,303 @@ def test_channel_groups_recipe_from_yaml_compacts_and_tests_the_compacted_model(
     assert removed == requested > 0
     assert [m.out_channels for m in cli.model.model.modules() if isinstance(m, nn.Conv2d)] == [16, 32, 64]
     assert "test_acc" in cli.trainer.callback_metrics  # test_after_fit ran on the compacted network
+
+
+# ---------------------------------------------------------------------------------------------------------
+# blocks: whole residual blocks replaced by identity (a stem, 4 residual blocks in a Sequential, a head)
+def block_net(seed: int = 0) -> nn.Module:
+    from tests.functional.pruning.test_blocks import TinyResNet
+
+    seed_everything(seed)
+    return TinyResNet(width=8, depth=4, classes=10)
+
+
+def block_pruning(**kwargs) -> ProgressivePruning:
+    """Linear ramp over steps 0..8, every 2 steps, to 3 of the 4 blocks: removed counts 0, 1, 2, 2, 3."""
+    settings = dict(
+        final_sparsity=0.75,
+        start=0,
+        end=8,
+        unit="step",
+        frequency=2,
+        schedule="linear",
+        granularity="blocks",
+        verbose=False,
+    )
+    settings.update(kwargs)
+    return ProgressivePruning(**settings)
+
+
+def skipped(net: nn.Module) -> list[str]:
+    from lightning_optim.functional.pruning import SkippedBlock
+
+    return [n for n, m in net.named_modules() if isinstance(m, SkippedBlock)]
+
+
+def test_blocks_removed_along_the_ramp_and_training_goes_on(tmp_path, caplog):
+    net = block_net()
+    dense_params = count_parameters(net)
+    block_params = count_parameters(net.blocks[0])
+    kept_before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    cb = block_pruning(verbose=True)
+    logger = MetricRecorder()
+    module = ClassificationModule(
+        net,
+        optimizer="momentum",
+        lr=0.05,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+    )
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=3, callbacks=[cb], logger=logger))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(module, datamodule=ImageData())  # 4 batches an epoch: 12 steps; blocks found at setup
+    assert cb.block_candidates == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    # the number removed follows the ramp: round(target x 4) at each event
+    steps = [0, 2, 4, 6, 8]
+    expected = [round(event_sparsity(s, 0, 8, 0.0, 0.75, "linear") * 4) for s in steps]
+    assert expected == [0, 1, 2, 2, 3]
+    assert [h["step"] for h in cb.history] == steps and [h["removed"] for h in cb.history] == expected
+    logged = [m["pruning/removed_blocks"] for _, m in logger.metrics if "pruning/removed_blocks" in m]
+    assert logged == expected
+    # the removed blocks are gone from the network, with their parameters
+    assert len(cb.removed_blocks) == 3 and sorted(skipped(module.model)) == sorted(cb.removed_blocks)
+    assert count_parameters(module.model) == dense_params - 3 * block_params
+    # the optimizer holds exactly the remaining parameters, with their momentum, and the schedule went on
+    # (3 epochs of StepLR: 0.05 / 8; a restarted scheduler would be at 0.05 / 2 after the last removal)
+    (optimizer,) = trainer.optimizers
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert held == {id(p) for p in module.model.parameters()}
+    assert all("momentum_buffer" in optimizer.state[p] for p in module.model.parameters())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 / 8)
+    # the kept block trained after the last removal
+    (kept,) = [b for b in cb.block_candidates if b not in cb.removed_blocks]
+    assert not torch.equal(
+        module.model.get_parameter(f"{kept}.conv1.weight"), kept_before[f"{kept}.conv1.weight"]
+    )
+    # each removal was announced, and the summary lists what was requested, removed and measured
+    text, requested, removed, candidates = cb.block_summary()
+    assert (requested, removed, candidates) == (3, 3, 4)
+    assert f"| {kept} | ResBlock | {block_params} | kept |" in text
+    assert (
+        "3 of 4 removed, 3 requested (100%)" in text and f"{3 * block_params} of {4 * block_params}" in text
+    )
+    for b in cb.removed_blocks:
+        record = cb.block_records[b]
+        assert record["removed_at"] in steps and isinstance(record["loss_increase"], float)
+        assert f"| {b} | ResBlock | {block_params} | {record['removed_at']} |" in text
+    first = cb.removed_blocks[0]
+    assert f"step 2, target 18.8% of 4 blocks: removed {first} (" in caplog.text
+    assert text in caplog.text  # the summary at the end of fit
+
+
+def test_blocks_the_cheapest_blocks_are_removed(tmp_path, monkeypatch):
+    """The blocks whose removal costs least go: with scores given, exactly the lowest ones; measured on data, a
+    block whose branch is zero costs exactly nothing."""
+    import lightning_optim.callbacks.pruning as pruning_module
+
+    fixed = {"blocks.0": 3.0, "blocks.1": -1.0, "blocks.2": 0.5, "blocks.3": 2.0}
+    monkeypatch.setattr(
+        pruning_module, "block_importance", lambda model, names, *a: {n: fixed[n] for n in names}
+    )
+    cb = block_pruning(final_sparsity=0.5, end=0)  # one-shot: 2 of 4 at step 0
+    group_fit(tmp_path / "fixed", cb, block_net(), epochs=1)
+    assert cb.removed_blocks == ["blocks.1", "blocks.2"]
+    monkeypatch.undo()
+
+    net = block_net()
+    with torch.no_grad():
+        net.blocks[2].bn2.weight.zero_()  # blocks.2 adds zero to the stream
+        net.blocks[2].bn2.bias.zero_()
+    cb = block_pruning(final_sparsity=0.25, end=0)
+    group_fit(tmp_path / "measured", cb, net, epochs=1)
+    increases = {b: r["loss_increase"] for b, r in cb.block_records.items()}
+    assert increases["blocks.2"] == 0.0 and all(v != 0.0 for b, v in increases.items() if b != "blocks.2")
+    assert cb.removed_blocks == [min(increases, key=increases.get)]
+
+
+def test_blocks_importance_on_recent_batches(tmp_path, monkeypatch):
+    import lightning_optim.callbacks.pruning as pruning_module
+
+    seen = []
+
+    def record(model, names, batches, loss_fn):
+        seen.append([x for x, _ in batches])
+        return {n: float(i) for i, n in enumerate(names)}
+
+    monkeypatch.setattr(pruning_module, "block_importance", record)
+    cb = block_pruning(importance_batches=3)
+    group_fit(tmp_path, cb, block_net(), epochs=3, datamodule=False)
+    inputs = [x for x, _ in image_loader()]  # the 4 batches of an epoch, in order
+    # removals at steps 2 (after batch 1), 4 (after batch 3) and 8 (after batch 3 of epoch 2)
+    assert [len(batches) for batches in seen] == [2, 3, 3]
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], inputs[:2]))
+    assert all(torch.equal(a, b) for a, b in zip(seen[1], inputs[1:4]))
+
+
+def test_blocks_resume_mid_ramp_continues_exactly(tmp_path):
+    seed_everything(0)
+    straight = block_pruning()
+    _, module_a = group_fit(tmp_path / "a", straight, block_net(), epochs=3, datamodule=False)
+
+    seed_everything(0)
+    first = block_pruning()
+    trainer_b, _ = group_fit(tmp_path / "b", first, block_net(), epochs=1, datamodule=False)
+    assert first.phase_state(trainer_b) == "active" and len(first.removed_blocks) == 2
+    ckpt = tmp_path / "mid.ckpt"
+    trainer_b.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["lightning_optim"]["removed_blocks"] == [f"model.{b}" for b in first.removed_blocks]
+
+    resumed = (
+        block_pruning()
+    )  # a fresh architecture: the checkpoint's removals are applied before its weights
+    _, module_c = group_fit(tmp_path / "c", resumed, block_net(), epochs=3, datamodule=False, ckpt_path=ckpt)
+    assert resumed.removed_blocks == straight.removed_blocks and len(resumed.removed_blocks) == 3
+    assert resumed.removed_blocks[:2] == first.removed_blocks
+    assert resumed.history == straight.history
+    assert skipped(module_c.model) == skipped(module_a.model)
+    state_a, state_c = module_a.model.state_dict(), module_c.model.state_dict()
+    assert list(state_a) == list(state_c)
+    for name in state_a:
+        assert torch.equal(state_a[name], state_c[name]), name
+
+
+def test_blocks_checkpoint_loads_into_the_unpruned_architecture(tmp_path):
+    cb = block_pruning()
+    trainer, module = group_fit(tmp_path, cb, block_net(), epochs=3)
+    path = tmp_path / "pruned.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = ClassificationModule.load_from_checkpoint(path, model=block_net(seed=1), weights_only=True)
+    assert skipped(loaded.model) == skipped(module.model) and len(cb.removed_blocks) == 3
+    assert count_parameters(loaded.model) == count_parameters(module.model)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.eval()(x), module.model.eval()(x))
+    # the callback state alone (weights_only) and a pickled copy hold the removed blocks
+    buffer = io.BytesIO()
+    torch.save(cb.state_dict(), buffer)
+    buffer.seek(0)
+    restored = block_pruning()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.removed_blocks == cb.removed_blocks and restored.block_records == cb.block_records
+    assert copy.deepcopy(cb).removed_blocks == cb.removed_blocks
+
+
+def test_blocks_keep_one_block_and_say_so(tmp_path):
+    from tests.nets import TokenClassifier
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 5, 8, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    seed_everything(0)
+    cb = ProgressivePruning(
+        final_sparsity=0.9, start=0, end=0, unit="step", granularity="blocks", verbose=False
+    )
+    module = ClassificationModule(TokenClassifier(), lr=1e-2)
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=1, callbacks=[cb]))
+    with pytest.warns(UserWarning, match="would remove every one of the 2 candidate blocks; one is kept"):
+        trainer.fit(module, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=16))
+    assert len(cb.removed_blocks) == 1 and len(skipped(module.model)) == 1
+
+
+class _NoStep(Callback):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        raise AssertionError("an optimizer step ran")
+
+
+@pytest.mark.parametrize("datamodule", [True, False], ids=["at_setup", "at_first_batch"])
+def test_blocks_a_network_without_blocks_is_refused(tmp_path, datamodule):
+    """ResidualCNN adds its skip connections outside its blocks: nothing to replace by identity. Refused at
+    setup where the input shape is known, else at the first batch, before any optimizer step."""
+    cb = block_pruning()
+    match = r"ProgressivePruning\(granularity='blocks'\) found no block to remove in ResidualCNN: .*channel_groups"
+    extra = [_NoEpoch()] if datamodule else [_NoStep()]
+    with pytest.raises(ValueError, match=match):
+        group_fit(tmp_path, cb, residual_cnn(), datamodule=datamodule, extra=extra)
+    with pytest.raises(ValueError, match=r"in TinyResNet \(\['blocks.0', .*\] before include=\['nothing'\]"):
+        group_fit(tmp_path, block_pruning(include=["nothing"]), block_net(), extra=[_NoEpoch()])
+
+
+class _SaveBlocks(Callback):
+    def __init__(self, cb, folder):
+        self.cb, self.folder = cb, folder
+
+    def on_train_end(self, trainer, pl_module):
+        names = [n for n, m in pl_module.model.named_modules() if type(m).__name__ == "SkippedBlock"]
+        torch.save(
+            {"removed": list(self.cb.removed_blocks), "skipped": names, "step": trainer.global_step},
+            Path(self.folder) / f"rank{trainer.global_rank}.pt",
+        )
+
+
+@pytest.mark.slow
+def test_blocks_ddp_every_rank_removes_the_same_blocks(tmp_path):
+    cb = block_pruning(end=2, frequency=1)  # removals at steps 1 and 2, then 2 more steps under DDP
+    module = ClassificationModule(block_net(), lr=1e-2)
+    trainer = Trainer(
+        **quiet_trainer_kwargs(
+            tmp_path,
+            max_epochs=1,
+            devices=2,
+            strategy="ddp_spawn",
+            limit_train_batches=4,
+            callbacks=[_RankNoise(), cb, _SaveBlocks(cb, tmp_path)],
+        )
+    )
+    trainer.fit(module, train_dataloaders=image_loader(n=128))  # 4 batches per rank
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0 == r1 and len(r0["removed"]) == 3 and sorted(r0["skipped"]) == sorted(r0["removed"])
+    assert r0["step"] == 4
+
+
+def _token_fit(tmp_path, cb, net, epochs=2, ckpt_path=None):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    seed_everything(0)
+    module = ClassificationModule(net, optimizer="adam", lr=1e-2)
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=epochs, callbacks=[cb]))
+    trainer.fit(module, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=16), ckpt_path=ckpt_path)
+    return trainer, module, x
+
+
+@pytest.mark.parametrize(("kind", "granularity"), [("mha", "channel_groups"), ("packed", "heads")])
+def test_attention_heads_are_pruned_compacted_and_reloaded(tmp_path, kind, granularity):
+    from lightning_optim.layers.attention import PrunedMultiheadAttention
+    from tests.nets import TinyViT
+
+    def pruning():
+        return ProgressivePruning(
+            final_sparsity=0.5, start=0, end=1, unit="epoch", granularity=granularity, compact_at_end=True
+        )
+
+    cb = pruning()
+    trainer, module, x = _token_fit(tmp_path, cb, TinyViT(kind=kind))
+    compact = module.model.eval()
+    attn = compact.blocks[0].attn
+    assert attn.num_heads == 2
+    if kind == "mha":
+        assert isinstance(attn, PrunedMultiheadAttention)
+        assert compact.blocks[0].mlp.fc1.out_features == 16  # neurons too, with channel groups
+    else:
+        assert attn.qkv.out_features == 24 and attn.attn_dim == 8
+        assert compact.blocks[0].mlp.fc1.out_features == 32  # heads only: the MLP stays
+    text, requested, removed, _ = cb.compaction_summary()
+    # everything requested goes but the residual stream's half (kept behind its layer norms, and said)
+    stream = 8 if granularity == "channel_groups" else 0
+    assert removed == requested - stream > 0 and "a layer norm across channels" in text, text
+    path = tmp_path / "heads.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = ClassificationModule.load_from_checkpoint(path, model=TinyViT(kind=kind), weights_only=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.eval()(x[:4]), compact(x[:4]))
+    _, module2, _ = _token_fit(
+        tmp_path / "resumed", pruning(), TinyViT(kind=kind), epochs=3, ckpt_path=str(path)
+    )
+    assert count_parameters(module2.model) == count_parameters(compact)
+
+
+def test_heads_granularity_refuses_a_network_without_attention(tmp_path):
+    from tests.nets import TokenClassifier
+
+    cb = ProgressivePruning(final_sparsity=0.5, start=0, end=1, unit="epoch", granularity="heads")
+    with pytest.raises(ValueError, match=r"granularity='heads'\) found no attention heads"):
+        _token_fit(tmp_path, cb, TokenClassifier())

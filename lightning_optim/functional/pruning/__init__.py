@@ -3,6 +3,16 @@ schedules (:mod:`.schedules`), the physical removal of pruned units (:mod:`.comp
 of any traceable network by dependency groups (:mod:`.dependency` traces which slices go together,
 :mod:`.groups` scores, selects, masks and removes them)."""
 
+from lightning_optim.functional.pruning.blocks import (
+    BlockPruningError,
+    SkippedBlock,
+    block_importance,
+    find_blocks,
+    is_residual,
+    remove_blocks,
+    removed_blocks_of,
+    restore_removed_blocks,
+)
 from lightning_optim.functional.pruning.compaction import CompactionError, channel_followers, compact_model
 from lightning_optim.functional.pruning.dependency import (
     CouplingGroup,
@@ -56,8 +66,17 @@ from lightning_optim.functional.pruning.schedules import (
     schedule_progress,
     scheduled_sparsity,
 )
+from lightning_optim.functional.pruning.tracing import TracedGraph, trace_graph
 
 __all__ = [
+    "BlockPruningError",
+    "SkippedBlock",
+    "block_importance",
+    "find_blocks",
+    "is_residual",
+    "remove_blocks",
+    "removed_blocks_of",
+    "restore_removed_blocks",
     "CompactionMismatch",
     "CouplingGroup",
     "DependencyError",
@@ -107,4 +126,6 @@ __all__ = [
     "unit_scores",
     "unpack_mask",
     "zero_masks",
+    "TracedGraph",
+    "trace_graph",
 ]

@@ -353,16 +353,26 @@ def check_equivalent(
     Raises:
         CompactionMismatch: above ``tol``, or when the output shapes differ.
     """
+    from torch.utils._pytree import tree_flatten
+
     modes = (reference.training, candidate.training)
     reference.eval()
     candidate.eval()
     try:
-        ref, out = reference(example_input), candidate(example_input)
+        with torch.no_grad():
+            ref, out = reference(example_input), candidate(example_input)
     finally:
         reference.train(modes[0])
         candidate.train(modes[1])
-    if not isinstance(ref, Tensor) or not isinstance(out, Tensor) or ref.shape != out.shape:
+    if isinstance(ref, dict) and isinstance(out, dict):  # Hugging Face outputs (ModelOutput is a dict)
+        ref, out = list(ref.values()), list(out.values())
+    refs, outs = tree_flatten(ref)[0], tree_flatten(out)[0]
+    refs = [t for t in refs if isinstance(t, Tensor)]
+    outs = [t for t in outs if isinstance(t, Tensor)]
+    if not refs or len(refs) != len(outs) or any(a.shape != b.shape for a, b in zip(refs, outs)):
         raise CompactionMismatch("The compacted model's output has another shape than the original's.")
+    ref = torch.cat([t.detach().float().flatten() for t in refs])
+    out = torch.cat([t.detach().float().flatten() for t in outs])
     scale = max(float(ref.float().abs().max()), floor) if ref.numel() else 1.0
     diff = float((ref.float() - out.float()).abs().max()) / scale if ref.numel() else 0.0
     if diff > tol:

@@ -26,14 +26,16 @@ The per-op rules live in small tables keyed by op type (:data:`PASSTHROUGH_MODUL
 
 from __future__ import annotations
 
+import fnmatch
 import operator
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 #: elementwise modules that map 0 to 0 (a masked channel stays zero through them)
 ZERO_PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
@@ -131,7 +133,18 @@ DIV_METHODS = {"div", "div_"}
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
 REDUCE_METHODS = {"mean", "sum", "amax"}
 CAT_FUNCTIONS = {torch.cat, torch.concat}
-FLATTEN_FUNCTIONS = {torch.flatten}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.unflatten}
+RESHAPE_METHODS = {"reshape", "view", "flatten", "unflatten"}
+PERMUTE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.t}
+PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "t"}
+EXPAND_FUNCTIONS = {torch.unsqueeze, torch.squeeze, torch.broadcast_to}
+EXPAND_METHODS = {"unsqueeze", "squeeze", "expand", "expand_as", "broadcast_to"}
+SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax, F.log_softmax, torch.log_softmax}
+SOFTMAX_METHODS = {"softmax", "log_softmax"}
+SPLIT_FUNCTIONS = {torch.chunk, torch.split, torch.tensor_split}
+SPLIT_METHODS = {"chunk", "split", "tensor_split"}
+MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.bmm}
+MATMUL_METHODS = {"matmul", "bmm"}
 
 
 def _register_torchvision() -> None:
@@ -192,6 +205,21 @@ class CouplingGroup:
     #: ``{unit id: conv group}`` when a grouped convolution runs through the group: every conv group must
     #: lose the same number of units (empty otherwise)
     divisions: dict[int, int] = field(default_factory=dict)
+    #: ``"channels"`` (filters, neurons, a residual stage's channels) or ``"heads"`` (an attention layer's heads)
+    kind: str = "channels"
+
+
+@dataclass
+class AttentionSite:
+    """A module whose ``forward`` splits a width into attention heads: the unit of each head (in head order),
+    the head width, and whether it is a whole attention layer (``nn.MultiheadAttention``, replaced by
+    :class:`~lightning_optim.layers.attention.PrunedMultiheadAttention` when it loses heads) or a module whose
+    head count attribute (``num_heads``...) is updated."""
+
+    module: str
+    heads: list[int]
+    head_dim: int
+    leaf: bool
 
 
 @dataclass
@@ -202,8 +230,10 @@ class DependencyGraph:
     groups: list[CouplingGroup]
     #: ``{reason: number of units pinned for it}``
     pinned: dict[str, int]
-    #: module name -> the kind of member it is ("producer", "norm", "depthwise", "consumer")
+    #: module name -> the kind of member it is ("producer", "norm", "depthwise", "consumer", "attention"...)
     roles: dict[str, set[str]]
+    #: where attention splits widths into heads (empty for a CNN)
+    attention: list[AttentionSite] = field(default_factory=list)
 
     def prunable_groups(self) -> list[CouplingGroup]:
         """The groups with at least one unit that is not pinned."""
@@ -245,15 +275,56 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+class _Space:
+    """The channel elements a tensor carries: ``ids[i, j, ...]`` is the element at index ``i`` of tensor axis
+    ``axes[0]``, ``j`` of ``axes[1]``... (the other axes carry no channel: batch, tokens, pixels). One tracked
+    axis for a feature map or a token tensor; two after attention splits its width into heads and head
+    dimensions; an id repeats where one channel spans several features (after a flatten)."""
+
+    __slots__ = ("axes", "ids", "ndim")
+
+    def __init__(self, axes: tuple[int, ...], ids: Tensor, ndim: int) -> None:
+        self.axes, self.ids, self.ndim = axes, ids, ndim
+
+    def single(self, axis: int, count: int | None = None) -> bool:
+        """One tracked axis, ``axis``, with ``count`` channels."""
+        return self.axes == (axis % self.ndim,) and (count is None or self.ids.shape[0] == count)
+
+
+#: largest element array a reshape materialises (a flatten of a big feature map into features)
+_MAX_RESHAPE_ELEMENTS = 1 << 24
+
+
 def _args(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n))
     return found
 
 
-def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+def _meta(node: Any) -> Any:
+    return node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = _meta(node)
+    return tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _describe(node: fx.Node) -> str:
+    """``torch.cat `cat_1` in `blocks.0.attn` ``: the op, the node and the module whose forward has it."""
+    target = node.target
+    op = str(target) if isinstance(target, str) else getattr(target, "__name__", str(target))
+    if node.op == "call_method":
+        op = f".{op}()"
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    where = f" in `{stack[-1][0]}`" if stack and stack[-1][0] else ""
+    return f"`{op}` (`{node.name}`{where})"
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -268,15 +339,62 @@ def _is_conv(m: nn.Module) -> bool:
     return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
 
 
+def _is_attention(m: nn.Module) -> bool:
+    from lightning_optim.layers.attention import PrunedMultiheadAttention
+
+    return isinstance(m, (nn.MultiheadAttention, PrunedMultiheadAttention))
+
+
+def _reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """Runs of source and destination axes with equal products (how a row-major reshape regroups axes)."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    try:
+        while i < len(src) and j < len(dst):
+            si, sj, pi, pj = [i], [j], src[i], dst[j]
+            i, j = i + 1, j + 1
+            while pi != pj:
+                if pi < pj:
+                    pi, i = pi * src[i], i + 1
+                    si.append(i - 1)
+                else:
+                    pj, j = pj * dst[j], j + 1
+                    sj.append(j - 1)
+            groups.append((si, sj))
+    except IndexError:
+        return None
+    if not groups:
+        return None
+    groups[-1][0].extend(range(i, len(src)))  # trailing size-1 axes
+    groups[-1][1].extend(range(j, len(dst)))
+    return groups
+
+
+def _varies(ids: Tensor, dim: int) -> bool:
+    return bool((ids != ids.narrow(dim, 0, 1)).any())
+
+
+@dataclass
+class _Site:
+    """Where attention splits a width into heads: the module whose ``forward`` does it, one element per head,
+    the head width, and whether it is a whole attention module (``nn.MultiheadAttention``)."""
+
+    module: str
+    heads: list[int]
+    head_dim: int
+    leaf: bool
+
+
 class _Builder:
     """Walks the traced graph once, node by node, joining channel elements (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule) -> None:
+    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+        self.model = model
         self.modules = dict(model.named_modules())
-        self.gm = gm
+        self.graph = graph
         self.uf = _UnionFind()
-        # node -> (first element id, channel count, channel axis)
-        self.space: dict[fx.Node, tuple[int, int, int]] = {}
+        self.space: dict[fx.Node, Any] = {}  # node -> _Space, or a list of _Space/None for a tuple output
+        self.attrs: dict[fx.Node, tuple[str, str]] = {}  # get_attr node -> (module, parameter name)
         self.barrier: dict[int, str] = {}  # element id -> reason
         self.nonzero: set[int] = set()  # elements that are not zero when their unit is masked
         self.outputs: list[tuple[int, ParamSlice]] = []
@@ -285,355 +403,952 @@ class _Builder:
         self.roles: dict[str, set[str]] = defaultdict(set)
         # element -> [(grouped conv, its conv group of this channel, groups)]
         self.divisions: dict[int, list[tuple[str, int, int]]] = {}
+        self.sites: dict[tuple[str, int], _Site] = {}
 
     # ------------------------------------------------------------------------------------ spaces
-    def new_space(self, node: fx.Node, axis: int) -> tuple[int, int, int] | None:
-        shape = _shape(node)
-        if shape is None or len(shape) < 2:
-            return None
-        axis = axis % len(shape)
-        count = int(shape[axis])
-        entry = (self.uf.add(count), count, axis)
-        self.space[node] = entry
-        return entry
+    def fresh(self, sizes: tuple[int, ...] | torch.Size) -> Tensor:
+        n = 1
+        for d in sizes:
+            n *= int(d)
+        start = self.uf.add(n)
+        return torch.arange(start, start + n, dtype=torch.long).reshape(tuple(sizes))
 
-    def pin(self, node: fx.Node, reason: str) -> None:
-        entry = self.space.get(node)
-        if entry is None:
-            return
-        start, count, _ = entry
-        for e in range(start, start + count):
+    def tracked(self, node: Any) -> _Space | None:
+        sp = self.space.get(node) if isinstance(node, fx.Node) else None
+        return sp if isinstance(sp, _Space) else None
+
+    def set_space(self, node: fx.Node, axes: tuple[int, ...], ids: Tensor) -> _Space | None:
+        shape = _shape(node)
+        if shape is None or not axes:
+            return None
+        sp = _Space(tuple(axes), ids, len(shape))
+        self.space[node] = sp
+        return sp
+
+    def new_channels(self, node: fx.Node, axis: int) -> _Space | None:
+        shape = _shape(node)
+        if shape is None or len(shape) < 1:
+            return None
+        axis %= len(shape)
+        return self.set_space(node, (axis,), self.fresh((shape[axis],)))
+
+    def pin_ids(self, ids: Tensor, reason: str) -> None:
+        for e in ids.flatten().tolist():
             self.barrier.setdefault(e, reason)
+
+    def pin(self, node: Any, reason: str) -> None:
+        sp = self.space.get(node) if isinstance(node, fx.Node) else None
+        for s in sp if isinstance(sp, list) else [sp]:
+            if isinstance(s, _Space):
+                self.pin_ids(s.ids, reason)
 
     def pin_args(self, node: fx.Node, reason: str) -> None:
         for a in _args(node):
             self.pin(a, reason)
 
-    def passthrough(self, node: fx.Node, source: fx.Node, zero: bool = True) -> bool:
-        """``node`` has the channels of ``source``, one to one (same axis, same count)."""
-        src = self.space.get(source)
-        if src is None:
+    def union_ids(self, a: Tensor, b: Tensor) -> None:
+        for x, y in zip(a.flatten().tolist(), b.flatten().tolist()):
+            self.uf.union(x, y)
+
+    def mark_nonzero(self, ids: Tensor, where: Tensor | None = None) -> None:
+        flat = ids.flatten().tolist()
+        if where is None:
+            self.nonzero.update(flat)
+        else:
+            self.nonzero.update(e for e, w in zip(flat, where.flatten().tolist()) if w)
+
+    def zero_mask(self, ids: Tensor) -> Tensor:
+        """``True`` where the element is zero when its unit is masked."""
+        nz = self.nonzero
+        return torch.tensor([e not in nz for e in ids.flatten().tolist()], dtype=torch.bool).reshape(
+            ids.shape
+        )
+
+    def alias(self, node: fx.Node, source: fx.Node, zero: bool = True, fresh: bool = False) -> bool:
+        """``node`` carries the channels of ``source`` on the same axes (an elementwise op, a pooling, a norm):
+        the same elements (``fresh``: new elements joined to them, for ops that write the channel or do not
+        keep zeros)."""
+        src = self.tracked(source)
+        shape, src_shape = _shape(node), _shape(source)
+        if src is None or shape is None or src_shape is None or len(shape) != len(src_shape):
             return False
-        out = self.new_space(node, src[2])
-        if out is None or out[1] != src[1]:
-            self.pin(source, f"`{node.format_node()}` changes the channel count")
-            if out is not None:
-                self.pin(node, f"`{node.format_node()}` changes the channel count")
+        if any(shape[a] != src_shape[a] for a in src.axes):
+            self.pin(source, f"{_describe(node)} changes the channel count")
             return True
-        for k in range(src[1]):
-            self.uf.union(src[0] + k, out[0] + k)
-            if not zero:
-                self.nonzero.add(out[0] + k)
+        if not fresh and zero:
+            self.set_space(node, src.axes, src.ids)
+            return True
+        ids = self.fresh(tuple(src.ids.shape))
+        self.union_ids(ids, src.ids)
+        if not zero:
+            self.mark_nonzero(ids)
+        self.set_space(node, src.axes, ids)
         return True
 
     # ------------------------------------------------------------------------------------ members
-    def add_producer(self, node: fx.Node, name: str, module: nn.Module, axis: int) -> None:
-        out = self.new_space(node, axis)
+    def add_producer(
+        self,
+        node: fx.Node,
+        name: str,
+        module: nn.Module,
+        axis: int,
+        weight_axis: int = 0,
+        role: str = "producer",
+    ) -> None:
+        out = self.new_channels(node, axis)
         if out is None:
             return
-        self.roles[name].add("producer")
-        for k in range(out[1]):
-            e = out[0] + k
-            self.outputs.append((e, ParamSlice(name, "weight", 0, k)))
-            if getattr(module, "bias", None) is not None:
+        self.roles[name].add(role)
+        has_bias = weight_axis == 0 and getattr(module, "bias", None) is not None
+        for k, e in enumerate(out.ids.tolist()):
+            self.outputs.append((e, ParamSlice(name, "weight", weight_axis, k)))
+            if has_bias:
                 self.outputs.append((e, ParamSlice(name, "bias", 0, k)))
 
-    def add_consumer(self, source: fx.Node, name: str, count: int, axis: int = 1) -> bool:
-        src = self.space.get(source)
+    def add_consumer(
+        self, source: Any, name: str, count: int, axis: int = 1, param: str = "weight", param_axis: int = 1
+    ) -> bool:
+        src = self.tracked(source)
         if src is None:
-            return True  # reads no channel tensor of ours (e.g. the model input without a channel axis)
-        shape = _shape(source) or ()
-        if src[1] != count or src[2] != axis % max(len(shape), 1):
-            self.pin(source, f"`{name}` reads {count} features of a {src[1]}-channel tensor")
+            return (
+                True  # reads no channel tensor of ours (the model input, a constant, an unknown op's output)
+            )
+        if not src.single(axis, count):
+            self.pin(source, f"`{name}` reads {count} features of a tensor whose channels lie elsewhere")
             return False
         self.roles[name].add("consumer")
-        for k in range(count):
-            e = src[0] + k
-            self.inputs.append((e, ParamSlice(name, "weight", 1, k)))
+        for k, e in enumerate(src.ids.tolist()):
+            self.inputs.append((e, ParamSlice(name, param, param_axis, k)))
             self.reads.append(e)
         return True
 
     # ------------------------------------------------------------------------------------ walk
     def run(self, calls: dict[str, int]) -> None:
-        for node in self.gm.graph.nodes:
+        for node in self.graph.nodes:
             if node.op == "placeholder":
-                if self.new_space(node, 1) is not None:
-                    self.pin(node, "the model's input channels")
-            elif node.op == "output":
+                continue  # the input carries no channel of ours (the first layer's input columns stay)
+            if node.op == "output":
                 self.pin_args(node, "the model's output")
             elif node.op == "get_attr":
-                if self.new_space(node, 1) is not None:
-                    self.pin(node, f"a constant tensor `{node.target}`")
+                self.get_attr(node)
             elif node.op == "call_module":
                 self.call_module(node, calls)
             elif node.op in ("call_function", "call_method"):
                 self.call_function(node)
 
+    def get_attr(self, node: fx.Node) -> None:
+        target = str(node.target)
+        owner, _, pname = target.rpartition(".")
+        module = self.modules.get(owner)
+        if module is not None and isinstance(getattr(module, pname, None), Tensor):
+            self.attrs[node] = (owner, pname)
+
+    def unknown(self, node: fx.Node, what: str) -> None:
+        self.pin_args(node, f"an operation we do not prune through: {what}")
+
     def call_module(self, node: fx.Node, calls: dict[str, int]) -> None:
-        name, module = node.target, self.modules[node.target]
+        name, module = str(node.target), self.modules[str(node.target)]
         source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         if calls[name] > 1 and any(True for _ in module.parameters(recurse=False)):
             self.pin_args(node, f"`{name}` is called more than once")
-            if self.new_space(node, 1) is not None:
-                self.pin(node, f"`{name}` is called more than once")
+            return
+        if _is_attention(module):
+            if not self.attention_module(node, name, module):
+                self.unknown(node, f"module `{name}` ({type(module).__name__} with these options)")
             return
         if isinstance(module, nn.Linear):
-            shape = _shape(source) if source is not None else None
-            if source in self.space and self.space[source][2] != len(shape or ()) - 1:
-                self.pin(source, f"`{name}` reads the last axis, not the channel axis")
-            elif source is not None:
-                self.add_consumer(source, name, module.in_features, axis=-1)
+            self.add_consumer(source, name, module.in_features, axis=-1)
             self.add_producer(node, name, module, -1)
             return
-        if _is_conv(module):
-            if module.groups == 1:
-                if source is not None:
-                    self.add_consumer(source, name, module.in_channels)
-                self.add_producer(node, name, module, 1)
-            elif _is_depthwise(module) and source is not None and self.passthrough(node, source):
-                out = self.space.get(node)
-                if out is not None:
-                    self.roles[name].add("depthwise")
-                    for k in range(out[1]):
-                        self.outputs.append((out[0] + k, ParamSlice(name, "weight", 0, k)))
-                        if module.bias is not None:
-                            self.outputs.append((out[0] + k, ParamSlice(name, "bias", 0, k)))
-            elif (
-                module.in_channels == module.out_channels
-                and source is not None
-                and source in self.space
-                and self.space[source][2] == 1
-                and self.passthrough(node, source)
-            ):
-                # grouped, in == out: channel k in and out go together (conv group k // width)
-                out = self.space.get(node)
-                if out is not None:
-                    self.roles[name].add("grouped")
-                    width = module.out_channels // module.groups
-                    src = self.space[source][0]
-                    for k in range(out[1]):
-                        e = out[0] + k
-                        self.outputs.append((e, ParamSlice(name, "weight", 0, k)))
-                        if module.bias is not None:
-                            self.outputs.append((e, ParamSlice(name, "bias", 0, k)))
-                        self.inputs.append((e, ParamSlice(name, "weight", 1, k)))
-                        self.reads.append(src + k)
-                        self.divisions.setdefault(e, []).append((name, k // width, module.groups))
-            else:
-                self.pin_args(node, f"grouped convolution `{name}` (groups={module.groups}, in != out)")
-                if self.new_space(node, 1) is not None:
-                    self.pin(node, f"grouped convolution `{name}` (groups={module.groups}, in != out)")
+        if isinstance(module, nn.Embedding):
+            self.add_producer(node, name, module, -1, weight_axis=1, role="embedding")
             return
-        if isinstance(module, NORM_MODULES) and source is not None and self.passthrough(node, source):
-            out = self.space.get(node)
-            if out is not None:
+        if _is_conv(module):
+            self.conv(node, name, module, source)
+            return
+        if isinstance(module, NORM_MODULES) and source is not None and self.alias(node, source, fresh=True):
+            out = self.tracked(node)
+            if out is not None and out.single(1):
                 self.roles[name].add("norm")
-                for k in range(out[1]):
+                for k, e in enumerate(out.ids.tolist()):
                     for pname in ("weight", "bias", "running_mean", "running_var"):
                         if getattr(module, pname, None) is not None:
-                            self.outputs.append((out[0] + k, ParamSlice(name, pname, 0, k)))
+                            self.outputs.append((e, ParamSlice(name, pname, 0, k)))
+            elif out is not None:
+                self.pin(node, f"batch norm `{name}` on a tensor whose channels lie elsewhere")
+            return
+        if isinstance(module, nn.LayerNorm) and source is not None:
+            params = [(name, p) for p in ("weight", "bias") if getattr(module, p, None) is not None]
+            self.layer_norm(node, source, len(module.normalized_shape), params)
             return
         if isinstance(module, ZERO_PRESERVING_MODULES) and source is not None:
-            if self.passthrough(node, source):
+            if self.alias(node, source):
                 return
         if isinstance(module, NONZERO_MODULES) and source is not None:
-            if self.passthrough(node, source, zero=False):
+            if self.alias(node, source, zero=False):
                 return
-        if isinstance(module, nn.Flatten) and source is not None and module.end_dim == -1:
-            if self.flatten(node, source, module.start_dim):
+        if isinstance(module, (nn.Softmax, nn.LogSoftmax)) and source is not None:
+            if self.softmax(node, source, module.dim):
+                return
+        if isinstance(module, (nn.Flatten, nn.Unflatten)) and source is not None:
+            if self.reshape(node, source):
                 return
         self.unknown(node, f"module `{name}` ({type(module).__name__})")
 
-    def call_function(self, node: fx.Node) -> None:
-        target = node.target
-        tensors = [a for a in _args(node) if a in self.space]
-        source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-        is_fn, is_method = node.op == "call_function", node.op == "call_method"
-        if not tensors:
-            # shapes, sizes, scalars: no channel tensor in or (if any) out
-            if _shape(node) is not None and len(_shape(node)) >= 2:
-                self.new_space(node, 1)
-                self.pin(node, f"a tensor made by `{node.format_node()}`")
+    def conv(self, node: fx.Node, name: str, module: nn.Module, source: fx.Node | None) -> None:
+        if module.groups == 1:
+            self.add_consumer(source, name, module.in_channels)
+            self.add_producer(node, name, module, 1)
             return
-        if (is_fn and target in ZERO_PRESERVING_FUNCTIONS) or (
-            is_method and target in ZERO_PRESERVING_METHODS
-        ):
-            if source in self.space and len(tensors) == 1 and self.passthrough(node, source):
+        src = self.tracked(source)
+        same_width = module.in_channels == module.out_channels
+        if src is not None and src.single(1) and same_width and self.alias(node, source, fresh=True):
+            out = self.tracked(node)
+            if out is None:
                 return
-        if (is_fn and target in NONZERO_FUNCTIONS) or (is_method and target in NONZERO_METHODS):
-            if source in self.space and len(tensors) == 1 and self.passthrough(node, source, zero=False):
+            if _is_depthwise(module):
+                self.roles[name].add("depthwise")
+                for k, e in enumerate(out.ids.tolist()):
+                    self.outputs.append((e, ParamSlice(name, "weight", 0, k)))
+                    if module.bias is not None:
+                        self.outputs.append((e, ParamSlice(name, "bias", 0, k)))
                 return
-        if (is_fn and target in ADD_OPS) or (is_method and target in ADD_METHODS):
-            if self.elementwise(node, tensors, rule="add"):
+            if same_width:
+                # grouped, in == out: channel k in and out go together (conv group k // width)
+                self.roles[name].add("grouped")
+                width = module.out_channels // module.groups
+                for k, (e, s) in enumerate(zip(out.ids.tolist(), src.ids.tolist())):
+                    self.outputs.append((e, ParamSlice(name, "weight", 0, k)))
+                    if module.bias is not None:
+                        self.outputs.append((e, ParamSlice(name, "bias", 0, k)))
+                    self.inputs.append((e, ParamSlice(name, "weight", 1, k)))
+                    self.reads.append(s)
+                    self.divisions.setdefault(e, []).append((name, k // width, module.groups))
                 return
-        if (is_fn and target in MUL_OPS) or (is_method and target in MUL_METHODS):
-            if self.elementwise(node, tensors, rule="mul"):
-                return
-        if (is_fn and target in DIV_OPS) or (is_method and target in DIV_METHODS):
-            if source in self.space and self.elementwise(node, tensors, rule="div"):
-                return
-        if (is_fn and target in CAT_FUNCTIONS) and self.cat(node):
-            return
-        if (is_fn and target in FLATTEN_FUNCTIONS) or (is_method and target == "flatten"):
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            if source in self.space and end == -1 and self.flatten(node, source, start):
-                return
-        if (is_fn and target in REDUCE_FUNCTIONS) or (is_method and target in REDUCE_METHODS):
-            if source in self.space and self.reduce(node, source):
-                return
-        self.unknown(node, f"`{getattr(target, '__name__', target)}`")
-
-    def unknown(self, node: fx.Node, what: str) -> None:
-        reason = f"an operation we do not prune through: {what}"
+            self.space.pop(node, None)
+        reason = f"grouped convolution `{name}` (groups={module.groups}, in != out)"
         self.pin_args(node, reason)
-        if self.new_space(node, 1) is not None:
+        if self.new_channels(node, 1) is not None:
             self.pin(node, reason)
 
-    def elementwise(self, node: fx.Node, tensors: list[fx.Node], rule: str) -> bool:
+    def layer_norm(
+        self, node: fx.Node, source: fx.Node, normalized: int, params: list[tuple[str, str]] | None = None
+    ) -> None:
+        """A layer norm over the channels is kept (removing a channel changes the mean and variance of the
+        others); its scale and shift entries belong to the channel (the residual stream of a transformer)."""
+        src, shape = self.tracked(source), _shape(source)
+        if src is None or shape is None:
+            return
+        if any(a >= len(shape) - normalized for a in src.axes):
+            reason = "a layer norm across channels (it renormalises what is left)"
+            self.pin(source, reason)
+            self.set_space(node, src.axes, src.ids)
+            if normalized == 1 and src.single(-1):
+                for module, pname in params or []:
+                    self.roles[module].add("layernorm")
+                    for k, e in enumerate(src.ids.tolist()):
+                        self.outputs.append((e, ParamSlice(module, pname, 0, k)))
+            return
+        self.alias(node, source, zero=False)  # per position: a zero channel normalises to the bias
+
+    def softmax(self, node: fx.Node, source: fx.Node, dim: int | None) -> bool:
+        src, shape = self.tracked(source), _shape(source)
+        if src is None or shape is None or dim is None:
+            return False
+        if dim % len(shape) in src.axes:
+            return False
+        return self.alias(node, source, zero=False)
+
+    def call_function(self, node: fx.Node) -> None:
+        target = node.target
+        is_fn, is_method = node.op == "call_function", node.op == "call_method"
+        if is_fn and target is getattr:
+            return
+        meta = _meta(node)
+        tensors = [a for a in _args(node) if a in self.space]
+        if meta is None:
+            return  # no tensor comes out (sizes, shapes, dims): nothing to follow
+        source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if is_fn and target is operator.getitem and source in self.space:
+            if self.getitem(node, source, node.args[1]):
+                return
+        if not tensors:
+            if is_fn and target in (operator.mul, torch.mul, operator.add, torch.add):
+                return
+            return  # made from the input, constants or parameters: carries no channel of ours
+
+        def op(functions: set | dict, methods: set) -> bool:
+            return (is_fn and target in functions) or (is_method and target in methods)
+
+        single = source in self.space and len(tensors) == 1
+        if op(ZERO_PRESERVING_FUNCTIONS, ZERO_PRESERVING_METHODS) and single and self.alias(node, source):
+            return
+        if op(NONZERO_FUNCTIONS, NONZERO_METHODS) and single and self.alias(node, source, zero=False):
+            return
+        if op(ADD_OPS, ADD_METHODS) and self.elementwise(node, "add"):
+            return
+        if op(MUL_OPS, MUL_METHODS) and self.elementwise(node, "mul"):
+            return
+        if op(DIV_OPS, DIV_METHODS) and source in self.space and self.elementwise(node, "div"):
+            return
+        if op(CAT_FUNCTIONS, set()) and self.cat(node):
+            return
+        if op(RESHAPE_FUNCTIONS, RESHAPE_METHODS) and single and self.reshape(node, source):
+            return
+        if op(PERMUTE_FUNCTIONS, PERMUTE_METHODS) and single and self.permute(node, source):
+            return
+        if op(EXPAND_FUNCTIONS, EXPAND_METHODS) and source in self.space and self.expand(node, source):
+            return
+        if op(REDUCE_FUNCTIONS, REDUCE_METHODS) and single and self.reduce(node, source):
+            return
+        if op(SOFTMAX_FUNCTIONS, SOFTMAX_METHODS) and single:
+            if self.softmax(node, source, _arg(node, 1, "dim")):
+                return
+        if op({F.layer_norm}, set()) and source in self.space:
+            normalized = _arg(node, 1, "normalized_shape")
+            affine = [_arg(node, 2, "weight"), _arg(node, 3, "bias")]
+            if isinstance(normalized, (list, tuple)) and all(a is None or a in self.attrs for a in affine):
+                self.layer_norm(
+                    node, source, len(normalized), [self.attrs[a] for a in affine if a is not None]
+                )
+                return
+        if op({torch.select}, {"select"}) and single:
+            if self.select(node, source, _arg(node, 1, "dim"), _arg(node, 2, "index")):
+                return
+        if op({torch.unbind}, {"unbind"}) and single and self.unbind(node, source, _arg(node, 1, "dim", 0)):
+            return
+        if op(SPLIT_FUNCTIONS, SPLIT_METHODS) and single and self.split(node, source):
+            return
+        if op(MATMUL_FUNCTIONS, MATMUL_METHODS) and self.matmul(node):
+            return
+        if op({F.scaled_dot_product_attention}, set()) and self.sdpa(node):
+            return
+        if op({F.linear}, set()) and self.functional_linear(node):
+            return
+        self.unknown(node, f"`{getattr(target, '__name__', target)}`")
+
+    # ------------------------------------------------------------------------------------ elementwise
+    def elementwise(self, node: fx.Node, rule: str) -> bool:
+        """``a + b``, ``a * b``, ``a / b`` with broadcasting: tensors that carry channels must carry the same ones
+        on the same axes; a parameter that varies along them (a layer scale, a position embedding) joins the
+        channels as a member; anything else that varies along them keeps them."""
         out_shape = _shape(node)
-        ref = tensors[0]
-        axis = self.space[ref][2]
         if out_shape is None:
             return False
-        for t in tensors:
-            shape = _shape(t)
-            if shape is None or len(shape) != len(out_shape) or self.space[t][2] != axis:
+        ro = len(out_shape)
+        operands = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
+        tracked: list[tuple[fx.Node, Tensor]] = []
+        out_axes: tuple[int, ...] | None = None
+        for a in operands:
+            sp = self.tracked(a)
+            if sp is None:
+                continue
+            off = ro - sp.ndim
+            axes = tuple(ax + off for ax in sp.axes)
+            if any(out_shape[ax] != n for ax, n in zip(axes, sp.ids.shape)):
                 return False
-            if self.space[t][1] != out_shape[axis]:
+            if out_axes is not None and axes != out_axes:
                 return False
-        out = self.new_space(node, axis)
-        if out is None:
+            out_axes = axes
+            tracked.append((a, sp.ids))
+        if out_axes is None:
             return False
-        for k in range(out[1]):
-            members = [self.space[t][0] + k for t in tensors]
-            for e in members:
-                self.uf.union(e, out[0] + k)
-            zeros = [e not in self.nonzero for e in members]
-            # with one tensor (x + 1.0, x * s), the constant decides: an addition of a constant is not zero
-            constant_other = (
-                len(tensors) == 1 and len([a for a in node.args if not isinstance(a, fx.Node)]) > 0
-            )
-            if rule == "add":
-                is_zero = all(zeros) and not constant_other
-            elif rule == "mul":
-                is_zero = any(zeros)
-            else:  # div: zero when the numerator is
-                is_zero = zeros[0] and tensors[0] is node.args[0]
-            if not is_zero:
-                self.nonzero.add(out[0] + k)
+        ids = self.fresh(tuple(tracked[0][1].shape))
+        constant = any(not isinstance(a, fx.Node) for a in node.args)
+        for a in operands:
+            if a in self.space:
+                continue
+            shape = _shape(a)
+            if shape is None:
+                constant = True
+                continue
+            off = ro - len(shape)
+            varying = [ax for ax in out_axes if ax - off >= 0 and shape[ax - off] != 1]
+            if not varying:
+                constant = True
+                continue
+            if a in self.attrs and varying == list(out_axes) and len(out_axes) == 1:
+                module, pname = self.attrs[a]
+                self.roles[module].add("parameter")
+                for k, e in enumerate(ids.tolist()):
+                    self.outputs.append((e, ParamSlice(module, pname, out_axes[0] - off, k)))
+                continue
+            self.pin_ids(ids, f"{_describe(node)} combines the channels with a tensor we do not follow")
+            constant = True
+        zeros = [self.zero_mask(t) for _, t in tracked]
+        for _, t in tracked:
+            self.union_ids(ids, t)
+        if rule == "add":
+            is_zero = torch.stack(zeros).all(0) if not constant else torch.zeros_like(zeros[0])
+        elif rule == "mul":
+            is_zero = torch.stack(zeros).any(0)
+        else:  # div: zero when the numerator is
+            is_zero = zeros[0] if tracked[0][0] is node.args[0] else torch.zeros_like(zeros[0])
+        self.mark_nonzero(ids, ~is_zero)
+        self.set_space(node, out_axes, ids)
         return True
 
     def cat(self, node: fx.Node) -> bool:
-        parts = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if not isinstance(parts, (list, tuple)) or not all(
-            isinstance(p, fx.Node) and p in self.space for p in parts
-        ):
-            return False
+        parts = _arg(node, 0, "tensors")
+        dim = _arg(node, 1, "dim", 0)
         out_shape = _shape(node)
-        if out_shape is None:
+        if not isinstance(parts, (list, tuple)) or out_shape is None:
             return False
         axis = dim % len(out_shape)
-        if any(self.space[p][2] != axis for p in parts):
+        spaces = [self.tracked(p) for p in parts]
+        known = [s for s in spaces if s is not None]
+        if not known or any(s.ndim != len(out_shape) for s in known):
             return False
-        out = self.new_space(node, axis)
-        offset = 0
-        for p in parts:
-            start, count, _ = self.space[p]
-            for k in range(count):
-                self.uf.union(start + k, out[0] + offset + k)
-                if start + k in self.nonzero:
-                    self.nonzero.add(out[0] + offset + k)
-            offset += count
-        return offset == out[1]
+        axes = known[0].axes
+        if any(s.axes != axes for s in known):
+            return False
+        if axis in axes:  # along the channels: offsets
+            if axes != (axis,):
+                return False
+            pieces = []
+            for p, s in zip(parts, spaces):
+                if s is None:
+                    shape = _shape(p)
+                    if shape is None:
+                        return False
+                    fresh = self.fresh((shape[axis],))
+                    self.pin_ids(fresh, f"{_describe(node)} joins them with channels we do not follow")
+                    pieces.append(fresh)
+                else:
+                    pieces.append(s.ids)
+            ids = torch.cat(pieces)
+            if ids.shape[0] != out_shape[axis]:
+                return False
+            self.set_space(node, axes, ids)
+            return True
+        # along another axis (tokens): every part carries the same channels
+        return (
+            self.elementwise(node, "add")
+            if len(known) == len(parts)
+            else self._cat_with_constants(node, parts)
+        )
 
-    def flatten(self, node: fx.Node, source: fx.Node, start: int) -> bool:
-        shape = _shape(source)
-        if shape is None or source not in self.space:
+    def _cat_with_constants(self, node: fx.Node, parts: list[fx.Node]) -> bool:
+        """A concatenation along tokens of channel tensors and parameters (a class token): the parameters join."""
+        out_shape = _shape(node)
+        sp = next(s for s in (self.tracked(p) for p in parts) if s is not None)
+        ids = self.fresh(tuple(sp.ids.shape))
+        for p in parts:
+            s = self.tracked(p)
+            if s is not None:
+                self.union_ids(ids, s.ids)
+                self.mark_nonzero(ids, ~self.zero_mask(s.ids))
+                continue
+            shape = _shape(p)
+            if p in self.attrs and shape is not None and len(sp.axes) == 1 and len(shape) == len(out_shape):
+                module, pname = self.attrs[p]
+                self.roles[module].add("parameter")
+                for k, e in enumerate(ids.tolist()):
+                    self.outputs.append((e, ParamSlice(module, pname, sp.axes[0], k)))
+            else:
+                self.pin_ids(ids, f"{_describe(node)} joins them with a tensor we do not follow (`{p.name}`)")
+        self.set_space(node, sp.axes, ids)
+        return True
+
+    # ------------------------------------------------------------------------------------ shapes
+    def reshape(self, node: fx.Node, source: fx.Node) -> bool:
+        """A row-major reshape (view, flatten, unflatten): regroup the axes; a channel axis split into heads
+        and head dimensions becomes two tracked axes, a channel axis merged with pixels repeats each id."""
+        src, in_shape, out_shape = self.tracked(source), _shape(source), _shape(node)
+        if src is None or in_shape is None or out_shape is None:
             return False
-        src_start, count, axis = self.space[source]
-        if start % len(shape) != 1 or axis != 1:
+        groups = _reshape_groups(in_shape, out_shape)
+        if groups is None:
             return False
-        per_channel = 1
-        for d in shape[2:]:
-            per_channel *= int(d)
-        out = self.new_space(node, 1)
-        if out is None or out[1] != count * per_channel:
+        chosen = [(si, sj) for si, sj in groups if any(a in si for a in src.axes)]
+        src_axes = [a for si, _ in chosen for a in si]
+        dst_axes = [b for _, sj in chosen for b in sj]
+        size = 1
+        for a in src_axes:
+            size *= in_shape[a]
+        if size > _MAX_RESHAPE_ELEMENTS:
             return False
-        for c in range(count):
-            for j in range(per_channel):
-                e = out[0] + c * per_channel + j
-                self.uf.union(src_start + c, e)
-                if src_start + c in self.nonzero:
-                    self.nonzero.add(e)
+        view = [in_shape[a] if a in src.axes else 1 for a in src_axes]
+        arr = (
+            src.ids.reshape(view)
+            .expand([in_shape[a] for a in src_axes])
+            .reshape([out_shape[b] for b in dst_axes])
+        )
+        keep = []
+        for dim in reversed(range(len(dst_axes))):
+            if arr.shape[dim] > 1 and _varies(arr, dim):
+                keep.append(dst_axes[dim])
+            else:
+                arr = arr.select(dim, 0)
+        if not keep:
+            return False
+        self.set_space(node, tuple(reversed(keep)), arr.contiguous())
+        return True
+
+    def permute(self, node: fx.Node, source: fx.Node) -> bool:
+        src = self.tracked(source)
+        if src is None:
+            return False
+        n = src.ndim
+        if node.target in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+            d0, d1 = _arg(node, 1, "dim0") % n, _arg(node, 2, "dim1") % n
+            perm = list(range(n))
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+        elif node.target in ("t", torch.t):
+            perm = list(reversed(range(n)))
+        else:
+            dims = node.args[1:] if node.op == "call_method" else _arg(node, 1, "dims")
+            if node.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+                dims = dims[0]
+            if not isinstance(dims, (list, tuple)) or len(dims) != n:
+                return False
+            perm = [d % n for d in dims]
+        new_axes = [perm.index(a) for a in src.axes]
+        order = sorted(range(len(new_axes)), key=lambda i: new_axes[i])
+        self.set_space(node, tuple(new_axes[i] for i in order), src.ids.permute(order))
+        return True
+
+    def expand(self, node: fx.Node, source: fx.Node) -> bool:
+        """unsqueeze, squeeze, expand: the tracked axes keep their sizes and move with the new axes."""
+        src, in_shape, out_shape = self.tracked(source), _shape(source), _shape(node)
+        if src is None or in_shape is None or out_shape is None:
+            return False
+        if node.target in ("unsqueeze", torch.unsqueeze):
+            d = _arg(node, 1, "dim") % len(out_shape)
+            axes = tuple(a + (a >= d) for a in src.axes)
+        elif node.target in ("squeeze", torch.squeeze):
+            dims = [i for i in range(len(in_shape)) if in_shape[i] == 1]
+            d = _arg(node, 1, "dim")
+            if d is not None:
+                d = [d] if isinstance(d, int) else list(d)
+                dims = [x % len(in_shape) for x in d if in_shape[x % len(in_shape)] == 1]
+            if any(a in dims for a in src.axes):
+                return False
+            axes = tuple(a - sum(x < a for x in dims) for a in src.axes)
+        else:  # expand / expand_as / broadcast_to: new leading axes, size-1 axes grown
+            off = len(out_shape) - len(in_shape)
+            axes = tuple(a + off for a in src.axes)
+        if any(out_shape[b] != in_shape[a] for a, b in zip(src.axes, axes)):
+            return False
+        self.set_space(node, axes, src.ids)
         return True
 
     def reduce(self, node: fx.Node, source: fx.Node) -> bool:
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        shape = _shape(source)
-        if dims is None or shape is None:
+        src, shape = self.tracked(source), _shape(source)
+        dims = _arg(node, 1, "dim")
+        keepdim = _arg(node, 2, "keepdim", False)
+        if src is None or shape is None or dims is None:
             return False
         dims = [dims] if isinstance(dims, int) else list(dims)
-        axis = self.space[source][2]
         dims = [d % len(shape) for d in dims]
-        if axis in dims:
+        if any(a in dims for a in src.axes):
             return False
-        new_axis = axis if keepdim else axis - sum(d < axis for d in dims)
-        out = self.new_space(node, new_axis)
-        if out is None or out[1] != self.space[source][1]:
+        axes = src.axes if keepdim else tuple(a - sum(d < a for d in dims) for a in src.axes)
+        self.set_space(node, axes, src.ids)
+        return True
+
+    def _take(self, node: Any, src: _Space, axis: int, index: int, reason_node: fx.Node) -> tuple:
+        """Index ``index`` of axis ``axis``: a constant that stays right only if every unit spans the whole axis,
+        so the elements along it are joined."""
+        axes, ids = src.axes, src.ids
+        if axis in axes:
+            i = axes.index(axis)
+            first = ids.select(i, 0)
+            for j in range(1, ids.shape[i]):
+                self.union_ids(first, ids.select(i, j))
+            ids = ids.select(i, index)
+            axes = axes[:i] + axes[i + 1 :]
+        return tuple(a - (a > axis) for a in axes), ids
+
+    def select(self, node: fx.Node, source: fx.Node, dim: int | None, index: int | None) -> bool:
+        src = self.tracked(source)
+        if src is None or not isinstance(dim, int) or not isinstance(index, int):
             return False
-        for k in range(out[1]):
-            self.uf.union(self.space[source][0] + k, out[0] + k)
-            if self.space[source][0] + k in self.nonzero:
-                self.nonzero.add(out[0] + k)
+        axes, ids = self._take(node, src, dim % src.ndim, index, node)
+        if axes:
+            self.set_space(node, axes, ids)
+        return True
+
+    def unbind(self, node: fx.Node, source: fx.Node, dim: Any) -> bool:
+        src = self.tracked(source)
+        meta = _meta(node)
+        if src is None or not isinstance(dim, int) or not isinstance(meta, (list, tuple)):
+            return False
+        dim %= src.ndim
+        parts = []
+        for i in range(len(meta)):
+            axes, ids = self._take(node, src, dim, i, node)
+            parts.append(_Space(axes, ids, src.ndim - 1) if axes else None)
+        self.space[node] = parts
+        return True
+
+    def split(self, node: fx.Node, source: fx.Node) -> bool:
+        """chunk / split along an axis without channels: every part carries them all."""
+        src = self.tracked(source)
+        meta = _meta(node)
+        if src is None or not isinstance(meta, (list, tuple)):
+            return False
+        dim = _arg(node, 2, "dim", 0)
+        if not isinstance(dim, int) or dim % src.ndim in src.axes:
+            return False
+        self.space[node] = [_Space(src.axes, src.ids, src.ndim) for _ in meta]
+        return True
+
+    def getitem(self, node: fx.Node, source: fx.Node, index: Any) -> bool:
+        sp = self.space.get(source)
+        if isinstance(sp, list):
+            if isinstance(index, int) and -len(sp) <= index < len(sp) and sp[index] is not None:
+                self.space[node] = sp[index]
+            return True
+        src, in_shape = self.tracked(source), _shape(source)
+        if src is None or in_shape is None:
+            return False
+        items = list(index) if isinstance(index, tuple) else [index]
+        if any(
+            isinstance(i, fx.Node) or not isinstance(i, (int, slice, type(None), type(Ellipsis)))
+            for i in items
+        ):
+            return False
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            used = sum(1 for i in items if i is not None and i is not Ellipsis)
+            items[at : at + 1] = [slice(None)] * (len(in_shape) - used)
+        items += [slice(None)] * (len(in_shape) - sum(1 for i in items if i is not None))
+        axes, ids, out_axis, in_axis = list(src.axes), src.ids, 0, 0
+        mapping: dict[int, int] = {}
+        for item in items:
+            if item is None:
+                out_axis += 1
+                continue
+            if isinstance(item, int):
+                if in_axis in src.axes:
+                    return False  # one channel picked by position: index constants break after removal
+            else:
+                full = item.indices(in_shape[in_axis]) == (0, in_shape[in_axis], 1)
+                if in_axis in src.axes and not full:
+                    return False
+                mapping[in_axis] = out_axis
+                out_axis += 1
+            in_axis += 1
+        del axes
+        self.set_space(node, tuple(mapping[a] for a in src.axes), ids)
+        return True
+
+    # ------------------------------------------------------------------------------------ attention
+    def _heads(self, operands: list[tuple[_Space | None, int, str]], out_shape: tuple[int, ...]) -> Any:
+        """Batch axes of a (batched) matmul that carry channels in the operands: attention heads. Returns
+        ``(tracked output batch axes, [(space, axis offset)])`` or ``None`` when the operands disagree."""
+        ro = len(out_shape)
+        head_axes: tuple[int, ...] | None = None
+        for sp, ndim, _ in operands:
+            if sp is None:
+                continue
+            off = ro - ndim
+            batch = tuple(a + off for a in sp.axes if a < ndim - 2)
+            if head_axes is None:
+                head_axes = batch
+            elif batch != head_axes:
+                return None
+        return head_axes
+
+    def _join_heads(
+        self,
+        node: fx.Node,
+        spaces: list[tuple[_Space, int]],
+        head_axes: tuple[int, ...],
+        out_extra: list[int],
+    ) -> Tensor:
+        """One unit per head: every element of every operand at that head index, and the output's."""
+        out_shape = _shape(node)
+        sizes = [out_shape[a] for a in head_axes]
+        heads = self.fresh(tuple(sizes)).flatten()
+        for sp, off in spaces:
+            ids = sp.ids
+            lead = [sp.axes.index(a - off) for a in head_axes]
+            rest = [i for i in range(ids.dim()) if i not in lead]
+            per_head = ids.permute(lead + rest).reshape(len(heads), -1)
+            for h, row in zip(heads.tolist(), per_head.tolist()):
+                for e in row:
+                    self.uf.union(h, e)
+        return heads.reshape(sizes)
+
+    def _record_site(self, node: fx.Node, heads: Tensor, head_dim: int, leaf: str | None = None) -> None:
+        if leaf is not None:
+            module = leaf
+        else:
+            stack = node.meta.get("nn_module_stack") or {}
+            entries = list(stack.values())
+            module = entries[-1][0] if entries else ""
+            module = module if isinstance(module, str) else str(module)
+        key = (module, heads.numel())
+        if key not in self.sites:
+            self.sites[key] = _Site(module, heads.flatten().tolist(), head_dim, leaf is not None)
+
+    def matmul(self, node: fx.Node) -> bool:
+        a, b = _arg(node, 0, "input"), _arg(node, 1, "other")
+        sa, sb, so = _shape(a), _shape(b), _shape(node)
+        if sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
+            return False
+        A, B = self.tracked(a), self.tracked(b)
+        head_axes = self._heads([(A, len(sa), "a"), (B, len(sb), "b")], so)
+        if head_axes is None:
+            return False
+        ro = len(so)
+        if not head_axes:
+            # no heads: only a channel that passes through one side (a token-mixing matmul) is followed
+            if A is not None and B is None and A.axes == (len(sa) - 2,):
+                return self._through(node, A, (ro - 2,))
+            if B is not None and A is None and B.axes == (len(sb) - 1,):
+                return self._through(node, B, (ro - 1,))
+            return False
+        # an operand without channels must not vary along the heads
+        for sp, shape in ((A, sa), (B, sb)):
+            if sp is None:
+                off = ro - len(shape)
+                if any(a_ - off >= 0 and shape[a_ - off] != 1 for a_ in head_axes):
+                    return False
+        spaces = [(sp, ro - len(shape)) for sp, shape in ((A, sa), (B, sb)) if sp is not None]
+        heads = self._join_heads(node, spaces, head_axes, [])
+        out_axes, out_ids = head_axes, heads
+        if B is not None and (len(sb) - 1) in B.axes:
+            dh = so[-1]
+            out_axes = (*head_axes, ro - 1)
+            out_ids = heads.unsqueeze(-1).expand(*heads.shape, dh).contiguous()
+            fresh = self.fresh(tuple(out_ids.shape))
+            self.union_ids(fresh, out_ids)
+            out_ids = fresh
+        else:
+            fresh = self.fresh(tuple(heads.shape))
+            self.union_ids(fresh, heads)
+            out_ids = fresh
+        # zero when a whole operand's head is zero (masked q, k or v)
+        zero = torch.zeros(heads.numel(), dtype=torch.bool)
+        for sp, off in spaces:
+            lead = [sp.axes.index(x - off) for x in head_axes]
+            rest = [i for i in range(sp.ids.dim()) if i not in lead]
+            z = self.zero_mask(sp.ids.permute(lead + rest).reshape(heads.numel(), -1)).all(1)
+            zero |= z
+        per = out_ids.reshape(heads.numel(), -1)
+        self.mark_nonzero(per, (~zero).unsqueeze(1).expand_as(per))
+        self.set_space(node, out_axes, out_ids)
+        dim_a = sa[-1]
+        self._record_site(node, heads, dim_a if A is not None and (len(sa) - 1) in A.axes else so[-1])
+        return True
+
+    def _through(self, node: fx.Node, sp: _Space, axes: tuple[int, ...]) -> bool:
+        """The channels of one operand of a matmul that does not mix them (zero stays zero)."""
+        ids = self.fresh(tuple(sp.ids.shape))
+        self.union_ids(ids, sp.ids)
+        self.mark_nonzero(ids, ~self.zero_mask(sp.ids))
+        self.set_space(node, axes, ids)
+        return True
+
+    def sdpa(self, node: fx.Node) -> bool:
+        q, k, v = _arg(node, 0, "query"), _arg(node, 1, "key"), _arg(node, 2, "value")
+        shapes = [_shape(t) for t in (q, k, v)]
+        so = _shape(node)
+        if so is None or any(s is None or len(s) < 3 for s in shapes):
+            return False
+        Q, K, V = (self.tracked(t) for t in (q, k, v))
+        head_axes = self._heads([(s, len(sh), n) for s, sh, n in zip((Q, K, V), shapes, "qkv")], so)
+        if not head_axes:
+            return False
+        ro = len(so)
+        for sp, shape in zip((Q, K, V), shapes):
+            if sp is None and any(
+                a - (ro - len(shape)) >= 0 and shape[a - (ro - len(shape))] != 1 for a in head_axes
+            ):
+                return False
+        mask = _arg(node, 3, "attn_mask")
+        if isinstance(mask, fx.Node):
+            if mask in self.space:
+                return False
+            ms = _shape(mask)
+            if ms is not None and any(
+                a - (ro - len(ms)) >= 0 and ms[a - (ro - len(ms))] != 1 for a in head_axes
+            ):
+                return False
+        spaces = [(sp, ro - len(sh)) for sp, sh in zip((Q, K, V), shapes) if sp is not None]
+        heads = self._join_heads(node, spaces, head_axes, [])
+        if V is not None and (len(shapes[2]) - 1) in V.axes:
+            out_axes = (*head_axes, ro - 1)
+            base = heads.unsqueeze(-1).expand(*heads.shape, so[-1]).contiguous()
+        else:
+            out_axes, base = head_axes, heads
+        out_ids = self.fresh(tuple(base.shape))
+        self.union_ids(out_ids, base)
+        if V is not None:
+            off = ro - len(shapes[2])
+            lead = [V.axes.index(x - off) for x in head_axes]
+            rest = [i for i in range(V.ids.dim()) if i not in lead]
+            zero = self.zero_mask(V.ids.permute(lead + rest).reshape(heads.numel(), -1)).all(1)
+        else:
+            zero = torch.zeros(heads.numel(), dtype=torch.bool)
+        per = out_ids.reshape(heads.numel(), -1)
+        self.mark_nonzero(per, (~zero).unsqueeze(1).expand_as(per))
+        self.set_space(node, out_axes, out_ids)
+        self._record_site(node, heads, shapes[0][-1])
+        return True
+
+    def attention_module(self, node: fx.Node, name: str, m: nn.Module) -> bool:
+        """``nn.MultiheadAttention`` (packed projections): its heads are units (rows of ``in_proj_weight`` and
+        ``in_proj_bias`` for q, k and v, columns of ``out_proj``), its inputs are read by ``in_proj_weight``'s
+        columns and its output is written by ``out_proj``."""
+        if not getattr(m, "_qkv_same_embed_dim", True) or getattr(m, "bias_k", None) is not None:
+            return False
+        if getattr(m, "add_zero_attn", False):
+            return False
+        sources = [_arg(node, i, n) for i, n in enumerate(("query", "key", "value"))]
+        out_meta = _meta(node)
+        if not isinstance(out_meta, (list, tuple)) or not out_meta or not hasattr(out_meta[0], "shape"):
+            return False
+        e, h = m.embed_dim, m.num_heads
+        inner = m.in_proj_weight.shape[0] // 3
+        dh = m.head_dim
+        spaces = [self.tracked(s) for s in sources]
+        for s, sp in zip(sources, spaces):
+            if sp is not None and not sp.single(-1, e):
+                self.pin(s, f"`{name}` reads {e} features of a tensor whose channels lie elsewhere")
+        known = [sp for sp in spaces if sp is not None and sp.single(-1, e)]
+        for sp in known[1:]:
+            self.union_ids(known[0].ids, sp.ids)
+        if known:
+            self.roles[name].add("consumer")
+            for k, el in enumerate(known[0].ids.tolist()):
+                self.inputs.append((el, ParamSlice(name, "in_proj_weight", 1, k)))
+                self.reads.append(el)
+        heads = self.fresh((inner // dh,))
+        self.roles[name].add("attention")
+        out_proj = f"{name}.out_proj"
+        for hh, el in enumerate(heads.tolist()):
+            for part in range(3):
+                for j in range(dh):
+                    row = part * inner + hh * dh + j
+                    self.outputs.append((el, ParamSlice(name, "in_proj_weight", 0, row)))
+                    if m.in_proj_bias is not None:
+                        self.outputs.append((el, ParamSlice(name, "in_proj_bias", 0, row)))
+            for j in range(dh):
+                self.inputs.append((el, ParamSlice(out_proj, "weight", 1, hh * dh + j)))
+        # the output: written by out_proj
+        shape = tuple(int(d) for d in out_meta[0].shape)
+        ids = self.fresh((shape[-1],))
+        self.roles[out_proj].add("producer")
+        for k, el in enumerate(ids.tolist()):
+            self.outputs.append((el, ParamSlice(out_proj, "weight", 0, k)))
+            if m.out_proj.bias is not None:
+                self.outputs.append((el, ParamSlice(out_proj, "bias", 0, k)))
+        self.space[node] = [_Space((len(shape) - 1,), ids, len(shape)), None]
+        del h
+        self._record_site(node, heads, dh, leaf=name)
+        return True
+
+    def functional_linear(self, node: fx.Node) -> bool:
+        """``F.linear(x, layer.weight, layer.bias)`` inside a module's forward: that layer, read as a module."""
+        weight = _arg(node, 1, "weight")
+        if weight not in self.attrs:
+            return False
+        owner, pname = self.attrs[weight]
+        module = self.modules.get(owner)
+        if pname != "weight" or not isinstance(module, nn.Linear):
+            return False
+        self.add_consumer(node.args[0], owner, module.in_features, axis=-1)
+        self.add_producer(node, owner, module, -1)
         return True
 
 
-def check_traceable(model: nn.Module) -> fx.GraphModule:
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, with the attention layer compaction leaves behind kept whole (a leaf), and the
+    modules named in ``leaves`` (glob patterns) kept whole: their inputs and outputs are kept, they are not
+    traced into (the way out for a block that cannot be traced)."""
+
+    def __init__(self, leaves: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.leaves = list(leaves)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.leaves and any(fnmatch.fnmatchcase(module_qualified_name, p) for p in self.leaves):
+            return True
+        return _is_attention(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _untraceable_part(model: nn.Module, leaves: Iterable[str]) -> str | None:
+    """The innermost submodule that ``torch.fx`` cannot trace on its own, as ``name (Class)``."""
+    name, module = "", model
+    while True:
+        for child_name, child in module.named_children():
+            full = f"{name}.{child_name}" if name else child_name
+            if _Tracer(leaves).is_leaf_module(child, full):
+                continue
+            try:
+                _Tracer(leaves).trace(child)
+            except Exception:  # noqa: BLE001 - a failing child: look inside it
+                name, module = full, child
+                break
+        else:
+            return f"`{name}` ({type(module).__name__})" if name else None
+
+
+def check_traceable(model: nn.Module, leaves: Iterable[str] = ()) -> fx.GraphModule:
     """``model`` traced by ``torch.fx`` (no input needed), or a :class:`DependencyError` that names the model,
-    the failure and the way out.
+    the submodule that fails, the failure and the way out.
+
+    Args:
+        model: the network.
+        leaves: glob patterns of module names not to trace into (kept whole).
 
     Raises:
         DependencyError: when ``torch.fx`` cannot trace the model.
     """
     try:
-        return fx.symbolic_trace(model)
+        graph = _Tracer(leaves).trace(model)
+        return fx.GraphModule(model, graph, type(model).__name__)
     except Exception as err:  # noqa: BLE001 - every tracing failure means: no graph
+        part = _untraceable_part(model, leaves)
+        where = f" in {part}" if part else ""
         raise DependencyError(
-            f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}). Data-dependent control "
-            "flow (if/for on tensor values) cannot be traced: exclude that module from pruning, or leave it dense."
+            f"torch.fx could not trace {type(model).__name__}{where} ({type(err).__name__}: {err}). Data-dependent "
+            "control flow (if/for on tensor values) cannot be traced: exclude that module from pruning, or leave "
+            "it dense."
         ) from err
 
 
-def build_dependency_graph(model: nn.Module, example_input: Tensor) -> DependencyGraph:
+def _traced(model: nn.Module, example_input: Tensor, leaves: Iterable[str] = ()) -> fx.Graph:
+    """The graph of ``model`` with the shape of every tensor (``node.meta["tensor_meta"]``): ``torch.fx``, else
+    ``torch.export`` rewritten into ``torch.fx``'s conventions (:func:`~.tracing.trace_graph`)."""
+    from lightning_optim.functional.pruning.tracing import trace_graph
+
+    try:
+        return trace_graph(model, example_input, tracer=_Tracer(leaves)).graph
+    except DependencyError as err:
+        part = _untraceable_part(model, leaves)
+        if part is None:
+            raise
+        raise DependencyError(
+            f"{err} The part torch.fx cannot follow: {part}; keep it whole with `exclude` (ProgressivePruning) or "
+            "`leaves` (build_dependency_graph)."
+        ) from err
+
+
+def build_dependency_graph(
+    model: nn.Module, example_input: Tensor, leaves: Iterable[str] = ()
+) -> DependencyGraph:
     """Trace ``model`` and return its removable channels (units) and their coupling groups.
 
     Args:
         model: the network (not modified; run once in eval mode on ``example_input``).
         example_input: a batch it accepts.
+        leaves: glob patterns of modules not to trace into: kept whole, with the channels they read and write
+            (the way out for a block that cannot be traced).
 
     Raises:
         DependencyError: when ``torch.fx`` cannot trace the model or the traced model fails on the input.
     """
-    gm = check_traceable(model)
-    was_training = model.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
-    except Exception as err:  # noqa: BLE001
-        raise DependencyError(
-            f"Running the traced {type(model).__name__} on the example input failed: {err}"
-        ) from err
-    finally:
-        model.train(was_training)
+    graph = _traced(model, example_input, leaves)
     calls: dict[str, int] = defaultdict(int)
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         if node.op == "call_module":
-            calls[node.target] += 1
-    b = _Builder(model, gm)
+            calls[str(node.target)] += 1
+    b = _Builder(model, graph)
     b.run(calls)
 
     roots: dict[int, Unit] = {}
@@ -669,14 +1384,18 @@ def build_dependency_graph(model: nn.Module, example_input: Tensor) -> Dependenc
     units = [u for u in sorted(roots.values(), key=lambda u: u.id) if u.outputs]
 
     def writers(u: Unit) -> list[str]:
-        """The convolutions and linear layers that write the channel (norms only scale it)."""
-        return sorted(
-            {
-                s.module
-                for s in u.outputs
-                if s.name == "weight" and s.axis == 0 and b.roles[s.module] - {"norm"}
-            }
-        )
+        """The convolutions, linear layers, embeddings and attention layers that write the channel (norms and
+        other parameters only scale or shift it)."""
+        found = set()
+        for s in u.outputs:
+            roles = b.roles[s.module]
+            if s.name == "weight" and s.axis == 0 and roles & {"producer", "depthwise", "grouped"}:
+                found.add(s.module)
+            elif s.name == "in_proj_weight" and s.axis == 0 and "attention" in roles:
+                found.add(s.module)
+            elif s.name == "weight" and "embedding" in roles:
+                found.add(s.module)
+        return sorted(found)
 
     for u in units:
         if u.pinned is None and not writers(u):
@@ -709,6 +1428,22 @@ def build_dependency_graph(model: nn.Module, example_input: Tensor) -> Dependenc
             u.pinned = u.pinned or "grouped convolutions with different group widths share it"
         unit_division[u.id] = key[0]
 
+    # attention: the unit of each head, per module that splits its width into heads
+    sites = []
+    head_units: set[int] = set()
+    for site in b.sites.values():
+        ids = []
+        for e in site.heads:
+            u = roots.get(b.uf.find(e))
+            ids.append(u.id if u is not None and id(u) in by_root else -1)
+        if -1 in ids or len(set(ids)) != len(ids):
+            for uid in ids:
+                if uid >= 0:
+                    units[uid].pinned = units[uid].pinned or f"the heads of `{site.module}` are not separable"
+            continue
+        head_units.update(ids)
+        sites.append(AttentionSite(site.module, ids, site.head_dim, site.leaf))
+
     # coupling groups: units whose member parameters (module, name, axis) are the same set
     by_signature: dict[tuple, list[int]] = defaultdict(list)
     for u in units:
@@ -724,20 +1459,24 @@ def build_dependency_graph(model: nn.Module, example_input: Tensor) -> Dependenc
             for m in members:
                 units[m].pinned = units[m].pinned or "a grouped convolution reads only some of these channels"
             divisions = {}
+        kind = "heads" if any(m in head_units for m in members) else "channels"
         groups.append(
-            CouplingGroup(gid, producers[0] if producers else f"group{gid}", members, producers, divisions)
+            CouplingGroup(
+                gid, producers[0] if producers else f"group{gid}", members, producers, divisions, kind
+            )
         )
     pinned: dict[str, int] = defaultdict(int)
     for u in units:
         if u.pinned is not None:
             pinned[u.pinned] += 1
-    return DependencyGraph(units, groups, dict(pinned), dict(b.roles))
+    return DependencyGraph(units, groups, dict(pinned), dict(b.roles), sites)
 
 
 __all__ = [
     "NONZERO_MODULES",
     "NORM_MODULES",
     "ZERO_PRESERVING_MODULES",
+    "AttentionSite",
     "CouplingGroup",
     "DependencyError",
     "DependencyGraph",

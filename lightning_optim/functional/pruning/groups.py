@@ -32,6 +32,12 @@ from lightning_optim.functional.pruning.compaction import CompactionMismatch, ch
 from lightning_optim.functional.pruning.dependency import DependencyGraph, ParamSlice, build_dependency_graph
 from lightning_optim.functional.pruning.importance import IMPORTANCES
 from lightning_optim.functional.pruning.masks import SCOPES
+from lightning_optim.layers.attention import (
+    HEAD_COUNT_ATTRIBUTES,
+    INNER_WIDTH_ATTRIBUTES,
+    PrunedMultiheadAttention,
+    from_multihead_attention,
+)
 
 #: op type -> {(parameter name, axis): the attribute that holds that size}; the first matching type wins
 SIZE_ATTRIBUTES: list[tuple[type[nn.Module], dict[tuple[str, int], tuple[str, ...]]]] = [
@@ -44,7 +50,13 @@ SIZE_ATTRIBUTES: list[tuple[type[nn.Module], dict[tuple[str, int], tuple[str, ..
         nn.modules.batchnorm._NormBase,
         {("weight", 0): ("num_features",), ("running_mean", 0): ("num_features",)},
     ),
+    (nn.Embedding, {("weight", 1): ("embedding_dim",)}),
+    (nn.MultiheadAttention, {("in_proj_weight", 1): ("embed_dim", "kdim", "vdim")}),
+    (PrunedMultiheadAttention, {("in_proj_weight", 1): ("embed_dim",)}),
 ]
+
+#: the parameters whose rows score a unit (its filters, neurons, heads)
+SCORED_PARAMETERS = ("weight", "in_proj_weight")
 
 
 def _param(modules: Mapping[str, nn.Module], s: ParamSlice) -> Tensor | None:
@@ -64,7 +76,7 @@ def group_unit_scores(model: nn.Module, graph: DependencyGraph, importance: str 
     for u in graph.units:
         total = 0.0
         for s in u.outputs:
-            if s.name != "weight":
+            if s.name not in SCORED_PARAMETERS:
                 continue
             t = _param(modules, s)
             if t is None or (isinstance(modules[s.module], nn.modules.batchnorm._NormBase)):
@@ -193,10 +205,8 @@ def unit_masks(model: nn.Module, graph: DependencyGraph, pruned: Iterable[int]) 
     masks: dict[str, Tensor] = {}
     for uid in pruned:
         for s in graph.units[uid].outputs:
-            if s.name not in ("weight", "bias"):
-                continue
             t = _param(modules, s)
-            if t is None:
+            if not isinstance(t, nn.Parameter):
                 continue
             key = f"{s.module}.{s.name}" if s.module else s.name
             if key not in masks:
@@ -266,7 +276,7 @@ def pruned_units(graph: DependencyGraph, masks: Mapping[str, Tensor]) -> set[int
         for s in u.outputs:
             key = f"{s.module}.{s.name}" if s.module else s.name
             mask = masks.get(key)
-            if s.name not in ("weight", "bias") or mask is None:
+            if mask is None:
                 continue
             index = [0] * mask.dim()
             index[s.axis] = s.index
@@ -311,6 +321,45 @@ def _slice_grouped_conv(module: nn.Module, outputs: set[int], inputs: set[int]) 
     module.in_channels = blocks[0].shape[1] * groups
 
 
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _remove_heads(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    graph: DependencyGraph,
+    pruned: set[int],
+    drop: dict[tuple[str, str, int], set[int]],
+) -> None:
+    """Heads: an ``nn.MultiheadAttention`` that loses some becomes a :class:`PrunedMultiheadAttention` with the
+    kept ones (its slices are then done); any other module that splits a width into heads gets its head count
+    and inner width attributes updated (its projections are sliced like any layer)."""
+    for site in graph.attention:
+        gone = [h for h, uid in enumerate(site.heads) if uid in pruned]
+        if not gone:
+            continue
+        module = modules[site.module]
+        kept = [h for h in range(len(site.heads)) if h not in gone]
+        if site.leaf:
+            new = from_multihead_attention(module, kept)
+            _set_module(model, site.module, new)
+            modules[site.module] = new
+            modules[f"{site.module}.out_proj"] = new.out_proj
+            for key in [k for k in drop if k[0] == site.module and k[2] == 0]:
+                drop.pop(key)
+            drop.pop((f"{site.module}.out_proj", "weight", 1), None)
+            continue
+        before, after = len(site.heads), len(kept)
+        for attr in HEAD_COUNT_ATTRIBUTES:
+            if getattr(module, attr, None) == before and not isinstance(getattr(module, attr), bool):
+                setattr(module, attr, after)
+        for attr in INNER_WIDTH_ATTRIBUTES:
+            if getattr(module, attr, None) == before * site.head_dim:
+                setattr(module, attr, after * site.head_dim)
+
+
 @torch.no_grad()
 def remove_units(
     model: nn.Module,
@@ -336,6 +385,7 @@ def remove_units(
             raise ValueError(f"Unit {uid} is pinned ({u.pinned}) and cannot be removed.")
         for s in u.slices:
             drop[(s.module, s.name, s.axis)].add(s.index)
+    _remove_heads(compact, modules, graph, pruned, drop)
     grouped = {
         m
         for m, _, _ in drop

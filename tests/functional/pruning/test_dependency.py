@@ -264,3 +264,33 @@ def test_a_request_that_would_empty_a_group_keeps_one_channel_and_is_named():
     assert groups_kept_whole(graph, 0.5) == []
     compact, _, _ = prune_channels(model, X, 0.9)
     assert compact.a.out_channels == 1 and compact.b.out_channels == 2
+
+
+def test_an_untraceable_block_is_named_and_can_be_kept_whole():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.body = nn.Sequential(nn.ReLU(), DataDependent())
+            self.mid = nn.Conv2d(8, 16, 3, padding=1)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.mid(self.body(self.stem(x)))).mean((2, 3)))
+
+    model = Net().eval()
+    with pytest.raises(DependencyError, match=r"cannot follow: `body.1` \(DataDependent\)"):
+        build_dependency_graph(model, X)
+    graph = build_dependency_graph(model, X, leaves=["body.1"])
+    groups = _groups_by_producers(graph)
+    assert all(graph.units[u].pinned for u in groups[("stem",)].units)  # read by the block kept whole
+    assert all(graph.units[u].pinned is None for u in groups[("mid",)].units)
+    assert not any(s.module.startswith("body") for u in graph.units for s in u.slices)
