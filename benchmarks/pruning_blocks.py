@@ -52,7 +52,14 @@ from lightning_optim.functional.compression_report.measure import (
     count_parameters,
     num_threads,
 )
-from lightning_optim.functional.pruning.blocks import block_importance, find_blocks, remove_blocks
+from lightning_optim.functional.pruning.blocks import (
+    BLOCK_RANKINGS,
+    block_importance,
+    block_latency,
+    find_blocks,
+    rank_blocks,
+    remove_blocks,
+)
 
 #: torchvision ResNets this benchmark builds (the issue's target is resnet50)
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -85,6 +92,7 @@ def run_block_pruning(
     seed: int = 0,
     time_latency: bool = True,
     log: Callable[[str], None] = print,
+    ranking: str = "loss",
 ) -> dict[str, Any]:
     """Remove ``round(fraction x blocks)`` residual blocks of a torchvision ResNet (the cheapest candidates on
     random data) and measure what it gains.
@@ -142,7 +150,8 @@ def run_block_pruning(
                 images = torch.randn(batch_size, 3, image_size, image_size, generator=gen)
                 batches.append((images, model(images)))  # targets: the dense network's own logits
         importance = block_importance(model, candidates, batches, F.mse_loss)
-        removed = sorted(candidates, key=lambda b: importance[b])[:requested]  # stable: ties in order
+        latency_of = block_latency(model, candidates, x) if ranking == "loss_per_latency" else None
+        removed = rank_blocks(importance, latency_of, ranking)[:requested]
         pruned = copy.deepcopy(model)
         remove_blocks(pruned, removed)
         log("removed " + ", ".join(f"{b} ({importance[b]:.3g})" for b in removed))
@@ -170,6 +179,8 @@ def run_block_pruning(
         "requested": requested,
         "removed": removed,
         "importance": importance,
+        "ranking": ranking,
+        "block_latency_ms": latency_of,
         "params": params,
         "macs": mac,
         "latency_ms": latency,
@@ -206,8 +217,15 @@ def report(result: dict[str, Any], argv: list[str]) -> list[str]:
         f"| {params['dense'] / 1e6:.2f} / {params['pruned'] / 1e6:.2f} "
         f"| {mac['dense'] / 1e9:.2f} / {mac['pruned'] / 1e9:.2f} | {latency} | {speedup} |",
         "",
-        "Removed (output change without the block, MSE of the logits): "
-        + ", ".join(f"`{b}` ({result['importance'][b]:.3g})" for b in removed),
+        f"Removed (ranking `{result['ranking']}`; output change without the block, MSE of the logits"
+        + (", and the block's own time in ms" if result["block_latency_ms"] else "")
+        + "): "
+        + ", ".join(
+            f"`{b}` ({result['importance'][b]:.3g}"
+            + (f", {result['block_latency_ms'][b]:.1f} ms" if result["block_latency_ms"] else "")
+            + ")"
+            for b in removed
+        ),
         "",
         f"block pruning: {result['model']} {len(removed)}/{n_blocks} blocks removed "
         f"({len(removed) / n_blocks:.0%}), params -{drop(params):.0%}, MACs -{drop(mac):.0%}, "
@@ -230,6 +248,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ranking",
+        default="loss",
+        choices=BLOCK_RANKINGS,
+        help="loss: least output change first; loss_per_latency: least change per ms the block takes",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     args = p.parse_args(argv)
     if not 0.0 <= args.fraction < 1.0:
@@ -257,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rounds=args.rounds,
         seed=args.seed,
         log=lambda text: print(text, flush=True),
+        ranking=args.ranking,
     )
     lines = report(result, list(sys.argv[1:] if argv is None else argv))
     print("\n".join(lines), flush=True)

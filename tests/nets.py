@@ -261,3 +261,33 @@ class TinyViT(nn.Module):
 
     def forward(self, x):
         return self.head(self.norm(self.blocks(self.embed(x))).mean(1))
+
+
+class ResBlock(nn.Module):
+    """``x + bn(conv(relu(bn(conv(x)))))``: the skip connection inside the block."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    def branch(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
+class TinyResNet(nn.Module):
+    """A stem, four residual blocks in a Sequential, a head (3x16x16 inputs)."""
+
+    def __init__(self, width: int = 8, depth: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(depth)])
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))

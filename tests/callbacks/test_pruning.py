@@ -833,7 +833,7 @@ def test_channel_groups_recipe_from_yaml_compacts_and_tests_the_compacted_model(
 # ---------------------------------------------------------------------------------------------------------
 # blocks: whole residual blocks replaced by identity (a stem, 4 residual blocks in a Sequential, a head)
 def block_net(seed: int = 0) -> nn.Module:
-    from tests.functional.pruning.test_blocks import TinyResNet
+    from tests.nets import TinyResNet
 
     seed_everything(seed)
     return TinyResNet(width=8, depth=4, classes=10)

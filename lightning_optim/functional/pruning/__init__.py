@@ -4,11 +4,14 @@ of any traceable network by dependency groups (:mod:`.dependency` traces which s
 :mod:`.groups` scores, selects, masks and removes them)."""
 
 from lightning_optim.functional.pruning.blocks import (
+    BLOCK_RANKINGS,
     BlockPruningError,
     SkippedBlock,
     block_importance,
+    block_latency,
     find_blocks,
     is_residual,
+    rank_blocks,
     remove_blocks,
     removed_blocks_of,
     restore_removed_blocks,
@@ -73,6 +76,9 @@ __all__ = [
     "SkippedBlock",
     "block_importance",
     "find_blocks",
+    "block_latency",
+    "rank_blocks",
+    "BLOCK_RANKINGS",
     "is_residual",
     "remove_blocks",
     "removed_blocks_of",

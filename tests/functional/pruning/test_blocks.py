@@ -20,37 +20,7 @@ from lightning_optim.functional.pruning import (
     remove_blocks,
     restore_removed_blocks,
 )
-from tests.nets import ResidualCNN, TokenClassifier
-
-
-class ResBlock(nn.Module):
-    """``x + bn(conv(relu(bn(conv(x)))))``: the skip connection inside the block."""
-
-    def __init__(self, width: int = 8) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-
-    def branch(self, x):
-        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-
-    def forward(self, x):
-        return x + self.branch(x)
-
-
-class TinyResNet(nn.Module):
-    """A stem, four residual blocks in a Sequential, a head (3x16x16 inputs)."""
-
-    def __init__(self, width: int = 8, depth: int = 4, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, width, 3, padding=1)
-        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(depth)])
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, x):
-        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+from tests.nets import ResBlock, ResidualCNN, TinyResNet, TokenClassifier
 
 
 def tiny_resnet(seed: int = 0) -> TinyResNet:
@@ -363,3 +333,35 @@ def test_restore_removed_blocks_from_a_checkpoint_dict():
     assert restore_removed_blocks(Wrapper(), {"state_dict": {}}) == []
     with pytest.raises(BlockPruningError, match="checkpoint records removed blocks"):
         restore_removed_blocks(tiny_resnet(), checkpoint)
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+def test_rank_blocks_by_loss_or_by_loss_per_millisecond():
+    from lightning_optim.functional.pruning import rank_blocks
+
+    importance = {"a": 1.0, "b": 2.0, "c": -0.5, "d": 1.0}
+    latency = {"a": 1.0, "b": 10.0, "c": 1.0, "d": 4.0}
+    assert rank_blocks(importance) == ["c", "a", "d", "b"]
+    # per ms: c lowers the loss (first), then b (0.2/ms), d (0.25/ms), a (1/ms)
+    assert rank_blocks(importance, latency, "loss_per_latency") == ["c", "b", "d", "a"]
+    with pytest.raises(ValueError, match="Unknown `ranking` 'fast'"):
+        rank_blocks(importance, latency, "fast")
+    with pytest.raises(ValueError, match="needs the blocks' `latency`"):
+        rank_blocks(importance, None, "loss_per_latency")
+
+
+def test_block_latency_times_each_block_inside_the_forward():
+    import time
+
+    from lightning_optim.functional.pruning import block_latency
+
+    class Slow(ResBlock):
+        def forward(self, x):
+            time.sleep(0.02)
+            return super().forward(x)
+
+    net = tiny_resnet()
+    net.blocks[2] = Slow()
+    times = block_latency(net, ["blocks.0", "blocks.2"], X, repeats=2)
+    assert times["blocks.2"] >= 20.0 > times["blocks.0"]
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())  # hooks removed
