@@ -411,3 +411,27 @@ def test_artifact_export_format_writes_the_compact_artifact(tmp_path):
         ValueError, match=r"Unknown `export_format` 'onnx'; allowed: \['torchscript', 'artifact'\]"
     ):
         QuantizationAwareTraining(export_format="onnx")
+
+
+# ----------------------------------------------------------------------------------------- after pruning
+def test_structured_pruning_then_qat_trains_and_converts(tmp_path):
+    """Issue 24's nine-line crash: structured pruning zeroes batch-norm scales, and fused QAT conv-BN divides by
+    them (NaN loss, then `zero_point must be between quant_min and quant_max`)."""
+    from lightning_optim.callbacks import ProgressivePruning
+
+    class LossRecorder(Callback):
+        losses: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    pruning = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=1, granularity="filter", module_types=["Conv2d"], verbose=False
+    )
+    qat = QuantizationAwareTraining(start_after="pruning", **FAST)
+    recorder = LossRecorder()
+    fit(tmp_path, [pruning, qat, recorder], model=ConvNet3(image_size=8), max_epochs=4)
+    assert qat.prepared and qat.converted
+    assert all(torch.isfinite(torch.tensor(recorder.losses)))
+    report = qat.quantization_report
+    assert report.fp32_accuracy > 0.85 and report.int8_accuracy > 0.85

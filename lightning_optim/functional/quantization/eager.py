@@ -230,7 +230,11 @@ class EagerBackend(QuantizationBackend):
 
     def prepare_qat(self, model: nn.Module, fuse: bool = True) -> FusionPlan:
         self._check_model(model)
-        plan = find_fusion_groups(model) if fuse else FusionPlan(traced=False, trace_error="fusion disabled")
+        plan = (
+            find_fusion_groups(model, qat=True)
+            if fuse
+            else FusionPlan(traced=False, trace_error="fusion disabled")
+        )
         was_training = model.training
         model.train()
         device = _device_of(model)

@@ -102,16 +102,46 @@ def _chain_types(head: nn.Module, second: nn.Module | None, third: nn.Module | N
     return 1
 
 
-def find_fusion_groups(model: nn.Module) -> FusionPlan:
-    """Fusable module chains of ``model`` (names relative to ``model``), with what was left unfused and why."""
+#: why a conv/linear + batch norm pair is not fused for QAT
+ZERO_SCALE = (
+    "its batch norm has channels with a zero scale (pruned channels): fused QAT divides by the scale; the pair "
+    "trains unfused (compact the network before QAT to fuse it)"
+)
+
+
+def _zero_scale(bn: nn.Module | None) -> bool:
+    weight = getattr(bn, "weight", None)
+    return isinstance(weight, torch.Tensor) and bool((weight.detach() == 0).any())
+
+
+def find_fusion_groups(model: nn.Module, qat: bool = False) -> FusionPlan:
+    """Fusable module chains of ``model`` (names relative to ``model``), with what was left unfused and why.
+
+    With ``qat``, a conv/linear + batch norm pair whose batch norm has a zero scale entry (a channel that
+    structured pruning zeroed) is not fused: fused QAT modules divide by the batch norm's scale.
+    """
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as err:  # noqa: BLE001 - any tracing failure falls back to Sequential neighbours
         plan = _sequential_groups(model)
         plan.traced = False
         plan.trace_error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
-        return plan
-    return _graph_groups(model, graph)
+    else:
+        plan = _graph_groups(model, graph)
+    if qat:
+        modules = dict(model.named_modules())
+        kept = []
+        for group in plan.groups:
+            if (
+                len(group) >= 2
+                and type(modules[group[0]]) in CONV_TYPES + LINEAR_TYPES
+                and _zero_scale(modules[group[1]])
+            ):
+                plan.not_fused.append((group[0], ZERO_SCALE))
+            else:
+                kept.append(group)
+        plan.groups = kept
+    return plan
 
 
 def _graph_groups(model: nn.Module, graph: torch.fx.Graph) -> FusionPlan:
