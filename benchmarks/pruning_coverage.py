@@ -83,6 +83,7 @@ from lightning_optim.functional.compression_report.measure import (
 from lightning_optim.functional.pruning.dependency import DependencyError, build_dependency_graph
 from lightning_optim.functional.pruning.groups import (
     CompactionMismatch,
+    apply_layer_norm_masks,
     check_equivalent,
     group_unit_scores,
     prune_channels,
@@ -338,6 +339,9 @@ def ours(model: nn.Module, x: Tensor, sparsity: float, row: Row) -> nn.Module | 
     with torch.no_grad():
         for name, mask in unit_masks(masked, graph, pruned).items():
             params[name].mul_(mask.to(params[name].dtype))
+    apply_layer_norm_masks(
+        masked, graph, pruned
+    )  # layer norms over the kept channels, as compaction leaves them
     row.max_diff = check_equivalent(masked, compact, x, tol=math.inf) if pruned else 0.0
     with torch.no_grad():
         reference = masked.eval()(x)

@@ -79,6 +79,21 @@ RESIZABLE: tuple[type[nn.Module], ...] = (
 )
 
 
+#: modules whose tensors have size attributes: a parameter of any other module is resized alone
+SIZED: tuple[type[nn.Module], ...] = (*RESIZABLE, nn.Embedding, nn.MultiheadAttention, nn.GroupNorm)
+
+
+def _loose_parameter(module: nn.Module, tensor: Tensor, saved: Tensor) -> bool:
+    """A parameter of a module without size attributes (a layer scale, a class token, a position embedding),
+    saved no larger on any axis: channel pruning sliced it, there is no attribute to follow."""
+    return (
+        isinstance(tensor, nn.Parameter)
+        and not isinstance(module, SIZED)
+        and saved.dim() == tensor.dim()
+        and all(a <= b for a, b in zip(saved.shape, tensor.shape))
+    )
+
+
 def resize_to_state_dict(
     module: nn.Module, state_dict: dict[str, Any], prefix: str = "", strict: bool = True
 ) -> list[str]:
@@ -112,7 +127,9 @@ def resize_to_state_dict(
             saved = state_dict.get(key)
             if not isinstance(saved, Tensor) or tensor is None or tuple(saved.shape) == tuple(tensor.shape):
                 continue
-            if not isinstance(sub, RESIZABLE) or saved.dim() != tensor.dim():
+            if (
+                not isinstance(sub, RESIZABLE) and not _loose_parameter(sub, tensor, saved)
+            ) or saved.dim() != tensor.dim():
                 if not strict:
                     continue
                 where = f"`{mname}`" if mname else "(the module itself)"

@@ -291,3 +291,51 @@ class TinyResNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class ChannelsFirstLayerNorm(nn.LayerNorm):
+    """torchvision's ``LayerNorm2d``: a layer norm across the channels of an ``(N, C, H, W)`` tensor, by a
+    permutation to channels-last, ``F.layer_norm`` and the permutation back."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt's block: depthwise 7x7, channels-last ``nn.LayerNorm``, a 4x MLP, a layer scale, a residual."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(width, width, 7, padding=3, groups=width)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * width, width)
+        self.layer_scale = nn.Parameter(torch.full((width, 1, 1), 0.5))
+
+    def forward(self, x):
+        h = self.dwconv(x).permute(0, 2, 3, 1)
+        h = self.fc2(self.act(self.fc1(self.norm(h)))).permute(0, 3, 1, 2)
+        return x + self.layer_scale * h
+
+
+class TinyConvNeXt(nn.Module):
+    """A stem (2x2 stride-2 conv, channels-first layer norm), two blocks, a downsample (channels-first layer
+    norm, 2x2 stride-2 conv), one block, mean pooling, a channels-first layer norm and a head (3x16x16 inputs):
+    every residual stream goes through layer norms across its channels."""
+
+    def __init__(self, widths: tuple[int, int] = (8, 16), classes: int = 10) -> None:
+        super().__init__()
+        w0, w1 = widths
+        self.stem = nn.Sequential(nn.Conv2d(3, w0, 2, stride=2), ChannelsFirstLayerNorm(w0, eps=1e-6))
+        self.stage1 = nn.Sequential(ConvNeXtBlock(w0), ConvNeXtBlock(w0))
+        self.down = nn.Sequential(ChannelsFirstLayerNorm(w0, eps=1e-6), nn.Conv2d(w0, w1, 2, stride=2))
+        self.stage2 = nn.Sequential(ConvNeXtBlock(w1))
+        self.norm = ChannelsFirstLayerNorm(w1, eps=1e-6)
+        self.head = nn.Linear(w1, classes)
+
+    def forward(self, x):
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.head(torch.flatten(self.norm(x.mean((2, 3), keepdim=True)), 1))

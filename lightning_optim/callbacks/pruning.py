@@ -38,9 +38,11 @@ from lightning_optim.functional.pruning.dependency import (
     check_traceable,
 )
 from lightning_optim.functional.pruning.groups import (
+    apply_layer_norm_masks,
     group_masks,
     groups_kept_whole,
     pruned_units,
+    remove_layer_norm_masks,
     remove_units,
 )
 from lightning_optim.functional.pruning.importance import check_importance, num_pruned
@@ -104,7 +106,12 @@ class ProgressivePruning(Callback):
     fine-tuning with the final masks. Masks are *not* a reparametrization: no forward hook, no
     ``weight_orig``; the weights themselves are zeroed in place after each optimizer step and the gradients
     of pruned entries are zeroed before it, so a training step costs about the same as unpruned training
-    and ``copy.deepcopy``/``torch.save`` of the model work as usual.
+    and ``copy.deepcopy``/``torch.save`` of the model work as usual. One exception, with channel groups: a
+    layer norm across channels of a feature map (ConvNeXt) that loses some of them gets a forward hook
+    (:class:`~lightning_optim.functional.pruning.groups.MaskedLayerNorm`) that normalises over the kept
+    channels only, so that the masked network computes what its compacted version computes; the hooks
+    follow the masks at every event and on resume, are not carried into the compacted network, and stay
+    on a masked network that is not compacted (it was trained with them).
 
     Sparsity is a target for the whole schedule, a fraction of the selected weights (never compounded).
     Masks and schedule position are in the callback's ``state_dict`` (bit-packed), so a resumed run
@@ -444,7 +451,9 @@ class ProgressivePruning(Callback):
                     "input, and none is known: set `example_input_array` on the LightningModule, give the data "
                     "module an `input_shape`, or use batches whose inputs are one tensor."
                 )
-            self._run_build_graph(target_model(pl_module, self.attribute), self.example_input)
+            model = target_model(pl_module, self.attribute)
+            self._run_build_graph(model, self.example_input)
+            self._run_layer_norm_masks(model)  # restored masks (resume) that a layer norm normalises across
             self._maybe_prune(trainer, pl_module)  # an event held back until the graph was known
 
     def on_before_optimizer_step(
@@ -832,6 +841,7 @@ class ProgressivePruning(Callback):
             self._resolve_steps(trainer)
         self._build_targets(model)
         self._apply_weight_masks()
+        self._run_layer_norm_masks(model)
         self._last_step = trainer.global_step
         self._maybe_prune(trainer, pl_module)
 
@@ -902,6 +912,7 @@ class ProgressivePruning(Callback):
         self.current_sparsity = target
         self._build_targets(model)
         self._apply_weight_masks()
+        self._run_layer_norm_masks(model)
         self._clear_optimizer_state(trainer)
         stats = self.layer_sparsities()
         record = {"step": float(event_step), "target": target, "sparsity": self.global_sparsity()}
@@ -909,6 +920,15 @@ class ProgressivePruning(Callback):
         metrics = {"pruning/target_sparsity": target, "pruning/sparsity": record["sparsity"]}
         metrics.update({f"pruning/sparsity/{name}": s for name, (_, _, s) in stats.items()})
         log_metrics(trainer, metrics)
+
+    def _run_layer_norm_masks(self, model: nn.Module) -> None:
+        """Channel groups: the masked layer norms of the current masks on ``model`` (those of earlier masks
+        are taken off first; none once the network is compacted)."""
+        if not self.by_groups:
+            return
+        remove_layer_norm_masks(model)
+        if self.graph is not None and self.graph.layer_norms and self.masks and not self.compacted:
+            apply_layer_norm_masks(model, self.graph, pruned_units(self.graph, self.masks))
 
     def _build_targets(self, model: nn.Module) -> None:
         """What the masks zero, with each mask pre-cast to its tensor's dtype/device (the fast path): the

@@ -803,6 +803,130 @@ def test_channel_groups_on_a_transformer_prune_mlp_neurons_and_keep_the_stream(t
     assert (removed, requested) == (32, 40) and "a layer norm across channels" in text
 
 
+def convnext() -> nn.Module:
+    from tests.nets import TinyConvNeXt
+
+    return TinyConvNeXt(classes=10)
+
+
+def masked_layer_norms(net: nn.Module) -> dict[str, torch.Tensor]:
+    """``{module name: keep-mask}`` of the masked layer norms (forward hooks) on ``net``."""
+    from lightning_optim.functional.pruning.groups import MaskedLayerNorm
+
+    return {
+        name: hook.keep
+        for name, m in net.named_modules()
+        for hook in m._forward_hooks.values()
+        if isinstance(hook, MaskedLayerNorm)
+    }
+
+
+class LayerNormChecker(Callback):
+    """After every training batch, the network's masked layer norms are those of the pruning masks."""
+
+    def __init__(self, pruning: ProgressivePruning) -> None:
+        self.pruning = pruning
+        self.counts: list[int] = []
+
+    def check(self, pl_module) -> None:
+        from lightning_optim.functional.pruning.groups import layer_norm_masks, pruned_units
+
+        graph = self.pruning.graph
+        expected = layer_norm_masks(graph, pruned_units(graph, self.pruning.masks))
+        found = masked_layer_norms(pl_module.model)
+        assert set(found) == set(expected)
+        assert all(torch.equal(found[n], keep) for n, (_, keep) in expected.items())
+        self.counts.append(len(found))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.check(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.check(pl_module)
+
+
+def convnext_fit(tmp_path, extra=()):
+    seed_everything(0)
+    net = convnext()
+    cb = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=2, unit="epoch", granularity="channel_groups", compact_at_end=True
+    )
+    checkers = [checker(cb) for checker in extra]
+    trainer, module = group_fit(tmp_path, cb, net, extra=checkers)
+    return trainer, module, cb, net, checkers
+
+
+def test_channel_groups_convnext_streams_shrink_through_their_layer_norms(tmp_path):
+    """ConvNeXt's streams go through layer norms across channels: masked during the ramp (normalised over the
+    kept channels), removed at the end, and the compacted network computes what the masked one does."""
+    _, module, cb, net, (masks, layer_norms) = convnext_fit(tmp_path, extra=[MaskChecker, LayerNormChecker])
+    assert masks.checked > 0 and layer_norms.counts[0] == 0 and layer_norms.counts[-1] == 6
+    compact = module.model.eval()
+    assert compact is cb.compacted_model and not masked_layer_norms(compact)
+    assert compact.stem[0].out_channels == 4 and compact.stem[1].normalized_shape == (4,)
+    assert compact.stage1[1].norm.normalized_shape == (4,) and compact.down[0].normalized_shape == (4,)
+    assert compact.down[1].out_channels == 8 and compact.norm.normalized_shape == (8,)
+    text, requested, removed, _ = cb.compaction_summary()
+    assert removed == requested > 0, text
+    # the masked network (still `net`, with its masked layer norms) and the compacted one agree
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert len(masked_layer_norms(net)) == 6
+    with torch.no_grad():
+        masked_out, compact_out = net.eval()(x), compact(x)
+    assert (masked_out - compact_out).abs().max() <= 1e-4 * masked_out.abs().max()
+
+
+def test_channel_groups_convnext_checkpoint_after_compaction_reloads(tmp_path):
+    trainer, module, *_ = convnext_fit(tmp_path)
+    compact = module.model.eval()
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    path = tmp_path / "convnext.ckpt"
+    trainer.save_checkpoint(path)
+    # the unpruned architecture takes the saved widths (layer norms' normalized_shape included)
+    loaded = ClassificationModule.load_from_checkpoint(path, model=convnext(), weights_only=True)
+    assert loaded.model.stage1[0].norm.normalized_shape == (4,) and loaded.model.norm.normalized_shape == (8,)
+    assert loaded.model.stage1[0].layer_scale.shape == (4, 1, 1) and not masked_layer_norms(loaded.model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.eval()(x), compact(x))
+
+
+@pytest.mark.parametrize("datamodule", [True, False], ids=["traced_at_setup", "traced_at_first_batch"])
+def test_channel_groups_convnext_resume_restores_the_masked_layer_norms(tmp_path, datamodule):
+    import pickle
+
+    kwargs = dict(
+        final_sparsity=0.6, start=0, end=8, unit="step", frequency=2, granularity="groups", verbose=False
+    )
+    seed_everything(0)
+    straight = ProgressivePruning(**kwargs)
+    _, module_a = group_fit(tmp_path / "a", straight, convnext(), epochs=3, datamodule=datamodule)
+
+    seed_everything(0)
+    first = ProgressivePruning(**kwargs)
+    trainer_b, module_b = group_fit(tmp_path / "b", first, convnext(), epochs=1, datamodule=datamodule)
+    assert first.phase_state(trainer_b) == "active" and len(masked_layer_norms(module_b.model)) == 6
+    ckpt = tmp_path / "mid.ckpt"
+    trainer_b.save_checkpoint(ckpt)
+    # the callback and the masked network pickle (ddp_spawn), the network with its masked layer norms
+    copy.deepcopy(first)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    clone = pickle.loads(pickle.dumps(module_b.model))
+    with torch.no_grad():
+        torch.testing.assert_close(clone.eval()(x), module_b.model.eval()(x), rtol=0, atol=0)
+
+    resumed = ProgressivePruning(**kwargs)
+    checker = LayerNormChecker(resumed)
+    _, module_c = group_fit(
+        tmp_path / "c", resumed, convnext(), epochs=3, datamodule=datamodule, ckpt_path=ckpt, extra=[checker]
+    )
+    assert checker.counts[0] == 6  # back before the first step after the restart
+    for name in straight.masks:
+        assert torch.equal(straight.masks[name], resumed.masks[name]), name
+    for (name, a), (_, c) in zip(module_a.model.state_dict().items(), module_c.model.state_dict().items()):
+        assert torch.equal(a, c), name
+    assert straight.history == resumed.history
+
+
 def test_channel_groups_recipe_from_yaml_compacts_and_tests_the_compacted_model(tmp_path):
     from lightning_optim.cli import build_cli
 

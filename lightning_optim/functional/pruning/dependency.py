@@ -10,12 +10,18 @@ them alone either breaks the shapes or leaves the channel in place.
 by channel, every tensor element that must go together (union-find). Each resulting *unit* is one channel
 that can be removed as a whole: its :class:`ParamSlice` list says which rows, columns and entries it owns.
 Units that touch something we cannot change (the model's input or output, an operation we do not know, a
-grouped convolution whose input and output widths differ, a layer norm across channels) are *pinned*, with
-the reason. A grouped convolution with as many outputs as inputs (ResNeXt, RegNet) couples output channel
-``k`` with input channel ``k`` (both in conv group ``k // (channels / groups)``); its coupling group then
+grouped convolution whose input and output widths differ, a layer norm across the channels of a token
+tensor) are *pinned*, with the reason. A grouped convolution with as many outputs as inputs (ResNeXt, RegNet)
+couples output channel ``k`` with input channel ``k`` (both in conv group ``k // (channels / groups)``); its coupling group then
 loses the same number of channels in every conv group, so that the convolution stays grouped. A unit is also pinned
 when masking it would not make the channel exactly zero where it is consumed (for example after a sigmoid),
 so that the masked model and the compacted one compute the same function.
+
+A layer norm across the channels of a feature map (ConvNeXt's ``nn.LayerNorm`` in channels-last and its
+``LayerNorm2d``) does not pin them: removing a channel changes the mean and variance of the others, so the
+*masked* model normalises over the kept channels only (:func:`~.groups.apply_layer_norm_masks` installs that
+on the modules of :attr:`DependencyGraph.layer_norms`), and the masked and compacted models agree. On token
+tensors (a transformer's residual stream) the channels stay pinned unless ``prune_layer_norm_tokens=True``.
 
 Units with the same set of member parameters form a *coupling group* (for instance all channels of one
 residual stage, or all filters of one convolution): the group is what per-layer sparsity applies to.
@@ -223,6 +229,29 @@ class AttentionSite:
 
 
 @dataclass
+class LayerNormSite:
+    """A layer norm whose channels are units: the masked model normalises over the kept channels only.
+
+    Attributes:
+        module: the module whose ``forward`` is the layer norm (``nn.LayerNorm``, a ``LayerNorm2d`` that
+            permutes around ``F.layer_norm``...); its output has the layout of its input.
+        axis: the axis of the channels in that module's input, counted from the end (``-1`` for
+            ``nn.LayerNorm`` on channels-last tensors, ``-3`` for a ``LayerNorm2d`` on ``(N, C, H, W)``).
+        units: the unit of each channel, in channel order (``-1``: a channel of no unit, always kept).
+        eps: the layer norm's epsilon.
+        weight: the name of the module's scale parameter (``None`` without one).
+        bias: the name of the module's shift parameter (``None`` without one).
+    """
+
+    module: str
+    axis: int
+    units: list[int]
+    eps: float
+    weight: str | None = "weight"
+    bias: str | None = "bias"
+
+
+@dataclass
 class DependencyGraph:
     """The units of a network and their coupling groups (see :func:`build_dependency_graph`)."""
 
@@ -234,6 +263,8 @@ class DependencyGraph:
     roles: dict[str, set[str]]
     #: where attention splits widths into heads (empty for a CNN)
     attention: list[AttentionSite] = field(default_factory=list)
+    #: the layer norms across channels that are units (masked: normalised over the kept channels only)
+    layer_norms: list[LayerNormSite] = field(default_factory=list)
 
     def prunable_groups(self) -> list[CouplingGroup]:
         """The groups with at least one unit that is not pinned."""
@@ -374,6 +405,66 @@ def _varies(ids: Tensor, dim: int) -> bool:
     return bool((ids != ids.narrow(dim, 0, 1)).any())
 
 
+def _permutation(node: fx.Node, n: int) -> list[int] | None:
+    """``perm`` such that ``node`` is ``input.permute(perm)`` for a permute, transpose or ``t`` of an ``n``-D
+    tensor (``None`` for any other op, or dims that are not constants)."""
+    if node.op == "call_function" and node.target in PERMUTE_FUNCTIONS:
+        pass
+    elif node.op != "call_method" or node.target not in PERMUTE_METHODS:
+        return None
+    if node.target in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+        d0, d1 = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+        if not isinstance(d0, int) or not isinstance(d1, int):
+            return None
+        perm = list(range(n))
+        perm[d0 % n], perm[d1 % n] = perm[d1 % n], perm[d0 % n]
+        return perm
+    if node.target in ("t", torch.t):
+        return list(reversed(range(n)))
+    dims = node.args[1:] if node.op == "call_method" else _arg(node, 1, "dims")
+    if node.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    if not isinstance(dims, (list, tuple)) or len(dims) != n or not all(isinstance(d, int) for d in dims):
+        return None
+    return [d % n for d in dims]
+
+
+#: ops a layer norm module may run around the layer norm itself and keep its layout (copies)
+_LAYOUT_COPIES = {"contiguous", "clone", "detach", torch.clone}
+
+
+def _layout_permutation(node: fx.Node, n: int) -> list[int] | None:
+    """:func:`_permutation`, and the identity for a copy (``contiguous``, ``clone``, ``detach``)."""
+    if node.op in ("call_function", "call_method") and node.target in _LAYOUT_COPIES:
+        return list(range(n))
+    return _permutation(node, n)
+
+
+def _scope(node: fx.Node) -> list[str]:
+    """The qualified names of the modules whose ``forward`` issued ``node``, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+
+
+#: why the channels a layer norm normalises across are kept on a token tensor (the default)
+TOKEN_LAYER_NORM = (
+    "a layer norm across channels of a token tensor (a transformer's residual stream, kept by default: "
+    "build_dependency_graph(prune_layer_norm_tokens=True) prunes it)"
+)
+
+
+@dataclass
+class _LayerNorm:
+    """A layer norm whose channels are units, as the walk finds it (element ids instead of unit ids)."""
+
+    module: str
+    axis: int
+    ids: list[int]
+    eps: float
+    weight: str | None
+    bias: str | None
+
+
 @dataclass
 class _Site:
     """Where attention splits a width into heads: the module whose ``forward`` does it, one element per head,
@@ -388,8 +479,9 @@ class _Site:
 class _Builder:
     """Walks the traced graph once, node by node, joining channel elements (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+    def __init__(self, model: nn.Module, graph: fx.Graph, prune_layer_norm_tokens: bool = False) -> None:
         self.model = model
+        self.prune_layer_norm_tokens = prune_layer_norm_tokens
         self.modules = dict(model.named_modules())
         self.graph = graph
         self.uf = _UnionFind()
@@ -404,6 +496,8 @@ class _Builder:
         # element -> [(grouped conv, its conv group of this channel, groups)]
         self.divisions: dict[int, list[tuple[str, int, int]]] = {}
         self.sites: dict[tuple[str, int], _Site] = {}
+        self.layer_norms: list[_LayerNorm] = []
+        self.scoped: dict[str, set[fx.Node]] | None = None
 
     # ------------------------------------------------------------------------------------ spaces
     def fresh(self, sizes: tuple[int, ...] | torch.Size) -> Tensor:
@@ -577,9 +671,15 @@ class _Builder:
             elif out is not None:
                 self.pin(node, f"batch norm `{name}` on a tensor whose channels lie elsewhere")
             return
-        if isinstance(module, nn.LayerNorm) and source is not None:
-            params = [(name, p) for p in ("weight", "bias") if getattr(module, p, None) is not None]
-            self.layer_norm(node, source, len(module.normalized_shape), params)
+        if (
+            isinstance(module, nn.LayerNorm)
+            and type(module).forward is nn.LayerNorm.forward  # a subclass of its own (LayerNorm2d) as a leaf
+            and source is not None
+        ):
+            weight, bias = (
+                (name, p) if getattr(module, p, None) is not None else None for p in ("weight", "bias")
+            )
+            self.layer_norm(node, source, len(module.normalized_shape), weight, bias, name, module.eps)
             return
         if isinstance(module, ZERO_PRESERVING_MODULES) and source is not None:
             if self.alias(node, source):
@@ -632,24 +732,166 @@ class _Builder:
             self.pin(node, reason)
 
     def layer_norm(
-        self, node: fx.Node, source: fx.Node, normalized: int, params: list[tuple[str, str]] | None = None
+        self,
+        node: fx.Node,
+        source: fx.Node,
+        normalized: int,
+        weight: tuple[str, str] | None = None,
+        bias: tuple[str, str] | None = None,
+        owner: str | None = None,
+        eps: Any = 1e-5,
     ) -> None:
-        """A layer norm over the channels is kept (removing a channel changes the mean and variance of the
-        others); its scale and shift entries belong to the channel (the residual stream of a transformer)."""
+        """A layer norm (``weight``/``bias``: ``(module, parameter)`` of its scale and shift; ``owner``: the
+        module whose ``forward`` runs it). Per position (over axes without channels) it keeps the channels
+        apart, but not their zeros. Across the channels of a feature map (4-D or more; of any tensor with
+        ``prune_layer_norm_tokens``) it joins their units: its scale and shift entries belong to the channel,
+        the masked model normalises over the kept channels only (:class:`LayerNormSite`) and writes zero in
+        a masked one. Otherwise (a token tensor by default, several normalised axes, a module that does more
+        than the layer norm) the channels are kept: removing one changes the mean and variance of the
+        others."""
         src, shape = self.tracked(source), _shape(source)
         if src is None or shape is None:
             return
-        if any(a >= len(shape) - normalized for a in src.axes):
-            reason = "a layer norm across channels (it renormalises what is left)"
-            self.pin(source, reason)
-            self.set_space(node, src.axes, src.ids)
-            if normalized == 1 and src.single(-1):
-                for module, pname in params or []:
-                    self.roles[module].add("layernorm")
-                    for k, e in enumerate(src.ids.tolist()):
-                        self.outputs.append((e, ParamSlice(module, pname, 0, k)))
+        if not any(a >= len(shape) - normalized for a in src.axes):
+            self.alias(node, source, zero=False)  # per position: a zero channel normalises to the bias
             return
-        self.alias(node, source, zero=False)  # per position: a zero channel normalises to the bias
+        single = normalized == 1 and src.single(-1)
+        reason = "a layer norm across channels (it renormalises what is left)"
+        if single and len(shape) < 4 and not self.prune_layer_norm_tokens:
+            reason = TOKEN_LAYER_NORM
+        elif single:
+            found = self._layer_norm_site(node, source, weight, bias, owner, eps)
+            if not isinstance(found, str):
+                ids = self.fresh(tuple(src.ids.shape))
+                self.union_ids(ids, src.ids)  # zero when masked: the masked layer norm writes zeros there
+                self._layer_norm_members(src.ids, weight, bias)
+                self.layer_norms.append(found)
+                self.set_space(node, src.axes, ids)
+                return
+            reason = found
+        self.pin(source, reason)
+        self.set_space(node, src.axes, src.ids)
+        if single:
+            self._layer_norm_members(src.ids, weight, bias)
+
+    def _layer_norm_members(self, ids: Tensor, *params: tuple[str, str] | None) -> None:
+        for param in params:
+            if param is None:
+                continue
+            module, pname = param
+            self.roles[module].add("layernorm")
+            for k, e in enumerate(ids.tolist()):
+                self.outputs.append((e, ParamSlice(module, pname, 0, k)))
+
+    def _layer_norm_site(
+        self,
+        node: fx.Node,
+        source: fx.Node,
+        weight: tuple[str, str] | None,
+        bias: tuple[str, str] | None,
+        owner: str | None,
+        eps: Any,
+    ) -> _LayerNorm | str:
+        """The layer norm across the channels of ``source`` (last axis) as a :class:`_LayerNorm`, or why its
+        masked form cannot be installed (the reason its channels are kept)."""
+        module = self.modules.get(owner) if owner is not None else None
+        width = _shape(source)[-1]
+        if module is None or not owner:
+            return f"a layer norm across channels outside a module of its own ({_describe(node)})"
+        if weight is None:
+            return (
+                f"a layer norm across channels without a scale (`{owner}`: a checkpoint would not record its "
+                "width)"
+            )
+        if any(p is not None and p[0] != owner for p in (weight, bias)):
+            return (
+                f"a layer norm across channels whose scale or shift belong to another module than `{owner}`"
+            )
+        shape = getattr(module, "normalized_shape", None)
+        if (
+            not isinstance(shape, (tuple, list))
+            or tuple(shape) != (width,)
+            or not isinstance(eps, (int, float))
+        ):
+            return (
+                f"a layer norm across channels in `{owner}` ({type(module).__name__}), whose width is not "
+                "its `normalized_shape` attribute"
+            )
+        runs = [
+            n
+            for n in self._members(owner)
+            if (n.op == "call_module" and n.target == owner)
+            or (n.op == "call_function" and n.target is F.layer_norm)
+        ]
+        if len(runs) > 1:
+            return f"the layer norm `{owner}` runs more than once"
+        axis = self._layer_norm_axis(node, source, owner)
+        if axis is None:
+            return (
+                f"a layer norm across channels in `{owner}` ({type(module).__name__}), whose forward does "
+                "more than the layer norm (and permutations that undo each other)"
+            )
+        src = self.tracked(source)
+        return _LayerNorm(
+            owner, axis, src.ids.tolist(), float(eps), weight[1], bias[1] if bias is not None else None
+        )
+
+    def _members(self, owner: str) -> set[fx.Node]:
+        """The nodes the ``forward`` of module ``owner`` issued (of every call, and of its submodules)."""
+        if self.scoped is None:  # module name -> its nodes, once per graph
+            self.scoped = defaultdict(set)
+            for n in self.graph.nodes:
+                for path in _scope(n):
+                    self.scoped[path].add(n)
+        return self.scoped.get(owner, set())
+
+    def _layer_norm_axis(self, node: fx.Node, source: fx.Node, owner: str) -> int | None:
+        """The axis, counted from the end, of the channels in the input of module ``owner``, when its
+        ``forward`` is the layer norm ``node`` over the last axis of ``source``, between permutations (or
+        copies) whose output has the layout of its input (``LayerNorm2d``: permute to channels-last, layer
+        norm, permute back); ``None`` when ``owner`` computes anything else."""
+        members = self._members(owner)
+
+        def inside(n: Any) -> bool:
+            return n in members
+
+        ndim = len(_shape(source))
+        if not inside(node):
+            return None
+        chain = {node}
+        back = list(range(ndim))  # axis i of the layer norm's input is axis back[i] of `cur`
+        cur = source
+        while inside(cur):
+            perm = _layout_permutation(cur, ndim)
+            if perm is None or not cur.args or not isinstance(cur.args[0], fx.Node):
+                return None
+            back = [perm[b] for b in back]
+            chain.add(cur)
+            cur = cur.args[0]
+        if self.tracked(cur) is None:
+            return None
+        forward = list(range(ndim))  # axis i of `cur` is axis forward[i] of the layer norm's output
+        cur = node
+        while True:
+            users = list(cur.users)
+            inner = [u for u in users if inside(u)]
+            if not inner:
+                break
+            if len(users) != 1 or users[0].args[:1] != (cur,):
+                return None
+            nxt = users[0]
+            perm = _layout_permutation(nxt, ndim)
+            if perm is None:
+                return None
+            forward = [forward[p] for p in perm]
+            chain.add(nxt)
+            cur = nxt
+        if any(back[forward[i]] != i for i in range(ndim)):
+            return None  # the module's output has another layout than its input
+        for n in members - chain:
+            if n.op != "get_attr" and _shape(n) is not None:
+                return None  # the module computes something else too
+        return back[ndim - 1] - ndim
 
     def softmax(self, node: fx.Node, source: fx.Node, dim: int | None) -> bool:
         src, shape = self.tracked(source), _shape(source)
@@ -666,6 +908,13 @@ class _Builder:
             return
         meta = _meta(node)
         tensors = [a for a in _args(node) if a in self.space]
+        if (
+            is_method
+            and target in ("type_as", "to", "expand_as")
+            and node.args
+            and node.args[0] in self.space
+        ):
+            tensors = [node.args[0]]  # the other tensor gives a dtype, device or shape, not channels
         if meta is None:
             return  # no tensor comes out (sizes, shapes, dims): nothing to follow
         source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
@@ -707,10 +956,12 @@ class _Builder:
         if op({F.layer_norm}, set()) and source in self.space:
             normalized = _arg(node, 1, "normalized_shape")
             affine = [_arg(node, 2, "weight"), _arg(node, 3, "bias")]
+            eps = _arg(node, 4, "eps", 1e-5)
             if isinstance(normalized, (list, tuple)) and all(a is None or a in self.attrs for a in affine):
-                self.layer_norm(
-                    node, source, len(normalized), [self.attrs[a] for a in affine if a is not None]
-                )
+                weight, bias = (self.attrs[a] if a is not None else None for a in affine)
+                scope = _scope(node)
+                owner = scope[-1] if scope else None
+                self.layer_norm(node, source, len(normalized), weight, bias, owner, eps)
                 return
         if op({torch.select}, {"select"}) and single:
             if self.select(node, source, _arg(node, 1, "dim"), _arg(node, 2, "index")):
@@ -889,20 +1140,9 @@ class _Builder:
         src = self.tracked(source)
         if src is None:
             return False
-        n = src.ndim
-        if node.target in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
-            d0, d1 = _arg(node, 1, "dim0") % n, _arg(node, 2, "dim1") % n
-            perm = list(range(n))
-            perm[d0], perm[d1] = perm[d1], perm[d0]
-        elif node.target in ("t", torch.t):
-            perm = list(reversed(range(n)))
-        else:
-            dims = node.args[1:] if node.op == "call_method" else _arg(node, 1, "dims")
-            if node.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-                dims = dims[0]
-            if not isinstance(dims, (list, tuple)) or len(dims) != n:
-                return False
-            perm = [d % n for d in dims]
+        perm = _permutation(node, src.ndim)
+        if perm is None:
+            return False
         new_axes = [perm.index(a) for a in src.axes]
         order = sorted(range(len(new_axes)), key=lambda i: new_axes[i])
         self.set_space(node, tuple(new_axes[i] for i in order), src.ids.permute(order))
@@ -1330,7 +1570,10 @@ def _traced(model: nn.Module, example_input: Tensor, leaves: Iterable[str] = ())
 
 
 def build_dependency_graph(
-    model: nn.Module, example_input: Tensor, leaves: Iterable[str] = ()
+    model: nn.Module,
+    example_input: Tensor,
+    leaves: Iterable[str] = (),
+    prune_layer_norm_tokens: bool = False,
 ) -> DependencyGraph:
     """Trace ``model`` and return its removable channels (units) and their coupling groups.
 
@@ -1339,6 +1582,10 @@ def build_dependency_graph(
         example_input: a batch it accepts.
         leaves: glob patterns of modules not to trace into: kept whole, with the channels they read and write
             (the way out for a block that cannot be traced).
+        prune_layer_norm_tokens: also make units of the channels a layer norm normalises across on tensors of
+            fewer than 4 dimensions (a transformer's residual stream, its embedding width). Off by default: they
+            are kept. On feature maps (4-D or more, ConvNeXt) they are always units. The masked model must
+            then normalise over the kept channels only (:func:`~.groups.apply_layer_norm_masks`).
 
     Raises:
         DependencyError: when ``torch.fx`` cannot trace the model or the traced model fails on the input.
@@ -1348,7 +1595,7 @@ def build_dependency_graph(
     for node in graph.nodes:
         if node.op == "call_module":
             calls[str(node.target)] += 1
-    b = _Builder(model, graph)
+    b = _Builder(model, graph, prune_layer_norm_tokens)
     b.run(calls)
 
     roots: dict[int, Unit] = {}
@@ -1444,6 +1691,15 @@ def build_dependency_graph(
         head_units.update(ids)
         sites.append(AttentionSite(site.module, ids, site.head_dim, site.leaf))
 
+    # layer norms across channels: the unit of each channel
+    layer_norms = []
+    for ln in b.layer_norms:
+        ids = []
+        for e in ln.ids:
+            u = roots.get(b.uf.find(e))
+            ids.append(u.id if u is not None and id(u) in by_root else -1)
+        layer_norms.append(LayerNormSite(ln.module, ln.axis, ids, ln.eps, ln.weight, ln.bias))
+
     # coupling groups: units whose member parameters (module, name, axis) are the same set
     by_signature: dict[tuple, list[int]] = defaultdict(list)
     for u in units:
@@ -1469,17 +1725,19 @@ def build_dependency_graph(
     for u in units:
         if u.pinned is not None:
             pinned[u.pinned] += 1
-    return DependencyGraph(units, groups, dict(pinned), dict(b.roles), sites)
+    return DependencyGraph(units, groups, dict(pinned), dict(b.roles), sites, layer_norms)
 
 
 __all__ = [
     "NONZERO_MODULES",
     "NORM_MODULES",
+    "TOKEN_LAYER_NORM",
     "ZERO_PRESERVING_MODULES",
     "AttentionSite",
     "CouplingGroup",
     "DependencyError",
     "DependencyGraph",
+    "LayerNormSite",
     "ParamSlice",
     "Unit",
     "build_dependency_graph",

@@ -9,9 +9,12 @@ mask them in place (training goes on with the same architecture), and remove the
   :func:`pruned_units` reads the pruned units back from masks;
 - :func:`unit_masks`: keep-masks of every parameter slice the pruned units write (producer rows, biases,
   batch-norm entries, depthwise filters), ready for :func:`~lightning_optim.functional.pruning.masks.apply_masks_`;
+- :func:`apply_layer_norm_masks`: the rest of the masked model where a layer norm normalises across channels
+  that are units (ConvNeXt): forward hooks that normalise over the kept channels only and write zeros in the
+  pruned ones (:func:`layer_norm_masks` says which; :func:`remove_layer_norm_masks` takes them off);
 - :func:`remove_units`: a copy of the model with the pruned units removed from every member (rows, columns,
-  entries, and the module attributes ``out_channels``/``in_features``/``num_features``...), checked against
-  the masked model.
+  entries, and the module attributes ``out_channels``/``in_features``/``num_features``/``normalized_shape``...),
+  checked against the masked model.
 
 Per-op slicing lives in :data:`SIZE_ATTRIBUTES` (which attribute holds the size of which axis, by op type).
 """
@@ -25,7 +28,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from lightning_optim.checks import check_choice
 from lightning_optim.functional.pruning.compaction import CompactionMismatch, check_equivalent
@@ -79,7 +84,9 @@ def group_unit_scores(model: nn.Module, graph: DependencyGraph, importance: str 
             if s.name not in SCORED_PARAMETERS:
                 continue
             t = _param(modules, s)
-            if t is None or (isinstance(modules[s.module], nn.modules.batchnorm._NormBase)):
+            if t is None or isinstance(modules[s.module], nn.modules.batchnorm._NormBase):
+                continue
+            if "layernorm" in graph.roles.get(s.module, ()):  # a scale, as a batch norm's
                 continue
             row = t.detach().select(s.axis, s.index).double()
             total += float(row.abs().sum()) if p == 1 else float(row.pow(2).sum())
@@ -219,6 +226,106 @@ def unit_masks(model: nn.Module, graph: DependencyGraph, pruned: Iterable[int]) 
     return masks
 
 
+def layer_norm_masks(graph: DependencyGraph, pruned: Iterable[int]) -> dict[str, tuple[int, Tensor]]:
+    """``{module name: (channel axis of its input, bool keep-mask of its channels)}`` of the layer norms across
+    channels (:attr:`DependencyGraph.layer_norms`) that lose some of them with the ``pruned`` units."""
+    pruned = set(pruned)
+    out = {}
+    for site in graph.layer_norms:
+        keep = torch.tensor([u not in pruned for u in site.units], dtype=torch.bool)
+        if not bool(keep.all()):
+            out[site.module] = (site.axis, keep)
+    return out
+
+
+class MaskedLayerNorm:
+    """A forward hook that makes a layer norm across channels the masked one: its output is computed from its
+    input over the kept channels only (``F.layer_norm`` of those, with their scale and shift entries and the
+    layer norm's epsilon) and is zero in the others, which is what the layer norm computes once they are
+    removed. The module's own output is discarded.
+
+    Args:
+        axis: the axis of the channels in the module's input (and output).
+        keep: bool keep-mask of the channels.
+        eps: the layer norm's epsilon.
+        weight: the name of the module's scale parameter (``None``: no scale).
+        bias: the name of the module's shift parameter (``None``: no shift).
+    """
+
+    def __init__(
+        self, axis: int, keep: Tensor, eps: float, weight: str | None = "weight", bias: str | None = "bias"
+    ) -> None:
+        self.axis, self.eps, self.weight, self.bias = int(axis), float(eps), weight, bias
+        self.keep = keep.detach().to(torch.bool).cpu()
+        self.index = self.keep.nonzero().flatten()
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Tensor:
+        x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, Tensor))
+        if x.shape[self.axis] != self.keep.numel():
+            raise RuntimeError(
+                f"The masked layer norm of a {type(module).__name__} expects {self.keep.numel()} channels on axis "
+                f"{self.axis} of its input, got shape {tuple(x.shape)}: its masks belong to another network "
+                "(remove them with remove_layer_norm_masks)."
+            )
+        index = self.index.to(x.device)
+        x = x.movedim(self.axis, -1)
+        w = getattr(module, self.weight) if self.weight else None
+        b = getattr(module, self.bias) if self.bias else None
+        kept = F.layer_norm(
+            x.index_select(-1, index),
+            (index.numel(),),
+            w.index_select(0, index) if w is not None else None,
+            b.index_select(0, index) if b is not None else None,
+            self.eps,
+        )
+        return kept.new_zeros(x.shape).index_copy(-1, index, kept).movedim(-1, self.axis)
+
+
+def apply_layer_norm_masks(
+    model: nn.Module, graph: DependencyGraph, pruned: Iterable[int]
+) -> list[RemovableHandle]:
+    """Make ``model`` (with :func:`unit_masks` applied) the masked model where layer norms normalise across
+    channels that are units: a :class:`MaskedLayerNorm` forward hook on each one that loses channels with the
+    ``pruned`` units (the hooks of earlier masks on the graph's layer norms are taken off first). The masked
+    model then computes what :func:`remove_units` makes of it.
+
+    Returns:
+        The hooks' handles (``handle.remove()``; or :func:`remove_layer_norm_masks` on the model).
+    """
+    modules = dict(model.named_modules())
+    sites = {site.module: site for site in graph.layer_norms}
+    missing = [name for name in sites if name not in modules]
+    if missing:
+        raise ValueError(
+            f"The graph's layer norms {missing[:4]} are not modules of {type(model).__name__}: the graph belongs "
+            "to another network."
+        )
+    for name in sites:
+        _remove_hooks(modules[name])
+    handles = []
+    for name, (axis, keep) in layer_norm_masks(graph, pruned).items():
+        module = modules[name]
+        site = sites[name]
+        hook = MaskedLayerNorm(axis, keep, site.eps, site.weight, site.bias)
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    return handles
+
+
+def _remove_hooks(module: nn.Module) -> int:
+    found = [k for k, h in module._forward_hooks.items() if isinstance(h, MaskedLayerNorm)]
+    for k in found:
+        module._forward_hooks.pop(k)
+        module._forward_hooks_with_kwargs.pop(k, None)
+        module._forward_hooks_always_called.pop(k, None)
+    return len(found)
+
+
+def remove_layer_norm_masks(model: nn.Module) -> int:
+    """Take every :class:`MaskedLayerNorm` hook off ``model`` (those of :func:`apply_layer_norm_masks`, and
+    their copies in a deep copy); returns how many."""
+    return sum(_remove_hooks(m) for m in model.modules())
+
+
 def groups_kept_whole(
     graph: DependencyGraph,
     sparsity: float,
@@ -333,14 +440,17 @@ def _remove_heads(
     pruned: set[int],
     drop: dict[tuple[str, str, int], set[int]],
 ) -> None:
-    """Heads: an ``nn.MultiheadAttention`` that loses some becomes a :class:`PrunedMultiheadAttention` with the
-    kept ones (its slices are then done); any other module that splits a width into heads gets its head count
-    and inner width attributes updated (its projections are sliced like any layer)."""
+    """Heads: an ``nn.MultiheadAttention`` that loses some (or whose embedding width shrinks) becomes a
+    :class:`PrunedMultiheadAttention` with the kept ones (its slices of heads are then done); any other module
+    that splits a width into heads gets its head count and inner width attributes updated (its projections
+    are sliced like any layer)."""
     for site in graph.attention:
         gone = [h for h, uid in enumerate(site.heads) if uid in pruned]
-        if not gone:
-            continue
         module = modules[site.module]
+        # an nn.MultiheadAttention whose embedding width shrinks (its inner width stays): replaced as well
+        narrower = isinstance(module, nn.MultiheadAttention) and (site.module, "in_proj_weight", 1) in drop
+        if not gone and not (site.leaf and narrower):
+            continue
         kept = [h for h in range(len(site.heads)) if h not in gone]
         if site.leaf:
             new = from_multihead_attention(module, kept)
@@ -370,13 +480,16 @@ def remove_units(
 ) -> nn.Module:
     """A copy of ``model`` without the ``pruned`` units: every slice they own is cut out of its parameter or
     buffer, and the size attributes of the changed modules are updated (depthwise convolutions also get
-    ``groups``). With ``example_input``, the result is checked against ``model`` with the units masked.
+    ``groups``, layer norms ``normalized_shape``). With ``example_input``, the result is checked against
+    ``model`` with the units masked (:func:`unit_masks`, and :func:`apply_layer_norm_masks` where a layer norm
+    loses channels). The copy carries no masked-layer-norm hook of ``model``.
 
     Raises:
         CompactionMismatch: when the outputs differ by more than ``rtol`` (relative to the largest output).
     """
     pruned = set(pruned)
     compact = copy.deepcopy(model)
+    remove_layer_norm_masks(compact)  # its layer norms are exact once the channels are gone
     modules = dict(compact.named_modules())
     drop: dict[tuple[str, str, int], set[int]] = defaultdict(set)
     for uid in pruned:
@@ -418,12 +531,16 @@ def remove_units(
             setattr(module, attr, len(keep))
         if depthwise and pname == "weight" and axis == 0:
             module.groups = module.in_channels = module.out_channels = len(keep)
+    for name, (_, keep) in layer_norm_masks(graph, pruned).items():
+        modules[name].normalized_shape = (int(keep.sum()),)
     if example_input is not None and pruned:
         masked = copy.deepcopy(model)
+        remove_layer_norm_masks(masked)
         masks = unit_masks(masked, graph, pruned)
         params = dict(masked.named_parameters())
         for name, mask in masks.items():
             params[name].mul_(mask.to(params[name].dtype))
+        apply_layer_norm_masks(masked, graph, pruned)
         check_equivalent(masked, compact, example_input, rtol)
     return compact
 
@@ -435,13 +552,25 @@ def prune_channels(
     importance: str = "l2",
     scope: str = "layer",
     overrides: Mapping[str, float] | None = None,
+    prune_layer_norm_tokens: bool = False,
 ) -> tuple[nn.Module, DependencyGraph, set[int]]:
-    """One-shot channel pruning by dependency groups: trace, score, select, remove.
+    """One-shot channel pruning by dependency groups: trace, score, select, remove (checked against the masked
+    model on ``example_input``).
+
+    Args:
+        model: the network.
+        example_input: a batch it accepts (traced and checked on).
+        sparsity: the fraction of each coupling group's (``scope="global"``: of all) channels to remove.
+        importance: ``"l1"``/``"magnitude"`` or ``"l2"`` (:func:`group_unit_scores`).
+        scope: ``"layer"`` or ``"global"`` (:func:`select_units`).
+        overrides: ``{glob pattern of a producer's name: sparsity}``.
+        prune_layer_norm_tokens: also prune the channels a layer norm normalises across on token tensors (a
+            transformer's residual stream; :func:`~.dependency.build_dependency_graph`).
 
     Returns:
         ``(compacted copy, graph, pruned unit ids)``; ``model`` is not changed.
     """
-    graph = build_dependency_graph(model, example_input)
+    graph = build_dependency_graph(model, example_input, prune_layer_norm_tokens=prune_layer_norm_tokens)
     scores = group_unit_scores(model, graph, importance)
     pruned = select_units(graph, scores, sparsity, scope, overrides)
     return remove_units(model, graph, pruned, example_input), graph, pruned
@@ -450,12 +579,16 @@ def prune_channels(
 __all__ = [
     "SIZE_ATTRIBUTES",
     "CompactionMismatch",
+    "MaskedLayerNorm",
+    "apply_layer_norm_masks",
     "check_equivalent",
     "group_masks",
     "groups_kept_whole",
     "group_unit_scores",
+    "layer_norm_masks",
     "prune_channels",
     "pruned_units",
+    "remove_layer_norm_masks",
     "remove_units",
     "select_units",
     "unit_masks",

@@ -294,3 +294,20 @@ def test_an_untraceable_block_is_named_and_can_be_kept_whole():
     assert all(graph.units[u].pinned for u in groups[("stem",)].units)  # read by the block kept whole
     assert all(graph.units[u].pinned is None for u in groups[("mid",)].units)
     assert not any(s.module.startswith("body") for u in graph.units for s in u.slices)
+
+
+def test_a_tensor_that_only_gives_a_dtype_or_shape_does_not_keep_channels():
+    class Cast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.c, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            g = self.b(h).type_as(h)  # h only gives the dtype
+            return self.head(torch.relu(self.c(torch.relu(g))).mean((2, 3)))
+
+    graph = build_dependency_graph(Cast().eval(), X)
+    groups = _groups_by_producers(graph)
+    assert all(graph.units[u].pinned is None for u in groups[("a",)].units + groups[("b",)].units)
