@@ -75,6 +75,17 @@ def phase_done(trainer: Any, name: str) -> bool:
 
 
 @runtime_checkable
+class Compacts(Protocol):
+    """Implemented by phases that can remove, during ``fit``, what they have zeroed (structured pruning): a
+    later phase asks before it starts (quantization-aware training compacts first)."""
+
+    phase_name: str
+
+    def compact(self, trainer: Any, pl_module: Any) -> bool:
+        """Compact the network now; whether anything was done."""
+
+
+@runtime_checkable
 class OffersModel(Protocol):
     """Implemented by callbacks that end with a compressed model other than the network they train."""
 

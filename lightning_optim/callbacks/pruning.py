@@ -429,7 +429,9 @@ class ProgressivePruning(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if (self.compact_at_end or self.by_groups or self.by_blocks) and self.example_input is None:
+        if (
+            self.compact_at_end or self.structured or self.by_groups or self.by_blocks
+        ) and self.example_input is None:
             self.example_input = example_from_batch(batch)
         if self.by_blocks:
             if self.block_candidates is None:
@@ -489,6 +491,49 @@ class ProgressivePruning(Callback):
         if self._events_done >= len(self._events()):
             return "done"
         return "active" if self._events_done > 0 else "pending"
+
+    def compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Remove what the masks zero now, during ``fit`` (structured and channel-group granularities): the
+        network is replaced by its compacted version (checked against the masked one), the optimizers are
+        rebuilt for it (their state carried over where shapes allow is not attempted: it restarts), and under
+        DDP the model is wrapped again. Called by a later phase before it starts (quantization-aware training
+        compacts first: fused QAT divides by the batch-norm scales that structured pruning zeroes), or by the
+        user. The masks stay (the summaries read them) but are no longer applied.
+
+        Returns:
+            Whether the network was compacted now (``False``: unstructured or block pruning, nothing pruned yet,
+            or compacted already).
+        """
+        if not (self.structured or self.by_groups) or self.compacted or not self.masks:
+            return False
+        if not any(not bool(m.all()) for m in self.masks.values()):
+            return False
+        self._run_compact(trainer, pl_module)
+        if self.compacted:
+            self._rewrap_distributed(trainer, pl_module)
+            if trainer.optimizers:
+                trainer.strategy.setup_optimizers(trainer)
+        return self.compacted
+
+    def _run_compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The compaction of ``compact_at_end``, run now."""
+        self._apply_weight_masks()
+        if self.by_groups:
+            self._run_remove_units(trainer, pl_module)
+            return
+        from lightning_optim.functional.pruning.compaction import compact_model
+
+        model = target_model(pl_module, self.attribute)
+        if self.example_input is None:
+            rank_zero_warn("ProgressivePruning: no training batch seen; the model was not compacted.")
+            return
+        device = next(model.parameters()).device
+        self.compacted_model = compact_model(model, self.example_input.to(device))
+        if model is not pl_module:
+            setattr(pl_module, self.attribute, self.compacted_model)
+        self._params, self._fast_masks = {}, {}
+        self.compacted = True
+        self._rebuild_optimizers(trainer)
 
     # -------------------------------------------------------------------------------------- channel groups
     def _trace_error(self, err: DependencyError) -> DependencyError:
@@ -968,26 +1013,12 @@ class ProgressivePruning(Callback):
         self._apply_weight_masks()
         if self.verbose and self.masks:
             rank_zero_info(self.summary_table())
-        if self.compact_at_end and self.compacted and not self.masks:
+        if self.compact_at_end and self.compacted:
             rank_zero_info(
-                "ProgressivePruning: the network was compacted already (restored from a checkpoint)."
+                "ProgressivePruning: the network was compacted already (during the fit, or before a resume)."
             )
-        elif self.compact_at_end and self.by_groups:
-            self._run_remove_units(trainer, pl_module)
         elif self.compact_at_end:
-            from lightning_optim.functional.pruning.compaction import compact_model
-
-            model = target_model(pl_module, self.attribute)
-            if self.example_input is None:
-                rank_zero_warn("ProgressivePruning: no training batch seen; the model was not compacted.")
-                return
-            device = next(model.parameters()).device
-            self.compacted_model = compact_model(model, self.example_input.to(device))
-            if model is not pl_module:
-                setattr(pl_module, self.attribute, self.compacted_model)
-            self._params, self._fast_masks = {}, {}
-            self.compacted = True
-            self._rebuild_optimizers(trainer)
+            self._run_compact(trainer, pl_module)
 
     @staticmethod
     def _rebuild_optimizers(trainer: pl.Trainer) -> None:

@@ -29,7 +29,7 @@ from lightning_optim.callbacks._trainer import (
     eval_batches,
     log_metrics,
 )
-from lightning_optim.callbacks.phases import PhaseState, phase_done, target_model
+from lightning_optim.callbacks.phases import Compacts, PhaseState, phase_done, phases, target_model
 from lightning_optim.checks import check_choice
 from lightning_optim.functional.pruning import apply_masks_, zero_masks
 from lightning_optim.functional.quantization import (
@@ -268,6 +268,11 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             ``"compile"`` (``torch.compile``; takes a few seconds per batch size).
         attribute: attribute of the LightningModule that holds the network.
         verbose: print the fusion summary and the report.
+        compact_pruned: when QAT starts, first compact the network of every finished phase that can
+            (``ProgressivePruning`` with a structured or channel-group granularity: its ``compact``): the zeroed
+            channels are removed, so fused QAT does not divide by their zero batch-norm scales and the int8
+            network is the smaller one. With ``False`` (or a phase that cannot compact), conv/linear + batch
+            norm pairs with zero-scale channels train unfused (said in the fusion summary).
 
     Raises:
         ValueError: an unknown ``backend`` or ``engine``; a negative ``start_epoch``; freeze epochs before ``start_epoch``;
@@ -310,6 +315,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         fp32_best_effort: tuple[str, ...] = FP32_BEST_EFFORT,
         attribute: str = "model",
         verbose: bool = True,
+        compact_pruned: bool = True,
     ) -> None:
         super().__init__(
             backend,
@@ -348,6 +354,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         self.freeze_bn_epoch = freeze_bn_epoch
         self.convert_on_fit_end = convert_on_fit_end
         self.preserve_zeros = preserve_zeros
+        self.compact_pruned = compact_pruned
         # state
         self.prepared = False
         self.started_epoch: int | None = None
@@ -511,7 +518,20 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         self._zero_masks = None
         self._zero_weights = None
 
+    def _run_compact_phases(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Before QAT: let every finished phase that can compact the network do it (see ``compact_pruned``)."""
+        for cb in phases(trainer):
+            if cb is self or not isinstance(cb, Compacts) or cb.phase_state(trainer) != "done":
+                continue
+            if cb.compact(trainer, pl_module) and self.verbose:
+                rank_zero_info(
+                    f"QuantizationAwareTraining: the '{cb.phase_name}' phase compacted the network before QAT "
+                    f"({sum(p.numel() for p in self._network(pl_module).parameters()):,} parameters)."
+                )
+
     def _run_prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.compact_pruned:
+            self._run_compact_phases(trainer, pl_module)
         model = self._network(pl_module)
         before = {id(p) for p in model.parameters()}
         self._prepare(model, epoch=trainer.current_epoch)

@@ -414,10 +414,13 @@ def test_artifact_export_format_writes_the_compact_artifact(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- after pruning
-def test_structured_pruning_then_qat_trains_and_converts(tmp_path):
+@pytest.mark.parametrize("compact", [True, False], ids=["compacted", "unfused"])
+def test_structured_pruning_then_qat_trains_and_converts(tmp_path, compact):
     """Issue 24's nine-line crash: structured pruning zeroes batch-norm scales, and fused QAT conv-BN divides by
-    them (NaN loss, then `zero_point must be between quant_min and quant_max`)."""
+    them (NaN loss, then `zero_point must be between quant_min and quant_max`). By default the pruning phase
+    compacts the network before QAT starts; without that, the zero-scale pairs train unfused."""
     from lightning_optim.callbacks import ProgressivePruning
+    from lightning_optim.functional.quantization.fusion import ZERO_SCALE
 
     class LossRecorder(Callback):
         losses: list[float] = []
@@ -428,10 +431,20 @@ def test_structured_pruning_then_qat_trains_and_converts(tmp_path):
     pruning = ProgressivePruning(
         final_sparsity=0.5, start=0, end=1, granularity="filter", module_types=["Conv2d"], verbose=False
     )
-    qat = QuantizationAwareTraining(start_after="pruning", **FAST)
+    qat = QuantizationAwareTraining(start_after="pruning", compact_pruned=compact, **FAST)
     recorder = LossRecorder()
-    fit(tmp_path, [pruning, qat, recorder], model=ConvNet3(image_size=8), max_epochs=4)
+    _, module, _ = fit(tmp_path, [pruning, qat, recorder], model=ConvNet3(image_size=8), max_epochs=4)
     assert qat.prepared and qat.converted
     assert all(torch.isfinite(torch.tensor(recorder.losses)))
     report = qat.quantization_report
     assert report.fp32_accuracy > 0.85 and report.int8_accuracy > 0.85
+    unfused = [name for name, reason in qat.fusion_plan.not_fused if reason == ZERO_SCALE]
+    assert pruning.compacted is compact
+    if compact:  # half the filters gone before QAT, every conv-bn pair fused
+        assert not unfused and qat.fusion_plan.groups
+        convs = [m for m in qat._float_reference.modules() if isinstance(m, nn.Conv2d)]
+        assert [c.out_channels for c in convs] == [
+            c.out_channels // 2 for c in ConvNet3(image_size=8).modules() if isinstance(c, nn.Conv2d)
+        ]
+    else:
+        assert unfused
