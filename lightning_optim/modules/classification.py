@@ -24,6 +24,13 @@ from lightning_optim.modules.optimizers import optimizer_factory
 from lightning_optim.weights import resize_to_state_dict
 
 
+def _resize_before_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: a state dict saved after structured pruning removed channels gives the
+    architecture its shapes first (whatever loads it: a checkpoint, ``ddp_spawn`` returning the trained weights
+    to the main process, a user's ``load_state_dict``)."""
+    resize_to_state_dict(module, state_dict, prefix=prefix, strict=False)
+
+
 def infer_num_classes(model: nn.Module) -> int | None:
     """The model's ``num_classes`` attribute, else the ``out_features`` of its last ``nn.Linear``."""
     n = getattr(model, "num_classes", None)
@@ -103,6 +110,7 @@ class ClassificationModule(pl.LightningModule):
         scheduler_monitor: str = "val_loss",
     ) -> None:
         super().__init__()
+        self.register_load_state_dict_pre_hook(_resize_before_load)
         if isinstance(optimizer, str):
             optimizer_factory(optimizer)  # validates the name now, at construction time
         if not math.isfinite(l1) or l1 < 0:  # NaN passes a plain `< 0` check

@@ -1252,3 +1252,62 @@ def test_heads_granularity_refuses_a_network_without_attention(tmp_path):
     cb = ProgressivePruning(final_sparsity=0.5, start=0, end=1, unit="epoch", granularity="heads")
     with pytest.raises(ValueError, match=r"granularity='heads'\) found no attention heads"):
         _token_fit(tmp_path, cb, TokenClassifier())
+
+
+class _CompactAtEpoch(Callback):
+    """Asks the pruning callback to compact at the start of an epoch (what QAT's ``compact_pruned`` does)."""
+
+    def __init__(self, cb, epoch):
+        self.cb, self.epoch, self.done = cb, epoch, False
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            self.done = self.cb.compact(trainer, pl_module)
+
+
+class _SaveCompacted(Callback):
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        widths = [m.out_channels for m in pl_module.model.modules() if isinstance(m, nn.Conv2d)]
+        total = float(sum(p.detach().double().sum() for p in pl_module.model.parameters()))
+        torch.save(
+            {"widths": widths, "sum": total, "step": trainer.global_step},
+            self.folder / f"rank{trainer.global_rank}.pt",
+        )
+
+
+def test_compact_during_fit_then_training_goes_on(tmp_path):
+    cb = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=1, unit="epoch", granularity="channel_groups", verbose=False
+    )
+    compact_at = _CompactAtEpoch(cb, epoch=1)
+    trainer, module = group_fit(tmp_path, cb, residual_cnn(), epochs=2, extra=[compact_at])
+    assert compact_at.done and cb.compacted and trainer.global_step == 8
+    assert count_parameters(module.model) < 0.5 * count_parameters(residual_cnn())
+    assert cb.compact(trainer, module) is False  # once
+
+
+@pytest.mark.slow
+def test_compact_during_fit_under_ddp(tmp_path):
+    cb = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=1, unit="epoch", granularity="channel_groups", verbose=False
+    )
+    module = ClassificationModule(residual_cnn(), lr=1e-2)
+    trainer = Trainer(
+        **quiet_trainer_kwargs(
+            tmp_path,
+            max_epochs=2,
+            devices=2,
+            strategy="ddp_spawn",
+            limit_train_batches=2,
+            callbacks=[_RankNoise(), cb, _CompactAtEpoch(cb, epoch=1), _SaveCompacted(tmp_path)],
+        )
+    )
+    trainer.fit(module, train_dataloaders=image_loader(n=64))
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["widths"] == r1["widths"] and r0["step"] == r1["step"] == 4
+    assert abs(r0["sum"] - r1["sum"]) < 1e-6 * max(1.0, abs(r0["sum"]))  # DDP kept the ranks in step
+    assert max(r0["widths"][:-1]) <= 8  # compacted (16-wide inner layers halved)
