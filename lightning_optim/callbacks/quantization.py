@@ -68,6 +68,10 @@ def _check_best_effort(methods: Any) -> tuple[str, ...]:
     return methods
 
 
+#: the quantization stacks the callbacks drive (PT2E: the functions only, until the callbacks swap modules)
+CALLBACK_BACKENDS: tuple[str, ...] = ("eager",)
+
+
 class _QuantizationCallbackBase(Callback):
     """What QAT and PTQ share: the backend, the data feed, conversion results, export and the report."""
 
@@ -90,6 +94,12 @@ class _QuantizationCallbackBase(Callback):
     ) -> None:
         # `backend="x86"`/`"fbgemm"` (the engine, the old meaning) maps to `engine` with a DeprecationWarning
         self.backend_name, self.engine = resolve_backend(backend, engine, stacklevel=3)
+        if self.backend_name not in CALLBACK_BACKENDS:
+            raise ValueError(
+                f"`backend={self.backend_name!r}` is not available in the quantization callbacks yet (they use "
+                f"{list(CALLBACK_BACKENDS)}); the PT2E stack is usable from Python: "
+                "lightning_optim.functional.quantization.Pt2eBackend (PTQ, QAT, a .pt2 file) and export_onnx."
+            )
         self.export_format = check_export_format(export_format)
         if eval_batches is not None and eval_batches < 1:
             raise ValueError(f"`eval_batches` must be >= 1 or None (all), got {eval_batches}.")

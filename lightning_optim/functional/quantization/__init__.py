@@ -2,7 +2,9 @@
 
 The callbacks (:mod:`lightning_optim.callbacks.quantization`) only use :class:`QuantizationBackend` and
 :func:`export_quantized`. The *backend* is the stack (``"eager"``: eager ``torch.ao.quantization``, exported as
-TorchScript), the *engine* the kernel target (``"x86"``, ``"fbgemm"``): ``create_backend("eager", engine="x86")``.
+TorchScript; ``"pt2e"``: ``torch.export`` + torchao PT2E, exported as a ``.pt2`` program, :mod:`.pt2e`), the
+*engine* the kernel target (``"x86"``, ``"fbgemm"``): ``create_backend("eager", engine="x86")``. ONNX export
+(QDQ) and ONNX Runtime's own static quantization are in :mod:`.onnx` (the ``onnx`` extra).
 """
 
 from lightning_optim.functional.quantization._quiet import quiet_quantization_warnings
@@ -27,6 +29,24 @@ from lightning_optim.functional.quantization.export import (
     export_quantized,
 )
 from lightning_optim.functional.quantization.fusion import FusionPlan, find_fusion_groups, quantizable_layers
+from lightning_optim.functional.quantization.onnx import (
+    OnnxRunner,
+    export_onnx,
+    quantize_onnx_static,
+    read_onnx_metadata,
+    run_onnx,
+)
+from lightning_optim.functional.quantization.pt2e import (
+    LoweredInt8,
+    Pt2eBackend,
+    Pt2eCapture,
+    Pt2eModule,
+    load_pt2,
+    lower,
+    quantized_op_counts,
+    read_pt2_metadata,
+    verify_pt2,
+)
 from lightning_optim.functional.quantization.report import (
     FP32_BEST_EFFORT,
     QuantizationReport,
@@ -45,6 +65,11 @@ __all__ = [
     "EagerBackend",
     "Float32FakeQuantize",
     "FusionPlan",
+    "LoweredInt8",
+    "OnnxRunner",
+    "Pt2eBackend",
+    "Pt2eCapture",
+    "Pt2eModule",
     "QuantizationBackend",
     "QuantizationError",
     "QuantizationReport",
@@ -55,13 +80,22 @@ __all__ = [
     "create_backend",
     "export_file_path",
     "export_format_of",
+    "export_onnx",
     "export_quantized",
     "find_fusion_groups",
     "format_report",
+    "load_pt2",
+    "lower",
     "measure_cpu_latency",
     "quantizable_layers",
     "quantization_report",
+    "quantize_onnx_static",
+    "quantized_op_counts",
     "quiet_quantization_warnings",
+    "read_onnx_metadata",
+    "read_pt2_metadata",
     "register_backend",
     "resolve_backend",
+    "run_onnx",
+    "verify_pt2",
 ]

@@ -234,3 +234,5 @@ def create_backend(name: str = DEFAULT_BACKEND, engine: str = DEFAULT_ENGINE) ->
 def _ensure_builtin_backends() -> None:
     if not BACKENDS:
         from lightning_optim.functional.quantization import eager  # noqa: F401 - registers itself
+    if "pt2e" not in BACKENDS:
+        from lightning_optim.functional.quantization import pt2e  # noqa: F401 - registers itself (torchao lazily)

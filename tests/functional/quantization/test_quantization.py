@@ -303,7 +303,7 @@ def test_freeze_observers_and_bn_stats():
 def test_unsupported_backend_name():
     with pytest.raises(
         ValueError,
-        match=r"Unknown quantization `backend` 'tensorrt'; allowed: \['eager'\] \(the kernel target is `engine`",
+        match=r"Unknown quantization `backend` 'tensorrt'; allowed: \['eager', 'pt2e'\] \(the kernel target is `engine`",
     ):
         check_backend_name("tensorrt")
     assert set(BACKENDS) >= {"eager"}
