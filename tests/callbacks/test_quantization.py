@@ -229,7 +229,9 @@ def test_resume_mid_qat_equals_uninterrupted(tmp_path):
 
 # ----------------------------------------------------------------------------------------- bad input
 def test_bad_arguments_fail_at_construction():
-    with pytest.raises(ValueError, match=r"Unknown quantization `backend` 'qnnpak'; allowed: \['eager', 'pt2e'\]"):
+    with pytest.raises(
+        ValueError, match=r"Unknown quantization `backend` 'qnnpak'; allowed: \['eager', 'pt2e'\]"
+    ):
         QuantizationAwareTraining(backend="qnnpak")
     with pytest.raises(
         ValueError, match=r"Unknown quantization `engine` 'qnnpak'; allowed: \['x86', 'fbgemm'\]\."
@@ -452,5 +454,7 @@ def test_structured_pruning_then_qat_trains_and_converts(tmp_path, compact):
 
 def test_the_pt2e_stack_is_refused_by_the_callbacks_until_they_drive_it():
     for cls in (QuantizationAwareTraining, PostTrainingQuantization):
-        with pytest.raises(ValueError, match=r"`backend='pt2e'` is not available in the quantization callbacks yet"):
+        with pytest.raises(
+            ValueError, match=r"`backend='pt2e'` is not available in the quantization callbacks yet"
+        ):
             cls(backend="pt2e")
