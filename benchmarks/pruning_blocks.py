@@ -93,6 +93,7 @@ def run_block_pruning(
     time_latency: bool = True,
     log: Callable[[str], None] = print,
     ranking: str = "loss",
+    shortcuts: bool = False,
 ) -> dict[str, Any]:
     """Remove ``round(fraction x blocks)`` residual blocks of a torchvision ResNet (the cheapest candidates on
     random data) and measure what it gains.
@@ -138,7 +139,7 @@ def run_block_pruning(
         blocks = residual_blocks(model)
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(batch_size, 3, image_size, image_size, generator=gen)
-        candidates = find_blocks(model, x[:1])
+        candidates = find_blocks(model, x[:1], shortcuts=shortcuts)
         requested = min(int(round(fraction * len(blocks))), max(len(candidates) - 1, 0))
         log(
             f"{model_name}: {len(blocks)} residual blocks, {len(candidates)} candidates ({', '.join(candidates)}); "
@@ -180,6 +181,7 @@ def run_block_pruning(
         "removed": removed,
         "importance": importance,
         "ranking": ranking,
+        "shortcuts": shortcuts,
         "block_latency_ms": latency_of,
         "params": params,
         "macs": mac,
@@ -217,7 +219,9 @@ def report(result: dict[str, Any], argv: list[str]) -> list[str]:
         f"| {params['dense'] / 1e6:.2f} / {params['pruned'] / 1e6:.2f} "
         f"| {mac['dense'] / 1e9:.2f} / {mac['pruned'] / 1e9:.2f} | {latency} | {speedup} |",
         "",
-        f"Removed (ranking `{result['ranking']}`; output change without the block, MSE of the logits"
+        f"Removed (ranking `{result['ranking']}`"
+        + (", downsampling blocks replaced by their shortcut" if result["shortcuts"] else "")
+        + "; output change without the block, MSE of the logits"
         + (", and the block's own time in ms" if result["block_latency_ms"] else "")
         + "): "
         + ", ".join(
@@ -254,6 +258,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=BLOCK_RANKINGS,
         help="loss: least output change first; loss_per_latency: least change per ms the block takes",
     )
+    p.add_argument(
+        "--shortcuts",
+        action="store_true",
+        help="downsampling blocks are candidates too: removing one keeps its shortcut (relu(downsample(x)))",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     args = p.parse_args(argv)
     if not 0.0 <= args.fraction < 1.0:
@@ -282,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
         log=lambda text: print(text, flush=True),
         ranking=args.ranking,
+        shortcuts=args.shortcuts,
     )
     lines = report(result, list(sys.argv[1:] if argv is None else argv))
     print("\n".join(lines), flush=True)

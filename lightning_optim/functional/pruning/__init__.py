@@ -13,6 +13,7 @@ from lightning_optim.functional.pruning.blocks import (
     is_residual,
     rank_blocks,
     remove_blocks,
+    shortcut_block,
     removed_blocks_of,
     restore_removed_blocks,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "find_blocks",
     "block_latency",
     "rank_blocks",
+    "shortcut_block",
     "BLOCK_RANKINGS",
     "is_residual",
     "remove_blocks",

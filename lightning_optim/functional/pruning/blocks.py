@@ -178,8 +178,85 @@ class _ModeKept:
             m.training = mode
 
 
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _ADD_METHODS
+    )
+
+
+def shortcut_block(block: nn.Module) -> fx.GraphModule | None:
+    """What a block with a projection shortcut computes without its branch: ``post(shortcut(x))`` for a
+    ``forward`` that ends ``post(branch(x) + shortcut(x))`` (torchvision's downsampling ``Bottleneck``:
+    ``relu(downsample(x))``), where ``post`` is parameter-free and the shortcut holds fewer parameters than the
+    branch. A ``torch.fx.GraphModule`` over the block's own submodules (so its state-dict keys are the block's:
+    ``downsample.0.weight``), or ``None`` when the block has no such shape or cannot be traced."""
+    try:
+        graph = _LeafTracer().trace(block)
+    except Exception:  # noqa: BLE001 - not traceable: no shortcut form
+        return None
+    modules = dict(block.named_modules())
+    outputs = [n for n in graph.nodes if n.op == "output"]
+    node = outputs[0].args[0] if outputs and isinstance(outputs[0].args[0], fx.Node) else None
+    while node is not None and not _is_add(node):
+        inputs = node.all_input_nodes
+        param_free = node.op in ("call_function", "call_method") or (
+            node.op == "call_module" and not _has_parameters(modules[node.target])
+        )
+        node = inputs[0] if param_free and len(inputs) == 1 else None
+    if node is None:
+        return None
+    operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+    if len(operands) != 2:
+        return None
+
+    def weight(n: fx.Node) -> tuple[int, bool]:
+        """Parameters the value depends on, and whether it depends on the input."""
+        seen, stack, total, reaches = set(), [n], 0, False
+        while stack:
+            cur = stack.pop()
+            if cur in seen:
+                continue
+            seen.add(cur)
+            if cur.op == "placeholder":
+                reaches = True
+            if cur.op == "call_module":
+                total += sum(p.numel() for p in modules[cur.target].parameters())
+            stack.extend(cur.all_input_nodes)
+        return total, reaches
+
+    (wa, ra), (wb, rb) = weight(operands[0]), weight(operands[1])
+    if not (ra and rb) or wa == wb:
+        return None
+    shortcut = operands[0] if wa < wb else operands[1]
+    node.replace_all_uses_with(shortcut)
+    graph.erase_node(node)
+    gm = fx.GraphModule(block, graph, class_name=f"Shortcut{type(block).__name__}")
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm
+
+
+def _replacement(block: nn.Module) -> nn.Module:
+    """What removing ``block`` leaves: identity for a block with a skip connection from its input (or one
+    without a shortcut form), its shortcut path for a block with a projection shortcut."""
+    if not is_residual(block):
+        shortcut = shortcut_block(block)
+        if shortcut is not None:
+            return shortcut
+    return SkippedBlock(type(block).__name__)
+
+
+def _removed(module: nn.Module) -> bool:
+    return isinstance(module, SkippedBlock) or (
+        isinstance(module, fx.GraphModule) and type(module).__name__.startswith("Shortcut")
+    )
+
+
 # ------------------------------------------------------------------------------------------------ API
-def find_blocks(model: nn.Module, example_input: Any, residual_only: bool = True) -> list[str]:
+def find_blocks(
+    model: nn.Module, example_input: Any, residual_only: bool = True, shortcuts: bool = False
+) -> list[str]:
     """The names of the blocks of ``model`` that can be replaced by identity.
 
     A candidate is a submodule (not ``model`` itself) with parameters that is a direct item of an
@@ -199,6 +276,8 @@ def find_blocks(model: nn.Module, example_input: Any, residual_only: bool = True
         example_input: an input batch (a tensor; a tuple/list is passed as positional arguments, a mapping as
             keywords), on the model's device.
         residual_only: keep only blocks with a skip connection from their input.
+        shortcuts: also blocks that change the shape but have a projection shortcut (a downsampling
+            ``Bottleneck``): removing one keeps its shortcut path (:func:`shortcut_block`).
 
     Returns:
         Candidate names as in ``model.named_modules()``, in registration order.
@@ -206,10 +285,9 @@ def find_blocks(model: nn.Module, example_input: Any, residual_only: bool = True
     Raises:
         BlockPruningError: ``model`` fails on ``example_input``.
     """
-    items = {
-        n: m for n, m in _stack_items(model).items() if _has_parameters(m) and not isinstance(m, SkippedBlock)
-    }
+    items = {n: m for n, m in _stack_items(model).items() if _has_parameters(m) and not _removed(m)}
     calls: dict[str, list[bool]] = {n: [] for n in items}
+    reshaped: set[str] = set()
 
     def hook(name: str) -> Callable[..., None]:
         def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -219,8 +297,10 @@ def find_blocks(model: nn.Module, example_input: Any, residual_only: bool = True
                 isinstance(first, Tensor)
                 and not any(isinstance(o, Tensor) for o in others)
                 and isinstance(output, Tensor)
-                and tuple(output.shape) == tuple(first.shape)
             )
+            if ok and tuple(output.shape) != tuple(first.shape):
+                ok = shortcuts
+                reshaped.add(name)
             calls[name].append(ok)
 
         return record
@@ -242,8 +322,10 @@ def find_blocks(model: nn.Module, example_input: Any, residual_only: bool = True
         for h in handles:
             h.remove()
     found = [n for n, results in calls.items() if results and all(results)]
+    if shortcuts:  # a block that changes the shape is a candidate only with a shortcut form
+        found = [n for n in found if n not in reshaped or shortcut_block(items[n]) is not None]
     if residual_only:
-        found = [n for n in found if is_residual(items[n])]
+        found = [n for n in found if n in reshaped or is_residual(items[n])]
     # nested candidates: the innermost level
     return [n for n in found if not any(o.startswith(f"{n}.") for o in found)]
 
@@ -285,7 +367,7 @@ def block_importance(
     with _ModeKept(model):
         base = mean_loss()
         for name in names:
-            original = _replace(model, name, SkippedBlock(type(model.get_submodule(name)).__name__))
+            original = _replace(model, name, _replacement(model.get_submodule(name)))
             try:
                 scores[name] = mean_loss() - base
             finally:
@@ -362,10 +444,11 @@ BLOCK_RANKINGS: tuple[str, ...] = ("loss", "loss_per_latency")
 
 
 def remove_blocks(model: nn.Module, names: Iterable[str]) -> list[str]:
-    """Replace each named block of ``model`` by a :class:`SkippedBlock` (in place).
+    """Replace each named block of ``model`` by a :class:`SkippedBlock` (in place), or, for a block with a
+    projection shortcut instead of a skip connection from its input, by its shortcut path
+    (:func:`shortcut_block`: its state-dict keys are the block's own).
 
-    Blocks that are :class:`SkippedBlock` already are left as they are, so applying the same removal twice
-    changes nothing.
+    Blocks removed already are left as they are, so applying the same removal twice changes nothing.
 
     Args:
         model: the network.
@@ -381,9 +464,9 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> list[str]:
     removed = []
     for name in names:
         block = model.get_submodule(name)
-        if isinstance(block, SkippedBlock):
+        if _removed(block):
             continue
-        _replace(model, name, SkippedBlock(type(block).__name__))
+        _replace(model, name, _replacement(block))
         removed.append(name)
     return removed
 

@@ -365,3 +365,53 @@ def test_block_latency_times_each_block_inside_the_forward():
     times = block_latency(net, ["blocks.0", "blocks.2"], X, repeats=2)
     assert times["blocks.2"] >= 20.0 > times["blocks.0"]
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())  # hooks removed
+
+
+# ------------------------------------------------------------------------------------------------ shortcuts
+class ProjectionBlock(nn.Module):
+    """``relu(branch(x) + proj(x))`` with a strided projection: the shape changes, no identity skip."""
+
+    def __init__(self, cin: int = 8, cout: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.proj = nn.Conv2d(cin, cout, 1, stride=2)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv2(self.relu(self.conv1(x))) + self.proj(x))
+
+
+def test_a_block_with_a_projection_shortcut_is_replaced_by_its_shortcut():
+    from lightning_optim.functional.pruning import shortcut_block
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ProjectionBlock(), ResBlock(16)).eval()
+    assert find_blocks(net, X) == ["2"]  # the shape-changing block only with shortcuts
+    assert find_blocks(net, X, shortcuts=True) == ["1", "2"]
+    short = shortcut_block(net[1])
+    x = torch.randn(2, 8, 16, 16)
+    torch.testing.assert_close(short(x), torch.relu(net[1].proj(x)))
+    assert set(short.state_dict()) == {"proj.weight", "proj.bias"}  # the block's own keys
+    pruned = copy.deepcopy(net)
+    remove_blocks(pruned, ["1"])
+    assert count_parameters(pruned) == count_parameters(net) - count_parameters(
+        net[1].conv1
+    ) - count_parameters(net[1].conv2)
+    assert pruned(X).shape == net(X).shape
+    fresh = copy.deepcopy(net)  # a checkpoint's removal applied to the unpruned architecture loads
+    remove_blocks(fresh, ["1"])
+    fresh.load_state_dict(pruned.state_dict())
+    assert shortcut_block(ResBlock(8)) is not None and isinstance(
+        copy.deepcopy(pruned)[1], torch.fx.GraphModule
+    )
+
+
+def test_torchvision_resnet50_downsampling_blocks_are_candidates_with_shortcuts():
+    import torchvision
+
+    net = torchvision.models.resnet50(weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert len(find_blocks(net, x)) == 12
+    found = find_blocks(net, x, shortcuts=True)
+    assert len(found) == 16 and {"layer1.0", "layer2.0", "layer3.0", "layer4.0"} <= set(found)
