@@ -13,9 +13,9 @@ from lightning_optim.functional.pruning.blocks import (
     is_residual,
     rank_blocks,
     remove_blocks,
-    shortcut_block,
     removed_blocks_of,
     restore_removed_blocks,
+    shortcut_block,
 )
 from lightning_optim.functional.pruning.compaction import CompactionError, channel_followers, compact_model
 from lightning_optim.functional.pruning.dependency import (
