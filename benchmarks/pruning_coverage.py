@@ -75,6 +75,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks._models import HFLogits, MissingDependency
 from lightning_optim.functional.compression_report.measure import (
     compare_latency,
     count_flops,
@@ -83,13 +84,12 @@ from lightning_optim.functional.compression_report.measure import (
 from lightning_optim.functional.pruning.dependency import DependencyError, build_dependency_graph
 from lightning_optim.functional.pruning.groups import (
     CompactionMismatch,
-    apply_layer_norm_masks,
     check_equivalent,
     group_unit_scores,
+    masked_copy,
     prune_channels,
     remove_units,
     select_units,
-    unit_masks,
 )
 
 warnings.filterwarnings("ignore", ".*is deprecated.*")
@@ -113,21 +113,6 @@ MODELS = ("convnet3", *TORCHVISION, "vit_tiny", "resnet26d", "bert")
 SKIPPED = "skipped: install .[bench]"
 #: the target of the coverage line: removed >= this fraction of the request
 COVERAGE_TARGET = 0.95
-
-
-class MissingDependency(RuntimeError):
-    """A benchmark-only library (timm, transformers, torch_pruning) is not installed."""
-
-
-class _Logits(nn.Module):
-    """A Hugging Face classifier that returns its logits tensor (what the timing and the checks compare)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.model(input_ids=input_ids).logits
 
 
 def build_model(name: str, image_size: int, batch_size: int, seq_len: int) -> tuple[nn.Module, Tensor]:
@@ -172,7 +157,7 @@ def build_model(name: str, image_size: int, batch_size: int, seq_len: int) -> tu
             num_labels=10,
         )
         ids = torch.randint(0, config.vocab_size, (batch_size, seq_len))
-        return _Logits(BertForSequenceClassification(config)).eval(), ids
+        return HFLogits(BertForSequenceClassification(config)).eval(), ids
     raise ValueError(f"Unknown model {name!r}; choose from {MODELS}.")
 
 
@@ -334,14 +319,7 @@ def ours(model: nn.Module, x: Tensor, sparsity: float, row: Row) -> nn.Module | 
     row.requested = int(round(sparsity * row.prunable))
     row.pruned = len(pruned)
     row.kept = kept_reasons(graph.summary())
-    masked = copy.deepcopy(model)
-    params = dict(masked.named_parameters())
-    with torch.no_grad():
-        for name, mask in unit_masks(masked, graph, pruned).items():
-            params[name].mul_(mask.to(params[name].dtype))
-    apply_layer_norm_masks(
-        masked, graph, pruned
-    )  # layer norms over the kept channels, as compaction leaves them
+    masked = masked_copy(model, graph, pruned)  # what compaction is checked against
     row.max_diff = check_equivalent(masked, compact, x, tol=math.inf) if pruned else 0.0
     with torch.no_grad():
         reference = masked.eval()(x)

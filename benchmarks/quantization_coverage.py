@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks._models import HFLogits, MissingDependency
 from lightning_optim.functional.compression_report.measure import compare_latency
 from lightning_optim.functional.quantization import (
     OnnxRunner,
@@ -76,21 +77,6 @@ MODELS = (*ZOO, *TORCHVISION, "vit_tiny", "bert")
 DEFAULT_MODELS = ("convnet3", "resnet18", "mobilenet_v2")
 #: the timed paths, in table order
 PATHS = ("fp32 eager", "fp32 compile", "pt2e int8", "ORT QDQ", "ours ONNX")
-
-
-class MissingDependency(Exception):
-    """A library a model needs is not installed."""
-
-
-class _Logits(nn.Module):
-    """``BertForSequenceClassification`` returning its logits tensor."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.model(input_ids=input_ids).logits
 
 
 def build_model(name: str, image_size: int, seq_len: int) -> tuple[nn.Module, tuple[int, ...], str]:
@@ -128,7 +114,7 @@ def build_model(name: str, image_size: int, seq_len: int) -> tuple[nn.Module, tu
         config = BertConfig(
             hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, num_labels=10
         )
-        return _Logits(BertForSequenceClassification(config)), (seq_len,), "tokens"
+        return HFLogits(BertForSequenceClassification(config)), (seq_len,), "tokens"
     raise ValueError(f"Unknown model {name!r}; allowed: {list(MODELS)}.")
 
 

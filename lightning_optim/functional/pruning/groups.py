@@ -534,15 +534,23 @@ def remove_units(
     for name, (_, keep) in layer_norm_masks(graph, pruned).items():
         modules[name].normalized_shape = (int(keep.sum()),)
     if example_input is not None and pruned:
-        masked = copy.deepcopy(model)
-        remove_layer_norm_masks(masked)
-        masks = unit_masks(masked, graph, pruned)
-        params = dict(masked.named_parameters())
-        for name, mask in masks.items():
-            params[name].mul_(mask.to(params[name].dtype))
-        apply_layer_norm_masks(masked, graph, pruned)
-        check_equivalent(masked, compact, example_input, rtol)
+        check_equivalent(masked_copy(model, graph, pruned), compact, example_input, rtol)
     return compact
+
+
+@torch.no_grad()
+def masked_copy(model: nn.Module, graph: DependencyGraph, pruned: Iterable[int]) -> nn.Module:
+    """A copy of ``model`` computing what it computes with the ``pruned`` units masked: their parameter slices
+    zeroed (:func:`unit_masks`) and their layer norms normalising over the kept channels
+    (:func:`apply_layer_norm_masks`); what :func:`remove_units` is checked against."""
+    pruned = set(pruned)
+    masked = copy.deepcopy(model)
+    remove_layer_norm_masks(masked)
+    params = dict(masked.named_parameters())
+    for name, mask in unit_masks(masked, graph, pruned).items():
+        params[name].mul_(mask.to(params[name].dtype))
+    apply_layer_norm_masks(masked, graph, pruned)
+    return masked
 
 
 def prune_channels(
@@ -583,6 +591,7 @@ __all__ = [
     "apply_layer_norm_masks",
     "check_equivalent",
     "group_masks",
+    "masked_copy",
     "groups_kept_whole",
     "group_unit_scores",
     "layer_norm_masks",

@@ -40,6 +40,17 @@ DEFAULT_ENGINE = "x86"
 ENGINE_AS_BACKEND_REMOVED_IN = "0.3.0"
 
 
+#: buffer name endings that define the quantization grid of a prepared model
+GRID_BUFFERS: tuple[str, ...] = (
+    "scale",
+    "zero_point",
+    "min_val",
+    "max_val",
+    "observer_enabled",
+    "fake_quant_enabled",
+)
+
+
 class QuantizationError(ValueError):
     """A model that a quantization backend cannot prepare, calibrate or convert; the message says why."""
 
@@ -92,9 +103,10 @@ class QuantizationBackend(ABC):
     def set_fake_quant(self, model: nn.Module, enabled: bool) -> None:
         """Switch fake quantization on or off (off: the prepared model computes in float)."""
 
-    @abstractmethod
     def quantization_state(self, model: nn.Module) -> dict[str, Tensor]:
-        """The tensors that define the quantization grid (scales, zero points, observer ranges)."""
+        """The tensors that define the quantization grid (scales, zero points, observer ranges): the buffers
+        whose names end in one of :data:`GRID_BUFFERS` (the same in the eager and PT2E stacks)."""
+        return {n: b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in GRID_BUFFERS}
 
     # ----------------------------------------------------------------------------------- PTQ
     @abstractmethod

@@ -43,15 +43,6 @@ with quiet_quantization_warnings():
 
 QUANT_STUB = "quant_stub"
 DEQUANT_STUB = "dequant_stub"
-#: buffer name endings that define the quantization grid of a prepared model
-GRID_BUFFERS: tuple[str, ...] = (
-    "scale",
-    "zero_point",
-    "min_val",
-    "max_val",
-    "observer_enabled",
-    "fake_quant_enabled",
-)
 
 
 class Float32FakeQuantize(FusedMovingAvgObsFakeQuantize):
@@ -266,9 +257,6 @@ class EagerBackend(QuantizationBackend):
     def observers_enabled(self, model: nn.Module) -> bool:
         """Whether any fake-quant module of ``model`` still updates its range."""
         return any(bool(m.observer_enabled[0]) for m in model.modules() if isinstance(m, FakeQuantizeBase))
-
-    def quantization_state(self, model: nn.Module) -> dict[str, Tensor]:
-        return {n: b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in GRID_BUFFERS}
 
     def prepare_ptq(self, model: nn.Module, fuse: bool = True) -> tuple[nn.Module, FusionPlan]:
         self._check_model(model)

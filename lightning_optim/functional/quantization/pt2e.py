@@ -78,15 +78,6 @@ DEPLOY_FORMAT = "lightning_optim.pt2e.v1"
 METADATA_KEYS: tuple[str, ...] = ("mean", "std", "input_shape", "class_names")
 #: how the quantize/dequantize nodes are written in a deploy file
 REPRESENTATIONS: tuple[str, ...] = ("aten", "quantized_decomposed")
-#: buffer name endings that define the quantization grid of a prepared model
-GRID_BUFFERS: tuple[str, ...] = (
-    "scale",
-    "zero_point",
-    "min_val",
-    "max_val",
-    "observer_enabled",
-    "fake_quant_enabled",
-)
 #: how to install torchao
 TORCHAO_HINT = "pip install 'torchao>=0.18,<0.19' (a dependency of lightning-optim)"
 
@@ -883,9 +874,6 @@ class Pt2eBackend(QuantizationBackend):
         """Whether any fake-quant module of ``model`` still updates its range."""
         ao = torchao_pt2e()
         return any(bool(m.observer_enabled[0]) for m in model.modules() if isinstance(m, ao.FakeQuantizeBase))
-
-    def quantization_state(self, model: nn.Module) -> dict[str, Tensor]:
-        return {n: b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in GRID_BUFFERS}
 
     # ----------------------------------------------------------------------------------- PTQ
     def prepare_ptq(self, model: nn.Module, fuse: bool = True) -> tuple[nn.Module, FusionPlan]:
