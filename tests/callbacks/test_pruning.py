@@ -1311,3 +1311,43 @@ def test_compact_during_fit_under_ddp(tmp_path):
     assert r0["widths"] == r1["widths"] and r0["step"] == r1["step"] == 4
     assert abs(r0["sum"] - r1["sum"]) < 1e-6 * max(1.0, abs(r0["sum"]))  # DDP kept the ranks in step
     assert max(r0["widths"][:-1]) <= 8  # compacted (16-wide inner layers halved)
+
+
+@pytest.mark.parametrize(
+    ("net", "shape", "granularity"),
+    [
+        ("packed", (5, 8), "channel_groups"),
+        ("mha", (5, 8), "heads"),
+        ("convnext", (3, 32, 32), "channel_groups"),
+        ("resnet", (3, 16, 16), "blocks"),
+    ],
+)
+def test_the_new_granularities_under_bf16_mixed(tmp_path, net, shape, granularity):
+    from tests.nets import TinyConvNeXt, TinyResNet, TinyViT
+
+    seed_everything(0)
+    model = {
+        "packed": lambda: TinyViT(kind="packed"),
+        "mha": lambda: TinyViT(kind="mha"),
+        "convnext": TinyConvNeXt,
+        "resnet": TinyResNet,
+    }[net]()
+    before = count_parameters(model)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, *shape, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    cb = ProgressivePruning(
+        final_sparsity=0.5,
+        start=0,
+        end=1,
+        unit="epoch",
+        granularity=granularity,
+        compact_at_end=granularity != "blocks",
+        verbose=False,
+    )
+    module = ClassificationModule(model, optimizer="adam", lr=1e-2)
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, max_epochs=2, precision="bf16-mixed", callbacks=[cb]))
+    trainer.fit(module, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=16))
+    assert count_parameters(module.model) < 0.9 * before
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    with torch.no_grad():
+        assert torch.isfinite(module.model.eval()(x[:4])).all()
