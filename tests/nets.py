@@ -339,3 +339,20 @@ class TinyConvNeXt(nn.Module):
     def forward(self, x):
         x = self.stage2(self.down(self.stage1(self.stem(x))))
         return self.head(torch.flatten(self.norm(x.mean((2, 3), keepdim=True)), 1))
+
+
+def tiny_bert_config(**overrides):
+    """A small ``transformers.BertConfig`` (2 layers, 4 heads of 8, hidden 32, 100 tokens): random init, no
+    download. Raises ImportError without transformers (callers skip with ``pytest.importorskip``)."""
+    import transformers
+
+    settings = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=16,
+    )
+    settings.update(overrides)
+    return transformers.BertConfig(**settings)

@@ -172,15 +172,9 @@ def test_a_state_dict_saved_after_head_pruning_loads_into_the_unpruned_architect
 def test_a_hugging_face_bert_loses_heads_and_neurons_through_torch_export():
     transformers = pytest.importorskip("transformers")
     from lightning_optim.weights import resize_to_state_dict
+    from tests.nets import tiny_bert_config
 
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=100,
-        num_labels=3,
-    )
+    config = tiny_bert_config(num_labels=3)
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(config).eval()
     ids = torch.randint(0, 100, (2, 7))

@@ -192,14 +192,9 @@ def test_export_rewrite_of_many_ops_runs_like_the_model():
 def tiny_bert():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=16,
-    )
+    from tests.nets import tiny_bert_config
+
+    config = tiny_bert_config()
     model = transformers.BertForSequenceClassification(config).eval()
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
     return model, ids
