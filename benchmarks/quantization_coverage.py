@@ -18,7 +18,15 @@ Per model (random init, batch-norm statistics settled on a few random batches as
 - **ORT QDQ**: ONNX Runtime's own static quantization of the fp32 model (``quantize_onnx_static``: fp32 ONNX
   export, ``quant_pre_process``, ``quantize_static`` QDQ, per-channel int8 weights, uint8 activations, MinMax
   on the same calibration batches) run in ONNX Runtime;
-- **ours ONNX**: our int8 model exported with QDQ nodes (``export_onnx``) run in ONNX Runtime.
+- **ours ONNX**: our ONNX deploy file as the callbacks write it (``export_quantized(..., "onnx", float_model=...,
+  calibration=...)``): ONNX Runtime's own static quantizer on our (possibly pruned) float network with the same
+  calibration batches, checked against our PT2E int8 model; for an unpruned model it is the ORT QDQ file;
+- **PT2E graph ONNX**: our PT2E int8 graph exported as it is (``export_onnx``) run in ONNX Runtime (the same
+  arithmetic as the PyTorch int8 model; ONNX Runtime runs the convolutions PT2E fused with an addition in float).
+
+``resnet18_pruned50`` is resnet18 with 50% of its channel groups removed (``prune_channels``, L2 scores,
+compacted) before everything above; the last line's Z is its pt2e int8 at ``--batch-size`` against resnet18's
+dense fp32 eager (and the line also gives it against dense fp32 compile), so run both models together.
 
 How the figures are counted:
 
@@ -63,6 +71,7 @@ from lightning_optim.functional.quantization import (
     OnnxRunner,
     Pt2eBackend,
     export_onnx,
+    export_quantized,
     lower,
     quantize_onnx_static,
 )
@@ -71,12 +80,12 @@ warnings.filterwarnings("ignore", ".*is deprecated.*")
 
 ZOO = ("convnet3", "lenet5", "separable_cnn")
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16")
-#: every model of the issue's target list
-MODELS = (*ZOO, *TORCHVISION, "vit_tiny", "bert")
+#: every model of the issue's target list, and the structured-50% resnet18
+MODELS = (*ZOO, *TORCHVISION, "vit_tiny", "bert", "resnet18_pruned50")
 #: what runs by default
 DEFAULT_MODELS = ("convnet3", "resnet18", "mobilenet_v2")
 #: the timed paths, in table order
-PATHS = ("fp32 eager", "fp32 compile", "pt2e int8", "ORT QDQ", "ours ONNX")
+PATHS = ("fp32 eager", "fp32 compile", "pt2e int8", "ORT QDQ", "ours ONNX", "PT2E graph ONNX")
 
 
 def build_model(name: str, image_size: int, seq_len: int) -> tuple[nn.Module, tuple[int, ...], str]:
@@ -115,6 +124,8 @@ def build_model(name: str, image_size: int, seq_len: int) -> tuple[nn.Module, tu
             hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, num_labels=10
         )
         return HFLogits(BertForSequenceClassification(config)), (seq_len,), "tokens"
+    if name == "resnet18_pruned50":
+        return build_model("resnet18", image_size, seq_len)
     raise ValueError(f"Unknown model {name!r}; allowed: {list(MODELS)}.")
 
 
@@ -189,6 +200,14 @@ def run_model(name: str, args: argparse.Namespace, log) -> Row:
     torch.manual_seed(0)
     model = settle(model, shape, kind)
     example = make_input(shape, kind, args.calibration_batch_size)
+    if name.endswith("_pruned50"):
+        from lightning_optim.functional.pruning.groups import prune_channels
+
+        before = sum(p.numel() for p in model.parameters())
+        model = prune_channels(model, example, 0.5)[0].eval()
+        row.notes.append(
+            f"50% of the channel groups removed: {before:,} -> {sum(p.numel() for p in model.parameters()):,} parameters"
+        )
     calibration = [
         make_input(shape, kind, args.calibration_batch_size) for _ in range(args.calibration_batches)
     ]
@@ -234,7 +253,15 @@ def run_model(name: str, args: argparse.Namespace, log) -> Row:
         except Exception as err:  # noqa: BLE001
             row.failures["pt2"] = _short(err)
         try:
-            path = export_onnx(quantized, folder / f"{name}_int8.onnx", example)
+            path = export_quantized(
+                quantized,
+                folder / f"{name}_int8.onnx",
+                "onnx",
+                example,
+                backend=backend,
+                float_model=model,
+                calibration=calibration,
+            )
             row.sizes["ours ONNX"] = path.stat().st_size
             runner = OnnxRunner(path, threads=args.threads)
             runners["ours ONNX"] = runner
@@ -243,6 +270,11 @@ def run_model(name: str, args: argparse.Namespace, log) -> Row:
             )
         except Exception as err:  # noqa: BLE001
             row.failures["ours ONNX"] = _short(err)
+        try:
+            path = export_onnx(quantized, folder / f"{name}_int8_graph.onnx", example)
+            runners["PT2E graph ONNX"] = OnnxRunner(path, threads=args.threads)
+        except Exception as err:  # noqa: BLE001
+            row.failures["PT2E graph ONNX"] = _short(err)
     log(f"  {name}: ours done {time.perf_counter() - start:.0f} s")
 
     # ONNX Runtime's own static QDQ of the fp32 model
@@ -326,9 +358,18 @@ def last_line(rows: list[Row], batch: int) -> str:
     ys = [r.speed(1, ("pt2e int8", "ours ONNX"), "ORT QDQ") for r in ran]
     ys = [y for y in ys if y is not None]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
+    pruned = next((r for r in ran if r.name == "resnet18_pruned50"), None)
+    z = z_compile = None
+    if pruned is not None and resnet is not None:
+        mine = pruned.latency.get(batch, {}).get("pt2e int8")
+        dense = resnet.latency.get(batch, {})
+        if mine:
+            z = dense["fp32 eager"] / mine if "fp32 eager" in dense else None
+            z_compile = dense["fp32 compile"] / mine if "fp32 compile" in dense else None
     return (
         f"int8 coverage: {covered}/{len(ran)} models; resnet18 b{batch} vs best fp32 {fmt(x)}; "
-        f"b1 vs ORT QDQ {fmt(min(ys) if ys else None)}; pruned+int8 resnet18 vs dense eager n/a"
+        f"b1 vs ORT QDQ {fmt(min(ys) if ys else None)}; pruned+int8 resnet18 vs dense eager {fmt(z)} "
+        f"(vs dense compile {fmt(z_compile)})"
     )
 
 

@@ -164,7 +164,19 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     (
         "QuantizationAwareTraining",
         "unknown export format",
-        "QuantizationAwareTraining(export_format='onnx')",
+        "QuantizationAwareTraining(export_format='tflite')",
+        "ValueError",
+    ),
+    (
+        "QuantizationAwareTraining",
+        "a format the chosen stack does not write",
+        "QuantizationAwareTraining(backend='eager', export_format='onnx')",
+        "ValueError",
+    ),
+    (
+        "QuantizationAwareTraining",
+        "formats no single stack writes",
+        "QuantizationAwareTraining(export_format=['pt2', 'artifact'])",
         "ValueError",
     ),
     (

@@ -980,6 +980,10 @@ class ProgressivePruning(Callback):
         weights, and with structured pruning the unit's bias and the normalization layer that follows (channel
         groups: the masks already name every parameter they zero)."""
         params = dict(model.named_parameters())
+        # a network captured for PT2E QAT holds the same parameters under a prefix (``pt2e_graph.``)
+        prefix = getattr(model, "parameter_prefix", "")
+        if prefix:
+            params.update({n[len(prefix) :]: p for n, p in params.items() if n.startswith(prefix)})
         masks = (
             unit_masks_with_followers(self.masks, params, self._followers) if self.structured else self.masks
         )

@@ -1,16 +1,21 @@
 """Quantization-aware training and post-training quantization ending in a real int8 model.
 
-Both callbacks talk to a :class:`~lightning_optim.functional.quantization.QuantizationBackend` (the stack,
-``backend="eager"``: eager ``torch.ao.quantization``, exported as TorchScript) converting for a kernel target
-(``engine="x86"`` or ``"fbgemm"``), hand back the int8 model as ``callback.quantized_model`` (also
-``compressed_model``, see :class:`~lightning_optim.callbacks.phases.OffersModel`), save it with
-:func:`~lightning_optim.functional.quantization.export_quantized` where ``torch.jit.load`` alone can read it,
-and report fp32 vs int8 accuracy, size and CPU latency as a table and to the logger.
+Both callbacks talk to a :class:`~lightning_optim.functional.quantization.QuantizationBackend` (the stack:
+``backend="pt2e"``, ``torch.export`` + torchao's ``X86InductorQuantizer``, exported as a ``.pt2`` program and
+ONNX; ``"eager"``, eager ``torch.ao.quantization``, exported as TorchScript; ``"auto"``, the default, PT2E when
+a dry run at setup shows it can quantize the model, else eager) converting for a kernel target
+(``engine="x86"``), hand back the int8 model as ``callback.quantized_model`` (also ``compressed_model``, see
+:class:`~lightning_optim.callbacks.phases.OffersModel`), save it with
+:func:`~lightning_optim.functional.quantization.export_quantized` into the run's log folder (with the input
+preprocessing, never over an earlier file), and report fp32 vs int8 accuracy, size and CPU latency as a table
+and to the logger.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,21 +38,26 @@ from lightning_optim.callbacks.phases import Compacts, PhaseState, phase_done, p
 from lightning_optim.checks import check_choice
 from lightning_optim.functional.pruning import apply_masks_, zero_masks
 from lightning_optim.functional.quantization import (
-    DEFAULT_BACKEND,
+    BACKEND_FORMATS,
+    BACKENDS,
     DEFAULT_ENGINE,
     FP32_BEST_EFFORT,
     FusionPlan,
+    QuantizationBackend,
     QuantizationError,
     QuantizationReport,
     accuracy,
-    check_export_format,
+    check_backend_name,
+    check_export_formats,
     create_backend,
-    export_file_path,
     export_quantized,
     format_report,
     quantization_report,
     resolve_backend,
+    unused_path,
 )
+from lightning_optim.functional.quantization.export import EXPORT_FORMATS as _SUFFIXES
+from lightning_optim.weights import resize_to_state_dict
 
 # `EXPORT_FORMATS` lived here up to 0.2.x: it moved to functional/quantization/export.py
 __getattr__ = moved(__name__, "lightning_optim.functional.quantization.export")
@@ -68,8 +78,29 @@ def _check_best_effort(methods: Any) -> tuple[str, ...]:
     return methods
 
 
-#: the quantization stacks the callbacks drive (PT2E: the functions only, until the callbacks swap modules)
-CALLBACK_BACKENDS: tuple[str, ...] = ("eager",)
+#: the quantization stacks the callbacks drive; ``"auto"`` (the default) picks the first that a dry run at setup
+#: shows working for the model: :data:`AUTO_ORDER`
+CALLBACK_BACKENDS: tuple[str, ...] = ("auto", "pt2e", "eager")
+#: calibration batches ONNX Runtime's quantizer sees for the ONNX deploy file (and its agreement check)
+ONNX_CALIBRATION_BATCHES = 8
+#: the stacks ``backend="auto"`` tries, in order: PT2E (maintained, any exportable model) before eager
+#: (deprecated by torch; some models measure faster on it: choose it by name)
+AUTO_ORDER: tuple[str, ...] = ("pt2e", "eager")
+
+
+def _deploy_metadata(trainer: pl.Trainer, input_shape: tuple[int, ...] | None) -> dict[str, Any]:
+    """The input preprocessing for the deploy files: the data module's ``deploy_metadata()`` where it has one,
+    else the input shape."""
+    dm = getattr(trainer, "datamodule", None)
+    info: dict[str, Any] = {}
+    if dm is not None and callable(getattr(dm, "deploy_metadata", None)):
+        try:
+            info = dict(dm.deploy_metadata())
+        except Exception as err:  # noqa: BLE001 - the files are still written, without the preprocessing
+            rank_zero_warn(f"Quantization export: the data module's deploy_metadata() failed ({err}).")
+    if input_shape is not None:
+        info["input_shape"] = list(input_shape)
+    return info
 
 
 class _QuantizationCallbackBase(Callback):
@@ -90,17 +121,53 @@ class _QuantizationCallbackBase(Callback):
         fp32_best_effort: tuple[str, ...],
         attribute: str,
         verbose: bool,
-        export_format: str = "torchscript",
+        export_format: str | list[str] | None = None,
+        dry_run: bool = True,
     ) -> None:
-        # `backend="x86"`/`"fbgemm"` (the engine, the old meaning) maps to `engine` with a DeprecationWarning
-        self.backend_name, self.engine = resolve_backend(backend, engine, stacklevel=3)
-        if self.backend_name not in CALLBACK_BACKENDS:
-            raise ValueError(
-                f"`backend={self.backend_name!r}` is not available in the quantization callbacks yet (they use "
-                f"{list(CALLBACK_BACKENDS)}); the PT2E stack is usable from Python: "
-                "lightning_optim.functional.quantization.Pt2eBackend (PTQ, QAT, a .pt2 file) and export_onnx."
+        self.auto_backend = isinstance(backend, str) and backend.lower() == "auto"
+        requested = check_export_formats(export_format)  # [] for None: the stack's own format
+        self._auto_order: tuple[str, ...] = ()
+        if self.auto_backend:
+            # the stacks that convert for `engine` and write every requested format, in AUTO_ORDER
+            engines = {b: BACKENDS[check_backend_name(b)].engines for b in AUTO_ORDER}
+            wanted = engine.lower() if isinstance(engine, str) else engine
+            check_choice(
+                "engine",
+                wanted,
+                list(dict.fromkeys(e for es in engines.values() for e in es)),
+                kind="quantization",
             )
-        self.export_format = check_export_format(export_format)
+            self._auto_order = tuple(
+                b
+                for b in AUTO_ORDER
+                if all(f in BACKEND_FORMATS[b] for f in requested) and wanted in engines[b]
+            )
+            if not self._auto_order:
+                raise ValueError(
+                    f"`export_format={export_format!r}` with `engine={engine!r}`: no quantization stack writes all "
+                    f"of {requested} for that engine (they write {dict(BACKEND_FORMATS)}; engines: {engines}); ask "
+                    "for formats of one `backend`."
+                )
+            self.backend_name, self.engine = resolve_backend(self._auto_order[0], engine, stacklevel=3)
+        else:
+            # `backend="x86"`/`"fbgemm"` (the engine, the old meaning) maps to `engine` with a DeprecationWarning
+            self.backend_name, self.engine = resolve_backend(backend, engine, stacklevel=3)
+            if self.backend_name not in CALLBACK_BACKENDS:
+                raise ValueError(
+                    f"Unknown quantization `backend` {self.backend_name!r}; allowed: {list(CALLBACK_BACKENDS)}."
+                )
+        self._export_format_arg = export_format
+        self.export_formats = check_export_formats(export_format, self.backend_name)
+        if "onnx" in requested:
+            missing = [
+                m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None
+            ]
+            if missing:
+                raise ImportError(
+                    f"`export_format` 'onnx' needs {missing}: pip install 'lightning-optim[onnx]' (or leave 'onnx' "
+                    "out of `export_format`)."
+                )
+        self.dry_run = dry_run
         if eval_batches is not None and eval_batches < 1:
             raise ValueError(f"`eval_batches` must be >= 1 or None (all), got {eval_batches}.")
         if latency_repeats < 1:
@@ -116,9 +183,12 @@ class _QuantizationCallbackBase(Callback):
         self.fp32_best_effort = _check_best_effort(fp32_best_effort)
         self.attribute = attribute
         self.verbose = verbose
-        self.backend = create_backend(self.backend_name, engine=self.engine)
+        self.backend: QuantizationBackend = create_backend(self.backend_name, engine=self.engine)
+        self.backend_choice: str = "" if self.auto_backend else f"backend={self.backend_name!r} (as given)"
+        self._chosen = False  # whether the dry run chose (or checked) the stack
         self.quantized_model: nn.Module | None = None
         self.exported_path: Path | None = None
+        self.exported_paths: dict[str, Path] = {}
         self.fusion_plan: FusionPlan | None = None
         self.quantization_report: QuantizationReport | None = None
         self.report_table: str | None = None
@@ -135,6 +205,14 @@ class _QuantizationCallbackBase(Callback):
             )
         return model
 
+    def _set_network(self, pl_module: pl.LightningModule, network: nn.Module) -> None:
+        setattr(pl_module, self.attribute, network)
+
+    @property
+    def export_format(self) -> str:
+        """The first export format (the file :attr:`exported_path` names)."""
+        return self.export_formats[0] if self.export_formats else ""
+
     def _remember_input(self, x: Any) -> None:
         if not (isinstance(x, Tensor) and x.dim() >= 1):
             return
@@ -142,6 +220,88 @@ class _QuantizationCallbackBase(Callback):
             self.input_shape = tuple(x.shape[1:])
         if self._example is None:  # also after a resume, where input_shape came back from the checkpoint
             self._example = x[:2].detach().float().cpu().clone()
+            if hasattr(self.backend, "set_example_input"):
+                self.backend.set_example_input(self._example)
+
+    def _ensure_example(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+        """An example input batch: the one seen already, else ``pl_module.example_input_array``, else the first
+        batch of the training data (as seen at evaluation); ``None`` when there is none."""
+        if self._example is None:
+            example = getattr(pl_module, "example_input_array", None)
+            if isinstance(example, Tensor) and example.dim() >= 1:
+                self._remember_input(example)
+        if self._example is None:
+            try:
+                for x, _ in eval_batches(trainer, pl_module, "train", 1):
+                    self._remember_input(x)
+            except Exception as err:  # noqa: BLE001 - the checks run on the first training batch instead
+                rank_zero_warn(f"{type(self).__name__}: could not read a training batch at setup ({err}).")
+        return self._example
+
+    def _use_backend(self, name: str) -> None:
+        if name == self.backend.name:
+            return
+        self.backend = create_backend(name, engine=self.engine)
+        self.backend_name = name
+        if self._example is not None and hasattr(self.backend, "set_example_input"):
+            self.backend.set_example_input(self._example)
+        self.export_formats = check_export_formats(self._export_format_arg, name)
+
+    def _probe(self, backend: QuantizationBackend, model: nn.Module, qat: bool) -> None:
+        """prepare -> observe -> convert -> run on a copy of ``model`` with the example input."""
+        assert self._example is not None
+        probe = copy.deepcopy(model).cpu()
+        if qat and getattr(backend, "qat_in_place", True):
+            backend.prepare_qat(probe.train(), fuse=self.fuse)
+            prepared = probe
+        elif qat:
+            prepared = backend.prepare_qat_module(probe)  # type: ignore[attr-defined]
+        else:
+            prepared, _ = backend.prepare_ptq(probe, fuse=self.fuse)
+        backend.check_int8_forward(prepared, self._example)
+
+    def _run_dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, qat: bool) -> None:
+        """At setup, before any epoch: prepare, convert and run a copy of the network on an example input with
+        the chosen stack (``"auto"``: each of :data:`AUTO_ORDER` until one works), so that a model the stack
+        cannot quantize is refused now, naming the failing op, and not after the pruning epochs."""
+        model = self._network(pl_module)
+        if self._chosen or self.backend.is_prepared(model) or self.quantized_model is not None:
+            return
+        candidates = list(self._auto_order) if self.auto_backend else [self.backend_name]
+        if not self.dry_run or self._ensure_example(trainer, pl_module) is None:
+            if self.auto_backend:
+                self.backend_choice = f"backend='auto' -> {self.backend_name!r} (no dry run)"
+            return
+        errors: dict[str, str] = {}
+        for name in candidates:
+            backend = self.backend if name == self.backend.name else create_backend(name, engine=self.engine)
+            if self._example is not None and hasattr(backend, "set_example_input"):
+                backend.set_example_input(self._example)
+            try:
+                self._probe(backend, model, qat)
+            except (QuantizationError, ImportError, NotImplementedError) as err:
+                errors[name] = str(err)
+                continue
+            self._use_backend(name)
+            self._chosen = True
+            if self.auto_backend:
+                tried = "; ".join(f"{n}: {e.splitlines()[0][:300]}" for n, e in errors.items())
+                self.backend_choice = f"backend='auto' -> {name!r}" + (f" (after {tried})" if tried else "")
+                if errors and self.verbose:
+                    rank_zero_info(f"{type(self).__name__}: {self.backend_choice}")
+            return
+        given = (
+            "backend='auto' tried " + ", ".join(errors)
+            if self.auto_backend
+            else f"backend={self.backend_name!r}"
+        )
+        details = "\n".join(f"- {n}: {e}" for n, e in errors.items())
+        raise QuantizationError(
+            f"{type(self).__name__}: the dry run at setup (prepare -> convert -> run on an example input) failed "
+            f"with {given}:\n{details}\nWays out: another `backend` ({list(CALLBACK_BACKENDS)}), keep the failing "
+            "module in float (PT2E: Pt2eBackend(exclude=[...])) or out of the quantized network, or `dry_run=False` "
+            "to find out when quantization starts."
+        )
 
     @property
     def compressed_model(self) -> nn.Module | None:
@@ -157,10 +317,22 @@ class _QuantizationCallbackBase(Callback):
             self._remember_input(x)
             yield x, y
 
-    def _default_export_path(self, trainer: pl.Trainer, filename: str) -> Path:
+    def _export_paths(self, trainer: pl.Trainer, filename: str) -> dict[str, Path]:
+        """One file per export format: ``export_path`` (its stem for the other formats) when given, else
+        ``<trainer.log_dir>/quantization/<filename stem><suffix>``, versioned (``-v1``...) so that no earlier
+        file is overwritten; rank 0 decides, every rank gets the same names."""
+        suffixes = {f: _SUFFIXES[f] for f in self.export_formats}
         if self.export_path:
-            return Path(self.export_path)
-        return export_file_path(Path(trainer.default_root_dir) / "quantization", filename, self.export_format)
+            first = Path(self.export_path)
+            return {
+                f: (first if i == 0 else first.with_suffix(s)) for i, (f, s) in enumerate(suffixes.items())
+            }
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "quantization"
+        first = unused_path(
+            folder / (Path(filename).stem + next(iter(suffixes.values()))), tuple(suffixes.values())
+        )
+        first = Path(trainer.strategy.broadcast(str(first)))
+        return {f: first.with_suffix(s) for f, s in suffixes.items()}
 
     def _broadcast_state(self, trainer: pl.Trainer, model: nn.Module) -> None:
         """Rank 0's parameters, buffers and quantization ranges on every rank (identical int8 models)."""
@@ -177,22 +349,49 @@ class _QuantizationCallbackBase(Callback):
         fp32_accuracy_model: nn.Module,
         filename: str,
         title: str,
+        float_network: Any = None,
+        calibration: Any = None,
     ) -> None:
-        """Export, report, log and (optionally) put the int8 model in the LightningModule."""
+        """Export, report, log and (optionally) put the int8 model in the LightningModule.
+
+        ``float_network``/``calibration``: for the ONNX file, callables giving the trained float network and
+        calibration inputs (ONNX Runtime's own quantizer writes it; see ``export_quantized``)."""
         quantized = self.quantized_model
         assert quantized is not None
-        if self.export:
-            path = self._default_export_path(trainer, filename)
+        if self.export and self.export_formats:
+            paths = self._export_paths(trainer, filename)
             if trainer.is_global_zero:
-                export_quantized(quantized, path, self.export_format, self._example, backend=self.backend)
+                metadata = _deploy_metadata(trainer, self.input_shape)
+                onnx = "onnx" in paths and float_network is not None and calibration is not None
+                for fmt, path in paths.items():
+                    export_quantized(
+                        quantized,
+                        path,
+                        fmt,
+                        self._example,
+                        backend=self.backend,
+                        metadata=metadata,
+                        float_model=float_network() if onnx and fmt == "onnx" else None,
+                        calibration=calibration() if onnx and fmt == "onnx" else None,
+                    )
+                if self.verbose:
+                    rank_zero_info(
+                        f"{type(self).__name__}: int8 model written to "
+                        + ", ".join(str(p) for p in paths.values())
+                    )
             trainer.strategy.barrier("quantization_export")
-            self.exported_path = path
+            self.exported_paths = paths
+            self.exported_path = next(iter(paths.values()))
         if self.report and trainer.is_global_zero:
             fp32_acc = int8_acc = None
             batches = list(self._model_batches(trainer, pl_module, "val", self.eval_batches))
             if batches:
                 fp32_acc = accuracy(fp32_accuracy_model, batches)
                 int8_acc = accuracy(quantized, batches)
+            timed = quantized
+            if self.input_shape is not None and self.latency_batch_sizes and hasattr(self.backend, "lower"):
+                example = self._example if self._example is not None else torch.zeros(1, *self.input_shape)
+                timed = self.backend.lower(quantized, example)  # type: ignore[attr-defined]
             rep = quantization_report(
                 fp32_model,
                 quantized,
@@ -203,6 +402,7 @@ class _QuantizationCallbackBase(Callback):
                 batch_sizes=self.latency_batch_sizes if self.input_shape is not None else (),
                 repeats=self.latency_repeats,
                 best_effort=self.fp32_best_effort,
+                int8_runner=timed,
             )
             self.quantization_report = rep
             self.report_table = format_report(rep, title)
@@ -247,11 +447,16 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     quantization ranges still change, ``done`` once they are frozen or the model is converted.
 
     Args:
-        backend: the quantization stack: ``"eager"`` (eager ``torch.ao.quantization``, exported as
-            TorchScript). ``"x86"``/``"fbgemm"`` here still mean ``engine`` for one release (with a
+        backend: the quantization stack: ``"auto"`` (default: the first of ``"pt2e"``, ``"eager"`` that the
+            dry run at setup shows working for the model, among those writing ``export_format``), ``"pt2e"``
+            (``torch.export`` + torchao ``X86InductorQuantizer``: residual adds, concatenations, SE blocks,
+            attention linears; the prepared network is a
+            :class:`~lightning_optim.functional.quantization.Pt2eModule` that trains the same parameters;
+            exported as ``.pt2``/ONNX), ``"eager"`` (eager ``torch.ao.quantization``, deprecated by torch;
+            exported as TorchScript). ``"x86"``/``"fbgemm"`` here still mean ``engine`` for one release (with a
             ``DeprecationWarning``).
         engine: the kernel target the int8 model is converted for: ``"x86"`` (fastest on x86 CPUs) or
-            ``"fbgemm"`` (like ``torch.backends.quantized.engine``).
+            ``"fbgemm"`` (eager only; like ``torch.backends.quantized.engine``).
         start_epoch: first epoch with fake quantization (0 = from the start).
         start_after: name of a compression phase (e.g. ``"pruning"``); QAT starts at the first epoch
             ``>= start_epoch`` at which that phase is done.
@@ -264,12 +469,19 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         replace_model: after conversion, put the int8 model in ``pl_module.<attribute>`` (only when the model
             was trained on the CPU) so that ``trainer.test`` measures the int8 model.
         export: save the int8 model at conversion.
-        export_path: file for the export; default ``<default_root_dir>/quantization/model_int8.pt`` (``.lopt``
-            for the artifact format).
-        export_format: ``"torchscript"`` (``torch.jit.load`` reads it) or ``"artifact"`` (the compact
-            artifact of :mod:`lightning_optim.functional.artifact`: the same TorchScript module with its
-            int8 values, scales and code in LZMA streams, smaller; ``load_artifact`` reads it, and that module
-            needs only torch and the standard library).
+        export_path: file for the export (the other formats: the same stem, their suffix; an existing file is
+            replaced); default ``<trainer.log_dir>/quantization/model_int8.<suffix>``, ``model_int8-v1...`` where
+            that exists (never overwritten).
+        export_format: one format or a list; ``None`` (default): the stack's own (``"pt2"`` for PT2E,
+            ``"torchscript"`` for eager). PT2E: ``"pt2"`` (a ``torch.export`` program with int8 weights only,
+            the input preprocessing and checksums; ``torch.export.load(path).module()`` runs it with torch
+            alone) and ``"onnx"`` (QDQ ONNX, checked in ONNX Runtime; the ``onnx`` extra). Eager:
+            ``"torchscript"`` (``torch.jit.load``) and ``"artifact"`` (the compact artifact of
+            :mod:`lightning_optim.functional.artifact`: the same TorchScript module with its int8 values, scales
+            and code in LZMA streams, smaller; ``load_artifact`` reads it with torch and the standard library).
+        dry_run: at setup, before any epoch, prepare, convert and run a copy of the network on an example input
+            (``pl_module.example_input_array`` or the first training batch): an op the stack cannot quantize is
+            refused then, not when QAT starts.
         report: measure and log the report after conversion.
         eval_batches: validation batches for the accuracy in the report (``None``: all).
         latency_batch_sizes: batch sizes at which the report times fp32 and int8 (empty: no timing).
@@ -305,7 +517,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
 
     def __init__(
         self,
-        backend: str = DEFAULT_BACKEND,
+        backend: str = "auto",
         engine: str = DEFAULT_ENGINE,
         start_epoch: int = 0,
         start_after: str | None = None,
@@ -317,7 +529,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         replace_model: bool = True,
         export: bool = True,
         export_path: str | None = None,
-        export_format: str = "torchscript",
+        export_format: str | list[str] | None = None,
         report: bool = True,
         eval_batches: int | None = None,
         latency_batch_sizes: tuple[int, ...] = (1, 256),
@@ -326,6 +538,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         attribute: str = "model",
         verbose: bool = True,
         compact_pruned: bool = True,
+        dry_run: bool = True,
     ) -> None:
         super().__init__(
             backend,
@@ -342,6 +555,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             attribute,
             verbose,
             export_format,
+            dry_run,
         )
         if not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"`start_epoch` must be an int >= 0, got {start_epoch!r}.")
@@ -467,6 +681,8 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             )
         if self.start_after is not None:
             phase_done(trainer, self.start_after)  # raises ValueError naming the phases present
+        self._trainer_ref = trainer
+        self._run_dry_run(trainer, pl_module, qat=True)
         model = self._network(pl_module)
         if self._load_hook is None:
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._rebuild_before_load)
@@ -477,14 +693,33 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     def _rebuild_before_load(
         self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
     ) -> None:
-        """Load-state-dict pre-hook: a checkpoint of a prepared model needs the prepared structure first."""
-        marker = f"{prefix}{self.attribute}.{self.backend.prepared_marker}."
-        if not any(key.startswith(marker) for key in state_dict):
+        """Load-state-dict pre-hook: a checkpoint of a prepared model needs the prepared structure first (with
+        ``"auto"``: the structure of the stack the checkpoint was prepared with)."""
+        names = self._auto_order if self.auto_backend else (self.backend_name,)
+        for name in names:
+            factory = create_backend(name, engine=self.engine) if name != self.backend.name else self.backend
+            marker = f"{prefix}{self.attribute}.{factory.prepared_marker}."
+            if any(key.startswith(marker) for key in state_dict):
+                break
+        else:
             return
         model = target_model(module, self.attribute)
         if model is module or self.backend.is_prepared(model):
             return
-        self._prepare(model, epoch=None)
+        self._use_backend(name)
+        if not getattr(self.backend, "qat_in_place", True):
+            # a capture of the float network with the checkpoint's layer sizes (structured pruning compacted it)
+            stripped = {k[len(marker) :]: v for k, v in state_dict.items() if k.startswith(marker)}
+            resize_to_state_dict(model, stripped, strict=False)
+            trainer = getattr(self, "_trainer_ref", None)
+            if self._example is None and trainer is not None:
+                self._ensure_example(trainer, module)  # type: ignore[arg-type]
+            if self._example is None:
+                raise QuantizationError(
+                    f"{type(self).__name__}: resuming a PT2E-prepared checkpoint needs an example input to capture "
+                    "the network again: give the Trainer training data or set `example_input_array`."
+                )
+        self._prepare(module, model, epoch=None)  # type: ignore[arg-type]
 
     def _should_start(self, trainer: pl.Trainer) -> bool:
         if trainer.current_epoch < self.start_epoch:
@@ -500,6 +735,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         if not self.prepared:
             return
         self._run_observe(pl_module, training=True)  # in case a checkpoint was saved while validating
+        model = self._network(pl_module)  # PT2E: the prepared module took the float one's place
         epoch = trainer.current_epoch
         metrics: dict[str, float] = {}
         if self.freeze_bn_epoch is not None and epoch >= self.freeze_bn_epoch:
@@ -519,9 +755,16 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             metrics["quantization/observers_frozen_epoch"] = float(epoch)
         log_metrics(trainer, metrics)
 
-    def _prepare(self, model: nn.Module, epoch: int | None) -> None:
+    def _prepare(self, pl_module: pl.LightningModule, model: nn.Module, epoch: int | None) -> None:
         self._float_reference = copy.deepcopy(model).cpu().eval()
-        self.fusion_plan = self.backend.prepare_qat(model, fuse=self.fuse)
+        if getattr(self.backend, "qat_in_place", True):
+            self.fusion_plan = self.backend.prepare_qat(model, fuse=self.fuse)
+        else:
+            # PT2E captures a new module that trains the float network's own parameters; it takes its place
+            prepared = self.backend.prepare_qat_module(model)  # type: ignore[attr-defined]
+            prepared.train(model.training)
+            self._set_network(pl_module, prepared)
+            self.fusion_plan = prepared.capture
         self.prepared = True
         self.started_epoch = epoch if epoch is not None else self.started_epoch
         self._needs_check = True
@@ -544,7 +787,16 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             self._run_compact_phases(trainer, pl_module)
         model = self._network(pl_module)
         before = {id(p) for p in model.parameters()}
-        self._prepare(model, epoch=trainer.current_epoch)
+        if (
+            not getattr(self.backend, "qat_in_place", True)
+            and self._ensure_example(trainer, pl_module) is None
+        ):
+            raise QuantizationError(
+                f"{type(self).__name__}: backend={self.backend_name!r} captures the network with torch.export and "
+                "needs an example input: give the Trainer training data or set `pl_module.example_input_array`."
+            )
+        self._prepare(pl_module, model, epoch=trainer.current_epoch)
+        model = self._network(pl_module)
         if self.verbose and self.fusion_plan is not None:
             rank_zero_info(
                 f"QuantizationAwareTraining: QAT starts at epoch {trainer.current_epoch}.\n{self.fusion_plan.summary()}"
@@ -618,13 +870,21 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
                 "QuantizationAwareTraining: the model is not on the CPU; the int8 model was not put in pl_module."
             )
         try:
-            self._finish(trainer, pl_module, reference, fp32_view, "model_int8.pt", "QAT: fp32 vs int8")
+            self._finish(
+                trainer,
+                pl_module,
+                reference,
+                fp32_view,
+                "model_int8.pt",
+                "QAT: fp32 vs int8",
+            )
         finally:
             self.replace_model = keep_replace
 
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
+            "backend": self.backend_name,
             "prepared": self.prepared,
             "started_epoch": self.started_epoch,
             "observers_frozen": self.observers_frozen,
@@ -634,6 +894,11 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        name = state_dict.get("backend")
+        if self.auto_backend and name in self._auto_order:
+            self._use_backend(name)
+            self._chosen = True
+            self.backend_choice = self.backend_choice or f"backend='auto' -> {name!r} (from the checkpoint)"
         self.prepared = bool(state_dict.get("prepared", self.prepared)) or self.prepared
         self.started_epoch = state_dict.get("started_epoch", self.started_epoch)
         self.observers_frozen = bool(state_dict.get("observers_frozen", False))
@@ -655,16 +920,18 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
     used on every rank.
 
     Args:
-        backend: the quantization stack, ``"eager"`` (see :class:`QuantizationAwareTraining`).
-        engine: the kernel target, ``"x86"`` or ``"fbgemm"``.
+        backend: the quantization stack, ``"auto"``, ``"pt2e"`` or ``"eager"`` (see
+            :class:`QuantizationAwareTraining`).
+        engine: the kernel target, ``"x86"`` or ``"fbgemm"`` (eager only).
         calibration_batches: batches run through the observed model.
         calibration_split: ``"train"``, ``"val"`` or ``"test"``.
         fuse: fuse conv-bn(-relu)/conv-relu/linear-relu chains.
         replace_model: put the int8 model in ``pl_module.<attribute>`` afterwards (CPU models only).
         export: save the int8 model.
-        export_path: file for the export; default ``<default_root_dir>/quantization/model_int8_ptq.pt``
-            (``.lopt`` for the artifact format).
-        export_format: ``"torchscript"`` or ``"artifact"`` (see :class:`QuantizationAwareTraining`).
+        export_path: file for the export; default ``<trainer.log_dir>/quantization/model_int8_ptq.<suffix>``
+            (versioned, never overwritten).
+        export_format: one format or a list, ``None`` for the stack's own (see
+            :class:`QuantizationAwareTraining`).
         report: measure and log the report.
         eval_batches: validation batches for the accuracy in the report (``None``: all).
         latency_batch_sizes: batch sizes at which fp32 and int8 are timed (empty: no timing).
@@ -672,6 +939,8 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         fp32_best_effort: fp32 speed-ups to try, ``"channels_last"`` and/or ``"compile"``.
         attribute: attribute of the LightningModule that holds the network.
         verbose: print the fusion summary and the report.
+        dry_run: at setup (``fit`` or ``validate``), prepare, convert and run a copy of the network on an example
+            input, so that a model the stack cannot quantize is refused before any epoch.
 
     Raises:
         ValueError: an unknown ``backend``, ``engine`` or ``calibration_split``; ``calibration_batches < 1``.
@@ -687,7 +956,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
 
     def __init__(
         self,
-        backend: str = DEFAULT_BACKEND,
+        backend: str = "auto",
         engine: str = DEFAULT_ENGINE,
         calibration_batches: int = 32,
         calibration_split: str = "train",
@@ -695,7 +964,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         replace_model: bool = True,
         export: bool = True,
         export_path: str | None = None,
-        export_format: str = "torchscript",
+        export_format: str | list[str] | None = None,
         report: bool = True,
         eval_batches: int | None = None,
         latency_batch_sizes: tuple[int, ...] = (1, 256),
@@ -703,6 +972,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         fp32_best_effort: tuple[str, ...] = FP32_BEST_EFFORT,
         attribute: str = "model",
         verbose: bool = True,
+        dry_run: bool = True,
     ) -> None:
         super().__init__(
             backend,
@@ -719,6 +989,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
             attribute,
             verbose,
             export_format,
+            dry_run,
         )
         if calibration_batches < 1:
             raise ValueError(f"`calibration_batches` must be >= 1, got {calibration_batches}.")
@@ -732,6 +1003,10 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
     def state_key(self) -> str:
         # the key argument keeps its old name `backend` (with the engine, its old value): checkpoints resume
         return self._generate_state_key(backend=self.engine, attribute=self.attribute)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage in ("fit", "validate") and not self.done:
+            self._run_dry_run(trainer, pl_module, qat=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_quantize(trainer, pl_module)
@@ -748,11 +1023,25 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
 
     def _run_quantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = self._network(pl_module)
+        batches = iter(
+            self._model_batches(trainer, pl_module, self.calibration_split, self.calibration_batches)
+        )
+        first = next(batches, None)  # also the example input (the PT2E capture)
+        batches = itertools.chain([first] if first is not None else [], batches)
+        if self.auto_backend and not self._chosen:
+            self._run_dry_run(trainer, pl_module, qat=False)  # choose a stack
         observed, self.fusion_plan = self.backend.prepare_ptq(model, fuse=self.fuse)
         if self.verbose:
             rank_zero_info(f"PostTrainingQuantization:\n{self.fusion_plan.summary()}")
-        batches = self._model_batches(trainer, pl_module, self.calibration_split, self.calibration_batches)
-        self.calibrated_batches = self.backend.calibrate(observed, (x for x, _ in batches))
+        kept: list[Tensor] = []
+
+        def inputs() -> Iterator[Tensor]:
+            for x, _ in batches:
+                if len(kept) < ONNX_CALIBRATION_BATCHES:
+                    kept.append(x)
+                yield x
+
+        self.calibrated_batches = self.backend.calibrate(observed, inputs())
         if self.calibrated_batches == 0:
             raise QuantizationError(
                 f"PostTrainingQuantization: no `{self.calibration_split}` batch to calibrate on "
@@ -768,14 +1057,31 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         keep_replace = self.replace_model
         self.replace_model = keep_replace and on_cpu
         try:
-            self._finish(trainer, pl_module, fp32, fp32, "model_int8_ptq.pt", "PTQ: fp32 vs int8")
+            self._finish(
+                trainer,
+                pl_module,
+                fp32,
+                fp32,
+                "model_int8_ptq.pt",
+                "PTQ: fp32 vs int8",
+                float_network=lambda: fp32,
+                calibration=lambda: kept,
+            )
         finally:
             self.replace_model = keep_replace
 
     def state_dict(self) -> dict[str, Any]:
-        return {"done": self.done, "calibrated_batches": self.calibrated_batches}
+        return {
+            "backend": self.backend_name,
+            "done": self.done,
+            "calibrated_batches": self.calibrated_batches,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        name = state_dict.get("backend")
+        if self.auto_backend and name in self._auto_order:
+            self._use_backend(name)
+            self._chosen = True
         self.done = bool(state_dict.get("done", False))
         self.calibrated_batches = int(state_dict.get("calibrated_batches", 0))
 

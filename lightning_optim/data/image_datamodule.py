@@ -236,6 +236,33 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         c, h, w = self.source_shape
         return (c, *augmented_size(self.augmentation_steps, (h, w)))
 
+    def deploy_metadata(self) -> dict[str, Any]:
+        """The input preprocessing a deployed model needs, as the ``.pt2``/ONNX exports store it.
+
+        ``{"pixel_scale", "mean", "std", "input_shape", "class_names"}``: the model input is
+        ``(raw / pixel_scale - mean) / std`` per channel, where ``raw`` are the stored images (uint8 pixels:
+        ``pixel_scale`` 255; float images: 1). Every normalization is written as ``mean``/``std``
+        (min-max: ``mean`` = the minimum, ``std`` = the range; symmetric min-max: the midpoint and half the
+        range); ``"none"`` leaves them out. ``class_names`` are the folder's classes (else ``"0"``, ``"1"``...).
+        Call it after ``setup("fit")`` (the statistics are fitted there).
+        """
+        images = self.train_split.images if self.train_split is not None else None
+        scale = 255.0 if images is None or images.dtype == torch.uint8 else 1.0
+        info: dict[str, Any] = {"pixel_scale": scale, "input_shape": list(self.input_shape)}
+        stats = {k: v.double() / scale for k, v in self.norm_stats.items()}
+        if self.normalization == "zscore" and stats:
+            mean, std = stats["mean"], stats["std"]
+        elif self.normalization in ("minmax", "minmax_symmetric") and stats:
+            lo, span = stats["min"], (stats["max"] - stats["min"]).clamp_min(1e-12)
+            mean, std = (lo, span) if self.normalization == "minmax" else (lo + span / 2, span / 2)
+        else:
+            mean = std = None
+        if mean is not None and std is not None:
+            info["mean"], info["std"] = [float(v) for v in mean], [float(v) for v in std]
+        names = self.classes or [str(i) for i in range(self.num_classes)]
+        info["class_names"] = [str(c) for c in names]
+        return info
+
     # ---------------------------------------------------------------------------------------- setup
     def prepare_data(self) -> None:
         if self.dataset in DATASETS and self.dataset != "digits" and self.download:

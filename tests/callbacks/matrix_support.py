@@ -35,13 +35,19 @@ def entry(name: str) -> dict[str, Any]:
     return CALLBACK_SETTINGS[name]
 
 
+def callback_class(name: str) -> str:
+    """The exported class an entry builds: ``"callback"`` for a variant entry (``"QuantizationAwareTraining[eager]"``),
+    else the entry's name."""
+    return entry(name).get("callback", name)
+
+
 def callback_kwargs(name: str) -> dict[str, Any]:
     kwargs = entry(name).get("kwargs", {})
     return dict(kwargs()) if callable(kwargs) else copy.deepcopy(kwargs)
 
 
 def make_callback(name: str) -> Callback:
-    return getattr(callbacks_pkg, name)(**callback_kwargs(name))
+    return getattr(callbacks_pkg, callback_class(name))(**callback_kwargs(name))
 
 
 def companions(name: str) -> list[Callback]:

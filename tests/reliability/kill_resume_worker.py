@@ -17,7 +17,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_optim.callbacks import KnowledgeDistillation, ProgressivePruning, QuantizationAwareTraining
 from lightning_optim.data import ImageClassificationDataModule
-from lightning_optim.functional.compression_report.measure import count_nonzero, count_parameters
+from lightning_optim.functional.compression_report.measure import (
+    count_nonzero,
+    count_parameters,
+    quantized_weights,
+)
 from lightning_optim.models import ConvNet3
 from lightning_optim.modules import ClassificationModule
 
@@ -64,8 +68,14 @@ def main() -> None:
     result = {
         "global_step": trainer.global_step,
         "sparsity": pruning.state_dict().get("current_sparsity"),
+        # the int8 kernels' holders: eager quantized modules, or the int8 weight constants of a PT2E graph
         "int8_modules": sorted(
             {type(m).__module__ for m in int8.modules() if "quantized" in type(m).__module__}
+            | {
+                f"int8 constant {tuple(w.shape)}"
+                for _, w, _ in quantized_weights(int8)
+                if w.dtype == torch.int8
+            }
         ),
         "int8_test_acc": acc,
         "int8_nonzero": count_nonzero(int8),

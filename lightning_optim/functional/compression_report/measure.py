@@ -34,10 +34,34 @@ from lightning_optim.functional.compression_report.evaluate import evaluate_clas
 FP32_BEST_EFFORT: tuple[str, ...] = ("channels_last", "compile")
 
 
+def _pt2e_int8_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The converted PT2E models (``Pt2eModule`` of kind ``"int8"``) inside ``model``."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if getattr(m, "kind", None) == "int8" and isinstance(getattr(m, "graph_module", None), nn.Module)
+    ]
+
+
+def is_pt2e_int8(model: nn.Module) -> bool:
+    """Whether ``model`` is (or holds) a converted PT2E int8 model."""
+    return bool(_pt2e_int8_modules(model))
+
+
+def _values(w: Tensor) -> Tensor:
+    return w.dequantize() if w.is_quantized else w
+
+
 def quantized_weights(model: nn.Module) -> list[tuple[str, Tensor, Tensor | None]]:
     """``(module name, int8 weight, float bias)`` of every quantized module with packed weights
-    (``torch.ao.nn.quantized`` Linear/Conv, whose weights are not ``parameters()``)."""
-    found = []
+    (``torch.ao.nn.quantized`` Linear/Conv, whose weights are not ``parameters()``), and the int8 weight
+    constants of converted PT2E models (plain ``torch.int8`` buffers of 2 or more dimensions, their float biases
+    being parameters)."""
+    found: list[tuple[str, Tensor, Tensor | None]] = []
+    for prefix, module in _pt2e_int8_modules(model):
+        for name, buf in module.named_buffers():
+            if buf.dtype == torch.int8 and buf.dim() >= 2:
+                found.append((f"{prefix}.{name}" if prefix else name, buf, None))
     for name, module in model.named_modules():
         weight_fn = getattr(module, "weight", None)
         if not callable(weight_fn) or isinstance(weight_fn, (Tensor, nn.Module)):
@@ -59,10 +83,18 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def is_fake_quantized(model: nn.Module) -> bool:
-    """Whether ``model`` is prepared for quantization-aware training (holds fake-quantize modules)."""
+    """Whether ``model`` is prepared for quantization-aware training (holds fake-quantize modules, eager or
+    PT2E)."""
     from torch.ao.quantization import FakeQuantizeBase
 
-    return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
+    kinds: tuple[type, ...] = (FakeQuantizeBase,)
+    try:
+        from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase as AoFakeQuantizeBase
+
+        kinds = (FakeQuantizeBase, AoFakeQuantizeBase)
+    except ImportError:  # torchao missing: no PT2E model either
+        pass
+    return any(isinstance(m, kinds) for m in model.modules())
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -85,7 +117,7 @@ def count_nonzero(model: nn.Module, include_buffers: bool = False) -> int:
         for p in {id(p): p for p in model.parameters()}.values():
             total += int(torch.count_nonzero(p))
         for _, w, b in quantized_weights(model):
-            total += int(torch.count_nonzero(w.dequantize()))
+            total += int(torch.count_nonzero(_values(w)))
             if b is not None:
                 total += int(torch.count_nonzero(b))
         if include_buffers:
@@ -106,7 +138,7 @@ def weight_sparsity(model: nn.Module) -> float:
                 zeros += w.numel() - int(torch.count_nonzero(w))
         for _, w, _ in quantized_weights(model):
             total += w.numel()
-            zeros += w.numel() - int(torch.count_nonzero(w.dequantize()))
+            zeros += w.numel() - int(torch.count_nonzero(_values(w)))
     return zeros / total if total else 0.0
 
 
@@ -445,19 +477,29 @@ def measure_model(
             row["artifact_format"] = "torchscript" if artifact_torchscript else "state_dict"
         flops = count_flops(model, x1)
         macs = count_layer_macs(model, x1)
+        pt2e_int8 = is_pt2e_int8(model)
         if flops == 0 and macs > 0:  # int8 kernels are invisible to the flop counter
             flops, row["flops_source"] = 2 * macs, "layer hooks (int8 kernels)"
         else:
+            # a PT2E int8 graph computes its convolutions on dequantized weights in the reference graph: counted
             row["flops_source"] = "torch.utils.flop_counter"
         row["flops"] = flops
         row["macs"] = flops // 2
-        row["nonzero_macs"] = count_layer_macs(model, x1, nonzero=True)
+        # PT2E int8: no layer modules to hook; its int8 kernels compute every MAC (dense)
+        row["nonzero_macs"] = row["macs"] if pt2e_int8 else count_layer_macs(model, x1, nonzero=True)
         row["mflops"] = flops / 1e6
         row["nonzero_mflops"] = 2 * row["nonzero_macs"] / 1e6
+        timed = model
+        if pt2e_int8 and latency_batch_sizes:
+            from lightning_optim.functional.quantization.pt2e import lower
+
+            # the way a PT2E int8 model runs: compiled to int8 kernels (uncompiled it is a float reference)
+            timed = lower(model, batch_of(example_input, 2))
+            row["latency_note"] = "int8: torch.compile (inductor)"
         if precision != "fake-quant":
             for bs in latency_batch_sizes:
                 result = measure_latency(
-                    model,
+                    timed,
                     batch_of(example_input, bs),
                     repeats=latency_repeats,
                     warmup=latency_warmup,

@@ -22,11 +22,14 @@ from lightning_optim.functional.quantization.backend import (
 )
 from lightning_optim.functional.quantization.eager import EagerBackend, Float32FakeQuantize
 from lightning_optim.functional.quantization.export import (
+    BACKEND_FORMATS,
     EXPORT_FORMATS,
     check_export_format,
+    check_export_formats,
     export_file_path,
     export_format_of,
     export_quantized,
+    unused_path,
 )
 from lightning_optim.functional.quantization.fusion import FusionPlan, find_fusion_groups, quantizable_layers
 from lightning_optim.functional.quantization.onnx import (
@@ -60,6 +63,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
     "DEFAULT_ENGINE",
+    "BACKEND_FORMATS",
     "EXPORT_FORMATS",
     "FP32_BEST_EFFORT",
     "EagerBackend",
@@ -77,8 +81,10 @@ __all__ = [
     "check_backend_name",
     "check_engine",
     "check_export_format",
+    "check_export_formats",
     "create_backend",
     "export_file_path",
+    "unused_path",
     "export_format_of",
     "export_onnx",
     "export_quantized",

@@ -75,7 +75,7 @@ INTEGRITY_FILE = "lightning_optim_integrity.json"
 #: the value of ``"format"`` in the metadata
 DEPLOY_FORMAT = "lightning_optim.pt2e.v1"
 #: the input-preprocessing keys a caller may put in the metadata
-METADATA_KEYS: tuple[str, ...] = ("mean", "std", "input_shape", "class_names")
+METADATA_KEYS: tuple[str, ...] = ("mean", "std", "pixel_scale", "input_shape", "class_names")
 #: how the quantize/dequantize nodes are written in a deploy file
 REPRESENTATIONS: tuple[str, ...] = ("aten", "quantized_decomposed")
 #: how to install torchao
@@ -398,6 +398,10 @@ class Pt2eCapture(FusionPlan):
 
 
 # ------------------------------------------------------------------------------------------- the module
+def _device_type(args: tuple[Any, ...]) -> str:
+    return next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+
+
 class Pt2eModule(nn.Module):
     """A captured (PT2E) model behind a plain ``nn.Module``: prepared for QAT (``kind="qat"``), observed for
     PTQ (``"ptq"``) or converted to int8 (``"int8"``).
@@ -413,6 +417,9 @@ class Pt2eModule(nn.Module):
     """
 
     KINDS: tuple[str, ...] = ("qat", "ptq", "int8")
+    #: the prefix of the captured network's parameter names (``pt2e_graph.conv1.weight``): callbacks that
+    #: address parameters by their float-model names (pruning masks) strip it
+    parameter_prefix: str = f"{PT2E_GRAPH}."
 
     def __init__(
         self,
@@ -452,14 +459,29 @@ class Pt2eModule(nn.Module):
         """The captured graph (``torch.fx.GraphModule``)."""
         return getattr(self, PT2E_GRAPH)
 
+    def _sync_graph_mode(self) -> None:
+        # Lightning restores the modes of submodules after validation by setting ``module.training`` directly,
+        # without ``train()``: the graph's batch-norm/dropout flags follow ``self.training`` here, at each call
+        mode = (self.training and self.kind == "qat", self.bn_frozen)
+        if self.__dict__.get("_graph_mode") != mode:
+            graph = self.graph_module
+            if isinstance(graph, torch.fx.GraphModule):
+                _set_graph_training(graph, mode[0], freeze_bn=mode[1])
+            self.__dict__["_graph_mode"] = mode
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.graph_module(*args, **kwargs)
+        self._sync_graph_mode()
+        if self.kind == "int8" or not torch.is_autocast_enabled(_device_type(args)):
+            return self.graph_module(*args, **kwargs)
+        # under bf16-mixed/16-mixed the fake quantization (and the captured float ops around it) runs in
+        # float32, as the eager backend's Float32FakeQuantize does: the observers need float32 ranges
+        with torch.autocast(_device_type(args), enabled=False):
+            floats = [a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+            return self.graph_module(*floats, **kwargs)
 
     def train(self, mode: bool = True) -> Pt2eModule:
         super().train(mode)
-        graph = self.graph_module
-        if isinstance(graph, torch.fx.GraphModule):
-            _set_graph_training(graph, bool(mode) and self.kind == "qat", freeze_bn=self.bn_frozen)
+        self._sync_graph_mode()
         return self
 
     def freeze_bn_stats(self) -> None:
@@ -991,8 +1013,9 @@ class Pt2eBackend(QuantizationBackend):
             path: the file to write (its folder is created; an existing file is replaced).
             example_input: an input batch (default: the backend's example input); the program is checked
                 against ``quantized`` on it.
-            metadata: the input preprocessing, any of ``{"mean": [...], "std": [...], "input_shape": [...],
-                "class_names": [...]}`` (``input_shape`` defaults to the example's shape without the batch).
+            metadata: the input preprocessing, any of ``{"pixel_scale": 255.0, "mean": [...], "std": [...],
+                "input_shape": [...], "class_names": [...]}``: the model input is ``(raw / pixel_scale - mean) /
+                std`` per channel (``input_shape`` defaults to the example's shape without the batch).
 
         Raises:
             QuantizationError: not a converted PT2E model, or the saved program disagrees with it.
@@ -1098,6 +1121,10 @@ def _check_metadata(metadata: dict[str, Any] | None, x: Tensor) -> dict[str, Any
     for key in ("mean", "std"):
         if key in info:
             info[key] = [float(v) for v in info[key]]
+    if "pixel_scale" in info:
+        info["pixel_scale"] = float(info["pixel_scale"])
+        if not info["pixel_scale"] > 0:
+            raise ValueError(f"PT2E export metadata: `pixel_scale` must be > 0, got {info['pixel_scale']}.")
     if "mean" in info and "std" in info and len(info["mean"]) != len(info["std"]):
         raise ValueError(
             f"PT2E export metadata: `mean` ({len(info['mean'])} values) and `std` ({len(info['std'])} values) "

@@ -29,7 +29,12 @@ from lightning_optim.functional.quantization._quiet import quiet_quantization_wa
 from lightning_optim.functional.quantization.export import export_format_of
 
 #: export format (:data:`~lightning_optim.functional.quantization.export.EXPORT_FORMATS`) -> its name in the table
-ARTIFACT_KINDS: dict[str, str] = {"torchscript": "TorchScript file", "artifact": "compact artifact (.lopt)"}
+ARTIFACT_KINDS: dict[str, str] = {
+    "torchscript": "TorchScript file",
+    "artifact": "compact artifact (.lopt)",
+    "pt2": "torch.export program (.pt2)",
+    "onnx": "QDQ ONNX file",
+}
 
 
 @dataclass
@@ -156,8 +161,13 @@ def quantization_report(
     rounds: int = 3,
     best_effort: tuple[str, ...] = FP32_BEST_EFFORT,
     threads: int | None = None,
+    int8_runner: nn.Module | None = None,
 ) -> QuantizationReport:
-    """Sizes, given accuracies, and (when ``input_shape`` and ``batch_sizes`` are given) CPU latency."""
+    """Sizes, given accuracies, and (when ``input_shape`` and ``batch_sizes`` are given) CPU latency.
+
+    ``int8_runner``: what to time for int8 when it is not ``int8_model`` itself (the PT2E model lowered with
+    ``torch.compile``, the way it is meant to run); sizes are always those of ``int8_model``.
+    """
     with quiet_quantization_warnings():
         report = QuantizationReport(
             fp32_accuracy=fp32_accuracy,
@@ -173,7 +183,14 @@ def quantization_report(
     batch_sizes = tuple(batch_sizes)
     if input_shape is not None and batch_sizes:
         report.latency_ms = measure_cpu_latency(
-            fp32_model, int8_model, tuple(input_shape), batch_sizes, repeats, rounds, best_effort, threads
+            fp32_model,
+            int8_runner if int8_runner is not None else int8_model,
+            tuple(input_shape),
+            batch_sizes,
+            repeats,
+            rounds,
+            best_effort,
+            threads,
         )
     return report
 

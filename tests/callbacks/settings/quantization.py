@@ -11,16 +11,41 @@ def _ptq_active(trainer, module, callback) -> None:
     assert callback.quantized_model is not None
 
 
+def _stack(name, check):
+    def active(trainer, module, callback) -> None:
+        check(trainer, module, callback)
+        assert callback.backend_name == name, callback.backend_choice
+
+    return active
+
+
+_QAT = {"start_epoch": 1, "freeze_bn_epoch": 1, "latency_batch_sizes": [], "verbose": False}
+_PTQ = {"calibration_batches": 2, "latency_batch_sizes": [], "verbose": False}
+
 SETTINGS = {
+    # the default stack ("auto": PT2E for this model): float in epoch 0, fake-quantized in epoch 1 with BN
+    # statistics frozen, int8 at fit end; no timing
     "QuantizationAwareTraining": {
-        # float in epoch 0, fake-quantized in epoch 1 with BN statistics frozen, int8 at fit end; no timing
-        "kwargs": {"start_epoch": 1, "freeze_bn_epoch": 1, "latency_batch_sizes": [], "verbose": False},
+        "kwargs": _QAT,
         "model": "convnet3",
-        "check_active": _qat_active,
+        "check_active": _stack("pt2e", _qat_active),
     },
     "PostTrainingQuantization": {
-        "kwargs": {"calibration_batches": 2, "latency_batch_sizes": [], "verbose": False},
+        "kwargs": _PTQ,
         "model": "convnet3",
-        "check_active": _ptq_active,
+        "check_active": _stack("pt2e", _ptq_active),
+    },
+    # the eager stack, chosen by name
+    "QuantizationAwareTraining[eager]": {
+        "callback": "QuantizationAwareTraining",
+        "kwargs": {**_QAT, "backend": "eager"},
+        "model": "convnet3",
+        "check_active": _stack("eager", _qat_active),
+    },
+    "PostTrainingQuantization[eager]": {
+        "callback": "PostTrainingQuantization",
+        "kwargs": {**_PTQ, "backend": "eager"},
+        "model": "convnet3",
+        "check_active": _stack("eager", _ptq_active),
     },
 }

@@ -13,12 +13,15 @@ import torch
 
 from lightning_optim.functional import artifact
 from lightning_optim.functional.quantization import (
+    BACKEND_FORMATS,
     EXPORT_FORMATS,
     check_export_format,
+    check_export_formats,
     create_backend,
     export_file_path,
     export_format_of,
     export_quantized,
+    unused_path,
 )
 from lightning_optim.models import ConvNet3
 
@@ -60,7 +63,8 @@ def _run_without_lightning_optim(script: str, cwd: Path) -> subprocess.Completed
 
 # ----------------------------------------------------------------------------------------- formats
 def test_formats_and_suffixes():
-    assert EXPORT_FORMATS == {"torchscript": ".pt", "artifact": ".lopt"}
+    assert EXPORT_FORMATS == {"torchscript": ".pt", "artifact": ".lopt", "pt2": ".pt2", "onnx": ".onnx"}
+    assert BACKEND_FORMATS == {"eager": ("torchscript", "artifact"), "pt2e": ("pt2", "onnx")}
     assert export_format_of("out/model_int8.pt") == "torchscript"
     assert export_format_of(Path("model.LOPT")) == "artifact"
     for fmt, suffix in EXPORT_FORMATS.items():
@@ -70,17 +74,39 @@ def test_formats_and_suffixes():
 
 def test_unknown_format_and_suffix_are_refused():
     with pytest.raises(
-        ValueError, match=r"Unknown `export_format` 'onnx'; allowed: \['torchscript', 'artifact'\]\."
+        ValueError,
+        match=r"Unknown `export_format` 'tflite'; allowed: \['torchscript', 'artifact', 'pt2', 'onnx'\]\.",
     ):
-        check_export_format("onnx")
+        check_export_format("tflite")
     with pytest.raises(
-        ValueError, match=r"Unknown export file `suffix` '\.onnx'; allowed: \['\.pt', '\.lopt'\]\."
+        ValueError,
+        match=r"Unknown `export_format` 'onnx'; allowed: \['torchscript', 'artifact'\] \(what backend='eager'",
     ):
-        export_format_of("model.onnx")
+        check_export_format("onnx", "eager")
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown export file `suffix` '\.tflite'; allowed: \['\.pt', '\.lopt', '\.pt2', '\.onnx'\]\.",
+    ):
+        export_format_of("model.tflite")
     with pytest.raises(ValueError, match=r"`suffix` ''"):
         export_format_of("model")
     with pytest.raises(ValueError, match=r"`export_format` 'onnx'"):
-        export_quantized(torch.nn.Identity(), "m.onnx", "onnx")
+        export_quantized(torch.nn.Identity(), "m.onnx", "onnx")  # the eager stack writes no ONNX
+    assert check_export_formats(None, "pt2e") == ["pt2"] and check_export_formats(None, "eager") == [
+        "torchscript"
+    ]
+    assert check_export_formats(["onnx", "pt2", "onnx"], "pt2e") == ["onnx", "pt2"]
+    with pytest.raises(ValueError, match="at least one format"):
+        check_export_formats([])
+
+
+def test_unused_path_never_names_an_existing_file(tmp_path):
+    first = tmp_path / "model_int8.pt2"
+    assert unused_path(first, (".onnx",)) == first
+    first.write_bytes(b"x")
+    assert unused_path(first, (".onnx",)) == tmp_path / "model_int8-v1.pt2"
+    (tmp_path / "model_int8-v1.onnx").write_bytes(b"x")  # a sibling format of that version exists
+    assert unused_path(first, (".onnx",)) == tmp_path / "model_int8-v2.pt2"
 
 
 # ----------------------------------------------------------------------------------------- writing

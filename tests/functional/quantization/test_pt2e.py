@@ -535,3 +535,34 @@ def test_non_portable_export_keeps_the_quantize_nodes(small_export, tmp_path):
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(loaded(x), quantized(x), atol=1e-6)
+
+
+def test_prepared_module_computes_in_float32_under_autocast():
+    torch.manual_seed(0)
+    model = settle(ResidualCNN(), (8, 3, 16, 16))
+    x = torch.randn(4, 3, 16, 16)
+    prepared = Pt2eBackend(example_input=x).prepare_qat_module(model)
+    prepared(x)  # observe once
+    Pt2eBackend().freeze_observers(prepared)
+    prepared.eval()
+    with torch.no_grad():
+        expected = prepared(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = prepared(x)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+def test_graph_mode_follows_the_training_flag_set_directly():
+    """Lightning restores submodule modes after validation by setting ``.training`` (no ``train()`` call): the
+    captured batch norms must follow it, or QAT trains with frozen statistics after the first validation."""
+    torch.manual_seed(0)
+    model = settle(ResidualCNN(), (8, 3, 16, 16))
+    x = torch.randn(4, 3, 16, 16)
+    prepared = Pt2eBackend(example_input=x).prepare_qat_module(model)
+    prepared.eval()
+    for module in prepared.modules():
+        module.training = True  # as lightning's _ModuleMode.restore does
+    stats = [b for n, b in prepared.named_buffers() if n.endswith("running_mean")]
+    before = [b.clone() for b in stats]
+    prepared(x)
+    assert stats and all(not torch.equal(a, b) for a, b in zip(before, stats))  # train behaviour: tracked

@@ -18,11 +18,13 @@ from tests.nets import IN, int8_mlp, mlp
         ("out/model_int8.lopt", "compact artifact (.lopt)"),
         ("out/MODEL.LOPT", "compact artifact (.lopt)"),
         ("out/my_model.pth", "TorchScript file"),  # a user's own name: the default export
+        ("out/model_int8.pt2", "torch.export program (.pt2)"),
+        ("out/model_int8.onnx", "QDQ ONNX file"),
     ],
 )
 def test_artifact_kind_by_export_format(path, kind):
     assert artifact_kind(path) == kind
-    assert set(ARTIFACT_KINDS) == {"torchscript", "artifact"}
+    assert set(ARTIFACT_KINDS) == {"torchscript", "artifact", "pt2", "onnx"}
 
 
 def test_latency_is_the_measure_module_with_quantization_notices_silenced(monkeypatch):

@@ -1,0 +1,246 @@
+"""int8 accuracy on MNIST (issue 24): torchvision ResNet-18, PT2E PTQ and QAT against fp32, and structured 50% + int8.
+
+Per seed, on the 10,000 MNIST test images (the model of ``benchmarks.pruning_accuracy``: torchvision resnet18,
+``weights=None``, a 1-channel first convolution, 10 classes; AdamW, one-cycle LR per step):
+
+1. **dense fp32**: ``--epochs`` epochs; its test error and its test predictions;
+2. **PTQ**: ``PostTrainingQuantization(backend="pt2e")`` on the dense model through ``trainer.validate``
+   (``--calibration-batches`` training batches), then the int8 model's test error and its argmax agreement with
+   the fp32 predictions; the ``.pt2`` deploy file's size against the fp32 state dict;
+3. **QAT**: the dense weights fine-tuned for ``--qat-epochs`` epoch(s) under ``QuantizationAwareTraining(backend=
+   "pt2e")`` at a small constant LR (``--qat-lr``; BN statistics and ranges frozen for the last epoch part), then
+   int8: test error and agreement;
+4. **pruned + int8**: the same fit as ``pruning_accuracy``'s pruned one (``ProgressivePruning(granularity=
+   "channel_groups")`` to ``--sparsity``, ramp over epochs 0..``--ramp-epochs``), with
+   ``QuantizationAwareTraining(backend="pt2e", start_after="pruning")`` in the last epoch (the pruned network
+   compacted before QAT): its int8 test error against the dense one;
+5. **latency** at batch ``--batch-size-latency`` (1 thread, interleaved, 28x28 inputs): dense fp32 eager, dense
+   fp32 ``torch.compile``, the pruned int8 model lowered with ``torch.compile`` (inductor int8 kernels).
+
+Each seed's results go to ``--out-dir/results.jsonl`` (a rerun skips the seeds done); the table at the end has
+every seed, the mean and the worst.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.quantization_accuracy --data-dir ../shared/data --seeds 0 1 2 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import os
+import statistics
+import time
+import warnings
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from benchmarks._trainer import quiet_trainer_kwargs
+from benchmarks.pruning_accuracy import build
+from lightning_optim.callbacks import (
+    LRScheduling,
+    PostTrainingQuantization,
+    ProgressivePruning,
+    QuantizationAwareTraining,
+)
+from lightning_optim.callbacks._trainer import eval_batches
+from lightning_optim.data import ImageClassificationDataModule
+from lightning_optim.functional.compression_report.measure import compare_latency
+from lightning_optim.modules import ClassificationModule
+
+warnings.filterwarnings("ignore", ".*is deprecated.*")
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _predict(
+    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    preds, targets = [], []
+    with torch.no_grad():
+        for x, y in batches:
+            preds.append(model(x).argmax(1))
+            targets.append(y)
+    return torch.cat(preds), torch.cat(targets)
+
+
+def _error(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return 100.0 * float((pred != target).float().mean())
+
+
+def _trainer(args: argparse.Namespace, root: str, epochs: int, callbacks: list, **kw: Any) -> Trainer:
+    options = quiet_trainer_kwargs(
+        max_epochs=epochs,
+        limit_train_batches=args.limit_train_batches,
+        limit_val_batches=2,
+        default_root_dir=root,
+    )
+    options.update(kw)
+    return Trainer(callbacks=callbacks, **options)
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    root = os.path.join(args.out_dir, f"seed{seed}")
+    dm = ImageClassificationDataModule("mnist", data_dir=args.data_dir, batch_size=args.batch_size)
+    dm.setup("fit")
+    row: dict[str, Any] = {"seed": seed}
+
+    # 1. dense fp32
+    seed_everything(seed, workers=True)
+    dense = ClassificationModule(build("resnet18"), optimizer="adamw", lr=args.lr, weight_decay=1e-4)
+    t0 = time.perf_counter()
+    trainer = _trainer(
+        args, root + "/dense", args.epochs, [LRScheduling("one_cycle", interval="step", log_momentum=False)]
+    )
+    trainer.fit(dense, datamodule=dm)
+    test = list(eval_batches(trainer, dense, "test"))
+    fp32_pred, target = _predict(dense.model, test)
+    row["fp32_error"] = _error(fp32_pred, target)
+    row["dense_s"] = time.perf_counter() - t0
+    _log(f"seed {seed}: dense fp32 test error {row['fp32_error']:.2f}% ({row['dense_s']:.0f} s)")
+    fp32_state = io.BytesIO()
+    torch.save(dense.model.state_dict(), fp32_state)
+    row["fp32_state_dict_bytes"] = len(fp32_state.getvalue())
+    dense_weights = copy.deepcopy(dense.model.state_dict())
+
+    # 2. PTQ
+    ptq_module = ClassificationModule(build("resnet18"))
+    ptq_module.model.load_state_dict(dense_weights)
+    ptq = PostTrainingQuantization(
+        backend="pt2e", calibration_batches=args.calibration_batches, report=False, verbose=False
+    )
+    Trainer(
+        callbacks=[ptq], **quiet_trainer_kwargs(default_root_dir=root + "/ptq", limit_val_batches=1)
+    ).validate(ptq_module, datamodule=dm, verbose=False)
+    pred, _ = _predict(ptq.quantized_model, test)
+    row["ptq_error"] = _error(pred, target)
+    row["ptq_agreement"] = float((pred == fp32_pred).float().mean())
+    row["pt2_bytes"] = ptq.exported_path.stat().st_size
+    _log(f"seed {seed}: PTQ int8 error {row['ptq_error']:.2f}%, agreement {row['ptq_agreement']:.4f}")
+
+    # 3. QAT fine-tune from the dense weights
+    seed_everything(seed, workers=True)
+    qat_module = ClassificationModule(build("resnet18"), optimizer="adamw", lr=args.qat_lr, weight_decay=1e-4)
+    qat_module.model.load_state_dict(dense_weights)
+    qat = QuantizationAwareTraining(
+        backend="pt2e",
+        start_epoch=0,
+        freeze_bn_epoch=args.qat_epochs - 1 if args.qat_epochs > 1 else None,
+        report=False,
+        verbose=False,
+    )
+    _trainer(args, root + "/qat", args.qat_epochs, [qat]).fit(qat_module, datamodule=dm)
+    pred, _ = _predict(qat.quantized_model, test)
+    row["qat_error"] = _error(pred, target)
+    row["qat_agreement"] = float((pred == fp32_pred).float().mean())
+    _log(f"seed {seed}: QAT int8 error {row['qat_error']:.2f}%, agreement {row['qat_agreement']:.4f}")
+
+    # 4. structured pruning then QAT in the last epoch
+    seed_everything(seed, workers=True)
+    pruned = ClassificationModule(build("resnet18"), optimizer="adamw", lr=args.lr, weight_decay=1e-4)
+    pruning = ProgressivePruning(
+        final_sparsity=args.sparsity,
+        start=0,
+        end=args.ramp_epochs,
+        unit="epoch",
+        granularity="channel_groups",
+        verbose=False,
+    )
+    pqat = QuantizationAwareTraining(
+        backend="pt2e", start_epoch=args.epochs - 1, start_after="pruning", report=False, verbose=False
+    )
+    t0 = time.perf_counter()
+    _trainer(
+        args,
+        root + "/pruned",
+        args.epochs,
+        [pruning, pqat, LRScheduling("one_cycle", interval="step", log_momentum=False)],
+    ).fit(pruned, datamodule=dm)
+    pred, _ = _predict(pqat.quantized_model, test)
+    row["pruned_int8_error"] = _error(pred, target)
+    row["pruned_s"] = time.perf_counter() - t0
+    _log(f"seed {seed}: pruned 50% + int8 error {row['pruned_int8_error']:.2f}% ({row['pruned_s']:.0f} s)")
+
+    # 5. latency at batch 64, interleaved
+    lowered = pqat.backend.lower(pqat.quantized_model, torch.zeros(2, 1, 28, 28))
+    runners = {
+        "dense fp32 eager": dense.model.eval(),
+        "dense fp32 compile": torch.compile(copy.deepcopy(dense.model).eval()),
+        "pruned int8": lowered,
+    }
+    x = torch.randn(args.batch_size_latency, 1, 28, 28)
+    result = compare_latency(runners, x, repeats=args.repeats, warmup=3, rounds=3, threads=args.threads)
+    row["latency_ms"] = {k: v["median_ms"] for k, v in result.items()}
+    row["load"] = os.getloadavg()[0]
+    _log(f"seed {seed}: latency b{args.batch_size_latency} {row['latency_ms']}")
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--ramp-epochs", type=int, default=2)
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--qat-lr", type=float, default=1e-4)
+    p.add_argument("--qat-epochs", type=int, default=1)
+    p.add_argument("--limit-train-batches", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--calibration-batches", type=int, default=32)
+    p.add_argument("--batch-size-latency", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", default="/tmp/quantization_accuracy")
+    p.add_argument("--report-only", action="store_true", help="print the table of the seeds in --out-dir")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, "results.jsonl")
+    done: dict[int, dict[str, Any]] = {}
+    if os.path.exists(path):
+        for line in open(path):
+            record = json.loads(line)
+            done[record["seed"]] = record
+    _log(f"torch {torch.__version__}, {args.threads} thread(s), load {os.getloadavg()}; {vars(args)}")
+    for seed in args.seeds:
+        if seed in done or args.report_only:
+            continue
+        row = run_seed(args, seed)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        done[seed] = row
+    rows = [done[s] for s in sorted(done)]
+    if not rows:
+        return
+    print(
+        "\n| seed | fp32 error % | PTQ int8 % (agreement) | QAT int8 % (agreement) | pruned 50% + int8 % | "
+        "b64 ms: dense eager / dense compile / pruned int8 | pruned int8 vs eager / vs compile | .pt2 vs fp32 |"
+    )
+    print("|---:|---:|---:|---:|---:|---|---|---:|")
+    for r in rows:
+        lat = r["latency_ms"]
+        e, c, q = lat["dense fp32 eager"], lat["dense fp32 compile"], lat["pruned int8"]
+        print(
+            f"| {r['seed']} | {r['fp32_error']:.2f} | {r['ptq_error']:.2f} ({r['ptq_agreement']:.4f}) | "
+            f"{r['qat_error']:.2f} ({r['qat_agreement']:.4f}) | {r['pruned_int8_error']:.2f} | {e:.1f} / {c:.1f} / {q:.1f} | "
+            f"{e / q:.2f}x / {c / q:.2f}x | {r['fp32_state_dict_bytes'] / r['pt2_bytes']:.2f}x |"
+        )
+    for label, key in (("PTQ", "ptq_error"), ("QAT", "qat_error"), ("pruned+int8", "pruned_int8_error")):
+        diffs = [r[key] - r["fp32_error"] for r in rows]
+        print(f"{label} - fp32 (pt): mean {statistics.mean(diffs):+.2f}, worst {max(diffs):+.2f}")
+    for label, key in (("PTQ", "ptq_agreement"), ("QAT", "qat_agreement")):
+        print(
+            f"{label} agreement: mean {statistics.mean(r[key] for r in rows):.4f}, worst {min(r[key] for r in rows):.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
