@@ -302,3 +302,30 @@ def test_bf16_mixed_runs_pt2e_fake_quantization_in_float32(tmp_path):
         results[precision] = qat.quantization_report.int8_accuracy
     assert results["bf16-mixed"] >= 0.5 and abs(results["bf16-mixed"] - results["32-true"]) <= 0.15, results
     assert json.dumps(read_pt2_metadata(qat.exported_path)["input_shape"]) == "[1, 8, 8]"
+
+
+def test_the_default_path_prints_no_quantization_deprecation(tmp_path):
+    """backend='auto' on a model PT2E quantizes: none of torch's eager-quantization/TorchScript deprecation
+    notices, nor ours about the eager stack (that one is said once when eager is used)."""
+    import re
+    import warnings
+
+    from lightning_optim.functional.quantization._quiet import QUANTIZATION_DEPRECATION_MESSAGES
+    from lightning_optim.functional.quantization.eager import EAGER_DEPRECATION
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        qat = QuantizationAwareTraining(start_epoch=1, **QUIET)
+        fit(tmp_path, [qat], ConvNet3(image_size=8), limit_train_batches=3)
+    assert qat.backend_name == "pt2e" and qat.converted
+    texts = [str(w.message) for w in caught]
+    bad = [
+        t
+        for t in texts
+        if t == EAGER_DEPRECATION or any(re.match(m, t) for m in QUANTIZATION_DEPRECATION_MESSAGES)
+    ]
+    assert not bad, bad
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        QuantizationAwareTraining(backend="eager", **QUIET)
+    assert any(str(w.message) == EAGER_DEPRECATION and w.category is FutureWarning for w in caught)

@@ -1,13 +1,16 @@
-"""Narrow suppression of the deprecation notices that ``torch.ao.quantization`` emits on every call.
+"""Torch's deprecation notices of the eager quantization stack, shown once per process instead of on every call.
 
-torch 2.14 still runs eager-mode quantization but warns ``torch.ao.quantization is deprecated`` (and that
-quantized tensor creation functions are deprecated) each time its functions are called. Those notices are
-about torch's own roadmap, not something our users can act on, so they are silenced *only* around our own
-calls into the quantization stack; every other warning still reaches the user.
+torch 2.14 still runs eager-mode quantization but warns ``torch.ao.quantization is deprecated`` (and that the
+quantized tensor creation functions and ``torch.jit`` are deprecated) each time its functions are called. The
+eager stack (``backend="eager"``) ships TorchScript files, so those notices concern a format the user receives:
+they are never silenced. Around our own calls into that stack each of them is shown *once* per process (not
+hundreds of times per fit); every other warning is untouched. The maintained stack, PT2E (``backend="pt2e"``,
+what ``"auto"`` picks where it works), calls none of them.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +25,25 @@ QUANTIZATION_DEPRECATION_MESSAGES: tuple[str, ...] = (
 )
 
 
+#: the notices already passed on in this process (text, category)
+_SHOWN: set[tuple[str, type]] = set()
+
+
 @contextmanager
 def quiet_quantization_warnings() -> Iterator[None]:
-    """Silence torch's quantization deprecation notices inside the block (nothing else)."""
-    with warnings.catch_warnings():
-        for message in QUANTIZATION_DEPRECATION_MESSAGES:
-            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=message, category=UserWarning)
-            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
-        yield
+    """Inside the block, each of torch's quantization deprecation notices is passed on once per process (not
+    silenced: the user's warning filters then apply as usual); every other warning is passed on as it came."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # noqa: F811 - the list of the block's warnings
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for w in caught:
+            text = str(w.message)
+            if any(re.match(m, text) for m in QUANTIZATION_DEPRECATION_MESSAGES):
+                key = (text, w.category)
+                if key in _SHOWN:
+                    continue
+                _SHOWN.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)

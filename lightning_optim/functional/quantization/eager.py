@@ -41,6 +41,13 @@ with quiet_quantization_warnings():
     import torch.ao.quantization as tq
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase, FusedMovingAvgObsFakeQuantize
 
+#: said (once per process, Python's default for a warning from one place) when the eager stack is used
+EAGER_DEPRECATION = (
+    "lightning-optim backend='eager' runs torch's eager torch.ao.quantization and exports TorchScript, both "
+    "deprecated by torch (to be removed); backend='pt2e' (torch.export + torchao) is the maintained stack and "
+    "the one backend='auto' (the callbacks' default) picks where it can quantize the model."
+)
+
 QUANT_STUB = "quant_stub"
 DEQUANT_STUB = "dequant_stub"
 
@@ -174,6 +181,7 @@ class EagerBackend(QuantizationBackend):
             )
         self.engine = engine
         self.compact_export = compact_export
+        warnings.warn(EAGER_DEPRECATION, FutureWarning, stacklevel=2)
 
     def int8_context(self) -> AbstractContextManager[None]:
         """Int8 CPU kernels under ``Trainer(deterministic=True)``: :func:`int8_determinism_tolerant`."""
