@@ -119,6 +119,7 @@ def train_seed(
     last = args.epochs - 1
     start = args.epochs - args.qat_epochs
     qat = QuantizationAwareTraining(
+        backend="eager",  # issue 5's figures: the eager stack (PT2E: benchmarks/quantization_accuracy.py)
         start_epoch=start,
         freeze_bn_epoch=last,
         freeze_observers_epoch=last if last > start else None,

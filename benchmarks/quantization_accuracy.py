@@ -17,10 +17,18 @@ Per seed, on the 10,000 MNIST test images (the model of ``benchmarks.pruning_acc
 5. **latency** at batch ``--batch-size-latency`` (1 thread, interleaved, 28x28 inputs): dense fp32 eager, dense
    fp32 ``torch.compile``, the pruned int8 model lowered with ``torch.compile`` (inductor int8 kernels).
 
-Each seed's results go to ``--out-dir/results.jsonl`` (a rerun skips the seeds done); the table at the end has
-every seed, the mean and the worst.
+``--mode pruned_ptq`` runs instead, per seed, the pruned fit of ``pruning_accuracy`` (no QAT), then
+``PostTrainingQuantization(backend="pt2e", export_format=["pt2", "onnx"])`` on it: the test error of the PT2E
+int8 model and of the ONNX deploy file run in ONNX Runtime (ONNX Runtime's own quantizer on the pruned network,
+the callbacks' PTQ ONNX file), against the dense error of the same seed from ``results.jsonl``, and the latency
+at batch ``--batch-size-latency`` of that ONNX file in ONNX Runtime against dense fp32 eager and compile (a dense
+resnet18 of the same architecture; its weights do not change its fp32 latency), interleaved.
+
+Each seed's results go to ``--out-dir/results.jsonl`` (``results_pruned_ptq.jsonl``; a rerun skips the seeds
+done); the table at the end has every seed, the mean and the worst.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.quantization_accuracy --data-dir ../shared/data --seeds 0 1 2 --threads 1
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.quantization_accuracy --data-dir ../shared/data --seeds 0 1 2 --threads 1 --mode pruned_ptq
 """
 
 from __future__ import annotations
@@ -182,6 +190,99 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return row
 
 
+def run_pruned_ptq(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    from lightning_optim.functional.quantization import OnnxRunner
+
+    root = os.path.join(args.out_dir, f"pruned_ptq_seed{seed}")
+    dm = ImageClassificationDataModule("mnist", data_dir=args.data_dir, batch_size=args.batch_size)
+    dm.setup("fit")
+    seed_everything(seed, workers=True)
+    pruned = ClassificationModule(build("resnet18"), optimizer="adamw", lr=args.lr, weight_decay=1e-4)
+    pruning = ProgressivePruning(
+        final_sparsity=args.sparsity,
+        start=0,
+        end=args.ramp_epochs,
+        unit="epoch",
+        granularity="channel_groups",
+        compact_at_end=True,
+        verbose=False,
+    )
+    t0 = time.perf_counter()
+    trainer = _trainer(
+        args, root, args.epochs, [pruning, LRScheduling("one_cycle", interval="step", log_momentum=False)]
+    )
+    trainer.fit(pruned, datamodule=dm)
+    test = list(eval_batches(trainer, pruned, "test"))
+    float_pred, target = _predict(pruned.model, test)
+    row: dict[str, Any] = {"seed": seed, "pruned_fp32_error": _error(float_pred, target)}
+    ptq = PostTrainingQuantization(
+        backend="pt2e",
+        calibration_batches=args.calibration_batches,
+        export_format=["pt2", "onnx"],
+        report=False,
+        verbose=False,
+        replace_model=False,
+    )
+    Trainer(
+        callbacks=[ptq], **quiet_trainer_kwargs(default_root_dir=root + "/ptq", limit_val_batches=1)
+    ).validate(pruned, datamodule=dm, verbose=False)
+    pred, _ = _predict(ptq.quantized_model, test)
+    row["pruned_pt2e_int8_error"] = _error(pred, target)
+    runner = OnnxRunner(ptq.exported_paths["onnx"], threads=args.threads)
+    onnx_pred = torch.cat([runner(x).argmax(1) for x, _ in test])
+    row["pruned_onnx_int8_error"] = _error(onnx_pred, target)
+    row["onnx_bytes"] = ptq.exported_paths["onnx"].stat().st_size
+    row["s"] = time.perf_counter() - t0
+    _log(
+        f"seed {seed}: pruned fp32 {row['pruned_fp32_error']:.2f}%, PT2E int8 {row['pruned_pt2e_int8_error']:.2f}%, "
+        f"ONNX (ORT) int8 {row['pruned_onnx_int8_error']:.2f}%"
+    )
+    dense = build("resnet18").eval()
+    runners = {
+        "dense fp32 eager": dense,
+        "dense fp32 compile": torch.compile(copy.deepcopy(dense)),
+        "pruned int8 ONNX Runtime": runner,
+    }
+    x = torch.randn(args.batch_size_latency, 1, 28, 28)
+    result = compare_latency(runners, x, repeats=args.repeats, warmup=3, rounds=3, threads=args.threads)
+    row["latency_ms"] = {k: v["median_ms"] for k, v in result.items()}
+    row["load"] = os.getloadavg()[0]
+    _log(f"seed {seed}: latency b{args.batch_size_latency} {row['latency_ms']}")
+    return row
+
+
+def report_pruned_ptq(rows: list[dict[str, Any]], dense: dict[int, dict[str, Any]]) -> None:
+    print(
+        "\n| seed | dense fp32 % | pruned fp32 % | pruned PT2E int8 % | pruned ONNX int8 (ORT) % | ONNX - dense (pt) | "
+        "b64 ms: dense eager / dense compile / pruned int8 ORT | vs eager / vs compile | load |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    diffs, speed_e, speed_c = [], [], []
+    for r in rows:
+        lat = r["latency_ms"]
+        e, c, q = lat["dense fp32 eager"], lat["dense fp32 compile"], lat["pruned int8 ONNX Runtime"]
+        base = dense.get(r["seed"], {}).get("fp32_error")
+        diff = r["pruned_onnx_int8_error"] - base if base is not None else None
+        if diff is not None:
+            diffs.append(diff)
+        speed_e.append(e / q)
+        speed_c.append(c / q)
+        print(
+            f"| {r['seed']} | {'' if base is None else f'{base:.2f}'} | {r['pruned_fp32_error']:.2f} | "
+            f"{r['pruned_pt2e_int8_error']:.2f} | {r['pruned_onnx_int8_error']:.2f} | "
+            f"{'' if diff is None else f'{diff:+.2f}'} | {e:.1f} / {c:.1f} / {q:.1f} | {e / q:.2f}x / {c / q:.2f}x | "
+            f"{r['load']:.2f} |"
+        )
+    if diffs:
+        print(
+            f"pruned ONNX int8 - dense fp32 (pt): mean {statistics.mean(diffs):+.2f}, worst {max(diffs):+.2f}"
+        )
+    print(
+        f"speed vs dense eager: mean {statistics.mean(speed_e):.2f}x, worst {min(speed_e):.2f}x; vs dense compile: "
+        f"mean {statistics.mean(speed_c):.2f}x, worst {min(speed_c):.2f}x"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="../shared/data")
@@ -200,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="/tmp/quantization_accuracy")
     p.add_argument("--report-only", action="store_true", help="print the table of the seeds in --out-dir")
+    p.add_argument(
+        "--mode", default="dense", choices=["dense", "pruned_ptq"], help="see the module docstring"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -209,6 +313,24 @@ def main(argv: list[str] | None = None) -> None:
         for line in open(path):
             record = json.loads(line)
             done[record["seed"]] = record
+    if args.mode == "pruned_ptq":
+        dense = done
+        path = os.path.join(args.out_dir, "results_pruned_ptq.jsonl")
+        done = {}
+        if os.path.exists(path):
+            for line in open(path):
+                record = json.loads(line)
+                done[record["seed"]] = record
+        for seed in args.seeds:
+            if seed in done or args.report_only:
+                continue
+            row = run_pruned_ptq(args, seed)
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            done[seed] = row
+        if done:
+            report_pruned_ptq([done[s] for s in sorted(done)], dense)
+        return
     _log(f"torch {torch.__version__}, {args.threads} thread(s), load {os.getloadavg()}; {vars(args)}")
     for seed in args.seeds:
         if seed in done or args.report_only:

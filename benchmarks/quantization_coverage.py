@@ -97,7 +97,9 @@ def build_model(name: str, image_size: int, seq_len: int) -> tuple[nn.Module, tu
     if name in ZOO:
         from lightning_optim.models import ConvNet3, LeNet5, SeparableCNN
 
-        factory = {"convnet3": ConvNet3, "lenet5": LeNet5, "separable_cnn": SeparableCNN}[name]
+        if name == "separable_cnn":  # global pooling: any input size
+            return SeparableCNN(num_classes=10), (1, 28, 28), "image"
+        factory = {"convnet3": ConvNet3, "lenet5": LeNet5}[name]
         return factory(num_classes=10, image_size=28), (1, 28, 28), "image"
     if name in TORCHVISION:
         import torchvision
@@ -172,7 +174,9 @@ class Row:
     @property
     def covered(self) -> bool:
         """Our PT2E path converted, lowered and exported the model (.pt2 and ONNX)."""
-        return self.ran and not any(k in self.failures for k in ("pt2e", "lower", "pt2", "ours ONNX"))
+        return self.ran and not any(
+            k in self.failures for k in ("build", "pt2e", "lower", "pt2", "ours ONNX")
+        )
 
     def speed(self, batch: int, path: str, reference: str | tuple[str, ...]) -> float | None:
         """``reference`` latency / ``path`` latency (the faster of several references or paths)."""
@@ -196,6 +200,10 @@ def run_model(name: str, args: argparse.Namespace, log) -> Row:
         model, shape, kind = build_model(name, args.image_size, args.seq_len)
     except MissingDependency as err:
         row.status = f"skipped: install {err} (.[bench])"
+        return row
+    except Exception as err:  # noqa: BLE001 - one model that cannot be built does not stop the run
+        row.status = f"failed to build: {_short(err)}"
+        row.failures["build"] = _short(err)
         return row
     torch.manual_seed(0)
     model = settle(model, shape, kind)

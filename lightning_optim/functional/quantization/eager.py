@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -312,16 +313,40 @@ class EagerBackend(QuantizationBackend):
                 f"The forward of {type(prepared).__name__} fails once prepared for quantization ({_first_line(err)})."
             ) from err
         quantized = self.convert(probe)
+        active: list[str] = []  # the modules whose forward is running: the last one holds the failing op
+        names = {id(m): n for n, m in quantized.named_modules()}
+        handles = []
+
+        def enter(module: nn.Module, _args: Any) -> None:
+            active.append(names.get(id(module), ""))
+
+        def leave(module: nn.Module, _args: Any, _output: Any) -> None:  # returns None: the output is kept
+            if active:
+                active.pop()
+
+        for module in quantized.modules():
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave))
         try:
             with torch.no_grad(), quiet_quantization_warnings():
                 quantized(x)
         except Exception as err:  # noqa: BLE001 - reported with the cause
+            where = active[-1].removeprefix("module.") if active else ""
+            place = (
+                f" in the forward of module {where!r}"
+                if where and where != "module"
+                else f" in {type(prepared).__name__}.forward itself"
+            )
             raise QuantizationError(
-                f"The forward of {type(prepared).__name__} cannot run on int8 tensors in eager mode "
+                f"The forward of {type(prepared).__name__} cannot run on int8 tensors in eager mode{place} "
                 f"({_first_line(err)}). Every op between the layers must accept quantized tensors: replace "
                 "`a + b`/`torch.cat` with torch.ao.nn.quantized.FloatFunctional, use nn.ReLU modules, and avoid "
-                "float-only ops (custom norms, softmax inside the model) or keep them out of `pl_module.model`."
+                "float-only ops (custom norms, softmax inside the model) or keep them out of `pl_module.model`; "
+                "or use backend='pt2e', which quantizes such models unchanged."
             ) from err
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def export(self, quantized: nn.Module, path: str | Path, example_input: Tensor | None = None) -> Path:
         path = Path(path)

@@ -420,3 +420,16 @@ def test_report_sizes_and_latency_table():
     metrics = report.metrics()
     assert metrics["quantization/int8_acc"] == pytest.approx(0.89)
     assert "quantization/speedup_vs_best/bs4" in metrics
+
+
+def test_eager_refusal_names_the_block_whose_forward_fails():
+    """A residual block's ``out += identity`` cannot run on int8 tensors in eager mode: the error names the
+    block (torchvision's resnet18: ``layer1.0``) and the stack that quantizes it unchanged."""
+    import torchvision
+
+    from lightning_optim.functional.quantization import QuantizationError, create_backend
+
+    backend = create_backend("eager")
+    observed, _ = backend.prepare_ptq(torchvision.models.resnet18(weights=None, num_classes=10).eval())
+    with pytest.raises(QuantizationError, match=r"in the forward of module 'layer1\.0'.*backend='pt2e'"):
+        backend.check_int8_forward(observed, torch.randn(2, 3, 32, 32))
