@@ -191,7 +191,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def run_pruned_ptq(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    from lightning_optim.functional.quantization import OnnxRunner
+    from lightning_optim.functional.quantization import OnnxRunner, read_onnx_metadata
 
     root = os.path.join(args.out_dir, f"pruned_ptq_seed{seed}")
     dm = ImageClassificationDataModule("mnist", data_dir=args.data_dir, batch_size=args.batch_size)
@@ -232,6 +232,7 @@ def run_pruned_ptq(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     onnx_pred = torch.cat([runner(x).argmax(1) for x, _ in test])
     row["pruned_onnx_int8_error"] = _error(onnx_pred, target)
     row["onnx_bytes"] = ptq.exported_paths["onnx"].stat().st_size
+    row["onnx_format"] = read_onnx_metadata(ptq.exported_paths["onnx"])["format"]
     row["s"] = time.perf_counter() - t0
     _log(
         f"seed {seed}: pruned fp32 {row['pruned_fp32_error']:.2f}%, PT2E int8 {row['pruned_pt2e_int8_error']:.2f}%, "
@@ -254,9 +255,9 @@ def run_pruned_ptq(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 def report_pruned_ptq(rows: list[dict[str, Any]], dense: dict[int, dict[str, Any]]) -> None:
     print(
         "\n| seed | dense fp32 % | pruned fp32 % | pruned PT2E int8 % | pruned ONNX int8 (ORT) % | ONNX - dense (pt) | "
-        "b64 ms: dense eager / dense compile / pruned int8 ORT | vs eager / vs compile | load |"
+        "b64 ms: dense eager / dense compile / pruned int8 ORT | vs eager / vs compile | load | ONNX file |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---|---|---:|---|")
     diffs, speed_e, speed_c = [], [], []
     for r in rows:
         lat = r["latency_ms"]
@@ -271,7 +272,7 @@ def report_pruned_ptq(rows: list[dict[str, Any]], dense: dict[int, dict[str, Any
             f"| {r['seed']} | {'' if base is None else f'{base:.2f}'} | {r['pruned_fp32_error']:.2f} | "
             f"{r['pruned_pt2e_int8_error']:.2f} | {r['pruned_onnx_int8_error']:.2f} | "
             f"{'' if diff is None else f'{diff:+.2f}'} | {e:.1f} / {c:.1f} / {q:.1f} | {e / q:.2f}x / {c / q:.2f}x | "
-            f"{r['load']:.2f} |"
+            f"{r['load']:.2f} | {r.get('onnx_format', '')} |"
         )
     if diffs:
         print(
