@@ -29,6 +29,9 @@ done); the table at the end has every seed, the mean and the worst.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.quantization_accuracy --data-dir ../shared/data --seeds 0 1 2 --threads 1
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.quantization_accuracy --data-dir ../shared/data --seeds 0 1 2 --threads 1 --mode pruned_ptq
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.quantization_accuracy --mode latency --threads 1
+
+``--mode latency`` times the 28 px paths alone (see :func:`latency_28px`), for a quiet machine.
 """
 
 from __future__ import annotations
@@ -252,6 +255,54 @@ def run_pruned_ptq(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return row
 
 
+def latency_28px(args: argparse.Namespace) -> None:
+    """``--mode latency``: batch ``--batch-size-latency`` at 28 px, interleaved, on a quiet machine: dense resnet18
+    fp32 eager / compile / PT2E int8 (inductor) and the same network with 50% of its channel groups removed
+    (``prune_channels``, the widths ``ProgressivePruning(granularity="channel_groups")`` leaves at 50%) in fp32
+    eager / compile, PT2E int8 and ONNX Runtime's QDQ file (as the PTQ callback writes it). Random weights: the
+    latency does not depend on them."""
+    import tempfile
+
+    from lightning_optim.functional.pruning.groups import prune_channels
+    from lightning_optim.functional.quantization import OnnxRunner, Pt2eBackend, quantize_onnx_static
+
+    torch.manual_seed(0)
+    dense = build("resnet18").train()
+    with torch.no_grad():
+        for _ in range(3):
+            dense(torch.randn(16, 1, 28, 28))
+    dense.eval()
+    x = torch.randn(16, 1, 28, 28)
+    pruned = prune_channels(dense, x, args.sparsity)[0].eval()
+
+    def pt2e(model: torch.nn.Module) -> Any:
+        backend = Pt2eBackend(example_input=x)
+        observed, _ = backend.prepare_ptq(model)
+        backend.calibrate(observed, [x])
+        return backend.lower(backend.convert(observed), x[:2])
+
+    folder = tempfile.mkdtemp()
+    runners = {
+        "dense fp32 eager": dense,
+        "dense fp32 compile": torch.compile(copy.deepcopy(dense)),
+        "dense int8 PT2E": pt2e(dense),
+        "pruned fp32 eager": pruned,
+        "pruned fp32 compile": torch.compile(copy.deepcopy(pruned)),
+        "pruned int8 PT2E": pt2e(pruned),
+        "pruned int8 ONNX Runtime": OnnxRunner(
+            quantize_onnx_static(pruned, folder + "/pruned.onnx", x, [x]), threads=args.threads
+        ),
+    }
+    xb = torch.randn(args.batch_size_latency, 1, 28, 28)
+    result = compare_latency(runners, xb, repeats=args.repeats, warmup=3, rounds=3, threads=args.threads)
+    eager, compiled = result["dense fp32 eager"]["median_ms"], result["dense fp32 compile"]["median_ms"]
+    print(f"\nbatch {args.batch_size_latency}, 28 px, {args.threads} thread(s), load {os.getloadavg()}")
+    print("| path | ms | vs dense fp32 eager | vs dense fp32 compile |\n|---|---:|---:|---:|")
+    for name, r in result.items():
+        ms = r["median_ms"]
+        print(f"| {name} | {ms:.1f} | {eager / ms:.2f}x | {compiled / ms:.2f}x |")
+
+
 def report_pruned_ptq(rows: list[dict[str, Any]], dense: dict[int, dict[str, Any]]) -> None:
     print(
         "\n| seed | dense fp32 % | pruned fp32 % | pruned PT2E int8 % | pruned ONNX int8 (ORT) % | ONNX - dense (pt) | "
@@ -303,10 +354,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", default="/tmp/quantization_accuracy")
     p.add_argument("--report-only", action="store_true", help="print the table of the seeds in --out-dir")
     p.add_argument(
-        "--mode", default="dense", choices=["dense", "pruned_ptq"], help="see the module docstring"
+        "--mode", default="dense", choices=["dense", "pruned_ptq", "latency"], help="see the module docstring"
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.mode == "latency":
+        latency_28px(args)
+        return
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "results.jsonl")
     done: dict[int, dict[str, Any]] = {}
