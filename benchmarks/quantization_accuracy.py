@@ -96,6 +96,23 @@ def _trainer(args: argparse.Namespace, root: str, epochs: int, callbacks: list, 
     return Trainer(callbacks=callbacks, **options)
 
 
+def _pruned_fit_parts(
+    args: argparse.Namespace, compact_at_end: bool
+) -> tuple[ClassificationModule, ProgressivePruning]:
+    """The module and the pruning callback of ``pruning_accuracy``'s pruned fit (call after seeding)."""
+    module = ClassificationModule(build("resnet18"), optimizer="adamw", lr=args.lr, weight_decay=1e-4)
+    pruning = ProgressivePruning(
+        final_sparsity=args.sparsity,
+        start=0,
+        end=args.ramp_epochs,
+        unit="epoch",
+        granularity="channel_groups",
+        compact_at_end=compact_at_end,
+        verbose=False,
+    )
+    return module, pruning
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     root = os.path.join(args.out_dir, f"seed{seed}")
     dm = ImageClassificationDataModule("mnist", data_dir=args.data_dir, batch_size=args.batch_size)
@@ -154,15 +171,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
     # 4. structured pruning then QAT in the last epoch
     seed_everything(seed, workers=True)
-    pruned = ClassificationModule(build("resnet18"), optimizer="adamw", lr=args.lr, weight_decay=1e-4)
-    pruning = ProgressivePruning(
-        final_sparsity=args.sparsity,
-        start=0,
-        end=args.ramp_epochs,
-        unit="epoch",
-        granularity="channel_groups",
-        verbose=False,
-    )
+    pruned, pruning = _pruned_fit_parts(args, compact_at_end=False)
     pqat = QuantizationAwareTraining(
         backend="pt2e", start_epoch=args.epochs - 1, start_after="pruning", report=False, verbose=False
     )
@@ -200,16 +209,7 @@ def run_pruned_ptq(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     dm = ImageClassificationDataModule("mnist", data_dir=args.data_dir, batch_size=args.batch_size)
     dm.setup("fit")
     seed_everything(seed, workers=True)
-    pruned = ClassificationModule(build("resnet18"), optimizer="adamw", lr=args.lr, weight_decay=1e-4)
-    pruning = ProgressivePruning(
-        final_sparsity=args.sparsity,
-        start=0,
-        end=args.ramp_epochs,
-        unit="epoch",
-        granularity="channel_groups",
-        compact_at_end=True,
-        verbose=False,
-    )
+    pruned, pruning = _pruned_fit_parts(args, compact_at_end=True)
     t0 = time.perf_counter()
     trainer = _trainer(
         args, root, args.epochs, [pruning, LRScheduling("one_cycle", interval="step", log_momentum=False)]
