@@ -73,6 +73,17 @@ class PrunedMultiheadAttention(nn.Module):
     def inner_dim(self) -> int:
         return self.num_heads * self.head_dim
 
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The q/k/v projections (slices of the packed ``in_proj_weight``)."""
+        inner = self.inner_dim
+        w, b = self.in_proj_weight, self.in_proj_bias
+        bq, bk, bv = (None, None, None) if b is None else (b[:inner], b[inner : 2 * inner], b[2 * inner :])
+        return (
+            F.linear(query, w[:inner], bq),
+            F.linear(key, w[inner : 2 * inner], bk),
+            F.linear(value, w[2 * inner :], bv),
+        )
+
     def forward(
         self,
         query: Tensor,
@@ -93,11 +104,7 @@ class PrunedMultiheadAttention(nn.Module):
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         inner = self.inner_dim
-        w, b = self.in_proj_weight, self.in_proj_bias
-        bq, bk, bv = (None, None, None) if b is None else (b[:inner], b[inner : 2 * inner], b[2 * inner :])
-        q = F.linear(query, w[:inner], bq)
-        k = F.linear(key, w[inner : 2 * inner], bk)
-        v = F.linear(value, w[2 * inner :], bv)
+        q, k, v = self._project(query, key, value)
         n, lq, _ = q.shape
         ls = k.shape[1]
         q = q.reshape(n, lq, self.num_heads, self.head_dim).transpose(1, 2)
@@ -134,6 +141,32 @@ class PrunedMultiheadAttention(nn.Module):
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"batch_first={self.batch_first}"
         )
+
+
+class SeparateProjectionAttention(PrunedMultiheadAttention):
+    """:class:`PrunedMultiheadAttention` with the q, k and v projections as three ``nn.Linear`` layers
+    (``q_proj``, ``k_proj``, ``v_proj``) instead of slices of one packed weight: what a quantizer that annotates
+    linear layers (torchao's x86 PT2E quantizer) can quantize. Build one with :func:`separate_projections`."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__(embed_dim, num_heads, head_dim, dropout, bias, batch_first)
+        del self.in_proj_weight
+        del self.in_proj_bias
+        inner = num_heads * head_dim
+        self.q_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, inner, bias=bias)
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.q_proj(query), self.k_proj(key), self.v_proj(value)
 
 
 def _merge_masks(
@@ -204,10 +237,62 @@ def from_multihead_attention(
     return new
 
 
+def separate_projections(
+    module: nn.MultiheadAttention | PrunedMultiheadAttention,
+) -> SeparateProjectionAttention:
+    """A :class:`SeparateProjectionAttention` computing what ``module`` computes (its parameters are copies).
+
+    Raises:
+        ValueError: as :func:`from_multihead_attention` (separate q/k/v widths, ``bias_k``, ``add_zero_attn``).
+    """
+    packed = from_multihead_attention(module)
+    new = SeparateProjectionAttention(
+        packed.embed_dim,
+        packed.num_heads,
+        packed.head_dim,
+        packed.dropout,
+        packed.in_proj_bias is not None,
+        packed.batch_first,
+    ).to(packed.in_proj_weight)
+    inner = packed.inner_dim
+    with torch.no_grad():
+        for i, proj in enumerate((new.q_proj, new.k_proj, new.v_proj)):
+            proj.weight.copy_(packed.in_proj_weight[i * inner : (i + 1) * inner])
+            if proj.bias is not None:
+                proj.bias.copy_(packed.in_proj_bias[i * inner : (i + 1) * inner])
+        new.out_proj.load_state_dict(packed.out_proj.state_dict())
+    new.train(module.training)
+    return new
+
+
+def unpack_attention(model: nn.Module) -> list[str]:
+    """Replace, in place, every ``nn.MultiheadAttention``/:class:`PrunedMultiheadAttention` of ``model`` that
+    :func:`separate_projections` supports by its separate-projection equivalent; returns the replaced names."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if (
+            not name  # the model itself: nothing to put it in
+            or not isinstance(module, (nn.MultiheadAttention, PrunedMultiheadAttention))
+            or isinstance(module, SeparateProjectionAttention)
+        ):
+            continue
+        try:
+            new = separate_projections(module)
+        except ValueError:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        replaced.append(name)
+    return replaced
+
+
 __all__ = [
     "HEAD_COUNT_ATTRIBUTES",
     "HEAD_WIDTH_ATTRIBUTES",
     "INNER_WIDTH_ATTRIBUTES",
     "PrunedMultiheadAttention",
+    "SeparateProjectionAttention",
     "from_multihead_attention",
+    "separate_projections",
+    "unpack_attention",
 ]

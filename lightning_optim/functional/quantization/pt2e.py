@@ -64,6 +64,7 @@ from lightning_optim.functional.quantization.backend import (
     register_backend,
 )
 from lightning_optim.functional.quantization.fusion import FusionPlan, quantizable_layers
+from lightning_optim.layers.attention import unpack_attention
 
 #: the child of :class:`Pt2eModule` that holds the captured graph (and the state-dict key part that only a
 #: PT2E-prepared or converted model has)
@@ -914,8 +915,18 @@ class Pt2eBackend(QuantizationBackend):
         """
         self._check_model(model)
         copied = copy.deepcopy(model).cpu().eval()
+        # nn.MultiheadAttention projects q/k/v with F.linear on slices of one packed weight, which the x86
+        # quantizer leaves in float: the copy gets three nn.Linear layers instead (the same outputs)
+        unpacked = unpack_attention(copied)
         x = self._example_for(copied)
         observed, capture = self._capture(copied, x, is_qat=False)
+        if unpacked:
+            capture.note = "; ".join(
+                filter(
+                    None,
+                    [capture.note, f"q/k/v projections unpacked into Linear layers: {', '.join(unpacked)}"],
+                )
+            )
         return Pt2eModule(observed, "ptq", capture).eval(), capture
 
     # ----------------------------------------------------------------------------------- convert
