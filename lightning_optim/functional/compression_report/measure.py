@@ -43,6 +43,16 @@ def _pt2e_int8_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def _pt2e_captured_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The PT2E-captured networks prepared for QAT or observed for PTQ (``Pt2eModule`` of kind ``"qat"``/``"ptq"``)."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if getattr(m, "kind", None) in ("qat", "ptq")
+        and isinstance(getattr(m, "graph_module", None), nn.Module)
+    ]
+
+
 def is_pt2e_int8(model: nn.Module) -> bool:
     """Whether ``model`` is (or holds) a converted PT2E int8 model."""
     return bool(_pt2e_int8_modules(model))
@@ -139,6 +149,12 @@ def weight_sparsity(model: nn.Module) -> float:
         for _, w, _ in quantized_weights(model):
             total += w.numel()
             zeros += w.numel() - int(torch.count_nonzero(_values(w)))
+        # a network captured for PT2E QAT/PTQ: no layer modules, its weights are the graph's parameters
+        for _, module in _pt2e_captured_modules(model):
+            for name, w in module.named_parameters():
+                if name.endswith(".weight") and w.dim() >= 2:
+                    total += w.numel()
+                    zeros += w.numel() - int(torch.count_nonzero(w))
     return zeros / total if total else 0.0
 
 
@@ -485,10 +501,16 @@ def measure_model(
             row["flops_source"] = "torch.utils.flop_counter"
         row["flops"] = flops
         row["macs"] = flops // 2
-        # PT2E int8: no layer modules to hook; its int8 kernels compute every MAC (dense)
-        row["nonzero_macs"] = row["macs"] if pt2e_int8 else count_layer_macs(model, x1, nonzero=True)
+        # PT2E int8: no layer modules to hook; its int8 kernels compute every MAC (dense). A captured QAT/PTQ graph:
+        # no layer modules either, so no per-layer count ("-" in the table, not a false 0)
+        if pt2e_int8:
+            row["nonzero_macs"] = row["macs"]
+        elif _pt2e_captured_modules(model):
+            row["nonzero_macs"] = None
+        else:
+            row["nonzero_macs"] = count_layer_macs(model, x1, nonzero=True)
         row["mflops"] = flops / 1e6
-        row["nonzero_mflops"] = 2 * row["nonzero_macs"] / 1e6
+        row["nonzero_mflops"] = None if row["nonzero_macs"] is None else 2 * row["nonzero_macs"] / 1e6
         timed = model
         if pt2e_int8 and latency_batch_sizes:
             from lightning_optim.functional.quantization.pt2e import lower

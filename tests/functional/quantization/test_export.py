@@ -26,15 +26,6 @@ from lightning_optim.functional.quantization import (
 from lightning_optim.models import ConvNet3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads oversubscribe and crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def int8_model():
     """A converted tiny ConvNet3 (QAT-prepared, observed on random inputs)."""

@@ -40,15 +40,6 @@ from tests.nets import ConcatCNN, NoLayers, ResidualCNN, SEDepthwiseCNN, TinyViT
 torchvision = pytest.importorskip("torchvision")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads oversubscribe and crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def settle(model: nn.Module, shape: tuple[int, ...], steps: int = 4) -> nn.Module:
     """Batch-norm statistics from a few random batches, as a trained model has (freshly initialised
     statistics make deep nets such as mobilenet_v2 output ~1e-10, which no 8-bit grid can follow)."""
@@ -601,3 +592,28 @@ def test_multihead_attention_projections_are_quantized_too(tmp_path):
     x = torch.randn(16, *shape[1:])
     with torch.no_grad():
         assert relative_error(quantized(x), model(x)) < 0.1
+
+
+def test_measure_model_reads_a_captured_network_and_its_int8_model():
+    """The compression report's row of a PT2E-prepared network (QAT) counts its weights' zeros and leaves the
+    per-layer MACs unknown (no layer modules), and the int8 model's row counts its int8 weights: never the
+    0% sparsity / 90 parameters of a graph read as a plain module."""
+    from lightning_optim.functional.compression_report.measure import measure_model
+
+    torch.manual_seed(0)
+    model = settle(ResidualCNN(), (8, 3, 16, 16))
+    with torch.no_grad():
+        model.blocks[0][0].weight[:4] = 0.0  # a quarter of one conv's filters pruned
+    x = torch.randn(4, 3, 16, 16)
+    backend = Pt2eBackend(example_input=x)
+    prepared = backend.prepare_qat_module(model)
+    row = measure_model(prepared, x, latency_batch_sizes=(), artifact=False)
+    conv_weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    expected = 4 * model.blocks[0][0].weight[0].numel() / sum(w.numel() for w in conv_weights)
+    assert row["precision"] == "fake-quant" and row["weight_sparsity"] == pytest.approx(expected)
+    assert row["nonzero_macs"] is None and row["macs"] > 0
+    prepared(x)
+    int8 = backend.convert(prepared)
+    row = measure_model(int8, x, latency_batch_sizes=(), artifact=False)
+    assert row["precision"] == "int8" and row["parameters"] >= sum(w.numel() for w in conv_weights)
+    assert row["weight_sparsity"] == pytest.approx(expected, abs=0.01)
