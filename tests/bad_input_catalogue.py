@@ -156,6 +156,12 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
         "ValueError",
     ),
     (
+        "PostTrainingQuantization",
+        "a model no quantization stack can capture (the dry run at setup)",
+        "fit(PostTrainingQuantization(), model=DataDependent())",
+        "ValueError",
+    ),
+    (
         "QuantizationAwareTraining",
         "start epoch after max_epochs",
         "fit(QuantizationAwareTraining(start_epoch=5), max_epochs=1)",
