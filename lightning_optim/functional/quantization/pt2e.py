@@ -868,6 +868,19 @@ class Pt2eBackend(QuantizationBackend):
             prepared, capture = self._capture(model, x, is_qat=True)
         finally:
             model.train(was_training)
+        packed = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+        if packed:  # QAT trains the network's own packed weight: its q/k/v slices are not annotated
+            capture.note = "; ".join(
+                filter(
+                    None,
+                    [
+                        capture.note,
+                        f"attention q/k/v projections stay float in QAT (packed in_proj_weight): {', '.join(packed)}; "
+                        "PTQ quantizes them",
+                    ],
+                )
+            )
+            _LOG.warning("PT2E QAT: %s", capture.note)
         module = Pt2eModule(prepared, "qat", capture)
         return module.train()
 

@@ -592,6 +592,11 @@ def test_multihead_attention_projections_are_quantized_too(tmp_path):
     x = torch.randn(16, *shape[1:])
     with torch.no_grad():
         assert relative_error(quantized(x), model(x)) < 0.1
+    # QAT trains the packed weight itself: said, not silently left in float
+    prepared = Pt2eBackend(example_input=torch.randn(*shape)).prepare_qat_module(MHAEncoder())
+    assert (
+        "attention q/k/v projections stay float in QAT (packed in_proj_weight): attn" in prepared.capture.note
+    )
 
 
 def test_measure_model_reads_a_captured_network_and_its_int8_model():
