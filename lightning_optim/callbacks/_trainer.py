@@ -7,12 +7,14 @@ evaluation batches.
 - :func:`known_input_shape`: one sample's shape from an option, ``example_input_array`` or the data module;
 - :func:`eval_loader`, :func:`eval_batches`: a split's loader, and its ``(inputs, targets)`` as the model sees
   them at evaluation (the data module's transfer hooks run under the testing stage: normalized, resized,
-  never augmented).
+  never augmented);
+- :func:`work_progress`: a progress bar for work a callback does outside the Trainer's loops (calibration,
+  measurement, export), shown on rank 0 when the Trainer shows its own progress bar.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -184,3 +186,26 @@ __all__ = [
     "known_input_shape",
     "log_metrics",
 ]
+
+
+def work_progress(
+    trainer: pl.Trainer | None, iterable: Iterable[Any] | None = None, *, desc: str, total: int | None = None
+) -> Any:
+    """A ``tqdm`` progress bar over ``iterable`` (or a manual one: ``bar.update(n)``) labelled ``desc``.
+
+    Shown on rank 0 only, and only when ``trainer`` shows a progress bar (``enable_progress_bar``); otherwise a
+    silent bar with the same interface. Use it as a context manager, or iterate it::
+
+        with work_progress(trainer, desc="Measuring", total=3) as bar:
+            ...
+            bar.update(1)
+    """
+    from tqdm.auto import tqdm
+
+    shown = (
+        trainer is not None
+        and getattr(trainer, "progress_bar_callback", None) is not None
+        and getattr(trainer, "global_rank", 0) == 0
+    )
+    return tqdm(iterable, desc=desc, total=total, disable=not shown, leave=False, dynamic_ncols=True)
+
