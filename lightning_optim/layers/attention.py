@@ -46,6 +46,10 @@ class PrunedMultiheadAttention(nn.Module):
         ValueError: for a non-positive ``embed_dim``, ``num_heads`` or ``head_dim``, or ``dropout`` outside [0, 1).
     """
 
+    #: read by ``nn.TransformerEncoderLayer``/``DecoderLayer`` before their fused fast path, which assumes torch's
+    #: own packed layout: ``False`` sends them to the ordinary path, which calls this module's ``forward``
+    _qkv_same_embed_dim = False
+
     def __init__(
         self,
         embed_dim: int,
@@ -160,6 +164,9 @@ class SeparateProjectionAttention(PrunedMultiheadAttention):
         super().__init__(embed_dim, num_heads, head_dim, dropout, bias, batch_first)
         del self.in_proj_weight
         del self.in_proj_bias
+        # read (and found None) by nn.TransformerEncoderLayer's fast-path check, which then takes the ordinary path
+        self.in_proj_weight: Tensor | None = None
+        self.in_proj_bias: Tensor | None = None
         inner = num_heads * head_dim
         self.q_proj = nn.Linear(embed_dim, inner, bias=bias)
         self.k_proj = nn.Linear(embed_dim, inner, bias=bias)

@@ -349,6 +349,78 @@ def _strip_unused_state(graph_module: torch.fx.GraphModule) -> None:
         parameter.requires_grad_(False)
 
 
+def _graph_attr(graph_module: nn.Module, target: str) -> Any:
+    value: Any = graph_module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def quantize_embedding_tables(graph_module: torch.fx.GraphModule, min_rows: int = 2) -> list[str]:
+    """Store the graph's embedding tables as int8 with one scale per row (weight-only quantization), in place.
+
+    Each ``aten.embedding(weight, indices)`` whose float ``weight`` is read by that lookup only (not tied to an
+    output projection) becomes ``embedding(weight_int8, indices).float() * embedding(row_scale, indices)``:
+    only the looked-up rows are dequantized, so a lookup costs what it did. The scale of a row is its largest
+    absolute value / 127 (symmetric, zero point 0; an all-zero row keeps scale 1), so the error of each value is
+    at most half a step of its row. The float table is removed.
+
+    Args:
+        graph_module: a converted PT2E graph (``convert_pt2e``'s output).
+        min_rows: tables with fewer rows are left in float (a 2-row token-type table saves nothing).
+
+    Returns:
+        The names of the tables quantized (their ``get_attr`` targets).
+    """
+    aten = torch.ops.aten
+    graph = graph_module.graph
+    done: list[str] = []
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.embedding.default:
+            continue
+        weight_node = node.args[0]
+        if (
+            not isinstance(weight_node, torch.fx.Node)
+            or weight_node.op != "get_attr"
+            or len(weight_node.users) != 1
+        ):
+            continue
+        weight = _graph_attr(graph_module, weight_node.target)
+        if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.dim() != 2:
+            continue
+        if weight.shape[0] < min_rows:
+            continue
+        with torch.no_grad():
+            table = weight.detach().float()
+            scale = table.abs().amax(dim=1, keepdim=True) / 127.0
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            values = torch.clamp(torch.round(table / scale), -127, 127).to(torch.int8)
+        stem = weight_node.target.replace(".", "_")
+        int8_name, scale_name = f"{stem}_int8", f"{stem}_row_scale"
+        graph_module.register_buffer(int8_name, values)
+        graph_module.register_buffer(scale_name, scale.to(weight.dtype))
+        indices = node.args[1]
+        with graph.inserting_before(node):
+            int8_table = graph.get_attr(int8_name)
+            row_scale = graph.get_attr(scale_name)
+            rows = graph.call_function(aten.embedding.default, (int8_table, *node.args[1:]))
+            scales = graph.call_function(aten.embedding.default, (row_scale, indices))
+            as_float = graph.call_function(aten._to_copy.default, (rows,), {"dtype": weight.dtype})
+            looked_up = graph.call_function(aten.mul.Tensor, (as_float, scales))
+        looked_up.meta.update({k: v for k, v in node.meta.items() if k in ("stack_trace", "nn_module_stack")})
+        node.replace_all_uses_with(looked_up)
+        graph.erase_node(node)
+        graph.erase_node(weight_node)
+        owner_name, _, leaf = weight_node.target.rpartition(".")
+        owner = graph_module.get_submodule(owner_name) if owner_name else graph_module
+        delattr(owner, leaf)
+        done.append(weight_node.target)
+    if done:
+        graph.lint()
+        graph_module.recompile()
+    return done
+
+
 def _allow_pickle(graph_module: nn.Module) -> None:
     """Make a captured graph picklable: drop the ``train``/``eval`` traps torchao binds on it (instance
     methods cannot be pickled; :class:`Pt2eModule` switches the graph itself) and export's tracer class."""
@@ -677,6 +749,10 @@ class Pt2eBackend(QuantizationBackend):
             ``torch.ao.quantization.fx._decomposed`` imported before ``torch.export.load`` but compiles to
             int8 kernels after loading).
         compress_export: deflate the deploy file's records (``torch.export.load`` reads them as they are).
+        quantize_embeddings: store embedding tables (``nn.Embedding``, e.g. a transformer's token and position
+            embeddings, which the x86 quantizer leaves in float) as int8 with one scale per row after
+            :meth:`convert` (weight-only: the looked-up rows are dequantized, ``int8 row * row scale``; see
+            :func:`quantize_embedding_tables`). ``False`` keeps them in float.
     """
 
     name = "pt2e"
@@ -696,6 +772,7 @@ class Pt2eBackend(QuantizationBackend):
         reduce_range: bool = False,
         portable_export: bool = True,
         compress_export: bool = True,
+        quantize_embeddings: bool = True,
     ) -> None:
         self.engine = check_choice("engine", engine, self.engines, kind="PT2E")
         check_choice("strict", strict, (None, True, False), kind="PT2E")
@@ -705,6 +782,7 @@ class Pt2eBackend(QuantizationBackend):
         self.reduce_range = bool(reduce_range)
         self.portable_export = bool(portable_export)
         self.compress_export = bool(compress_export)
+        self.quantize_embeddings = bool(quantize_embeddings)
         self.example_input: Tensor | None = None
         if example_input is not None:
             self.set_example_input(example_input)
@@ -972,6 +1050,8 @@ class Pt2eBackend(QuantizationBackend):
         except Exception as err:  # noqa: BLE001 - reported with the cause
             raise QuantizationError(f"convert_pt2e failed: {_first_line(err)}") from err
         _strip_unused_state(converted)
+        if getattr(self, "quantize_embeddings", True):  # backends pickled before the option: on
+            quantize_embedding_tables(converted)
         if not quantized_op_counts(converted):
             raise QuantizationError(
                 "X86InductorQuantizer quantized nothing in this model (no conv/linear/matmul it supports, or all "
@@ -1075,8 +1155,10 @@ class Pt2eBackend(QuantizationBackend):
         tensors = {**program.state_dict, **program.constants}
         int8 = sum(t.numel() for t in tensors.values() if isinstance(t, Tensor) and t.dtype == torch.int8)
         float_matrices = sorted(
-            k for k, t in tensors.items() if isinstance(t, Tensor) and t.is_floating_point() and t.dim() >= 2
-        )
+            k
+            for k, t in tensors.items()
+            if isinstance(t, Tensor) and t.is_floating_point() and sum(d > 1 for d in t.shape) >= 2
+        )  # matrices, not vectors stored as (n, 1) columns (the embeddings' row scales)
         with torch.no_grad():
             expected = quantized(x)
             got = program.module(check_guards=False)(x)

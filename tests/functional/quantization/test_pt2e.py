@@ -622,3 +622,67 @@ def test_measure_model_reads_a_captured_network_and_its_int8_model():
     row = measure_model(int8, x, latency_batch_sizes=(), artifact=False)
     assert row["precision"] == "int8" and row["parameters"] >= sum(w.numel() for w in conv_weights)
     assert row["weight_sparsity"] == pytest.approx(expected, abs=0.01)
+
+
+class TokenEncoder(nn.Module):
+    """Token and position embeddings, a transformer encoder layer and a linear head (a BERT-style classifier);
+    ``tied``: a language-model head that reuses the token table."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 32, classes: int = 5, tied: bool = False) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim, padding_idx=0)
+        self.positions = nn.Embedding(16, dim)
+        self.layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, classes)
+        self.tied = tied
+
+    def forward(self, ids):
+        h = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        h = self.layer(h)
+        if self.tied:
+            return h.mean(1) @ self.tokens.weight.t()
+        return self.head(h.mean(1))
+
+
+def test_embedding_tables_are_stored_in_int8_with_one_scale_per_row(tmp_path):
+    """The x86 quantizer leaves embeddings in float (31 of a small BERT's 45 MB): convert() stores each table
+    as int8 rows and per-row scales; a table tied to an output projection stays float."""
+    torch.manual_seed(0)
+    model = TokenEncoder().eval()
+    ids = torch.randint(0, 1000, (8, 12))
+    x = torch.randint(0, 1000, (16, 12))
+    sizes = {}
+    outputs = {}
+    for quantize_embeddings in (False, True):
+        backend = Pt2eBackend(example_input=ids, quantize_embeddings=quantize_embeddings)
+        observed, _ = backend.prepare_ptq(model)
+        backend.calibrate(observed, [torch.randint(0, 1000, (8, 12)) for _ in range(4)])
+        quantized = backend.convert(observed)
+        path = backend.export(quantized, tmp_path / f"tokens_{quantize_embeddings}.pt2")
+        sizes[quantize_embeddings] = path.stat().st_size
+        with torch.no_grad():
+            outputs[quantize_embeddings] = quantized(x), model(x)
+        tables = {k: t for k, t in quantized.graph_module.named_buffers() if k.endswith("_int8")}
+        if quantize_embeddings:
+            assert len(tables) == 2 and all(t.dtype == torch.int8 for t in tables.values()), tables
+            # per row: the largest value of each row maps to +-127; the padding row (all zeros) stays zero
+            token_table = next(t for k, t in tables.items() if "token" in k)
+            assert int(token_table[1:].abs().amax(dim=1).min()) == 127 and not token_table[0].any()
+            assert read_pt2_metadata(path)["float_matrices"] == []
+            loaded = backend.load(path)
+            with torch.no_grad():
+                assert torch.allclose(loaded(x), outputs[True][0], atol=1e-5)
+        else:
+            assert not tables
+    assert sizes[True] * 2 < sizes[False], sizes  # the 1000 x 32 token table dominates
+    got, expected = outputs[True]
+    assert relative_error(got, expected) < 0.05
+    assert relative_error(got, outputs[False][0]) < 0.02  # the tables' own rounding: small
+
+    tied = TokenEncoder(tied=True).eval()
+    backend = Pt2eBackend(example_input=ids)
+    observed, _ = backend.prepare_ptq(tied)
+    backend.calibrate(observed, [ids])
+    quantized = backend.convert(observed)
+    names = [k for k, _ in quantized.graph_module.named_buffers() if k.endswith("_int8")]
+    assert not any("token" in k for k in names), names  # tied to the head: left in float
