@@ -19,7 +19,8 @@ def test_separate_projections_compute_what_multihead_attention_computes(batch_fi
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
     new = separate_projections(mha).eval()
-    assert isinstance(new.q_proj, nn.Linear) and not hasattr(new, "in_proj_weight")
+    assert isinstance(new.q_proj, nn.Linear) and new.in_proj_weight is None and new.in_proj_bias is None
+    assert "in_proj_weight" not in dict(new.named_parameters())
     x = torch.randn(3, 5, 16)
     mask = torch.zeros((3, 5) if batch_first else (5, 3), dtype=torch.bool)  # (batch, keys)
     mask[:, -1] = True
@@ -38,3 +39,16 @@ def test_unpack_attention_replaces_every_supported_module_in_place():
     assert isinstance(model[1], SeparateProjectionAttention)
     assert isinstance(model.odd, nn.MultiheadAttention)
     assert unpack_attention(model) == []  # already unpacked
+
+
+def test_unpacked_attention_runs_inside_a_transformer_encoder_layer():
+    """nn.TransformerEncoderLayer reads ``self_attn.in_proj_bias`` (and ``_qkv_same_embed_dim``) before its
+    fused fast path: the unpacked module must send it to the ordinary path, which calls the module."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        expected = layer(x)
+        assert unpack_attention(layer) == ["self_attn"]
+        assert isinstance(layer.self_attn, SeparateProjectionAttention)
+        assert torch.allclose(layer(x), expected, atol=1e-5)
