@@ -34,6 +34,7 @@ from lightning_optim.functional.quantization.export import (
 from lightning_optim.functional.quantization.fusion import FusionPlan, find_fusion_groups, quantizable_layers
 from lightning_optim.functional.quantization.onnx import (
     OnnxRunner,
+    complete_qdq,
     export_onnx,
     quantize_onnx_static,
     read_onnx_metadata,
@@ -96,6 +97,7 @@ __all__ = [
     "quantizable_layers",
     "quantization_report",
     "quantize_onnx_static",
+    "complete_qdq",
     "quantized_op_counts",
     "quiet_quantization_warnings",
     "read_onnx_metadata",

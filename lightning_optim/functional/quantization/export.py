@@ -185,7 +185,10 @@ def export_quantized(
             ``pixel_scale``, ``input_shape``, ``class_names``; see ``Pt2eBackend.export``).
         float_model: ONNX: the trained float network ``model`` was converted from; with ``calibration``, ONNX
             Runtime's own static quantizer writes the file (see the module docstring).
-        calibration: ONNX: input batches for ONNX Runtime's calibration (and the check).
+        calibration: ONNX: input batches for ONNX Runtime's calibration (and the check); without
+            ``float_model`` (QAT, or when ONNX Runtime's file is not kept), for the ranges of the residual
+            additions the PT2E graph leaves in float (:func:`~lightning_optim.functional.quantization.onnx.
+            complete_qdq`), so that ONNX Runtime runs them with int8 kernels.
 
     Raises:
         ValueError: an unknown ``export_format`` or one the backend does not write.
@@ -210,14 +213,24 @@ def export_quantized(
                 quantize_onnx_static(float_model, path, example_input, calibration, metadata=metadata)
                 _check_onnx_file(path, model, calibration, by_class=True, float_model=float_model)
                 return path
-            except QuantizationError as err:  # the int8 graph itself: slower in ONNX Runtime, but faithful
+            except (
+                QuantizationError
+            ) as err:  # the int8 graph itself, with its own (calibrated/learned) ranges
                 warnings.warn(
                     f"ONNX export: ONNX Runtime's own quantization of the float network is not kept ({err}); "
-                    "the PT2E int8 graph is exported instead (the same arithmetic as the PyTorch int8 model).",
+                    "the PT2E int8 graph is exported instead (the PyTorch int8 model's ranges).",
                     UserWarning,
                     stacklevel=2,
                 )
         export_onnx(model, path, example_input, metadata=metadata)
+        if calibration and getattr(backend, "name", "") == "pt2e":
+            from lightning_optim.functional.quantization.onnx import complete_qdq
+
+            # the residual adds the x86 quantizer leaves in float get calibrated ranges: int8 kernels in ONNX
+            # Runtime; the ranges the graph has (PTQ calibration or QAT) are kept
+            if complete_qdq(path, calibration):
+                _check_onnx_file(path, model, calibration, by_class=True)
+                return path
         _check_onnx_file(path, model, [example_input], by_class=False)
         return path
     if export_format == "torchscript":
