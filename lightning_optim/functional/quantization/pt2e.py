@@ -76,7 +76,7 @@ INTEGRITY_FILE = "lightning_optim_integrity.json"
 #: the value of ``"format"`` in the metadata
 DEPLOY_FORMAT = "lightning_optim.pt2e.v1"
 #: the input-preprocessing keys a caller may put in the metadata
-METADATA_KEYS: tuple[str, ...] = ("mean", "std", "pixel_scale", "input_shape", "class_names")
+METADATA_KEYS: tuple[str, ...] = ("mean", "std", "pixel_scale", "input_shape", "class_names", "channels_from")
 #: how the quantize/dequantize nodes are written in a deploy file
 REPRESENTATIONS: tuple[str, ...] = ("aten", "quantized_decomposed")
 #: how to install torchao
@@ -1119,7 +1119,9 @@ class Pt2eBackend(QuantizationBackend):
                 against ``quantized`` on it.
             metadata: the input preprocessing, any of ``{"pixel_scale": 255.0, "mean": [...], "std": [...],
                 "input_shape": [...], "class_names": [...]}``: the model input is ``(raw / pixel_scale - mean) /
-                std`` per channel (``input_shape`` defaults to the example's shape without the batch).
+                std`` per channel (``input_shape`` defaults to the example's shape without the batch);
+                ``"channels_from"`` (e.g. ``"grey repeated to 3"``) says how raw images get the model's channels
+                first.
 
         Raises:
             QuantizationError: not a converted PT2E model, or the saved program disagrees with it.
@@ -1240,6 +1242,8 @@ def _check_metadata(metadata: dict[str, Any] | None, x: Tensor) -> dict[str, Any
         raise ValueError(f"PT2E export metadata: every `std` value must be > 0, got {info['std']}.")
     if "class_names" in info:
         info["class_names"] = [str(c) for c in info["class_names"]]
+    if "channels_from" in info:
+        info["channels_from"] = str(info["channels_from"])
     return info
 
 

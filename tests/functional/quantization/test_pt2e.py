@@ -513,6 +513,9 @@ def test_export_checks_its_input(small_export, tmp_path):
     ):
         backend.export(ResidualCNN(), tmp_path / "m.pt2")
     assert not (tmp_path / "m.pt2").exists()
+    # how raw grey images become the model's 3 channels travels with the file
+    path = backend.export(quantized, tmp_path / "grey.pt2", metadata={"channels_from": "grey repeated to 3"})
+    assert read_pt2_metadata(path)["channels_from"] == "grey repeated to 3"
 
 
 def test_non_portable_export_keeps_the_quantize_nodes(small_export, tmp_path):
