@@ -1,12 +1,12 @@
-"""The model zoo: LeNet-300-100, LeNet-5 (classic, Caffe), a 3-block CNN, a separable CNN, a text classifier,
-and a logit-averaging ensemble (a distillation teacher)."""
+"""The model zoo: LeNet-300-100, LeNet-5 (classic, Caffe), a 3-block CNN, a separable CNN, a small residual CNN,
+a text classifier, and a logit-averaging ensemble (a distillation teacher)."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from lightning_optim._deprecation import moved
-from lightning_optim.models.cnn import ConvNet3, SeparableCNN, conv_block
+from lightning_optim.models.cnn import ConvNet3, SeparableCNN, SmallResNet, conv_block
 from lightning_optim.models.ensemble import LogitEnsemble
 from lightning_optim.models.lenet import LeNet5, LeNet300100
 from lightning_optim.models.text import TextClassifier
@@ -46,6 +46,7 @@ __all__ = [
     "LeNet300100",
     "LogitEnsemble",
     "SeparableCNN",
+    "SmallResNet",
     "TextClassifier",
     "conv_block",
     "create_model",
