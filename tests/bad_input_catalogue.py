@@ -51,6 +51,26 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
         "ImageClassificationDataModule('digits', augmentation=[{'name': 'twirl'}])",
         "ValueError",
     ),
+    ("data", "unknown channels", "ImageClassificationDataModule('digits', channels=2)", "ValueError"),
+    (
+        "data",
+        "channels for a feature table",
+        "ImageClassificationDataModule(images=torch.rand(8, 4), labels=torch.arange(8) % 2, channels=3)",
+        "ValueError",
+    ),
+    (
+        "data",
+        "channels for RGBA images",
+        "ImageClassificationDataModule(image_folder=RGBA_FOLDER, image_mode='RGBA', channels=3)",
+        "ValueError",
+    ),
+    (
+        "data",
+        "checkpoint statistics of another channel count",
+        "ImageClassificationDataModule('digits').load_state_dict({'normalization': 'zscore', "
+        "'norm_stats': {'mean': torch.zeros(3), 'std': torch.ones(3)}})",
+        "ValueError",
+    ),
     (
         "data",
         "text file without the label column",
@@ -85,6 +105,36 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ),
     ("module", "learning rate 0", "ClassificationModule(LeNet300100(), lr=0)", "ValueError"),
     ("module", "learning rate NaN", "ClassificationModule(LeNet300100(), lr=float('nan'))", "ValueError"),
+    (
+        "module",
+        "an RGB network on grey images (dry run at setup)",
+        "train(resnet18(num_classes=10))",
+        "ValueError",
+    ),
+    (
+        "module",
+        "images too small for the network (dry run at setup)",
+        "train(LeNet5())",
+        "ValueError",
+    ),
+    (
+        "module",
+        "a network built for another image size (dry run at setup)",
+        "train(ConvNet3(image_size=28))",
+        "ValueError",
+    ),
+    (
+        "module",
+        "another number of outputs than classes (dry run at setup)",
+        "train(torch.nn.Sequential(torch.nn.Conv2d(1, 5, 8), torch.nn.Flatten()), num_classes=10)",
+        "ValueError",
+    ),
+    (
+        "module",
+        "any other error of the network on the example batch",
+        "train(TakesTwoInputs())",
+        "TypeError",
+    ),
     ("models", "unknown LeNet-5 variant", "LeNet5(variant='alexnet')", "ValueError"),
     ("models", "unknown zoo model", "create_model('resnet50')", "ValueError"),
     ("layers", "unknown norm", "create_norm('spectral', 8)", "ValueError"),
@@ -269,10 +319,28 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
 
 #: what the message must name, where the call's own option names and values are not it
 MUST_NAME: dict[str, str] = {
+    "channels for RGBA images": "`image_mode` 'RGBA'",
+    "checkpoint statistics of another channel count": "`channels`",
+    "an RGB network on grey images (dry run at setup)": "`data.init_args.channels: 3`",
+    "images too small for the network (dry run at setup)": "`data.init_args.image_size: 28`",
+    "a network built for another image size (dry run at setup)": "`image_size`",
+    "another number of outputs than classes (dry run at setup)": "`num_classes`",
+    "any other error of the network on the example batch": "dry run",
     "text file without the label column": "label_column",
     "unknown callback class in a recipe": "NoSuchCallback",
     "unknown model class in a recipe": "NoSuchNet",
 }
+
+
+def _tiny_png() -> bytes:
+    """A 2x2 RGBA PNG (an image folder's only file)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGBA", (2, 2), (10, 20, 30, 255)).save(out, format="PNG")
+    return out.getvalue()
 
 
 def namespace() -> dict:
@@ -282,6 +350,7 @@ def namespace() -> dict:
 
     import lightning.pytorch as pl
     import torch
+    from torchvision.models import resnet18
 
     import lightning_optim.callbacks as callbacks
     import lightning_optim.data as data
@@ -303,6 +372,8 @@ def namespace() -> dict:
     (tmp / "empty").mkdir()
     (tmp / "no_label.csv").write_text("text,category\nhello world,1\nbye,0\n")
     (tmp / "good.csv").write_text("text,label\nhello world,1\nbye,0\nhi there,1\nso long,0\n")
+    (tmp / "rgba" / "a").mkdir(parents=True)
+    (tmp / "rgba" / "a" / "x.png").write_bytes(_tiny_png())
 
     class DataDependent(torch.nn.Module):
         """A forward with control flow on tensor values: torch.fx cannot trace it."""
@@ -314,6 +385,22 @@ def namespace() -> dict:
         def forward(self, x):
             x = torch.flatten(x, 1)
             return self.fc(x) if x.sum() > 0 else self.fc(-x)
+
+    class TakesTwoInputs(torch.nn.Module):
+        """A network whose forward wants a second argument: it fails on any batch."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x, mask):
+            return self.fc(torch.flatten(x, 1) * mask)
+
+    def train(network, num_classes=None, **data_kwargs):
+        """Fit ``network`` one step on the digits: a dry run at setup checks it against the data first."""
+        module = ClassificationModule(network, num_classes=num_classes)
+        trainer = pl.Trainer(**quiet_trainer_kwargs(tmp, limit_train_batches=1, limit_val_batches=1))
+        trainer.fit(module, datamodule=ImageClassificationDataModule("digits", batch_size=16, **data_kwargs))
 
     def fit(callback, max_epochs: int = 1, model=None):
         pl.seed_everything(0)
@@ -345,6 +432,10 @@ def namespace() -> dict:
     return {
         **exported,
         "ReduceOnPlateau": ReduceOnPlateau,
+        "train": train,
+        "resnet18": resnet18,
+        "TakesTwoInputs": TakesTwoInputs,
+        "RGBA_FOLDER": str(tmp / "rgba"),
         "ClassificationModule": ClassificationModule,
         "fit": fit,
         "cli": cli,

@@ -1,5 +1,5 @@
 """The `lightning-optim` CLI: fit from YAML in a subprocess, reload the saved config.yaml, --print_config,
-short class names, the num_classes link, and the other subcommands."""
+short class names, the num_classes link, the other subcommands, the default logger and the quiet first screen."""
 
 from __future__ import annotations
 
@@ -148,3 +148,154 @@ def test_examples_parse_and_instantiate(example, mnist_dir, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # recipes use paths relative to the repository root
     cli = quiet_main(["--config", str(REPO_ROOT / "examples" / example)], run=False)
     assert cli.model.num_classes == 10 and cli.trainer.max_epochs >= 1
+
+
+# ------------------------------------------------------------------------------------ default logger (issue 27)
+def _without_logger(tmp_path: Path, **trainer) -> Path:
+    config = recipe(tmp_path)
+    del config["trainer"]["logger"]
+    config["trainer"].update(trainer)
+    return write(tmp_path / "r.yaml", config)
+
+
+@pytest.fixture
+def tensorboard_found(monkeypatch):
+    """Pretend tensorboardX is installed: our check says so, and Lightning's TensorBoardLogger can be built
+    (it imports the writer only when it first logs)."""
+    import lightning.fabric.loggers.tensorboard as fabric_tb
+
+    import lightning_optim.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "tensorboard_available", lambda: True)
+    monkeypatch.setattr(fabric_tb, "_TENSORBOARDX_AVAILABLE", True)
+
+
+@pytest.fixture
+def tensorboard_missing(monkeypatch):
+    import lightning_optim.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "tensorboard_available", lambda: False)
+
+
+def test_default_logger_is_csv_without_tensorboard(tmp_path, tensorboard_missing):
+    from lightning.pytorch.loggers import CSVLogger
+
+    cli = quiet_main(["--config", str(_without_logger(tmp_path))], run=False)
+    assert type(cli.trainer.logger) is CSVLogger and cli.trainer.logger.save_dir == str(tmp_path)
+
+
+def test_default_logger_is_tensorboard_when_it_is_importable(tmp_path, tensorboard_found):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    cli = quiet_main(["--config", str(_without_logger(tmp_path))], run=False)
+    assert isinstance(cli.trainer.logger, TensorBoardLogger) and cli.trainer.logger.save_dir == str(tmp_path)
+    # `logger: true` means the default too
+    cli = quiet_main(["--config", str(_without_logger(tmp_path, logger=True))], run=False)
+    assert isinstance(cli.trainer.logger, TensorBoardLogger) and cli.trainer.logger.save_dir == str(tmp_path)
+
+
+def test_default_logger_saves_under_the_working_directory_without_default_root_dir(
+    tmp_path, monkeypatch, tensorboard_missing
+):
+    config = recipe(tmp_path)
+    del config["trainer"]["logger"], config["trainer"]["default_root_dir"]
+    monkeypatch.chdir(tmp_path)
+    cli = quiet_main(["--config", str(write(tmp_path / "r.yaml", config))], run=False)
+    assert cli.trainer.logger.save_dir == os.getcwd()
+
+
+def test_a_recipe_logger_wins(tmp_path, tensorboard_found):
+    from lightning.pytorch.loggers import CSVLogger
+
+    config = recipe(tmp_path)
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "mine")
+    cli = quiet_main(["--config", str(write(tmp_path / "r.yaml", config))], run=False)
+    assert type(cli.trainer.logger) is CSVLogger and cli.trainer.logger.save_dir == str(tmp_path / "mine")
+    cli = quiet_main(["--config", str(_without_logger(tmp_path, logger=False))], run=False)
+    assert cli.trainer.logger is None
+
+
+def test_tensorboard_check_looks_for_both_packages(monkeypatch):
+    import importlib.util
+
+    import lightning_optim.cli as cli_module
+
+    assert cli_module.TENSORBOARD_MODULES == ("tensorboard", "tensorboardX")
+    for present in (set(), {"tensorboard"}, {"tensorboardX"}):
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, p=present: object() if name in p else None
+        )
+        assert cli_module.tensorboard_available() is bool(present)
+
+
+def test_fit_with_the_default_logger_shows_no_dependency_tips(tmp_path):
+    from lightning_optim.cli import tensorboard_available
+
+    result = run_cli("fit", "--config", str(_without_logger(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    shown = result.stdout + result.stderr
+    for tip in ("Tip:", "litlogger", "litmodels", "LeafSpec"):
+        assert tip not in shown, tip
+    assert "test_acc" in shown  # the run itself still talks
+    version = tmp_path / "lightning_logs" / "version_0"
+    if tensorboard_available():
+        assert list(version.glob("events.out.tfevents.*"))
+    else:
+        assert "train_loss" in (version / "metrics.csv").read_text()
+
+
+# ------------------------------------------------------------------------------------ quiet first screen
+def test_quiet_dependency_notices_drop_only_the_tips_and_only_while_the_command_runs():
+    import logging
+
+    import lightning_utilities.core.rank_zero as rank_zero
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    from lightning_optim.cli import quiet_dependency_notices
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    rank_zero.log.addHandler(handler)
+    level = rank_zero.log.level
+    rank_zero.log.setLevel(logging.INFO)
+    tip = "💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger"
+    try:
+        with quiet_dependency_notices():
+            rank_zero_info(tip)
+            rank_zero_info("GPU available: False, used: False")
+        rank_zero_info(tip)
+    finally:
+        rank_zero.log.removeHandler(handler)
+        rank_zero.log.setLevel(level)
+    assert seen == ["GPU available: False, used: False", tip]
+
+
+def test_quiet_dependency_notices_keep_deprecations_of_the_formats_we_write():
+    from lightning_optim.cli import quiet_dependency_notices
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_dependency_notices():
+            for text in (
+                "torch.jit.script is deprecated, use torch.export",
+                "torch.onnx.export(..., dynamo=False) is deprecated",
+                "torch.export.export_for_training is deprecated",
+            ):
+                warnings.warn(text, DeprecationWarning, stacklevel=1)
+            warnings.warn_explicit(
+                "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`",
+                FutureWarning,
+                "_pytree.py",
+                21,
+                module="lightning.pytorch.utilities._pytree",
+            )
+    assert [str(w.message).split(" ")[0] for w in caught] == [
+        "torch.jit.script",
+        "torch.onnx.export(...,",
+        "torch.export.export_for_training",
+    ]

@@ -40,6 +40,43 @@ log = logging.getLogger(__name__)
 
 #: where augmentation runs: on the device over whole batches, or per sample in the DataLoader workers
 AUGMENTATION_MODES: tuple[str, ...] = ("batch", "sample")
+#: allowed ``channels``: ``None`` keeps the images as they are, 1 makes colour images grey, 3 repeats grey ones
+CHANNEL_CHOICES: tuple[int | None, ...] = (None, 1, 3)
+#: ITU-R BT.601 luma weights of R, G and B (as PIL's ``convert("L")`` and torchvision's ``rgb_to_grayscale``)
+LUMA_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
+#: ``deploy_metadata()["channels_from"]``: how raw images become model inputs, where ``channels`` converted them
+CHANNELS_FROM: dict[tuple[int, int], str] = {
+    (1, 3): "grey repeated to 3",
+    (3, 1): "colour to grey by luma (0.299 R + 0.587 G + 0.114 B)",
+}
+
+
+def check_channels(channels: int | None) -> int | None:
+    """Validate ``channels`` (``None``, 1 or 3).
+
+    Raises:
+        ValueError: ``Unknown `channels` ...; allowed: [None, 1, 3].`` (a bool is refused too: ``True == 1``).
+    """
+    value = str(channels) if isinstance(channels, bool) else channels
+    check_choice("channels", value, CHANNEL_CHOICES)
+    return None if value is None else int(value)
+
+
+def grey_by_luma(images: Tensor, chunk: int = 4096) -> Tensor:
+    """``(N, 3, H, W)`` colour images -> ``(N, 1, H, W)`` grey ones: ``0.299 R + 0.587 G + 0.114 B``.
+
+    uint8 stays uint8 (rounded), float keeps its dtype. Converted ``chunk`` images at a time, so that no float
+    copy of the whole data is made.
+    """
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=dtype).view(1, 3, 1, 1)
+    out = torch.empty((images.shape[0], 1, *images.shape[2:]), dtype=images.dtype)
+    for i in range(0, images.shape[0], chunk):
+        grey = (images[i : i + chunk].to(dtype) * weights).sum(1, keepdim=True)
+        if images.dtype == torch.uint8:
+            grey = grey.round_().clamp_(0, 255)
+        out[i : i + chunk] = grey.to(images.dtype)
+    return out
 
 
 def seeded_holdout(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -69,6 +106,13 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     * in-memory tensors (``images`` and ``labels``): images ``(N, C, H, W)`` or a feature table ``(N, F)``
       (normalized per feature, not augmented); float rows holding NaN/inf are cleaned per ``nonfinite``.
 
+    ``channels`` fits the images of any source to the model's input channels: ``channels=3`` repeats grey
+    images to 3 channels (for torchvision and timm models built for RGB), ``channels=1`` turns colour images
+    grey by luma. Grey images stay one channel on the host, through the transfer and the augmentation; they
+    are repeated on the device, in the normalization of each batch (one kernel writes the 3 channels).
+    Colour images are made grey once, on the stored tensors at ``setup``. The normalization statistics and
+    :meth:`deploy_metadata` have one value per model input channel.
+
     Args:
         dataset: a name from :data:`~lightning_optim.data.datasets.DATASETS`.
         data_dir: root folder of torchvision datasets (MNIST reads ``<data_dir>/MNIST/raw/``).
@@ -91,18 +135,23 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         limit_train_samples: keep only the first N training samples (after the split), for quick runs.
         image_folder: an ImageFolder-layout folder (``<folder>/<class>/<image>``, or ``<folder>/train`` and
             ``<folder>/test`` each in that layout); replaces ``dataset``.
-        image_size: resize folder images to this size (int or ``[height, width]``); needed when the
-            folder's images differ in size.
+        image_size: resize the images to this size (int or ``[height, width]``): folder images when they
+            are read (needed when they differ in size); the images of other sources on the device, batch by
+            batch (a ``resize`` step before the augmentation), for models that need larger images.
         image_mode: ``"L"``, ``"RGB"`` or ``"RGBA"``: the mode folder images are converted to.
         images: with ``labels``, in-memory data instead of a named dataset: uint8 or float ``(N, C, H, W)``,
             or a float feature table ``(N, F)``.
         labels: int labels for ``images``.
         nonfinite: what to do with in-memory rows holding NaN/inf: ``"drop"``, ``"mean"``, ``"median"``,
             ``"zero"`` (imputed with training-split statistics), ``"error"`` or ``"keep"``.
+        channels: the model's input channels: ``None`` (the images as they are), ``3`` (grey images
+            repeated to 3 channels, colour ones kept) or ``1`` (colour images made grey by luma,
+            ``0.299 R + 0.587 G + 0.114 B``; grey ones kept).
 
     Raises:
-        ValueError: unknown dataset, normalization, augmentation, augmentation mode, image mode or
-            ``nonfinite`` name; ``val_split`` outside (0, 1); non-positive batch size; negative
+        ValueError: unknown dataset, normalization, augmentation, augmentation mode, image mode,
+            ``nonfinite`` name or ``channels``; ``channels`` for a feature table or for images that are
+            neither grey nor RGB; ``val_split`` outside (0, 1); non-positive batch size; negative
             ``num_workers``; an empty ``image_folder``.
         FileNotFoundError: a dataset missing from ``data_dir`` with ``download=False`` (at ``setup``), or an
             ``image_folder`` that does not exist.
@@ -111,6 +160,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
         dm = ImageClassificationDataModule("mnist", data_dir="../shared/data", augmentation="standard")
         trainer.fit(ClassificationModule(LeNet5()), datamodule=dm)
+
+        # grey MNIST for a torchvision ResNet built for RGB
+        dm = ImageClassificationDataModule("mnist", data_dir="../shared/data", channels=3, image_size=32)
+        trainer.fit(ClassificationModule(torchvision.models.resnet18(num_classes=10)), datamodule=dm)
     """
 
     def __init__(
@@ -136,6 +189,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         images: Tensor | None = None,
         labels: Tensor | None = None,
         nonfinite: str = "drop",
+        channels: int | None = None,
     ) -> None:
         super().__init__()
         if images is not None:
@@ -160,6 +214,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                 f"{tuple(images.shape)}, labels {tuple(labels.shape)}."
             )
         check_choice("augmentation_mode", augmentation_mode, AUGMENTATION_MODES)
+        self.channels = check_channels(channels)
+        self.image_mode = check_image_mode(image_mode)
         if limit_train_samples is not None and limit_train_samples < 1:
             raise ValueError(f"`limit_train_samples` must be >= 1 or None, got {limit_train_samples}.")
         self.data_dir = data_dir
@@ -176,6 +232,16 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                 f"`augmentation` needs (N, C, H, W) images; `images` has shape {tuple(images.shape)}: "
                 "use augmentation 'none'."
             )
+        if images is not None and images.ndim != 4 and (image_size is not None or self.channels is not None):
+            option = "image_size" if image_size is not None else "channels"
+            raise ValueError(
+                f"`{option}` applies to (N, C, H, W) images; `images` is a table of shape "
+                f"{tuple(images.shape)}: leave `{option}` unset."
+            )
+        if image_size is not None and image_folder is None:  # folders are resized when read
+            resize = parse_augmentation([{"name": "resize", "size": image_size}])
+            if tuple(resize[0]["size"]) != self._raw_size(images):
+                self.augmentation_steps = resize + self.augmentation_steps
         self.batch_augmentation: BatchAugmentation | None = (
             build_batch_augmentation(self.augmentation_steps, seed=seed)
             if augmentation_mode == "batch"
@@ -189,9 +255,19 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.limit_train_samples = limit_train_samples
         self.image_folder = image_folder
         self.image_size = image_size
-        self.image_mode = check_image_mode(image_mode)
         self.nonfinite = check_nonfinite_policy(nonfinite)
         self._tensors = (images, labels)
+        self._raw_channels = self._source_channels()
+        if self.channels is not None and self._raw_channels not in (1, 3):
+            source = (
+                f"`image_mode` {self.image_mode!r} gives {self._raw_channels} channels: use 'RGB' or 'L'"
+                if image_folder is not None
+                else f"`images` have {self._raw_channels} channels"
+            )
+            raise ValueError(
+                f"`channels`={self.channels} converts grey (1-channel) and colour (3-channel) images; "
+                f"{source}."
+            )
         self._folder_classes: list[str] | None = None
         if image_folder is not None:  # fail early on a missing or empty folder
             self._folder_classes = list_image_folder(image_folder)[1]
@@ -214,9 +290,43 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             return len(self._folder_classes or [])
         return DATASETS[self.dataset][2]
 
+    def _raw_size(self, images: Tensor | None) -> tuple[int, int]:
+        """``(H, W)`` of a named dataset's or the in-memory images, as the source gives them."""
+        if images is not None:
+            return (int(images.shape[-2]), int(images.shape[-1]))
+        size = DATASETS[self.dataset][1]
+        return (size, size)
+
+    def _source_channels(self) -> int | None:
+        """Channels of the images as the source gives them (``None`` for a feature table); no data is read."""
+        if self.dataset == "tensors":
+            images = self._tensors[0]
+            return int(images.shape[1]) if images.ndim == 4 else None
+        if self.dataset == "folder":
+            return IMAGE_MODES[self.image_mode]
+        return DATASETS[self.dataset][0]
+
+    @property
+    def model_channels(self) -> int | None:
+        """Channels of the model inputs: ``channels`` where set, else the source's (``None`` for a table)."""
+        return self.channels if self.channels is not None else self._raw_channels
+
+    @property
+    def _channel_repeat(self) -> int:
+        """How many times the stored images' channels are repeated on the device (3 for grey to 3, else 1)."""
+        return 3 if self.channels == 3 and self._raw_channels == 1 else 1
+
+    @property
+    def channels_from(self) -> str | None:
+        """How raw images become model inputs where ``channels`` converts them (``"grey repeated to 3"``)."""
+        if self.channels is None or self._raw_channels == self.channels:
+            return None
+        return CHANNELS_FROM[(self._raw_channels, self.channels)]
+
     @property
     def source_shape(self) -> tuple[int, ...]:
-        """``(C, H, W)`` of the stored images (``(F,)`` for feature tables), before augmentation."""
+        """``(C, H, W)`` of the images as the source gives them (``(F,)`` for feature tables), before
+        ``channels`` and the augmentation."""
         if self.dataset == "tensors":
             return tuple(self._tensors[0].shape[1:])  # type: ignore[return-value]
         if self.dataset == "folder":
@@ -230,11 +340,12 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """``(C, H, W)`` of the model inputs (after a size-changing augmentation such as a crop)."""
+        """``(C, H, W)`` of the model inputs: ``channels`` applied, and a size-changing augmentation (a crop, a
+        resize, ``image_size``)."""
         if len(self.source_shape) != 3:
             return self.source_shape
-        c, h, w = self.source_shape
-        return (c, *augmented_size(self.augmentation_steps, (h, w)))
+        _, h, w = self.source_shape
+        return (self.model_channels, *augmented_size(self.augmentation_steps, (h, w)))
 
     def deploy_metadata(self) -> dict[str, Any]:
         """The input preprocessing a deployed model needs, as the ``.pt2``/ONNX exports store it.
@@ -244,6 +355,9 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         ``pixel_scale`` 255; float images: 1). Every normalization is written as ``mean``/``std``
         (min-max: ``mean`` = the minimum, ``std`` = the range; symmetric min-max: the midpoint and half the
         range); ``"none"`` leaves them out. ``class_names`` are the folder's classes (else ``"0"``, ``"1"``...).
+        ``mean``, ``std`` and ``input_shape`` count the model's input channels. Where ``channels`` converts
+        the images, ``"channels_from"`` says how raw images become model inputs first: ``"grey repeated to
+        3"`` or ``"colour to grey by luma (0.299 R + 0.587 G + 0.114 B)"`` (absent otherwise).
         Call it after ``setup("fit")`` (the statistics are fitted there).
         """
         images = self.train_split.images if self.train_split is not None else None
@@ -259,6 +373,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             mean = std = None
         if mean is not None and std is not None:
             info["mean"], info["std"] = [float(v) for v in mean], [float(v) for v in std]
+        if self.channels_from is not None:
+            info["channels_from"] = self.channels_from
         names = self.classes or [str(i) for i in range(self.num_classes)]
         info["class_names"] = [str(c) for c in names]
         return info
@@ -323,6 +439,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if self.dataset == "tensors":
             cleaned = self._clean_tensor_splits({"train": train, "val": val, "test": test})
             train, val, test = cleaned["train"], cleaned["val"], cleaned["test"]
+        if self.channels == 1 and self._raw_channels == 3:  # once, on the stored tensors
+            train, val, test = (ImageSplit(grey_by_luma(s.images), s.labels) for s in (train, val, test))
         if self.limit_train_samples is not None:
             train = train.subset(torch.arange(min(self.limit_train_samples, len(train))))
         if len(train) == 0:
@@ -330,7 +448,9 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.train_split, self.val_split_data, self.test_split = train, val, test
         if not self.norm_stats:  # fitted on the training split only; kept if restored from a checkpoint
             chunks = (train.images[i : i + 4096] for i in range(0, len(train), 4096))
-            self.norm_stats = fit_normalization(chunks, self.normalization)
+            stats = fit_normalization(chunks, self.normalization)
+            # one value per model input channel: a grey channel repeated to 3 has its statistics 3 times
+            self.norm_stats = {k: v.repeat(self._channel_repeat) for k, v in stats.items()}
 
     # ---------------------------------------------------------------------------------------- loaders
     def _loader(self, split: ImageSplit, train: bool) -> DataLoader:
@@ -370,8 +490,13 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         centre crop for crops) so that evaluation inputs have the training input size.
         """
         x = images.float() if images.dtype != torch.uint8 else images.float().div_(255.0)
-        if self.batch_augmentation is not None:
+        if self.batch_augmentation is not None:  # on the stored channels: a third of the work for grey to 3
             x = self.batch_augmentation(x, train=train)
+        if self._channel_repeat > 1 and x.ndim == 4 and x.shape[1] == 1:
+            # a view here; the normalization below writes the 3 channels in one kernel
+            x = x.expand(-1, self._channel_repeat, -1, -1)
+            if self.normalization == "none":
+                x = x.contiguous()
         if self.normalization != "none":
             # statistics are fitted on raw uint8 values; every one of them scales by 1/255 with the input
             scale = 255.0 if images.dtype == torch.uint8 else 1.0
@@ -400,14 +525,23 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         """Restore the statistics fitted on the training split of the run that saved them.
 
         Raises:
-            ValueError: the checkpoint was fitted with another ``normalization``.
+            ValueError: the checkpoint was fitted with another ``normalization``, or for another number of
+                model input channels (``channels``).
         """
         if state_dict.get("normalization", self.normalization) != self.normalization:
             raise ValueError(
                 f"Checkpoint was fitted with normalization={state_dict['normalization']!r}, "
                 f"this data module uses {self.normalization!r}."
             )
-        self.norm_stats = {k: v.clone() for k, v in state_dict.get("norm_stats", {}).items()}
+        stats = {k: v.clone() for k, v in state_dict.get("norm_stats", {}).items()}
+        n_stats = {int(v.numel()) for v in stats.values()}
+        if self.model_channels is not None and n_stats and n_stats != {self.model_channels}:
+            raise ValueError(
+                f"Checkpoint normalization statistics have {sorted(n_stats)[0]} value(s) per statistic, but "
+                f"this data module gives the model {self.model_channels} channels (`channels`={self.channels}): "
+                "use the `channels` of the run that saved it."
+            )
+        self.norm_stats = stats
         if self.batch_augmentation is not None and "augmentation" in state_dict:
             self.batch_augmentation.load_state_dict(state_dict["augmentation"])
             self._augmentation_seeded = True

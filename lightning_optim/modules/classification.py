@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import lightning.pytorch as pl
@@ -43,6 +44,32 @@ def infer_num_classes(model: nn.Module) -> int | None:
     return last.out_features if last is not None else None
 
 
+#: image sizes the dry run tries, when the data's images do not fit the model, to name one that does
+PROBE_IMAGE_SIZES: tuple[int, ...] = (16, 28, 32, 64, 96, 128, 224)
+_CHANNELS_ERROR = re.compile(r"expected input\[([\d, ]+)\] to have (\d+) channels, but got (\d+) channels")
+_TOO_SMALL_ERROR = re.compile(
+    r"Output size is too small|Kernel size can't be greater than actual input size|input size .* is too small"
+)
+_MATMUL_ERROR = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _with_line(err: Exception, line: str) -> Exception:
+    """``err`` again (same type where it can be rebuilt from a message) with ``line`` after its message."""
+    message = f"{err}\n{line}"
+    try:
+        new = type(err)(message)
+    except Exception:  # noqa: BLE001 - an exception type whose __init__ takes other arguments
+        new = None
+    if new is None or str(new) != message:
+        new = RuntimeError(f"{type(err).__name__}: {message}")
+    return new
+
+
 class ClassificationModule(pl.LightningModule):
     """Train, validate and test any ``nn.Module`` that maps inputs to class logits.
 
@@ -59,6 +86,13 @@ class ClassificationModule(pl.LightningModule):
     ``task_loss_weight``); then the L1 term is added. Every part is logged as ``train_loss_<name>``.
     A subclass changes the task loss by overriding :meth:`task_loss`, or adds its own terms by overriding
     ``training_step`` and calling ``combine_losses`` the same way.
+
+    At ``setup`` (before any epoch) a dry run passes one example batch through the network, in eval mode
+    without gradients: ``example_input_array`` where set, else zeros of the data module's ``input_shape``
+    (batch 2; skipped when the data module has none). A network that does not fit the data fails there,
+    with the fix named: other input channels than the data (``data.init_args.channels``), images too small
+    for it (``image_size``), or another number of outputs than classes (the network's ``num_classes``).
+    Other errors of the dry run come back with their own message and a line saying where they happened.
 
     Args:
         model: the network; it receives the inputs and returns logits of shape ``(batch, num_classes)``.
@@ -79,11 +113,14 @@ class ClassificationModule(pl.LightningModule):
         label_smoothing: label smoothing of the cross-entropy, in ``[0, 1)``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         scheduler_monitor: metric that a ReduceLROnPlateau scheduler watches.
+        dry_run: pass one example batch through the network at ``setup`` to check that it fits the data
+            (see above); ``False`` skips it.
 
     Raises:
         ValueError: for an unknown optimizer name, a negative ``l1``/``weight_decay``, a non-positive ``lr``,
             ``label_smoothing`` outside ``[0, 1)``, an unknown ``scheduler_interval``, or a ``num_classes``
-            that disagrees with the model's output size.
+            that disagrees with the model's output size; at ``setup``, a network that does not fit the
+            data (input channels, image size, number of outputs).
         TypeError: if ``model`` is not an ``nn.Module``.
 
     Example::
@@ -108,6 +145,7 @@ class ClassificationModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val_loss",
+        dry_run: bool = True,
     ) -> None:
         super().__init__()
         self.register_load_state_dict_pre_hook(_resize_before_load)
@@ -147,6 +185,8 @@ class ClassificationModule(pl.LightningModule):
         self.label_smoothing = label_smoothing
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        self.dry_run = dry_run
+        self._dry_run_shape: tuple[int, ...] | None = None
         self._loss_part_sums: dict[str, Tensor] = {}
         self._loss_part_samples = 0
         self._train_metrics_logged = False
@@ -168,6 +208,162 @@ class ClassificationModule(pl.LightningModule):
 
         Override it in a subclass for another task loss; loss terms from callbacks still apply."""
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+
+    # ----------------------------------------------------------------------------------------- dry run
+    def setup(self, stage: str) -> None:
+        """Check that the network fits the data before any epoch (see :meth:`check_example_batch`)."""
+        if self.dry_run:
+            self.check_example_batch()
+
+    def _example_batch(self) -> tuple[Tensor, str] | None:
+        """``(example batch, where it comes from)``, on the network's device and dtype; ``None`` when unknown."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        if any(t.is_meta for t in tensors):  # not materialized yet (deferred initialization)
+            return None
+        floats = [t for t in tensors if t.is_floating_point()]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        dtype = floats[0].dtype if floats else torch.float32
+        example = self.example_input_array
+        if isinstance(example, Tensor):
+            return example.to(device), "`example_input_array`"
+        if example is not None:
+            return None  # a tuple or dict of inputs: the data module's shape is not what forward takes
+        dm = self._datamodule()
+        try:
+            shape = getattr(dm, "input_shape", None) if dm is not None else None
+        except Exception:  # noqa: BLE001 - a data module that cannot tell its shape yet: nothing to check
+            shape = None
+        if not isinstance(shape, (tuple, list, torch.Size)) or not all(isinstance(s, int) for s in shape):
+            return None
+        x = torch.zeros((2, *shape), device=device, dtype=dtype)
+        return x, f"zeros of the data module's `input_shape` {tuple(shape)}"
+
+    def _dry_forward(self, x: Tensor) -> Any:
+        """The network on ``x`` in eval mode without gradients; every module's train/eval mode restored."""
+        modes = {m: m.training for m in self.modules()}
+        # a torch.compile'd network: run the original module (no compilation for a batch of 2)
+        compiled = getattr(self.model, "_orig_mod", None)
+        run = compiled if isinstance(compiled, nn.Module) else self
+        try:
+            self.eval()
+            with torch.no_grad():
+                return run(x)
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+
+    def check_example_batch(self) -> None:
+        """Pass one example batch through the network, as :meth:`setup` does when ``dry_run`` is on.
+
+        Cheap: batch 2 (or ``example_input_array``), eval mode, no gradients, once per input shape.
+
+        Raises:
+            ValueError: the network expects other input channels than the data give (the fix:
+                ``data.init_args.channels``), the images are too small for it or of a size it was not built
+                for (``image_size``), or it outputs another number of values than there are classes (the
+                network's ``num_classes``).
+            Exception: any other error of the network on the example batch, with its own message and a
+                line saying that it happened in this dry run.
+        """
+        found = self._example_batch()
+        if found is None:
+            return
+        x, origin = found
+        if self._dry_run_shape == tuple(x.shape):  # checked already (fit, then test after fit)
+            return
+        try:
+            out = self._dry_forward(x)
+        except Exception as err:  # noqa: BLE001 - explained or re-raised with where it happened
+            raise self._explain_dry_run_error(err, x, origin) from err
+        self._check_outputs(out)
+        self._dry_run_shape = tuple(x.shape)
+
+    def _datamodule(self) -> Any:
+        """The data module attached to the Trainer, if any."""
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def _check_outputs(self, out: Any) -> None:
+        if not isinstance(out, Tensor) or out.dim() != 2:  # other outputs: the task loss's to judge
+            return
+        outputs = int(out.shape[1])
+        try:
+            data_classes = getattr(self._datamodule(), "num_classes", None)
+        except Exception:  # noqa: BLE001 - a data module that cannot count its classes: the module's count only
+            data_classes = None
+        data_classes = data_classes if isinstance(data_classes, int) else None
+        if outputs == self.num_classes and (data_classes is None or data_classes <= outputs):
+            return
+        if outputs != self.num_classes:
+            wanted = self.num_classes
+            data_says = f" (the data have {data_classes})" if data_classes is not None else ""
+            problem = f"the module's `num_classes` is {self.num_classes}{data_says}"
+        else:
+            wanted, problem = data_classes, f"the data have {data_classes} classes"
+        raise ValueError(
+            f"The network outputs {outputs} values per sample but {problem}: set the network's `num_classes` "
+            f"to {wanted} (`model.init_args.model.init_args.num_classes: {wanted}`). Found at setup by the dry "
+            "run of the network on an example batch."
+        )
+
+    def _fitting_image_size(self, x: Tensor, sizes: tuple[int, ...]) -> int | None:
+        """The first of ``sizes`` whose square images pass through the network, else ``None``."""
+        for size in sizes:
+            try:
+                self._dry_forward(x.new_zeros((x.shape[0], x.shape[1], size, size)))
+            except Exception:  # noqa: BLE001 - this size does not fit either
+                continue
+            return size
+        return None
+
+    def _explain_dry_run_error(self, err: Exception, x: Tensor, origin: str) -> Exception:
+        """A ValueError naming the fix for the mismatches the dry run knows; else ``err`` with where it happened."""
+        message = str(err)
+        shape = tuple(x.shape[1:])
+        where = (
+            f"Found at setup by the dry run of the network on an example batch ({origin}, batch "
+            f"{x.shape[0]}); `dry_run: false` on the module skips the check."
+        )
+        dm = self._datamodule()
+        channels = _CHANNELS_ERROR.search(message)
+        if channels is not None and [int(v) for v in channels.group(1).split(",")] == list(x.shape):
+            expected, got = int(channels.group(2)), int(channels.group(3))
+            if expected in (1, 3) and got in (1, 3) and hasattr(dm, "channels"):
+                how = "repeats grey images to 3 channels" if expected == 3 else "makes colour images grey"
+                fix = (
+                    f"set `data.init_args.channels: {expected}` (ImageClassificationDataModule(channels="
+                    f"{expected}) {how})"
+                )
+            else:
+                fix = f"give the data {expected} channels, or the network {got} input channels (its `in_channels`)"
+            return ValueError(
+                f"The network expects {expected} input channels but the data give {got} (input shape {shape}): "
+                f"{fix}. torch said: {_first_line(err)}. {where}"
+            )
+        too_small = _TOO_SMALL_ERROR.search(message) is not None
+        matmul = _MATMUL_ERROR.search(message)
+        if x.dim() == 4 and (too_small or (matmul is not None and int(matmul.group(1)) == x.shape[0])):
+            h, w = int(x.shape[2]), int(x.shape[3])
+            fits = (lambda s: s > max(h, w)) if too_small else (lambda s: (s, s) != (h, w))
+            candidates = tuple(s for s in PROBE_IMAGE_SIZES if fits(s))
+            size = self._fitting_image_size(x, candidates)
+            resize = (
+                f"resize the images: `data.init_args.image_size: {size}` ({size}x{size} passes through it)"
+                if size is not None
+                else "resize the images (the data module's `image_size`)"
+            )
+            problem = (
+                f"The data's {h}x{w} images are too small for the network"
+                if too_small
+                else f"The network was built for another input size than the data's {h}x{w} images (a dense "
+                f"layer expects {matmul.group(3)} features per sample and gets {matmul.group(2)})"
+            )
+            model_fix = (
+                "a network built for this size"
+                if too_small
+                else f"build the network for {h}x{w} inputs (its `image_size`, or `in_features` of a dense one)"
+            )
+            return ValueError(f"{problem}: {resize}, or {model_fix}. torch said: {_first_line(err)}. {where}")
+        return _with_line(err, where)
 
     # ----------------------------------------------------------------------------------------- steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -1,4 +1,5 @@
-"""ImageClassificationDataModule: sources, splits, augmentation paths, checkpoints, BatchSizeFinder, bad inputs."""
+"""ImageClassificationDataModule: sources, splits, augmentation paths, checkpoints, BatchSizeFinder, bad inputs,
+`channels` and `image_size` on every source."""
 
 from __future__ import annotations
 
@@ -318,3 +319,209 @@ def test_fashionmnist_reader(mnist_dir, tmp_path):
     dm.setup("fit")
     assert dm.dataset == "fashionmnist" and dm.input_shape == (1, 28, 28)
     assert len(dm.test_split) == 10000 and dm.test_split.images.dtype == torch.uint8
+
+
+# ------------------------------------------------------------------------------------ channels (issue 27)
+def _model_batch(dm, split="val"):
+    """The first batch of ``split`` as the model sees it (normalized, not augmented)."""
+    return dm.on_after_batch_transfer(next(iter(getattr(dm, f"{split}_dataloader")())), 0)[0]
+
+
+def test_channels_3_repeats_grey_images_on_the_device_only():
+    grey = ImageClassificationDataModule("digits", batch_size=32)
+    rgb = ImageClassificationDataModule("digits", batch_size=32, channels=3)
+    grey.setup("fit")
+    rgb.setup("fit")
+    assert rgb.input_shape == (3, 8, 8) and rgb.source_shape == (1, 8, 8) and rgb.model_channels == 3
+    # the stored images stay one uint8 channel (host memory and transfer unchanged)
+    assert rgb.train_split.images.shape[1:] == (1, 8, 8) and rgb.train_split.images.dtype == torch.uint8
+    assert next(iter(rgb.val_dataloader()))[0].shape[1:] == (1, 8, 8)
+    # statistics: one per model input channel, each the grey channel's
+    for key in ("mean", "std"):
+        assert rgb.norm_stats[key].shape == (3,)
+        assert torch.equal(rgb.norm_stats[key], grey.norm_stats[key].expand(3))
+    x1, x3 = _model_batch(grey), _model_batch(rgb)
+    assert x3.shape == (32, 3, 8, 8) and x3.is_contiguous()
+    assert torch.equal(x3, x1.expand(-1, 3, -1, -1))  # exactly the grey inputs, three times
+
+
+@pytest.mark.parametrize("normalization", ["none", "minmax", "minmax_symmetric"])
+def test_channels_3_with_every_normalization(normalization):
+    dm = ImageClassificationDataModule("digits", channels=3, normalization=normalization)
+    dm.setup("fit")
+    x = _model_batch(dm)
+    assert x.shape[1] == 3 and x.is_contiguous()
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
+    assert all(v.shape == (3,) for v in dm.norm_stats.values())
+
+
+def test_channels_3_with_augmentation_in_both_modes(tmp_path):
+    for mode in ("batch", "sample"):
+        dm = ImageClassificationDataModule(
+            "digits", channels=3, augmentation="standard", augmentation_mode=mode, batch_size=16
+        )
+        trainer = pl.Trainer(**quiet_trainer_kwargs(tmp_path))
+        dm.trainer = trainer
+        dm.setup("fit")
+        trainer.state.stage = RunningStage.TRAINING
+        x = _model_batch(dm, "train")
+        assert x.shape == (16, 3, 8, 8), mode
+        assert torch.equal(x[:, 0], x[:, 2]), mode  # augmented once, then repeated: the channels agree
+
+
+def test_channels_1_makes_colour_images_grey_by_luma_once():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (60, 3, 5, 5), dtype=torch.uint8)
+    dm = ImageClassificationDataModule(images=images, labels=torch.arange(60) % 3, channels=1)
+    assert dm.input_shape == (1, 5, 5) and dm.source_shape == (3, 5, 5)
+    dm.setup("fit")
+    stored = torch.cat([dm.train_split.images, dm.val_split_data.images, dm.test_split.images])
+    assert stored.dtype == torch.uint8 and stored.shape[1:] == (1, 5, 5)  # converted on the stored tensors
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    expected = (images.float() * w).sum(1, keepdim=True).round().to(torch.uint8)
+    assert torch.equal(stored.sort(0).values, expected.sort(0).values)
+    assert dm.norm_stats["mean"].shape == (1,)
+    assert _model_batch(dm).shape[1:] == (1, 5, 5)
+
+
+def test_channels_1_on_float_images_keeps_the_dtype():
+    images = torch.rand(40, 3, 4, 4, dtype=torch.float64)
+    dm = ImageClassificationDataModule(images=images, labels=torch.arange(40) % 2, channels=1)
+    dm.setup("fit")
+    assert dm.train_split.images.dtype == torch.float64 and dm.train_split.images.shape[1] == 1
+    assert dm.deploy_metadata()["pixel_scale"] == 1.0
+
+
+def test_channels_that_change_nothing_add_no_conversion():
+    rgb = ImageClassificationDataModule(
+        images=torch.randint(0, 256, (30, 3, 4, 4), dtype=torch.uint8),
+        labels=torch.arange(30) % 2,
+        channels=3,
+    )
+    grey = ImageClassificationDataModule("digits", channels=1)
+    for dm in (rgb, grey):
+        dm.setup("fit")
+        assert dm.channels_from is None and "channels_from" not in dm.deploy_metadata()
+    assert rgb.input_shape == (3, 4, 4) and grey.input_shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize(("mode", "channels", "stored", "model"), [("L", 3, 1, 3), ("RGB", 1, 1, 1)])
+def test_channels_on_an_image_folder(dirty_folder, mode, channels, stored, model):
+    dm = ImageClassificationDataModule(
+        image_folder=str(dirty_folder), image_size=8, image_mode=mode, channels=channels, val_split=0.25
+    )
+    assert dm.input_shape == (model, 8, 8)
+    dm.setup("fit")
+    assert dm.train_split.images.shape[1] == stored
+    assert _model_batch(dm).shape[1:] == (model, 8, 8)
+    meta = dm.deploy_metadata()
+    assert meta["input_shape"] == [model, 8, 8] and len(meta["mean"]) == len(meta["std"]) == model
+
+
+def test_channels_on_real_mnist_and_fashionmnist(mnist_dir, tmp_path):
+    (tmp_path / "FashionMNIST").mkdir()
+    (tmp_path / "FashionMNIST" / "raw").symlink_to(mnist_dir / "MNIST" / "raw", target_is_directory=True)
+    for name, root in (("mnist", mnist_dir), ("fashion_mnist", tmp_path)):
+        dm = ImageClassificationDataModule(name, data_dir=str(root), channels=3, limit_train_samples=512)
+        assert dm.input_shape == (3, 28, 28)
+        dm.setup("fit")
+        assert dm.train_split.images.shape[1:] == (1, 28, 28)
+        assert _model_batch(dm).shape[1:] == (3, 28, 28)
+        assert dm.deploy_metadata()["input_shape"] == [3, 28, 28]
+
+
+@pytest.mark.parametrize(
+    ("channels", "source", "expected"),
+    [(3, "digits", "grey repeated to 3"), (1, "rgb", "colour to grey by luma (0.299 R + 0.587 G + 0.114 B)")],
+)
+def test_deploy_metadata_counts_model_channels_and_says_how(channels, source, expected):
+    if source == "digits":
+        dm = ImageClassificationDataModule("digits", channels=channels)
+    else:
+        images = torch.randint(0, 256, (30, 3, 4, 4), dtype=torch.uint8)
+        dm = ImageClassificationDataModule(images=images, labels=torch.arange(30) % 2, channels=channels)
+    dm.setup("fit")
+    meta = dm.deploy_metadata()
+    assert meta["channels_from"] == expected
+    assert meta["input_shape"][0] == channels and len(meta["mean"]) == len(meta["std"]) == channels
+    # the deploy recipe reproduces the model inputs from the raw images
+    raw, _ = next(iter(dm.val_dataloader()))
+    x = raw.double() / meta["pixel_scale"]
+    if channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    assert torch.allclose(((x - mean) / std).float(), _model_batch(dm), atol=1e-5)
+
+
+def test_deploy_metadata_with_converted_channels_passes_the_export_check():
+    from lightning_optim.functional.quantization.pt2e import _check_metadata
+
+    dm = ImageClassificationDataModule("digits", channels=3)
+    dm.setup("fit")
+    info = _check_metadata(dm.deploy_metadata(), torch.zeros(1, 3, 8, 8))
+    assert info["input_shape"] == [3, 8, 8] and len(info["mean"]) == 3
+
+
+def test_deploy_metadata_without_channels_passes_the_export_check():
+    from lightning_optim.functional.quantization.pt2e import _check_metadata
+
+    dm = ImageClassificationDataModule("digits")
+    dm.setup("fit")
+    assert _check_metadata(dm.deploy_metadata(), torch.zeros(1, 1, 8, 8))["input_shape"] == [1, 8, 8]
+
+
+def test_channels_travel_in_checkpoint_statistics():
+    dm = ImageClassificationDataModule("digits", channels=3)
+    dm.setup("fit")
+    state = dm.state_dict()
+    restored = ImageClassificationDataModule("digits", channels=3)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.norm_stats["mean"], dm.norm_stats["mean"])
+    with pytest.raises(ValueError, match=r"3 value\(s\) per statistic.*1 channels \(`channels`=None\)"):
+        ImageClassificationDataModule("digits").load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels": 2}, r"Unknown `channels` 2; allowed: \[None, 1, 3\]\."),
+        ({"channels": 0}, r"Unknown `channels` 0; allowed: \[None, 1, 3\]\."),
+        ({"channels": True}, r"Unknown `channels` 'True'; allowed: \[None, 1, 3\]\."),
+        (
+            {"images": torch.rand(8, 4), "labels": torch.arange(8) % 2, "channels": 3},
+            r"`channels` applies to \(N, C, H, W\) images; `images` is a table of shape \(8, 4\)",
+        ),
+        (
+            {"images": torch.rand(8, 4, 3, 3), "labels": torch.arange(8) % 2, "channels": 1},
+            r"`channels`=1 converts grey \(1-channel\) and colour \(3-channel\) images; `images` have 4",
+        ),
+        (
+            {"images": torch.rand(8, 4), "labels": torch.arange(8) % 2, "image_size": 8},
+            r"`image_size` applies to \(N, C, H, W\) images",
+        ),
+    ],
+)
+def test_bad_channels_are_refused_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImageClassificationDataModule(**kwargs)
+
+
+def test_rgba_folder_with_channels_names_image_mode(dirty_folder):
+    with pytest.raises(ValueError, match=r"`image_mode` 'RGBA' gives 4 channels: use 'RGB' or 'L'"):
+        ImageClassificationDataModule(image_folder=str(dirty_folder), image_mode="RGBA", channels=3)
+
+
+def test_image_size_resizes_named_and_in_memory_images_on_the_device():
+    dm = ImageClassificationDataModule("digits", image_size=16, channels=3, batch_size=8)
+    assert dm.input_shape == (3, 16, 16)
+    dm.setup("fit")
+    assert dm.train_split.images.shape[1:] == (1, 8, 8)  # stored as read
+    assert _model_batch(dm).shape == (8, 3, 16, 16)
+    same = ImageClassificationDataModule("digits", image_size=8)
+    assert same.augmentation_steps == [] and same.batch_augmentation is None  # nothing to resize
+    tensors = ImageClassificationDataModule(
+        images=torch.rand(20, 1, 6, 6), labels=torch.arange(20) % 2, image_size=[12, 10]
+    )
+    tensors.setup("fit")
+    assert tensors.input_shape == (1, 12, 10) and _model_batch(tensors).shape[1:] == (1, 12, 10)

@@ -1,4 +1,5 @@
-"""ClassificationModule: loss, label smoothing, L1 term, weight-decay groups, metrics, LR finder, bad input."""
+"""ClassificationModule: loss, label smoothing, L1 term, weight-decay groups, metrics, LR finder, bad input,
+the dry run at setup."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from torch import nn
 
 from lightning_optim import ClassificationModule, ImageClassificationDataModule
@@ -316,3 +317,167 @@ def test_train_metrics_cover_every_batch_of_the_epoch(tmp_path):
     trainer2 = Trainer(**quiet_trainer_kwargs(tmp_path / "short", max_steps=2, limit_val_batches=0))
     trainer2.fit(module2, datamodule=dm)
     assert "train_acc" in trainer2.callback_metrics
+
+
+# ------------------------------------------------------------------------------------ dry run at setup (issue 27)
+class _EpochCounter(Callback):
+    def __init__(self):
+        self.epochs = 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs += 1
+
+
+def _fit_tiny(tmp_path, network, dm=None, **module_kwargs):
+    counter = _EpochCounter()
+    trainer = Trainer(
+        callbacks=[counter], **quiet_trainer_kwargs(tmp_path, limit_train_batches=1, limit_val_batches=1)
+    )
+    module = ClassificationModule(network, **module_kwargs)
+    try:
+        trainer.fit(module, datamodule=dm or ImageClassificationDataModule("digits", batch_size=16))
+    except Exception:
+        assert counter.epochs == 0, "the error came after an epoch had started, not at setup"
+        raise
+    return module, trainer
+
+
+def test_rgb_network_on_grey_images_names_the_channels_fix(tmp_path):
+    from torchvision.models import resnet18
+
+    network = resnet18(num_classes=10)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        _fit_tiny(tmp_path, network)
+    message = str(info.value)
+    assert "expects 3 input channels but the data give 1" in message
+    assert (
+        "`data.init_args.channels: 3`" in message and "ImageClassificationDataModule(channels=3)" in message
+    )
+    assert "expected input[2, 1, 8, 8] to have 3 channels" in message  # torch's words, kept
+    assert "dry run" in message
+    # the dry run changed nothing: no batch-norm statistics, no mode
+    for k, v in network.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert network.training
+    # and the fix it names works
+    _, trainer = _fit_tiny(
+        tmp_path, resnet18(num_classes=10), ImageClassificationDataModule("digits", batch_size=16, channels=3)
+    )
+    assert trainer.state.finished
+
+
+def test_grey_network_on_colour_images_names_channels_1(tmp_path):
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    dm = ImageClassificationDataModule(images=images, labels=torch.arange(40) % 10, batch_size=8)
+    with pytest.raises(
+        ValueError, match=r"expects 1 input channels but the data give 3.*`data.init_args.channels: 1`"
+    ):
+        _fit_tiny(tmp_path, small_convnet(), dm)
+
+
+def test_network_with_other_channels_names_in_channels(tmp_path):
+    with pytest.raises(ValueError, match=r"expects 4 input channels but the data give 1.*`in_channels`"):
+        _fit_tiny(tmp_path, small_convnet(in_channels=4))
+
+
+def test_images_too_small_for_the_network_name_image_size(tmp_path):
+    from lightning_optim.models import LeNet5
+
+    with pytest.raises(ValueError) as info:
+        _fit_tiny(tmp_path, LeNet5())  # built for 28x28: its second 5x5 convolution meets a 2x2 map
+    message = str(info.value)
+    assert "8x8 images are too small for the network" in message
+    assert "`data.init_args.image_size: 28`" in message  # the smallest tried size that passes
+    assert "Kernel size can't be greater than actual input size" in message
+    _, trainer = _fit_tiny(
+        tmp_path, LeNet5(), ImageClassificationDataModule("digits", batch_size=16, image_size=28)
+    )
+    assert trainer.state.finished
+
+
+def test_network_built_for_another_image_size_names_image_size(tmp_path):
+    with pytest.raises(ValueError, match=r"built for another input size than the data's 8x8.*`image_size`"):
+        _fit_tiny(tmp_path, ConvNet3(image_size=28, channels=(4, 8, 8), hidden=16))
+
+
+def test_other_number_of_outputs_than_classes_names_num_classes(tmp_path):
+    head = nn.Sequential(nn.Conv2d(1, 5, 8), nn.Flatten())  # no nn.Linear: num_classes cannot be inferred
+    with pytest.raises(ValueError, match=r"outputs 5 values per sample but the module's `num_classes` is 10"):
+        _fit_tiny(tmp_path, head, num_classes=10)
+    # the module's count agrees with the network, the data have more classes
+    with pytest.raises(
+        ValueError, match=r"outputs 5 values .* the data have 10 classes.*`num_classes` to 10"
+    ):
+        _fit_tiny(tmp_path, nn.Sequential(nn.Flatten(), nn.Linear(64, 5)))
+
+
+def test_more_outputs_than_the_in_memory_labels_use_is_fine(tmp_path):
+    # in-memory labels only show a lower bound of the classes: a 10-way network on labels 0..2 trains
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    dm = ImageClassificationDataModule(images=images, labels=torch.arange(40) % 3, batch_size=8)
+    _, trainer = _fit_tiny(tmp_path, small_convnet(), dm)
+    assert trainer.state.finished
+
+
+class _Broken(nn.Module):
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.error = error
+
+    def forward(self, x):
+        raise self.error
+
+
+class _OddError(Exception):
+    def __init__(self, code: int, detail: str):
+        super().__init__(f"code {code}: {detail}")
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (TypeError("forward got a tensor it cannot use"), TypeError),
+        (_OddError(7, "odd failure"), RuntimeError),
+    ],
+)
+def test_other_dry_run_errors_keep_their_message_and_say_where(error, kind):
+    module = ClassificationModule(_Broken(error))
+    module.example_input_array = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(kind) as info:
+        module.setup("fit")
+    message = str(info.value)
+    assert str(error) in message and "at setup by the dry run" in message and "`dry_run: false`" in message
+    assert info.value.__cause__ is error
+
+
+def test_dry_run_false_skips_the_check():
+    module = ClassificationModule(_Broken(TypeError("never called")), dry_run=False)
+    module.example_input_array = torch.zeros(2, 1, 8, 8)
+    module.setup("fit")
+    assert module.hparams["dry_run"] is False
+
+
+def test_no_shape_and_no_example_means_no_dry_run():
+    module = ClassificationModule(_Broken(TypeError("never called")))
+    module.setup("fit")  # no trainer, no data module, no example_input_array: nothing to check
+
+
+def test_dry_run_restores_every_mode_and_runs_once_per_shape():
+    network = small_convnet(norm="batch")
+    calls = []
+    network.register_forward_hook(lambda m, args, out: calls.append((m.training, args[0].shape[0])))
+    module = ClassificationModule(network)
+    module.train()
+    frozen = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    frozen.eval()  # a user's frozen layer stays in eval mode
+    stats = frozen.running_mean.clone()
+    module.example_input_array = torch.randn(3, 1, 8, 8) + 5
+    module.setup("fit")
+    module.setup("test")
+    assert calls == [(False, 3)]  # once, in eval mode, on the example
+    assert module.training and network.training and not frozen.training
+    assert all(m.training for m in network.modules() if m is not frozen)
+    assert torch.equal(frozen.running_mean, stats)
+    assert torch.is_grad_enabled()
