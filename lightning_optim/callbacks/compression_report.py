@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,10 +21,22 @@ from lightning_optim.callbacks._trainer import (
     example_from_batch,
     known_input_shape,
     log_metrics,
+    work_progress,
 )
 from lightning_optim.callbacks.phases import offered_model, phase_states, target_model
+from lightning_optim.functional.compression_report.deploy import (
+    ARTIFACT_FORMATS,
+    pack_model_artifact,
+    resolve_artifact_format,
+)
 from lightning_optim.functional.compression_report.measure import measure_model, weight_sparsity
-from lightning_optim.functional.compression_report.report import add_ratios, format_markdown, write_report
+from lightning_optim.functional.compression_report.report import (
+    ARTIFACT_FORMAT_NOTES,
+    add_ratios,
+    format_markdown,
+    format_paths,
+    write_report,
+)
 
 NO_TEST_LOADER = (
     "CompressionReport: the trainer has no test data (no datamodule with a `test_dataloader`, and no "
@@ -55,8 +68,11 @@ class CompressionReport(Callback):
     At fit end it writes ``<filename>.md`` (table), ``<filename>.json`` (rows and per-epoch history) and
     ``<filename>.png`` (accuracy against size per stage; size and latency per stage; sparsity, LR and loss
     curves with the phases shaded) into ``dirpath`` (default: ``trainer.log_dir``, else
-    ``default_root_dir``), optionally the final model's artifact, prints the table, and logs the figures
-    as ``compression/<stage>/<figure>``. Measurements run on rank 0, on the CPU, on a copy of the model.
+    ``default_root_dir``), optionally the final model's artifact ``<filename>.lopt`` (an exported program by
+    default: ``load_artifact(path)`` runs it with torch alone), prints the table and the files (one per
+    line, relative to the current directory), and logs the figures as ``compression/<stage>/<figure>``.
+    Measurements run on rank 0, on the CPU, on a copy of the model; the measurements at fit start and fit
+    end show a progress bar (when the Trainer shows its own).
 
     Args:
         latency_batch_sizes: batch sizes whose CPU latency is measured.
@@ -66,8 +82,12 @@ class CompressionReport(Callback):
         test_metrics: evaluate on the test loader at each row.
         limit_test_batches: at most this many test batches per row (``None``: the whole test set).
         at_phase_boundaries: add a row when a phase's state changes.
-        artifact_torchscript: the artifact holds a TorchScript module (self-contained, a few KiB larger)
-            instead of the state dict.
+        artifact_format: what the compact artifact (measured in every row, saved at fit end) holds:
+            ``"exported_program"`` (default: the ``torch.export`` program, self-contained - torch alone loads
+            and runs it; PT2E int8 models included; when ``torch.export`` cannot capture the model, the state
+            dict with a warning that says why), ``"state_dict"`` (smallest; rebuilding a model needs its
+            code) or ``"torchscript"`` (deprecated by torch). Each row records the format written
+            (``artifact_format``).
         save_artifact: also write the final model's compact artifact (``<filename>.lopt``).
         dirpath: output folder.
         filename: stem of the output files.
@@ -75,12 +95,15 @@ class CompressionReport(Callback):
         input_shape: shape of one input sample (without batch), used when no test batch is available to
             take it from (else ``pl_module.example_input_array`` or the data module's ``input_shape``).
         attribute: the attribute of the LightningModule holding the network (``model``).
-        verbose: print the table at fit end.
+        verbose: print the table and the files at fit end.
+        artifact_torchscript: deprecated (a :class:`FutureWarning`): ``True`` is
+            ``artifact_format="torchscript"``, ``False`` is ``artifact_format="state_dict"``.
 
     Raises:
         ValueError: for empty or non-positive ``latency_batch_sizes``, ``latency_repeats`` < 1, a negative
-            ``latency_warmup``, ``latency_threads`` < 1, ``limit_test_batches`` < 1, an empty ``filename``
-            or an ``input_shape`` with non-positive sizes.
+            ``latency_warmup``, ``latency_threads`` < 1, ``limit_test_batches`` < 1, an unknown
+            ``artifact_format`` (naming the allowed ones), an empty ``filename`` or an ``input_shape`` with
+            non-positive sizes.
 
     Example::
 
@@ -88,6 +111,9 @@ class CompressionReport(Callback):
         trainer = Trainer(max_epochs=20, callbacks=[ProgressivePruning(final_sparsity=0.95), CompressionReport()])
         trainer.fit(module, datamodule=dm)   # -> <log_dir>/compression_report.{md,json,png}
     """
+
+    #: the allowed ``artifact_format`` values (the first is the default)
+    ARTIFACT_FORMATS: tuple[str, ...] = ARTIFACT_FORMATS
 
     def __init__(
         self,
@@ -98,7 +124,7 @@ class CompressionReport(Callback):
         test_metrics: bool = True,
         limit_test_batches: int | None = None,
         at_phase_boundaries: bool = True,
-        artifact_torchscript: bool = False,
+        artifact_format: str = "exported_program",
         save_artifact: bool = True,
         dirpath: str | None = None,
         filename: str = "compression_report",
@@ -106,6 +132,7 @@ class CompressionReport(Callback):
         input_shape: tuple[int, ...] | None = None,
         attribute: str = "model",
         verbose: bool = True,
+        artifact_torchscript: bool | None = None,
     ) -> None:
         sizes = tuple(int(b) for b in latency_batch_sizes)
         if not sizes or any(b < 1 for b in sizes):
@@ -135,7 +162,7 @@ class CompressionReport(Callback):
         self.test_metrics = test_metrics
         self.limit_test_batches = limit_test_batches
         self.at_phase_boundaries = at_phase_boundaries
-        self.artifact_torchscript = artifact_torchscript
+        self.artifact_format = resolve_artifact_format(artifact_format, artifact_torchscript)
         self.save_artifact = save_artifact
         self.dirpath = dirpath
         self.filename = filename
@@ -147,6 +174,8 @@ class CompressionReport(Callback):
         self.history: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.paths: dict[str, str] = {}
+        #: what the saved ``<filename>.lopt`` holds (``None`` until it is written)
+        self.artifact_written: str | None = None
         self._last_phases: dict[str, str] | None = None
         self._example: Tensor | None = None
         self._pending_start = False
@@ -183,7 +212,7 @@ class CompressionReport(Callback):
         ):
             self._pending_start = True  # no shape known yet: measure on the first training batch
             return
-        self._measure(trainer, pl_module, "fit start")
+        self._measure_with_progress(trainer, pl_module, "fit start")
 
     def _run_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         if self._example is None:
@@ -192,7 +221,7 @@ class CompressionReport(Callback):
                 self._example = example.float()
         if self._pending_start:
             self._pending_start = False
-            self._measure(trainer, pl_module, "fit start")
+            self._measure(trainer, pl_module, "fit start")  # inside the training loop: its bar is on screen
 
     def _run_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         states = dict(phase_states(trainer))
@@ -219,40 +248,74 @@ class CompressionReport(Callback):
         self._last_phases = states
 
     def _run_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._measure(trainer, pl_module, "fit end")
         quantized = offered_model(trainer)
         network = target_model(pl_module, self.attribute)
-        if quantized is not None and quantized is not network and self.rows[-1].get("precision") != "int8":
-            self._measure(trainer, pl_module, "int8", model=quantized)
-        add_ratios(self.rows)  # on every rank: the rows (callback state) stay identical
-        # on every rank: ``trainer.log_dir`` is a collective (broadcast) under DDP
-        dirpath = self.dirpath or trainer.log_dir or trainer.default_root_dir
-        if not trainer.is_global_zero or not self.rows:
-            return
-        if self.plot and not _has_matplotlib():
-            self._note("PNG not drawn: matplotlib is not installed (pip install matplotlib).")
-        self.paths = write_report(self.rows, dirpath, self.filename, self.history, self.notes, plot=self.plot)
-        if self.save_artifact:
-            from lightning_optim.functional.artifact import save_artifact
-
-            final = quantized if quantized is not None else target_model(pl_module, self.attribute)
-            path = os.path.join(dirpath, f"{self.filename}.lopt")
-            example = self._example[:1] if self._example is not None else None
-            save_artifact(
-                final,
-                path,
-                torchscript=self.artifact_torchscript,
-                example_input=example,
-                verify=example is not None,
-            )
-            self.paths["artifact"] = path
+        extra = quantized is not None and quantized is not network
+        # one step per measured model, one for the files, one for the artifact
+        total = 1 + int(extra) + 1 + int(self.save_artifact)
+        with work_progress(trainer, desc="Compression report (fit end)", total=total) as bar:
+            self._measure(trainer, pl_module, "fit end", progress=_labeller(bar, "fit end"))
+            bar.update(1)
+            if extra:
+                if self.rows[-1].get("precision") != "int8":
+                    self._measure(
+                        trainer, pl_module, "int8", model=quantized, progress=_labeller(bar, "int8")
+                    )
+                bar.update(1)
+            add_ratios(self.rows)  # on every rank: the rows (callback state) stay identical
+            # on every rank: ``trainer.log_dir`` is a collective (broadcast) under DDP
+            dirpath = self.dirpath or trainer.log_dir or trainer.default_root_dir
+            if not trainer.is_global_zero or not self.rows:
+                return
+            paths: dict[str, str] = {}
+            if self.save_artifact:
+                # written first: a fallback to the state dict is a note under the table
+                bar.set_postfix_str("saving the compact artifact", refresh=True)
+                final = quantized if quantized is not None else network
+                os.makedirs(dirpath, exist_ok=True)
+                path = os.path.join(dirpath, f"{self.filename}.lopt")
+                example = self._example[:1] if self._example is not None else None
+                last = self.rows[-1]
+                _, self.artifact_written, note = pack_model_artifact(
+                    _on_cpu(final),
+                    example,
+                    self.artifact_format,
+                    path=path,
+                    verify=example is not None,
+                    # the last row measured this model: its fallback was warned about already (same reason)
+                    warn=not last.get("artifact_note"),
+                )
+                if note:
+                    self._add_note(note)
+                paths["artifact"] = path
+                bar.update(1)
+            bar.set_postfix_str("writing the report", refresh=True)
+            if self.plot and not _has_matplotlib():
+                self._note("PNG not drawn: matplotlib is not installed (pip install matplotlib).")
+            notes = list(self.notes)
+            if "artifact" in paths:
+                notes.append(
+                    f"Deployable model: {os.path.basename(paths['artifact'])}, "
+                    f"{ARTIFACT_FORMAT_NOTES.get(self.artifact_written or '', self.artifact_written)}."
+                )
+            self.paths = write_report(self.rows, dirpath, self.filename, self.history, notes, plot=self.plot)
+            self.paths.update(paths)
+            bar.update(1)
         self._log_rows(trainer)
         if self.verbose:
             rank_zero_info(
-                "\n" + format_markdown(self.rows, self.notes) + f"\nReport written to {self.paths}"
+                "\n"
+                + format_markdown(self.rows, self.notes)
+                + "\n"
+                + format_paths(self.paths, artifact_format=self.artifact_written)
             )
 
     # ------------------------------------------------------------------------------------------ helpers
+    def _measure_with_progress(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        with work_progress(trainer, desc=f"Compression report ({stage})", total=1) as bar:
+            self._measure(trainer, pl_module, stage, progress=_labeller(bar, stage))
+            bar.update(1)
+
     def _measure(
         self,
         trainer: pl.Trainer,
@@ -260,6 +323,7 @@ class CompressionReport(Callback):
         stage: str,
         model: nn.Module | None = None,
         epoch: int | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         row: dict[str, Any] | None = None
         if trainer.is_global_zero:
@@ -279,8 +343,11 @@ class CompressionReport(Callback):
                     latency_warmup=self.latency_warmup,
                     threads=self.latency_threads,
                     artifact=True,
-                    artifact_torchscript=self.artifact_torchscript,
+                    artifact_format=self.artifact_format,
+                    progress=progress,
                 )
+            if row.get("artifact_note"):  # the reason (warned once by the measurement), once under the table
+                self._add_note(row["artifact_note"])
             row["epoch"] = trainer.current_epoch if epoch is None else epoch  # epochs completed
             row["step"] = trainer.global_step
             row["phases"] = dict(phase_states(trainer))
@@ -332,6 +399,11 @@ class CompressionReport(Callback):
             self.notes.append(message)
             rank_zero_warn(message)
 
+    def _add_note(self, message: str) -> None:
+        """A note under the table, without a second warning (the measurement warned already)."""
+        if message not in self.notes:
+            self.notes.append(message)
+
     def _log_rows(self, trainer: pl.Trainer) -> None:
         if not trainer.loggers:
             return
@@ -365,6 +437,23 @@ class CompressionReport(Callback):
         self._last_phases = dict(last) if last is not None else None
         self._example = state_dict.get("example")
         self._pending_start = bool(state_dict.get("pending_start", False))
+
+
+def _labeller(bar: Any, stage: str) -> Callable[[str], None]:
+    """A ``progress`` callback for :func:`measure_model` that shows the current step beside ``bar``."""
+
+    def label(what: str) -> None:
+        bar.set_postfix_str(f"{stage}: {what}", refresh=True)
+
+    return label
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself when all its tensors are on the CPU, else a CPU copy (the artifact is captured there)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).cpu()
 
 
 def _transition(name: str, state: str) -> str:

@@ -2,10 +2,18 @@
 
 What is stored
 --------------
-The model is first serialized the ordinary way: ``torch.save(model.state_dict())`` (the default) or, with
-``torchscript=True``, ``torch.jit.save`` of the scripted module (self-contained: no model code needed to
-load it). Both are zip archives whose tensor storages are raw bytes. The artifact keeps every small entry
-(the pickled structure, TorchScript code) as it is and re-encodes each tensor storage:
+The model is first serialized the ordinary way, as one of three archive kinds (``archive_format``):
+
+- ``"exported_program"``: ``torch.export.save`` of the model captured by ``torch.export`` (non-strict, the
+  batch dimension dynamic where export allows it, else static): **self-contained**, the loader needs no model
+  code and no TorchScript; give ``example_input`` to capture a module, or pass an already exported
+  ``torch.export.ExportedProgram`` (e.g. a PT2E int8 model decomposed to core aten ops);
+- ``"state_dict"``: ``torch.save(model.state_dict())`` (smallest; rebuilding it needs the model's code);
+- ``"torchscript"``: ``torch.jit.save`` of the scripted (or traced) module. TorchScript is deprecated by
+  torch 2.14 (its ``FutureWarning`` is passed on, not silenced): prefer ``"exported_program"``.
+
+All three are zip archives whose tensor storages are raw bytes. The artifact keeps every small entry (the
+pickled structure, the program's JSON, TorchScript code) as it is and re-encodes each tensor storage:
 
 - each element (``itemsize`` bytes: 1 for int8/quantized weights, 4 for float32, 8 for float64 scales) is
   either all-zero bytes or not; the positions of the non-zero elements are stored as **gaps** (the distance
@@ -15,9 +23,10 @@ load it). Both are zip archives whose tensor storages are raw bytes. The artifac
   second bytes...) so that exponents and signs sit together;
 - a bool storage whose pattern equals the non-zero pattern of an earlier storage (a pruning mask next to
   its weight) is stored as a reference to it (no bytes at all);
-- every stream is then compressed with LZMA (stdlib ``lzma``, raw LZMA2, preset 9 extreme).
+- every stream is then compressed with LZMA (stdlib ``lzma``, raw LZMA2, preset 9 extreme), and its CRC-32
+  is kept in the header (a truncated or altered file is refused).
 
-Loading rebuilds the byte-identical archive and hands it to ``torch.load(..., weights_only=True)`` or
+Loading rebuilds the archive and hands it to ``torch.export.load``, ``torch.load(..., weights_only=True)`` or
 ``torch.jit.load``, so the reloaded model's outputs equal the saved model's exactly (checked at save time
 when an ``example_input`` is given). Int8 models from eager ``torch.ao.quantization`` keep their quantized
 weights (int8 values + per-channel scales and zero points) as such: the int8 values become the 1-byte
@@ -25,40 +34,63 @@ stream, the float64 per-channel scales the 8-byte stream.
 
 Rebuilding a runnable model:
 
-- ``torchscript=True``: ``load_artifact(path)`` returns the TorchScript module; torch alone.
-- state dict (default, smallest): ``load_artifact(path, model=skeleton)`` loads the state dict into a model
-  of the same structure: the float architecture for a pruned float model, or an int8 skeleton for a
-  converted model (the float architecture prepared and converted the same way; its weights do not
-  matter); without ``model`` the state dict itself is returned.
+- ``"exported_program"``: ``load_artifact(path)`` returns the program's module (``torch.export.load(...)
+  .module()``), an ``nn.Module`` called like the model; torch alone.
+- ``"torchscript"``: ``load_artifact(path)`` returns the TorchScript module; torch alone.
+- ``"state_dict"``: ``load_artifact(path, model=skeleton)`` loads the state dict into a model of the same
+  structure: the float architecture for a pruned float model, or an int8 skeleton for a converted model
+  (the float architecture prepared and converted the same way; its weights do not matter); without
+  ``model`` the state dict itself is returned.
 
 This module imports nothing from lightning-optim (only torch and the standard library), so it can be
-copied next to a deployment as the loader.
+copied next to a deployment as the loader::
+
+    import torch, artifact                       # this file, copied beside the deployment
+    model = artifact.load_artifact("model.lopt")  # an exported-program (or TorchScript) artifact
+    y = model(torch.randn(1, 3, 32, 32))
+
+or from a shell: ``python artifact.py model.lopt`` (describe it, load it and run it once on zeros of the
+recorded input shape), ``--input x.pt --output y.pt`` (run it on a saved tensor), ``--extract model.pt2``
+(write the plain torch archive, here what ``torch.export.load`` reads).
 
 File layout: ``MAGIC`` (8 bytes), header length (4 bytes, little endian), LZMA-compressed JSON header
-(archive kind, entries with their encodings, stream lengths, user metadata), then the compressed streams.
+(format version, archive kind, entries with their encodings, stream lengths and CRC-32s, the captured
+inputs of a program, user metadata), then the compressed streams.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import hashlib
 import io
 import json
 import lzma
 import os
 import struct
+import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 MAGIC = b"LOPTCA01"
+#: the header's format version of the state-dict and TorchScript kinds (readable by every loader)
 FORMAT_VERSION = 1
-ARCHIVE_KINDS = ("state_dict", "torchscript")
+#: the format version of each archive kind (an exported program needs a loader that knows the kind)
+KIND_VERSIONS: dict[str, int] = {"state_dict": 1, "torchscript": 1, "exported_program": 2}
+#: the archive kinds (``archive_format`` of :func:`pack_artifact`)
+ARCHIVE_KINDS: tuple[str, ...] = ("state_dict", "torchscript", "exported_program")
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _ESCAPE = 255
+
+
+class ArtifactExportError(RuntimeError):
+    """``torch.export`` could not capture the model (the message says why); save the state dict instead."""
 
 
 # ----------------------------------------------------------------------------------------------- codec
@@ -235,55 +267,191 @@ def _encode_storage(
     return spec, nz
 
 
-def _serialize(
-    obj: nn.Module | Mapping[str, Any], torchscript: bool, example_input: Any
-) -> tuple[bytes, str, Any]:
-    """The plain torch archive of ``obj`` and the object whose tensors it holds."""
-    buffer = io.BytesIO()
-    if torchscript:
-        if not isinstance(obj, nn.Module):
-            raise TypeError("`torchscript=True` needs an nn.Module, not a state dict.")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            was_training = obj.training
-            obj.eval()
-            try:
-                try:
-                    scripted = obj if isinstance(obj, torch.jit.ScriptModule) else torch.jit.script(obj)
-                except Exception as err:  # noqa: BLE001 - fall back to tracing
-                    if example_input is None:
-                        raise ValueError(
-                            f"Could not script {type(obj).__name__} ({err}); pass `example_input` to trace it instead."
-                        ) from err
-                    scripted = torch.jit.trace(obj, example_input)
-            finally:
-                obj.train(was_training)
-            torch.jit.save(scripted, buffer)
-        return buffer.getvalue(), "torchscript", obj.state_dict()
-    state = obj.state_dict() if isinstance(obj, nn.Module) else obj
-    torch.save(state, buffer)
-    return buffer.getvalue(), "state_dict", state
+# ----------------------------------------------------------------------------------------------- capture
+def _as_args(example_input: Any) -> tuple[Any, ...]:
+    return tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
 
 
-def pack_artifact(
-    obj: nn.Module | Mapping[str, Any],
-    torchscript: bool = False,
-    example_input: Any = None,
-    metadata: Mapping[str, Any] | None = None,
-) -> bytes:
-    """Encode a model (or a state dict) into the compact artifact format; see the module docstring.
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:limit]
+
+
+def export_program(
+    model: nn.Module, example_input: Any, dynamic_batch: bool = True, strict: bool = False
+) -> torch.export.ExportedProgram:
+    """Capture ``model`` (in eval mode; its mode is restored) with ``torch.export.export``.
+
+    The batch dimension (dimension 0 of every tensor input) is captured as dynamic where export allows it;
+    where it does not (a model that reshapes with a fixed batch size, say), the capture is static, at the
+    example's batch size (the program then refuses other batch sizes). An example of batch size 1 is repeated
+    to 2 for the dynamic capture (export specializes size-1 dimensions).
 
     Args:
-        obj: the model (its ``state_dict`` is stored) or a state dict.
-        torchscript: store the scripted module instead (self-contained; the loader needs no model code).
-        example_input: used to trace the model when scripting fails.
-        metadata: JSON-serializable values stored in the header (read back with :func:`read_header`).
+        model: the module to capture.
+        example_input: an input batch, or a tuple of positional inputs.
+        dynamic_batch: try a dynamic batch dimension first (``False``: static at the example's size).
+        strict: ``torch.export`` strict mode (TorchDynamo); non-strict traces the Python code as it runs.
 
     Returns:
-        The artifact bytes.
+        The program; ``program.example_inputs`` is cleared (``torch.export.save`` would store the batch).
+
+    Raises:
+        ArtifactExportError: ``torch.export`` cannot capture the model (the cause in the message).
     """
-    archive, kind, holder = _serialize(obj, torchscript, example_input)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export_program() needs an nn.Module, got {type(model).__name__}.")
+    if example_input is None:
+        raise ValueError(
+            "`archive_format='exported_program'` needs `example_input` (an input batch) to capture the model."
+        )
+    args = _as_args(example_input)
+    was_training = model.training
+    model.eval()
+    program = None
+    dynamic_error: BaseException | None = None
+    try:
+        tensors = [a for a in args if isinstance(a, Tensor) and a.dim() > 0]
+        if dynamic_batch and tensors and len({a.shape[0] for a in tensors}) == 1:
+            capture = tuple(
+                torch.cat([a, a]) if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
+                for a in args
+            )
+            batch = torch.export.Dim("batch", min=1)
+            specs = tuple({0: batch} if isinstance(a, Tensor) and a.dim() > 0 else None for a in args)
+            shapes = _shapes_for_signature(model, specs)
+            try:
+                program = torch.export.export(model, capture, dynamic_shapes=shapes, strict=strict)
+            except Exception as err:  # noqa: BLE001 - static capture below
+                dynamic_error = err
+        if program is None:
+            try:
+                program = torch.export.export(model, args, strict=strict)
+            except Exception as err:  # noqa: BLE001 - reported with the cause
+                raise ArtifactExportError(
+                    f"torch.export could not capture {type(model).__name__}: {_first_line(err)}"
+                ) from err
+    finally:
+        model.train(was_training)
+    program.example_inputs = None
+    if dynamic_error is not None:
+        program._lopt_note = f"static batch (dynamic batch refused: {_first_line(dynamic_error, 200)})"  # type: ignore[attr-defined]
+    return program
+
+
+def _shapes_for_signature(model: nn.Module, specs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``dynamic_shapes`` for ``model.forward``: one spec per positional parameter, the specs of the inputs
+    that go to ``*args`` grouped in one tuple (``torch.export`` matches them to the signature)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return specs
+    positional = 0
+    for param in params:
+        if param.kind == inspect.Parameter.VAR_POSITIONAL:
+            return (*specs[:positional], tuple(specs[positional:]))
+        if param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return specs
+
+
+def _program_inputs(program: torch.export.ExportedProgram) -> list[dict[str, Any]]:
+    """Shape (``"batch"`` for a dynamic dimension) and dtype of each tensor input of ``program``."""
+    inputs = []
+    user = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user:
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, Tensor):
+            shape = [int(s) if isinstance(s, int) else "batch" for s in val.shape]
+            inputs.append({"shape": shape, "dtype": str(val.dtype).removeprefix("torch.")})
+    return inputs
+
+
+def _serialize(
+    obj: nn.Module | Mapping[str, Any] | torch.export.ExportedProgram, archive_format: str, example_input: Any
+) -> tuple[bytes, Any, dict[str, Any], torch.export.ExportedProgram | None]:
+    """The plain torch archive of ``obj``, the object whose tensors it holds, extra header fields, the program."""
+    buffer = io.BytesIO()
+    if archive_format == "exported_program":
+        if isinstance(obj, torch.export.ExportedProgram):
+            program = obj
+        elif isinstance(obj, nn.Module):
+            program = export_program(obj, example_input)
+        else:
+            raise TypeError(
+                "`archive_format='exported_program'` needs an nn.Module (with `example_input`) or a "
+                f"torch.export.ExportedProgram, not {type(obj).__name__}."
+            )
+        stored = program.example_inputs
+        program.example_inputs = None  # torch.export.save would store the example batch
+        try:
+            torch.export.save(program, buffer)
+        finally:
+            program.example_inputs = stored
+        holder = {**program.state_dict, **program.constants}
+        extra = {"program": {"inputs": _program_inputs(program)}}
+        note = getattr(program, "_lopt_note", None)
+        if note:
+            extra["program"]["note"] = note
+        return buffer.getvalue(), holder, extra, program
+    if archive_format == "torchscript":
+        if not isinstance(obj, nn.Module):
+            raise TypeError("`archive_format='torchscript'` needs an nn.Module, not a state dict.")
+        # torch 2.14 deprecates TorchScript (a FutureWarning per call): the format this kind ships, never silenced
+        was_training = obj.training
+        obj.eval()
+        try:
+            try:
+                scripted = obj if isinstance(obj, torch.jit.ScriptModule) else torch.jit.script(obj)
+            except Exception as err:  # noqa: BLE001 - fall back to tracing
+                if example_input is None:
+                    raise ValueError(
+                        f"Could not script {type(obj).__name__} ({err}); pass `example_input` to trace it instead."
+                    ) from err
+                scripted = torch.jit.trace(obj, example_input)
+        finally:
+            obj.train(was_training)
+        torch.jit.save(scripted, buffer)
+        return buffer.getvalue(), obj.state_dict(), {}, None
+    if isinstance(obj, torch.export.ExportedProgram):
+        raise TypeError(
+            f"A torch.export.ExportedProgram is stored as archive_format='exported_program', not {archive_format!r}."
+        )
+    state = obj.state_dict() if isinstance(obj, nn.Module) else obj
+    torch.save(state, buffer)
+    return buffer.getvalue(), state, {}, None
+
+
+def resolve_archive_format(obj: Any, torchscript: bool = False, archive_format: str | None = None) -> str:
+    """The archive kind to write: ``archive_format`` when given (checked against :data:`ARCHIVE_KINDS`), else
+    ``"exported_program"`` for an ``ExportedProgram``, ``"torchscript"`` with ``torchscript=True``, else
+    ``"state_dict"``.
+
+    Raises:
+        ValueError: an unknown ``archive_format``, or ``torchscript=True`` with another format.
+    """
+    if archive_format is None:
+        if isinstance(obj, torch.export.ExportedProgram):
+            return "exported_program"
+        return "torchscript" if torchscript else "state_dict"
+    if archive_format not in ARCHIVE_KINDS:
+        raise ValueError(f"Unknown `archive_format` {archive_format!r}; allowed: {list(ARCHIVE_KINDS)}.")
+    if torchscript and archive_format != "torchscript":
+        raise ValueError(
+            f"`torchscript=True` contradicts `archive_format={archive_format!r}`; give `archive_format` only."
+        )
+    return archive_format
+
+
+# ----------------------------------------------------------------------------------------------- pack
+def _pack(
+    obj: Any, archive_format: str, example_input: Any, metadata: Mapping[str, Any] | None
+) -> tuple[bytes, torch.export.ExportedProgram | None]:
+    archive, holder, extra, program = _serialize(obj, archive_format, example_input)
     known = _known_storages(holder)
     streams = _Streams()
     patterns: dict[int, list[tuple[str, Tensor]]] = {}
@@ -294,6 +462,8 @@ def pack_artifact(
             if name.endswith(".debug_pkl"):  # TorchScript debug info: not needed to run
                 continue
             raw = zf.read(name)
+            # tensor records: "<archive>/data/<n>" (torch.save, torch.jit.save) or
+            # "<archive>/data/weights/weight_<n>", ".../data/constants/..." (torch.export.save)
             match = known.get(hashlib.sha1(raw).hexdigest()) if raw and "/data/" in name else None
             if match is None or len(raw) % match[0]:
                 entries.append([name, {"enc": "raw", "values": streams.add("misc", raw), "len": len(raw)}])
@@ -308,60 +478,153 @@ def pack_artifact(
         for name in names
     }
     header = {
-        "format": FORMAT_VERSION,
-        "kind": kind,
+        "format": KIND_VERSIONS[archive_format],
+        "kind": archive_format,
         "entries": entries,
         "streams": [[name, len(compressed[name]), streams.lengths[name]] for name in names],
+        "crc32": {name: zlib.crc32(compressed[name]) for name in names},
+        **extra,
         "metadata": dict(metadata or {}),
     }
     header_bytes = _compress(json.dumps(header, separators=(",", ":")).encode())
-    return (
+    blob = (
         MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + b"".join(compressed[n] for n in names)
     )
+    return blob, program
+
+
+def pack_artifact(
+    obj: nn.Module | Mapping[str, Any] | torch.export.ExportedProgram,
+    torchscript: bool = False,
+    example_input: Any = None,
+    metadata: Mapping[str, Any] | None = None,
+    archive_format: str | None = None,
+) -> bytes:
+    """Encode a model (or a state dict, or an exported program) into the compact artifact format; see the
+    module docstring.
+
+    Args:
+        obj: the model, a state dict, or a ``torch.export.ExportedProgram``.
+        torchscript: store the scripted module (the same as ``archive_format="torchscript"``).
+        example_input: the input batch that captures the model (``"exported_program"``), or traces it when
+            scripting fails (``"torchscript"``).
+        metadata: JSON-serializable values stored in the header (read back with :func:`read_header`).
+        archive_format: ``"exported_program"`` (self-contained, needs ``example_input`` for a module),
+            ``"state_dict"`` or ``"torchscript"``; ``None``: ``"exported_program"`` for a program, else as
+            ``torchscript`` says.
+
+    Returns:
+        The artifact bytes.
+
+    Raises:
+        ValueError: an unknown ``archive_format``.
+        ArtifactExportError: ``torch.export`` cannot capture the model.
+    """
+    kind = resolve_archive_format(obj, torchscript, archive_format)
+    return _pack(obj, kind, example_input, metadata)[0]
 
 
 def save_artifact(
-    model: nn.Module | Mapping[str, Any],
+    model: nn.Module | Mapping[str, Any] | torch.export.ExportedProgram,
     path: str | os.PathLike | None = None,
     torchscript: bool = False,
     example_input: Any = None,
     verify: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    archive_format: str | None = None,
 ) -> bytes:
     """Pack ``model`` (see :func:`pack_artifact`), check the round trip, and write it to ``path``.
 
     Args:
-        model: the model (pruned, and/or converted to int8) or a state dict.
+        model: the model (pruned, and/or converted to int8), a state dict, or an exported program.
         path: where to write; ``None`` only returns the bytes.
-        torchscript: store a TorchScript module (self-contained) instead of the state dict.
+        torchscript: store a TorchScript module (the same as ``archive_format="torchscript"``).
         example_input: an input batch; with ``verify``, the reloaded model must give outputs equal to
-            ``model(example_input)``.
+            ``model(example_input)``; it also captures the model for ``"exported_program"``.
         verify: unpack right away and compare (the archive always; the outputs where ``example_input`` is
-            given and ``model`` is a module).
+            given and ``model`` is a module or a program). An exported program must reproduce the program
+            it was saved from exactly, and the module it was captured from within float rounding
+            (``torch.export`` records the same aten ops; a different decomposition may round differently).
         metadata: JSON-serializable values stored in the header.
+        archive_format: ``"exported_program"``, ``"state_dict"`` or ``"torchscript"`` (see
+            :func:`pack_artifact`).
 
     Returns:
         The artifact bytes.
 
     Raises:
         RuntimeError: if the round trip does not reproduce the model.
+        ArtifactExportError: ``torch.export`` cannot capture the model.
     """
-    blob = pack_artifact(model, torchscript=torchscript, example_input=example_input, metadata=metadata)
+    kind = resolve_archive_format(model, torchscript, archive_format)
+    blob, program = _pack(model, kind, example_input, metadata)
     if verify:
-        _verify(model, blob, torchscript, example_input)
+        verify_artifact(blob, model, example_input, program)
     if path is not None:
         with open(path, "wb") as f:
             f.write(blob)
     return blob
 
 
-def _verify(model: Any, blob: bytes, torchscript: bool, example_input: Any) -> None:
-    import copy
+def _max_diff(a: Any, b: Any) -> float:
+    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
 
+
+def _outputs(fn: Any, args: tuple[Any, ...]) -> Any:
+    with torch.no_grad():
+        return fn(*args)
+
+
+def verify_artifact(
+    blob: bytes,
+    model: nn.Module | Mapping[str, Any] | torch.export.ExportedProgram,
+    example_input: Any = None,
+    program: torch.export.ExportedProgram | None = None,
+) -> None:
+    """Unpack ``blob`` and check that it reproduces ``model``.
+
+    The archive is always rebuilt and loaded. With ``example_input`` (and a module or program as ``model``)
+    the outputs are compared: a state-dict or TorchScript artifact must give exactly ``model``'s outputs; an
+    exported program exactly those of the program it was saved from (``model`` itself, or ``program``), and
+    those of the module it was captured from up to float rounding (relative 1e-5: ``torch.export`` records the
+    same aten ops, but a decomposition may round differently).
+
+    Raises:
+        RuntimeError: the outputs differ (the largest difference in the message).
+        ValueError: a corrupt artifact.
+    """
+    kind = read_header(blob)["kind"]
     loaded = load_artifact(blob)
-    if not isinstance(model, nn.Module) or example_input is None:
+    if example_input is None or not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
         return
-    if not torchscript:
+    args = _as_args(example_input)
+    if kind == "exported_program":
+        got = _outputs(loaded, args)
+        source = model if isinstance(model, torch.export.ExportedProgram) else program
+        if source is not None:
+            before = _outputs(source.module(), args)
+            if not torch.equal(before, got):
+                raise RuntimeError(
+                    "Artifact round trip changed the exported program's outputs (max abs diff "
+                    f"{_max_diff(before, got):.3g})."
+                )
+        if isinstance(model, nn.Module):
+            was_training = model.training
+            model.eval()
+            try:
+                expected = _outputs(model, args)
+            finally:
+                model.train(was_training)
+            scale = float(expected.abs().max()) if expected.numel() else 1.0
+            if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6 * (scale or 1.0)):
+                raise RuntimeError(
+                    f"The program torch.export captured computes other outputs than {type(model).__name__} "
+                    f"(max abs diff {_max_diff(expected, got):.3g}); save the state dict instead."
+                )
+        return
+    if isinstance(model, torch.export.ExportedProgram):
+        return
+    if kind == "state_dict":
         skeleton = copy.deepcopy(model)
         skeleton.load_state_dict(loaded)
         loaded = skeleton
@@ -369,13 +632,13 @@ def _verify(model: Any, blob: bytes, torchscript: bool, example_input: Any) -> N
     model.eval()
     loaded.eval()
     try:
-        with torch.no_grad():
-            expected, got = model(example_input), loaded(example_input)
+        expected, got = _outputs(model, args), _outputs(loaded, args)
     finally:
         model.train(was_training)
     if not torch.equal(expected, got):
-        diff = (expected.float() - got.float()).abs().max().item()
-        raise RuntimeError(f"Artifact round trip changed the model's outputs (max abs diff {diff:.3g}).")
+        raise RuntimeError(
+            f"Artifact round trip changed the model's outputs (max abs diff {_max_diff(expected, got):.3g})."
+        )
 
 
 # ----------------------------------------------------------------------------------------------- load
@@ -388,33 +651,69 @@ def _read(source: bytes | str | os.PathLike) -> bytes:
 
 def read_header(source: bytes | str | os.PathLike) -> dict[str, Any]:
     """The artifact's header: ``kind``, ``entries`` (name and encoding of each archive entry), ``streams``
-    (name, compressed and raw length) and the user ``metadata``."""
+    (name, compressed and raw length), ``crc32`` (of each compressed stream), ``program`` (an exported
+    program's inputs) and the user ``metadata``.
+
+    Raises:
+        ValueError: not an artifact, a truncated header, or a format/kind this loader does not read.
+    """
     blob = _read(source)
     if blob[:8] != MAGIC:
         raise ValueError("Not a lightning-optim compact artifact (bad magic bytes).")
+    if len(blob) < 12:
+        raise ValueError("Corrupt artifact: truncated before the header.")
     (length,) = struct.unpack("<I", blob[8:12])
-    header = json.loads(_decompress(blob[12 : 12 + length]))
-    if header.get("format") != FORMAT_VERSION:
+    try:
+        header = json.loads(_decompress(blob[12 : 12 + length]))
+    except (lzma.LZMAError, ValueError, EOFError) as err:
         raise ValueError(
-            f"Unsupported artifact format {header.get('format')}; this loader reads {FORMAT_VERSION}."
+            f"Corrupt artifact: the header cannot be read (truncated or altered file): {err}"
+        ) from err
+    readable = sorted(set(KIND_VERSIONS.values()))
+    if not isinstance(header, dict) or header.get("format") not in readable:
+        raise ValueError(
+            f"Unsupported artifact format {header.get('format') if isinstance(header, dict) else None}; "
+            f"this loader reads {readable}."
+        )
+    if header.get("kind") not in KIND_VERSIONS:
+        raise ValueError(
+            f"Unknown artifact kind {header.get('kind')!r}; this loader reads {list(ARCHIVE_KINDS)}."
         )
     header["_payload_offset"] = 12 + length
     return header
 
 
 def unpack_archive(source: bytes | str | os.PathLike) -> tuple[bytes, dict[str, Any]]:
-    """Rebuild the plain torch archive (``torch.save`` or ``torch.jit.save`` zip) and return it with the header."""
+    """Rebuild the plain torch archive (``torch.export.save``, ``torch.save`` or ``torch.jit.save`` zip) and
+    return it with the header.
+
+    Raises:
+        ValueError: a truncated or altered file (a stream's length or CRC-32 differs).
+    """
     blob = _read(source)
     header = read_header(blob)
     offset = header["_payload_offset"]
+    crcs = header.get("crc32", {})
     streams: dict[str, bytes] = {}
     for name, clen, rlen in header["streams"]:
         itemsize = int(name[1:]) if name.startswith("v") else 1
-        data = _unshuffle(_decompress(blob[offset : offset + clen]), itemsize)
+        chunk = blob[offset : offset + clen]
+        if len(chunk) != clen:
+            raise ValueError(
+                f"Corrupt artifact: stream {name!r} is truncated ({len(chunk)} of {clen} bytes)."
+            )
+        if name in crcs and zlib.crc32(chunk) != crcs[name]:
+            raise ValueError(f"Corrupt artifact: stream {name!r} fails its CRC-32 check (altered file).")
+        try:
+            data = _unshuffle(_decompress(chunk), itemsize)
+        except lzma.LZMAError as err:
+            raise ValueError(f"Corrupt artifact: stream {name!r} cannot be decompressed: {err}") from err
         if len(data) != rlen:
             raise ValueError(f"Corrupt artifact: stream {name!r} has {len(data)} bytes, expected {rlen}.")
         streams[name] = data
         offset += clen
+    if offset != len(blob):
+        raise ValueError(f"Corrupt artifact: {len(blob) - offset} unexpected bytes after the last stream.")
     out = io.BytesIO()
     patterns: dict[str, Tensor] = {}
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
@@ -464,19 +763,25 @@ def load_artifact(
 
     Args:
         source: the artifact's path or bytes.
-        model: for a state-dict artifact, a model of the same structure to load it into (strictly).
-        map_location: device for the tensors.
+        model: for a state-dict artifact, a model of the same structure to load it into (strictly); not used
+            by the self-contained kinds.
+        map_location: device for the tensors (an exported program is moved there after loading; a program
+            captured on the CPU may hold CPU-only constants in its graph).
 
     Returns:
-        The TorchScript module (``torchscript`` artifacts), ``model`` with the state loaded (when given),
-        else the state dict (loaded with ``torch.load(..., weights_only=True)``).
+        The program's module (``exported_program`` artifacts: ``torch.export.load(...).module()``), the
+        TorchScript module (``torchscript``), ``model`` with the state loaded (when given), else the state
+        dict (loaded with ``torch.load(..., weights_only=True)``).
+
+    Raises:
+        ValueError: not an artifact, or a truncated or altered one.
     """
     archive, header = unpack_archive(source)
-    if header["kind"] == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.load(io.BytesIO(archive), map_location=map_location)
+    if header["kind"] == "exported_program":
+        module = torch.export.load(io.BytesIO(archive)).module()
+        return module if torch.device(map_location).type == "cpu" else module.to(map_location)
+    if header["kind"] == "torchscript":  # torch's deprecation notice of TorchScript is passed on
+        return torch.jit.load(io.BytesIO(archive), map_location=map_location)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # torch's own, for qtensors
         state = torch.load(io.BytesIO(archive), map_location=map_location, weights_only=True)
@@ -486,13 +791,20 @@ def load_artifact(
     return model
 
 
-def artifact_size_bytes(model: nn.Module | Mapping[str, Any], torchscript: bool = False) -> int:
-    """Size in bytes of ``model``'s compact artifact (not verified, not written)."""
-    return len(pack_artifact(model, torchscript=torchscript))
+def artifact_size_bytes(
+    model: nn.Module | Mapping[str, Any] | torch.export.ExportedProgram,
+    torchscript: bool = False,
+    archive_format: str | None = None,
+    example_input: Any = None,
+) -> int:
+    """Size in bytes of ``model``'s compact artifact (not verified, not written); arguments as
+    :func:`pack_artifact`."""
+    return len(pack_artifact(model, torchscript, example_input, archive_format=archive_format))
 
 
 def describe_artifact(source: bytes | str | os.PathLike) -> dict[str, Any]:
-    """Sizes by part: total, header, each compressed stream, and the count of entries per encoding."""
+    """Sizes by part: total, header, each compressed stream, the count of entries per encoding, and the
+    inputs of an exported program (``program``)."""
     blob = _read(source)
     header = read_header(blob)
     encodings: dict[str, int] = {}
@@ -504,5 +816,72 @@ def describe_artifact(source: bytes | str | os.PathLike) -> dict[str, Any]:
         "header_bytes": header["_payload_offset"],
         "streams": {name: {"compressed": c, "raw": r} for name, c, r in header["streams"]},
         "encodings": encodings,
+        "program": header.get("program"),
         "metadata": header["metadata"],
     }
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def _zeros_input(program_info: Mapping[str, Any] | None) -> tuple[Tensor, ...] | None:
+    inputs = (program_info or {}).get("inputs") or []
+    if not inputs:
+        return None
+    return tuple(
+        torch.zeros(
+            [1 if s == "batch" else int(s) for s in spec["shape"]], dtype=getattr(torch, spec["dtype"])
+        )
+        for spec in inputs
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python artifact.py MODEL.lopt [--input X.pt --output Y.pt] [--extract FILE]``: describe an artifact,
+    load it, and run it once (on ``--input``, a tensor saved with ``torch.save``, else on zeros of the
+    recorded input shape); ``--extract`` writes the plain torch archive (``torch.export.load``,
+    ``torch.load`` or ``torch.jit.load`` reads it)."""
+    parser = argparse.ArgumentParser(
+        prog="artifact.py",
+        description="Load and run a lightning-optim compact artifact (.lopt) with torch alone.",
+    )
+    parser.add_argument("artifact", help="the .lopt file")
+    parser.add_argument("--input", help="a tensor (torch.save) to run the model on")
+    parser.add_argument("--output", help="where to torch.save the model's output (with --input or zeros)")
+    parser.add_argument("--extract", help="write the plain torch archive (.pt2 / .pt) here and stop")
+    args = parser.parse_args(argv)
+    info = describe_artifact(args.artifact)
+    print(f"{args.artifact}: {info['kind']}, {info['total_bytes']:,} bytes")
+    if info["program"]:
+        for spec in info["program"].get("inputs", []):
+            print(f"  input: shape {spec['shape']}, {spec['dtype']}")
+    if info["metadata"]:
+        print(f"  metadata: {json.dumps(info['metadata'])}")
+    if args.extract:
+        archive, _ = unpack_archive(args.artifact)
+        with open(args.extract, "wb") as f:
+            f.write(archive)
+        print(f"  archive written to {args.extract}")
+        return 0
+    loaded = load_artifact(args.artifact)
+    if not callable(loaded):
+        print(
+            f"  a state dict of {len(loaded)} entries: load it into the model's code with load_artifact(path, model=...)"
+        )
+        return 0
+    if args.input:
+        inputs = _as_args(torch.load(args.input, weights_only=True))
+    else:
+        inputs = _zeros_input(info["program"])
+        if inputs is None:
+            print("  loaded; give --input to run it (no input shape recorded)")
+            return 0
+    output = _outputs(loaded, inputs)
+    shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+    print(f"  ran on {[list(x.shape) for x in inputs]}: output {shape}")
+    if args.output:
+        torch.save(output, args.output)
+        print(f"  output written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

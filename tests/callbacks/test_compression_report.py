@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 
 import lightning.pytorch as pl
@@ -78,7 +79,9 @@ def test_rows_at_phase_boundaries_int8_row_and_files(tmp_path):
         callbacks=[FakePhase(), FakeQuantizer(), report],
         **quiet_trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=2),
     )
-    trainer.fit(_module(), datamodule=ImageClassificationDataModule("digits", batch_size=32))
+    # the eager int8 model cannot be exported: its artifact holds the state dict, and the user is told why
+    with pytest.warns(UserWarning, match="needs the model's code"):
+        trainer.fit(_module(), datamodule=ImageClassificationDataModule("digits", batch_size=32))
     stages = [r["stage"] for r in report.rows]
     assert stages == ["fit start", "fake starts", "fake done", "fit end", "int8"], stages
     assert [r["epoch"] for r in report.rows] == [0, 1, 3, 4, 4]
@@ -105,6 +108,9 @@ def test_rows_at_phase_boundaries_int8_row_and_files(tmp_path):
         assert (tmp_path / "report").joinpath(report.paths[kind]).is_file(), kind
     table = open(report.paths["markdown"]).read()
     assert "| fake done |" in table and "| int8 |" in table
+    assert [r["artifact_format"] for r in report.rows] == ["exported_program"] * 4 + ["state_dict"]
+    assert report.artifact_written == "state_dict" and "torch.export could not capture QuantWrapper" in table
+    assert "| fit start | 0 | fp32 (dense) |" in table and "| int8 | 4 | int8 (" in table
     assert json.load(open(report.paths["json"]))["rows"][-1]["stage"] == "int8"
     from lightning_optim.functional.artifact import load_artifact
 
@@ -152,8 +158,84 @@ def test_resume_keeps_fit_start_row(tmp_path):
         ({"limit_test_batches": 0}, "limit_test_batches"),
         ({"filename": ""}, "filename"),
         ({"input_shape": (1, 0)}, "input_shape"),
+        (
+            {"artifact_format": "onnx"},
+            r"Unknown `artifact_format` 'onnx'; allowed: \['exported_program', 'state_dict', 'torchscript'\]",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CompressionReport(**kwargs)
+
+
+def test_artifact_torchscript_is_a_deprecated_alias_of_artifact_format():
+    assert CompressionReport().artifact_format == "exported_program"
+    with pytest.warns(FutureWarning, match="artifact_format='torchscript'"):
+        assert CompressionReport(artifact_torchscript=True).artifact_format == "torchscript"
+    with pytest.warns(FutureWarning, match="artifact_format='state_dict'"):
+        assert CompressionReport(artifact_torchscript=False).artifact_format == "state_dict"
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="contradicts"):
+        CompressionReport(artifact_format="state_dict", artifact_torchscript=True)
+
+
+def test_fit_end_shows_progress_prints_paths_and_saves_a_runnable_program(
+    tmp_path, monkeypatch, caplog, capfd
+):
+    """What a user sees at fit end: a progress bar (one step per model measured, the files, the artifact), the
+    files one per line relative to the current directory, and a .lopt that torch alone runs."""
+    from lightning_optim.callbacks import compression_report as module
+    from lightning_optim.functional.artifact import load_artifact
+
+    bars = []
+    real = module.work_progress
+
+    def recording(trainer, iterable=None, *, desc, total=None):
+        bar = real(trainer, iterable, desc=desc, total=total)
+        bars.append((bar, bar.disable))  # tqdm sets ``disable`` when it closes
+        return bar
+
+    monkeypatch.setattr(module, "work_progress", recording)
+    monkeypatch.chdir(tmp_path)
+    report = CompressionReport(dirpath="report", **{**FAST, "verbose": True})
+    trainer = pl.Trainer(
+        callbacks=[report],
+        **quiet_trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=2, enable_progress_bar=True),
+    )
+    module_ = _module()
+    with caplog.at_level("INFO"), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a float network exports: no fallback warning
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module_, datamodule=ImageClassificationDataModule("digits", batch_size=32))
+    # the bars: fit start (one measurement), fit end (one measurement, the artifact, the files), all completed
+    assert [(b.desc, b.total, b.n) for b, _ in bars] == [
+        ("Compression report (fit start)", 1, 1),
+        ("Compression report (fit end)", 3, 3),
+    ]
+    assert not any(disabled for _, disabled in bars)  # shown: the Trainer shows its progress bar
+    assert "Compression report (fit end)" in capfd.readouterr().err
+    # the printed files: one per line, relative to the current directory, every one exists
+    printed = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Report written to {" not in printed
+    lines = [line.strip() for line in printed.splitlines()]
+    first = next(line for line in lines if line.startswith("Compression report: "))
+    assert first == f"Compression report: {os.path.join('report', 'compression_report.md')}"
+    files = {
+        line.split(": ", 1)[0]: line.split(": ", 1)[1]
+        for line in lines
+        if line.split(": ", 1)[0] in ("data", "plot", "artifact")
+    }
+    assert set(files) == {"data", "plot", "artifact"}
+    assert files["artifact"].startswith(
+        os.path.join("report", "compression_report.lopt") + " (exported program"
+    )
+    for path in (first.split(": ", 1)[1], files["data"], files["plot"], files["artifact"].split(" (")[0]):
+        assert not os.path.isabs(path) and (tmp_path / path).is_file(), path
+    # the artifact: the exported program, runnable without the model's code
+    assert report.artifact_written == "exported_program"
+    assert all(r["artifact_format"] == "exported_program" for r in report.rows)
+    loaded = load_artifact(tmp_path / "report" / "compression_report.lopt")
+    x = torch.randn(5, 1, 8, 8)
+    network = module_.model.cpu().eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), network(x))

@@ -10,15 +10,24 @@ benchmarks:
   batch size), all timing a fresh copy (:func:`fresh_for_timing`) under :func:`num_threads`;
 - :func:`measure_model`: one row of the compression report (the counters, the artifact's size, latency and,
   given batches, :func:`~lightning_optim.functional.compression_report.evaluate.evaluate_classifier`).
+
+Nothing here warns about the machine it runs on: ``torch.compile`` on the CPU (the int8 latency of a PT2E model)
+imports ``torch.utils.cpp_extension``, whose import logs "No CUDA runtime is found, using CUDA_HOME=..." on a
+machine with a CUDA toolkit and no GPU; :func:`quiet_cpu_compiler_import` imports it first with that one
+module's logger raised to ERROR for the import (a CPU measurement needs no CUDA), and PT2E/torchao is only
+looked at when torchao is already imported (its import logs a deprecation notice of its own).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import io
+import logging
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -27,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_optim.functional.artifact import pack_artifact
+from lightning_optim.functional.compression_report.deploy import pack_model_artifact, resolve_artifact_format
 from lightning_optim.functional.compression_report.evaluate import evaluate_classifier
 
 #: ways to make the fp32 model faster on the CPU that :func:`measure_cpu_latency` tries ("best effort")
@@ -98,12 +107,15 @@ def is_fake_quantized(model: nn.Module) -> bool:
     from torch.ao.quantization import FakeQuantizeBase
 
     kinds: tuple[type, ...] = (FakeQuantizeBase,)
-    try:
-        from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase as AoFakeQuantizeBase
+    if (
+        "torchao" in sys.modules
+    ):  # a PT2E fake-quantized model is made of torchao's classes: torchao is loaded
+        try:
+            from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase as AoFakeQuantizeBase
 
-        kinds = (FakeQuantizeBase, AoFakeQuantizeBase)
-    except ImportError:  # torchao missing: no PT2E model either
-        pass
+            kinds = (FakeQuantizeBase, AoFakeQuantizeBase)
+        except ImportError:  # pragma: no cover - another torchao layout
+            pass
     return any(isinstance(m, kinds) for m in model.modules())
 
 
@@ -236,6 +248,23 @@ def count_layer_macs(model: nn.Module, example_input: Tensor, nonzero: bool = Fa
     return total
 
 
+def quiet_cpu_compiler_import() -> None:
+    """Import ``torch.utils.cpp_extension`` (which ``torch.compile`` imports on the CPU) without its notice
+    "No CUDA runtime is found, using CUDA_HOME=...": logged at import on a machine with a CUDA toolkit but no
+    GPU, meaningless for a CPU measurement. Only that module's logger is raised to ERROR, only for the import;
+    nothing is done when it is already imported or when CUDA is available."""
+    name = "torch.utils.cpp_extension"
+    if name in sys.modules or torch.cuda.is_available():
+        return
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        importlib.import_module(name)
+    finally:
+        log.setLevel(level)
+
+
 @contextmanager
 def num_threads(threads: int | None):
     """Temporarily set ``torch``'s intra-op thread count."""
@@ -353,6 +382,7 @@ def fp32_variants(
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
         variants["channels_last"] = lambda x, m=cl: m(x.contiguous(memory_format=torch.channels_last))
     if "compile" in methods:
+        quiet_cpu_compiler_import()
         compiled = torch.compile(copy.deepcopy(model).eval())
         try:
             with torch.inference_mode():
@@ -442,8 +472,10 @@ def measure_model(
     latency_warmup: int = 3,
     threads: int | None = None,
     artifact: bool = True,
-    artifact_torchscript: bool = False,
+    artifact_format: str = "exported_program",
     copy_model: bool = True,
+    progress: Callable[[str], None] | None = None,
+    artifact_torchscript: bool | None = None,
 ) -> dict[str, Any]:
     """Measure one model; see the module docstring. The model is measured on the CPU, on a copy.
 
@@ -460,15 +492,28 @@ def measure_model(
         latency_warmup: untimed runs first.
         threads: intra-op threads for the latency (``None``: torch's current setting, stated in the row).
         artifact: also pack the compact artifact and report its size.
-        artifact_torchscript: the artifact holds a TorchScript module (self-contained) instead of the state dict.
+        artifact_format: what the artifact holds (:func:`~lightning_optim.functional.compression_report.deploy.pack_model_artifact`):
+            ``"exported_program"`` (default; self-contained, torch alone loads it; the state dict with a
+            warning when ``torch.export`` cannot capture the model), ``"state_dict"`` or ``"torchscript"``.
         copy_model: measure a deep copy (observers, BN statistics and train/eval mode of ``model`` untouched).
+        progress: called with a short description before each step (``"compact artifact"``, ``"latency b=1"``,
+            ...), e.g. to label a progress bar.
+        artifact_torchscript: deprecated alias (``True``: ``artifact_format="torchscript"``, ``False``:
+            ``"state_dict"``), with a :class:`FutureWarning`.
 
     Returns:
         A row: ``stage``, ``precision``, ``parameters``, ``nonzero``, ``weight_sparsity``,
-        ``state_dict_bytes``, ``artifact_bytes``, ``flops`` (+ ``flops_source``), ``macs``, ``nonzero_macs``,
+        ``state_dict_bytes``, ``artifact_bytes``, ``artifact_format`` (what was written; ``artifact_note``
+        says why when it is not the format asked for), ``flops`` (+ ``flops_source``), ``macs``, ``nonzero_macs``,
         ``mflops``, ``nonzero_mflops``, ``latency_ms_b<N>`` per batch size, ``threads``, ``latency_repeats``,
         ``latency_warmup`` and, with ``batches``, the test metrics.
     """
+    artifact_format = resolve_artifact_format(artifact_format, artifact_torchscript)
+
+    def step(what: str) -> None:
+        if progress is not None:
+            progress(what)
+
     if copy_model:
         try:
             model = copy.deepcopy(model)
@@ -481,16 +526,20 @@ def measure_model(
     precision = precision_of(model)
     row: dict[str, Any] = {"stage": stage, "precision": precision}
     try:
+        step("counting weights")
         row["parameters"] = count_parameters(model)
         row["nonzero"] = count_nonzero(model)
         row["sparsity"] = 1.0 - row["nonzero"] / row["parameters"] if row["parameters"] else 0.0
         row["weight_sparsity"] = weight_sparsity(model)
         row["state_dict_bytes"] = state_dict_size_bytes(model)
         if artifact and precision != "fake-quant":
-            row["artifact_bytes"] = len(
-                pack_artifact(model, torchscript=artifact_torchscript, example_input=x1)
-            )
-            row["artifact_format"] = "torchscript" if artifact_torchscript else "state_dict"
+            step(f"compact artifact ({artifact_format})")
+            blob, written, note = pack_model_artifact(model, x1, artifact_format)
+            row["artifact_bytes"] = len(blob)
+            row["artifact_format"] = written
+            if note:
+                row["artifact_note"] = note
+        step("FLOPs")
         flops = count_flops(model, x1)
         macs = count_layer_macs(model, x1)
         pt2e_int8 = is_pt2e_int8(model)
@@ -516,10 +565,13 @@ def measure_model(
             from lightning_optim.functional.quantization.pt2e import lower
 
             # the way a PT2E int8 model runs: compiled to int8 kernels (uncompiled it is a float reference)
+            step("int8 compile (torch.compile)")
+            quiet_cpu_compiler_import()
             timed = lower(model, batch_of(example_input, 2))
             row["latency_note"] = "int8: torch.compile (inductor)"
         if precision != "fake-quant":
             for bs in latency_batch_sizes:
+                step(f"latency b={bs}")
                 result = measure_latency(
                     timed,
                     batch_of(example_input, bs),
@@ -533,6 +585,7 @@ def measure_model(
         row["latency_repeats"] = latency_repeats
         row["latency_warmup"] = latency_warmup
         if batches is not None:
+            step("test accuracy")
             row.update(evaluate_classifier(model, batches, prepare=prepare, max_batches=max_batches))
     finally:
         model.train(was_training)

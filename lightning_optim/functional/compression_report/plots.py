@@ -2,7 +2,9 @@
 
 :func:`plot_report` draws six panels: test accuracy against artifact size per stage, size and latency per
 stage, and from the per-epoch history weight sparsity, learning rate and losses with the phases shaded.
-It returns ``None`` when matplotlib is not installed.
+It returns ``None`` when matplotlib is not installed. Every axis fits its data: accuracies and percentages
+stay within [0, 100] (:func:`percent_limits`), and a stage is labelled by what it measured
+(:func:`~lightning_optim.functional.compression_report.report.model_label`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 _STAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def percent_limits(
+    values: Sequence[float], margin: float = 0.15, min_pad: float = 0.5
+) -> tuple[float, float]:
+    """Axis limits for percentages: the data range plus a margin (``margin`` of the range, at least
+    ``min_pad`` points), clamped to [0, 100]."""
+    lo, hi = min(values), max(values)
+    pad = max(min_pad, (hi - lo) * margin)
+    low, high = max(0.0, lo - pad), min(100.0, hi + pad)
+    if high <= low:  # a single value at a bound
+        low, high = max(0.0, low - min_pad), min(100.0, high + min_pad)
+    return low, high
 
 
 def plot_report(
@@ -27,6 +42,23 @@ def plot_report(
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    fig = draw_report(rows, history)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def draw_report(rows: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]]) -> Any:
+    """The report's matplotlib figure (what :func:`plot_report` saves); close it with ``plt.close(fig)``.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     fig.suptitle("Compression report", fontsize=15, fontweight="bold")
     _plot_acc_vs_size(axes[0, 0], rows)
@@ -38,13 +70,17 @@ def plot_report(
     _plot_history(axes[1, 1], history, "lr", "Learning rate", log=True)
     _plot_losses(axes[1, 2], history)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return os.fspath(path)
+    return fig
+
+
+def _what(row: Mapping[str, Any]) -> str:
+    from lightning_optim.functional.compression_report.report import model_label
+
+    return model_label(row) or str(row.get("precision", ""))
 
 
 def _stage_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [f"{i + 1}. {r['stage']}\n({r.get('precision', '')})" for i, r in enumerate(rows)]
+    return [f"{i + 1}. {r['stage']}\n({_what(r)})" for i, r in enumerate(rows)]
 
 
 def _set_stage_ticks(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -62,9 +98,7 @@ def _plot_acc_vs_size(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.plot(xs, ys, "-", color="0.75", zorder=1)
     for k, ((i, r), x, y) in enumerate(zip(pts, xs, ys)):
         ratio = r.get("compression_ratio")
-        label = f"{i + 1}. {r['stage']} ({r.get('precision', '')}): {y:.2f}%" + (
-            f", {ratio:.1f}x" if ratio else ""
-        )
+        label = f"{i + 1}. {r['stage']} ({_what(r)}): {y:.2f}%" + (f", {ratio:.1f}x" if ratio else "")
         ax.scatter(
             [x], [y], s=110, color=_STAGE_COLORS[k % len(_STAGE_COLORS)], zorder=2, edgecolor="k", label=label
         )
@@ -79,14 +113,13 @@ def _plot_acc_vs_size(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
             zorder=3,
         )
     ax.set_xscale("log")
-    ax.invert_xaxis()  # smaller is better: the pipeline moves right
     ax.set_xlabel("compact artifact size (KiB, log scale; smaller to the right)")
     ax.set_ylabel("test accuracy (%)")
-    lo, hi = min(ys), max(ys)
-    pad = max(0.5, (hi - lo) * 0.25)
-    ax.set_ylim(lo - 2.2 * pad, min(100.0, hi + pad))
+    ax.set_ylim(*percent_limits(ys, margin=0.25))
+    lo, hi = min(xs), max(xs)
+    ax.set_xlim(hi * 1.6, lo / 1.6)  # inverted (smaller is better: the pipeline moves right), 1.6x margins
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
 
 
 def _plot_size_bars(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -138,7 +171,7 @@ def _plot_latency_bars(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.set_yscale("log")
     ax.set_xticks(
         idx,
-        [f"{rows.index(r) + 1}. {r['stage']}\n({r.get('precision', '')})" for r in timed],
+        [f"{rows.index(r) + 1}. {r['stage']}\n({_what(r)})" for r in timed],
         fontsize=7,
         rotation=30,
         ha="right",
@@ -179,6 +212,8 @@ def _plot_history(
     _shade_phases(ax, history, label=pct)
     if log and all(y > 0 for y in ys):
         ax.set_yscale("log")
+    if pct:
+        ax.set_ylim(*percent_limits(ys, margin=0.1, min_pad=2.0))
     ax.set_xlabel("epochs completed")
     ax.set_ylabel("%" if pct else key)
     ax.grid(True, alpha=0.3)
@@ -212,6 +247,7 @@ def _plot_losses(ax: Any, history: Sequence[Mapping[str, Any]]) -> None:
             xs, [100 * y for y in ys], "s--", markersize=3, color="#31a354", label="val_acc (%)"
         )
         twin.set_ylabel("val accuracy (%)", color="#31a354")
+        twin.set_ylim(*percent_limits([100 * y for y in ys], margin=0.15))
         handles, labels = [*handles, line], [*labels, "val_acc (%)"]
     ax.legend(handles, labels, fontsize=8, loc="best")
 

@@ -157,3 +157,51 @@ def test_cpu_latency_side_by_side_picks_the_fastest_fp32_form():
     for row in result.values():
         assert {"fp32_eager", "int8", "twice", "fp32_best", "fp32_best_method"} <= set(row)
         assert row["fp32_best_method"] == "eager" and row["fp32_best"] == row["fp32_eager"] > 0
+
+
+def test_measure_model_reports_each_step_to_a_progress_callback():
+    steps: list[str] = []
+    row = measure_model(
+        mlp(),
+        torch.randn(4, IN),
+        batches=batches(1),
+        latency_batch_sizes=(1, 4),
+        latency_repeats=1,
+        latency_warmup=0,
+        progress=steps.append,
+    )
+    assert steps == [
+        "counting weights",
+        "compact artifact (exported_program)",
+        "FLOPs",
+        "latency b=1",
+        "latency b=4",
+        "test accuracy",
+    ]
+    assert row["artifact_format"] == "exported_program"
+
+
+def test_measurement_imports_no_torchao_of_its_own():
+    """torchao's import logs a deprecation notice: a float model's row must not be the one that imports it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from lightning_optim.functional.compression_report.measure import measure_model\n"
+        "from tests.nets import mlp\n"
+        "measure_model(mlp(), torch.randn(2, 10), latency_batch_sizes=(1,), latency_repeats=1)\n"
+        "print('torchao' in sys.modules)\n"
+    )
+    from tests.functional.compression_report.test_deploy import REPO
+
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False"] and "register_constant" not in out.stderr, out.stderr[-2000:]
