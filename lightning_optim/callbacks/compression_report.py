@@ -23,7 +23,7 @@ from lightning_optim.callbacks._trainer import (
     log_metrics,
     work_progress,
 )
-from lightning_optim.callbacks.phases import offered_model, phase_states, target_model
+from lightning_optim.callbacks.phases import offered_model, phase_states, target_model, transition_label
 from lightning_optim.functional.compression_report.deploy import (
     ARTIFACT_FORMATS,
     pack_model_artifact,
@@ -243,7 +243,11 @@ class CompressionReport(Callback):
             entry[key] = float(value) if value is not None else None
         self.history.append(broadcast_from_rank0(trainer, entry))  # per-rank losses differ: keep rank 0's
         if self.at_phase_boundaries and self._last_phases is not None and states != self._last_phases:
-            changed = [_transition(n, s) for n, s in states.items() if self._last_phases.get(n) != s]
+            changed = [
+                transition_label(trainer, n, s, self._last_phases.get(n))
+                for n, s in states.items()
+                if self._last_phases.get(n) != s
+            ]
             self._measure(trainer, pl_module, ", ".join(changed), epoch=trainer.current_epoch + 1)
         self._last_phases = states
 
@@ -454,12 +458,6 @@ def _on_cpu(model: nn.Module) -> nn.Module:
     if all(t.device.type == "cpu" for t in tensors):
         return model
     return copy.deepcopy(model).cpu()
-
-
-def _transition(name: str, state: str) -> str:
-    return {"active": f"{name} starts", "done": f"{name} done", "pending": f"{name} pending"}.get(
-        state, f"{name} {state}"
-    )
 
 
 def _has_matplotlib() -> bool:

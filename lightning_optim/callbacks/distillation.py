@@ -84,7 +84,8 @@ class KnowledgeDistillation(Callback):
     ``"active"`` until ``end_epoch`` (or, without an end epoch, while a temperature/alpha ramp is running),
     ``"done"`` afterwards. Without ``end_epoch`` and ramp, distillation is a loss on the whole run that does
     not change the model's structure, so it is ``"done"`` from ``start_epoch`` on and does not hold off
-    :class:`EarlyStopping`.
+    :class:`EarlyStopping`. Messages say what runs instead (:meth:`describe_phase`): ``"running (epoch 3 of
+    5)"`` while it distills, ``"done"`` once it no longer does.
 
     Args:
         teacher: the teacher network (in YAML: ``class_path`` + ``init_args``); with ``teacher_checkpoint``
@@ -277,6 +278,29 @@ class KnowledgeDistillation(Callback):
         if length is not None and epoch < self.start_epoch + math.ceil(length):
             return "active"
         return "done"
+
+    def describe_phase(self, trainer: Any, finished: bool = False) -> str:
+        """What distillation does at the trainer's position, in plain words (for messages; the contract's word
+        is :meth:`phase_state`): ``"pending (starts at epoch 2)"``, ``"running (epoch 3 of 5)"`` (its own
+        epochs, to ``end_epoch`` or the end of training), ``"done"``; with ``finished=True`` (training has
+        ended) ``"done"``, ``"never started"`` or ``"stopped before its end (epoch 2 of 5)"``."""
+        epoch = int(getattr(trainer, "current_epoch", 0))
+        max_epochs = getattr(trainer, "max_epochs", None)
+        last = self.end_epoch
+        if last is None and isinstance(max_epochs, int) and max_epochs > 0:
+            last = max_epochs
+        total = f" of {last - self.start_epoch}" if last is not None else ""
+        if finished:  # current_epoch: the epochs completed
+            if epoch <= self.start_epoch:
+                return "never started"
+            if self.end_epoch is not None and epoch < self.end_epoch:
+                return f"stopped before its end (epoch {epoch - self.start_epoch}{total})"
+            return "done"
+        if epoch < self.start_epoch:
+            return f"pending (starts at epoch {self.start_epoch})"
+        if self.end_epoch is not None and epoch >= self.end_epoch:
+            return "done"
+        return f"running (epoch {epoch - self.start_epoch + 1}{total})"
 
     # ----------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -512,7 +536,10 @@ class KnowledgeDistillation(Callback):
         return terms
 
     def _run_log_epoch(self, trainer: Any, pl_module: Any) -> None:
-        """Epoch aggregates to the logger (once per epoch: no per-step logging cost)."""
+        """Epoch aggregates to the logger (once per epoch: no per-step logging cost).
+
+        Under DDP each rank has its own teacher time and cache hits: the logged values are their mean over the
+        ranks (``sync_dist=True``; temperature and alpha are the same on every rank, their mean unchanged)."""
         epoch = self._epoch_stats
         if not epoch["steps"]:
             return
@@ -523,7 +550,7 @@ class KnowledgeDistillation(Callback):
         }
         if self.cache is not None:
             log["distill/cache_hit_rate"] = epoch["hits"] / max(epoch["samples"], 1)
-        pl_module.log_dict(log, on_step=False, on_epoch=True)
+        pl_module.log_dict(log, on_step=False, on_epoch=True, sync_dist=True)
 
     def _run_sync_adapter_grads(self, trainer: Any) -> None:
         world = int(getattr(trainer, "world_size", 1))

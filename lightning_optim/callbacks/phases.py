@@ -11,6 +11,12 @@ model is only fine-tuned from here). Others ask through the functions below:
   ``done`` (:func:`phase_done`).
 - the compression report records a row at each phase boundary (:func:`phase_states`).
 
+What a user reads is not the contract's word: distillation without an end epoch is ``"done"`` for the contract
+from its first epoch (it never holds off early stopping) while it still distills every epoch. Messages say what
+runs, in plain text, through :func:`phase_status`/:func:`describe_phases` (``"distillation: running (epoch 3
+of 5)"``); a phase says more about itself with an optional ``describe_phase(trainer, finished)`` method.
+:func:`phase_states` gives a dict that prints that way too.
+
 A callback that ends with a model *other than the network it trained* (the int8 model of quantization)
 offers it as ``compressed_model`` (:class:`OffersModel`; ``None`` until it exists); the report measures it
 through :func:`offered_model`. A callback that changes the network in place (compaction) offers nothing: the
@@ -42,14 +48,94 @@ def phases(trainer: Any) -> list[Any]:
     return [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, CompressionPhase)]
 
 
-def phase_states(trainer: Any) -> dict[str, PhaseState]:
-    """``{phase_name: state}`` for every phase on the trainer."""
-    return {cb.phase_name: cb.phase_state(trainer) for cb in phases(trainer)}
+#: how each contract state reads to a user, where the phase does not say more (:func:`phase_status`)
+STATE_WORDS: dict[str, str] = {"pending": "pending", "active": "running", "done": "done"}
+#: how each contract state reads once training has ended
+FINISHED_WORDS: dict[str, str] = {
+    "pending": "never started",
+    "active": "stopped before its end",
+    "done": "done",
+}
+
+
+class PhaseStates(dict):
+    """``{phase_name: state}`` (a plain ``dict`` of the contract's words, compared and copied as one) that
+    prints as what runs: ``str()`` and f-strings give :func:`describe_phases`'s text, taken when it was made,
+    so that a message like ``f"... {phase_states(trainer)}"`` never shows a raw dict to a user."""
+
+    def __init__(self, states: dict[str, PhaseState], text: str = "") -> None:
+        super().__init__(states)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text or "no compression phase"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def phase_states(trainer: Any) -> PhaseStates:
+    """``{phase_name: state}`` for every phase on the trainer; printed, it reads as :func:`describe_phases`."""
+    found = phases(trainer)
+    return PhaseStates(
+        {cb.phase_name: cb.phase_state(trainer) for cb in found}, _describe(found, trainer, False)
+    )
+
+
+def phase_status(cb: Any, trainer: Any, finished: bool = False) -> str:
+    """What phase ``cb`` is doing at the trainer's position, in plain words: ``"pending"``, ``"running"``,
+    ``"done"``, with details where the phase gives them (``"running (epoch 3 of 5)"``).
+
+    The phase's own ``describe_phase(trainer, finished)`` answers where it has one (and returns a string);
+    else the contract state's word (:data:`STATE_WORDS`). With ``finished=True`` (training has ended) a phase
+    that never started reads ``"never started"``, one cut short ``"stopped before its end"``
+    (:data:`FINISHED_WORDS`).
+    """
+    describe = getattr(cb, "describe_phase", None)
+    if callable(describe):
+        text = describe(trainer, finished=finished)
+        if isinstance(text, str) and text:
+            return text
+    state = cb.phase_state(trainer)
+    return (FINISHED_WORDS if finished else STATE_WORDS).get(state, str(state))
+
+
+def _describe(found: list[Any], trainer: Any, finished: bool) -> str:
+    return "; ".join(f"{cb.phase_name}: {phase_status(cb, trainer, finished)}" for cb in found)
+
+
+def describe_phases(trainer: Any, finished: bool = False) -> str:
+    """Every phase of ``trainer`` in one line of plain text, ``"pruning: done; distillation: running (epoch 3
+    of 5)"`` (:func:`phase_status`); ``"no compression phase"`` when there is none."""
+    return _describe(phases(trainer), trainer, finished) or "no compression phase"
+
+
+def transition_label(trainer: Any, name: str, state: str, previous: str | None = None) -> str:
+    """The label of a measurement taken at the end of the epoch in which phase ``name`` went from ``previous``
+    to ``state``: it says what the measurement holds, not when the phase changed.
+
+    Such a measurement already holds that epoch's work: a pruning ramp whose first step came in that epoch is
+    measured *after* it (already sparse), so it reads ``"after the first pruning step"`` (``"after 3 pruning
+    steps"`` where a phase exposes ``phase_steps_done``), another phase that began ``"after the first epoch of
+    <name>"`` (also distillation without an end epoch, ``"done"`` for the contract from its first epoch); one
+    that ended ``"<name> done"``, one whose schedule ended while it runs on ``"<name> schedule done"``.
+    """
+    cb = find_phase(trainer, name)
+    running = cb is not None and phase_status(cb, trainer).startswith("running")
+    began = previous in (None, "pending") and (state == "active" or (state == "done" and running))
+    if began:
+        steps = getattr(cb, "phase_steps_done", None)
+        if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+            return f"after the first {name} step" if steps == 1 else f"after {steps} {name} steps"
+        return f"after the first epoch of {name}"
+    if state == "done":  # still running: its schedule (a ramp, the observation of ranges) is over
+        return f"{name} schedule done" if running else f"{name} done"
+    return f"{name} {STATE_WORDS.get(state, state)}"
 
 
 def model_is_changing(trainer: Any, ignore: tuple[str, ...] = ()) -> bool:
     """Whether any phase (other than those named in ``ignore``) is still pending or active."""
-    return any(state != "done" for name, state in phase_states(trainer).items() if name not in ignore)
+    return any(cb.phase_state(trainer) != "done" for cb in phases(trainer) if cb.phase_name not in ignore)
 
 
 def find_phase(trainer: Any, name: str) -> Any | None:

@@ -11,7 +11,9 @@ phase boundary. This module adds:
   network" start) - loaded at ``setup``, so a resumed run still restores its own checkpoint over it;
 - :class:`CompressionPipeline`: checks the recipe (stage order, overlaps the order forbids, distillation
   without a teacher) at setup, and at every epoch start that no stage is active before the stages it
-  follows are done; records the hand-offs (epoch at which each phase changed state);
+  follows are done; records the hand-offs (epoch at which each phase changed state) and says them in plain text
+  (``CompressionPipeline: start of epoch 2: distillation: running (epoch 1 of 4)``), and what each phase did at
+  the end of training.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_optim.callbacks.phases import find_phase, phase_states, target_model
+from lightning_optim.callbacks.phases import find_phase, phase_states, phase_status, phases, target_model
 from lightning_optim.weights import load_weights
 
 #: stage name -> the phase_name of the callback that implements it
@@ -111,7 +113,12 @@ class CompressionPipeline(Callback):
     before the pruning ramp's end and no ``start_after``), and, with ``distill=True``, that a
     distillation callback (which always has a teacher) is present and starts no earlier than
     ``distill_from``. At each epoch start it checks that no stage is active while an earlier one is not
-    done, and records every change of phase state in :attr:`handoffs` (logged and in its state).
+    done, and records every change of phase state in :attr:`handoffs` (in its state). It prints, on rank 0,
+    one line whenever what a phase does changes, in plain words
+    (:func:`~lightning_optim.callbacks.phases.phase_status`: ``pruning: running (pruning step 1 of 4, target
+    35%)``, ``distillation: running (epoch 1 of 6)``: distillation without an end epoch is ``done`` for the
+    contract from its first epoch but runs to the end of training), and at the end of training what each phase
+    did (``distillation: done``, ``quantization: done (int8)``).
 
     Args:
         order: the stages in the order they must run, from ``pruning`` and ``quantization``.
@@ -149,6 +156,7 @@ class CompressionPipeline(Callback):
         self.distill_from = distill_from
         self.handoffs: list[dict[str, Any]] = []
         self._last: dict[str, str] = {}
+        self._last_words: dict[str, str] = {}
 
     @property
     def state_key(self) -> str:
@@ -163,7 +171,7 @@ class CompressionPipeline(Callback):
         self._run_trace(trainer, "epoch start")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run_trace(trainer, "train end")
+        self._run_trace(trainer, "train end", finished=True)
 
     # ------------------------------------------------------------------------------------------ work
     def _run_check_recipe(self, trainer: pl.Trainer) -> None:
@@ -199,7 +207,7 @@ class CompressionPipeline(Callback):
                         f"(until epoch {from_end}); the recipe distills after it: set its `start_epoch` >= {from_end}."
                     )
 
-    def _run_trace(self, trainer: pl.Trainer, when: str) -> None:
+    def _run_trace(self, trainer: pl.Trainer, when: str, finished: bool = False) -> None:
         states = dict(phase_states(trainer))
         for earlier, later in zip(self.order, self.order[1:]):
             e, l_ = states.get(STAGE_PHASES[earlier]), states.get(STAGE_PHASES[later])
@@ -208,29 +216,50 @@ class CompressionPipeline(Callback):
                     f"CompressionPipeline: {later} is {l_} at epoch {trainer.current_epoch} while {earlier} is {e}; "
                     f"the recipe runs {earlier} first (use `start_after: {STAGE_PHASES[earlier]}` on {later})."
                 )
+        callbacks = {cb.phase_name: cb for cb in phases(trainer)}
+        said = []
         for name, state in states.items():
+            status = phase_status(callbacks[name], trainer, finished=finished)
+            word = status.split(" (", 1)[0]  # "running", "done", "pending"...: what is said changes with it
             if self._last.get(name) != state:
                 self.handoffs.append(
                     {
                         "phase": name,
                         "state": state,
+                        "status": status,
                         "epoch": trainer.current_epoch,
                         "step": trainer.global_step,
                         "when": when,
                     }
                 )
-                rank_zero_info(
-                    f"CompressionPipeline: epoch {trainer.current_epoch} ({when}): {name} -> {state}"
-                )
+            if self._last.get(name) != state or self._last_words.get(name) != word:
+                said.append(f"{name}: {status}")
+            self._last_words[name] = word
+        if said:
+            epoch = trainer.current_epoch
+            at = (
+                "end of training"
+                if finished
+                else (f"start of epoch {epoch}" if when == "epoch start" else f"epoch {epoch} ({when})")
+            )
+            # one phase: one line; several: one line each, under the moment (readable in 100 columns)
+            rank_zero_info(
+                f"CompressionPipeline: {at}:" + ("\n  " if len(said) > 1 else " ") + "\n  ".join(said)
+            )
         self._last = states
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"handoffs": [dict(h) for h in self.handoffs], "last": dict(self._last)}
+        return {
+            "handoffs": [dict(h) for h in self.handoffs],
+            "last": dict(self._last),
+            "last_words": dict(self._last_words),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.handoffs = [dict(h) for h in state_dict.get("handoffs", [])]
         self._last = dict(state_dict.get("last", {}))
+        self._last_words = dict(state_dict.get("last_words", {}))
 
 
 __all__ = ["STAGE_PHASES", "CompressionPipeline", "WarmStart"]

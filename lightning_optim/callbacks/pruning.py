@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import math
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,14 @@ from lightning_optim.functional.pruning.blocks import (
     block_importance,
     find_blocks,
     remove_blocks,
+)
+from lightning_optim.functional.pruning.compaction import (
+    TIED,
+    CompactedLayer,
+    footnote_keys,
+    footnotes,
+    format_compaction,
+    padded_table,
 )
 from lightning_optim.functional.pruning.dependency import (
     DependencyError,
@@ -179,9 +188,10 @@ class ProgressivePruning(Callback):
         layer_sparsity: ``{glob pattern: final sparsity}`` overrides; matching layers follow the same schedule
             to their own target, pruned layer by layer.
         compact_at_end: at the end of ``fit``, replace the network by its compacted version (structured
-            pruning or channel groups); the compacted network is also kept in ``compacted_model``. With
-            channel groups, a summary (requested vs removed channels per coupling group, what was kept and
-            why) is printed and ``pruning/removed_fraction`` is logged. The optimizers are rebuilt for the
+            pruning or channel groups); the compacted network is also kept in ``compacted_model``. A summary
+            (requested vs removed units per layer, or channels per coupling group, what was kept and why,
+            within 100 columns: :meth:`compaction_summary`) is printed once, on rank 0, kept in
+            ``compaction_text``, and ``pruning/removed_fraction`` is logged. The optimizers are rebuilt for the
             compacted network (their state restarts), so a checkpoint saved afterwards resumes; it also loads
             with ``ClassificationModule.load_from_checkpoint(path, model=<the unpruned architecture>)``, which
             takes the layer sizes from the file (:func:`lightning_optim.weights.resize_to_state_dict`).
@@ -327,6 +337,10 @@ class ProgressivePruning(Callback):
         self._fast_masks: dict[str, Tensor] = {}
         self.example_input: Tensor | None = None
         self.compacted_model: nn.Module | None = None
+        # what compaction did (structured: per layer), and the summary it printed
+        self.compacted_layers: list[CompactedLayer] | None = None
+        self.compaction_text: str | None = None
+        self._pruned_units: set[int] | None = None
         # channel groups: the dependency graph of the network, built once per fit (not pickled)
         self.graph: DependencyGraph | None = None
         self._fx_failed = False  # torch.fx could not trace the network at setup: torch.export at train start
@@ -492,6 +506,27 @@ class ProgressivePruning(Callback):
             return "done"
         return "active" if self._events_done > 0 else "pending"
 
+    @property
+    def phase_steps_done(self) -> int:
+        """The pruning steps (events) applied so far."""
+        return int(self._events_done)
+
+    def describe_phase(self, trainer: Any, finished: bool = False) -> str:
+        """What the ramp does, in plain words (for messages; the contract's word is :meth:`phase_state`):
+        ``"pending (first pruning step at epoch 2)"``, ``"running (pruning step 1 of 4, target 35%)"``,
+        ``"done (target 80%)"``; with ``finished=True`` also ``"never started"`` or ``"stopped before its end
+        (...)"``."""
+        target = f"target {self.current_sparsity:.0%}"
+        if self._end_step is None or self._events_done == 0:
+            if finished:
+                return "never started"
+            return f"pending (first pruning step at {self.unit} {self.start})"
+        steps = len(self._events())
+        if self._events_done >= steps:
+            return f"done ({target})"
+        where = f"pruning step {self._events_done} of {steps}, {target}"
+        return f"stopped before its end ({where})" if finished else f"running ({where})"
+
     def compact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Remove what the masks zero now, during ``fit`` (structured and channel-group granularities): the
         network is replaced by its compacted version (checked against the masked one), the optimizers are
@@ -521,19 +556,24 @@ class ProgressivePruning(Callback):
         if self.by_groups:
             self._run_remove_units(trainer, pl_module)
             return
-        from lightning_optim.functional.pruning.compaction import compact_model
+        from lightning_optim.functional.pruning.compaction import compact_model_report
 
         model = target_model(pl_module, self.attribute)
         if self.example_input is None:
             rank_zero_warn("ProgressivePruning: no training batch seen; the model was not compacted.")
             return
         device = next(model.parameters()).device
-        self.compacted_model = compact_model(model, self.example_input.to(device))
+        before = sum(p.numel() for p in model.parameters())
+        self.compacted_model, self.compacted_layers = compact_model_report(
+            model, self.example_input.to(device)
+        )
         if model is not pl_module:
             setattr(pl_module, self.attribute, self.compacted_model)
         self._params, self._fast_masks = {}, {}
         self.compacted = True
         self._rebuild_optimizers(trainer)
+        after = sum(p.numel() for p in self.compacted_model.parameters())
+        self._say_compaction(trainer, f"{before:,} -> {after:,}")
 
     # -------------------------------------------------------------------------------------- channel groups
     def _trace_error(self, err: DependencyError) -> DependencyError:
@@ -1054,11 +1094,20 @@ class ProgressivePruning(Callback):
         self._params, self._fast_masks = {}, {}
         self.compacted = True
         self._rebuild_optimizers(trainer)
-        report, requested, removed, total = self.compaction_summary(pruned)
-        if removed == 0:
-            rank_zero_warn(f"ProgressivePruning: nothing could be removed.\n{report}")
+        self._pruned_units = pruned
+        before = sum(p.numel() for p in model.parameters())
+        after = sum(p.numel() for p in self.compacted_model.parameters())
+        self._say_compaction(trainer, f"{before:,} -> {after:,}")
+
+    def _say_compaction(self, trainer: pl.Trainer, sizes: str) -> None:
+        """Print the compaction summary once, on rank 0 (a warning where nothing could be removed), keep it in
+        :attr:`compaction_text`, and log ``pruning/removed_fraction`` and ``pruning/requested_fraction``."""
+        report, requested, removed, total = self.compaction_summary()
+        self.compaction_text = f"{report}\nParameters: {sizes}."
+        if removed == 0 and requested > 0:
+            rank_zero_warn(f"ProgressivePruning: nothing could be removed.\n{self.compaction_text}")
         else:
-            rank_zero_info(report)
+            rank_zero_info(self.compaction_text)
         log_metrics(
             trainer,
             {
@@ -1068,21 +1117,29 @@ class ProgressivePruning(Callback):
         )
 
     def compaction_summary(self, pruned: set[int] | None = None) -> tuple[str, int, int, int]:
-        """Channel groups: a Markdown table of the channels requested (the final target, per coupling group
-        with ``scope="layer"`` or an override, else in total) and removed per coupling group, the total, and
-        every reason a channel was kept, with its count; and ``(text, requested, removed, channels)``, over
-        the groups one of whose producers is selected (a group of the network's outputs alone is listed, not
-        counted)."""
+        """What compaction removed, as text that reads in 100 columns, and ``(text, requested, removed, units)``.
+
+        The text is a headline (removed of requested), a table and the reasons as footnotes (``(a) 12 kept: ...``):
+        with channel groups, per coupling group, the channels requested (the final target, per group with
+        ``scope="layer"`` or an override, else in total) and removed, over the groups one of whose producers is
+        selected (a group of the network's outputs alone is listed, not counted), then the graph's own summary;
+        with ``granularity="structured"`` (after compaction), per pruned layer, the units its mask zeroes and
+        the units removed (:func:`~lightning_optim.functional.pruning.compaction.format_compaction`); with
+        blocks, :meth:`block_summary`.
+        """
         if self.by_blocks:
             return self.block_summary()
+        if self.structured:
+            return self._structured_summary()
         graph = self.graph
         if graph is None:
             return "ProgressivePruning: no dependency graph (no fit yet).", 0, 0, 0
+        if pruned is None:
+            pruned = self._pruned_units if self.compacted and self._pruned_units is not None else None
         pruned = pruned_units(graph, self.masks) if pruned is None else pruned
-        lines = [
-            "| coupling group | producers | channels | requested | removed | kept because |",
-            "|---|---|---:|---:|---:|---|",
-        ]
+        rows: list[list[Any]] = []
+        reasons: list[str] = []
+        kept: dict[str, int] = {}
         requested_total = removed_total = total = ranked = 0
         names = self._group_names()
         for g in graph.groups:
@@ -1095,31 +1152,75 @@ class ProgressivePruning(Callback):
             final = layer_final_sparsity(layer, self.final_sparsity, self.layer_sparsity)[0]
             n = len(units)
             removed = sum(u.id in pruned for u in units)
-            reasons = sorted({u.pinned for u in units if u.pinned is not None})
+            why = sorted({u.pinned for u in units if u.pinned is not None})
+            for reason in why:
+                kept[reason] = kept.get(reason, 0) + sum(u.pinned == reason for u in units)
+            reasons += why
+            name = names.get(g.id, g.name)
+            if len(g.producers) > 1:
+                name += f" (+{len(g.producers) - 1})"
             if all(u.pinned == OUTPUT for u in units):  # the network's outputs (logits): never asked for
-                producers = ", ".join(g.producers[:4])
-                lines.append(f"| {names.get(g.id, g.name)} | {producers} | {n} | - | 0 | {OUTPUT} |")
+                rows.append([name, n, "-", 0, why])
                 continue
             if self.scope == "global" and layer is None:
                 ranked += n
-                requested = "global"
+                requested: Any = "global"
             else:
                 requested = int(round(final * n))
                 requested_total += requested
             total += n
             removed_total += removed
-            producers = ", ".join(g.producers[:4]) + (", ..." if len(g.producers) > 4 else "")
-            lines.append(
-                f"| {names.get(g.id, g.name)} | {producers} | {n} | {requested} | {removed} | {'; '.join(reasons)} |"
-            )
+            rows.append([name, n, requested, removed, why])
         requested_total += int(round(self.final_sparsity * ranked))
-        share = f"{removed_total / requested_total:.0%}" if requested_total else "-"
-        lines.append(
-            f"| **total** | | {total} | {requested_total} | {removed_total} ({share} of requested) | |"
+        keys = footnote_keys(reasons)
+        limit = 50
+        table = padded_table(
+            ["coupling group", "channels", "requested", "removed", "kept"],
+            [
+                [r[0] if len(r[0]) <= limit else "..." + r[0][-(limit - 3) :], r[1], r[2], r[3]]
+                + ["".join(keys[w] for w in r[4])]
+                for r in rows
+            ]
+            + [["**total**", total, requested_total, removed_total, ""]],
+            right=(1, 2, 3),
         )
-        head = "ProgressivePruning: channels removed by compaction (channel groups)"
-        text = "\n".join([head, *lines, graph.summary()])
+        share = f" ({removed_total / requested_total:.0%})" if requested_total else ""
+        head = (
+            f"ProgressivePruning: compaction removed {removed_total} of the {requested_total} channels requested"
+            f"{share}, in coupling groups (channels that must go together; (+n): n more layers write them)."
+        )
+        notes = footnotes(keys, kept, width=100)
+        # the graph's own count, and the reasons of the channels the table does not list
+        graph_lines = textwrap.wrap(graph.summary().splitlines()[0], 100)
+        for reason, n in sorted(graph.pinned.items(), key=lambda kv: -kv[1]):
+            if reason not in keys:
+                graph_lines += textwrap.wrap(
+                    f"kept {n}: {reason}", 100, initial_indent="  ", subsequent_indent="    "
+                )
+        text = "\n".join(
+            [*textwrap.wrap(head, 100), table, *(["kept because:", *notes] if notes else []), *graph_lines]
+        )
         return text, requested_total, removed_total, total
+
+    def _structured_summary(self) -> tuple[str, int, int, int]:
+        if self.compacted_layers is None:
+            return "ProgressivePruning: not compacted (yet).", 0, 0, 0
+        requested = {
+            name[: -len(".weight")]: int((~mask).sum())
+            for name, mask in self.masks.items()
+            if name.endswith(".weight")
+        }
+        text, asked, removed = format_compaction(
+            self.compacted_layers, requested, title="ProgressivePruning: compaction", width=100
+        )
+        if any(r.kept_because in TIED for r in self.compacted_layers if r.name in requested):
+            hint = (
+                "granularity='channel_groups' prunes the channels that must go together (a residual stream, a "
+                "concatenation) as one, and removes them."
+            )
+            text += "\n" + "\n".join(textwrap.wrap(hint, 100))
+        units = sum(r.units for r in self.compacted_layers if r.name in requested)
+        return text, asked, removed, units
 
     # -------------------------------------------------------------------------------------- reporting
     def layer_sparsities(self) -> dict[str, tuple[tuple[int, ...], int, float]]:

@@ -33,6 +33,7 @@ from lightning_optim.callbacks._trainer import (
     broadcast_from_rank0,
     eval_batches,
     log_metrics,
+    work_progress,
 )
 from lightning_optim.callbacks.phases import Compacts, PhaseState, phase_done, phases, target_model
 from lightning_optim.checks import check_choice
@@ -86,6 +87,13 @@ ONNX_CALIBRATION_BATCHES = 8
 #: the stacks ``backend="auto"`` tries, in order: PT2E (maintained, any exportable model) before eager
 #: (deprecated by torch; some models measure faster on it: choose it by name)
 AUTO_ORDER: tuple[str, ...] = ("pt2e", "eager")
+
+
+def _counted(batches: list[Any], bar: Any) -> Iterator[Any]:
+    """``batches`` one by one, advancing ``bar`` by one after each."""
+    for batch in batches:
+        yield batch
+        bar.update(1)
 
 
 def _deploy_metadata(trainer: pl.Trainer, input_shape: tuple[int, ...] | None) -> dict[str, Any]:
@@ -351,29 +359,37 @@ class _QuantizationCallbackBase(Callback):
         title: str,
         float_network: Any = None,
         calibration: Any = None,
+        labels: tuple[str, str] = ("fp32", "int8"),
+        accuracy_note: str = "",
     ) -> None:
         """Export, report, log and (optionally) put the int8 model in the LightningModule.
 
         ``float_network``/``calibration``: for the ONNX file, callables giving the trained float network and
-        calibration inputs (ONNX Runtime's own quantizer writes it; see ``export_quantized``)."""
+        calibration inputs (ONNX Runtime's own quantizer writes it; see ``export_quantized``). ``labels``: the
+        report's fp32 and int8 column headers; ``accuracy_note``: what its accuracies measure (said when they
+        differ by more than a few points). The export, the evaluation and the latency measurement each show a
+        progress bar (rank 0, when the Trainer shows its own)."""
         quantized = self.quantized_model
         assert quantized is not None
         if self.export and self.export_formats:
             paths = self._export_paths(trainer, filename)
             if trainer.is_global_zero:
                 metadata = _deploy_metadata(trainer, self.input_shape)
-                onnx = "onnx" in paths and float_network is not None and calibration is not None
-                for fmt, path in paths.items():
-                    export_quantized(
-                        quantized,
-                        path,
-                        fmt,
-                        self._example,
-                        backend=self.backend,
-                        metadata=metadata,
-                        float_model=float_network() if onnx and fmt == "onnx" else None,
-                        calibration=calibration() if onnx and fmt == "onnx" else None,
-                    )
+                onnx = "onnx" in paths and calibration is not None
+                with work_progress(trainer, desc="Exporting the int8 model", total=len(paths)) as bar:
+                    for fmt, path in paths.items():
+                        bar.set_postfix_str(Path(path).name, refresh=False)
+                        export_quantized(
+                            quantized,
+                            path,
+                            fmt,
+                            self._example,
+                            backend=self.backend,
+                            metadata=metadata,
+                            float_model=float_network() if onnx and fmt == "onnx" and float_network else None,
+                            calibration=calibration() if onnx and fmt == "onnx" else None,
+                        )
+                        bar.update(1)
                 if self.verbose:
                     rank_zero_info(
                         f"{type(self).__name__}: int8 model written to "
@@ -384,26 +400,46 @@ class _QuantizationCallbackBase(Callback):
             self.exported_path = next(iter(paths.values()))
         if self.report and trainer.is_global_zero:
             fp32_acc = int8_acc = None
-            batches = list(self._model_batches(trainer, pl_module, "val", self.eval_batches))
-            if batches:
-                fp32_acc = accuracy(fp32_accuracy_model, batches)
-                int8_acc = accuracy(quantized, batches)
-            timed = quantized
-            if self.input_shape is not None and self.latency_batch_sizes and hasattr(self.backend, "lower"):
-                example = self._example if self._example is not None else torch.zeros(1, *self.input_shape)
-                timed = self.backend.lower(quantized, example)  # type: ignore[attr-defined]
-            rep = quantization_report(
-                fp32_model,
-                quantized,
-                input_shape=self.input_shape,
-                fp32_accuracy=fp32_acc,
-                int8_accuracy=int8_acc,
-                artifact_path=self.exported_path,
-                batch_sizes=self.latency_batch_sizes if self.input_shape is not None else (),
-                repeats=self.latency_repeats,
-                best_effort=self.fp32_best_effort,
-                int8_runner=timed,
+            batches = list(
+                work_progress(
+                    trainer,
+                    self._model_batches(trainer, pl_module, "val", self.eval_batches),
+                    desc="Reading the validation batches",
+                    total=self.eval_batches,
+                )
             )
+            if batches:
+                with work_progress(trainer, desc="Evaluating fp32 and int8", total=2 * len(batches)) as bar:
+                    fp32_acc = accuracy(fp32_accuracy_model, _counted(batches, bar))
+                    int8_acc = accuracy(quantized, _counted(batches, bar))
+            timed = quantized
+            sizes = self.latency_batch_sizes if self.input_shape is not None else ()
+            measuring = "Measuring fp32 and int8 latency" if sizes else "Measuring fp32 and int8 sizes"
+            with work_progress(trainer, desc=measuring, total=1) as bar:
+                if sizes:
+                    bar.set_postfix_str(f"batch sizes {', '.join(map(str, sizes))}", refresh=False)
+                if sizes and hasattr(self.backend, "lower"):
+                    example = (
+                        self._example if self._example is not None else torch.zeros(1, *self.input_shape)
+                    )
+                    timed = self.backend.lower(quantized, example)  # type: ignore[attr-defined]
+                rep = quantization_report(
+                    fp32_model,
+                    quantized,
+                    input_shape=self.input_shape,
+                    fp32_accuracy=fp32_acc,
+                    int8_accuracy=int8_acc,
+                    artifact_path=self.exported_path,
+                    batch_sizes=sizes,
+                    repeats=self.latency_repeats,
+                    best_effort=self.fp32_best_effort,
+                    int8_runner=timed,
+                    fp32_label=labels[0],
+                    int8_label=labels[1],
+                    accuracy_samples=sum(int(y.shape[0]) for _, y in batches) or None,
+                    accuracy_note=accuracy_note,
+                )
+                bar.update(1)
             self.quantization_report = rep
             self.report_table = format_report(rep, title)
             if self.verbose:
@@ -655,6 +691,32 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             return "pending"
         return "done" if (self.observers_frozen or self.converted) else "active"
 
+    def describe_phase(self, trainer: Any, finished: bool = False) -> str:
+        """What QAT does, in plain words (for messages; the contract's word is :meth:`phase_state`):
+        ``"pending (starts after pruning)"``, ``"running (QAT epoch 2 of 4)"``, ``"running (QAT epoch 3 of 4,
+        ranges frozen)"``, ``"done (int8)"``; with ``finished=True`` also ``"never started"``."""
+        if not self.prepared:
+            if finished:
+                return "never started"
+            if self.start_after is None:
+                return f"pending (starts at epoch {self.start_epoch})"
+            later = f", not before epoch {self.start_epoch}" if self.start_epoch else ""
+            return f"pending (starts after {self.start_after}{later})"
+        if self.converted:
+            return "done (int8)"
+        if finished:
+            return "done (int8)" if self.convert_on_fit_end else "done (not converted)"
+        epoch = int(getattr(trainer, "current_epoch", 0))
+        where = ""
+        if self.started_epoch is not None:
+            max_epochs = getattr(trainer, "max_epochs", None)
+            total = (
+                max_epochs - self.started_epoch if isinstance(max_epochs, int) and max_epochs > 0 else None
+            )
+            where = f"QAT epoch {epoch - self.started_epoch + 1}" + (f" of {total}" if total else "")
+        details = ", ".join(w for w in (where, "ranges frozen" if self.observers_frozen else "") if w)
+        return f"running ({details})" if details else "running"
+
     # ------------------------------------------------------------------------------------ public
     def convert(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> nn.Module:
         """Convert now (on demand) and return the int8 model; training can go on with the fake-quantized one."""
@@ -689,6 +751,9 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         if self.start_epoch == 0 and self.start_after is None and not self.backend.is_prepared(model):
             # before the strategy wraps the model (DDP) and builds the optimizers
             self._run_prepare(trainer, pl_module)
+            # ranges are observed on training batches only: not on what runs before the first epoch (the
+            # LightningModule's dry run at setup, zeros); the first training epoch turns observation on
+            self._run_observe(pl_module, training=False)
 
     def _rebuild_before_load(
         self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
@@ -870,6 +935,10 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
                 "QuantizationAwareTraining: the model is not on the CPU; the int8 model was not put in pl_module."
             )
         try:
+            # fp32 and int8 are the same weights at the same moment, after QAT (sizes and latency of fp32: the
+            # float copy taken when QAT started, the same layers, so the same bytes and speed)
+            epochs = trainer.current_epoch - self.started_epoch if self.started_epoch is not None else None
+            trained = f"{epochs} epoch{'s' if epochs != 1 else ''} of QAT" if epochs else "QAT"
             self._finish(
                 trainer,
                 pl_module,
@@ -877,6 +946,16 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
                 fp32_view,
                 "model_int8.pt",
                 "QAT: fp32 vs int8",
+                # the ONNX file: the int8 graph with QAT's ranges, its residual adds calibrated on these
+                calibration=lambda: [
+                    x for x, _ in self._model_batches(trainer, pl_module, "train", ONNX_CALIBRATION_BATCHES)
+                ],
+                labels=("fp32 after QAT", "int8 after QAT"),
+                accuracy_note=(
+                    f"both are the weights after {trained}, fp32 with fake quantization off; weights trained "
+                    "under fake quantization can depend on it (the more so in a short run that has not "
+                    "converged), so their fp32 accuracy is no reference for int8"
+                ),
             )
         finally:
             self.replace_model = keep_replace
@@ -1041,7 +1120,11 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
                     kept.append(x)
                 yield x
 
-        self.calibrated_batches = self.backend.calibrate(observed, inputs())
+        progress = work_progress(
+            trainer, inputs(), desc=f"Calibrating on {self.calibration_split}", total=self.calibration_batches
+        )
+        with progress:
+            self.calibrated_batches = self.backend.calibrate(observed, progress)
         if self.calibrated_batches == 0:
             raise QuantizationError(
                 f"PostTrainingQuantization: no `{self.calibration_split}` batch to calibrate on "
@@ -1066,6 +1149,12 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
                 "PTQ: fp32 vs int8",
                 float_network=lambda: fp32,
                 calibration=lambda: kept,
+                labels=("fp32", f"int8 (PTQ, {self.calibrated_batches} calibration batches)"),
+                accuracy_note=(
+                    f"both are the same trained weights, int8 calibrated on {self.calibrated_batches} "
+                    f"`{self.calibration_split}` batches; more `calibration_batches`, or QAT, narrows a drop, "
+                    "and a model trained too briefly to converge can land either side"
+                ),
             )
         finally:
             self.replace_model = keep_replace

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -15,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_optim.callbacks import KnowledgeDistillation
-from lightning_optim.callbacks.phases import model_is_changing
+from lightning_optim.callbacks.phases import model_is_changing, phase_states, phase_status
 from lightning_optim.data import ImageClassificationDataModule
 from lightning_optim.functional.distillation.teacher import load_teacher_weights
 from lightning_optim.models import ConvNet3, LeNet300100
@@ -127,6 +128,34 @@ def test_schedule_and_phase_states():
     plain = KnowledgeDistillation(_teacher())
     t.callbacks, t.current_epoch = [plain], 0
     assert plain.phase_state(t) == "done" and plain.is_distilling(100)
+
+
+def test_messages_say_what_runs_not_the_contracts_word():
+    """Without an end epoch distillation is "done" for the phase contract from its first epoch (it never holds
+    off early stopping), yet it distills to the end of training: what is printed says it runs."""
+    kd = KnowledgeDistillation(_teacher(), start_epoch=2)
+    t = SimpleNamespace(current_epoch=1, num_training_batches=4, max_epochs=7, callbacks=[kd])
+    assert phase_status(kd, t) == "pending (starts at epoch 2)"
+    t.current_epoch = 4
+    assert kd.phase_state(t) == "done" and kd.is_distilling(4)
+    assert phase_status(kd, t) == "running (epoch 3 of 5)"
+    states = phase_states(t)
+    assert states == {"distillation": "done"}  # the contract, unchanged
+    assert f"{states}" == "distillation: running (epoch 3 of 5)" and "{" not in str(states)
+    t.current_epoch = 7  # training ended: the epochs completed
+    assert phase_status(kd, t, finished=True) == "done"
+    # with an end epoch: done once it no longer distills; a run that ends before says so
+    bounded = KnowledgeDistillation(_teacher(), start_epoch=1, end_epoch=3)
+    t.callbacks, t.current_epoch = [bounded], 2
+    assert phase_status(bounded, t) == "running (epoch 2 of 2)"
+    t.current_epoch = 3
+    assert phase_status(bounded, t) == "done" and bounded.phase_state(t) == "done"
+    t.current_epoch = 2
+    assert phase_status(bounded, t, finished=True) == "stopped before its end (epoch 1 of 2)"
+    t.current_epoch = 1
+    assert phase_status(bounded, t, finished=True) == "never started"
+    t.max_epochs = -1  # no known end of training: no total
+    assert phase_status(kd, SimpleNamespace(current_epoch=3, max_epochs=-1)) == "running (epoch 2)"
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -393,10 +422,56 @@ class _DDPProbe(Callback):
         assert self.kd.stats["distilled_steps"] > 0
 
 
+class _SyncDistWarnings(Callback):
+    """Inside each DDP process: records the warnings from setup to the end of training; on rank 0 (where
+    Lightning warns) none of its "use sync_dist=True" warnings may name a ``distill/*`` value."""
+
+    def setup(self, trainer, pl_module, stage):
+        self._catching = warnings.catch_warnings(record=True)
+        self.caught = self._catching.__enter__()
+        warnings.simplefilter("always")
+
+    def on_train_end(self, trainer, pl_module):
+        self._catching.__exit__(None, None, None)
+        if trainer.global_rank != 0:
+            return
+        sync = [str(w.message) for w in self.caught if "sync_dist" in str(w.message)]
+        assert not [m for m in sync if "distill/" in m], sync
+        assert (
+            "distill/teacher_ms_per_step" in trainer.callback_metrics
+        )  # logged, and averaged over the ranks
+
+
 @pytest.mark.slow
 def test_ddp_two_processes(tmp_path):
     kd = KnowledgeDistillation(_teacher(), feature_pairs=PAIRS)
-    _fit(tmp_path, kd, extra=[_DDPProbe(kd)], strategy="ddp_spawn", devices=2, max_epochs=1)
+    _fit(
+        tmp_path,
+        kd,
+        extra=[_DDPProbe(kd), _SyncDistWarnings()],
+        strategy="ddp_spawn",
+        devices=2,
+        max_epochs=1,
+    )
+
+
+def test_epoch_logs_are_synced_across_ranks(tmp_path, monkeypatch):
+    """The ``distill/*`` epoch values are each rank's own (teacher time, cache hits): logged with
+    ``sync_dist=True``, the mean over the ranks, so Lightning has no reason to warn under DDP."""
+    module = _student()
+    calls = []
+    log_dict = module.log_dict
+
+    def spy(dictionary, *args, **kwargs):
+        if any(k.startswith("distill/") for k in dictionary):
+            calls.append(kwargs)
+        return log_dict(dictionary, *args, **kwargs)
+
+    monkeypatch.setattr(module, "log_dict", spy)
+    trainer, _ = _fit(tmp_path, KnowledgeDistillation(_teacher(), alpha=0.7), module=module, max_epochs=2)
+    assert len(calls) == 2  # once per epoch
+    assert all(c.get("sync_dist") is True and c.get("on_epoch") and not c.get("on_step") for c in calls)
+    assert trainer.callback_metrics["distill/alpha"] == pytest.approx(0.7)
 
 
 def test_cli_yaml_teacher_from_class_path_and_checkpoint(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -61,8 +63,56 @@ def test_stage_order_handoffs_and_early_stopping_held(tmp_path):
     # early stopping waited for the schedule, then stopped (before max_epochs)
     assert 5 <= trainer.current_epoch < 8, trainer.current_epoch
     stages = [r["stage"] for r in report.rows]
-    assert stages[0] == "fit start" and "pruning done" in stages and "quantization done" in stages
+    assert stages[0] == "fit start" and "pruning done" in stages
+    assert "quantization schedule done" in stages  # ranges frozen while QAT still trains: not "done"
     assert report.rows[-1]["precision"] == "int8" and report.rows[-1]["weight_sparsity"] >= 0.75
+
+
+def test_printed_states_say_what_runs(tmp_path, caplog):
+    """Issue 27: distillation without an end epoch is "done" for the phase contract from its first epoch, but
+    it distills to the end: what is printed says "running (epoch k of n)", "done" only once training ended,
+    in plain text (never a raw dict, also in EarlyStopping's hold-off message)."""
+    pl.seed_everything(0)
+    pipeline = CompressionPipeline()
+    callbacks = [
+        ProgressivePruning(final_sparsity=0.5, start=0, end=2, unit="epoch", verbose=False),
+        KnowledgeDistillation(teacher=net(), start_epoch=2),
+        qat(start_after="pruning"),
+        EarlyStopping(monitor="val_loss", mode="min", patience=5),
+        pipeline,
+    ]
+    trainer = pl.Trainer(
+        callbacks=callbacks,
+        **quiet_trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=2, limit_val_batches=1),
+    )
+    with caplog.at_level(logging.INFO):
+        trainer.fit(
+            ClassificationModule(net(), lr=1e-2),
+            datamodule=ImageClassificationDataModule("digits", batch_size=32),
+        )
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CompressionPipeline:")]
+    assert said[0].splitlines() == [
+        "CompressionPipeline: start of epoch 0:",
+        "  pruning: running (pruning step 1 of 3, target 0%)",
+        "  distillation: pending (starts at epoch 2)",
+        "  quantization: pending (starts after pruning)",
+    ], said
+    assert (
+        "CompressionPipeline: start of epoch 2:\n  pruning: done (target 50%)\n"
+        "  distillation: running (epoch 1 of 2)\n  quantization: running (QAT epoch 1 of 2)"
+    ) in said, said
+    assert (
+        said[-1] == "CompressionPipeline: end of training:\n  distillation: done\n  quantization: done (int8)"
+    )
+    assert sum("distillation: done" in m for m in said) == 1  # said once, when it is
+    held = [r.getMessage() for r in caplog.records if "holds off" in r.getMessage()]
+    assert held and "pruning: running (pruning step" in held[0] and "{" not in held[0], held
+    # the hand-offs keep the contract's states, with what was said
+    kd = [h for h in pipeline.handoffs if h["phase"] == "distillation"]
+    assert [(h["state"], h["status"]) for h in kd] == [
+        ("pending", "pending (starts at epoch 2)"),
+        ("done", "running (epoch 1 of 2)"),
+    ]
 
 
 def test_warm_start_loads_checkpoint_weights(tmp_path):

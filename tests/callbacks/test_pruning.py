@@ -582,6 +582,88 @@ def test_channel_groups_ramp_then_compaction_equals_masked_model(tmp_path, facto
     assert any(not torch.equal(a, b) for a, b in zip(before, compact.parameters()))
 
 
+def _said(caplog, start: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(start)]
+
+
+def test_structured_compaction_says_what_was_requested_removed_and_kept(tmp_path, caplog):
+    """Issue 27: on a residual CNN, filter pruning cannot remove the channels of the residual stream; the
+    user is told once, per layer, what was requested, what went and why the rest stayed, in 100 columns."""
+    seed_everything(0)
+    cb = ProgressivePruning(
+        final_sparsity=0.5,
+        start=0,
+        end=1,
+        unit="epoch",
+        granularity="filter",
+        module_types=["Conv2d"],
+        compact_at_end=True,
+        verbose=False,
+    )
+    logger = MetricRecorder()
+    with caplog.at_level(logging.INFO):
+        group_fit(tmp_path, cb, residual_cnn(), epochs=2, logger=logger)
+    (text,) = _said(caplog, "ProgressivePruning: compaction")  # once
+    assert text == cb.compaction_text and cb.compaction_summary()[0] in text
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 100, [line for line in lines if len(line) > 100]
+    assert lines[0] == "ProgressivePruning: compaction removed 16 of the 28 units pruning asked for (57%)."
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[3:9]}
+    # the convolutions inside the blocks lose what was asked; those writing the residual stream keep it
+    assert rows["blocks.0.0"] == rows["blocks.1.0"] == ["16", "8", "8", ""]
+    assert rows["stem.0"] == rows["blocks.0.3"] == rows["blocks.1.3"] == ["8", "4", "0", "(a)"]
+    assert rows["total"] == ["56", "28", "16", ""]
+    assert "(a) 12 kept: they reach an addition (a residual connection" in text
+    assert "granularity='channel_groups'" in text and "Parameters: " in text
+    (logged,) = [m for _, m in logger.metrics if "pruning/removed_fraction" in m]
+    assert logged["pruning/removed_fraction"] == pytest.approx(16 / 56)
+    assert logged["pruning/requested_fraction"] == pytest.approx(28 / 56)
+    assert [m.out_channels for m in cb.compacted_model.modules() if isinstance(m, nn.Conv2d)] == [
+        8,
+        8,
+        8,
+        8,
+        8,
+    ]
+
+
+def test_channel_groups_compaction_summary_is_said_once_in_100_columns(tmp_path, caplog):
+    seed_everything(0)
+    cb = ProgressivePruning(
+        final_sparsity=0.5,
+        start=0,
+        end=1,
+        unit="epoch",
+        granularity="channel_groups",
+        compact_at_end=True,
+        verbose=False,
+        exclude=["blocks.1.*"],
+    )
+    with caplog.at_level(logging.INFO):
+        group_fit(tmp_path, cb, residual_cnn(), epochs=2)
+    (text,) = _said(caplog, "ProgressivePruning: compaction")
+    assert text == cb.compaction_text
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    _, requested, removed, _ = cb.compaction_summary()
+    assert removed == requested > 0
+    assert text.startswith(f"ProgressivePruning: compaction removed {removed} of the {requested} channels")
+    # the stream's group is written by 3 layers; the logits are kept, and the excluded block's channels
+    assert "| blocks.0.3 (+2) |" in text and "(a) 10 kept: the model's output" in text
+    assert "kept 16: its producers are not selected" in text
+
+
+def test_phase_is_described_in_plain_words(tmp_path):
+    cb = ProgressivePruning(final_sparsity=0.8, start=1, end=3, unit="epoch", verbose=False)
+    assert cb.describe_phase(None) == "pending (first pruning step at epoch 1)"
+    trainer, _ = fit(tmp_path, cb, epochs=2)  # 12 steps an epoch: events at steps 12, 24, 36
+    assert cb.phase_state(trainer) == "active" and cb.phase_steps_done == 2
+    assert cb.describe_phase(trainer) == f"running (pruning step 2 of 3, target {cb.current_sparsity:.0%})"
+    assert cb.describe_phase(trainer, finished=True).startswith("stopped before its end (pruning step 2 of 3")
+    cb = ProgressivePruning(final_sparsity=0.5, start=0, end=1, unit="epoch", verbose=False)
+    trainer, _ = fit(tmp_path / "done", cb, epochs=2)
+    assert cb.describe_phase(trainer) == cb.describe_phase(trainer, finished=True) == "done (target 50%)"
+
+
 def test_channel_groups_resume_mid_ramp_continues_exactly(tmp_path):
     kwargs = dict(
         final_sparsity=0.6, start=0, end=8, unit="step", frequency=2, granularity="groups", verbose=False

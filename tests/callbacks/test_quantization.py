@@ -457,3 +457,126 @@ def test_structured_pruning_then_qat_trains_and_converts(tmp_path, compact):
         ]
     else:
         assert unfused
+
+
+# ----------------------------------------------------------------------------------------- what a user sees
+def test_qat_report_labels_its_columns_and_says_why_int8_beats_fp32(tmp_path, monkeypatch):
+    """Issue 27: a short QAT run printed fp32 32% against int8 56% without a word. The columns say what they
+    measure, and a gap of more than a few points gets one line on what the two accuracies are."""
+    from lightning_optim.callbacks import quantization
+
+    measured = iter([0.32, 0.56])  # fp32 (fake quantization off), then int8: the run's two evaluations
+    monkeypatch.setattr(quantization, "accuracy", lambda model, batches: (list(batches), next(measured))[1])
+    qat = QuantizationAwareTraining(start_epoch=1, export=False, **FAST)
+    fit(tmp_path, [qat], max_epochs=3, limit_train_batches=2)
+    report = qat.quantization_report
+    assert (report.fp32_label, report.int8_label) == ("fp32 after QAT", "int8 after QAT")
+    assert report.accuracy_samples == 144  # the digits' validation split
+    lines = qat.report_table.splitlines()
+    assert lines[2] == "| | fp32 after QAT | int8 after QAT | ratio |"
+    assert "| accuracy (%) | 32.00 | 56.00 | +24.00 pt |" in lines
+    (note,) = [line for line in lines if line.startswith("Note:")]
+    assert note.startswith(
+        "Note: int8 is 24.0 points above fp32 on 144 validation samples: both are the weights after 2 epochs "
+        "of QAT, fp32 with fake quantization off;"
+    )
+    assert "short run that has not converged" in note
+
+
+def test_ptq_close_accuracies_need_no_note_and_columns_say_ptq(tmp_path):
+    ptq = PostTrainingQuantization(calibration_batches=3, export=False, **FAST)
+    fit(tmp_path, [ptq], max_epochs=2)
+    report = ptq.quantization_report
+    assert abs(report.int8_accuracy - report.fp32_accuracy) <= 0.021
+    assert (report.fp32_label, report.int8_label) == ("fp32", "int8 (PTQ, 3 calibration batches)")
+    assert "| | fp32 | int8 (PTQ, 3 calibration batches) | ratio |" in ptq.report_table
+    assert "Note:" not in ptq.report_table
+
+
+class _Bars:
+    """A spy on ``work_progress``: every bar's label, total and how far it went (the real bars run)."""
+
+    def __init__(self, real):
+        self.real = real
+        self.bars: list[Any] = []
+
+    def __call__(self, trainer, iterable=None, *, desc, total=None):
+        bar = self.real(trainer, iterable, desc=desc, total=total)
+        bar.shown = not bar.disable  # closing a bar disables it
+        self.bars.append(bar)
+        return bar
+
+    def get(self, start: str) -> Any:
+        (bar,) = [b for b in self.bars if b.desc.startswith(start)]
+        return bar
+
+
+def test_calibration_export_and_evaluation_show_progress(tmp_path, monkeypatch, capsys):
+    """Calibration, the export of each deploy file and the end-of-fit evaluation run outside the Trainer's
+    loops: each has a progress bar, shown (on rank 0) when the Trainer shows its own."""
+    from lightning_optim.callbacks import _trainer, quantization
+
+    bars = _Bars(_trainer.work_progress)
+    monkeypatch.setattr(quantization, "work_progress", bars)
+    ptq = PostTrainingQuantization(
+        calibration_batches=3, export_format=["torchscript", "artifact"], eval_batches=2, **FAST
+    )
+    fit(tmp_path, [ptq], max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=True)
+    calibration = bars.get("Calibrating on train")
+    assert calibration.total == 3 and calibration.n == ptq.calibrated_batches == 3
+    export = bars.get("Exporting the int8 model")
+    assert export.total == export.n == 2 and len(ptq.exported_paths) == 2
+    evaluation = bars.get("Evaluating fp32 and int8")
+    assert evaluation.total == evaluation.n == 4  # 2 validation batches, each model
+    assert all(b.shown for b in bars.bars)
+    err = capsys.readouterr().err
+    assert "Calibrating on train" in err and "Exporting the int8 model" in err
+    # no progress bar on the Trainer: none of ours either
+    bars.bars.clear()
+    fit(
+        tmp_path / "quiet",
+        [PostTrainingQuantization(calibration_batches=2, export=False, **FAST)],
+        max_epochs=1,
+    )
+    assert bars.bars and not any(b.shown for b in bars.bars)
+
+
+def test_qat_is_described_in_plain_words(tmp_path):
+    qat = QuantizationAwareTraining(start_after="pruning", **FAST)
+    assert qat.describe_phase(None) == "pending (starts after pruning)"
+    assert (
+        QuantizationAwareTraining(start_epoch=2, **FAST).describe_phase(None) == "pending (starts at epoch 2)"
+    )
+    assert qat.describe_phase(None, finished=True) == "never started"
+    qat = QuantizationAwareTraining(
+        start_epoch=1, freeze_observers_epoch=2, export=False, report=False, **QUIET
+    )
+    recorded = []
+
+    class Words(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            recorded.append(qat.describe_phase(trainer))
+
+    fit(tmp_path, [qat, Words()], max_epochs=3, limit_train_batches=2, limit_val_batches=1)
+    assert recorded == [
+        "pending (starts at epoch 1)",
+        "running (QAT epoch 1 of 2)",
+        "running (QAT epoch 2 of 2, ranges frozen)",
+    ]
+    assert qat.describe_phase(None) == qat.describe_phase(None, finished=True) == "done (int8)"
+
+
+def test_ranges_are_not_observed_before_the_first_training_batch(tmp_path):
+    """QAT from epoch 0 prepares the network at setup; what runs before training (the LightningModule's dry run
+    at setup, on zeros) must not be observed: a first observation of zeros set the ranges near 0, and a
+    bf16-mixed run then learned nothing (10% accuracy)."""
+    seen = {}
+
+    class BeforeTraining(Callback):
+        def on_train_start(self, trainer, pl_module):
+            observer = pl_module.model.features.block1.conv.activation_post_process.activation_post_process
+            seen["min"], seen["max"] = float(observer.min_val), float(observer.max_val)
+
+    qat = QuantizationAwareTraining(start_epoch=0, export=False, report=False, **FAST)
+    fit(tmp_path, [qat, BeforeTraining()], max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    assert seen == {"min": float("inf"), "max": float("-inf")}  # nothing observed yet

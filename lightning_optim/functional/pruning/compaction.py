@@ -13,19 +13,32 @@ A channel that reaches anything else (the model's output, an addition, a concate
 unknown function) is kept. A model that ``torch.fx`` cannot trace (data-dependent control flow) is
 refused with :class:`CompactionError`, and the compacted model is checked against the original on the
 example input before it is returned.
+
+:func:`compact_model_report` also says, per layer, how many units were zero, how many went and why the others
+stayed (:class:`CompactedLayer`); :func:`format_compaction` writes that as a table that reads in 100 columns
+(:func:`padded_table`, with the reasons as footnotes).
 """
 
 from __future__ import annotations
 
 import copy
+import operator
+import textwrap
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from lightning_optim.functional.pruning.dependency import (
+    ADD_METHODS,
+    ADD_OPS,
+    CAT_FUNCTIONS,
+    MUL_METHODS,
+    MUL_OPS,
     NORM_MODULES,
     ZERO_PRESERVING_FUNCTIONS,
     ZERO_PRESERVING_METHODS,
@@ -111,6 +124,61 @@ class _Group:
     members: list[tuple[fx.Node, int]] = field(default_factory=list)  # (node, features per channel)
     reads: list[tuple[fx.Node, fx.Node]] = field(default_factory=list)  # (consumer node, node it reads)
     pinned: bool = False
+    reason: str = ""  # why it is pinned (the first reason found)
+
+    def pin(self, reason: str) -> None:
+        if not self.pinned:
+            self.pinned, self.reason = True, reason
+
+
+@dataclass
+class CompactedLayer:
+    """What compaction did to the output units (channels, neurons) of one convolution or linear layer.
+
+    Attributes:
+        name: the layer's name in the model.
+        units: its output units before compaction.
+        zero: the units that were zero (weight row and bias): what pruning asked to remove.
+        removed: the units removed.
+        kept_because: why zero units were kept (empty when every zero unit went).
+    """
+
+    name: str
+    units: int
+    zero: int
+    removed: int
+    kept_because: str = ""
+
+
+#: why zero units stay, in :attr:`CompactedLayer.kept_because`
+KEEP_ONE = "every unit of the layer was zero: it keeps one (a layer with no unit is not a layer)"
+SHARED = "the layer is called more than once (its units are shared by every call)"
+NOT_READ = "no convolution or linear layer reads them"
+NOT_ZERO_WHERE_READ = "they are not zero where a layer reads them (a batch-norm shift or bias on the way)"
+AFTER_FLATTEN = "a convolution reads them after a flatten"
+ADDITION = "they reach an addition (a residual connection: both inputs keep the same channels)"
+CONCATENATION = "they reach a concatenation"
+#: the reasons of channels tied to others' (channel-group pruning removes them together)
+TIED: tuple[str, ...] = (ADDITION, CONCATENATION)
+
+
+def _use(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
+    """Why channels reaching ``node`` must stay: what ``node`` does with them, in words."""
+    if node.op == "output":
+        return "they reach the model's output"
+    target = node.target
+    if node.op == "call_module":
+        return f"{target} ({type(modules.get(target)).__name__}) reads them, mixing or reshaping channels"
+    if target in ADD_OPS or (node.op == "call_method" and target in ADD_METHODS):
+        return ADDITION
+    if target in MUL_OPS or (node.op == "call_method" and target in MUL_METHODS):
+        return "they reach a multiplication of two tensors"
+    if target in CAT_FUNCTIONS:
+        return CONCATENATION
+    if target in (operator.getitem,):
+        return "they are indexed or sliced"
+    name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    return f"they reach {name}, which compaction does not follow"
 
 
 def _node_args(node: fx.Node) -> list[fx.Node]:
@@ -192,6 +260,8 @@ def compact_model(
 ) -> nn.Module:
     """A copy of ``model`` with its zeroed channels and neurons physically removed.
 
+    :func:`compact_model_report` does the same and also says what went and what stayed, per layer.
+
     Args:
         model: a structurally pruned network (zero filters/rows, their biases and following batch-norm
             scale/shift zero); it is not modified.
@@ -207,6 +277,22 @@ def compact_model(
     Raises:
         CompactionError: for a model that ``torch.fx`` cannot trace, or a compacted model whose outputs
             differ from the original's. (A layer with parameters called more than once is left as it is.)
+    """
+    return compact_model_report(model, example_input, atol, check)[0]
+
+
+@torch.no_grad()
+def compact_model_report(
+    model: nn.Module, example_input: Tensor, atol: float = 1e-4, check: bool = True
+) -> tuple[nn.Module, list[CompactedLayer]]:
+    """:func:`compact_model`, and what it did to each convolution and linear layer with zero units.
+
+    Returns:
+        The compacted copy, and one :class:`CompactedLayer` per convolution and linear layer (in registration
+        order): how many of its units were zero, how many were removed, and why the others were kept.
+
+    Raises:
+        CompactionError: as :func:`compact_model`.
     """
     compact = copy.deepcopy(model)
     was_training = model.training
@@ -228,10 +314,13 @@ def compact_model(
     member_of: dict[fx.Node, tuple[_Group, int]] = {}  # node -> (its group, features per channel)
     zero: dict[fx.Node, Tensor] = {}
 
-    def pin_args(node: fx.Node) -> None:
+    def pin_args(node: fx.Node, reason: str | None = None) -> None:
         for arg in _node_args(node):
             if arg in member_of:
-                member_of[arg][0].pinned = True
+                member_of[arg][0].pin(reason or _use(node, modules))
+
+    records: dict[str, CompactedLayer] = {}  # every producer (conv, linear), by name
+    unread: dict[str, str] = {}  # producers whose outputs are not followed -> why
 
     for node in gm.graph.nodes:
         module = modules.get(node.target) if node.op == "call_module" else None
@@ -249,6 +338,8 @@ def compact_model(
         inputs = _node_args(node)
         source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         shared = module is not None and calls[node.target] > 1 and any(True for _ in module.parameters())
+        if module is not None and _is_producer(module) and shared:
+            unread[node.target] = SHARED
         if (
             module is not None
             and _is_producer(module)
@@ -257,18 +348,19 @@ def compact_model(
             and len(shape) >= 2
         ):
             if isinstance(module, nn.Linear) and len(shape) != 2:
-                pin_args(node)
+                pin_args(node, f"{node.target} (a linear layer on a {len(shape)}-D tensor) reads them")
+                unread[node.target] = f"its output is a {len(shape)}-D tensor, not followed"
                 continue
             if source in member_of:
                 g, factor = member_of[source]
                 if isinstance(module, nn.Linear) or factor == 1:
                     g.reads.append((node, source))
                 else:
-                    g.pinned = True
+                    g.pin(AFTER_FLATTEN)
             pin_args_except = [a for a in inputs if a is not source]
             for a in pin_args_except:
                 if a in member_of:
-                    member_of[a][0].pinned = True
+                    member_of[a][0].pin(f"{node.target} reads them as a second input")
             group = _Group(node)
             groups[node] = group
             member_of[node] = (group, 1)
@@ -313,18 +405,28 @@ def compact_model(
     # decide and apply
     changed = False
     for root, group in groups.items():
-        if group.pinned or not group.reads or root.op != "call_module":
+        if root.op != "call_module":
+            continue
+        units = zero[root].numel()
+        n_zero = int(zero[root].sum())
+        record = records[root.target] = CompactedLayer(root.target, units, n_zero, 0)
+        if group.pinned or not group.reads:
+            record.kept_because = group.reason if group.pinned else NOT_READ
             continue
         producer = modules[root.target]
-        units = zero[root].numel()
         removable = torch.ones(units, dtype=torch.bool)
         for _, read in group.reads:
             factor = member_of[read][1]
             removable &= zero[read].view(units, factor).all(1)
         if not removable.any():
+            record.kept_because = NOT_ZERO_WHERE_READ
             continue
         if removable.all():
             removable[0] = False  # keep one channel: a layer with no units is not a layer
+            record.kept_because = KEEP_ONE
+        elif int(removable.sum()) < n_zero:
+            record.kept_because = NOT_ZERO_WHERE_READ
+        record.removed = int(removable.sum())
         keep = (~removable).nonzero().flatten()
         changed = True
         _slice_outputs(producer, keep)
@@ -340,7 +442,122 @@ def compact_model(
     compact.train(was_training)
     if check and changed:
         check_equivalent(model, compact, example_input, atol, floor=1.0)
-    return compact
+    original = dict(model.named_modules())
+    for name, reason in unread.items():
+        layer = original.get(name)
+        if name not in records and layer is not None and _is_producer(layer):
+            n_zero = int(_row_zero(layer).sum())
+            records[name] = CompactedLayer(name, int(layer.weight.shape[0]), n_zero, 0, reason)
+    order = {name: i for i, name in enumerate(original)}
+    return compact, sorted(records.values(), key=lambda r: order.get(r.name, len(order)))
+
+
+def padded_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> str:
+    """A Markdown table whose columns are padded to one width, so that it also reads as plain text in a
+    terminal; the columns numbered in ``right`` are right-aligned."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+            )
+            + " |"
+        )
+
+    rule = (
+        "|"
+        + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths))
+        + "|"
+    )
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def footnote_keys(reasons: Sequence[str]) -> dict[str, str]:
+    """``{reason: "(a)"}``: a short key per distinct reason, in order of first appearance."""
+    keys: dict[str, str] = {}
+    for reason in reasons:
+        if reason and reason not in keys:
+            n = len(keys)
+            keys[reason] = f"({chr(ord('a') + n % 26)}{n // 26 or ''})"
+    return keys
+
+
+def footnotes(
+    keys: Mapping[str, str], counts: Mapping[str, int] | None = None, width: int = 100
+) -> list[str]:
+    """The lines ``(a) <reason>`` (with ``counts[reason]`` units kept for it, where given), wrapped at ``width``."""
+    lines = []
+    for reason, key in keys.items():
+        n = f"{counts[reason]} kept: " if counts and reason in counts else ""
+        lines += textwrap.wrap(f"{key} {n}{reason}", width, subsequent_indent=" " * (len(key) + 1))
+    return lines
+
+
+def format_compaction(
+    layers: Sequence[CompactedLayer],
+    requested: Mapping[str, int] | None = None,
+    title: str = "Compaction",
+    width: int = 100,
+) -> tuple[str, int, int]:
+    """What compaction did, as a headline, a :func:`padded_table` (layer, units, requested, removed, kept:
+    the key of the reason) and the reasons as footnotes, all within ``width`` columns (long layer names are
+    shortened from the left); and ``(text, requested, removed)`` in total.
+
+    Args:
+        layers: from :func:`compact_model_report`.
+        requested: ``{layer: units}`` that pruning asked to remove (default: the zero units of each layer); a
+            layer named here that compaction did not see is listed with nothing removed.
+        title: the start of the headline.
+        width: the widest line.
+    """
+    by_name = {r.name: r for r in layers}
+    wanted = dict(requested) if requested is not None else {r.name: r.zero for r in layers}
+    names = [r.name for r in layers if wanted.get(r.name, 0) or r.removed] + [
+        n for n in wanted if n not in by_name and wanted[n]
+    ]
+    rows, reasons = [], []
+    for name in names:
+        r = by_name.get(name)
+        asked = int(wanted.get(name, r.zero if r is not None else 0))
+        removed = r.removed if r is not None else 0
+        reason = (
+            (r.kept_because if r is not None else "compaction did not reach this layer")
+            if removed < asked
+            else ""
+        )
+        reasons.append(reason)
+        rows.append([name, r.units if r is not None else "?", asked, removed, reason])
+    keys = footnote_keys(reasons)
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if row[4]:
+            counts[row[4]] += int(row[2]) - int(row[3])
+    asked_total = sum(int(row[2]) for row in rows)
+    removed_total = sum(int(row[3]) for row in rows)
+    share = f" ({removed_total / asked_total:.0%})" if asked_total else ""
+    head = f"{title} removed {removed_total} of the {asked_total} units pruning asked for{share}."
+    if not rows:
+        return f"{title}: no layer had a zero unit, nothing to remove.", 0, 0
+    limit = max(12, width - 45)  # room left for the number columns and the key
+    table_rows = [
+        [
+            row[0] if len(row[0]) <= limit else "..." + row[0][-(limit - 3) :],
+            row[1],
+            row[2],
+            row[3],
+            keys.get(row[4], ""),
+        ]
+        for row in rows
+    ]
+    table_rows.append(
+        ["total", sum(int(row[1]) for row in rows if row[1] != "?"), asked_total, removed_total, ""]
+    )
+    table = padded_table(["layer", "units", "requested", "removed", "kept"], table_rows, right=(1, 2, 3))
+    notes = footnotes(keys, counts, width)
+    return "\n".join([head, table, *(["kept because:", *notes] if notes else [])]), asked_total, removed_total
 
 
 @torch.no_grad()

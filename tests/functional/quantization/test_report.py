@@ -7,7 +7,15 @@ import warnings
 import pytest
 
 from lightning_optim.functional.compression_report import measure
-from lightning_optim.functional.quantization.report import ARTIFACT_KINDS, artifact_kind, measure_cpu_latency
+from lightning_optim.functional.quantization.report import (
+    ACCURACY_NOTE_POINTS,
+    ARTIFACT_KINDS,
+    QuantizationReport,
+    accuracy_gap_note,
+    artifact_kind,
+    format_report,
+    measure_cpu_latency,
+)
 from tests.nets import IN, int8_mlp, mlp
 
 
@@ -50,3 +58,40 @@ def test_latency_is_the_measure_module_with_quantization_notices_shown_once(monk
     notices = [w for w in caught if "torch.ao.quantization is deprecated" in str(w.message)]
     assert len(notices) == 1 and len(seen) == 3
     assert seen[0][1] == {"batch_sizes": (1,)}
+
+
+def _report(fp32: float | None, int8: float | None, **kw) -> QuantizationReport:
+    return QuantizationReport(
+        fp32_accuracy=fp32, int8_accuracy=int8, fp32_state_dict_bytes=4000, int8_state_dict_bytes=1000, **kw
+    )
+
+
+def test_columns_are_headed_by_what_they_measure():
+    table = format_report(_report(0.9, 0.89, fp32_label="fp32 before QAT", int8_label="int8 after QAT"))
+    assert table.splitlines()[2] == "| | fp32 before QAT | int8 after QAT | ratio |"
+    assert format_report(_report(0.9, 0.89)).splitlines()[2] == "| | fp32 | int8 | ratio |"  # the defaults
+
+
+@pytest.mark.parametrize(
+    ("fp32", "int8", "said"),
+    [
+        (0.32, 0.56, "Note: int8 is 24.0 points above fp32 on 144 validation samples: both are X."),
+        (0.90, 0.85, "Note: int8 is 5.0 points below fp32 on 144 validation samples: both are X."),
+        (0.90, 0.90 - ACCURACY_NOTE_POINTS / 100, None),  # within a few points: nothing to explain
+        (0.90, 0.91, None),
+        (None, 0.5, None),  # not measured
+    ],
+)
+def test_a_gap_of_more_than_a_few_points_is_explained_in_one_line(fp32, int8, said):
+    report = _report(fp32, int8, accuracy_samples=144, accuracy_note="both are X")
+    assert accuracy_gap_note(report) == said
+    lines = format_report(report).splitlines()
+    notes = [line for line in lines if line.startswith("Note:")]
+    assert notes == ([said] if said else [])
+    if said:  # under the table, after a blank line
+        assert lines[lines.index(said) - 1] == "" and lines[lines.index(said) - 2].startswith("| state dict")
+
+
+def test_the_note_without_words_of_the_caller_still_says_what_the_rows_are():
+    note = accuracy_gap_note(_report(0.2, 0.6))
+    assert note.startswith("Note: int8 is 40.0 points above fp32: both columns are the same weights;")
