@@ -541,8 +541,8 @@ def _run_demo(config: DemoConfig, say: Callable[[str], None]) -> DemoResult:
         datamodule = build_data(config)
         sizes = (len(datamodule.train_split), len(datamodule.val_split_data), len(datamodule.test_split))
         say(
-            f"lightning-optim demo: SmallResNet on the embedded 8x8 digits ({sizes[0]} train / {sizes[1]} val / "
-            f"{sizes[2]} test images, no download)"
+            f"lightning-optim demo: SmallResNet, embedded 8x8 digits ({sizes[0]}/{sizes[1]}/{sizes[2]} "
+            "train/val/test, no download)"
         )
         t = time.perf_counter()
         dense_module, files = train_dense(config, datamodule, run_dir)
@@ -554,8 +554,8 @@ def _run_demo(config: DemoConfig, say: Callable[[str], None]) -> DemoResult:
         seconds["prune"] = time.perf_counter() - t
         _, _, removed, total = pruning.compaction_summary()
         say(
-            f"[2/4] pruned    channel groups to {config.sparsity:.0%} over {_epochs(config.finetune_epochs)} of "
-            f"fine-tuning: {removed} of {total} channels removed, in {seconds['prune']:.1f} s"
+            f"[2/4] pruned    {removed} of {total} channels removed (channel groups to {config.sparsity:.0%}, "
+            f"{_epochs(config.finetune_epochs)}) in {seconds['prune']:.1f} s"
         )
         t = time.perf_counter()
         ptq, int8_files = quantize(config, pruned_module, datamodule, run_dir, onnx)
@@ -568,8 +568,8 @@ def _run_demo(config: DemoConfig, say: Callable[[str], None]) -> DemoResult:
         t = time.perf_counter()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         say(
-            f"[4/4] measure   test split; batch {config.latency_batch_size} on 1 thread, {config.latency_rounds} "
-            f"interleaved rounds of {config.latency_repeats} runs (load average {load:.2f})"
+            f"[4/4] measure   test split; batch {config.latency_batch_size}, 1 thread, {config.latency_rounds}"
+            f" interleaved rounds x {config.latency_repeats} runs (load {load:.2f})"
         )
         rows = measure(config, datamodule, dense_module.model, pruned_module.model, files)
         seconds["measure"] = time.perf_counter() - t

@@ -17,6 +17,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "lenet5": LeNet5,
     "convnet3": ConvNet3,
     "separable_cnn": SeparableCNN,
+    "small_resnet": SmallResNet,
     "text_classifier": TextClassifier,
 }
 

@@ -374,8 +374,14 @@ class ClassificationModule(pl.LightningModule):
         if self.l1 > 0:
             loss, parts = self._add_l1(loss, parts)
         self.train_metrics.update(logits.detach(), y)
-        self.log(
-            "train_loss", parts["total"], prog_bar=True, on_step=True, on_epoch=True, batch_size=y.shape[0]
+        self.log(  # sync_dist: the epoch mean over every rank's batches (a scalar all-reduce per step)
+            "train_loss",
+            parts["total"],
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=y.shape[0],
         )
         extra = {f"train_loss_{k}": v for k, v in parts.items() if k not in ("total",) and len(parts) > 2}
         if extra:
@@ -424,7 +430,9 @@ class ClassificationModule(pl.LightningModule):
     def _flush_loss_parts(self) -> None:
         if self._loss_part_samples:
             means = {k: v / self._loss_part_samples for k, v in self._loss_part_sums.items()}
-            self.log_dict(means, on_step=False, on_epoch=True, batch_size=self._loss_part_samples)
+            self.log_dict(
+                means, on_step=False, on_epoch=True, sync_dist=True, batch_size=self._loss_part_samples
+            )
         self._loss_part_sums = {}
         self._loss_part_samples = 0
 
