@@ -259,12 +259,18 @@ def latency_28px(args: argparse.Namespace) -> None:
     """``--mode latency``: batch ``--batch-size-latency`` at 28 px, interleaved, on a quiet machine: dense resnet18
     fp32 eager / compile / PT2E int8 (inductor) and the same network with 50% of its channel groups removed
     (``prune_channels``, the widths ``ProgressivePruning(granularity="channel_groups")`` leaves at 50%) in fp32
-    eager / compile, PT2E int8 and ONNX Runtime's QDQ file (as the PTQ callback writes it). Random weights: the
-    latency does not depend on them."""
+    eager / compile, PT2E int8, ONNX Runtime's QDQ file (as the PTQ callback writes it) and the PT2E int8 graph's
+    ONNX file with its residual adds calibrated (as QAT writes it). Random weights: the latency does not depend
+    on them."""
     import tempfile
 
     from lightning_optim.functional.pruning.groups import prune_channels
-    from lightning_optim.functional.quantization import OnnxRunner, Pt2eBackend, quantize_onnx_static
+    from lightning_optim.functional.quantization import (
+        OnnxRunner,
+        Pt2eBackend,
+        export_quantized,
+        quantize_onnx_static,
+    )
 
     torch.manual_seed(0)
     dense = build("resnet18").train()
@@ -275,24 +281,32 @@ def latency_28px(args: argparse.Namespace) -> None:
     x = torch.randn(16, 1, 28, 28)
     pruned = prune_channels(dense, x, args.sparsity)[0].eval()
 
-    def pt2e(model: torch.nn.Module) -> Any:
+    folder = tempfile.mkdtemp()
+    graphs: dict[str, Any] = {}
+
+    def pt2e(model: torch.nn.Module, name: str) -> Any:
         backend = Pt2eBackend(example_input=x)
         observed, _ = backend.prepare_ptq(model)
         backend.calibrate(observed, [x])
-        return backend.lower(backend.convert(observed), x[:2])
+        quantized = backend.convert(observed)
+        # the ONNX file QAT writes: the int8 graph, its residual adds calibrated (complete_qdq)
+        graphs[name] = export_quantized(
+            quantized, f"{folder}/{name}_graph.onnx", "onnx", x, backend=backend, calibration=[x]
+        )
+        return backend.lower(quantized, x[:2])
 
-    folder = tempfile.mkdtemp()
     runners = {
         "dense fp32 eager": dense,
         "dense fp32 compile": torch.compile(copy.deepcopy(dense)),
-        "dense int8 PT2E": pt2e(dense),
+        "dense int8 PT2E": pt2e(dense, "dense"),
         "pruned fp32 eager": pruned,
         "pruned fp32 compile": torch.compile(copy.deepcopy(pruned)),
-        "pruned int8 PT2E": pt2e(pruned),
+        "pruned int8 PT2E": pt2e(pruned, "pruned"),
         "pruned int8 ONNX Runtime": OnnxRunner(
             quantize_onnx_static(pruned, folder + "/pruned.onnx", x, [x]), threads=args.threads
         ),
     }
+    runners["pruned int8 PT2E graph ONNX"] = OnnxRunner(graphs["pruned"], threads=args.threads)
     xb = torch.randn(args.batch_size_latency, 1, 28, 28)
     result = compare_latency(runners, xb, repeats=args.repeats, warmup=3, rounds=3, threads=args.threads)
     eager, compiled = result["dense fp32 eager"]["median_ms"], result["dense fp32 compile"]["median_ms"]
@@ -301,6 +315,32 @@ def latency_28px(args: argparse.Namespace) -> None:
     for name, r in result.items():
         ms = r["median_ms"]
         print(f"| {name} | {ms:.1f} | {eager / ms:.2f}x | {compiled / ms:.2f}x |")
+
+
+def report_dense(rows: list[dict[str, Any]]) -> str:
+    """The table of the dense-mode seeds and the mean/worst lines."""
+    lines: list[str] = []
+    lines.append(
+        "\n| seed | fp32 error % | PTQ int8 % (agreement) | QAT int8 % (agreement) | pruned 50% + int8 % | "
+        "b64 ms: dense eager / dense compile / pruned int8 | pruned int8 vs eager / vs compile | .pt2 vs fp32 |"
+    )
+    lines.append("|---:|---:|---:|---:|---:|---|---|---:|")
+    for r in rows:
+        lat = r["latency_ms"]
+        e, c, q = lat["dense fp32 eager"], lat["dense fp32 compile"], lat["pruned int8"]
+        lines.append(
+            f"| {r['seed']} | {r['fp32_error']:.2f} | {r['ptq_error']:.2f} ({r['ptq_agreement']:.4f}) | "
+            f"{r['qat_error']:.2f} ({r['qat_agreement']:.4f}) | {r['pruned_int8_error']:.2f} | {e:.1f} / {c:.1f} / {q:.1f} | "
+            f"{e / q:.2f}x / {c / q:.2f}x | {r['fp32_state_dict_bytes'] / r['pt2_bytes']:.2f}x |"
+        )
+    for label, key in (("PTQ", "ptq_error"), ("QAT", "qat_error"), ("pruned+int8", "pruned_int8_error")):
+        diffs = [r[key] - r["fp32_error"] for r in rows]
+        lines.append(f"{label} - fp32 (pt): mean {statistics.mean(diffs):+.2f}, worst {max(diffs):+.2f}")
+    for label, key in (("PTQ", "ptq_agreement"), ("QAT", "qat_agreement")):
+        lines.append(
+            f"{label} agreement: mean {statistics.mean(r[key] for r in rows):.4f}, worst {min(r[key] for r in rows):.4f}"
+        )
+    return "\n".join(lines)
 
 
 def report_pruned_ptq(rows: list[dict[str, Any]], dense: dict[int, dict[str, Any]]) -> None:
@@ -395,28 +435,8 @@ def main(argv: list[str] | None = None) -> None:
             f.write(json.dumps(row) + "\n")
         done[seed] = row
     rows = [done[s] for s in sorted(done)]
-    if not rows:
-        return
-    print(
-        "\n| seed | fp32 error % | PTQ int8 % (agreement) | QAT int8 % (agreement) | pruned 50% + int8 % | "
-        "b64 ms: dense eager / dense compile / pruned int8 | pruned int8 vs eager / vs compile | .pt2 vs fp32 |"
-    )
-    print("|---:|---:|---:|---:|---:|---|---|---:|")
-    for r in rows:
-        lat = r["latency_ms"]
-        e, c, q = lat["dense fp32 eager"], lat["dense fp32 compile"], lat["pruned int8"]
-        print(
-            f"| {r['seed']} | {r['fp32_error']:.2f} | {r['ptq_error']:.2f} ({r['ptq_agreement']:.4f}) | "
-            f"{r['qat_error']:.2f} ({r['qat_agreement']:.4f}) | {r['pruned_int8_error']:.2f} | {e:.1f} / {c:.1f} / {q:.1f} | "
-            f"{e / q:.2f}x / {c / q:.2f}x | {r['fp32_state_dict_bytes'] / r['pt2_bytes']:.2f}x |"
-        )
-    for label, key in (("PTQ", "ptq_error"), ("QAT", "qat_error"), ("pruned+int8", "pruned_int8_error")):
-        diffs = [r[key] - r["fp32_error"] for r in rows]
-        print(f"{label} - fp32 (pt): mean {statistics.mean(diffs):+.2f}, worst {max(diffs):+.2f}")
-    for label, key in (("PTQ", "ptq_agreement"), ("QAT", "qat_agreement")):
-        print(
-            f"{label} agreement: mean {statistics.mean(r[key] for r in rows):.4f}, worst {min(r[key] for r in rows):.4f}"
-        )
+    if rows:
+        print(report_dense(rows))
 
 
 if __name__ == "__main__":

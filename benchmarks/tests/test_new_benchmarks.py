@@ -64,3 +64,31 @@ def test_int8_coverage_runs_on_the_zoo_and_prints_its_last_line(capsys):
         r"^int8 coverage: 1/1 models; resnet18 b4 vs best fp32 .*; b1 vs ORT QDQ .*; pruned\+int8 resnet18",
         last,
     ), last
+
+
+def test_quantization_accuracy_report_gives_mean_and_worst():
+    """The accuracy benchmark's table from recorded seeds (the fits are the benchmark's, not the suite's)."""
+    from benchmarks.quantization_accuracy import report_dense
+
+    rows = [
+        {
+            "seed": seed,
+            "fp32_error": fp32,
+            "ptq_error": fp32 + 0.02 * seed,
+            "ptq_agreement": 0.999,
+            "qat_error": fp32 + 0.04,
+            "qat_agreement": 0.995 - 0.001 * seed,
+            "pruned_int8_error": fp32 + 0.3,
+            "latency_ms": {"dense fp32 eager": 44.0, "dense fp32 compile": 40.0, "pruned int8": 8.0},
+            "fp32_state_dict_bytes": 44_000_000,
+            "pt2_bytes": 10_000_000,
+        }
+        for seed, fp32 in enumerate([0.7, 0.8, 0.9])
+    ]
+    text = report_dense(rows)
+    assert (
+        "| 1 | 0.80 | 0.82 (0.9990) | 0.84 (0.9940) | 1.10 | 44.0 / 40.0 / 8.0 | 5.50x / 5.00x | 4.40x |"
+        in text
+    )
+    assert "PTQ - fp32 (pt): mean +0.02, worst +0.04" in text
+    assert "QAT agreement: mean 0.9940, worst 0.9930" in text
