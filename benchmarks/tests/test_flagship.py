@@ -84,3 +84,31 @@ def test_report_gives_the_issue_last_line(tmp_path):
         "KD closes 62% of the gap"
     ), last
     assert re.search(r"\| 0 \| 0\.60 \| 0\.80 / 0\.80 \| 1\.00 \| 50% \|", text)
+
+
+def test_a_quiet_remeasurement_replaces_the_latency_of_the_run(tmp_path):
+    results = tmp_path / "results.jsonl"
+    latency = {
+        "dense fp32 eager": 60.0,
+        "dense fp32 compile": 45.0,
+        "int8 ONNX Runtime": 7.5,
+        "int8 .pt2 compile": 20.0,
+    }
+    rows = [
+        {"seed": 0, "step": "teacher", "fp32_error": 0.6, "fp32_state_dict_bytes": 45_000_000},
+        {
+            "seed": 0,
+            "step": "flagship",
+            "onnx_error": 0.8,
+            "pt2_error": 0.8,
+            "bytes": {"onnx": 3_000_000, "pt2": 2_800_000},
+            "latency_ms": latency,
+            "load": 3.0,
+        },
+        {"seed": 0, "step": "no_kd", "onnx_error": 1.0, "pt2_error": 1.0, "bytes": {}},
+        {"seed": 0, "step": "latency", "latency_ms": {**latency, "int8 ONNX Runtime": 6.0}, "load": 0.4},
+    ]
+    results.write_text("\n".join(json.dumps(r) for r in rows))
+    text = flagship.report(results, [0])
+    assert "| 10.00x / 7.50x |" in text and "| 0.40 |" in text
+    assert text.splitlines()[-1].startswith("flagship resnet18: 10.0x faster (vs eager), 7.5x (vs compiled)")
