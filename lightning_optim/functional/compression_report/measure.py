@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import io
-import logging
 import math
 import statistics
 import sys
@@ -38,6 +36,7 @@ from torch import Tensor, nn
 
 from lightning_optim.functional.compression_report.deploy import pack_model_artifact, resolve_artifact_format
 from lightning_optim.functional.compression_report.evaluate import evaluate_classifier
+from lightning_optim.functional.quantization.pt2e import quiet_cpu_compiler_import
 
 #: ways to make the fp32 model faster on the CPU that :func:`measure_cpu_latency` tries ("best effort")
 FP32_BEST_EFFORT: tuple[str, ...] = ("channels_last", "compile")
@@ -246,23 +245,6 @@ def count_layer_macs(model: nn.Module, example_input: Tensor, nonzero: bool = Fa
         for h in handles:
             h.remove()
     return total
-
-
-def quiet_cpu_compiler_import() -> None:
-    """Import ``torch.utils.cpp_extension`` (which ``torch.compile`` imports on the CPU) without its notice
-    "No CUDA runtime is found, using CUDA_HOME=...": logged at import on a machine with a CUDA toolkit but no
-    GPU, meaningless for a CPU measurement. Only that module's logger is raised to ERROR, only for the import;
-    nothing is done when it is already imported or when CUDA is available."""
-    name = "torch.utils.cpp_extension"
-    if name in sys.modules or torch.cuda.is_available():
-        return
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        importlib.import_module(name)
-    finally:
-        log.setLevel(level)
 
 
 @contextmanager

@@ -45,6 +45,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -642,7 +643,25 @@ class LoweredInt8(nn.Module):
             return out
 
 
+def quiet_cpu_compiler_import() -> None:
+    """Import ``torch.utils.cpp_extension`` (which ``torch.compile`` imports on the CPU) without its notice
+    "No CUDA runtime is found, using CUDA_HOME=...": logged at import on a machine with a CUDA toolkit but no
+    GPU, meaningless for a CPU compile. Only that module's logger is raised to ERROR, only for the import;
+    nothing is done when it is already imported or when CUDA is available."""
+    name = "torch.utils.cpp_extension"
+    if name in sys.modules or torch.cuda.is_available():
+        return
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        importlib.import_module(name)
+    finally:
+        log.setLevel(level)
+
+
 def _compile(module: nn.Module, dynamic: bool) -> Any:
+    quiet_cpu_compiler_import()
     return torch.compile(module, dynamic=dynamic)
 
 
