@@ -36,7 +36,6 @@ from torch import Tensor, nn
 
 from lightning_optim.functional.compression_report.deploy import pack_model_artifact, resolve_artifact_format
 from lightning_optim.functional.compression_report.evaluate import evaluate_classifier
-from lightning_optim.functional.quantization.pt2e import quiet_cpu_compiler_import
 
 #: ways to make the fp32 model faster on the CPU that :func:`measure_cpu_latency` tries ("best effort")
 FP32_BEST_EFFORT: tuple[str, ...] = ("channels_last", "compile")
@@ -245,6 +244,14 @@ def count_layer_macs(model: nn.Module, example_input: Tensor, nonzero: bool = Fa
         for h in handles:
             h.remove()
     return total
+
+
+def quiet_cpu_compiler_import() -> None:
+    """:func:`lightning_optim.functional.quantization._quiet.quiet_cpu_compiler_import` (imported on use: the
+    quantization package imports this module)."""
+    from lightning_optim.functional.quantization._quiet import quiet_cpu_compiler_import as quiet
+
+    quiet()
 
 
 @contextmanager

@@ -10,10 +10,15 @@ what ``"auto"`` picks where it works), calls none of them.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import torch
 
 #: message patterns (regular expressions, matched at the start of the message) that are silenced
 QUANTIZATION_DEPRECATION_MESSAGES: tuple[str, ...] = (
@@ -47,3 +52,20 @@ def quiet_quantization_warnings() -> Iterator[None]:
                     continue
                 _SHOWN.add(key)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def quiet_cpu_compiler_import() -> None:
+    """Import ``torch.utils.cpp_extension`` (which ``torch.compile`` imports on the CPU) without its notice
+    "No CUDA runtime is found, using CUDA_HOME=...": logged at import on a machine with a CUDA toolkit but no
+    GPU, meaningless for a CPU compile. Only that module's logger is raised to ERROR, only for the import;
+    nothing is done when it is already imported or when CUDA is available."""
+    name = "torch.utils.cpp_extension"
+    if name in sys.modules or torch.cuda.is_available():
+        return
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        importlib.import_module(name)
+    finally:
+        log.setLevel(level)

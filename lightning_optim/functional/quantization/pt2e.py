@@ -45,7 +45,6 @@ import io
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 import zipfile
@@ -59,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_optim.checks import check_choice
+from lightning_optim.functional.quantization._quiet import quiet_cpu_compiler_import
 from lightning_optim.functional.quantization.backend import (
     QuantizationBackend,
     QuantizationError,
@@ -641,23 +641,6 @@ class LoweredInt8(nn.Module):
                 out = self.compiled(x)
             self._seen.add(key)
             return out
-
-
-def quiet_cpu_compiler_import() -> None:
-    """Import ``torch.utils.cpp_extension`` (which ``torch.compile`` imports on the CPU) without its notice
-    "No CUDA runtime is found, using CUDA_HOME=...": logged at import on a machine with a CUDA toolkit but no
-    GPU, meaningless for a CPU compile. Only that module's logger is raised to ERROR, only for the import;
-    nothing is done when it is already imported or when CUDA is available."""
-    name = "torch.utils.cpp_extension"
-    if name in sys.modules or torch.cuda.is_available():
-        return
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        importlib.import_module(name)
-    finally:
-        log.setLevel(level)
 
 
 def _compile(module: nn.Module, dynamic: bool) -> Any:
