@@ -111,6 +111,20 @@ def _deploy_metadata(trainer: pl.Trainer, input_shape: tuple[int, ...] | None) -
     return info
 
 
+def _deploy_runners(paths: dict[str, Path] | None) -> dict[str, Any]:
+    """The deploy files the report times beside the PyTorch int8 model: the ONNX file in ONNX Runtime (where
+    onnxruntime is installed; it is often the faster int8 path on the CPU)."""
+    path = (paths or {}).get("onnx")
+    if path is None:
+        return {}
+    try:
+        from lightning_optim.functional.quantization import OnnxRunner
+
+        return {"ONNX file in ONNX Runtime": OnnxRunner(path, threads=torch.get_num_threads())}
+    except ImportError:
+        return {}
+
+
 class _QuantizationCallbackBase(Callback):
     """What QAT and PTQ share: the backend, the data feed, conversion results, export and the report."""
 
@@ -438,6 +452,7 @@ class _QuantizationCallbackBase(Callback):
                     int8_label=labels[1],
                     accuracy_samples=sum(int(y.shape[0]) for _, y in batches) or None,
                     accuracy_note=accuracy_note,
+                    deploy_runners=_deploy_runners(self.exported_paths) if sizes else None,
                 )
                 bar.update(1)
             self.quantization_report = rep

@@ -154,6 +154,15 @@ def format_report(report: QuantizationReport, title: str = "Quantization report"
                 f"{row['fp32_eager'] / row['int8']:.2f}x vs eager, {row['fp32_best'] / row['int8']:.2f}x vs best",
             ]
         )
+        for key in sorted(k for k in row if k.startswith(DEPLOY_PREFIX)):
+            rows.append(
+                [
+                    f"latency batch {bs}, {key.removeprefix(DEPLOY_PREFIX)} (ms)",
+                    "",
+                    f"{row[key]:.3f}",
+                    f"{row['fp32_eager'] / row[key]:.2f}x vs eager, {row['fp32_best'] / row[key]:.2f}x vs best",
+                ]
+            )
     lines = [
         f"### {title}",
         "",
@@ -188,6 +197,10 @@ def artifact_kind(path: str | Path) -> str:
         return ARTIFACT_KINDS["torchscript"]
 
 
+#: the latency keys of the deploy files timed beside the models (:func:`quantization_report`'s ``deploy_runners``)
+DEPLOY_PREFIX = "deploy: "
+
+
 def quantization_report(
     fp32_model: nn.Module,
     int8_model: nn.Module,
@@ -205,8 +218,12 @@ def quantization_report(
     int8_label: str = "int8",
     accuracy_samples: int | None = None,
     accuracy_note: str = "",
+    deploy_runners: dict[str, Any] | None = None,
 ) -> QuantizationReport:
     """Sizes, given accuracies, and (when ``input_shape`` and ``batch_sizes`` are given) CPU latency.
+
+    ``deploy_runners``: deploy files to time beside them, by label (e.g. ``{"ONNX file in ONNX Runtime":
+    OnnxRunner(path)}``): each gets a latency row of its own (the int8 network as the file runs it).
 
     ``int8_runner``: what to time for int8 when it is not ``int8_model`` itself (the PT2E model lowered with
     ``torch.compile``, the way it is meant to run); sizes are always those of ``int8_model``.
@@ -239,6 +256,7 @@ def quantization_report(
             rounds,
             best_effort,
             threads,
+            extra={DEPLOY_PREFIX + k: v for k, v in (deploy_runners or {}).items()},
         )
     return report
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 
 from lightning_optim.functional.compression_report import measure
 from lightning_optim.functional.quantization.report import (
@@ -95,3 +96,67 @@ def test_a_gap_of_more_than_a_few_points_is_explained_in_one_line(fp32, int8, sa
 def test_the_note_without_words_of_the_caller_still_says_what_the_rows_are():
     note = accuracy_gap_note(_report(0.2, 0.6))
     assert note.startswith("Note: int8 is 40.0 points above fp32: both columns are the same weights;")
+
+
+def test_deploy_files_timed_beside_the_models_get_their_own_rows():
+    from lightning_optim.functional.quantization.report import (
+        DEPLOY_PREFIX,
+        QuantizationReport,
+        format_report,
+    )
+
+    report = QuantizationReport(
+        fp32_state_dict_bytes=4000,
+        int8_state_dict_bytes=1000,
+        latency_ms={
+            64: {
+                "fp32_eager": 30.0,
+                "fp32_best": 24.0,
+                "fp32_best_method": "compile",
+                "int8": 40.0,
+                DEPLOY_PREFIX + "ONNX file in ONNX Runtime": 4.0,
+            }
+        },
+    )
+    table = format_report(report, "QAT")
+    assert (
+        "| latency batch 64, ONNX file in ONNX Runtime (ms) | | 4.000 | 7.50x vs eager, 6.00x vs best |"
+        in (table.replace("  ", " ").replace("  ", " "))
+    ), table
+
+
+def test_quantization_report_times_the_deploy_runners_beside_the_models():
+    from lightning_optim.functional.quantization.report import DEPLOY_PREFIX, quantization_report
+
+    fp32 = mlp().eval()
+    int8 = int8_mlp(fp32)
+    calls = []
+
+    def onnx_file(x):
+        calls.append(x.shape[0])
+        return fp32(x)
+
+    report = quantization_report(
+        fp32,
+        int8,
+        input_shape=(IN,),
+        batch_sizes=(3,),
+        repeats=1,
+        rounds=1,
+        best_effort=(),
+        deploy_runners={"ONNX file in ONNX Runtime": onnx_file},
+    )
+    assert DEPLOY_PREFIX + "ONNX file in ONNX Runtime" in report.latency_ms[3]
+    assert calls and set(calls) == {3}
+
+
+def test_the_callbacks_time_the_onnx_file_where_one_was_written(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from lightning_optim.callbacks.quantization import _deploy_runners
+    from lightning_optim.functional.quantization import OnnxRunner, export_onnx
+
+    assert _deploy_runners({}) == {} and _deploy_runners(None) == {}
+    path = export_onnx(mlp().eval(), tmp_path / "float.onnx", torch.randn(2, IN))
+    runners = _deploy_runners({"pt2": tmp_path / "x.pt2", "onnx": path})
+    assert list(runners) == ["ONNX file in ONNX Runtime"]
+    assert isinstance(runners["ONNX file in ONNX Runtime"], OnnxRunner)
