@@ -39,6 +39,7 @@ from lightning_optim.functional.quantization.onnx import (
     quantize_onnx_static,
     read_onnx_metadata,
     run_onnx,
+    verify_onnx,
 )
 from lightning_optim.functional.quantization.pt2e import (
     LoweredInt8,
@@ -105,5 +106,6 @@ __all__ = [
     "register_backend",
     "resolve_backend",
     "run_onnx",
+    "verify_onnx",
     "verify_pt2",
 ]

@@ -224,13 +224,24 @@ def export_quantized(
                 )
         export_onnx(model, path, example_input, metadata=metadata)
         if calibration and getattr(backend, "name", "") == "pt2e":
+            from lightning_optim.functional.quantization.backend import QuantizationError
             from lightning_optim.functional.quantization.onnx import complete_qdq
 
             # the residual adds the x86 quantizer leaves in float get calibrated ranges: int8 kernels in ONNX
             # Runtime; the ranges the graph has (PTQ calibration or QAT) are kept
-            if complete_qdq(path, calibration):
-                _check_onnx_file(path, model, calibration, by_class=True)
-                return path
+            try:
+                if complete_qdq(path, calibration):
+                    _check_onnx_file(path, model, calibration, by_class=True)
+                    return path
+            except QuantizationError as err:  # the graph as it is: slower in ONNX Runtime, the same arithmetic
+                warnings.warn(
+                    f"ONNX export: the residual additions calibrated for ONNX Runtime's int8 kernels are not kept "
+                    f"({err}); the PT2E int8 graph is exported as it is (the PyTorch int8 model's arithmetic, "
+                    "slower in ONNX Runtime).",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                export_onnx(model, path, example_input, metadata=metadata)
         _check_onnx_file(path, model, [example_input], by_class=False)
         return path
     if export_format == "torchscript":

@@ -24,6 +24,7 @@ They are imported inside the functions only.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 import tempfile
@@ -49,6 +50,8 @@ from lightning_optim.functional.quantization.pt2e import (
 ONNX_EXTRA = "pip install 'lightning-optim[onnx]'"
 #: the ``metadata_props`` key that holds the input preprocessing (JSON)
 ONNX_METADATA_KEY = "lightning_optim"
+#: the metadata key of the graph's SHA-256 (checked by :func:`verify_onnx` and :class:`OnnxRunner`)
+DIGEST_KEY = "graph_sha256"
 #: the ONNX opset written (QDQ with per-channel axis needs 13 or later)
 DEFAULT_OPSET = 18
 
@@ -82,13 +85,51 @@ def _graph_of(model: nn.Module) -> tuple[nn.Module, bool, bool]:
     return copy.deepcopy(model).cpu().eval(), False, True
 
 
+def graph_digest(model: Any) -> str:
+    """SHA-256 of an ONNX model's graph (nodes, weights, inputs and outputs; not the metadata)."""
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _set_metadata(model: Any, info: dict[str, Any]) -> None:
+    """Write ``info`` (with the graph's digest, :data:`DIGEST_KEY`) as the model's metadata record."""
+    info = {**info, DIGEST_KEY: graph_digest(model)}
+    kept = [(e.key, e.value) for e in model.metadata_props if e.key != ONNX_METADATA_KEY]
+    del model.metadata_props[:]
+    for key, value in [*kept, (ONNX_METADATA_KEY, json.dumps(info))]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def _add_metadata(path: Path, info: dict[str, Any]) -> None:
     onnx = _require("onnx")
     model = onnx.load(str(path))
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(info)
+    _set_metadata(model, info)
     onnx.save(model, str(path))
+
+
+def verify_onnx(path: str | Path) -> dict[str, Any]:
+    """Check an ONNX file written here against the graph digest in its metadata; returns the metadata.
+
+    Raises:
+        QuantizationError: the file cannot be parsed (truncated), or its graph (a weight, a node) differs from
+            the one written (altered); files without a digest (not written by this package) pass unchecked.
+    """
+    onnx = _require("onnx")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
+        raise QuantizationError(f"{path}: not a readable ONNX file ({_first_line(err)}).") from err
+    info: dict[str, Any] = {}
+    for entry in model.metadata_props:
+        if entry.key == ONNX_METADATA_KEY:
+            info = json.loads(entry.value)
+    expected = info.get(DIGEST_KEY)
+    if expected is not None and graph_digest(model) != expected:
+        raise QuantizationError(
+            f"{path}: the ONNX graph differs from the one written (SHA-256 mismatch): the file was altered or "
+            "damaged; export it again."
+        )
+    return info
 
 
 def export_onnx(
@@ -418,11 +459,9 @@ def complete_qdq(
                 ordered.extend(pairs[out])
     del model.graph.node[:]
     model.graph.node.extend(ordered)
-    for entry in model.metadata_props:
-        if entry.key == ONNX_METADATA_KEY:
-            info = json.loads(entry.value)
-            info["format"] = f"qdq (PT2E int8 graph; {len(targets)} residual-add input(s) calibrated)"
-            entry.value = json.dumps(info)
+    info = next((json.loads(e.value) for e in model.metadata_props if e.key == ONNX_METADATA_KEY), {})
+    info["format"] = f"qdq (PT2E int8 graph; {len(targets)} residual-add input(s) calibrated)"
+    _set_metadata(model, info)
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return targets
@@ -436,11 +475,14 @@ class OnnxRunner:
         threads: intra-op threads (``None``: ONNX Runtime's default); inter-op runs sequentially.
         optimization: ONNX Runtime's graph optimization level: ``"all"`` (default), ``"extended"``,
             ``"basic"`` or ``"disabled"``.
+        verify: check the file against the graph digest written with it (:func:`verify_onnx`) first.
     """
 
     OPTIMIZATIONS: tuple[str, ...] = ("all", "extended", "basic", "disabled")
 
-    def __init__(self, path: str | Path, threads: int | None = None, optimization: str = "all") -> None:
+    def __init__(
+        self, path: str | Path, threads: int | None = None, optimization: str = "all", verify: bool = True
+    ) -> None:
         from lightning_optim.checks import check_choice
 
         check_choice("optimization", optimization, self.OPTIMIZATIONS, kind="ONNX Runtime")
@@ -458,6 +500,8 @@ class OnnxRunner:
         }[optimization]
         if not Path(path).is_file():
             raise FileNotFoundError(f"No ONNX file at {path}.")
+        if verify:
+            verify_onnx(path)
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -491,4 +535,5 @@ __all__ = [
     "quantize_onnx_static",
     "read_onnx_metadata",
     "run_onnx",
+    "verify_onnx",
 ]

@@ -208,3 +208,58 @@ def test_residual_adds_get_calibrated_ranges_and_onnxruntime_int8_kernels(case, 
     assert onnx_module.complete_qdq(tmp_path / "completed.onnx", calibration) == []
     with pytest.raises(QuantizationError, match="calibration_batches"):
         onnx_module.complete_qdq(path, [])
+
+
+def test_truncated_or_altered_onnx_file_is_refused(residual, tmp_path):
+    """A deploy file that is truncated or altered gives an error, never a wrong model: the graph's SHA-256 is
+    in the metadata and checked before ONNX Runtime runs the file."""
+    _, quantized, shape = residual
+    path = export_onnx(quantized, tmp_path / "ok.onnx", torch.randn(shape))
+    info = onnx_module.verify_onnx(path)
+    assert len(info[onnx_module.DIGEST_KEY]) == 64
+    OnnxRunner(path)  # intact: loads
+    data = path.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(QuantizationError, match="not a readable ONNX file"):
+        OnnxRunner(tmp_path / "cut.onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weight = next(i for i in model.graph.initializer if onnx.TensorProto.DataType.Name(i.data_type) == "INT8")
+    array = numpy_helper.to_array(weight).copy()
+    array.flat[0] = -array.flat[0] if array.flat[0] else 1
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    onnx.save(model, str(tmp_path / "altered.onnx"))
+    with pytest.raises(QuantizationError, match="SHA-256 mismatch"):
+        OnnxRunner(tmp_path / "altered.onnx")
+    # a file from elsewhere (no digest) runs unchecked
+    foreign = onnx.load(str(path))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    OnnxRunner(tmp_path / "foreign.onnx")
+
+
+def test_when_the_calibrated_adds_are_not_kept_the_graph_is_exported_as_it_is(
+    residual, tmp_path, monkeypatch
+):
+    """A completed file that disagrees with the int8 model beyond the check (a random-init resnet18's near-tie
+    logits did, at 94.5% agreement) is not kept: the graph as it is, with a warning, never a failed export."""
+    from lightning_optim.functional.quantization import export_quantized
+
+    _, quantized, shape = residual
+    backend = Pt2eBackend(example_input=torch.randn(shape))
+
+    def refuse(*args, **kwargs):
+        raise QuantizationError("agreement 0.9, needed 0.95")
+
+    monkeypatch.setattr(onnx_module, "complete_qdq", refuse)
+    with pytest.warns(UserWarning, match="exported as it is"):
+        path = export_quantized(
+            quantized,
+            tmp_path / "m.onnx",
+            "onnx",
+            torch.randn(shape),
+            backend=backend,
+            calibration=[torch.randn(shape)],
+        )
+    assert read_onnx_metadata(path)["format"] == "qdq"
