@@ -208,4 +208,3 @@ def work_progress(
         and getattr(trainer, "global_rank", 0) == 0
     )
     return tqdm(iterable, desc=desc, total=total, disable=not shown, leave=False, dynamic_ncols=True)
-

@@ -123,7 +123,14 @@ def test_create_model(name, cls):
 def test_create_model_passes_kwargs():
     model = create_model("lenet5", variant="caffe", num_classes=7)
     assert model.variant == "caffe" and model.num_classes == 7
-    assert set(MODELS) == {"lenet300100", "lenet5", "convnet3", "separable_cnn", "small_resnet", "text_classifier"}
+    assert set(MODELS) == {
+        "lenet300100",
+        "lenet5",
+        "convnet3",
+        "separable_cnn",
+        "small_resnet",
+        "text_classifier",
+    }
 
 
 @pytest.mark.parametrize(

@@ -233,7 +233,9 @@ def export_quantized(
                 if complete_qdq(path, calibration):
                     _check_onnx_file(path, model, calibration, by_class=True)
                     return path
-            except QuantizationError as err:  # the graph as it is: slower in ONNX Runtime, the same arithmetic
+            except (
+                QuantizationError
+            ) as err:  # the graph as it is: slower in ONNX Runtime, the same arithmetic
                 warnings.warn(
                     f"ONNX export: the residual additions calibrated for ONNX Runtime's int8 kernels are not kept "
                     f"({err}); the PT2E int8 graph is exported as it is (the PyTorch int8 model's arithmetic, "
