@@ -54,6 +54,17 @@ def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
     return kwargs
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (restored after): on the shared 2-core machine two threads oversubscribe and crawl.
+    Quantization tests use it (``pytest.mark.usefixtures("one_thread")``; autouse in
+    ``tests/functional/quantization``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _restore_global_torch_state():
     """A Trainer(deterministic=True) turns on torch's deterministic mode for the whole process; restore it (and

@@ -463,6 +463,13 @@ class _QuantizationCallbackBase(Callback):
         if self.replace_model:
             setattr(pl_module, self.attribute, quantized)
 
+    def _say_conversion_notes(self) -> None:
+        """What convert did beyond the layers of the fusion plan (embedding tables in int8 or kept float)."""
+        note = getattr(getattr(self.quantized_model, "capture", None), "note", "") or ""
+        said = [part for part in note.split("; ") if part.startswith("embedding tables")]
+        if said and self.verbose:
+            rank_zero_info(f"{type(self).__name__}: " + "; ".join(said))
+
     # ------------------------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -936,6 +943,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         self._run_zero_masks()
         self._broadcast_state(trainer, model)
         self.quantized_model = self.backend.convert(model)
+        self._say_conversion_notes()
         self.converted = replace is not False
         # fp32 accuracy: the same weights with fake quantization off
         fp32_view = copy.deepcopy(model).cpu().eval()
@@ -1147,6 +1155,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
             )
         self._broadcast_state(trainer, observed)
         self.quantized_model = self.backend.convert(observed)
+        self._say_conversion_notes()
         if self._example is not None:
             self.backend.check_int8_forward(observed, self._example)
         self.done = True

@@ -25,13 +25,7 @@ QUIET = {"latency_batch_sizes": (), "verbose": False}
 FAST = {"backend": "eager", **QUIET}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads oversubscribe and crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_convnet() -> ConvNet3:

@@ -357,7 +357,9 @@ def _graph_attr(graph_module: nn.Module, target: str) -> Any:
     return value
 
 
-def quantize_embedding_tables(graph_module: torch.fx.GraphModule, min_rows: int = 2) -> list[str]:
+def quantize_embedding_tables(
+    graph_module: torch.fx.GraphModule, min_rows: int = 2, kept: list[str] | None = None
+) -> list[str]:
     """Store the graph's embedding tables as int8 with one scale per row (weight-only quantization), in place.
 
     Each ``aten.embedding(weight, indices)`` whose float ``weight`` is read by that lookup only (not tied to an
@@ -369,6 +371,7 @@ def quantize_embedding_tables(graph_module: torch.fx.GraphModule, min_rows: int 
     Args:
         graph_module: a converted PT2E graph (``convert_pt2e``'s output).
         min_rows: tables with fewer rows are left in float (a 2-row token-type table saves nothing).
+        kept: if given, receives ``"<table>: <reason>"`` for each embedding table left in float.
 
     Returns:
         The names of the tables quantized (their ``get_attr`` targets).
@@ -380,16 +383,18 @@ def quantize_embedding_tables(graph_module: torch.fx.GraphModule, min_rows: int 
         if node.op != "call_function" or node.target is not aten.embedding.default:
             continue
         weight_node = node.args[0]
-        if (
-            not isinstance(weight_node, torch.fx.Node)
-            or weight_node.op != "get_attr"
-            or len(weight_node.users) != 1
-        ):
+        if not isinstance(weight_node, torch.fx.Node) or weight_node.op != "get_attr":
+            continue
+        if len(weight_node.users) != 1:
+            if kept is not None:
+                kept.append(f"{weight_node.target}: also read elsewhere (tied to an output projection)")
             continue
         weight = _graph_attr(graph_module, weight_node.target)
         if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.dim() != 2:
             continue
         if weight.shape[0] < min_rows:
+            if kept is not None:
+                kept.append(f"{weight_node.target}: {weight.shape[0]} row(s), fewer than {min_rows}")
             continue
         with torch.no_grad():
             table = weight.detach().float()
@@ -1052,14 +1057,21 @@ class Pt2eBackend(QuantizationBackend):
         except Exception as err:  # noqa: BLE001 - reported with the cause
             raise QuantizationError(f"convert_pt2e failed: {_first_line(err)}") from err
         _strip_unused_state(converted)
+        capture = prepared.capture
         if getattr(self, "quantize_embeddings", True):  # backends pickled before the option: on
-            quantize_embedding_tables(converted)
+            kept: list[str] = []
+            done = quantize_embedding_tables(converted, kept=kept)
+            said = [f"embedding tables int8 (one scale per row): {', '.join(done)}"] if done else []
+            said += [f"embedding tables kept float: {'; '.join(kept)}"] if kept else []
+            if said:
+                capture = copy.copy(capture)
+                capture.note = "; ".join(filter(None, [capture.note, *said]))
         if not quantized_op_counts(converted):
             raise QuantizationError(
                 "X86InductorQuantizer quantized nothing in this model (no conv/linear/matmul it supports, or all "
                 f"of them excluded: {self.exclude}); use backend='eager' or leave it in float."
             )
-        quantized = Pt2eModule(converted, "int8", prepared.capture)
+        quantized = Pt2eModule(converted, "int8", capture)
         return quantized.eval()
 
     def check_int8_forward(self, prepared: nn.Module, example_input: Tensor) -> None:

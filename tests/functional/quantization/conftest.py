@@ -1,15 +1,11 @@
-"""Shared fixtures of the quantization function tests."""
+"""Shared fixtures of the quantization function tests: every test here runs on one intra-op thread (the
+suite's ``one_thread`` fixture, ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads oversubscribe and crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_for_every_test(one_thread):
     yield
-    torch.set_num_threads(previous)

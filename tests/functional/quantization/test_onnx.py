@@ -27,15 +27,6 @@ pytest.importorskip("onnxruntime")
 torchvision = pytest.importorskip("torchvision")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads oversubscribe and crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def settle(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
     """Batch-norm statistics from a few random batches, as a trained model has."""
     model.train()

@@ -689,3 +689,5 @@ def test_embedding_tables_are_stored_in_int8_with_one_scale_per_row(tmp_path):
     quantized = backend.convert(observed)
     names = [k for k, _ in quantized.graph_module.named_buffers() if k.endswith("_int8")]
     assert not any("token" in k for k in names), names  # tied to the head: left in float
+    assert "embedding tables kept float: tokens.weight: also read elsewhere (tied" in quantized.capture.note
+    assert "embedding tables int8 (one scale per row): positions" in quantized.capture.note

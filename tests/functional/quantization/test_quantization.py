@@ -28,15 +28,6 @@ from lightning_optim.models import ConvNet3, LeNet5, LeNet300100, SeparableCNN
 from tests.nets import NoLayers, Residual
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads oversubscribe and crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_convnet() -> ConvNet3:
     return ConvNet3(image_size=8, channels=(8, 16, 32), hidden=32)
 
