@@ -317,6 +317,20 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
     ("CLI", "unknown model class in a recipe", "cli(['fit', '--model.model=NoSuchNet'])", "SystemExit"),
 ]
 
+#: the catalogue's parts by topic (``tests/catalogue/<part>.py``): each has ``ENTRIES`` (rows as above), optional
+#: ``MUST_NAME`` and an optional ``fixtures(tmp: Path) -> dict`` adding names (files it writes under ``tmp``)
+PARTS: tuple[str, ...] = ("labels", "data_files", "loaders", "settings", "faults")
+
+
+def _parts() -> list:
+    import importlib
+
+    return [importlib.import_module(f"tests.catalogue.{name}") for name in PARTS]
+
+
+for _part in _parts():
+    CATALOGUE.extend(_part.ENTRIES)
+
 #: what the message must name, where the call's own option names and values are not it
 MUST_NAME: dict[str, str] = {
     "channels for RGBA images": "`image_mode` 'RGBA'",
@@ -330,6 +344,8 @@ MUST_NAME: dict[str, str] = {
     "unknown callback class in a recipe": "NoSuchCallback",
     "unknown model class in a recipe": "NoSuchNet",
 }
+for _part in _parts():
+    MUST_NAME.update(getattr(_part, "MUST_NAME", {}))
 
 
 def _tiny_png() -> bytes:
@@ -429,7 +445,12 @@ def namespace() -> dict:
             text = text[text.find("error:") :] if "error:" in text else text
             raise SystemExit(f"exit {exit_.code}: {text}") from None
 
+    extra: dict = {}
+    for part in _parts():
+        if hasattr(part, "fixtures"):
+            extra.update(part.fixtures(tmp))
     return {
+        **extra,
         **exported,
         "ReduceOnPlateau": ReduceOnPlateau,
         "train": train,
