@@ -21,7 +21,9 @@ RANKS = {
     "_deprecation": 0,
     "checks": 0,
     "paths": 0,
+    "yaml_limits": 0,  # the YAML loader of the command line (alias, size and depth limits)
     "layers": 1,
+    "plugins": 1,  # Lightning plugins (AtomicCheckpointIO): use only the shared helpers (paths)
     "weights": 2,  # resizes layers to a checkpoint (attention layers that lost heads)
     "functional": 3,
     "models": 4,

@@ -17,7 +17,9 @@ from lightning_optim.data.datasets import (
     load_image_folder,
     load_named_dataset,
 )
+from lightning_optim.data.idx import read_idx
 from lightning_optim.data.image_datamodule import ImageClassificationDataModule
+from lightning_optim.data.labels import canonical_label, check_class_indices
 from lightning_optim.data.normalization import NORMALIZATIONS, fit_normalization, normalize
 from lightning_optim.data.text_datamodule import TextClassificationDataModule, Vocabulary
 
@@ -35,6 +37,8 @@ __all__ = [
     "Vocabulary",
     "build_batch_augmentation",
     "build_sample_augmentation",
+    "canonical_label",
+    "check_class_indices",
     "clean_nonfinite_rows",
     "fit_normalization",
     "load_digits",
@@ -42,5 +46,6 @@ __all__ = [
     "load_named_dataset",
     "normalize",
     "parse_augmentation",
+    "read_idx",
     "scan_images",
 ]

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_optim.checks import check_choice
+from lightning_optim.data.labels import check_class_indices
 
 
 @dataclass
@@ -114,9 +115,31 @@ def load_digits() -> tuple[ImageSplit, ImageSplit]:
     return ImageSplit(images[train], labels[train]), ImageSplit(images[test], labels[test])
 
 
+def _idx_split(key: str, root: str, train: bool) -> ImageSplit:
+    """A split of MNIST or FashionMNIST read by our bounded IDX reader (:mod:`lightning_optim.data.idx`)."""
+    from lightning_optim.data.idx import IDX_DATASETS, idx_files, read_idx_split
+
+    files = idx_files(key, root, train)
+    if files is None:
+        folder = os.path.join(root, IDX_DATASETS[key], "raw")
+        raise FileNotFoundError(
+            f"Dataset {key!r} not found under `data_dir`={root!r} and `download` is False. Set `download: true` "
+            f"(needs internet) or point `data_dir` at a folder holding it (for {IDX_DATASETS[key]}: "
+            f"<data_dir>/{IDX_DATASETS[key]}/raw/ with the four IDX files, plain or .gz); looked in {folder!r}."
+        )
+    images, labels = read_idx_split(*files, option="data_dir", name=IDX_DATASETS[key])
+    where = f" (file {files[1]!r})"
+    labels = check_class_indices(labels, num_classes=DATASETS[key][2], option="data_dir", where=where)
+    return ImageSplit(images.contiguous(), labels)
+
+
 def _torchvision_split(name: str, root: str, train: bool, download: bool) -> ImageSplit:
     import torchvision.datasets as tvd
 
+    from lightning_optim.data.idx import IDX_DATASETS, idx_files
+
+    if name in IDX_DATASETS and (not download or idx_files(name, root, train) is not None):
+        return _idx_split(name, root, train)  # files present: never torchvision's reader
     cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
     try:
         ds = cls(root=root, train=train, download=download)
@@ -126,10 +149,23 @@ def _torchvision_split(name: str, root: str, train: bool, download: bool) -> Ima
             f"(needs internet) or point `data_dir` at a folder holding it (for MNIST: <data_dir>/MNIST/raw/). "
             f"torchvision said: {err}"
         ) from err
+    if name in IDX_DATASETS:  # downloaded now: read by our reader like any other time
+        return _idx_split(name, root, train)
     data = ds.data
     images = torch.as_tensor(data) if not isinstance(data, Tensor) else data
-    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
-    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    channels, size, num_classes = DATASETS[name]
+    if images.ndim != 4 or tuple(images.shape[1:]) != (size, size, channels):
+        raise ValueError(
+            f"`data_dir`: dataset {name!r} under {root!r} holds images of shape {tuple(images.shape[1:])}, "
+            f"expected {(size, size, channels)}; download it again or replace it."
+        )
+    images = images.permute(0, 3, 1, 2)
+    labels = check_class_indices(ds.targets, num_classes=num_classes, option="data_dir", where=f" ({name})")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"`data_dir`: dataset {name!r} under {root!r} holds {images.shape[0]} images but {labels.shape[0]} "
+            "labels; download it again or replace it."
+        )
     return ImageSplit(images.contiguous(), labels)
 
 

@@ -33,7 +33,15 @@ from lightning_optim.data.datasets import (
     load_image_folder,
     load_named_dataset,
 )
+from lightning_optim.data.labels import (
+    check_class_indices,
+    check_split_sizes,
+    holdout_count,
+    split_sizes,
+    warn_missing_classes,
+)
 from lightning_optim.data.normalization import check_normalization, fit_normalization, normalize
+from lightning_optim.data.pixels import check_image_tensor, pixel_scale
 from lightning_optim.data.samplers import EpochSeededRandomSampler
 
 log = logging.getLogger(__name__)
@@ -65,41 +73,81 @@ def check_channels(channels: int | None) -> int | None:
 def grey_by_luma(images: Tensor, chunk: int = 4096) -> Tensor:
     """``(N, 3, H, W)`` colour images -> ``(N, 1, H, W)`` grey ones: ``0.299 R + 0.587 G + 0.114 B``.
 
-    uint8 stays uint8 (rounded), float keeps its dtype. Converted ``chunk`` images at a time, so that no float
-    copy of the whole data is made.
+    uint8 and uint16 keep their dtype (rounded), float keeps its dtype. Converted ``chunk`` images at a time, so
+    that no float copy of the whole data is made.
     """
     dtype = images.dtype if images.is_floating_point() else torch.float32
     weights = torch.tensor(LUMA_WEIGHTS, dtype=dtype).view(1, 3, 1, 1)
     out = torch.empty((images.shape[0], 1, *images.shape[2:]), dtype=images.dtype)
     for i in range(0, images.shape[0], chunk):
         grey = (images[i : i + chunk].to(dtype) * weights).sum(1, keepdim=True)
-        if images.dtype == torch.uint8:
-            grey = grey.round_().clamp_(0, 255)
+        if not images.is_floating_point():
+            grey = grey.round_().clamp_(0, pixel_scale(images.dtype))
         out[i : i + chunk] = grey.to(images.dtype)
     return out
+
+
+def check_tensor_data(images: Any, labels: Any, val_split: float) -> tuple[Tensor, Tensor]:
+    """In-memory ``images`` and ``labels`` as the data module stores them, checked at construction.
+
+    Labels: :func:`~lightning_optim.data.labels.check_class_indices` (1-D whole non-negative numbers, no
+    NaN/inf; a warning when a class below the largest label has no sample). Images: ``(N, C, H, W)`` or
+    ``(N, F)`` with one label each, no empty axis, stored per the dtype rule of
+    :mod:`lightning_optim.data.pixels`. Enough samples for the training, validation and test splits.
+
+    Raises:
+        ValueError: any of those checks, naming the option, the shape or value found and the fix.
+    """
+    if not isinstance(images, Tensor):
+        try:
+            images = torch.as_tensor(images)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"`images` must be a tensor, got {type(images).__name__} ({err}).") from None
+    labels = check_class_indices(labels, option="labels")
+    if images.ndim < 2 or images.ndim == 3 or images.ndim > 4 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"`images` must be (N, C, H, W) images or (N, F) features with one label each; got images "
+            f"{tuple(images.shape)}, labels {tuple(labels.shape)}"
+            + (": add the channel axis, `images.unsqueeze(1)`." if images.ndim == 3 else ".")
+        )
+    if images.shape[0] and any(int(d) == 0 for d in images.shape[1:]):
+        raise ValueError(
+            f"`images` of shape {tuple(images.shape)} hold no value per sample (an axis of size 0)."
+        )
+    images = check_image_tensor(images, option="images")
+    n = int(labels.shape[0])
+    check_split_sizes(
+        split_sizes(n, val_split),
+        f"`images` and `labels` hold {n} sample(s), of which 20% are held out for testing and `val_split`="
+        f"{val_split} of the rest for validation",
+        "give at least 3 samples",
+    )
+    warn_missing_classes(labels, option="labels")
+    return images, labels
 
 
 def seeded_holdout(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """``(kept, held_out)`` index tensors: a seeded random ``fraction`` of ``range(n)`` (at least one) held out."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_out = min(n - 1, max(1, int(round(n * fraction)))) if n > 1 else 0
+    n_out = holdout_count(n, fraction)
     return perm[n_out:], perm[:n_out]
 
 
 class ImageClassificationDataModule(pl.LightningDataModule):
     """Image classification data kept in memory as uint8, batched, normalized and augmented on the device.
 
-    Images stay uint8 on the host (a quarter of float32) and are fetched a whole batch per indexing
-    operation. After transfer to the model's device, ``on_after_batch_transfer`` converts them to float in
-    ``[0, 1]``, applies the batched augmentation (training only, each sample with its own random
-    parameters) and the normalization fitted on the training split. With ``augmentation_mode="sample"``
-    the same augmentation runs instead as ``torchvision.transforms.v2`` per image in the DataLoader
-    workers.
+    Images stay uint8 on the host (a quarter of float32; 16-bit images uint16, float tensors as given) and are
+    fetched a whole batch per indexing operation. After transfer to the model's device,
+    ``on_after_batch_transfer`` converts them to float in ``[0, 1]`` (the scaling rule of their dtype),
+    applies the batched augmentation (training only, each sample with its own random parameters) and the
+    normalization fitted on the training split. With ``augmentation_mode="sample"`` the same augmentation runs
+    instead as ``torchvision.transforms.v2`` per image in the DataLoader workers.
 
     Data comes from one of three sources:
 
     * a named dataset (``dataset``): ``"digits"`` (embedded 8x8 digits, no download), ``"mnist"``,
-      ``"fashionmnist"``, ``"cifar10"`` read by torchvision from ``data_dir``;
+      ``"fashionmnist"`` (read by our bounded IDX reader, :mod:`lightning_optim.data.idx`), ``"cifar10"`` (read
+      by torchvision) from ``data_dir``;
     * an image folder (``image_folder``) in ImageFolder layout, cleaned by
       :func:`~lightning_optim.data.cleaning.images.scan_images` (corrupt, truncated, zero-byte and duplicate
       files dropped and reported), converted to ``image_mode`` and resized to ``image_size``;
@@ -121,7 +169,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         batch_size: training batch size (Lightning's ``BatchSizeFinder`` tunes it).
         eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
         normalization: ``"zscore"``, ``"minmax"`` ([0, 1]), ``"minmax_symmetric"`` ([-1, 1]) or ``"none"``
-            (then uint8 inputs are only scaled to [0, 1]). Fitted on the training split only.
+            (then integer inputs are only scaled to [0, 1], by the rule of their dtype). Fitted on the training
+            split only.
         augmentation: a preset (``none``, ``light``, ``standard``, ``strong``) or a list of steps (see
             :mod:`lightning_optim.data.augmentation`).
         augmentation_mode: ``"batch"`` (on the device, whole batches) or ``"sample"`` (v2 per image in the
@@ -139,9 +188,14 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             are read (needed when they differ in size); the images of other sources on the device, batch by
             batch (a ``resize`` step before the augmentation), for models that need larger images.
         image_mode: ``"L"``, ``"RGB"`` or ``"RGBA"``: the mode folder images are converted to.
-        images: with ``labels``, in-memory data instead of a named dataset: uint8 or float ``(N, C, H, W)``,
-            or a float feature table ``(N, F)``.
-        labels: int labels for ``images``.
+        images: with ``labels``, in-memory data instead of a named dataset: ``(N, C, H, W)`` images or an
+            ``(N, F)`` feature table. Each dtype has one scaling rule (:mod:`lightning_optim.data.pixels`): uint8
+            ``/ 255``, uint16 ``/ 65535``, other integer dtypes must hold ``0..255`` (stored as uint8, ``/ 255``;
+            any other value is refused), float as it is.
+        labels: class indices for ``images``, checked at construction over every split
+            (:func:`~lightning_optim.data.labels.check_class_indices`): 1-D, whole numbers (``3.0`` is 3, ``2.97``
+            is refused), no NaN/inf, non-negative; the number of classes is the largest label + 1 (a warning
+            says when a class below it has no sample).
         nonfinite: what to do with in-memory rows holding NaN/inf: ``"drop"``, ``"mean"``, ``"median"``,
             ``"zero"`` (imputed with training-split statistics), ``"error"`` or ``"keep"``.
         channels: the model's input channels: ``None`` (the images as they are), ``3`` (grey images
@@ -152,7 +206,13 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         ValueError: unknown dataset, normalization, augmentation, augmentation mode, image mode,
             ``nonfinite`` name or ``channels``; ``channels`` for a feature table or for images that are
             neither grey nor RGB; ``val_split`` outside (0, 1); non-positive batch size; negative
-            ``num_workers``; an empty ``image_folder``.
+            ``num_workers``; an empty ``image_folder``; ``labels`` that are not class indices (see ``labels``);
+            ``images`` whose integer values the scaling rule cannot map; too few samples to give the training,
+            validation and test splits one each (at construction for tensors, at ``setup`` for every source,
+            after cleaning). At ``setup``: a damaged MNIST/FashionMNIST file (read by
+            :func:`~lightning_optim.data.idx.read_idx`, which checks its header against its size and the
+            expected 28x28 images), labels of a named dataset out of range, an augmentation step that fails on
+            the data's image size.
         FileNotFoundError: a dataset missing from ``data_dir`` with ``download=False`` (at ``setup``), or an
             ``image_folder`` that does not exist.
 
@@ -208,11 +268,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
         if (images is None) != (labels is None):
             raise ValueError("Give both `images` and `labels`, or neither.")
-        if images is not None and (images.ndim < 2 or images.shape[0] != labels.shape[0]):
-            raise ValueError(
-                f"`images` must be (N, C, H, W) images or (N, F) features with one label each; got images "
-                f"{tuple(images.shape)}, labels {tuple(labels.shape)}."
-            )
+        if images is not None:
+            images, labels = check_tensor_data(images, labels, val_split)
         check_choice("augmentation_mode", augmentation_mode, AUGMENTATION_MODES)
         self.channels = check_channels(channels)
         self.image_mode = check_image_mode(image_mode)
@@ -352,7 +409,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
         ``{"pixel_scale", "mean", "std", "input_shape", "class_names"}``: the model input is
         ``(raw / pixel_scale - mean) / std`` per channel, where ``raw`` are the stored images (uint8 pixels:
-        ``pixel_scale`` 255; float images: 1). Every normalization is written as ``mean``/``std``
+        ``pixel_scale`` 255; uint16: 65535; float images: 1). Every normalization is written as ``mean``/``std``
         (min-max: ``mean`` = the minimum, ``std`` = the range; symmetric min-max: the midpoint and half the
         range); ``"none"`` leaves them out. ``class_names`` are the folder's classes (else ``"0"``, ``"1"``...).
         ``mean``, ``std`` and ``input_shape`` count the model's input channels. Where ``channels`` converts
@@ -361,7 +418,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         Call it after ``setup("fit")`` (the statistics are fitted there).
         """
         images = self.train_split.images if self.train_split is not None else None
-        scale = 255.0 if images is None or images.dtype == torch.uint8 else 1.0
+        scale = 255.0 if images is None else pixel_scale(images.dtype)
         info: dict[str, Any] = {"pixel_scale": scale, "input_shape": list(self.input_shape)}
         stats = {k: v.double() / scale for k, v in self.norm_stats.items()}
         if self.normalization == "zscore" and stats:
@@ -400,6 +457,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             if test is None:
                 keep, held = seeded_holdout(len(train), 0.2, 0)
                 train, test = train.subset(keep), train.subset(held)
+            for split, what in ((train, "training"), (test, "test")):  # indices we made: checked all the same
+                check_class_indices(
+                    split.labels, num_classes=len(classes), option="image_folder", where=f" ({what})"
+                )
             if test.images.shape[1:] != train.images.shape[1:]:
                 raise ValueError(
                     f"`image_folder` train images are {tuple(train.images.shape[1:])} but test images "
@@ -434,6 +495,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if self.train_split is not None:
             return
         train_full, test = self._load()
+        total = len(train_full) + len(test)
         keep, held = seeded_holdout(len(train_full), self.val_split, self.seed)
         train, val = train_full.subset(keep), train_full.subset(held)
         if self.dataset == "tensors":
@@ -443,14 +505,69 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             train, val, test = (ImageSplit(grey_by_luma(s.images), s.labels) for s in (train, val, test))
         if self.limit_train_samples is not None:
             train = train.subset(torch.arange(min(self.limit_train_samples, len(train))))
-        if len(train) == 0:
-            raise ValueError("The training split is empty (after cleaning and `limit_train_samples`).")
+        self._check_splits(train, val, test, total)
+        self._check_augmentation(train)
         self.train_split, self.val_split_data, self.test_split = train, val, test
         if not self.norm_stats:  # fitted on the training split only; kept if restored from a checkpoint
-            chunks = (train.images[i : i + 4096] for i in range(0, len(train), 4096))
+            # uint16 has no min/max kernels: its chunks are read as int32 (same values)
+            wide = torch.int32 if train.images.dtype == torch.uint16 else None
+            chunks = (
+                train.images[i : i + 4096].to(wide or train.images.dtype) for i in range(0, len(train), 4096)
+            )
             stats = fit_normalization(chunks, self.normalization)
             # one value per model input channel: a grey channel repeated to 3 has its statistics 3 times
             self.norm_stats = {k: v.repeat(self._channel_repeat) for k, v in stats.items()}
+
+    def _check_splits(self, train: ImageSplit, val: ImageSplit, test: ImageSplit, total: int) -> None:
+        """Refuse an empty split (a data set too small to split, or emptied by cleaning) before any epoch."""
+        sizes = {"train": len(train), "val": len(val), "test": len(test)}
+        if self.dataset == "tensors":
+            source = f"`images` hold {total} sample(s)"
+        elif self.dataset == "folder":
+            source = f"`image_folder` {self.image_folder!r} holds {total} usable image(s)"
+        else:
+            source = f"dataset {self.dataset!r} holds {total} sample(s)"
+        dropped = sum(int(r.get("dropped", 0)) for r in self.cleaning_reports.values())
+        if dropped:
+            source += f", {dropped} dropped for NaN/inf (`nonfinite`={self.nonfinite!r})"
+        if self.limit_train_samples is not None:
+            source += f", `limit_train_samples`={self.limit_train_samples}"
+        hint = (
+            "every split needs a sample: 20% (at least one) is held out for testing where the source has no "
+            f"test split, then `val_split`={self.val_split} (at least one) of the rest for validation; give more "
+            "samples"
+        )
+        check_split_sizes(sizes, source, hint)
+
+    def _check_augmentation(self, train: ImageSplit) -> None:
+        """Run the augmentation once on two training images (RNG states restored), so that a step that cannot
+        work on the data's image size fails here, at setup, with the fix, not in the first epoch."""
+        if not self.augmentation_steps or train.images.ndim != 4:
+            return
+        sample = train.images[:2]
+        h, w = (int(d) for d in sample.shape[-2:])
+        try:
+            if self.augmentation_mode == "sample":
+                with torch.random.fork_rng(devices=[]):
+                    for is_train in (True, False):
+                        transform = build_sample_augmentation(self.augmentation_steps, (h, w), train=is_train)
+                        for image in sample if transform is not None else ():
+                            transform(image)
+            elif self.batch_augmentation is not None:
+                state = self.batch_augmentation.state_dict()
+                try:
+                    x = sample.float() / pixel_scale(sample.dtype)
+                    self.batch_augmentation(x, train=True)
+                    self.batch_augmentation(x, train=False)
+                finally:
+                    self.batch_augmentation.load_state_dict(state)
+        except Exception as err:  # noqa: BLE001 - re-raised with the data's size and the fix
+            steps = [step["name"] for step in self.augmentation_steps]
+            raise ValueError(
+                f"`augmentation` {steps} (`augmentation_mode`={self.augmentation_mode!r}) fails on the data's "
+                f"{h}x{w} images: {str(err).rstrip('.')}. Make the images larger (`image_size`), give a `crop` step `padding`, or "
+                "drop the step. Found at setup on two training images."
+            ) from err
 
     # ---------------------------------------------------------------------------------------- loaders
     def _loader(self, split: ImageSplit, train: bool) -> DataLoader:
@@ -489,7 +606,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         Without training, the batched augmentation still applies its size-changing steps (resize, a
         centre crop for crops) so that evaluation inputs have the training input size.
         """
-        x = images.float() if images.dtype != torch.uint8 else images.float().div_(255.0)
+        scale = pixel_scale(images.dtype)  # uint8: 255, uint16: 65535, float: 1 (pixels.py)
+        x = images.float() if scale == 1.0 else images.float().div_(scale)
         if self.batch_augmentation is not None:  # on the stored channels: a third of the work for grey to 3
             x = self.batch_augmentation(x, train=train)
         if self._channel_repeat > 1 and x.ndim == 4 and x.shape[1] == 1:
@@ -498,8 +616,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             if self.normalization == "none":
                 x = x.contiguous()
         if self.normalization != "none":
-            # statistics are fitted on raw uint8 values; every one of them scales by 1/255 with the input
-            scale = 255.0 if images.dtype == torch.uint8 else 1.0
+            # statistics are fitted on the stored values; every one of them scales with the input
             stats = {k: v / scale for k, v in self.norm_stats.items()}
             x = normalize(x, self.normalization, stats)
         return x

@@ -3,7 +3,9 @@ split only, padding/truncation, labels mapped to ids."""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 import os
@@ -20,7 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_optim.checks import check_choice
 from lightning_optim.data.cleaning.text import TextCleaner
 from lightning_optim.data.datasets import batched_collate
+from lightning_optim.data.files import read_file_bytes
 from lightning_optim.data.image_datamodule import seeded_holdout
+from lightning_optim.data.labels import canonical_label
 
 log = logging.getLogger(__name__)
 
@@ -97,83 +101,288 @@ def _infer_format(path: Path, file_format: str | None) -> str:
     return check_choice("file_format", fmt, TEXT_FORMATS)
 
 
-def _existing_file(path: str | os.PathLike) -> Path:
-    """``path`` as a ``Path``, checked to be an existing file (else ``FileNotFoundError``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Text file {str(path)!r} does not exist.")
-    return path
+#: the most bytes a text file may hold (it is read whole and decoded once): 1 GiB
+MAX_TEXT_FILE_BYTES: int = 1 << 30
+#: bytes read to check a file's header (or first JSONL record) at construction
+HEADER_BYTES: int = 1 << 20
+
+
+def check_encoding(encoding: str) -> str:
+    """Validate a text encoding name (anything Python's ``codecs`` knows as a text encoding).
+
+    Raises:
+        ValueError: an unknown name, or a codec that is not a text encoding (``rot13``, ``zlib``).
+    """
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True):
+        raise ValueError(
+            f"Unknown `encoding` {encoding!r}: not a Python text encoding; for example 'utf-8' (the default), "
+            "'latin-1', 'cp1252', 'utf-16'."
+        )
+    return encoding
+
+
+def _codec(encoding: str) -> str:
+    """The codec that decodes ``encoding``: UTF-8 also drops a leading byte-order mark (files saved by Excel)."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def _decode_error(err: UnicodeDecodeError, data: bytes, path: str, option: str, encoding: str) -> ValueError:
+    line = data.count(b"\n", 0, err.start) + 1
+    bad = data[err.start : min(err.end, err.start + 8)].hex(" ")
+    return ValueError(
+        f"`{option}` {path!r} is not valid {encoding} text: byte(s) {bad} on line {line} ({err.reason}). Set "
+        f"`encoding` to the file's encoding (for example `encoding: latin-1` or `encoding: cp1252` for Western "
+        f"European text saved by older tools), or save the file as UTF-8."
+    )
+
+
+def _decode(data: bytes, path: str, option: str, encoding: str, final: bool = True) -> str:
+    decoder = codecs.getincrementaldecoder(_codec(encoding))(errors="strict")
+    try:
+        return decoder.decode(data, final=final)
+    except UnicodeDecodeError as err:
+        raise _decode_error(err, data, path, option, encoding) from None
+    except (ValueError, LookupError) as err:  # a codec's own complaint (an odd-length utf-16 file...)
+        raise ValueError(
+            f"`{option}` {path!r} cannot be decoded as {encoding}: {err}. Check `encoding`."
+        ) from None
+
+
+def _read_text(
+    path: str | os.PathLike, option: str, encoding: str, max_bytes: int, header_only: bool = False
+) -> tuple[str, str]:
+    """``(path as text, decoded content)`` of a regular file (its first :data:`HEADER_BYTES` with ``header_only``)."""
+    name = os.fsdecode(os.fspath(path))
+    limit = min(max_bytes, HEADER_BYTES) if header_only else max_bytes
+    data = read_file_bytes(name, option, limit, kind="a text file", prefix=header_only)
+    return name, _decode(data, name, option, encoding, final=not header_only or len(data) < limit)
+
+
+def _check_columns_distinct(text_column: str, label_column: str | None) -> None:
+    if label_column is not None and text_column == label_column:
+        raise ValueError(
+            f"`text_column` and `label_column` are both {text_column!r}: the model would read the label as its "
+            "input; name the text column in `text_column` and the label column in `label_column`."
+        )
+
+
+def _delimiter(fmt: str) -> str:
+    return "," if fmt == "csv" else "\t"
+
+
+def _check_header(header: list[str], path: str, option: str) -> None:
+    seen: dict[str, int] = {}
+    for i, column in enumerate(header):
+        if column in seen:
+            raise ValueError(
+                f"`{option}` {path!r}: the header names column {column!r} twice (columns {seen[column] + 1} and "
+                f"{i + 1}); rename one: a column is read by its name, and neither is taken silently."
+            )
+        seen[column] = i
+
+
+def _csv_rows(text: str, path: str, option: str, fmt: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """``(header, [(line number, row), ...])`` of CSV/TSV text; every row has as many fields as the header."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(fmt))
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise ValueError(f"`{option}` {path!r} line {start} is not valid {fmt.upper()}: {err}.") from None
+        if header is None:
+            header = row
+            _check_header(header, path, option)
+            continue
+        if not row:  # a blank line
+            continue
+        if len(row) != len(header):
+            fix = (
+                f'a field holding the delimiter {_delimiter(fmt)!r} must be quoted ("...")'
+                if len(row) > len(header)
+                else "every row has a field per column (an empty one for a missing label)"
+            )
+            raise ValueError(
+                f"`{option}` {path!r} line {start} has {len(row)} field(s), the header has {len(header)} "
+                f"({header[:8]}): {fix}; a row is never read with its fields shifted."
+            )
+        rows.append((start, row))
+    if header is None:
+        raise ValueError(
+            f"`{option}` {path!r} is empty: a {fmt.upper()} file begins with a header row naming its columns."
+        )
+    return header, rows
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _json_record(line: str, line_no: int, path: str, option: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise ValueError(
+            f"`{option}` {path!r} line {line_no} names the key {err.args[0]!r} twice; rename one: a key is read "
+            "by its name, and neither is taken silently."
+        ) from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, too many digits, too deep nesting
+        raise ValueError(f"`{option}` {path!r} line {line_no} is not JSON: {str(err)[:200]}") from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"`{option}` {path!r} line {line_no} is a JSON {type(record).__name__}, not an object: each line of a "
+            'JSONL file is one record, {"text": ..., "label": ...}.'
+        )
+    return record
+
+
+def _jsonl_records(text: str, path: str, option: str) -> list[tuple[int, dict[str, Any]]]:
+    # split on "\n" only: a JSON string may hold U+2028 and other characters str.splitlines() splits on
+    return [
+        (line_no, _json_record(line, line_no, path, option))
+        for line_no, line in enumerate(text.split("\n"), 1)
+        if line.strip()
+    ]
+
+
+def _missing_column(option: str, column: str, path: str, columns: list[str]) -> ValueError:
+    return ValueError(f"`{option}` {column!r} is not a column of {path!r}; columns found: {columns}.")
 
 
 def check_text_columns(
-    path: str | os.PathLike, text_column: str, label_column: str | None, file_format: str | None = None
+    path: str | os.PathLike,
+    text_column: str,
+    label_column: str | None,
+    file_format: str | None = None,
+    *,
+    encoding: str = "utf-8",
+    option: str = "train_file",
+    max_bytes: int = MAX_TEXT_FILE_BYTES,
 ) -> None:
     """Check, from the header (CSV/TSV) or the first record (JSONL) only, that the columns exist.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unknown format; a missing text or label column (the message lists the columns found).
+        ValueError: unknown format; a missing text or label column (the message lists the columns found); one
+            column for both; a duplicated header name; a path that is not a regular file; undecodable bytes
+            (the message names ``encoding``).
     """
-    path = _existing_file(path)
-    fmt = _infer_format(path, file_format)
-    with path.open(encoding="utf-8", newline="") as fh:
-        if fmt == "jsonl":
-            first = next((line for line in fh if line.strip()), None)
-            try:
-                columns = sorted(json.loads(first)) if first is not None else []
-            except (json.JSONDecodeError, TypeError):
-                return  # the full read reports the broken line
-        else:
-            columns = next(csv.reader(fh, delimiter="," if fmt == "csv" else "\t"), [])
-    for option, column in (("text_column", text_column), ("label_column", label_column)):
-        if column is not None and column not in columns:
+    _check_columns_distinct(text_column, label_column)
+    fmt = _infer_format(Path(path), file_format)
+    name, text = _read_text(path, option, encoding, max_bytes, header_only=True)
+    if fmt == "jsonl":
+        first = next(((i, line) for i, line in enumerate(text.split("\n"), 1) if line.strip()), None)
+        if first is None:
+            return  # the full read reports an empty file
+        try:
+            columns = sorted(_json_record(first[1], first[0], name, option))
+        except ValueError as err:
+            if "twice" in str(err):
+                raise
+            return  # a cut-off first line (a huge record) or broken JSON: the full read reports it
+    else:
+        try:
+            header = next(csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(fmt)), None)
+        except csv.Error:
+            return  # the full read reports it with its line
+        if header is None:
             raise ValueError(
-                f"`{option}` {column!r} is not a column of {str(path)!r}; columns found: {columns}."
+                f"`{option}` {name!r} is empty: a {fmt.upper()} file begins with a header row naming its columns."
             )
+        _check_header(header, name, option)
+        columns = header
+    for col_option, column in (("text_column", text_column), ("label_column", label_column)):
+        if column is not None and column not in columns:
+            raise _missing_column(col_option, column, name, columns)
+
+
+def _text_value(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):  # a number (or bool) where text was expected: its JSON spelling
+        return json.dumps(value)
+    raise ValueError(f"The text{where} is a JSON {type(value).__name__}; a text is a string.")
 
 
 def read_text_file(
-    path: str | os.PathLike, text_column: str, label_column: str | None, file_format: str | None = None
+    path: str | os.PathLike,
+    text_column: str,
+    label_column: str | None,
+    file_format: str | None = None,
+    *,
+    encoding: str = "utf-8",
+    option: str = "train_file",
+    max_bytes: int = MAX_TEXT_FILE_BYTES,
 ) -> tuple[list[str], list[str | None]]:
     """Read ``(texts, labels)`` from a CSV, TSV or JSONL file.
 
+    Labels come in their canonical form (:func:`~lightning_optim.data.labels.canonical_label`: ``"1.0"``,
+    ``" 1"`` and ``1`` are ``"1"``); a missing or empty label is ``None``.
+
     Args:
-        path: the file.
+        path: the file (a regular file of at most ``max_bytes`` bytes).
         text_column: column (CSV/TSV header) or key (JSONL) of the text.
         label_column: column or key of the label; ``None`` reads no labels (all ``None``).
         file_format: ``"csv"``, ``"tsv"`` or ``"jsonl"``; inferred from the file ending when ``None``.
+        encoding: the file's text encoding (UTF-8 by default; a UTF-8 byte-order mark is dropped).
+        option: the option that names the file, for the messages.
+        max_bytes: the largest file read.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unknown format; a missing text or label column (the message lists the columns found).
+        ValueError: anything else, naming the file (and the line where there is one): unknown format; a
+            missing text or label column (the message lists the columns found); one column for both; a
+            duplicated header name or JSON key; a row with more or fewer fields than the header; a line that
+            is not a JSON object; bytes that are not valid in ``encoding`` (the message names the option);
+            a NaN/inf label; a path that is not a regular file or is larger than ``max_bytes``.
     """
-    path = _existing_file(path)
-    fmt = _infer_format(path, file_format)
+    _check_columns_distinct(text_column, label_column)
+    fmt = _infer_format(Path(path), file_format)
+    name, text = _read_text(path, option, encoding, max_bytes)
+    texts: list[str] = []
+    raw_labels: list[tuple[Any, str]] = []
     if fmt == "jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{str(path)!r} line {line_no} is not JSON: {err}") from err
-        columns = sorted({k for r in rows[:100] for k in r})
+        records = _jsonl_records(text, name, option)
+        columns = sorted({k for _, r in records[:100] for k in r})
+        for col_option, column in (("text_column", text_column), ("label_column", label_column)):
+            if column is not None and column not in columns:
+                raise _missing_column(col_option, column, name, columns)
+        for line_no, record in records:
+            where = f" ({name!r} line {line_no})"
+            texts.append(_text_value(record.get(text_column), where))
+            raw_labels.append((record.get(label_column) if label_column is not None else None, where))
     else:
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="," if fmt == "csv" else "\t")
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
-    for option, column in (("text_column", text_column), ("label_column", label_column)):
-        if column is not None and column not in columns:
-            raise ValueError(
-                f"`{option}` {column!r} is not a column of {str(path)!r}; columns found: {columns}."
+        header, rows = _csv_rows(text, name, option, fmt)
+        for col_option, column in (("text_column", text_column), ("label_column", label_column)):
+            if column is not None and column not in header:
+                raise _missing_column(col_option, column, name, header)
+        text_index = header.index(text_column)
+        label_index = header.index(label_column) if label_column is not None else None
+        for line_no, row in rows:
+            texts.append(row[text_index])
+            raw_labels.append(
+                (row[label_index] if label_index is not None else None, f" ({name!r} line {line_no})")
             )
-    texts = [str(r.get(text_column) or "") for r in rows]
-    labels = [
-        None if label_column is None or r.get(label_column) in (None, "") else str(r[label_column])
-        for r in rows
-    ]
+    labels = [canonical_label(value, where) for value, where in raw_labels]
     return texts, labels
 
 
@@ -215,8 +424,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
     Unicode ``\\w+`` tokens (CJK characters one by one), mapped to ids by a :class:`Vocabulary` built on the
     training split only, truncated to ``max_length`` and padded with 0; each batch is trimmed to its
     longest text. Labels (any strings or numbers) map to ids ``0..num_classes-1`` in sorted order of the
-    training labels. Rows whose label is missing or whose text is empty after cleaning are dropped and
-    reported. The vocabulary and the label map are in ``state_dict`` and so travel in checkpoints.
+    training labels, each in one canonical form (:func:`~lightning_optim.data.labels.canonical_label`:
+    ``"1"``, ``"1.0"``, ``" 1"`` and the JSON number ``1`` are one class ``"1"``; letters keep their case).
+    Rows whose label is missing or whose text is empty after cleaning are dropped and reported. A row with
+    more or fewer fields than the header, a header naming a column twice, a line that is not a JSON object,
+    bytes that are not valid in ``encoding`` and NaN labels are refused with the file and line. The vocabulary and the label map are in ``state_dict`` and so travel in checkpoints.
 
     Args:
         train_file: the training file.
@@ -238,11 +450,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
         persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
         seed: seed of the train/val split.
         return_index: batches carry each sample's index as a third element.
+        encoding: the files' text encoding (``"utf-8"``, a byte-order mark dropped; ``"latin-1"``,
+            ``"cp1252"``, ...).
 
     Raises:
-        ValueError: ``val_split`` outside (0, 1), non-positive sizes, an unknown cleaning option or file
-            format, a missing text/label column (checked from each file's header at construction); at
-            setup, a validation/test label unseen in training.
+        ValueError: ``val_split`` outside (0, 1), non-positive sizes, an unknown cleaning option, file
+            format or ``encoding``, a missing text/label column, one column for both, a duplicated header
+            name (checked from each file's header at construction); at setup, a validation/test label unseen
+            in training, a malformed row or line, undecodable bytes, a NaN label, a training file with fewer
+            than 2 usable rows (without ``val_file``), a validation or test file without a usable row.
         FileNotFoundError: a missing file (at construction).
 
     Example::
@@ -273,6 +489,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         seed: int = 42,
         return_index: bool = False,
+        encoding: str = "utf-8",
     ) -> None:
         super().__init__()
         if not 0.0 < val_split < 1.0:
@@ -310,14 +527,23 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.seed = seed
         self.return_index = return_index
-        for path, labelled in (
-            (train_file, True),
-            (val_file, True),
-            (test_file, True),
-            (predict_file, False),
+        self.encoding = check_encoding(encoding)
+        _check_columns_distinct(text_column, label_column)
+        for option, path, labelled in (
+            ("train_file", train_file, True),
+            ("val_file", val_file, True),
+            ("test_file", test_file, True),
+            ("predict_file", predict_file, False),
         ):
             if path is not None:  # fail at construction on a missing file or column (header only)
-                check_text_columns(path, text_column, label_column if labelled else None, file_format)
+                check_text_columns(
+                    path,
+                    text_column,
+                    label_column if labelled else None,
+                    file_format,
+                    encoding=encoding,
+                    option=option,
+                )
         self.vocab: Vocabulary | None = None
         self.label_names: list[str] | None = None
         self.cleaning_report: dict[str, dict[str, int]] = {}
@@ -327,7 +553,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------------------------------- reading
     def _read(self, path: str, split: str, labelled: bool = True) -> tuple[list[list[str]], list[str | None]]:
         texts, labels = read_text_file(
-            path, self.text_column, self.label_column if labelled else None, self.file_format
+            path,
+            self.text_column,
+            self.label_column if labelled else None,
+            self.file_format,
+            encoding=self.encoding,
+            option=f"{split}_file",
         )
         return self._clean(split, texts, labels, drop=labelled)
 
@@ -367,11 +598,24 @@ class TextClassificationDataModule(pl.LightningDataModule):
             splits["train"] = (train_tokens, train_labels)
             splits["val"] = self._read(self.val_file, "val")
         else:
+            if len(train_tokens) < 2:
+                raise ValueError(
+                    f"Too few samples to split: `train_file` {self.train_file!r} has {len(train_tokens)} usable row "
+                    f"({self.cleaning_report['train']}), and `val_split`={self.val_split} holds out at least one for "
+                    "validation, leaving none to train on; give at least 2 usable rows, or a `val_file`."
+                )
             keep, held = seeded_holdout(len(train_tokens), self.val_split, self.seed)
             splits["train"] = ([train_tokens[i] for i in keep], [train_labels[i] for i in keep])
             splits["val"] = ([train_tokens[i] for i in held], [train_labels[i] for i in held])
         if self.test_file is not None:
             splits["test"] = self._read(self.test_file, "test")
+        for name in ("val", "test"):
+            if name in splits and not splits[name][0]:
+                path = getattr(self, f"{name}_file")
+                raise ValueError(
+                    f"`{name}_file` {path!r} has no usable row: {self.cleaning_report[name]} (rows without a label or "
+                    "with no token left after cleaning are dropped)."
+                )
         if self.vocab is None:  # a vocabulary restored from a checkpoint is kept
             self.vocab = Vocabulary.build(splits["train"][0], self.min_freq, self.max_vocab_size)
         if self.label_names is None:
@@ -383,7 +627,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 if unseen:
                     raise ValueError(
                         f"{name} labels {unseen[:10]} (column `label_column`={self.label_column!r}) are not among the "
-                        f"training labels {self.label_names[:20]}."
+                        f"training labels {self.label_names[:20]} (labels are compared in their canonical form: "
+                        "ends stripped, numbers in their shortest form)."
                     )
         self._splits = splits
         return splits
@@ -403,13 +648,24 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------------------------------- setup
     def encode(self, tokens: list[list[str]], labels: list[str | None]) -> tuple[Tensor, Tensor]:
-        """Token lists and label names -> ``(ids (N, max_length), label ids (N,))``; unlabelled rows get -1."""
+        """Token lists and label names -> ``(ids (N, max_length), label ids (N,))``; unlabelled rows get -1.
+
+        Labels are compared in their canonical form (``"1.0"`` is ``"1"``).
+
+        Raises:
+            ValueError: a label that is not among the training labels.
+        """
         self._prepare()
         ids = torch.tensor([self.vocab.encode(t, self.max_length) for t in tokens], dtype=torch.long)
         ids = ids.view(len(tokens), self.max_length)
         index = {name: i for i, name in enumerate(self.label_names)}
-        y = torch.tensor([index[lbl] if lbl is not None else -1 for lbl in labels], dtype=torch.long)
-        return ids, y
+        y = []
+        for label in labels:
+            name = canonical_label(label)
+            if name is not None and name not in index:
+                raise ValueError(f"Label {label!r} is not among the training labels {self.label_names[:20]}.")
+            y.append(index[name] if name is not None else -1)
+        return ids, torch.tensor(y, dtype=torch.long)
 
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """Clean, tokenize and encode raw strings with the fitted vocabulary: ``(N, max_length)``."""
@@ -423,7 +679,14 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 path = self.predict_file or self.test_file
                 if path is None:
                     raise ValueError("Set `predict_file` (or `test_file`) to predict.")
-                texts, _ = read_text_file(path, self.text_column, None, self.file_format)
+                texts, _ = read_text_file(
+                    path,
+                    self.text_column,
+                    None,
+                    self.file_format,
+                    encoding=self.encoding,
+                    option="predict_file",
+                )
                 tokens, labels = self._clean("predict", texts, [None] * len(texts), drop=False)
             elif split not in splits:
                 raise ValueError(f"No {split} data: set `{split}_file`.")
@@ -472,5 +735,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the vocabulary and label map of the run that saved them (encoded data is rebuilt)."""
         self.vocab = Vocabulary(state_dict["vocab"][2:])
-        self.label_names = list(state_dict["label_names"])
+        names = [canonical_label(name) for name in state_dict["label_names"]]
+        if len(set(names)) != len(names) or None in names:
+            raise ValueError(
+                f"The checkpoint's label names {list(state_dict['label_names'])[:20]} are not distinct classes in "
+                f"their canonical form ({names[:20]}: numbers in their shortest form, ends stripped); it was saved "
+                "by a version that kept them apart. Train again from the files."
+            )
+        self.label_names = names
         self._datasets = {}

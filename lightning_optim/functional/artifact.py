@@ -55,7 +55,17 @@ recorded input shape), ``--input x.pt --output y.pt`` (run it on a saved tensor)
 
 File layout: ``MAGIC`` (8 bytes), header length (4 bytes, little endian), LZMA-compressed JSON header
 (format version, archive kind, entries with their encodings, stream lengths and CRC-32s, the captured
-inputs of a program, user metadata), then the compressed streams.
+inputs of a program, user metadata, and the CRC-32 of the header itself), then the compressed streams.
+
+Reading a file from elsewhere is bounded: the path must name a regular file (a folder, FIFO or device is
+refused before anything reads it, a FIFO never blocks); the header is decompressed to at most
+:data:`MAX_HEADER_BYTES` and checked whole before anything is allocated (every stream's length against the
+file's, every entry's span inside its stream, and the sizes it declares against ``max_unpacked_bytes``: by
+default :data:`MAX_UNPACK_RATIO` times the file's size, at least :data:`MIN_UNPACK_LIMIT`, at most
+:data:`MAX_UNPACKED_BYTES`); each stream is decompressed incrementally to at most its declared length (an LZMA
+bomb stops there) after its CRC-32 matched. An empty, truncated, altered or foreign file raises
+:class:`ArtifactFormatError` (a ``ValueError``) naming the file and what is wrong; it never loads as another
+model. Headers written before the header CRC-32 existed still load.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ import io
 import json
 import lzma
 import os
+import stat
 import struct
 import sys
 import warnings
@@ -87,10 +98,32 @@ KIND_VERSIONS: dict[str, int] = {"state_dict": 1, "torchscript": 1, "exported_pr
 ARCHIVE_KINDS: tuple[str, ...] = ("state_dict", "torchscript", "exported_program")
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _ESCAPE = 255
+_LZMA_DICT_BYTES = 64 * 2**20  # preset 9's dictionary: no stream the packer writes needs more to decode
+#: the most bytes a load unpacks (the streams, and again the rebuilt archive) when no ``max_unpacked_bytes`` is
+#: given; the default limit is also at most :data:`MAX_UNPACK_RATIO` times the file's size (but never below
+#: :data:`MIN_UNPACK_LIMIT`): a 145-byte file cannot declare a 12 GB tensor
+MAX_UNPACKED_BYTES = 4 * 2**30
+#: the default limit's ratio to the file's size (LZMA itself never exceeds about 7,000:1; a model pruned to
+#: 99.99% stays under it)
+MAX_UNPACK_RATIO = 10_000
+#: the default limit of a small file
+MIN_UNPACK_LIMIT = 64 * 2**20
+#: the most bytes the header (JSON) decompresses to
+MAX_HEADER_BYTES = 64 * 2**20
+#: the element sizes a stream of values may have (bool/int8 ... complex128)
+_ITEMSIZES = (1, 2, 4, 8, 16)
+_STREAM_NAMES = ("misc", "gaps", "bitmask", *(f"v{k}" for k in _ITEMSIZES))
+_ENCODINGS = ("raw", "dense", "zeros", "gaps", "bitmask", "pattern_of")
 
 
 class ArtifactExportError(RuntimeError):
     """``torch.export`` could not capture the model (the message says why); save the state dict instead."""
+
+
+class ArtifactFormatError(ValueError):
+    """The file (or bytes) is not a readable artifact: empty, truncated, altered, not an artifact at all, a
+    format this loader does not read, not a regular file, or declaring more than the limits allow. The message
+    names the file and what is wrong."""
 
 
 # ----------------------------------------------------------------------------------------------- codec
@@ -131,17 +164,26 @@ def _encode_gaps(positions: Tensor) -> bytes:
     return out.numpy().tobytes()
 
 
-def _decode_gaps(data: bytes, count: int) -> Tensor:
-    """Inverse of :func:`_encode_gaps`: the ``count`` positions."""
+def _decode_gaps(data: bytes, count: int, n: int | None = None) -> Tensor:
+    """Inverse of :func:`_encode_gaps`: the ``count`` positions (each below ``n`` when given).
+
+    Raises:
+        ValueError: not ``count`` gap codes, bytes after the last one, or a position at ``n`` or beyond.
+    """
     if count == 0:
+        if data:
+            raise ValueError(f"expected no gap codes, found {len(data)} bytes")
         return torch.zeros(0, dtype=torch.int64)
-    s = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64)
+    s = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64) if data else torch.zeros(0)
     ends = torch.nonzero(s != _ESCAPE).flatten()
-    if ends.numel() != count:
-        raise ValueError(f"Corrupt artifact: expected {count} gap codes, found {ends.numel()}.")
+    if ends.numel() != count or int(ends[-1]) != len(data) - 1:
+        raise ValueError(f"expected {count} gap codes, found {ends.numel()} in {len(data)} bytes")
     totals = torch.cumsum(s, 0)[ends]
     g = totals - torch.cat([torch.zeros(1, dtype=torch.int64), totals[:-1]])
-    return torch.cumsum(g + 1, 0) - 1
+    positions = torch.cumsum(g + 1, 0) - 1
+    if n is not None and int(positions[-1]) >= n:
+        raise ValueError(f"a gap code points at element {int(positions[-1])} of {n}")
+    return positions
 
 
 def _pack_bits(mask: Tensor) -> bytes:
@@ -448,6 +490,13 @@ def resolve_archive_format(obj: Any, torchscript: bool = False, archive_format: 
 
 
 # ----------------------------------------------------------------------------------------------- pack
+def _header_json(header: Mapping[str, Any]) -> bytes:
+    """The header's JSON without its ``header_crc32`` (what that CRC-32 covers)."""
+    return json.dumps(
+        {k: v for k, v in header.items() if k != "header_crc32"}, separators=(",", ":")
+    ).encode()
+
+
 def _pack(
     obj: Any, archive_format: str, example_input: Any, metadata: Mapping[str, Any] | None
 ) -> tuple[bytes, torch.export.ExportedProgram | None]:
@@ -486,6 +535,9 @@ def _pack(
         **extra,
         "metadata": dict(metadata or {}),
     }
+    # the header's own CRC-32 (of its JSON without this key): an altered header is refused, never read as
+    # another model; loaders that predate it ignore the key
+    header["header_crc32"] = zlib.crc32(_header_json(header))
     header_bytes = _compress(json.dumps(header, separators=(",", ":")).encode())
     blob = (
         MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + b"".join(compressed[n] for n in names)
@@ -593,8 +645,8 @@ def verify_artifact(
         RuntimeError: the outputs differ (the largest difference in the message).
         ValueError: a corrupt artifact.
     """
-    kind = read_header(blob)["kind"]
-    loaded = load_artifact(blob)
+    kind = read_header(blob, max_unpacked_bytes=sys.maxsize)["kind"]  # our own bytes: no size limit
+    loaded = load_artifact(blob, max_unpacked_bytes=sys.maxsize)
     if example_input is None or not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
         return
     args = _as_args(example_input)
@@ -642,90 +694,361 @@ def verify_artifact(
 
 
 # ----------------------------------------------------------------------------------------------- load
-def _read(source: bytes | str | os.PathLike) -> bytes:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    with open(source, "rb") as f:
-        return f.read()
+def _is_count(value: Any) -> bool:
+    """A non-negative JSON integer (``true``/``false`` are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def read_header(source: bytes | str | os.PathLike) -> dict[str, Any]:
-    """The artifact's header: ``kind``, ``entries`` (name and encoding of each archive entry), ``streams``
-    (name, compressed and raw length), ``crc32`` (of each compressed stream), ``program`` (an exported
-    program's inputs) and the user ``metadata``.
+def read_regular_file(path: str | os.PathLike, option: str, what: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, read whole.
+
+    The file is opened non-blocking and checked on the open descriptor, so a folder, a FIFO, a socket or a
+    device is refused before anything reads it (a FIFO never blocks the caller), as is a file longer than
+    ``max_bytes``. The same rules as ``lightning_optim.paths.user_file``, kept here so that this module needs
+    only torch and the standard library.
+
+    Args:
+        path: the path as given (nothing is expanded).
+        option: the option's name in the messages (``"artifact"``, ``"--input"``).
+        what: what the file should be, in the messages (``"a .lopt file"``).
+        max_bytes: the longest file accepted.
 
     Raises:
-        ValueError: not an artifact, a truncated header, or a format/kind this loader does not read.
+        FileNotFoundError: nothing exists at ``path``.
+        ArtifactFormatError: ``path`` is not a regular file, or is longer than ``max_bytes``.
     """
-    blob = _read(source)
-    if blob[:8] != MAGIC:
-        raise ValueError("Not a lightning-optim compact artifact (bad magic bytes).")
-    if len(blob) < 12:
-        raise ValueError("Corrupt artifact: truncated before the header.")
-    (length,) = struct.unpack("<I", blob[8:12])
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{option}` must be a path (str or os.PathLike), not {type(path).__name__}.")
+    text = os.fsdecode(os.fspath(path))
+    flags = os.O_RDONLY
+    for name in ("O_NONBLOCK", "O_NOCTTY", "O_CLOEXEC", "O_BINARY"):
+        flags |= getattr(os, name, 0)
     try:
-        header = json.loads(_decompress(blob[12 : 12 + length]))
-    except (lzma.LZMAError, ValueError, EOFError) as err:
-        raise ValueError(
-            f"Corrupt artifact: the header cannot be read (truncated or altered file): {err}"
-        ) from err
-    readable = sorted(set(KIND_VERSIONS.values()))
-    if not isinstance(header, dict) or header.get("format") not in readable:
-        raise ValueError(
-            f"Unsupported artifact format {header.get('format') if isinstance(header, dict) else None}; "
-            f"this loader reads {readable}."
+        fd = os.open(text, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"`{option}` {text!r} does not exist.") from None
+    except IsADirectoryError:
+        raise ArtifactFormatError(f"`{option}` {text!r} is a folder; give the path of {what}.") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = (
+                "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, socket or device)"
+            )
+            raise ArtifactFormatError(f"`{option}` {text!r} is {kind}; give the path of {what}.")
+        if info.st_size > max_bytes:
+            raise ArtifactFormatError(
+                f"`{option}` {text!r} has {info.st_size:,} bytes, more than the {max_bytes:,} this loader reads."
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1  # the file object closes it
+            data = handle.read(max_bytes + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > max_bytes:  # it grew while being read
+        raise ArtifactFormatError(
+            f"`{option}` {text!r} has more than the {max_bytes:,} bytes this loader reads."
         )
-    if header.get("kind") not in KIND_VERSIONS:
-        raise ValueError(
-            f"Unknown artifact kind {header.get('kind')!r}; this loader reads {list(ARCHIVE_KINDS)}."
+    return data
+
+
+class _Limit:
+    """How many bytes a load may unpack, and how a message says where that number comes from."""
+
+    def __init__(self, max_unpacked_bytes: int | None, file_bytes: int) -> None:
+        if max_unpacked_bytes is not None:
+            if not _is_count(max_unpacked_bytes) or max_unpacked_bytes == 0:
+                raise ValueError(
+                    f"`max_unpacked_bytes` must be a positive number of bytes, got {max_unpacked_bytes!r}."
+                )
+            self.bytes = int(max_unpacked_bytes)
+            self.why = "`max_unpacked_bytes`"
+        else:
+            self.bytes = min(MAX_UNPACKED_BYTES, max(MIN_UNPACK_LIMIT, MAX_UNPACK_RATIO * file_bytes))
+            self.why = (
+                f"the default limit: {MAX_UNPACK_RATIO:,} times the file's {file_bytes:,} bytes, at least "
+                f"{MIN_UNPACK_LIMIT:,} and at most {MAX_UNPACKED_BYTES:,}"
+            )
+
+    def check(self, label: str, declared: int, what: str) -> None:
+        if declared > self.bytes:
+            raise ArtifactFormatError(
+                f"Artifact {label} declares {what} of {declared:,} bytes, more than {self.bytes:,} ({self.why}); "
+                "nothing was allocated. If the file is genuine, pass a larger `max_unpacked_bytes`."
+            )
+
+
+def _source(source: Any, max_unpacked_bytes: int | None) -> tuple[bytes, str]:
+    """The artifact's bytes and how messages name it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "<in-memory bytes>"
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"An artifact is read from a path or bytes, not {type(source).__name__}.")
+    cap = (
+        MAX_UNPACKED_BYTES if max_unpacked_bytes is None else max(max_unpacked_bytes, 0)
+    ) + MAX_HEADER_BYTES
+    blob = read_regular_file(source, "artifact", "a .lopt file", cap + 12)
+    return blob, repr(os.fsdecode(os.fspath(source)))
+
+
+def _inflate(chunk: bytes, limit: int, label: str, what: str, exact: bool = True) -> bytes:
+    """Decompress one raw LZMA2 stream to at most ``limit`` bytes (exactly ``limit`` with ``exact``): the
+    output is bounded as it is produced, so a stream that would decompress to more is refused after
+    ``limit + 1`` bytes, never decompressed whole."""
+    if not chunk:
+        if exact and limit:
+            raise ArtifactFormatError(f"Corrupt artifact {label}: {what} is empty, expected {limit:,} bytes.")
+        return b""
+    # the dictionary needs no more than the output's length (no match reaches further back): a stream declaring
+    # a few bytes gets a few kB of decoder, not preset 9's 64 MiB
+    dict_size = min(_LZMA_DICT_BYTES, max(4096, limit))
+    decoder = lzma.LZMADecompressor(
+        format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]
+    )
+    try:
+        out = decoder.decompress(chunk, max_length=limit)
+        if not decoder.eof and len(out) >= limit and decoder.decompress(b"", max_length=1):
+            raise ArtifactFormatError(
+                f"Corrupt artifact {label}: {what} decompresses to more than "
+                f"{'the declared' if exact else 'the limit of'} {limit:,} bytes (an altered file or an LZMA "
+                "bomb); stopped there."
+            )
+    except lzma.LZMAError as err:
+        raise ArtifactFormatError(
+            f"Corrupt artifact {label}: {what} cannot be decompressed (altered file): {err}"
+        ) from None
+    if not decoder.eof:
+        raise ArtifactFormatError(
+            f"Corrupt artifact {label}: {what} ends before its LZMA end marker (truncated or altered file)."
         )
+    if decoder.unused_data:
+        raise ArtifactFormatError(
+            f"Corrupt artifact {label}: {len(decoder.unused_data):,} bytes follow the end of {what}."
+        )
+    if exact and len(out) != limit:
+        raise ArtifactFormatError(
+            f"Corrupt artifact {label}: {what} has {len(out):,} bytes, expected {limit:,}."
+        )
+    return out
+
+
+def _parse_header(blob: bytes, label: str, limit: _Limit) -> dict[str, Any]:
+    """The header, read and checked against the file and the limits (nothing larger is allocated)."""
+    if not blob:
+        raise ArtifactFormatError(
+            f"Artifact {label} is empty (0 bytes): not a lightning-optim compact artifact."
+        )
+    if blob[:8] != MAGIC:
+        if MAGIC.startswith(blob):
+            raise ArtifactFormatError(
+                f"Corrupt artifact {label}: truncated to {len(blob)} bytes, inside the magic bytes."
+            )
+        raise ArtifactFormatError(
+            f"Artifact {label} is not a lightning-optim compact artifact (bad magic bytes: it starts with "
+            f"{blob[:8]!r}, not {MAGIC!r})."
+        )
+    if len(blob) < 12:
+        raise ArtifactFormatError(
+            f"Corrupt artifact {label}: truncated before the header ({len(blob)} bytes)."
+        )
+    (length,) = struct.unpack("<I", blob[8:12])
+    if 12 + length > len(blob):
+        raise ArtifactFormatError(
+            f"Corrupt artifact {label}: truncated or altered: the header's declared {length:,} bytes run past "
+            f"the end of the file ({len(blob) - 12:,} bytes after the length field)."
+        )
+    raw = _inflate(blob[12 : 12 + length], MAX_HEADER_BYTES, label, "the header", exact=False)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ArtifactFormatError(
+            f"Corrupt artifact {label}: the header is not readable JSON (truncated or altered file; "
+            f"{type(err).__name__} at {getattr(err, 'pos', getattr(err, 'start', '?'))})."
+        ) from None
+    _check_header(header, label, len(blob) - 12 - length, limit)
     header["_payload_offset"] = 12 + length
     return header
 
 
-def unpack_archive(source: bytes | str | os.PathLike) -> tuple[bytes, dict[str, Any]]:
-    """Rebuild the plain torch archive (``torch.export.save``, ``torch.save`` or ``torch.jit.save`` zip) and
-    return it with the header.
+def _check_header(header: Any, label: str, payload_bytes: int, limit: _Limit) -> None:
+    """Every field the loader uses, checked: types, the streams against the file's length, every entry's span
+    inside its stream, and the sizes it declares against ``limit``."""
 
-    Raises:
-        ValueError: a truncated or altered file (a stream's length or CRC-32 differs).
-    """
-    blob = _read(source)
-    header = read_header(blob)
+    def corrupt(what: str) -> ArtifactFormatError:
+        return ArtifactFormatError(f"Corrupt artifact {label}: {what}.")
+
+    if not isinstance(header, dict):
+        raise corrupt("the header is not a JSON object")
+    if "header_crc32" in header:  # written since the header has one; older files rely on the checks below
+        crc = header.pop("header_crc32")
+        if not _is_count(crc) or zlib.crc32(_header_json(header)) != crc:
+            raise corrupt("the header fails its CRC-32 check (altered file)")
+    readable = sorted(set(KIND_VERSIONS.values()))
+    if not _is_count(header.get("format")) or header["format"] not in readable:
+        raise ArtifactFormatError(
+            f"Unsupported artifact format {header.get('format')!r} in {label}; this loader reads {readable}."
+        )
+    if not isinstance(header.get("kind"), str) or header["kind"] not in KIND_VERSIONS:
+        raise ArtifactFormatError(
+            f"Unknown artifact kind {header.get('kind')!r} in {label}; this loader reads {list(ARCHIVE_KINDS)}."
+        )
+    # ---- streams: known names, once each, a CRC-32 each, their lengths adding up to the file's
+    records, crcs = header.get("streams"), header.get("crc32")
+    if not isinstance(records, list) or not isinstance(crcs, dict):
+        raise corrupt("the header has no stream list or no CRC-32s")
+    raw_sizes: dict[str, int] = {}
+    compressed = 0
+    for record in records:
+        if not (
+            isinstance(record, list)
+            and len(record) == 3
+            and isinstance(record[0], str)
+            and _is_count(record[1])
+            and _is_count(record[2])
+        ):
+            raise corrupt(f"a malformed stream record {str(record)[:80]}")
+        name, clen, rlen = record
+        if name not in _STREAM_NAMES or name in raw_sizes:
+            raise corrupt(f"stream {name[:40]!r} is unknown or listed twice")
+        if (clen == 0) != (rlen == 0):
+            raise corrupt(f"stream {name!r} declares {clen:,} compressed and {rlen:,} raw bytes")
+        if name.startswith("v") and rlen % int(name[1:]):
+            raise corrupt(f"stream {name!r} of {rlen:,} bytes is not whole {name[1:]}-byte elements")
+        if not _is_count(crcs.get(name)):
+            raise corrupt(f"stream {name!r} has no CRC-32")
+        raw_sizes[name] = rlen
+        compressed += clen
+    if compressed > payload_bytes:
+        raise corrupt(
+            f"truncated: the streams need {compressed:,} bytes after the header, the file has {payload_bytes:,}"
+        )
+    if compressed < payload_bytes:
+        raise corrupt(f"{payload_bytes - compressed:,} unexpected bytes after the last stream")
+    limit.check(label, sum(raw_sizes.values()), "streams")
+
+    # ---- entries: known encodings, each span inside its stream, the archive they rebuild within the limit
+    def span(entry: str, stream: str, start: int, length: int) -> None:
+        if length and start + length > raw_sizes.get(stream, 0):
+            raise corrupt(
+                f"entry {entry[:80]!r} reads bytes {start:,}..{start + length:,} of stream {stream!r}, which "
+                f"has {raw_sizes.get(stream, 0):,}"
+            )
+
+    def counts(entry: str, spec: dict[str, Any], *keys: str) -> list[int]:
+        values = [spec.get(key) for key in keys]
+        if not all(_is_count(v) for v in values):
+            raise corrupt(f"entry {entry[:80]!r} has no valid {'/'.join(keys)}")
+        return values
+
+    entries = header.get("entries")
+    if not isinstance(entries, list):
+        raise corrupt("the header has no entry list")
+    seen: dict[str, tuple[str, int, int]] = {}
+    archive = 0
+    for item in entries:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], dict)
+        ):
+            raise corrupt(f"a malformed entry {str(item)[:80]}")
+        name, spec = item
+        if not name or name in seen:
+            raise corrupt(f"entry {name[:80]!r} is empty or listed twice")
+        enc = spec.get("enc")
+        if enc not in _ENCODINGS:
+            raise corrupt(f"entry {name[:80]!r} has an unknown encoding {str(enc)[:40]!r}")
+        n = nnz = 0
+        if enc == "raw":
+            start, size = counts(name, spec, "values", "len")
+            span(name, "misc", start, size)
+        else:
+            itemsize, n, nnz = counts(name, spec, "itemsize", "n", "nnz")
+            if itemsize not in _ITEMSIZES or nnz > n:
+                raise corrupt(f"entry {name[:80]!r} declares itemsize {itemsize}, {nnz:,} non-zero of {n:,}")
+            size = n * itemsize
+            if enc == "dense":
+                span(name, f"v{itemsize}", counts(name, spec, "values")[0], size)
+            elif enc == "zeros" and nnz:
+                raise corrupt(f"entry {name[:80]!r} is all zeros but declares {nnz:,} non-zero elements")
+            elif enc in ("gaps", "bitmask"):
+                index, index_len, values = counts(name, spec, "index", "index_len", "values")
+                if enc == "gaps" and not nnz <= index_len <= nnz + (n - nnz) // _ESCAPE:
+                    raise corrupt(
+                        f"entry {name[:80]!r}: {index_len:,} gap bytes cannot hold {nnz:,} of {n:,}"
+                    )
+                if enc == "bitmask" and index_len != (n + 7) // 8:
+                    raise corrupt(f"entry {name[:80]!r}: a bitmask of {index_len:,} bytes for {n:,} elements")
+                span(name, enc, index, index_len)
+                span(name, f"v{itemsize}", values, nnz * itemsize)
+            elif enc == "pattern_of":
+                ref = spec.get("ref")
+                found = seen.get(ref) if isinstance(ref, str) else None
+                if found is None or found[0] not in ("gaps", "bitmask") or found[1:] != (n, nnz):
+                    raise corrupt(
+                        f"entry {name[:80]!r} refers to {str(ref)[:80]!r}, not an earlier sparse entry of {n:,} "
+                        f"elements with {nnz:,} non-zero"
+                    )
+        seen[name] = (enc, n, nnz)
+        archive += size
+    limit.check(label, archive, "tensors and records")
+    # ---- what the command line and describe_artifact() read
+    if not isinstance(header.setdefault("metadata", {}), dict):
+        raise corrupt("the metadata is not a JSON object")
+    program = header.get("program")
+    if program is not None:
+        inputs = program.get("inputs", []) if isinstance(program, dict) else None
+        if not isinstance(inputs, list):
+            raise corrupt("the program's inputs are not a list")
+        for spec in inputs:
+            dtype = (
+                getattr(torch, spec.get("dtype"), None)
+                if isinstance(spec, dict) and isinstance(spec.get("dtype"), str)
+                else None
+            )
+            shape = spec.get("shape") if isinstance(spec, dict) else None
+            if not (
+                isinstance(dtype, torch.dtype)
+                and isinstance(shape, list)
+                and all(s == "batch" or _is_count(s) for s in shape)
+            ):
+                raise corrupt(f"a malformed program input {str(spec)[:80]}")
+            elements = 1
+            for s in shape:
+                elements *= 1 if s == "batch" else s
+            limit.check(label, elements * dtype.itemsize, "a program input")
+
+
+def _rebuild(blob: bytes, header: dict[str, Any], label: str) -> bytes:
+    """The plain torch archive: every stream checked (CRC-32) and decompressed to its declared length, every
+    entry decoded within the spans :func:`_check_header` checked."""
     offset = header["_payload_offset"]
-    crcs = header.get("crc32", {})
     streams: dict[str, bytes] = {}
     for name, clen, rlen in header["streams"]:
-        itemsize = int(name[1:]) if name.startswith("v") else 1
         chunk = blob[offset : offset + clen]
-        if len(chunk) != clen:
-            raise ValueError(
-                f"Corrupt artifact: stream {name!r} is truncated ({len(chunk)} of {clen} bytes)."
+        if zlib.crc32(chunk) != header["crc32"][name]:
+            raise ArtifactFormatError(
+                f"Corrupt artifact {label}: stream {name!r} fails its CRC-32 check (altered file)."
             )
-        if name in crcs and zlib.crc32(chunk) != crcs[name]:
-            raise ValueError(f"Corrupt artifact: stream {name!r} fails its CRC-32 check (altered file).")
-        try:
-            data = _unshuffle(_decompress(chunk), itemsize)
-        except lzma.LZMAError as err:
-            raise ValueError(f"Corrupt artifact: stream {name!r} cannot be decompressed: {err}") from err
-        if len(data) != rlen:
-            raise ValueError(f"Corrupt artifact: stream {name!r} has {len(data)} bytes, expected {rlen}.")
-        streams[name] = data
+        itemsize = int(name[1:]) if name.startswith("v") else 1
+        streams[name] = _unshuffle(_inflate(chunk, rlen, label, f"stream {name!r}"), itemsize)
         offset += clen
-    if offset != len(blob):
-        raise ValueError(f"Corrupt artifact: {len(blob) - offset} unexpected bytes after the last stream.")
     out = io.BytesIO()
     patterns: dict[str, Tensor] = {}
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
         for name, spec in header["entries"]:
             enc = spec["enc"]
             if enc == "raw":
-                raw = streams["misc"][spec["values"] : spec["values"] + spec["len"]]
+                raw = streams.get("misc", b"")[spec["values"] : spec["values"] + spec["len"]]
             else:
                 itemsize, n, nnz = spec["itemsize"], spec["n"], spec["nnz"]
                 vname = f"v{itemsize}"
                 if enc == "dense":
-                    raw = streams[vname][spec["values"] : spec["values"] + n * itemsize]
+                    raw = streams.get(vname, b"")[spec["values"] : spec["values"] + n * itemsize]
                 elif enc == "zeros":
                     raw = bytes(n * itemsize)
                 else:
@@ -733,40 +1056,127 @@ def unpack_archive(source: bytes | str | os.PathLike) -> tuple[bytes, dict[str, 
                         nz = patterns[spec["ref"]]
                         values = torch.ones(nnz, itemsize, dtype=torch.uint8)
                     else:
-                        index = streams["gaps" if enc == "gaps" else "bitmask"][
-                            spec["index"] : spec["index"] + spec["index_len"]
-                        ]
+                        index = streams.get(enc, b"")[spec["index"] : spec["index"] + spec["index_len"]]
                         if enc == "gaps":
+                            try:
+                                positions = _decode_gaps(index, nnz, n)
+                            except ValueError as err:
+                                raise ArtifactFormatError(
+                                    f"Corrupt artifact {label}: entry {name[:80]!r}: {err}."
+                                ) from None
                             nz = torch.zeros(n, dtype=torch.bool)
-                            nz[_decode_gaps(index, nnz)] = True
+                            nz[positions] = True
                         else:
-                            nz = _unpack_bits(index, n)
+                            bits = (
+                                _unpack_bits(index, len(index) * 8)
+                                if index
+                                else torch.zeros(0, dtype=torch.bool)
+                            )
+                            if int(bits.sum()) != nnz or bool(bits[n:].any()):
+                                raise ArtifactFormatError(
+                                    f"Corrupt artifact {label}: entry {name[:80]!r}: its bitmask does not mark "
+                                    f"{nnz:,} of {n:,} elements."
+                                )
+                            nz = bits[:n]
                         start = spec["values"]
-                        values = torch.frombuffer(
-                            bytearray(streams[vname][start : start + nnz * itemsize]), dtype=torch.uint8
-                        ).view(nnz, itemsize)
-                        if spec["enc"] in ("gaps", "bitmask"):
-                            patterns[name] = nz
+                        chunk = streams.get(vname, b"")[start : start + nnz * itemsize]
+                        values = (
+                            torch.frombuffer(bytearray(chunk), dtype=torch.uint8).view(nnz, itemsize)
+                            if chunk
+                            else torch.zeros(0, itemsize, dtype=torch.uint8)
+                        )
+                        patterns[name] = nz
                     elems = torch.zeros(n, itemsize, dtype=torch.uint8)
                     elems[nz] = values
                     raw = elems.numpy().tobytes()
             zf.writestr(name, raw)
-    return out.getvalue(), header
+    return out.getvalue()
+
+
+def _open(source: Any, max_unpacked_bytes: int | None) -> tuple[bytes, dict[str, Any], str]:
+    _Limit(max_unpacked_bytes, 0)  # a bad value is refused before anything is read
+    blob, label = _source(source, max_unpacked_bytes)
+    return blob, _parse_header(blob, label, _Limit(max_unpacked_bytes, len(blob))), label
+
+
+def read_header(source: bytes | str | os.PathLike, max_unpacked_bytes: int | None = None) -> dict[str, Any]:
+    """The artifact's header: ``kind``, ``entries`` (name and encoding of each archive entry), ``streams``
+    (name, compressed and raw length), ``crc32`` (of each compressed stream), ``program`` (an exported
+    program's inputs) and the user ``metadata``; checked against the file's length and the limits.
+
+    Args:
+        source: the artifact's path (a regular file) or bytes.
+        max_unpacked_bytes: the most bytes the header may declare (its streams, and the archive they rebuild);
+            ``None``: :data:`MAX_UNPACK_RATIO` times the file's size, at least :data:`MIN_UNPACK_LIMIT`, at
+            most :data:`MAX_UNPACKED_BYTES`.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``source``.
+        ArtifactFormatError: (a ``ValueError``) not a regular file, empty, not an artifact, a truncated or altered
+            header, a format/kind this loader does not read, or sizes beyond ``max_unpacked_bytes``.
+    """
+    return _open(source, max_unpacked_bytes)[1]
+
+
+def unpack_archive(
+    source: bytes | str | os.PathLike, max_unpacked_bytes: int | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """Rebuild the plain torch archive (``torch.export.save``, ``torch.save`` or ``torch.jit.save`` zip) and
+    return it with the header. Every stream is decompressed to at most its declared length (checked against
+    ``max_unpacked_bytes`` first; see :func:`read_header`).
+
+    Raises:
+        FileNotFoundError: nothing exists at ``source``.
+        ArtifactFormatError: (a ``ValueError``) a truncated or altered file (a stream's length or CRC-32 differs),
+            or one declaring more than ``max_unpacked_bytes``; see :func:`read_header`.
+    """
+    blob, header, label = _open(source, max_unpacked_bytes)
+    return _rebuild(blob, header, label), header
+
+
+def _load_archive(archive: bytes, kind: str, label: str, map_location: str | torch.device) -> Any:
+    """What torch rebuilds from the archive; torch's errors on it (an archive that passed every check but that
+    this torch cannot read) become :class:`ArtifactFormatError`, the device's own errors are passed on."""
+
+    def load(where: str | torch.device) -> Any:
+        if kind == "exported_program":
+            return torch.export.load(io.BytesIO(archive)).module()
+        if kind == "torchscript":  # torch's deprecation notice of TorchScript is passed on
+            return torch.jit.load(io.BytesIO(archive), map_location=where)
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="TypedStorage is deprecated"
+            )  # torch's own, for qtensors
+            return torch.load(io.BytesIO(archive), map_location=where, weights_only=True)
+
+    try:
+        loaded = load("cpu")
+    except Exception as err:  # noqa: BLE001 - reported as the file's fault, with torch's first line
+        raise ArtifactFormatError(
+            f"Artifact {label}: torch cannot load the {kind} archive it holds (saved by another torch version, "
+            f"or altered): {_first_line(err)}"
+        ) from err
+    if torch.device(map_location).type == "cpu":
+        return loaded
+    return loaded.to(map_location) if kind == "exported_program" else load(map_location)
 
 
 def load_artifact(
     source: bytes | str | os.PathLike,
     model: nn.Module | None = None,
     map_location: str | torch.device = "cpu",
+    max_unpacked_bytes: int | None = None,
 ) -> Any:
     """Rebuild what :func:`save_artifact` stored.
 
     Args:
-        source: the artifact's path or bytes.
+        source: the artifact's path (a regular file) or bytes.
         model: for a state-dict artifact, a model of the same structure to load it into (strictly); not used
             by the self-contained kinds.
         map_location: device for the tensors (an exported program is moved there after loading; a program
             captured on the CPU may hold CPU-only constants in its graph).
+        max_unpacked_bytes: the most bytes the artifact may unpack to (see :func:`read_header`); checked
+            against the header before anything is allocated.
 
     Returns:
         The program's module (``exported_program`` artifacts: ``torch.export.load(...).module()``), the
@@ -774,20 +1184,15 @@ def load_artifact(
         dict (loaded with ``torch.load(..., weights_only=True)``).
 
     Raises:
-        ValueError: not an artifact, or a truncated or altered one.
+        FileNotFoundError: nothing exists at ``source``.
+        ArtifactFormatError: (a ``ValueError``) not a regular file, not an artifact, a truncated or altered one,
+            one declaring more than ``max_unpacked_bytes``, or one whose archive torch cannot load.
     """
-    archive, header = unpack_archive(source)
-    if header["kind"] == "exported_program":
-        module = torch.export.load(io.BytesIO(archive)).module()
-        return module if torch.device(map_location).type == "cpu" else module.to(map_location)
-    if header["kind"] == "torchscript":  # torch's deprecation notice of TorchScript is passed on
-        return torch.jit.load(io.BytesIO(archive), map_location=map_location)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # torch's own, for qtensors
-        state = torch.load(io.BytesIO(archive), map_location=map_location, weights_only=True)
-    if model is None:
-        return state
-    model.load_state_dict(state)
+    blob, header, label = _open(source, max_unpacked_bytes)
+    loaded = _load_archive(_rebuild(blob, header, label), header["kind"], label, map_location)
+    if model is None or header["kind"] != "state_dict":
+        return loaded
+    model.load_state_dict(loaded)
     return model
 
 
@@ -802,11 +1207,16 @@ def artifact_size_bytes(
     return len(pack_artifact(model, torchscript, example_input, archive_format=archive_format))
 
 
-def describe_artifact(source: bytes | str | os.PathLike) -> dict[str, Any]:
+def describe_artifact(
+    source: bytes | str | os.PathLike, max_unpacked_bytes: int | None = None
+) -> dict[str, Any]:
     """Sizes by part: total, header, each compressed stream, the count of entries per encoding, and the
-    inputs of an exported program (``program``)."""
-    blob = _read(source)
-    header = read_header(blob)
+    inputs of an exported program (``program``). The header is checked as :func:`read_header` does."""
+    blob, header, _ = _open(source, max_unpacked_bytes)
+    return _description(blob, header)
+
+
+def _description(blob: bytes, header: Mapping[str, Any]) -> dict[str, Any]:
     encodings: dict[str, int] = {}
     for _, spec in header["entries"]:
         encodings[spec["enc"]] = encodings.get(spec["enc"], 0) + 1
@@ -823,6 +1233,7 @@ def describe_artifact(source: bytes | str | os.PathLike) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- command line
 def _zeros_input(program_info: Mapping[str, Any] | None) -> tuple[Tensor, ...] | None:
+    """Zeros of each recorded input's shape (batch 1); the header check bounded their sizes."""
     inputs = (program_info or {}).get("inputs") or []
     if not inputs:
         return None
@@ -834,11 +1245,21 @@ def _zeros_input(program_info: Mapping[str, Any] | None) -> tuple[Tensor, ...] |
     )
 
 
+def _read_input(path: str, max_bytes: int) -> tuple[Any, ...]:
+    """The ``--input`` tensor(s): a regular file, read with ``torch.load(..., weights_only=True)``."""
+    data = read_regular_file(path, "--input", "a tensor saved with torch.save", max_bytes)
+    try:
+        return _as_args(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    except Exception as err:  # noqa: BLE001 - the file's fault, said with torch's first line
+        raise ValueError(f"`--input` {path!r} is not a tensor torch.load reads: {_first_line(err)}") from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python artifact.py MODEL.lopt [--input X.pt --output Y.pt] [--extract FILE]``: describe an artifact,
     load it, and run it once (on ``--input``, a tensor saved with ``torch.save``, else on zeros of the
     recorded input shape); ``--extract`` writes the plain torch archive (``torch.export.load``,
-    ``torch.load`` or ``torch.jit.load`` reads it)."""
+    ``torch.load`` or ``torch.jit.load`` reads it). A file that is not a readable artifact gets one line on
+    stderr and exit status 2."""
     parser = argparse.ArgumentParser(
         prog="artifact.py",
         description="Load and run a lightning-optim compact artifact (.lopt) with torch alone.",
@@ -847,28 +1268,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", help="a tensor (torch.save) to run the model on")
     parser.add_argument("--output", help="where to torch.save the model's output (with --input or zeros)")
     parser.add_argument("--extract", help="write the plain torch archive (.pt2 / .pt) here and stop")
+    parser.add_argument(
+        "--max-unpacked-bytes",
+        type=int,
+        default=None,
+        help=f"the most bytes the artifact may unpack to (default: {MAX_UNPACK_RATIO:,} times its size, at least "
+        f"{MIN_UNPACK_LIMIT:,}, at most {MAX_UNPACKED_BYTES:,})",
+    )
     args = parser.parse_args(argv)
-    info = describe_artifact(args.artifact)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as err:  # ArtifactFormatError included
+        print(f"artifact.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    blob, header, label = _open(args.artifact, args.max_unpacked_bytes)
+    info = _description(blob, header)
     print(f"{args.artifact}: {info['kind']}, {info['total_bytes']:,} bytes")
     if info["program"]:
         for spec in info["program"].get("inputs", []):
             print(f"  input: shape {spec['shape']}, {spec['dtype']}")
     if info["metadata"]:
         print(f"  metadata: {json.dumps(info['metadata'])}")
+    archive = _rebuild(blob, header, label)
     if args.extract:
-        archive, _ = unpack_archive(args.artifact)
         with open(args.extract, "wb") as f:
             f.write(archive)
         print(f"  archive written to {args.extract}")
         return 0
-    loaded = load_artifact(args.artifact)
+    loaded = _load_archive(archive, header["kind"], label, "cpu")
     if not callable(loaded):
         print(
             f"  a state dict of {len(loaded)} entries: load it into the model's code with load_artifact(path, model=...)"
         )
         return 0
     if args.input:
-        inputs = _as_args(torch.load(args.input, weights_only=True))
+        inputs = _read_input(args.input, MAX_UNPACKED_BYTES)
     else:
         inputs = _zeros_input(info["program"])
         if inputs is None:

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from lightning_optim.checks import check_choice
-from lightning_optim.paths import is_within
+from lightning_optim.data.pixels import PixelRangeError, pil_to_8bit
+from lightning_optim.paths import is_within, read_user_file
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ DROP_REASONS: tuple[str, ...] = (
     "duplicate",
     "unknown_label",
     "missing",
+    "not_a_file",
+    "too_large",
 )
+#: the largest image file read (bytes): a bigger one is dropped as ``too_large`` before it is read whole
+MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -139,21 +144,55 @@ def list_image_folder(
     return items, list(classes) if classes is not None else found
 
 
-def _decode(data: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+#: PIL modes that carry an alpha band (transparency in a palette or a colour key is in ``img.info``)
+_ALPHA_MODES: tuple[str, ...] = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _has_transparency(img) -> bool:
+    """Whether ``img`` has transparent pixels to composite: an alpha band, or a ``transparency`` entry (a
+    palette's transparent indices, a grey or RGB colour key)."""
+    return img.mode in _ALPHA_MODES or "transparency" in img.info
+
+
+def _decode(data: bytes, mode: str, size: tuple[int, int] | None, path: str = "") -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()  # a truncated file raises here ("image file is truncated")
+        img = pil_to_8bit(img, path)  # 16-bit grey scaled by 255/65535, not clipped at 255 (pixels.py)
+        if mode in ("L", "RGB") and _has_transparency(img):
+            # composite transparency onto black before dropping alpha (palette and colour-key transparency too)
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(background, img)
         if img.mode != mode:
-            if mode in ("L", "RGB") and img.mode in ("RGBA", "LA", "PA"):
-                img = img.convert("RGBA")  # composite transparency onto black before dropping alpha
-                background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(background, img)
             img = img.convert(mode)
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         array = np.asarray(img, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def _list_label(label: object, path: str) -> str | int:
+    """A label of a ``(path, label)`` list: a class name (``str``) or a class index (a whole number, ``3.0`` is 3).
+
+    Raises:
+        ValueError: a bool, a fraction (``2.97``), NaN/inf, or something that is neither a name nor a number.
+    """
+    if isinstance(label, (bool, np.bool_)):
+        raise ValueError(f"Label {label!r} of {path!r} is a bool; give a class name or a class index.")
+    if isinstance(label, (int, np.integer)):
+        return int(label)
+    if isinstance(label, (float, np.floating)):
+        if not np.isfinite(label) or float(label) != int(label):
+            raise ValueError(
+                f"Label {float(label)!r} of {path!r} is not a class index: indices are whole numbers (3.0 is class "
+                "3), never truncated; give an int or a class name."
+            )
+        return int(label)
+    if isinstance(label, str):
+        return label
+    raise ValueError(f"Label {label!r} of {path!r} is a {type(label).__name__}; give a class name or index.")
 
 
 def _classify_error(err: Exception) -> str:
@@ -195,7 +234,7 @@ def scan_images(
     if isinstance(source, (str, os.PathLike)):
         items, class_names = list_image_folder(source, classes)
     else:
-        items = [(os.fspath(p), label) for p, label in source]
+        items = [(os.fspath(p), _list_label(label, os.fspath(p))) for p, label in source]
         if classes is not None:
             class_names = list(classes)
         else:
@@ -216,21 +255,28 @@ def scan_images(
         if label_id is None:
             dropped.append((path, "unknown_label"))
             continue
-        try:
-            if os.path.getsize(path) == 0:
-                dropped.append((path, "zero_byte"))
-                continue
-            with open(path, "rb") as fh:
-                data = fh.read()  # read once: hashed, then decoded from memory
-            digest = hashlib.sha256(data).hexdigest()
+        try:  # a regular file only (a FIFO would block), bounded; read once: hashed, then decoded from memory
+            data = read_user_file(path, "images", what="an image file", max_bytes=MAX_IMAGE_FILE_BYTES)
+        except (FileNotFoundError, PermissionError):
+            dropped.append((path, "missing"))
+            continue
+        except ValueError as err:
+            dropped.append((path, "too_large" if "more than" in str(err) else "not_a_file"))
+            continue
         except OSError:
             dropped.append((path, "missing"))
             continue
+        if not data:
+            dropped.append((path, "zero_byte"))
+            continue
+        digest = hashlib.sha256(data).hexdigest()
         if drop_duplicates and digest in seen:
             dropped.append((path, "duplicate"))
             continue
         try:
-            array = _decode(data, mode, hw)
+            array = _decode(data, mode, hw, path)
+        except PixelRangeError:
+            raise  # a readable image whose values the scaling rule cannot map: the user decides, not the scan
         except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
             dropped.append((path, _classify_error(err)))
             continue

@@ -69,6 +69,8 @@ def nonfinite_rows(x: Tensor) -> Tensor:
     """Bool ``(N,)``: rows of ``x`` holding a NaN or inf (all False for integer tensors)."""
     if not x.is_floating_point() and not x.is_complex():
         return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if x.shape[0] == 0 or x.numel() == 0:  # no row, or rows of no value: nothing is non-finite
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     return (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1)
 
 

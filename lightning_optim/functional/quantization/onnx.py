@@ -45,6 +45,7 @@ from lightning_optim.functional.quantization.pt2e import (
     _strip_unused_state,
     quantized_op_counts,
 )
+from lightning_optim.paths import user_file
 
 #: the install command of the optional extra
 ONNX_EXTRA = "pip install 'lightning-optim[onnx]'"
@@ -115,6 +116,7 @@ def verify_onnx(path: str | Path) -> dict[str, Any]:
             the one written (altered); files without a digest (not written by this package) pass unchecked.
     """
     onnx = _require("onnx")
+    path = user_file(path, "path", what="an ONNX file")  # a FIFO would block onnx.load
     try:
         model = onnx.load(str(path))
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file
@@ -212,6 +214,7 @@ def export_onnx(
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The input preprocessing and format written by :func:`export_onnx` or :func:`quantize_onnx_static`."""
     onnx = _require("onnx")
+    path = user_file(path, "path", what="an ONNX file")
     model = onnx.load(str(path), load_external_data=False)
     for entry in model.metadata_props:
         if entry.key == ONNX_METADATA_KEY:
@@ -376,7 +379,7 @@ def complete_qdq(
     """
     onnx = _require("onnx")
     numpy_helper = _require("onnx.numpy_helper")
-    path = Path(path)
+    path = user_file(path, "path", what="an ONNX file")
     model = onnx.load(str(path))
     tensors, adds = _float_inputs_of_adds(model.graph)
     targets = tensors + [t for t in adds if t not in tensors]
@@ -498,8 +501,7 @@ class OnnxRunner:
             "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "disabled": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"No ONNX file at {path}.")
+        path = user_file(path, "path", what="an ONNX file")
         if verify:
             verify_onnx(path)
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

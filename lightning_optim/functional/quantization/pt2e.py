@@ -66,6 +66,7 @@ from lightning_optim.functional.quantization.backend import (
 )
 from lightning_optim.functional.quantization.fusion import FusionPlan, quantizable_layers
 from lightning_optim.layers.attention import unpack_attention
+from lightning_optim.paths import user_file
 
 #: the child of :class:`Pt2eModule` that holds the captured graph (and the state-dict key part that only a
 #: PT2E-prepared or converted model has)
@@ -1291,6 +1292,7 @@ def read_pt2_metadata(path: str | Path) -> dict[str, Any]:
     Raises:
         QuantizationError: not a complete zip archive, or no metadata record.
     """
+    path = user_file(path, "path", what="a .pt2 deploy file")  # a FIFO would block the zip reader
     try:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
@@ -1312,6 +1314,7 @@ def verify_pt2(path: str | Path) -> dict[str, Any]:
     Raises:
         QuantizationError: truncated, altered (naming the record), or written by something else.
     """
+    path = user_file(path, "path", what="a .pt2 deploy file")
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -1355,9 +1358,7 @@ def verify_pt2(path: str | Path) -> dict[str, Any]:
 
 def load_pt2(path: str | Path, verify: bool = True) -> Pt2eModule:
     """Load a ``.pt2`` deploy file written by :meth:`Pt2eBackend.export` (see :meth:`Pt2eBackend.load`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No PT2E deploy file at {path}.")
+    path = user_file(path, "path", what="a .pt2 deploy file")
     metadata = verify_pt2(path) if verify else read_pt2_metadata(path)
     if metadata.get("representation") == "quantized_decomposed":
         torchao_pt2e()  # registers torch.ops.quantized_decomposed

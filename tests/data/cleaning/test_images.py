@@ -103,3 +103,23 @@ def test_image_folder_does_not_follow_links_outside_the_folder(tmp_path):
         items, classes = list_image_folder(root)
     assert sorted(os.path.basename(p) for p, _ in items) == ["a.png", "again.png", "b.png"]
     assert classes == ["cat", "dog"]
+
+
+def test_a_fifo_or_a_too_large_file_in_an_image_list_is_dropped_with_its_reason(tmp_path, monkeypatch):
+    """A FIFO among the files would block a plain open(); a huge file would be read whole: both are dropped."""
+    import lightning_optim.data.cleaning.images as images_module
+
+    good = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("L", (4, 4), 7).save(good)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.png"
+    big.write_bytes(good.read_bytes() + b"\0" * 64)
+    monkeypatch.setattr(images_module, "MAX_IMAGE_FILE_BYTES", len(good.read_bytes()) + 10)
+    result = images_module.scan_images(
+        [(str(good), "x"), (str(fifo), "x"), (str(big), "x")], mode="L", classes=["x"]
+    )
+    assert len(result) == 1
+    assert dict(result.dropped) == {str(fifo): "not_a_file", str(big): "too_large"}
