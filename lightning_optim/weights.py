@@ -9,6 +9,7 @@ the path came from.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from lightning_optim.layers.attention import (
     PrunedMultiheadAttention,
     from_multihead_attention,
 )
-from lightning_optim.paths import user_file
+from lightning_optim.paths import opened_user_file
 
 __all__ = ["load_weights", "resize_to_state_dict", "state_dict_from_checkpoint"]
 
@@ -214,20 +215,24 @@ def load_weights(
         option: the option the path came from, named in the error messages (``"teacher_checkpoint"``).
         prefix: the key prefix of the network inside a Lightning module's state dict (``"<attribute>."``).
         strict: require the checkpoint's keys to match the architecture's exactly; with ``False`` missing and
-            unexpected keys are allowed (shapes must still match).
+            unexpected keys are allowed (shapes must still match), but a checkpoint none of whose tensors matches
+            a key of the architecture is refused (it would load nothing), and a partial load is said with a
+            warning (how many of the architecture's tensors were loaded, a few keys left on each side).
         resize: first give the architecture the checkpoint's shapes (:func:`resize_to_state_dict`): the weights
             of a model whose channels structured pruning removed load into its unpruned architecture.
 
     Raises:
         FileNotFoundError: if ``checkpoint_path`` does not exist.
         ValueError: if the path is not a regular file, or the file is not a checkpoint, or its weights do not
-            fit ``module`` (the message lists missing keys, unexpected keys and shape mismatches).
+            fit ``module`` (the message lists missing keys, unexpected keys and shape mismatches), or (``strict=False``)
+            no key of the checkpoint is one of the architecture's.
     """
-    path = os.fspath(user_file(checkpoint_path, option))
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"`{option}` {path!r} could not be read as a PyTorch checkpoint: {err}") from err
+    path = os.fspath(checkpoint_path)
+    with opened_user_file(checkpoint_path, option) as fh:  # checked and read as one open file (never a FIFO)
+        try:
+            checkpoint = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling errors come in many types
+            raise ValueError(f"`{option}` {path!r} could not be read as a PyTorch checkpoint: {err}") from err
     state = state_dict_from_checkpoint(checkpoint, option, prefix)
     if resize:
         resize_to_state_dict(module, state)
@@ -246,5 +251,38 @@ def load_weights(
             f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, shape mismatches {mismatched[:8]}. "
             "Give the same architecture (class and init args) the checkpoint was trained with."
         )
+    if not strict:
+        _check_partial_load(module, expected, state, option, path, prefix)
     module.load_state_dict(state, strict=strict)
     return module
+
+
+def _check_partial_load(
+    module: nn.Module, expected: dict[str, Any], state: dict[str, Any], option: str, path: str, prefix: str
+) -> None:
+    """``strict=False``: refuse a load that matches no key (it would load nothing and look like success); say a
+    partial one (how many of the architecture's tensors the checkpoint gives)."""
+    matched = sorted(set(expected) & set(state))
+    missing = sorted(set(expected) - set(state))
+    unused = sorted(set(state) - set(expected))
+    if not missing and not unused:
+        return
+
+    def few(keys: list[str]) -> str:
+        return f"{keys[:5]}{f' (+{len(keys) - 5} more)' if len(keys) > 5 else ''}"
+
+    if not matched:
+        raise ValueError(
+            f"`{option}` {path!r} has no tensor under a key of the architecture {type(module).__name__}: "
+            f"`strict=False` would load none of its {len(expected)} tensors. Checkpoint keys: "
+            f"{few(sorted(state))}; architecture keys: {few(sorted(expected))}. Give a checkpoint of this network (in "
+            f"a Lightning checkpoint its keys are read under the prefix {prefix!r}, the LightningModule attribute "
+            "that held it: WarmStart's `attribute`)."
+        )
+    warnings.warn(
+        f"`{option}` {path!r} loaded {len(matched)} of the {len(expected)} tensors of {type(module).__name__} "
+        f"(`strict=False`); not in the checkpoint: {few(missing)}; in the checkpoint but not in the architecture: "
+        f"{few(unused)}.",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import ddp_support
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Real MNIST (the files torchvision reads with download=False) lives in ../shared/data beside the checkout.
 SHARED_DATA_DIR = Path(os.environ.get("LIGHTNING_OPTIM_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
@@ -18,13 +20,9 @@ warnings.filterwarnings("ignore", message=".*is deprecated.*", category=Deprecat
 # Tiny test models: one intra-op thread is fastest, and it cannot oversubscribe the cores when tests or
 # other processes run beside it (two OpenMP threads on a busy 2-core machine were 20-50x slower).
 torch.set_num_threads(1)
-# The DDP tests' spawned workers (gloo on CPU) rendezvous through a TCPStore, since torch 2.4 served by a libuv
-# daemon thread. In 2 of 5 full runs in the fourteenth session one worker aborted at interpreter exit, after its
-# fit had finished ("terminate called without an active exception", SIGABRT), never in 70 targeted reruns.
-# Suspected: that daemon thread still joinable when the store is destroyed at exit. The legacy store (no
-# libuv thread) is used here as a mitigation; the workers inherit the variable. Unconfirmed: see the note of
-# issue 27. A user's own DDP runs keep torch's default.
-os.environ.setdefault("USE_LIBUV", "0")
+# The DDP tests' spawned workers end in lockstep without interpreter teardown, where a gloo/c10d thread left
+# joinable aborted a worker after a finished fit in some full runs: see tests/ddp_support.py for the cause.
+ddp_support.register()
 
 
 @pytest.fixture

@@ -62,3 +62,34 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     changed = [name for name, value in r0["params"].items() if not torch.equal(value, initial[name])]
     assert len(changed) == len(initial)  # every parameter trained
     assert r0["val_acc"] == r1["val_acc"] > 0.5  # metrics are synchronized across ranks
+
+
+class FailOnRank1(pl.Callback):
+    """Raises in rank 1's worker after the first training batch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 1:
+            raise RuntimeError("rank 1 fails on purpose")
+
+
+def test_ddp_spawn_is_the_lockstep_exit_strategy_and_a_worker_error_still_reaches_the_test(tmp_path):
+    """``strategy="ddp_spawn"`` in the tests builds tests/ddp_support.py's strategy, whose workers end with
+    os._exit(0) only after their work is done: an error in a worker is not swallowed by that exit."""
+    from tests.ddp_support import LockstepExitLauncher, LockstepSpawnDDP
+
+    module = ClassificationModule(ConvNet3(image_size=8, channels=(4, 4, 4), hidden=8), lr=1e-3)
+    trainer = pl.Trainer(
+        **quiet_trainer_kwargs(
+            tmp_path,
+            devices=2,
+            strategy="ddp_spawn",
+            max_epochs=1,
+            limit_train_batches=2,
+            limit_val_batches=0,
+            callbacks=[FailOnRank1()],
+        )
+    )
+    assert isinstance(trainer.strategy, LockstepSpawnDDP)
+    assert isinstance(trainer.strategy.launcher, LockstepExitLauncher)
+    with pytest.raises(Exception, match="rank 1 fails on purpose"):
+        trainer.fit(module, datamodule=ImageClassificationDataModule("digits", batch_size=16))

@@ -98,8 +98,8 @@ def test_runs_end_to_end_on_real_mnist_and_reuses_its_caches(mnist_dir, tmp_path
     recovery = float(re.search(r"^gap recovery: (-?[\d.]+|nan)%", first, re.M)[1])
     expected = 100 * gap_recovery(alone, distilled, teacher)
     assert recovery == pytest.approx(expected, abs=0.05) or (math.isnan(recovery) and math.isnan(expected))
-    # the saved teacher time is printed (a wall time: on a busy machine it may round to 0.0 s, so no bound)
-    assert float(re.search(r"per distilled run: ([\d.]+) s", first)[1]) >= 0
+    # the saved teacher time is printed; it is a wall time, so nothing is asserted about its value
+    assert re.search(r"per distilled run: [\d.]+ s", first), first
     step_row = r"^\| (student alone|online KD[^|]*|offline KD[^|]*) \| [\d.]+ \| ([\d.]+) \|$"
     ratios = dict(re.findall(step_row, first, re.M))
     assert len(ratios) == 3 and float(ratios["student alone"]) == 1.0, first

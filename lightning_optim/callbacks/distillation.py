@@ -117,8 +117,10 @@ class KnowledgeDistillation(Callback):
             a negative ``feature_weight``, ``start_epoch < 0``, ``end_epoch <= start_epoch``, a non-positive
             ``schedule_epochs``/``cache_max_mb``/``adapter_lr``, ``cache_teacher_logits`` with
             ``feature_pairs``, or a ``teacher_checkpoint`` that does not fit ``teacher``. At setup: an unknown
-            student layer, teacher/student output shapes that differ, or offline mode on augmented data or
-            without sample indices.
+            student layer, teacher/student output shapes that differ, offline mode on augmented data or
+            without sample indices, or ``start_epoch`` not before ``max_epochs`` (an ``end_epoch`` or ramp that
+            ends after the run gets a warning). On resume, with ``feature_pairs``, a checkpoint without this
+            callback's state (its adapters): refused; without feature pairs such a resume goes on with a warning.
         FileNotFoundError: ``teacher_checkpoint`` does not exist.
         TypeError: ``teacher`` is not an ``nn.Module``.
 
@@ -310,6 +312,11 @@ class KnowledgeDistillation(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_fit_start(trainer, pl_module)
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._run_check_resume(trainer, checkpoint)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_epoch_stats()
 
@@ -393,7 +400,64 @@ class KnowledgeDistillation(Callback):
         shape = known_input_shape(trainer, pl_module, self.input_shape)
         return None if shape is None else torch.zeros(2, *shape)
 
+    def _run_check_resume(self, trainer: Any, checkpoint: dict[str, Any]) -> None:
+        """A resume from a checkpoint without this callback's state: refused with feature pairs (the adapters'
+        weights, and the optimizer group that trains them, are not in it), said otherwise (distillation holds no
+        weights of the student: the temperature and alpha follow the epoch, nothing else is restored)."""
+        held = [str(k) for k in checkpoint.get("callbacks", {})]
+        if self.state_key in held or self._legacy_state_key in checkpoint.get("callbacks", {}):
+            return
+        source = (
+            f"resuming from {getattr(trainer, 'ckpt_path', None)}, which holds no state of this callback (its state "
+            f"key {self.state_key!r} is not among the checkpoint's callback states {held}: saved without it, or with "
+            "another `temperature`, `alpha` or `feature_pairs`)"
+        )
+        if self.feature_pairs:
+            raise ValueError(
+                f"KnowledgeDistillation: {source}. Its feature adapters (`feature_pairs`) were not saved in it, so they "
+                "would restart from random weights beside an optimizer state that does not know them: refused. Resume "
+                "with the settings the checkpoint was saved with, or start a new fit from its weights (WarmStart) "
+                "instead of `ckpt_path`."
+            )
+        rank_zero_warn(
+            f"KnowledgeDistillation: {source}. Distillation goes on by its settings (temperature and alpha follow the "
+            "epoch); it keeps no weights or masks of the student, so the checkpoint's model is used as it is."
+        )
+
+    def _check_fits(self, trainer: Any) -> None:
+        """Distillation that starts at or after ``max_epochs`` is refused (it would never run); an ``end_epoch`` or
+        a temperature/alpha ramp that ends after the run is said with what the run reaches."""
+        max_epochs = getattr(trainer, "max_epochs", None)
+        if getattr(trainer, "fast_dev_run", False) or not isinstance(max_epochs, int) or max_epochs < 0:
+            return
+        if self.start_epoch >= max_epochs:
+            raise ValueError(
+                f"KnowledgeDistillation `start_epoch`={self.start_epoch} is not before the Trainer's "
+                f"max_epochs={max_epochs}: the student would never be distilled. Allowed: 0 <= start_epoch < "
+                "max_epochs."
+            )
+        late = []
+        if self.end_epoch is not None and self.end_epoch > max_epochs:
+            late.append(
+                f"`end_epoch`={self.end_epoch} is after the run's {max_epochs} epochs: the distillation phase is "
+                "never done, so EarlyStopping holds off to the end"
+            )
+        length = self._ramp_length(trainer)
+        if length is not None and self.start_epoch + length > max_epochs:
+            progress = (max_epochs - self.start_epoch) / length
+            t = scheduled_value(self.temperature, self.final_temperature, progress, self.schedule)
+            a = scheduled_value(self.alpha, self.final_alpha, progress, self.schedule)
+            late.append(
+                f"the temperature/alpha ramp of {length:g} epochs from epoch {self.start_epoch} ends after the run's "
+                f"{max_epochs} epochs: it reaches {progress:.0%} of its course (temperature {t:.3g}, alpha {a:.3g})"
+            )
+        if late:
+            rank_zero_warn(
+                f"KnowledgeDistillation: {'; '.join(late)}. Shorten the schedule or train for more epochs."
+            )
+
     def _run_setup(self, trainer: Any, pl_module: Any) -> None:
+        self._check_fits(trainer)
         student = target_model(pl_module)
         for student_layer in self.feature_pairs:
             get_layer(student, student_layer, "feature_pairs", "student")

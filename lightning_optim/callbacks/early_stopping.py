@@ -9,6 +9,7 @@ resumable best score, and holding off while a compression phase is still changin
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from typing import Any
@@ -18,11 +19,11 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_optim.callbacks._trainer import broadcast_from_rank0, log_metrics
-from lightning_optim.callbacks.phases import model_is_changing, phase_states
+from lightning_optim.callbacks.phases import model_is_changing, phase_states, phases
 from lightning_optim.checks import check_choice
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class EarlyStopping(LightningEarlyStopping):
     - the best score, its epoch, the wait count and the best weights are saved in checkpoints.
     - hold-off: while any compression phase on the Trainer (pruning ramp, QAT start...; see
       :mod:`lightning_optim.callbacks.phases`) is pending or active, checks are skipped and the tracking
-      restarts from scratch once every phase is done -- scores of a model that is still being compressed
+      (best score, its epoch, best weights and the wait count, which reads 0 while held off) restarts from
+      scratch once every phase is done -- scores of a model that is still being compressed
       are not compared with those of the final one, and the restored weights are always compressed ones.
     - a message when it stops, naming the metric, the best value and its epoch (logged at INFO, and in
       ``stopping_reason_message``); ``early_stopping/wait_count`` and ``early_stopping/best`` go to the
@@ -78,7 +80,7 @@ class EarlyStopping(LightningEarlyStopping):
     Raises:
         ValueError: for an unknown ``mode``, ``min_delta_mode`` or ``best_weights_source``, a negative
             ``min_delta``/``patience``/``start_epoch``, or (at setup) ``best_weights_source="checkpoint"``
-            without a matching ``ModelCheckpoint``.
+            without a matching ``ModelCheckpoint``, or an ``ignore_phases`` name that is no phase on the Trainer.
         RuntimeError: if ``monitor`` is not logged at a check and ``strict`` is set.
 
     Example::
@@ -164,8 +166,30 @@ class EarlyStopping(LightningEarlyStopping):
     # ----------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._check_settings_fit(trainer)
         if self.restore_best_weights and self.best_weights_source == "checkpoint" and stage == "fit":
             self._checkpoint_callback(trainer)  # validates now rather than at the end of a long fit
+
+    def _check_settings_fit(self, trainer: pl.Trainer) -> None:
+        """An ``ignore_phases`` name that is no phase on the Trainer is refused (a misspelled name would hold early
+        stopping off after all); a ``start_epoch`` the run never reaches is said."""
+        present = [str(cb.phase_name) for cb in phases(trainer)]
+        for name in self.ignore_phases:
+            if name in present:
+                continue
+            close = difflib.get_close_matches(str(name), present, n=3, cutoff=0.6)
+            raise ValueError(
+                f"EarlyStopping: `ignore_phases` names {name!r}, which is no compression phase on the Trainer, so it "
+                f"would be ignored{f'; close matches: {close}' if close else ''}. Phases present: {present} (the "
+                "`phase_name` of the compression callbacks: 'pruning', 'quantization', 'distillation')."
+            )
+        max_epochs = trainer.max_epochs
+        if isinstance(max_epochs, int) and 0 <= max_epochs <= self.start_epoch and not trainer.fast_dev_run:
+            rank_zero_warn(
+                f"EarlyStopping: `start_epoch`={self.start_epoch} is not before the Trainer's max_epochs={max_epochs}: "
+                "it can never stop this run (it still tracks the best score and weights)."
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights:

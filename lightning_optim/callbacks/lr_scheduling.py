@@ -64,7 +64,8 @@ class LRScheduling(Callback):
     Raises:
         ValueError: for an unknown schedule name, interval or warm-up mode, a non-positive ``base_lr``,
             ``total_steps`` or warm-up, and, when training starts, a warm-up as long as the training, an
-            unknown total (infinite training), or a non-positive LR in the optimizer.
+            unknown total (infinite training), or a non-positive LR in the optimizer. A ``total_steps`` that
+            differs from the run's length gets a warning (with the LR the run ends at).
         RuntimeError: at the first check of a metric-driven schedule whose ``monitor`` is not logged.
 
     Example::
@@ -251,11 +252,49 @@ class LRScheduling(Callback):
                         f"Every parameter group needs a learning rate > 0 for LRScheduling to scale, got {lr} "
                         "(set `lr` on the module/optimizer or `base_lr` on LRScheduling)."
                     )
+        self._run_check_fits(trainer)
         self._momentum_keys = [self._momentum_key(opt) for opt in trainer.optimizers]
         self._names = [
             self._optimizer_name(opt, i, len(trainer.optimizers)) for i, opt in enumerate(trainer.optimizers)
         ]
         self._last_position = None
+
+    def _run_length(self, trainer: pl.Trainer) -> int | None:
+        """The run's length in intervals (steps or epochs; ``None``: unknown or infinite)."""
+        if self.interval == "epoch":
+            total = trainer.max_epochs
+            return int(total) if isinstance(total, int) and total >= 0 else None
+        try:
+            total = trainer.estimated_stepping_batches
+        except Exception:  # noqa: BLE001 - an unsized loader: nothing to compare with
+            return None
+        return int(total) if isinstance(total, (int, float)) and math.isfinite(total) else None
+
+    def _run_check_fits(self, trainer: pl.Trainer) -> None:
+        """A ``total_steps`` given that differs from the run's length is said, with the LR the run ends at."""
+        if self.total_steps is None or self.schedule.monitor is not None or trainer.fast_dev_run:
+            return
+        run = self._run_length(trainer)
+        if run is None or run == self.total or not self.base_lrs or not self.base_lrs[0]:
+            return
+        base = self.base_lrs[0][0]
+        unit = self.interval
+        at_end = self.lr_at(max(run - 1, 0), base, base)
+        if run < self.total:
+            what = (
+                f"the run stops at {run / self.total:.0%} of the schedule: its last {unit} runs at LR {at_end:.3g}, "
+                f"not at the schedule's end ({self.lr_at(self.total - 1, base, base):.3g})"
+            )
+        else:
+            what = (
+                f"its last {run - self.total} {unit}s run past the schedule's end (at {unit} {run - 1} the LR is "
+                f"{at_end:.3g})"
+            )
+        rank_zero_warn(
+            f"LRScheduling: `total_steps`={self.total} {unit}s, but the run has {run} {unit}s "
+            f"({'max_epochs' if unit == 'epoch' else 'trainer.estimated_stepping_batches'}): {what}, for a base LR of "
+            f"{base:.3g}. Leave `total_steps` unset to fit the schedule to the run."
+        )
 
     @staticmethod
     def _momentum_key(optimizer: Optimizer) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import math
@@ -32,6 +33,7 @@ from lightning_optim.functional.pruning.blocks import (
     find_blocks,
     remove_blocks,
 )
+from lightning_optim.functional.pruning.blocks import _removed as is_removed_block
 from lightning_optim.functional.pruning.compaction import (
     TIED,
     CompactedLayer,
@@ -53,6 +55,8 @@ from lightning_optim.functional.pruning.groups import (
     pruned_units,
     remove_layer_norm_masks,
     remove_units,
+    unit_masks,
+    zero_units,
 )
 from lightning_optim.functional.pruning.importance import check_importance, num_pruned
 from lightning_optim.functional.pruning.masks import (
@@ -123,8 +127,18 @@ class ProgressivePruning(Callback):
     on a masked network that is not compacted (it was trained with them).
 
     Sparsity is a target for the whole schedule, a fraction of the selected weights (never compounded).
+    Which of several equal weights (or units) a mask prunes is fixed: the lowest scores go first, ties in the
+    order of position (flattened index within a tensor; with ``scope="global"``, the layers in registration
+    order), the same on every run and every process.
     Masks and schedule position are in the callback's ``state_dict`` (bit-packed), so a resumed run
-    continues exactly. Under DDP, masks are computed from the synchronized weights and broadcast from rank
+    continues exactly. A resume from a checkpoint that holds *no* state of this callback (saved by a run without
+    it, or with another ``final_sparsity``/``granularity``/``include``/``exclude``, which make its state key)
+    keeps the model's zeros: the weights (structured: whole units; channel groups: channels) that are exactly
+    zero in the checkpoint become masks that every later pruning step keeps (blocks removed in the checkpoint
+    stay removed), the ramp is laid out from the settings, and a warning says so; nothing pruned is revived.
+    Before the first epoch, a ramp that does not fit the run is said: one whose pruning steps all fall after the
+    end of the run (``max_epochs``/``max_steps``) is refused, one cut short gets a warning with the sparsity it
+    reaches and the fix. Under DDP, masks are computed from the synchronized weights and broadcast from rank
     0, so every rank holds the same masks.
 
     It is the ``"pruning"`` compression phase (:mod:`lightning_optim.callbacks.phases`): ``pending`` before
@@ -206,7 +220,11 @@ class ProgressivePruning(Callback):
         ValueError: a sparsity outside ``[0, 1)``, ``end`` before ``start``, ``start < 0``,
             ``frequency < 1``, an unknown ``unit``/``schedule``/``granularity``/``scope``/``importance``/
             ``module_types`` name, ``importance_batches < 1`` (or given without ``granularity="blocks"``),
-            ``layer_sparsity`` with ``granularity="blocks"``, or (at setup) no module matched; with channel
+            ``layer_sparsity`` with ``granularity="blocks"``, or (at setup) no module matched, an ``include``
+            pattern that matches no module of ``module_types`` (blocks: no candidate block), an ``exclude``
+            pattern that matches no module, a ``layer_sparsity`` key that matches no pruned module (each naming
+            the closest names), an ``attribute`` other than ``"model"`` that is not a network of the
+            LightningModule; before the first epoch, a ramp entirely after the end of the run; with channel
             groups or blocks, batches without a tensor input to trace (run) the network with; with blocks,
             (at setup) a network without any candidate block.
         DependencyError: (at setup) with channel groups, a network ``torch.fx`` cannot trace.
@@ -326,6 +344,13 @@ class ProgressivePruning(Callback):
         # masks: weight name (relative to the network) -> bool mask (unit mask ``(out, 1, ..)`` when structured)
         self.masks: dict[str, Tensor] = {}
         self._loaded_state: dict[str, Any] | None = None
+        # resume: whether the checkpoint held this callback's state (load_state_dict was called), the callback
+        # states the checkpoint held (on_load_checkpoint), and the keep-masks of the weights that were zero in a
+        # checkpoint without it (kept at zero: every later mask is and-ed with them); None: not resolved yet
+        self._state_restored = False
+        self._checkpoint_states: list[str] | None = None
+        self.kept_zeros: dict[str, Tensor] = {}
+        self._kept_zeros_pending = False
         # the network was compacted (by this fit or the checkpoint's): masks no longer apply to it
         self.compacted = False
         self._warned_whole: set[str] = set()
@@ -366,19 +391,23 @@ class ProgressivePruning(Callback):
         """The modules whose ``weight`` is pruned, by type, name patterns and first/last options.
 
         Raises:
-            ValueError: if no module matches.
+            ValueError: if no module matches, or if a pattern of ``include``, ``exclude`` or a key of
+                ``layer_sparsity`` matches nothing it could apply to (a misspelled name would otherwise be
+                ignored): the message names the pattern and the closest module names.
         """
-        selected = []
+        typed = []
         for name, module in model.named_modules():
             if not name or not isinstance(module, self._module_classes):
                 continue
             if not isinstance(getattr(module, "weight", None), Tensor):
                 continue
-            if self.include is not None and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
-                continue
-            if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
-                continue
-            selected.append((name, module))
+            typed.append((name, module))
+        selected = [
+            (name, module)
+            for name, module in typed
+            if (self.include is None or any(fnmatch.fnmatchcase(name, p) for p in self.include))
+            and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+        ]
         if self.keep_first_dense and selected:
             selected = selected[1:]
         if self.keep_last_dense and selected:
@@ -389,12 +418,48 @@ class ProgressivePruning(Callback):
                 f"exclude={self.exclude}, keep_first_dense={self.keep_first_dense}, keep_last_dense={self.keep_last_dense}. "
                 f"Modules of the network: {[n for n, _ in model.named_modules() if n][:20]}."
             )
+        names = [n for n, _ in model.named_modules() if n]
+        self._check_patterns(
+            "include", self.include or [], [n for n, _ in typed], names, "module of `module_types`"
+        )
+        self._check_patterns("exclude", self.exclude, names, names, "module of the network")
+        self._check_patterns(
+            "layer_sparsity", list(self.layer_sparsity), [n for n, _ in selected], names, "pruned module"
+        )
         return dict(selected)
+
+    def _check_patterns(
+        self, option: str, patterns: list[str], targets: list[str], names: list[str], what: str
+    ) -> None:
+        """Refuse the first of ``patterns`` (globs of ``option``) that matches none of ``targets``, naming the
+        closest of ``targets`` and, where it matches other modules of the network (``names``), why they are no
+        ``what``."""
+        for pattern in patterns:
+            if any(fnmatch.fnmatchcase(t, pattern) for t in targets):
+                continue
+            close = difflib.get_close_matches(pattern, targets, n=3, cutoff=0.6)
+            elsewhere = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            key = "key" if option == "layer_sparsity" else "pattern"
+            why = ""
+            if elsewhere:
+                why = (
+                    f" It matches {elsewhere[:4]}{'...' if len(elsewhere) > 4 else ''}, which "
+                    f"{'is' if len(elsewhere) == 1 else 'are'} not pruned (module_types={self.module_types}, "
+                    f"include={self.include}, exclude={self.exclude}, keep_first_dense={self.keep_first_dense}, "
+                    f"keep_last_dense={self.keep_last_dense})."
+                )
+            raise ValueError(
+                f"ProgressivePruning: `{option}` {key} {pattern!r} matches no {what}, so it would be ignored."
+                f"{why}{f' Close matches: {close}.' if close else ''} Candidates: {targets[:20]}"
+                f"{'...' if len(targets) > 20 else ''} (glob patterns over the names of `named_modules()` of the "
+                "network)."
+            )
 
     # -------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._check_attribute(pl_module)
         model = target_model(pl_module, self.attribute)
         if self.by_blocks:  # found now when the input shape is known, else at the first training batch
             self.block_candidates = None
@@ -419,6 +484,25 @@ class ProgressivePruning(Callback):
                     check_traceable(model, self.exclude)
                 except DependencyError:
                     self._fx_failed = True
+
+    def _check_attribute(self, pl_module: nn.Module) -> None:
+        """An ``attribute`` other than the default must name a network of the LightningModule (else the whole
+        LightningModule would be pruned, with other names, and the setting silently ignored)."""
+        if self.attribute == "model" or isinstance(getattr(pl_module, self.attribute, None), nn.Module):
+            return
+        children = [n for n, _ in pl_module.named_children()]
+        close = difflib.get_close_matches(self.attribute, children, n=3, cutoff=0.6)
+        raise ValueError(
+            f"ProgressivePruning: `attribute` {self.attribute!r} is not a network of {type(pl_module).__name__}"
+            f"{f'; close matches: {close}' if close else ''}; its submodules: {children[:20]}. Give the name of the "
+            "attribute that holds the network (`attribute: model` for ClassificationModule)."
+        )
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # which callback states the checkpoint holds: said when it holds none of this callback
+        self._checkpoint_states = [str(k) for k in checkpoint.get("callbacks", {})]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.by_groups and self.graph is None and self._fx_failed:
@@ -457,6 +541,7 @@ class ProgressivePruning(Callback):
                         "are one tensor."
                     )
                 self._find_block_candidates(target_model(pl_module, self.attribute), self.example_input)
+                self._run_keep_checkpoint_zeros(trainer, pl_module)
             self._maybe_prune(trainer, pl_module, batch)  # an event due before this batch's step (step 0)
             return
         if self.by_groups and self.graph is None:
@@ -470,6 +555,7 @@ class ProgressivePruning(Callback):
             model = target_model(pl_module, self.attribute)
             self._run_build_graph(model, self.example_input)
             self._run_layer_norm_masks(model)  # restored masks (resume) that a layer norm normalises across
+            self._run_keep_checkpoint_zeros(trainer, pl_module)
             self._maybe_prune(trainer, pl_module)  # an event held back until the graph was known
 
     def on_before_optimizer_step(
@@ -505,6 +591,18 @@ class ProgressivePruning(Callback):
         if self._events_done >= len(self._events()):
             return "done"
         return "active" if self._events_done > 0 else "pending"
+
+    def done_epoch(self, trainer: Any) -> int | None:
+        """The first epoch at whose start the ramp is done by its settings (``end`` with ``unit="epoch"``; the
+        epoch that follows the optimizer step ``end`` with ``unit="step"``), or ``None`` when unknown (unsized
+        data). A later phase that starts after this one (``start_after``) checks it against ``max_epochs``."""
+        if self.unit == "epoch" and self._end_step is None:
+            return self.end
+        spe = self._steps_per_epoch(trainer)
+        if spe is None:
+            return None
+        end_step = self._end_step if self._end_step is not None else self.end
+        return math.ceil(end_step / spe)
 
     @property
     def phase_steps_done(self) -> int:
@@ -694,6 +792,9 @@ class ProgressivePruning(Callback):
                 "its input (x + f(x): residual blocks, transformer layers). Prune channels instead with "
                 "granularity='channel_groups'."
             )
+        names = [n for n, _ in model.named_modules() if n]
+        self._check_patterns("include", self.include or [], found, names, "candidate block")
+        self._check_patterns("exclude", self.exclude, names, names, "module of the network")
         self.block_candidates = selected
         modules = dict(model.named_modules())
         self.block_records = {
@@ -895,10 +996,9 @@ class ProgressivePruning(Callback):
             start, end = self.start, self.end
             frequency = self.frequency or max(1, (end - start) // 10)
         else:
-            batches = trainer.num_training_batches
-            if not math.isfinite(batches):
+            steps_per_epoch = self._steps_per_epoch(trainer)
+            if steps_per_epoch is None:
                 raise ValueError("`unit='epoch'` needs a sized training dataloader; use `unit='step'`.")
-            steps_per_epoch = max(1, math.ceil(int(batches) / trainer.accumulate_grad_batches))
             start, end = self.start * steps_per_epoch, self.end * steps_per_epoch
             frequency = self.frequency or steps_per_epoch
         self._start_step, self._end_step, self._frequency_steps = start, end, frequency
@@ -915,6 +1015,8 @@ class ProgressivePruning(Callback):
             self.current_sparsity = state["current_sparsity"]
             self.history = list(state.get("history", []))
             self.masks = {n: unpack_mask(p, state["shapes"][n]) for n, p in state["masks"].items()}
+            kept, kept_shapes = state.get("kept_zeros", {}), state.get("kept_zeros_shapes", {})
+            self.kept_zeros = {n: unpack_mask(p, kept_shapes[n]) for n, p in kept.items()}
             self._loaded_state = None
             if self.removed_blocks:  # already removed by the LightningModule's on_load_checkpoint, if it can
                 replaced = self._remove_blocks(trainer, pl_module, list(self.removed_blocks))
@@ -924,11 +1026,157 @@ class ProgressivePruning(Callback):
                     )
         elif self._end_step is None:
             self._resolve_steps(trainer)
+        self._run_check_fits(trainer)
+        if trainer.ckpt_path is not None and not self._state_restored and not self.compacted:
+            self._kept_zeros_pending = True  # a resume from a checkpoint without this callback's state
         self._build_targets(model)
         self._apply_weight_masks()
         self._run_layer_norm_masks(model)
+        self._run_keep_checkpoint_zeros(trainer, pl_module)
         self._last_step = trainer.global_step
         self._maybe_prune(trainer, pl_module)
+
+    def _steps_per_epoch(self, trainer: pl.Trainer) -> int | None:
+        batches = getattr(trainer, "num_training_batches", None)
+        if not isinstance(batches, (int, float)) or not math.isfinite(batches):
+            return None
+        # the last batches of an epoch make an optimizer step even when fewer than accumulate_grad_batches
+        return max(1, math.ceil(int(batches) / trainer.accumulate_grad_batches))
+
+    def _run_check_fits(self, trainer: pl.Trainer) -> None:
+        """Before any epoch: a ramp whose remaining pruning steps all fall after the end of the run is refused
+        (nothing would be pruned); one cut short by the end of the run is said with the sparsity it reaches."""
+        if trainer.fast_dev_run or self._end_step is None:
+            return
+        try:
+            total = trainer.estimated_stepping_batches
+        except Exception:  # noqa: BLE001 - an unsized loader: nothing to compare with
+            return
+        if not isinstance(total, (int, float)) or not math.isfinite(total):
+            return
+        total = int(total)
+        remaining = self._events()[self._events_done :]
+        inside = [e for e in remaining if e <= total]  # an event at step `total` runs at the last batch's end
+        if not remaining or len(inside) == len(remaining):
+            return
+        spe = self._steps_per_epoch(trainer) if self.unit == "epoch" else None
+        epochs = f"{total / spe:g} epoch{'' if total == spe else 's'}" if spe else ""
+        run = f"{total} optimizer steps" + (f", {epochs} of {spe} steps" if spe else "")
+
+        def at(step: int) -> str:
+            return f"optimizer step {step}" + (f" (epoch {step / spe:g})" if spe else "")
+
+        if spe:
+            fix = (
+                f"set `end` <= {total // spe} (and `start` <= `end`), or train for `max_epochs` >= {self.end}"
+            )
+        else:
+            fix = f"set `end` <= {total} (and `start` <= `end`), or train for `max_steps` >= {self._end_step}"
+        what = "blocks" if self.by_blocks else "weights"
+        if not inside and self._events_done == 0:
+            raise ValueError(
+                f"ProgressivePruning: the first pruning step is at {at(remaining[0])}, after the end of the run "
+                f"({run}): no {what} would be pruned (0% of the `final_sparsity` {self.final_sparsity:.0%} "
+                f"target). To prune in this run, {fix}."
+            )
+        reached = self._event_sparsity(inside[-1]) if inside else self.current_sparsity
+        last = (
+            f"the last pruning step in the run is at {at(inside[-1])}"
+            if inside
+            else "no pruning step is left"
+        )
+        rank_zero_warn(
+            f"ProgressivePruning: the ramp ends at {at(remaining[-1])} but the run has {run}: {last}, so the "
+            f"model ends at {reached:.1%} sparsity, short of the `final_sparsity` {self.final_sparsity:.1%} "
+            f"target ({len(remaining) - len(inside)} of {len(self._events())} pruning steps fall after the end). "
+            f"To reach the target, {fix}."
+        )
+
+    @torch.no_grad()
+    def _run_keep_checkpoint_zeros(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A resume from a checkpoint that holds no state of this callback: what the checkpoint holds pruned (weights
+        or channels that are exactly zero, removed blocks) is kept as masks that every later pruning step keeps too,
+        and a warning says so (the ramp itself is laid out from the settings). Channel groups: once traced."""
+        if not self._kept_zeros_pending or (self.by_groups and self.graph is None):
+            return
+        if self.by_blocks and self.block_candidates is None:
+            return
+        self._kept_zeros_pending = False
+        model = target_model(pl_module, self.attribute)
+        held = self._checkpoint_states
+        source = (
+            f"holds no state of this callback (its state key {self.state_key!r} is not among the checkpoint's "
+            f"callback states {held}: saved without it, or with other `final_sparsity`, `granularity`, `include` "
+            "or `exclude`)"
+            if held is not None
+            else "holds no callback states"
+        )
+        ramp = (
+            f"{len(self._events())} pruning steps from optimizer step {self._start_step} to {self._end_step}"
+        )
+        head = (
+            f"ProgressivePruning: resuming from {trainer.ckpt_path}, which {source}. The ramp is laid out from the "
+            f"settings ({ramp}), "
+        )
+        if self.by_blocks:
+            removed = [n for n, m in model.named_modules() if n and is_removed_block(m)]
+            candidates = set(self.block_candidates or [])
+            self.removed_blocks += [b for b in removed if b in candidates and b not in self.removed_blocks]
+            rank_zero_warn(
+                head
+                + f"and the blocks the checkpoint holds removed stay removed ({removed or 'none'}): no pruning "
+                "step brings them back."
+            )
+            return
+        weights = {f"{n}.weight": m.weight for n, m in self._modules.items()}
+        if self.by_groups:
+            assert self.graph is not None
+            units = zero_units(model, self.graph)
+            kept = {n: m.cpu() for n, m in unit_masks(model, self.graph, units).items()}
+            free = sum(u.pinned is None for u in self.graph.units)
+            share = len(units) / max(free, 1)
+            count = (
+                f"{len(units):,} channels that are zero in the checkpoint ({share:.1%} of the prunable ones)"
+            )
+        else:
+            kept = {}
+            for name, w in weights.items():
+                keep = w.detach().ne(0)
+                if self.structured and w.dim() > 1:
+                    keep = keep.flatten(1).any(1).view(-1, *([1] * (w.dim() - 1)))
+                if not bool(keep.all()):
+                    kept[name] = keep.cpu()
+            zeros = sum(int((~m).expand(weights[n].shape).sum()) for n, m in kept.items())
+            total = sum(w.numel() for w in weights.values())
+            unit = "weights" if not self.structured else "weights (of whole zero units)"
+            share = zeros / max(total, 1)
+            count = f"{zeros:,} {unit} that are zero in the checkpoint ({share:.1%} of the pruned layers' weights)"
+        self.kept_zeros = kept
+        if kept:
+            self.masks = self._and_kept(
+                dict(self.masks) if self.masks else {n: m.clone() for n, m in kept.items()}
+            )
+            self._build_targets(model)
+            self._apply_weight_masks()
+            self._run_layer_norm_masks(model)
+            self._clear_optimizer_state(trainer)
+        rank_zero_warn(
+            head
+            + f"and the {count} are kept at zero as masks: no pruning step revives them (the sparsity may "
+            "exceed the schedule's target where the checkpoint holds more zeros). To continue the checkpoint's own "
+            "ramp instead, resume with the settings it was saved with."
+        )
+
+    def _and_kept(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``masks`` that also prune what :attr:`kept_zeros` keeps at zero (a resume without this callback's state)."""
+        for name, keep in self.kept_zeros.items():
+            mask = masks.get(name)
+            if mask is None:
+                masks[name] = keep.clone()
+                continue
+            keep = keep.to(mask.device)
+            masks[name] = mask & (keep if keep.shape == mask.shape else keep.expand_as(mask))
+        return masks
 
     def _run_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any = None) -> None:
         step = trainer.global_step
@@ -993,7 +1241,7 @@ class ProgressivePruning(Callback):
             }
             masks = compute_masks(weights, target, self.granularity, self.scope, self.importance, overrides)
         masks = broadcast_from_rank0(trainer, masks, tensorwise=True)
-        self.masks = {n: m.cpu() for n, m in masks.items()}
+        self.masks = self._and_kept({n: m.cpu() for n, m in masks.items()})
         self.current_sparsity = target
         self._build_targets(model)
         self._apply_weight_masks()
@@ -1290,6 +1538,10 @@ class ProgressivePruning(Callback):
             "events_done": self._events_done,
             "current_sparsity": self.current_sparsity,
             "history": list(self.history),
+            "kept_zeros": {} if self.compacted else {n: pack_mask(m) for n, m in self.kept_zeros.items()},
+            "kept_zeros_shapes": {}
+            if self.compacted
+            else {n: tuple(m.shape) for n, m in self.kept_zeros.items()},
             "compacted": self.compacted,
             "block_candidates": None if self.block_candidates is None else list(self.block_candidates),
             "removed_blocks": list(self.removed_blocks),
@@ -1297,6 +1549,7 @@ class ProgressivePruning(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._state_restored = True
         if state_dict.get("end_step") is None:  # saved before the start of training: nothing to restore
             return
         self._loaded_state = dict(state_dict)

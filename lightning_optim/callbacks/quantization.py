@@ -35,7 +35,14 @@ from lightning_optim.callbacks._trainer import (
     log_metrics,
     work_progress,
 )
-from lightning_optim.callbacks.phases import Compacts, PhaseState, phase_done, phases, target_model
+from lightning_optim.callbacks.phases import (
+    Compacts,
+    PhaseState,
+    find_phase,
+    phase_done,
+    phases,
+    target_model,
+)
 from lightning_optim.checks import check_choice
 from lightning_optim.functional.pruning import apply_masks_, zero_masks
 from lightning_optim.functional.quantization import (
@@ -496,7 +503,12 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     interleaved runs).
 
     Resume: a checkpoint taken during QAT holds the prepared model; the callback rebuilds that structure
-    before the weights are loaded (a load-state-dict pre-hook on the LightningModule). DDP: ranks convert
+    before the weights are loaded (a load-state-dict pre-hook on the LightningModule). A checkpoint without this
+    callback's state (saved without it, or with other settings that make its state key) keeps the model's zeros:
+    with ``preserve_zeros`` the weights that are exactly zero in it stay zero through QAT and in the int8 model,
+    QAT goes on (a prepared network) or starts by the settings, and a warning says so. Before the first epoch,
+    QAT that would start after a ``start_after`` phase ending at or after ``max_epochs`` is refused, and freezing
+    epochs the run never reaches are said. DDP: ranks convert
     rank 0's state, so the int8 model is identical on every rank. Mixed precision: fake quantization runs in
     float32 under ``bf16-mixed``/``16-mixed``. Zeros: with ``preserve_zeros``, weights that are exactly zero
     when QAT starts (pruned) stay zero during QAT and in the int8 weights.
@@ -556,8 +568,9 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
 
     Raises:
         ValueError: an unknown ``backend`` or ``engine``; a negative ``start_epoch``; freeze epochs before ``start_epoch``;
-            bad report options. At ``fit`` start: ``start_epoch`` not before ``max_epochs``, or no phase called
-            ``start_after`` on the Trainer.
+            bad report options. At ``fit`` start: ``start_epoch`` not before ``max_epochs``, no phase called
+            ``start_after`` on the Trainer, or (before the first epoch) a ``start_after`` phase that its settings
+            finish at or after ``max_epochs``.
         QuantizationError: when QAT starts: a network with no conv/linear layer, or whose forward cannot run
             prepared or in int8 (the message names the failing op).
 
@@ -649,6 +662,10 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         self._zero_weights: dict[str, Tensor] | None = None
         self._load_hook: Any = None
         self._in_eval = False
+        # resume: whether the checkpoint held this callback's state, and which callback states it held
+        self._state_restored = False
+        self._checkpoint_states: list[str] | None = None
+        self._prepared_at_setup = False  # prepared before any checkpoint was restored (start_epoch=0)
 
     @property
     def state_key(self) -> str:
@@ -665,6 +682,15 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         if stage != "fit":
             return
         self._run_setup(trainer, pl_module)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._checkpoint_states = [str(k) for k in checkpoint.get("callbacks", {})]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_check_fits(trainer)
+        self._run_resume(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_schedule(trainer, pl_module)
@@ -773,6 +799,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         if self.start_epoch == 0 and self.start_after is None and not self.backend.is_prepared(model):
             # before the strategy wraps the model (DDP) and builds the optimizers
             self._run_prepare(trainer, pl_module)
+            self._prepared_at_setup = True
             # ranges are observed on training batches only: not on what runs before the first epoch (the
             # LightningModule's dry run at setup, zeros); the first training epoch turns observation on
             self._run_observe(pl_module, training=False)
@@ -789,6 +816,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             if any(key.startswith(marker) for key in state_dict):
                 break
         else:
+            self._float_checkpoint_into_prepared(module, prefix)
             return
         model = target_model(module, self.attribute)
         if model is module or self.backend.is_prepared(model):
@@ -807,6 +835,106 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
                     "the network again: give the Trainer training data or set `example_input_array`."
                 )
         self._prepare(module, model, epoch=None)  # type: ignore[arg-type]
+
+    def _run_check_fits(self, trainer: pl.Trainer) -> None:
+        """Before any epoch: QAT that would start only after the phase named ``start_after`` is done, when that
+        phase ends at or after ``max_epochs`` by its settings, is refused (QAT would never start); freezing epochs
+        that the run never reaches are said (the phase would never be done: EarlyStopping holds off to the end)."""
+        max_epochs = trainer.max_epochs
+        if trainer.fast_dev_run or self.converted or max_epochs is None or max_epochs < 0:
+            return
+        start = self.start_epoch if self.started_epoch is None else self.started_epoch
+        if not self.prepared and self.start_after is not None:
+            phase = find_phase(trainer, self.start_after)
+            done_epoch = getattr(phase, "done_epoch", None)
+            done = done_epoch(trainer) if callable(done_epoch) else None
+            if done is not None:
+                start = max(start, int(done))
+                if start >= max_epochs:
+                    raise ValueError(
+                        f"QuantizationAwareTraining starts after the {self.start_after!r} phase (`start_after`), "
+                        f"which by its settings is done at epoch {done} (and QAT's `start_epoch` is "
+                        f"{self.start_epoch}): the Trainer's max_epochs={max_epochs} ends the run before epoch "
+                        f"{start}, so QAT would never start. End {self.start_after} by epoch {max_epochs - 1} or "
+                        f"train for max_epochs >= {start + 1}."
+                    )
+        late = []
+        if self.freeze_observers_epoch is not None and not self.observers_frozen:
+            epoch = max(self.freeze_observers_epoch, start + 1)  # after one epoch of observation at least
+            if epoch >= max_epochs:
+                late.append(f"`freeze_observers_epoch` (ranges frozen at epoch {epoch})")
+        if self.freeze_bn_epoch is not None and not self.bn_frozen and self.freeze_bn_epoch >= max_epochs:
+            late.append(f"`freeze_bn_epoch` ({self.freeze_bn_epoch})")
+        if late:
+            rank_zero_warn(
+                f"QuantizationAwareTraining: {' and '.join(late)} is not before the Trainer's max_epochs="
+                f"{max_epochs}: it never happens in this run (QAT starts at epoch {start}); the quantization phase "
+                "is then never done, so EarlyStopping holds off to the end, and the int8 model takes the ranges as "
+                "last observed. Freeze before the last epoch or train longer."
+            )
+
+    def _run_resume(self, trainer: pl.Trainer) -> None:
+        """After a checkpoint was restored: the zero masks come from the restored weights (a network prepared at
+        setup built them from its initial weights); a checkpoint without this callback's state is said."""
+        if trainer.ckpt_path is None:
+            return
+        if self.prepared:
+            self._zero_masks = None  # rebuilt at the first batch from the restored weights
+        if self._state_restored:
+            return
+        held = self._checkpoint_states
+        source = (
+            f"holds no state of this callback (its state key {self.state_key!r} is not among the checkpoint's "
+            f"callback states {held}: saved without it, or with another `start_epoch`, `start_after`, `engine` or "
+            "`attribute`)"
+            if held is not None
+            else "holds no callback states"
+        )
+        if self.prepared:
+            what = (
+                "QAT goes on with the checkpoint's network as it is (prepared for QAT: fake-quantized or not); "
+                "freezing and conversion follow the settings"
+            )
+        else:
+            after = f" after {self.start_after!r} is done" if self.start_after is not None else ""
+            start = max(self.start_epoch, trainer.current_epoch)
+            what = (
+                f"the checkpoint holds the float network, QAT starts at epoch {start}{after} by the settings"
+            )
+        zeros = (
+            "the weights that are exactly zero in the checkpoint (pruned) are kept at zero through QAT and in the "
+            "int8 weights (`preserve_zeros=True`)"
+            if self.preserve_zeros
+            else "with `preserve_zeros=False` the weights that are zero in the checkpoint (pruned) train like the "
+            "others; set `preserve_zeros: true` to keep them at zero"
+        )
+        rank_zero_warn(
+            f"QuantizationAwareTraining: resuming from {trainer.ckpt_path}, which {source}: {what}; {zeros}."
+        )
+
+    def _float_checkpoint_into_prepared(self, module: nn.Module, prefix: str) -> None:
+        """A checkpoint of the float network (saved before QAT started, or by a run without QAT) restored into a
+        network this callback prepared at setup (``start_epoch=0``), before any step: the float network goes back
+        in its place, the checkpoint loads into it, and QAT starts again at the first epoch of the resumed run
+        (from the checkpoint's weights, its zeros kept with ``preserve_zeros``)."""
+        model = target_model(module, self.attribute)
+        if (
+            prefix
+            or model is module
+            or not self._prepared_at_setup
+            or self._float_reference is None
+            or not self.backend.is_prepared(model)
+        ):
+            return
+        float_net = copy.deepcopy(self._float_reference).train(model.training)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self._set_network(module, float_net.to(device))  # type: ignore[arg-type]
+        self.prepared = False
+        self.started_epoch = None
+        self._prepared_at_setup = False
+        self._zero_masks = None
+        self._zero_weights = None
+        self.fusion_plan = None
 
     def _should_start(self, trainer: pl.Trainer) -> bool:
         if trainer.current_epoch < self.start_epoch:
@@ -996,6 +1124,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._state_restored = True
         name = state_dict.get("backend")
         if self.auto_backend and name in self._auto_order:
             self._use_backend(name)

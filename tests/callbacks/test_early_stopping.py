@@ -307,3 +307,70 @@ def test_ddp_two_processes_restore_identical_best_weights(tmp_path):
     )
     trainer.fit(ScriptedModule(scores))
     assert trainer.state.finished
+
+
+# --------------------------------------------------------------------------------- hold-off resets the wait count
+class WindowPhase(Callback):
+    """A compression phase that is done, then active for epochs ``[begin, end)``, then done again (a stage that
+    starts after some checks already counted, e.g. one resumed into a run)."""
+
+    phase_name = "window"
+
+    def __init__(self, begin: int, end: int) -> None:
+        self.begin, self.end = begin, end
+
+    def phase_state(self, trainer):
+        return "active" if self.begin <= trainer.current_epoch < self.end else "done"
+
+
+class WaitRecorder(Callback):
+    """After EarlyStopping's check of each epoch: its wait count, and what its checkpoint state would hold."""
+
+    def __init__(self, es: EarlyStopping) -> None:
+        self.es = es
+        self.rows: list[tuple[int, int, int, bool]] = []
+
+    def _record(self, epoch: int) -> None:
+        state = self.es.state_dict()
+        self.rows.append((epoch, self.es.wait_count, state["wait_count"], self.es._holding_off))
+
+    # Lightning runs EarlyStopping's epoch-end check after the other callbacks: read it at the next epoch start
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch > 0:
+            self._record(trainer.current_epoch - 1)
+
+    def on_train_end(self, trainer, pl_module):
+        self._record(trainer.current_epoch - 1)
+
+
+def test_the_wait_count_is_reset_while_held_off(tmp_path):
+    """Two checks without improvement count (wait 1, 2), then a phase holds early stopping off: from the first
+    held-off check the wait count is 0 (in the callback and in its checkpoint state), so patience counts from
+    scratch once the phase is done."""
+    scores = [0.1, 0.5, 0.6, 0.7, 0.8, 0.2, 0.3, 0.4]
+    es = EarlyStopping("score", patience=5)
+    recorder = WaitRecorder(es)
+    _fit(tmp_path, scores, [WindowPhase(begin=3, end=5), es, recorder])
+    rows = {epoch: (wait, saved, held) for epoch, wait, saved, held in recorder.rows}
+    assert rows[1][:2] == (1, 1) and rows[2][:2] == (2, 2)
+    assert rows[3] == (0, 0, True) and rows[4] == (0, 0, True)
+    assert rows[5] == (0, 0, False) and rows[6][0] == 1 and rows[7][0] == 2  # counted again from 5's best
+    assert es.best_epoch == 5 and es.stopped_epoch == 0
+
+
+def test_an_ignored_phase_that_is_not_on_the_trainer_is_refused_at_setup(tmp_path):
+    es = EarlyStopping("score", patience=1, ignore_phases=("fake_prunig",))
+    with pytest.raises(
+        ValueError,
+        match=r"`ignore_phases` names 'fake_prunig', which is no compression phase on the Trainer, so it would be "
+        r"ignored; close matches: \['fake_pruning'\]\. Phases present: \['fake_pruning'\]",
+    ):
+        _fit(tmp_path, [0.1, 0.5, 0.6], [FakePhase(done_at=10), es])
+
+
+def test_a_start_epoch_the_run_never_reaches_is_said(tmp_path):
+    es = EarlyStopping("score", patience=1, start_epoch=5)
+    with pytest.warns(
+        UserWarning, match=r"`start_epoch`=5 is not before the Trainer's max_epochs=3: it can never stop"
+    ):
+        _fit(tmp_path, [0.1, 0.5, 0.6], [es])

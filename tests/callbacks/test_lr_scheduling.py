@@ -516,3 +516,31 @@ def test_cycle_bounds_reversed_against_the_base_lr(tmp_path):
     # min_lr defaults to the base LR (0.05), above max_lr
     with pytest.raises(ValueError, match="Cycle bounds reversed"):
         _fit(tmp_path, LRScheduling(Cyclic(max_lr=0.01)))
+
+
+# --------------------------------------------------------------------------------- the run's length
+def test_steps_round_up_under_gradient_accumulation_that_does_not_divide_the_batches(tmp_path):
+    """8 batches per epoch with accumulate_grad_batches=3: 3 optimizer steps per epoch (after batches 3, 6 and
+    the last one), 9 in all; the cosine runs over those 9 and is at its last value at the last step."""
+    callback = LRScheduling(CosineAnnealing(min_lr=1e-3), interval="step")
+    trainer, rec = _fit(tmp_path, callback, accumulate_grad_batches=3)
+    assert callback.total == 9 == trainer.global_step
+    assert rec.steps == list(range(9))
+    for t, lrs in zip(rec.steps, rec.lrs):
+        assert lrs[0] == pytest.approx(1e-3 + (BASE - 1e-3) * (1 + math.cos(math.pi * t / 9)) / 2), t
+
+
+@pytest.mark.parametrize(
+    ("total_steps", "match"),
+    [
+        (48, r"`total_steps`=48 steps, but the run has 24 steps .*: the run stops at 50% of the schedule"),
+        (
+            12,
+            r"`total_steps`=12 steps, but the run has 24 steps .*: its last 12 steps run past the schedule's end",
+        ),
+    ],
+    ids=["longer", "shorter"],
+)
+def test_a_total_steps_that_does_not_fit_the_run_is_said(tmp_path, total_steps, match):
+    with pytest.warns(UserWarning, match=match):
+        _fit(tmp_path, LRScheduling(CosineAnnealing(), interval="step", total_steps=total_steps))

@@ -1433,3 +1433,221 @@ def test_the_new_granularities_under_bf16_mixed(tmp_path, net, shape, granularit
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
     with torch.no_grad():
         assert torch.isfinite(module.model.eval()(x[:4])).all()
+
+
+# ------------------------------------------------------------------------------------------------ masks through steps
+class _GradientAndClipChecker(Callback):
+    """Placed after the pruning callback: before each optimizer step (after the callback masked the gradients,
+    before Lightning clips them) the pruned gradients are zero, and after it (after the re-mask) every surviving
+    weight moved by exactly ``-lr x`` its gradient clipped by the norm of the *masked* gradients; a pruned
+    gradient that counted in the norm would clip the survivors harder."""
+
+    def __init__(self, pruning: ProgressivePruning, lr: float, clip: float) -> None:
+        self.pruning, self.lr, self.clip = pruning, lr, clip
+        self.expected: dict[str, torch.Tensor] = {}
+        self.checked = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        params = dict(pl_module.model.named_parameters())
+        for name, mask in self.pruning.masks.items():
+            grad = params[name].grad
+            assert torch.count_nonzero(grad * ~mask.expand_as(grad)) == 0, (
+                f"{name}: pruned gradients not masked"
+            )
+        grads = [p.grad.detach() * self._keep(n, p) for n, p in params.items() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = min(1.0, self.clip / (float(norm) + 1e-6))
+        self.expected = {
+            n: (p.detach() - self.lr * scale * p.grad * self._keep(n, p)).clone()
+            for n, p in params.items()
+            if p.grad is not None
+        }
+
+    def _keep(self, name, p):
+        mask = self.pruning.masks.get(name)
+        return torch.ones_like(p) if mask is None else mask.expand_as(p).to(p.dtype)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.expected:
+            return
+        for name, p in pl_module.model.named_parameters():
+            torch.testing.assert_close(p.detach(), self.expected[name], rtol=1e-5, atol=1e-7, msg=name)
+        self.checked += 1
+
+
+def test_pruned_gradients_are_masked_before_clipping(tmp_path):
+    """Gradient clipping by norm sees only the gradients of kept weights: the surviving weights move as if the
+    pruned ones did not exist. (Without the gradient masking the re-mask after the step hides the pruned
+    weights' updates; the survivors' clipped step still gives it away.)"""
+    lr, clip = 0.1, 1e-3  # a bound small enough that every step is clipped
+    cb = ProgressivePruning(final_sparsity=0.7, start=0, end=0, unit="step", verbose=False)
+    checker = _GradientAndClipChecker(cb, lr, clip)
+    fit(
+        tmp_path,
+        cb,
+        optimizer=lambda p: torch.optim.SGD(p, lr=lr),
+        lr=None,
+        extra=[checker],
+        epochs=1,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm="norm",
+    )
+    assert checker.checked == 12
+
+
+class _NoisySGD(torch.optim.Optimizer):
+    """SGD with Gaussian noise added to every weight at each step (Langevin dynamics): it moves weights whose
+    gradient is zero, as decoupled weight decay towards a non-zero point or a restored momentum would."""
+
+    def __init__(self, params, lr: float = 0.01, noise: float = 1e-2) -> None:
+        super().__init__(params, {"lr": lr, "noise": noise})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"]).add_(torch.randn_like(p), alpha=group["noise"])
+        return loss
+
+
+def test_pruned_weights_are_masked_again_after_every_optimizer_step(tmp_path):
+    """An optimizer that moves weights with a zero gradient: masked gradients alone do not keep the pruned
+    weights at zero, the re-mask after each step does."""
+    cb = ProgressivePruning(final_sparsity=0.6, start=0, end=4, unit="step", frequency=2, verbose=False)
+    checker = MaskChecker(cb)
+    _, module = fit(tmp_path, cb, optimizer=lambda p: _NoisySGD(p), lr=None, extra=[checker], epochs=1)
+    assert checker.checked == 12 * 3
+    w = module.model.fc1.weight
+    assert int((w == 0).sum()) == round(0.6 * w.numel())
+
+
+def test_steps_per_epoch_round_up_under_gradient_accumulation(tmp_path):
+    """12 batches with accumulate_grad_batches=5 make 3 optimizer steps per epoch (after batches 5, 10 and the
+    last one): pruning steps at epochs 1, 2, 3 are optimizer steps 3, 6, 9, each at the end of the epoch before."""
+    cb = ProgressivePruning(final_sparsity=0.6, start=1, end=3, unit="epoch", verbose=False)
+    seen = []
+
+    class EventRecorder(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if len(cb.history) > len(seen):
+                seen.append((trainer.current_epoch, batch_idx, trainer.global_step))
+
+    trainer, _ = fit(tmp_path, cb, extra=[EventRecorder()], epochs=4, accumulate_grad_batches=5)
+    assert [h["step"] for h in cb.history] == [3, 6, 9]
+    assert seen == [(0, 11, 3), (1, 11, 6), (2, 11, 9)]
+    assert cb.done_epoch(trainer) == 3
+
+
+def test_a_layer_override_below_the_initial_sparsity_never_unprunes(tmp_path):
+    """``initial_sparsity=0.5`` with ``layer_sparsity={"fc3": 0.2}``: fc3 is held at its own 20% from the first
+    pruning step (its ramp starts at min(initial, 0.2)); no layer's pruned count ever goes down."""
+    cb = ProgressivePruning(
+        final_sparsity=0.8,
+        initial_sparsity=0.5,
+        start=0,
+        end=8,
+        unit="step",
+        frequency=2,
+        schedule="linear",
+        layer_sparsity={"fc3": 0.2},
+        verbose=False,
+    )
+    counts: list[dict[str, int]] = []
+
+    class CountRecorder(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if len(cb.history) > len(counts):
+                counts.append({n: int((~m).sum()) for n, m in cb.masks.items()})
+
+    fit(tmp_path, cb, extra=[CountRecorder()], epochs=1)
+    fc3 = 10 * 24
+    assert [c["fc3.weight"] for c in counts] == [round(0.2 * fc3)] * len(counts)
+    for before, after in zip(counts, counts[1:]):
+        assert all(after[n] >= before[n] for n in before), (before, after)
+    assert counts[-1]["fc1.weight"] == round(0.8 * 48 * 64)
+
+
+# ------------------------------------------------------------------------------------------------ names that match nothing
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"layer_sparsity": {"fc_2": 0.5}},
+            r"`layer_sparsity` key 'fc_2' matches no pruned module, so it would be ignored\. Close matches: \['fc2'",
+        ),
+        ({"include": ["fc1", "fc4"]}, r"`include` pattern 'fc4' matches no module of `module_types`"),
+        ({"exclude": ["fc_3"]}, r"`exclude` pattern 'fc_3' matches no module of the network.*'fc3'"),
+        (
+            {"keep_last_dense": True, "layer_sparsity": {"fc3": 0.5}},
+            r"`layer_sparsity` key 'fc3' matches no pruned module.*It matches \['fc3'\], which is not pruned.*"
+            r"keep_last_dense=True",
+        ),
+        (
+            {"attribute": "modle"},
+            r"`attribute` 'modle' is not a network of ClassificationModule; close matches",
+        ),
+    ],
+    ids=["layer_sparsity", "include", "exclude", "kept_dense", "attribute"],
+)
+def test_a_name_that_matches_nothing_is_refused_at_setup(tmp_path, kwargs, match):
+    cb = ProgressivePruning(final_sparsity=0.5, start=0, end=2, unit="step", verbose=False, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        fit(tmp_path, cb, epochs=1, extra=[_NoStepCheck()])
+
+
+class _NoStepCheck(Callback):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        raise AssertionError("an optimizer step ran")
+
+
+def test_a_name_that_matches_nothing_is_refused_for_channel_groups_and_blocks(tmp_path):
+    cb = ProgressivePruning(granularity="channel_groups", layer_sparsity={"stem.conv": 0.3}, verbose=False)
+    with pytest.raises(ValueError, match=r"`layer_sparsity` key 'stem.conv' matches no pruned module"):
+        group_fit(tmp_path / "g", cb, residual_cnn(), extra=[_NoStepCheck()])
+    with pytest.raises(
+        ValueError, match=r"`include` pattern 'blocks.9' matches no candidate block.*'blocks.0'"
+    ):
+        group_fit(
+            tmp_path / "b", block_pruning(include=["blocks.0", "blocks.9"]), block_net(), extra=[_NoEpoch()]
+        )
+
+
+# ------------------------------------------------------------------------------------------------ ramps that do not fit the run
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"start": 3, "end": 5, "unit": "epoch"},
+            r"first pruning step is at optimizer step 36 \(epoch 3\), after the end of the run \(24 optimizer steps, "
+            r"2 epochs of 12 steps\): no weights would be pruned \(0% of the `final_sparsity` 80% target\)\. "
+            r"To prune in this run, set `end` <= 2 .* `max_epochs` >= 5",
+        ),
+        (
+            {"start": 30, "end": 40, "unit": "step"},
+            r"first pruning step is at optimizer step 30, after the end of the run \(24 optimizer steps\).*"
+            r"`max_steps` >= 40",
+        ),
+    ],
+    ids=["epochs", "steps"],
+)
+def test_a_ramp_after_the_end_of_the_run_is_refused_before_any_step(tmp_path, kwargs, match):
+    cb = ProgressivePruning(final_sparsity=0.8, verbose=False, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        fit(tmp_path, cb, epochs=2, extra=[_NoStepCheck()])
+
+
+def test_a_ramp_cut_short_by_the_run_is_said_with_the_sparsity_it_reaches(tmp_path):
+    cb = ProgressivePruning(final_sparsity=0.8, start=0, end=4, unit="epoch", verbose=False)
+    with pytest.warns(UserWarning) as record:
+        fit(tmp_path, cb, epochs=2)
+    (message,) = [str(w.message) for w in record if "ProgressivePruning: the ramp ends" in str(w.message)]
+    reached = event_sparsity(24, 0, 48, 0.0, 0.8)  # the cubic ramp half way: 70%
+    assert f"the model ends at {reached:.1%} sparsity, short of the `final_sparsity` 80.0% target" in message
+    assert "the ramp ends at optimizer step 48 (epoch 4) but the run has 24 optimizer steps" in message
+    assert "set `end` <= 2 (and `start` <= `end`), or train for `max_epochs` >= 4" in message
+    assert cb.current_sparsity == pytest.approx(reached)

@@ -396,6 +396,30 @@ def pruned_units(graph: DependencyGraph, masks: Mapping[str, Tensor]) -> set[int
     return out
 
 
+@torch.no_grad()
+def zero_units(model: nn.Module, graph: DependencyGraph) -> set[int]:
+    """The free units of ``graph`` whose every written parameter slice (producer rows, biases, batch-norm
+    scale and shift) is exactly zero in ``model``: channels a checkpoint holds pruned, read back from the weights
+    alone (:func:`unit_masks` of them keeps them at zero)."""
+    modules = dict(model.named_modules())
+    out = set()
+    for u in graph.units:
+        if u.pinned is not None:
+            continue
+        checked = 0
+        for s in u.outputs:
+            t = _param(modules, s)
+            if not isinstance(t, nn.Parameter):
+                continue
+            if bool(t.detach().select(s.axis, s.index).ne(0).any()):
+                break
+            checked += 1
+        else:
+            if checked:
+                out.add(u.id)
+    return out
+
+
 def _size_attributes(module: nn.Module, name: str, axis: int) -> tuple[str, ...]:
     for cls, table in SIZE_ATTRIBUTES:
         if isinstance(module, cls):

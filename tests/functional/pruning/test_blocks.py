@@ -350,20 +350,26 @@ def test_rank_blocks_by_loss_or_by_loss_per_millisecond():
         rank_blocks(importance, None, "loss_per_latency")
 
 
-def test_block_latency_times_each_block_inside_the_forward():
-    import time
+def test_block_latency_times_each_block_inside_the_forward(monkeypatch):
+    """Timed on a scripted clock (no wall time: a busy machine cannot change the result): the clock moves only
+    while the slow block "sleeps", so each block's time is exactly what it spent between its hooks."""
+    import types
 
+    import lightning_optim.functional.pruning.blocks as blocks_module
     from lightning_optim.functional.pruning import block_latency
+
+    clock = [0.0]
+    monkeypatch.setattr(blocks_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     class Slow(ResBlock):
         def forward(self, x):
-            time.sleep(0.02)
+            clock[0] += 0.02  # 20 ms inside this block only
             return super().forward(x)
 
     net = tiny_resnet()
     net.blocks[2] = Slow()
     times = block_latency(net, ["blocks.0", "blocks.2"], X, repeats=2)
-    assert times["blocks.2"] >= 20.0 > times["blocks.0"]
+    assert times["blocks.2"] == pytest.approx(20.0) and times["blocks.0"] == 0.0
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())  # hooks removed
 
 
