@@ -8,7 +8,8 @@ joinable: c10d/gloo worker threads (which may also hold work items with tensors 
 of an interpreter that is being torn down; pytorch/pytorch#179291 describes the same abort and why an atexit
 ``destroy_process_group`` does not always avoid it) or the TCPStore's libuv thread (the earlier mitigation,
 ``USE_LIBUV=0``). Which one it is depends on the timing of two processes exiting at once on a loaded machine:
-70 targeted reruns (fourteenth session) and 97 looped fits (fifteenth session, load 4-6) never reproduced it.
+70 targeted reruns (fourteenth session) and 63 looped 2-process fits (fifteenth session, load 4-6, torch's
+default libuv store) never reproduced it.
 
 The fix removes the window rather than one of its causes: after the worker's function has returned and rank 0
 has put its results on the (synchronous) return queue, every worker waits at a barrier for the others, destroys
