@@ -14,7 +14,16 @@
   run's ``default_root_dir``; a recipe's own ``trainer.logger`` (``false`` included) wins;
 - dependency notices a user cannot act on (Lightning's litlogger/litmodels tips, its use of a deprecated
   torch pytree class) are filtered out while the command runs (:data:`QUIET_LOG_MESSAGES`,
-  :data:`QUIET_WARNINGS`); deprecation warnings of the formats the package writes are never filtered.
+  :data:`QUIET_WARNINGS`); deprecation warnings of the formats the package writes are never filtered;
+- faults: checkpoints are written atomically (:class:`~lightning_optim.plugins.AtomicCheckpointIO`, unless
+  the recipe names a ``CheckpointIO`` plugin); ``fit`` adds
+  :class:`~lightning_optim.callbacks.InterruptCheckpoint` (SIGTERM/SIGINT: finish the step, save
+  ``last.ckpt``, exit with status 128 + signal, e.g. 143; ``--interrupt_checkpoint false`` to leave it out) and
+  :class:`~lightning_optim.callbacks.ExactResume` (random states and the rest of an interrupted epoch, for a
+  resume exact to the bit; ``--exact_resume false``) unless the recipe has them; ``--ckpt_path last`` resumes
+  from the newest ``last*.ckpt`` of the run's folders (:func:`find_last_checkpoint`: every ``version_N`` of the
+  logger, the ``ModelCheckpoint`` and ``InterruptCheckpoint`` folders), and a checkpoint path must name a
+  regular file (a FIFO or a folder is refused before anything is read).
 
 Only ``lightning.pytorch`` is used (never ``pytorch_lightning``): callbacks and loggers in a recipe must
 come from that namespace.
@@ -22,20 +31,30 @@ come from that namespace.
 
 from __future__ import annotations
 
+import glob
 import importlib
 import importlib.util
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from lightning_optim import yaml_limits
+from lightning_optim.callbacks.exact_resume import ExactResume
+from lightning_optim.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from lightning_optim.modules.classification import ClassificationModule
+from lightning_optim.paths import user_file
+from lightning_optim.plugins import AtomicCheckpointIO
 
 #: modules whose presence makes TensorBoard the default logger (``pip install 'lightning-optim[tensorboard]'``)
 TENSORBOARD_MODULES: tuple[str, ...] = ("tensorboard", "tensorboardX")
@@ -135,6 +154,60 @@ def default_logger(save_dir: str | os.PathLike) -> Logger:
     return CSVLogger(save_dir=save_dir)
 
 
+#: ``ckpt_path`` values Lightning resolves itself (every other value is a file path, checked to be a regular file)
+SPECIAL_CKPT_PATHS: tuple[str, ...] = ("last", "best", "hpc")
+
+
+def _is_remote(path: str) -> bool:
+    """A URL (``s3://...``) or a model registry name (``registry:...``): Lightning reads those itself."""
+    return "://" in path or path.startswith("registry:")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def last_checkpoint_folders(trainer: Trainer) -> list[str]:
+    """Where the run's ``last*.ckpt`` files can be: each ``ModelCheckpoint``'s and ``InterruptCheckpoint``'s
+    folder; for those that follow the logger, its folder of every version (``<save_dir>/<name>/*/checkpoints``,
+    since each run of the command logs to a new ``version_N``); ``<default_root_dir>/checkpoints``."""
+    folders = [os.path.join(trainer.default_root_dir, "checkpoints")]
+    follows_logger = False
+    for callback in trainer.callbacks:
+        if isinstance(callback, (ModelCheckpoint, InterruptCheckpoint)) and callback.dirpath:
+            folders.append(os.fspath(callback.dirpath))
+        elif isinstance(callback, (ModelCheckpoint, InterruptCheckpoint)):
+            follows_logger = True
+    if follows_logger and trainer.loggers:
+        logger = trainer.loggers[0]
+        save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+        pattern = os.path.join(
+            glob.escape(os.fspath(save_dir)), glob.escape(str(logger.name or "")), "*", "checkpoints"
+        )
+        folders.extend(sorted(glob.glob(pattern)))
+    return list(dict.fromkeys(os.path.normpath(f) for f in folders))
+
+
+def find_last_checkpoint(trainer: Trainer) -> str | None:
+    """The newest ``last*.ckpt`` (by modification time) in :func:`last_checkpoint_folders`, or ``None``.
+
+    What ``--ckpt_path last`` resumes from: Lightning's own ``"last"`` looks only in the folder of this run's
+    logger version, which the command makes new at every run.
+    """
+    found: list[tuple[float, str]] = []
+    for folder in last_checkpoint_folders(trainer):
+        for path in glob.glob(os.path.join(glob.escape(folder), "last*.ckpt")):
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((info.st_mtime, path))
+    return max(found)[1] if found else None
+
+
 def data_num_classes(datamodule: Any) -> int | None:
     """The data module's ``num_classes`` where it has one, else ``None`` (the module infers it from the model)."""
     value = getattr(datamodule, "num_classes", None)
@@ -157,6 +230,9 @@ class LightningOptimCLI(LightningCLI):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # YAML with alias/size/depth limits and no python tags; a --config that is a FIFO or folder refused
+        # before jsonargparse would block on it or read it
+        yaml_limits.guard_cli(kwargs.get("args"))
         _import_short_name_modules()
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
@@ -166,11 +242,30 @@ class LightningOptimCLI(LightningCLI):
             super().__init__(*args, **kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The Trainer, with :func:`default_logger` where the recipe names no logger (or ``logger: true``)."""
+        """The Trainer, with :func:`default_logger` where the recipe names no logger (or ``logger: true``),
+        :class:`~lightning_optim.plugins.AtomicCheckpointIO` where it names no ``CheckpointIO`` plugin and, for
+        ``fit``, :class:`~lightning_optim.callbacks.ExactResume` (first, so that it sets the random states back
+        before the other callbacks' epoch-start hooks) and :class:`~lightning_optim.callbacks.InterruptCheckpoint`
+        where the recipe has none (``--exact_resume false``, ``--interrupt_checkpoint false`` leave them out)."""
         config = self._get(self.config_init, "trainer", default={}) or {}
         logger = config.get("logger")
         if "logger" not in kwargs and (logger is None or logger is True):
             kwargs["logger"] = default_logger(config.get("default_root_dir") or os.getcwd())
+        if "plugins" not in kwargs:
+            plugins = _as_list(config.get("plugins"))
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        if "callbacks" not in kwargs and self.subcommand in (None, "fit"):
+            callbacks = _as_list(config.get("callbacks"))
+            if self._get(self.config_init, "exact_resume", default=True) and not any(
+                isinstance(c, ExactResume) for c in callbacks
+            ):
+                callbacks.insert(0, ExactResume())
+            if self._get(self.config_init, "interrupt_checkpoint", default=True) and not any(
+                isinstance(c, InterruptCheckpoint) for c in callbacks
+            ):
+                callbacks.append(InterruptCheckpoint())
+            kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -183,6 +278,60 @@ class LightningOptimCLI(LightningCLI):
             default=True,
             help="After `fit`, run the test split on the final model (when the data module has one).",
         )
+        parser.add_argument(
+            "--interrupt_checkpoint",
+            type=bool,
+            default=True,
+            help="`fit`: on SIGTERM/SIGINT finish the step, save last.ckpt and exit with 128 + the signal "
+            "(InterruptCheckpoint, unless the recipe has one).",
+        )
+        parser.add_argument(
+            "--exact_resume",
+            type=bool,
+            default=True,
+            help="`fit`: keep the random states and the data position in checkpoints, so a resume is exact "
+            "(ExactResume, unless the recipe has one).",
+        )
+
+    def before_fit(self) -> None:
+        self._resolve_ckpt_path("fit")
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_path("validate")
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_path("test")
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path("predict")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's CLI reads a ``ckpt_path`` file at parse time for the hyperparameters it holds: first
+        checked here to be a regular file (a FIFO would never be read, a folder is named as such), and a file
+        that is not a readable checkpoint is reported naming ``ckpt_path``, before anything is set up."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        text = os.fspath(ckpt_path) if ckpt_path is not None else None
+        if text is not None and text not in SPECIAL_CKPT_PATHS and not _is_remote(text):
+            user_file(text, "ckpt_path")
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, OSError) as err:
+            raise ValueError(
+                f"`ckpt_path` {text!r} is not a readable checkpoint (truncated, corrupt or another format: {err}). "
+                "Resume from an earlier checkpoint."
+            ) from err
+
+    def _resolve_ckpt_path(self, subcommand: str) -> None:
+        """``--ckpt_path last``: the newest ``last*.ckpt`` of the run (:func:`find_last_checkpoint`), where
+        Lightning would look only in this run's new logger version."""
+        config = self.config_init.get(subcommand) if hasattr(self.config_init, "get") else None
+        if config is None or config.get("ckpt_path") != "last":
+            return
+        found = find_last_checkpoint(self.trainer)
+        if found is not None:
+            rank_zero_info(f"--ckpt_path last: resuming from {found}")
+            config["ckpt_path"] = found
 
     def after_fit(self) -> None:
         if not self.config.get(self.subcommand, {}).get("test_after_fit", True) or self.datamodule is None:

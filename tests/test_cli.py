@@ -1,16 +1,20 @@
 """The `lightning-optim` CLI: fit from YAML in a subprocess, reload the saved config.yaml, --print_config,
-short class names, the num_classes link, the other subcommands, the default logger and the quiet first screen."""
+short class names, the num_classes link, the other subcommands, the default logger and the quiet first screen;
+faults: atomic checkpoints, exact resume and interrupts by default, `--ckpt_path last` across versions, SIGTERM."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from lightning_optim.cli import build_cli
 from tests.conftest import REPO_ROOT
@@ -299,3 +303,110 @@ def test_quiet_dependency_notices_keep_deprecations_of_the_formats_we_write():
         "torch.onnx.export(...,",
         "torch.export.export_for_training",
     ]
+
+
+# ----------------------------------------------------------------------------------------------- faults
+class SignalAtStep(Callback):
+    """Sends ``signal`` to its own process after training step ``step`` (a recipe callback of the tests)."""
+
+    def __init__(self, step: int = -1, signal_name: str = "SIGTERM") -> None:
+        self.step, self.signal_name = step, signal_name
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+def test_fit_adds_atomic_checkpoints_exact_resume_and_interrupts_unless_told(tmp_path):
+    from lightning_optim.callbacks import ExactResume, InterruptCheckpoint
+    from lightning_optim.plugins import AtomicCheckpointIO
+
+    path = str(write(tmp_path / "r.yaml", recipe(tmp_path)))
+    cli = quiet_main(["--config", path], run=False)
+    callbacks = cli.trainer.callbacks
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert isinstance(callbacks[0], ExactResume)  # first: it sets the random states back before the others
+    assert sum(isinstance(c, InterruptCheckpoint) for c in callbacks) == 1
+    cli = quiet_main(
+        ["--config", path, "--exact_resume", "false", "--interrupt_checkpoint", "false"], run=False
+    )
+    assert not any(isinstance(c, (ExactResume, InterruptCheckpoint)) for c in cli.trainer.callbacks)
+    config = recipe(tmp_path)
+    config["trainer"]["callbacks"] = [
+        {"class_path": "InterruptCheckpoint", "init_args": {"filename": "stop"}}
+    ]
+    cli = quiet_main(["--config", str(write(tmp_path / "own.yaml", config))], run=False)
+    own = [c for c in cli.trainer.callbacks if isinstance(c, InterruptCheckpoint)]
+    assert len(own) == 1 and own[0].filename == "stop"  # the recipe's own, not a second one
+
+
+def test_ckpt_path_last_is_the_newest_last_checkpoint_of_any_version(tmp_path):
+    from lightning_optim.cli import find_last_checkpoint
+
+    config = recipe(tmp_path)
+    config["trainer"]["enable_checkpointing"] = True  # Lightning's ModelCheckpoint, in the logger's version
+    cli = quiet_main(["--config", str(write(tmp_path / "r.yaml", config))], run=False)
+    assert find_last_checkpoint(cli.trainer) is None
+    older = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    newer = tmp_path / "checkpoints" / "last.ckpt"  # InterruptCheckpoint's folder without a ModelCheckpoint
+    for i, path in enumerate((older, newer)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "epoch=0.ckpt").write_bytes(b"x")
+    assert find_last_checkpoint(cli.trainer) == str(newer)
+    os.utime(older, (2_000_000, 2_000_000))
+    assert find_last_checkpoint(cli.trainer) == str(older)
+
+
+@pytest.mark.parametrize("make", ["fifo", "folder", "missing"])
+def test_ckpt_path_that_is_not_a_checkpoint_file_is_refused_before_anything_runs(tmp_path, make):
+    path = tmp_path / "x.ckpt"
+    if make == "fifo":
+        os.mkfifo(path)
+    elif make == "folder":
+        path.mkdir()
+    error = FileNotFoundError if make == "missing" else ValueError
+    with pytest.raises(error, match="ckpt_path`"):  # `ckpt_path` or `--ckpt_path` (the FIFO check before parsing)
+        quiet_main(
+            ["fit", "--config", str(write(tmp_path / "r.yaml", recipe(tmp_path))), "--ckpt_path", str(path)]
+        )
+    assert not (tmp_path / "lightning_logs").exists()  # refused before the trainer was made
+
+
+def _final_weights(root: Path) -> dict:
+    (final,) = sorted((root / "lightning_logs").glob("version_*/checkpoints/epoch=1-step=6.ckpt"))
+    return torch.load(final, weights_only=True)["state_dict"]
+
+
+def test_sigterm_during_fit_saves_exits_143_and_ckpt_path_last_continues_exactly(tmp_path):
+    def signal_recipe(root: Path, step: int) -> Path:
+        config = recipe(root)
+        config["trainer"].update(max_epochs=2, enable_checkpointing=True)
+        network = config["model"]["init_args"]["model"]["init_args"]
+        network["dropout"] = 0.5  # resumed bit for bit only with the random states restored
+        config["trainer"]["callbacks"] = [
+            {"class_path": "tests.test_cli.SignalAtStep", "init_args": {"step": step}}
+        ]
+        return write(root / "recipe.yaml", config)
+
+    full = tmp_path / "full"
+    full.mkdir()
+    done = run_cli("fit", "--config", str(signal_recipe(full, -1)), "--test_after_fit", "false", cwd=full)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = signal_recipe(run, 2)
+    stopped = run_cli("fit", "--config", str(config), "--test_after_fit", "false", cwd=run)
+    assert stopped.returncode == 143, stopped.stderr[-4000:]  # 128 + SIGTERM, not Lightning's 0
+    saved = run / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(saved, weights_only=True)["global_step"] == 2
+
+    resumed = run_cli(
+        "fit", "--config", str(config), "--ckpt_path", "last", "--test_after_fit", "false", cwd=run
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resuming from {saved}" in resumed.stdout + resumed.stderr  # found in version_0, run as version_1
+    a, b = _final_weights(full), _final_weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -42,6 +42,7 @@ COMPRESSION_TOOLS = (
     "functional.compression_report",
     "functional.distillation",
     "functional.artifact",
+    "functional.weight_sharing",
     "callbacks",
 )
 

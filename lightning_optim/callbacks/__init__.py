@@ -9,6 +9,8 @@ from lightning_optim._deprecation import moved
 from lightning_optim.callbacks.compression_report import CompressionReport
 from lightning_optim.callbacks.distillation import KnowledgeDistillation
 from lightning_optim.callbacks.early_stopping import EarlyStopping
+from lightning_optim.callbacks.exact_resume import ExactResume
+from lightning_optim.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from lightning_optim.callbacks.lr_scheduling import LRScheduling
 from lightning_optim.callbacks.non_finite_guard import NonFiniteError, NonFiniteGuard
 from lightning_optim.callbacks.phases import (
@@ -24,6 +26,7 @@ from lightning_optim.callbacks.phases import (
 from lightning_optim.callbacks.pipeline import CompressionPipeline, WarmStart
 from lightning_optim.callbacks.pruning import ProgressivePruning
 from lightning_optim.callbacks.quantization import PostTrainingQuantization, QuantizationAwareTraining
+from lightning_optim.callbacks.weight_sharing import WeightSharing
 from lightning_optim.functional.lr_scheduling.schedules import (
     LR_SCHEDULES,
     Constant,
@@ -46,6 +49,7 @@ __all__ = [
     "ProgressivePruning",
     "PostTrainingQuantization",
     "QuantizationAwareTraining",
+    "WeightSharing",
     "EarlyStopping",
     "LRScheduling",
     "LR_SCHEDULES",
@@ -61,6 +65,8 @@ __all__ = [
     "StepDecay",
     "NonFiniteError",
     "NonFiniteGuard",
+    "ExactResume",
+    "InterruptCheckpoint",
     "CompressionPhase",
     "find_phase",
     "OffersModel",

@@ -213,6 +213,8 @@ class KnowledgeDistillation(Callback):
         self._checked_shapes = False
         self._epoch_stats: dict[str, float] = {}
         self._reset_epoch_stats()
+        self._epoch_closed = True  # no epoch under way (set by the epoch hooks)
+        self._resumed_mid_epoch = False
         self.cache = TeacherLogitCache(int(self.cache_max_mb * 2**20)) if cache_teacher_logits else None
         self._reset_stats()
 
@@ -318,10 +320,15 @@ class KnowledgeDistillation(Callback):
         self._run_check_resume(trainer, checkpoint)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._resumed_mid_epoch:  # the epoch's aggregates so far came with the checkpoint
+            self._resumed_mid_epoch = False
+            return
+        self._epoch_closed = False
         self._reset_epoch_stats()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_log_epoch(trainer, pl_module)
+        self._epoch_closed = True
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -370,9 +377,21 @@ class KnowledgeDistillation(Callback):
             adapters = {k: v.detach().cpu().clone() for k, v in self.adapters.state_dict().items()}
         else:
             adapters = dict(self._pending_adapter_state or {})
-        return {"adapters": adapters}
+        # the epoch's aggregates (logged at its end): a run resumed mid-epoch, or before the epoch-end hooks,
+        # logs the same distill/alpha, distill/temperature as the uninterrupted run
+        return {
+            "adapters": adapters,
+            "epoch_stats": {
+                k: v for k, v in self._epoch_stats.items() if k != "teacher_seconds"
+            },  # no wall time
+            "epoch_closed": self._epoch_closed,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "epoch_stats" in state_dict:
+            self._epoch_stats = {**dict(state_dict["epoch_stats"]), "teacher_seconds": 0.0}
+            self._epoch_closed = bool(state_dict.get("epoch_closed", True))
+            self._resumed_mid_epoch = not self._epoch_closed
         adapters = dict(state_dict.get("adapters", {}))
         if len(self.adapters):
             self.adapters.load_state_dict(adapters)

@@ -31,6 +31,15 @@ from lightning_optim.functional.pruning.masks import (
 )
 from lightning_optim.functional.pruning.schedules import SPARSITY_SCHEDULES, scheduled_sparsity
 from lightning_optim.functional.regularization import l1_penalty, weight_decay_param_groups
+from lightning_optim.functional.weight_sharing import (
+    centroid_gradient,
+    cluster_weight,
+    kmeans_1d,
+    load_shared,
+    save_shared,
+    share_weights_,
+    size_breakdown,
+)
 
 __all__ = [
     "distillation_loss",
@@ -60,4 +69,11 @@ __all__ = [
     "warmup_factor",
     "l1_penalty",
     "weight_decay_param_groups",
+    "centroid_gradient",
+    "cluster_weight",
+    "kmeans_1d",
+    "load_shared",
+    "save_shared",
+    "share_weights_",
+    "size_breakdown",
 ]
