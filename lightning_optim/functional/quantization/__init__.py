@@ -32,6 +32,11 @@ from lightning_optim.functional.quantization.export import (
     unused_path,
 )
 from lightning_optim.functional.quantization.fusion import FusionPlan, find_fusion_groups, quantizable_layers
+from lightning_optim.functional.quantization.mixed_precision import (
+    MixedPrecisionPlan,
+    check_plan_settings,
+    choose_float_layers,
+)
 from lightning_optim.functional.quantization.onnx import (
     OnnxRunner,
     complete_qdq,
@@ -108,4 +113,7 @@ __all__ = [
     "run_onnx",
     "verify_onnx",
     "verify_pt2",
+    "MixedPrecisionPlan",
+    "check_plan_settings",
+    "choose_float_layers",
 ]
