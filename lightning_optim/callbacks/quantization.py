@@ -65,6 +65,12 @@ from lightning_optim.functional.quantization import (
     unused_path,
 )
 from lightning_optim.functional.quantization.export import EXPORT_FORMATS as _SUFFIXES
+from lightning_optim.functional.quantization.mixed_precision import (
+    LayerTimer,
+    MixedPrecisionPlan,
+    check_plan_settings,
+    choose_float_layers,
+)
 from lightning_optim.weights import resize_to_state_dict
 
 # `EXPORT_FORMATS` lived here up to 0.2.x: it moved to functional/quantization/export.py
@@ -1150,6 +1156,13 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
     TorchScript, and reported like :class:`QuantizationAwareTraining` does. Under DDP rank 0's calibration is
     used on every rank.
 
+    Mixed precision (``mixed_precision=True``, PT2E only): before calibrating, the layers that lose too much
+    top-1 in int8 or gain nothing from int8 on this CPU are chosen by measurement
+    (:func:`~lightning_optim.functional.quantization.mixed_precision.choose_float_layers`, on rank 0; every rank
+    gets its choice) and kept in float, the rest int8. The plan is :attr:`mixed_precision_plan` (its table and
+    summary are logged, ``quantization/float_layers`` is the number of layers kept float); it is part of the
+    callback's state, so a run resumed from a checkpoint that holds it reuses it instead of planning again.
+
     Args:
         backend: the quantization stack, ``"auto"``, ``"pt2e"`` or ``"eager"`` (see
             :class:`QuantizationAwareTraining`).
@@ -1172,11 +1185,27 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         verbose: print the fusion summary and the report.
         dry_run: at setup (``fit`` or ``validate``), prepare, convert and run a copy of the network on an example
             input, so that a model the stack cannot quantize is refused before any epoch.
+        mixed_precision: keep in float the layers that are sensitive or gain nothing from int8 on the CPU,
+            chosen by measurement before calibration (PT2E only; see above).
+        max_accuracy_drop: mixed precision: the top-1 the int8 model may lose against the float model, as a
+            fraction (``0.005``: half a point); ``math.inf``: no sensitivity pass.
+        min_int8_speedup: mixed precision: a layer whose int8 version, timed alone at its real input, is not at
+            least this many times faster than its float version stays float (``0``: never for speed).
+        mixed_precision_sensitivity: ``"int8_alone"`` (each layer alone int8, against the float model) or
+            ``"float_alone"`` (each layer alone float, against the all-int8 model).
+        mixed_precision_latency: time the layers (and the float, all-int8 and planned models) for the speed
+            rule; ``False``: sensitivity only, no timing (deterministic, and much faster).
+        mixed_precision_eval_batches: validation batches the plan's top-1 is measured on (``None``: the
+            callback's ``eval_batches``).
 
     Raises:
-        ValueError: an unknown ``backend``, ``engine`` or ``calibration_split``; ``calibration_batches < 1``.
+        ValueError: an unknown ``backend``, ``engine``, ``calibration_split`` or ``mixed_precision_sensitivity``;
+            ``calibration_batches < 1``; ``max_accuracy_drop < 0``, ``min_int8_speedup < 0``,
+            ``mixed_precision_eval_batches < 1``; ``mixed_precision=True`` with ``backend="eager"`` (or with an
+            ``engine``/``export_format`` only the eager stack serves).
         QuantizationError: a network with no conv/linear layer, no calibration data, or a forward that cannot
-            run in int8.
+            run in int8; with ``mixed_precision``, ``backend="auto"`` choosing the eager stack for the model, or
+            no validation batch to measure top-1 on.
 
     Example::
 
@@ -1204,6 +1233,12 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         attribute: str = "model",
         verbose: bool = True,
         dry_run: bool = True,
+        mixed_precision: bool = False,
+        max_accuracy_drop: float = 0.005,
+        min_int8_speedup: float = 1.0,
+        mixed_precision_sensitivity: str = "int8_alone",
+        mixed_precision_latency: bool = True,
+        mixed_precision_eval_batches: int | None = None,
     ) -> None:
         super().__init__(
             backend,
@@ -1229,6 +1264,157 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         self.calibration_split = calibration_split
         self.calibrated_batches = 0
         self.done = False
+        self._init_mixed_precision(
+            mixed_precision,
+            max_accuracy_drop,
+            min_int8_speedup,
+            mixed_precision_sensitivity,
+            mixed_precision_latency,
+            mixed_precision_eval_batches,
+        )
+
+    #: the timer of the plan's speed rule (``None``: the median timer); tests inject a deterministic one
+    _mixed_precision_timer: LayerTimer | None = None
+
+    def _init_mixed_precision(
+        self,
+        mixed_precision: bool,
+        max_accuracy_drop: float,
+        min_int8_speedup: float,
+        sensitivity: str,
+        latency: bool,
+        eval_batches: int | None,
+    ) -> None:
+        for option, value in (("mixed_precision", mixed_precision), ("mixed_precision_latency", latency)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{option}` must be True or False, got {type(value).__name__} {value!r}.")
+        if eval_batches is not None and (
+            isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1
+        ):
+            raise ValueError(
+                f"`mixed_precision_eval_batches` must be an integer >= 1 or None (the callback's `eval_batches`), "
+                f"got {eval_batches!r}."
+            )
+        try:
+            drop, speedup = check_plan_settings(
+                max_accuracy_drop=max_accuracy_drop, min_speedup=min_int8_speedup, sensitivity=sensitivity
+            )
+        except (TypeError, ValueError) as err:  # the planner's option names -> this callback's
+            message = str(err).replace("`min_speedup`", "`min_int8_speedup`")
+            message = message.replace("`sensitivity`", "`mixed_precision_sensitivity`")
+            raise type(err)(message) from err
+        if mixed_precision:
+            if not self.auto_backend and self.backend_name != "pt2e":
+                raise ValueError(
+                    f"`mixed_precision=True` needs `backend='pt2e'` (or 'auto'), got `backend={self.backend_name!r}`: "
+                    "keeping layers in float uses PT2E's `exclude`, which the eager stack does not have."
+                )
+            if self.auto_backend and "pt2e" not in self._auto_order:
+                raise ValueError(
+                    f"`mixed_precision=True` needs the PT2E stack, which does not serve `engine={self.engine!r}` "
+                    f"with `export_format={self._export_format_arg!r}` (PT2E: engine 'x86', formats "
+                    f"{list(BACKEND_FORMATS['pt2e'])}): change those, or set `mixed_precision=False`."
+                )
+        self.mixed_precision = mixed_precision
+        self.max_accuracy_drop = drop
+        self.min_int8_speedup = speedup
+        self.mixed_precision_sensitivity = sensitivity
+        self.mixed_precision_latency = latency
+        self.mixed_precision_eval_batches = eval_batches
+        #: the plan of the layers kept float (``mixed_precision=True``), once made or restored; without its model
+        self.mixed_precision_plan: MixedPrecisionPlan | None = None
+
+    def _check_mixed_precision_backend(self) -> None:
+        """With ``mixed_precision``, refuse a stack other than PT2E (what ``backend='auto'`` chose)."""
+        if self.mixed_precision and self.backend_name != "pt2e":
+            raise QuantizationError(
+                f"PostTrainingQuantization: `mixed_precision=True` needs backend 'pt2e' (keeping layers in float "
+                f"uses PT2E's `exclude`), but {self.backend_choice or f'backend={self.backend_name!r}'} for this "
+                "model. Make the model capturable by torch.export (the reason is above), or set "
+                "`mixed_precision=False`."
+            )
+
+    def mixed_precision_metric(self, model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:
+        """The metric the mixed-precision plan compares models by (larger is better): top-1 accuracy of
+        ``model`` on ``batches`` (the validation batches, on the CPU). Override it to plan on another metric;
+        ``max_accuracy_drop`` is in its units."""
+        return accuracy(model, batches)
+
+    def _plan_float_layers(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module, inputs: list[Tensor]
+    ) -> list[str]:
+        """The layers to keep in float: the plan restored or made earlier, else a new one chosen on rank 0
+        (its plain data broadcast, so that every rank keeps the same plan and layers)."""
+        if self.mixed_precision_plan is None:
+            data: dict[str, Any] | None = None
+            if trainer.is_global_zero:
+                data = self._make_plan(trainer, pl_module, model, inputs).to_dict()
+            data = broadcast_from_rank0(trainer, data)
+            assert data is not None
+            self.mixed_precision_plan = MixedPrecisionPlan.from_dict(data)
+            log_metrics(trainer, {"quantization/float_layers": float(len(self.mixed_precision_plan.exclude))})
+        elif self.verbose:
+            rank_zero_info(
+                "PostTrainingQuantization: mixed precision reuses the plan made earlier (or restored from the "
+                f"checkpoint): float layers {self.mixed_precision_plan.exclude or 'none'}."
+            )
+        return list(self.mixed_precision_plan.exclude)
+
+    def _make_plan(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module, inputs: list[Tensor]
+    ) -> MixedPrecisionPlan:
+        limit = (
+            self.mixed_precision_eval_batches
+            if self.mixed_precision_eval_batches is not None
+            else self.eval_batches
+        )
+        self.backend.exclude = []  # type: ignore[attr-defined] - a new plan starts from every layer int8
+        val = list(self._model_batches(trainer, pl_module, "val", limit))
+        if not val:
+            raise QuantizationError(
+                "PostTrainingQuantization: `mixed_precision=True` measures top-1 on the `val` split, and there is "
+                "no validation batch (give the Trainer a datamodule or dataloaders with a val split)."
+            )
+        if self.verbose:
+            rank_zero_info(
+                f"PostTrainingQuantization: choosing the float layers (mixed precision: top-1 on {len(val)} val "
+                f"batches, max_accuracy_drop {self.max_accuracy_drop:g}"
+                + (f", min_int8_speedup {self.min_int8_speedup:g}x" if self.mixed_precision_latency else "")
+                + ")..."
+            )
+        plan = choose_float_layers(
+            model,
+            self.backend,  # type: ignore[arg-type] - PT2E, checked by _check_mixed_precision_backend
+            inputs[0],
+            inputs,
+            lambda m: self.mixed_precision_metric(m, val),
+            max_accuracy_drop=self.max_accuracy_drop,
+            min_speedup=self.min_int8_speedup,
+            sensitivity=self.mixed_precision_sensitivity,
+            measure_latency=self.mixed_precision_latency,
+            timer=self._mixed_precision_timer,
+        )
+        plan.quantized_model = (
+            None  # the callback converts the planned model itself (identical on every rank)
+        )
+        if self.verbose:
+            rank_zero_info(
+                f"PostTrainingQuantization: mixed precision plan\n{plan.table()}\n\n{plan.summary()}"
+            )
+            for note in plan.notes:
+                rank_zero_info(f"PostTrainingQuantization: mixed precision: {note}")
+        if not plan.met:
+            rank_zero_warn(
+                f"PostTrainingQuantization: even with {plan.exclude} in float the int8 model loses "
+                f"{plan.drop(plan.metric_plan):.4g} of the metric, more than `max_accuracy_drop` "
+                f"{self.max_accuracy_drop:g}."
+            )
+        if not plan.int8_layers:
+            rank_zero_warn(
+                "PostTrainingQuantization: mixed precision keeps every layer in float (int8 gains nothing for this "
+                "model here); the 'int8' model is the float network."
+            )
+        return plan
 
     @property
     def state_key(self) -> str:
@@ -1238,6 +1424,8 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage in ("fit", "validate") and not self.done:
             self._run_dry_run(trainer, pl_module, qat=False)
+            if self._chosen:
+                self._check_mixed_precision_backend()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_quantize(trainer, pl_module)
@@ -1261,6 +1449,17 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         batches = itertools.chain([first] if first is not None else [], batches)
         if self.auto_backend and not self._chosen:
             self._run_dry_run(trainer, pl_module, qat=False)  # choose a stack
+        if self.mixed_precision:
+            self._check_mixed_precision_backend()
+            listed = list(batches)  # the planner calibrates on them many times
+            batches = iter(listed)
+            inputs = [x for x, _ in listed]
+            if not inputs:
+                raise QuantizationError(
+                    f"PostTrainingQuantization: no `{self.calibration_split}` batch to calibrate on "
+                    "(give the Trainer a datamodule or dataloaders for that split)."
+                )
+            self.backend.exclude = self._plan_float_layers(trainer, pl_module, model, inputs)  # type: ignore[attr-defined]
         observed, self.fusion_plan = self.backend.prepare_ptq(model, fuse=self.fuse)
         if self.verbose:
             rank_zero_info(f"PostTrainingQuantization:\n{self.fusion_plan.summary()}")
@@ -1313,10 +1512,12 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
             self.replace_model = keep_replace
 
     def state_dict(self) -> dict[str, Any]:
+        plan = self.mixed_precision_plan
         return {
             "backend": self.backend_name,
             "done": self.done,
             "calibrated_batches": self.calibrated_batches,
+            "mixed_precision_plan": plan.to_dict() if plan is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -1326,6 +1527,8 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
             self._chosen = True
         self.done = bool(state_dict.get("done", False))
         self.calibrated_batches = int(state_dict.get("calibrated_batches", 0))
+        plan = state_dict.get("mixed_precision_plan")
+        self.mixed_precision_plan = MixedPrecisionPlan.from_dict(plan) if plan else None
 
 
 __all__ = ["PostTrainingQuantization", "QuantizationAwareTraining"]

@@ -436,7 +436,11 @@ class WeightSharing(Callback):
         else:
             budget = int(self.size_budget_bytes)
             rest = {k: v for k, v in state.items() if k not in self.layer_bits}
-            fixed = artifact_bytes(rest, self.codebook_dtype, self.other_dtype) if rest else 0
+            fixed = (
+                artifact_bytes(rest, self.codebook_dtype, self.other_dtype, _metadata(model), bound=True)
+                if rest
+                else 0
+            )
         smallest = smallest_size(layers) + fixed
         if budget < smallest:
             option = "average_bits" if self.average_bits is not None else "size_budget_bytes"
@@ -484,7 +488,11 @@ class WeightSharing(Callback):
             layers = self._choices(state)
             self._measure(model, layers)
             rest = {k: v for k, v in model.state_dict().items() if k not in self.layer_bits}
-            fixed = artifact_bytes(rest, self.codebook_dtype, self.other_dtype) if rest else 0
+            fixed = (
+                artifact_bytes(rest, self.codebook_dtype, self.other_dtype, _metadata(model), bound=True)
+                if rest
+                else 0
+            )
             return solve_budget(layers, int(self.size_budget_bytes), fixed)
         return fit_budget(
             model,
@@ -497,6 +505,7 @@ class WeightSharing(Callback):
             init=self.init,
             codebook_dtype=self.codebook_dtype,
             other_dtype=self.other_dtype,
+            metadata=_metadata(model),
         )
 
     def _measure(self, model: nn.Module, layers: list) -> None:
@@ -634,8 +643,7 @@ class WeightSharing(Callback):
         if not self.export:
             return
         model = self._network(pl_module)
-        metadata = {"format": "lightning-optim weight sharing", "network": type(model).__name__}
-        blob = pack_shared(model, self.codebook_dtype, self.other_dtype, metadata)
+        blob = pack_shared(model, self.codebook_dtype, self.other_dtype, _metadata(model))
         # what the network holds from here on is exactly what the file holds (rounded codebooks included)
         current = model.state_dict()
         model.load_state_dict({n: t.to(current[n].device) for n, t in load_shared_state_dict(blob).items()})
@@ -693,6 +701,11 @@ class WeightSharing(Callback):
         state["_recent"] = deque(maxlen=self.sensitivity_batches)
         state["shared"] = {n: s.to("cpu") for n, s in self.shared.items()}
         return state
+
+
+def _metadata(model: nn.Module) -> dict[str, str]:
+    """The artifact's header metadata (the budget search counts it)."""
+    return {"format": "lightning-optim weight sharing", "network": type(model).__name__}
 
 
 def _detached(batch: Any) -> Any:

@@ -367,3 +367,102 @@ def test_each_optimizer_step_sums_its_own_gradients_once(tmp_path):
             if members.any():
                 expected = before[name][j] - 0.01 * grad[members].double().sum()
                 assert float(shared.codebook[j]) == pytest.approx(float(expected), rel=1e-5, abs=1e-6), name
+
+
+# ------------------------------------------------------------------------------------------ size budget
+def _budget_fit(tmp_path, sharing, epochs=3):
+    pruning = ProgressivePruning(final_sparsity=0.5, start=0, end=4, unit="step", frequency=2, verbose=False)
+    return _fit(tmp_path, [pruning, sharing], max_epochs=epochs)
+
+
+def test_a_budget_chooses_per_layer_bits_within_the_choices_and_the_artifact_fits(tmp_path):
+    sharing = WeightSharing(
+        bits=8,
+        size_budget_bytes=2600,
+        bit_choices=[2, 3, 4],
+        start_after="pruning",
+        start_epoch=1,
+        verbose=False,
+    )
+    _, module = _budget_fit(tmp_path, sharing)
+    assert sharing.plan is not None and sharing.plan.total_bytes <= 2600
+    assert set(sharing.layer_bits) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert set(sharing.layer_bits.values()) <= {2, 3, 4}
+    assert sharing.layer_bits == sharing.plan.bits
+    _assert_shared(module.model, sharing)
+    # the whole file (trained centroids and biases included) stays within the budget
+    assert sharing.exported_path.stat().st_size <= 2600
+    state = sharing.state_dict()
+    assert state["plan"]["bits"] == sharing.plan.bits  # the plan travels in checkpoints
+
+
+def test_a_bigger_budget_never_gives_fewer_bits(tmp_path):
+    plans = []
+    for budget in (2600, 4000):
+        sharing = WeightSharing(
+            bits=8, size_budget_bytes=budget, bit_choices=[2, 3, 4, 5], start_epoch=1, verbose=False
+        )
+        _fit(tmp_path / str(budget), [sharing])
+        plans.append(sharing.plan)
+    assert plans[0].total_bytes <= 2600 < plans[1].total_bytes <= 4000
+    assert sum(plans[1].bits.values()) > sum(plans[0].bits.values())
+
+
+def test_a_budget_below_the_smallest_artifact_is_refused_at_setup_with_that_size(tmp_path):
+    sharing = WeightSharing(bits=8, size_budget_bytes=500, bit_choices=[2, 3], start_after="pruning")
+    pruning = ProgressivePruning(final_sparsity=0.5, start=0, end=4, unit="step", frequency=2, verbose=False)
+    module = ClassificationModule(_lenet())
+    trainer = pl.Trainer(callbacks=[pruning, sharing], **quiet_trainer_kwargs(tmp_path, max_epochs=2))
+    with pytest.raises(
+        ValueError,
+        match=r"`size_budget_bytes`=500 is below the smallest artifact these settings allow: \d+ bytes",
+    ):
+        trainer.fit(module, datamodule=ImageClassificationDataModule("digits", batch_size=32))
+    assert trainer.global_step == 0  # before any step
+
+
+def test_fixed_bits_hold_under_a_budget_and_bad_ones_are_refused(tmp_path):
+    sharing = WeightSharing(
+        bits=8,
+        size_budget_bytes=3000,
+        bit_choices=[2, 3],
+        fixed_bits={"fc3": 4},
+        start_epoch=1,
+        verbose=False,
+    )
+    _fit(tmp_path, [sharing])
+    assert sharing.layer_bits["fc3.weight"] == 4
+    assert set(v for k, v in sharing.layer_bits.items() if k != "fc3.weight") <= {2, 3}
+    with pytest.raises(ValueError, match="`fixed_bits` fixes layers under a budget"):
+        WeightSharing(fixed_bits={"fc3": 4})
+    with pytest.raises(ValueError, match="`fixed_bits` patterns \\['fc9'\\] match no shared layer"):
+        _fit(tmp_path / "bad", [WeightSharing(size_budget_bytes=3000, fixed_bits={"fc9": 4}, start_epoch=1)])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size_budget_bytes": 0}, "size_budget_bytes"),
+        ({"size_budget_bytes": 100, "average_bits": 3}, "not both"),
+        ({"average_bits": 0}, "average_bits"),
+        ({"size_budget_bytes": 100, "bit_choices": [0, 2]}, "bit_choices"),
+        ({"size_budget_bytes": 100, "sensitivity": "fisher"}, r"Unknown `sensitivity` 'fisher'"),
+        ({"size_budget_bytes": 100, "sparsity_choices": [1.0]}, "sparsity_choices"),
+        ({"size_budget_bytes": 100, "sensitivity_batches": 0}, "sensitivity_batches"),
+    ],
+)
+def test_budget_options_are_refused_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WeightSharing(**kwargs)
+
+
+@pytest.mark.parametrize("sensitivity", ["hessian", "loss"])
+def test_average_bits_and_both_sensitivities_run(tmp_path, sensitivity):
+    sharing = WeightSharing(
+        bits=8, average_bits=2.5, bit_choices=[2, 3, 4], sensitivity=sensitivity, start_epoch=1, verbose=False
+    )
+    _fit(tmp_path, [sharing])
+    params = dict(_lenet().named_parameters())
+    total = sum(params[n].numel() for n in sharing.layer_bits)
+    average = sum(b * params[n].numel() for n, b in sharing.layer_bits.items()) / total
+    assert average <= 2.5 + 1e-9

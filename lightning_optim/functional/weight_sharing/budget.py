@@ -301,7 +301,9 @@ def hessian_traces(
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """HAWQ-V2's average Hessian trace per parameter, ``Tr(H_i) / n_i``, by Hutchinson's estimator
-    (``E[v^T H v]`` over Rademacher ``v``), averaged over ``batches`` and ``samples`` draws each.
+    (``E[v^T H_ii v]`` over Rademacher ``v``, one layer's block at a time), averaged over ``batches`` and
+    ``samples`` draws each. A block whose estimate comes out negative (not positive semi-definite there, or
+    noise) weighs ``1e-3`` of the largest, never zero: no layer is free to damage.
 
     Args:
         model: the network (its parameters are not changed).
@@ -324,23 +326,26 @@ def hessian_traces(
             loss = loss_fn(model, batch)
             grads = torch.autograd.grad(loss, chosen, create_graph=True)
             for _ in range(samples):
-                vs = [
-                    (
+                # one layer at a time (v zero elsewhere): v_i^T H_ii v_i, an unbiased estimate of the block's
+                # trace without the cross-layer terms that make a shared v's estimate noisy (and often negative)
+                for i, (n, p) in enumerate(zip(names, chosen)):
+                    v = (
                         torch.randint(0, 2, p.shape, generator=generator, device="cpu").to(p.device, p.dtype)
                         * 2
                         - 1
                     )
-                    for p in chosen
-                ]
-                hv = torch.autograd.grad(grads, chosen, grad_outputs=vs, retain_graph=True)
-                for n, v, h in zip(names, vs, hv):
-                    sums[n] += float((v * h).sum())
+                    (hv,) = torch.autograd.grad(
+                        grads[i], p, grad_outputs=v, retain_graph=True, allow_unused=True
+                    )
+                    sums[n] += 0.0 if hv is None else float((v * hv).sum())
                 count += 1
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError("`hessian_traces` needs at least one calibration batch.")
-    return {n: max(sums[n] / count / params[n].numel(), 0.0) for n in names}
+    means = {n: sums[n] / count / params[n].numel() for n in names}
+    floor = 1e-3 * max(max(means.values()), 1e-12)
+    return {n: max(v, floor) for n, v in means.items()}
 
 
 def measure_loss_costs(
@@ -370,10 +375,18 @@ def _state_tensor(model: nn.Module, name: str) -> Tensor:
 
 
 def artifact_bytes(
-    state: Mapping[str, Tensor], codebook_dtype: str = "float16", other_dtype: str | None = None
+    state: Mapping[str, Tensor],
+    codebook_dtype: str = "float16",
+    other_dtype: str | None = None,
+    metadata: Mapping[str, object] | None = None,
+    bound: bool = False,
 ) -> int:
-    """The exact size of the ``.lws`` artifact of ``state`` (nothing is written)."""
-    return size_breakdown(dict(state), codebook_dtype=codebook_dtype, other_dtype=other_dtype).total
+    """The exact size of the ``.lws`` artifact of ``state`` (nothing is written); with ``bound``, the size it can
+    reach whatever values its unshared tensors take later (their raw bytes, not what LZMA saved on them now)."""
+    breakdown = size_breakdown(
+        dict(state), codebook_dtype=codebook_dtype, other_dtype=other_dtype, metadata=metadata
+    )
+    return breakdown.total + (breakdown.raw_saved if bound else 0)
 
 
 def fit_budget(
@@ -388,13 +401,16 @@ def fit_budget(
     init: str = "linear",
     codebook_dtype: str = "float16",
     other_dtype: str | None = None,
+    metadata: Mapping[str, object] | None = None,
     max_rounds: int = 6,
 ) -> BudgetPlan:
     """The plan whose whole artifact (shared layers, every other tensor, header) fits ``size_budget_bytes``.
 
     The other tensors and the header are first estimated as one fixed cost; the plan is then checked by encoding
     the whole clustered state, and re-planned with the overshoot taken off the budget until it fits (LZMA on the
-    raw tensors and the header do not add up exactly).
+    raw tensors and the header do not add up exactly). The unshared tensors count at their raw size (what LZMA
+    saves on them now is not counted on), so that training them afterwards (biases, norms; trained centroids keep
+    every index and position) cannot take the file over the budget.
 
     Args:
         model: the network (not changed).
@@ -403,7 +419,8 @@ def fit_budget(
         traces: HAWQ-V2 traces by name (:func:`hessian_traces`); ``None``: every layer weighted 1 (plain
             perturbation).
         bits, sparsities, overrides, init, codebook_dtype: as :func:`layer_choices`.
-        other_dtype: as :func:`~lightning_optim.functional.weight_sharing.save_shared`.
+        other_dtype, metadata: as :func:`~lightning_optim.functional.weight_sharing.save_shared` (the same
+            ``metadata`` as the file will have: it is in the header).
 
     Raises:
         BudgetError: below the smallest artifact the settings allow (the message gives it).
@@ -415,7 +432,7 @@ def fit_budget(
     for layer in layers:
         layer.trace = 1.0 if traces is None else float(traces[layer.name])
     rest = {k: v for k, v in state.items() if k not in set(names)}
-    fixed = artifact_bytes(rest, codebook_dtype, other_dtype) if rest else 0
+    fixed = artifact_bytes(rest, codebook_dtype, other_dtype, metadata, bound=True) if rest else 0
     slack = 0
     plan = None
     for _ in range(max_rounds):
@@ -430,7 +447,7 @@ def fit_budget(
             shared[name] = clustered(state[name], plan.bits[name], plan.sparsity[name], init).to(
                 state[name].dtype
             )
-        total = artifact_bytes(shared, codebook_dtype, other_dtype)
+        total = artifact_bytes(shared, codebook_dtype, other_dtype, metadata, bound=True)
         plan.fixed_bytes = total - plan.layer_bytes
         if total <= size_budget_bytes:
             return plan

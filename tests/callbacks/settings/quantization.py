@@ -1,5 +1,7 @@
 """Settings of the quantization callbacks for the generated callback tests (see tests/callbacks/callback_settings.py)."""
 
+from lightning_optim.functional.quantization.pt2e import float_layers
+
 
 def _qat_active(trainer, module, callback) -> None:
     assert callback.prepared and callback.started_epoch == 1
@@ -9,6 +11,15 @@ def _qat_active(trainer, module, callback) -> None:
 def _ptq_active(trainer, module, callback) -> None:
     assert callback.done and callback.calibrated_batches == 2
     assert callback.quantized_model is not None
+
+
+def _ptq_mixed(trainer, module, callback) -> None:
+    _ptq_active(trainer, module, callback)
+    plan = callback.mixed_precision_plan
+    assert plan is not None and plan.latency_ms == {}  # chosen by top-1 alone (no timing)
+    assert callback.backend.exclude == plan.exclude
+    graph = callback.quantized_model.graph_module
+    assert set(float_layers(graph)) == set(plan.exclude), (float_layers(graph), plan.exclude)
 
 
 def _stack(name, check):
@@ -34,6 +45,18 @@ SETTINGS = {
         "kwargs": _PTQ,
         "model": "convnet3",
         "check_active": _stack("pt2e", _ptq_active),
+    },
+    # mixed precision: the float layers chosen by top-1 on the val batches (no timing: fast and deterministic)
+    "PostTrainingQuantization[mixed_precision]": {
+        "callback": "PostTrainingQuantization",
+        "kwargs": {
+            **_PTQ,
+            "mixed_precision": True,
+            "mixed_precision_latency": False,
+            "max_accuracy_drop": 0.01,
+        },
+        "model": "convnet3",
+        "check_active": _stack("pt2e", _ptq_mixed),
     },
     # the eager stack, chosen by name
     "QuantizationAwareTraining[eager]": {

@@ -171,7 +171,7 @@ def test_fit_budget_on_a_tiny_model_meets_the_budget_with_the_whole_file_and_bea
     mixed.load_state_dict(model.state_dict())
     apply_plan(mixed, plan)
     written = save_shared(mixed, codebook_dtype="float16")
-    assert len(written) <= budget and len(written) == plan.total_bytes
+    assert len(written) <= plan.total_bytes <= budget  # total_bytes: the bound (raw unshared tensors)
     assert len(set(plan.bits.values())) > 1  # mixed: not one width for all
 
     def held_out_loss(m):
