@@ -23,7 +23,13 @@ from lightning_optim.callbacks._trainer import (
     log_metrics,
     work_progress,
 )
-from lightning_optim.callbacks.phases import offered_model, phase_states, target_model, transition_label
+from lightning_optim.callbacks.phases import (
+    find_phase,
+    offered_model,
+    phase_states,
+    target_model,
+    transition_label,
+)
 from lightning_optim.functional.compression_report.deploy import (
     ARTIFACT_FORMATS,
     pack_model_artifact,
@@ -297,6 +303,7 @@ class CompressionReport(Callback):
             if self.plot and not _has_matplotlib():
                 self._note("PNG not drawn: matplotlib is not installed (pip install matplotlib).")
             notes = list(self.notes)
+            notes.extend(_weight_sharing_notes(trainer))
             if "artifact" in paths:
                 notes.append(
                     f"Deployable model: {os.path.basename(paths['artifact'])}, "
@@ -441,6 +448,32 @@ class CompressionReport(Callback):
         self._last_phases = dict(last) if last is not None else None
         self._example = state_dict.get("example")
         self._pending_start = bool(state_dict.get("pending_start", False))
+
+
+def _weight_sharing_notes(trainer: pl.Trainer) -> list[str]:
+    """The weight-sharing artifact of the run (``WeightSharing``), its size and where its bytes go, per layer."""
+    sharing = find_phase(trainer, "weight_sharing")
+    breakdown = getattr(sharing, "size_breakdown", None)
+    path = getattr(sharing, "exported_path", None)
+    if breakdown is None or path is None:
+        return []
+    dense = getattr(sharing, "dense_bytes", None)
+    ratio = (
+        f", {dense / max(1, breakdown.total):.1f}x smaller than the dense fp32 state dict" if dense else ""
+    )
+    layers = "; ".join(
+        f"{e.name} {e.total:,} B ({e.kind}{f', k={e.k}' if e.k else ''}: codebook {e.codebook}, indices {e.indices}, "
+        f"positions {e.positions}, other {e.other})"
+        for e in breakdown.entries
+        if e.kind == "shared"
+    )
+    parts = breakdown.parts()
+    return [
+        f"Weight-sharing artifact: {os.path.basename(str(path))}, {breakdown.total:,} bytes{ratio} (codebooks "
+        f"{parts['codebook']:,}, indices {parts['indices']:,}, positions {parts['positions']:,}, other "
+        f"{parts['other']:,}, header {parts['header']:,}); per shared layer: {layers}. Load it with "
+        "lightning_optim.functional.weight_sharing.load_shared(path, <the architecture>) (torch alone)."
+    ]
 
 
 def _labeller(bar: Any, stage: str) -> Callable[[str], None]:

@@ -239,3 +239,23 @@ def test_fit_end_shows_progress_prints_paths_and_saves_a_runnable_program(
     network = module_.model.cpu().eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), network(x))
+
+
+def test_the_report_gives_the_weight_sharing_artifact_and_its_bytes_per_layer(tmp_path):
+    from lightning_optim.callbacks import WeightSharing
+
+    pl.seed_everything(0)
+    sharing = WeightSharing(bits=3, start_epoch=1, verbose=False)
+    report = CompressionReport(dirpath=str(tmp_path / "report"), latency_repeats=1, plot=False, verbose=False)
+    module = ClassificationModule(LeNet300100(in_features=64, hidden=(32, 16)), lr=1e-2)
+    trainer = pl.Trainer(
+        callbacks=[sharing, report],
+        **quiet_trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1),
+    )
+    trainer.fit(module, datamodule=ImageClassificationDataModule("digits", batch_size=16))
+    text = (tmp_path / "report" / "compression_report.md").read_text()
+    line = next(line for line in text.splitlines() if "Weight-sharing artifact" in line)
+    assert f"{sharing.size_breakdown.total:,} bytes" in line and sharing.exported_path.name in line
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        entry = next(e for e in sharing.size_breakdown.entries if e.name == name)
+        assert f"{name} {entry.total:,} B" in line
