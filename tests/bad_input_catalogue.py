@@ -319,7 +319,7 @@ CATALOGUE: list[tuple[str, str, str, str]] = [
 
 #: the catalogue's parts by topic (``tests/catalogue/<part>.py``): each has ``ENTRIES`` (rows as above), optional
 #: ``MUST_NAME`` and an optional ``fixtures(tmp: Path) -> dict`` adding names (files it writes under ``tmp``)
-PARTS: tuple[str, ...] = ("labels", "data_files", "loaders", "settings", "faults")
+PARTS: tuple[str, ...] = ("labels", "data_files", "loaders", "settings", "faults", "weight_sharing")
 
 
 def _parts() -> list:
