@@ -412,6 +412,57 @@ def _fmt_reach(result: RunResult, target: float) -> tuple[str, str]:
     return (str(hit[0]), f"{hit[1]:.1f}") if hit else (f"not in {result.epochs[-1]}", "-")
 
 
+def _run_seeds(args: argparse.Namespace) -> None:
+    """Every selected recipe once per seed; per seed the epoch lines, then mean and worst per recipe."""
+    args.limit_train_samples = 6000 if args.quick else None
+    if args.quick:
+        args.max_epochs, args.fast_epochs, args.long_epochs = 2, 1, 2
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?", "?", "?")
+    print(
+        f"# time to accuracy over seeds {args.seeds}: torch {torch.__version__}, lightning {pl.__version__}, "
+        f"{args.threads} threads, {platform.processor() or platform.machine()}, load average at start {load}",
+        flush=True,
+    )
+    selected = [r for r in recipes(args) if args.only is None or r.name in args.only]
+    runs: dict[str, list[tuple[int, RunResult]]] = {r.name: [] for r in selected}
+    for seed in args.seeds:
+        args.seed = seed
+        for recipe in selected:
+            runs[recipe.name].append((seed, run_recipe(args, recipe)))
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?", "?", "?")
+    target = 100 * args.target
+    print(
+        f"\n## Over seeds {args.seeds} ({args.model}, {args.threads} threads; load average at end {load})\n"
+    )
+    print(
+        f"| recipe | seed | final acc | best acc (epoch) | epochs to {target:.1f}% | train s to {target:.1f}% | "
+        "train s total |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, seeded in runs.items():
+        for seed, res in seeded:
+            epochs, seconds = _fmt_reach(res, args.target)
+            best = max(range(len(res.accuracy)), key=lambda i: res.accuracy[i])
+            print(
+                f"| {name} | {seed} | {100 * res.accuracy[-1]:.2f}% | {100 * res.accuracy[best]:.2f}% "
+                f"({res.epochs[best]}) | {epochs} | {seconds} | {res.seconds[-1]:.1f} |"
+            )
+    print(
+        f"\n| recipe | final acc mean | final acc worst | seeds at >= {target:.1f}% at the end | "
+        "epochs to target, worst |"
+    )
+    print("|---|---|---|---|---|")
+    for name, seeded in runs.items():
+        finals = [res.accuracy[-1] for _, res in seeded]
+        reach = [res.first_at(args.target) for _, res in seeded]
+        worst_epochs = "not reached" if any(r is None for r in reach) else str(max(r[0] for r in reach))
+        print(
+            f"| {name} | {100 * statistics.mean(finals):.2f}% | {100 * min(finals):.2f}% | "
+            f"{sum(f >= args.target for f in finals)} of {len(finals)} | {worst_epochs} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="../shared/data", help="folder holding MNIST/raw/")
@@ -421,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", type=float, default=0.99)
     parser.add_argument("--long-target", type=float, default=0.993)
     parser.add_argument("--max-epochs", type=int, default=12, help="cap for recipe (a)")
-    parser.add_argument("--fast-epochs", type=int, default=2)
+    parser.add_argument("--fast-epochs", type=int, default=3)
     parser.add_argument("--long-epochs", type=int, default=10)
     parser.add_argument("--peak-lr", type=float, default=1e-2)
     parser.add_argument("--overhead-steps", type=int, default=400)
@@ -432,7 +483,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", default=None, help="recipe names to run (default: all)")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="run every recipe once per seed and print mean and worst (figures of record: >= 3 seeds)",
+    )
     args = parser.parse_args(argv)
+    if args.seeds:
+        _run_seeds(args)
+        return
     args.limit_train_samples = None
     if args.quick:
         args.limit_train_samples = 6000
