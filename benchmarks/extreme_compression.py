@@ -171,9 +171,8 @@ def compress(args: argparse.Namespace, seed: int, out: Path, teacher_ckpt: Path)
     dm.setup("test")
     x = torch.cat([dm.to_model_input(b[0]) for b in dm.test_dataloader()])
     y = torch.cat([b[1] for b in dm.test_dataloader()])
-    tensors = out / "test_tensors.pt"
-    if not tensors.is_file():
-        torch.save({"x": x, "y": y}, tensors)
+    # per seed: the normalization is fitted on the seed's training split
+    torch.save({"x": x, "y": y}, out / f"test_tensors-s{seed}.pt")
     net = module.model.eval()
     error = _error(net, x, y, args.eval_batch)
     path = Path(sharing.exported_path)
@@ -306,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         row["ratio"] = dense / row["bytes"]
         print(row["breakdown"], flush=True)
         print(f"seed {seed}: in-process test error {row['error_pct']:.2f}%", flush=True)
-        row["fresh_error_pct"] = fresh_error(args, row["artifact"], out / "test_tensors.pt")
+        row["fresh_error_pct"] = fresh_error(args, row["artifact"], out / f"test_tensors-s{seed}.pt")
         rows.append(row)
         print(
             f"seed {seed}: {row['bytes']:,} B = {row['ratio']:.1f}x, test error {row['error_pct']:.2f}% "
