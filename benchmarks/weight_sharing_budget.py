@@ -81,7 +81,9 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         )
 
 
-def _shared_copy(model: nn.Module, bits: dict[str, int]) -> nn.Module:
+def _shared_copy(
+    model: nn.Module, bits: dict[str, int], sparsity: dict[str, float] | None = None
+) -> nn.Module:
     from lightning_optim.functional.weight_sharing.budget import clustered
 
     out = type(model)()
@@ -89,7 +91,7 @@ def _shared_copy(model: nn.Module, bits: dict[str, int]) -> nn.Module:
     with torch.no_grad():
         state = out.state_dict(keep_vars=True)
         for name, b in bits.items():
-            state[name].copy_(clustered(state[name].detach(), b))
+            state[name].copy_(clustered(state[name].detach(), b, (sparsity or {}).get(name, 0.0)))
     return out.eval()
 
 
@@ -108,7 +110,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--uniform-bits", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--curve", type=int, nargs="+", default=[15_000, 20_000, 30_000, 50_000, 80_000])
+    parser.add_argument("--curve", type=int, nargs="+", default=[10_000, 20_000, 30_000, 50_000, 80_000])
+    parser.add_argument(
+        "--curve-sparsities",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.7, 0.8, 0.9, 0.95],
+        help="extra per-layer sparsities the curve's search may choose (magnitude, post-training)",
+    )
+    parser.add_argument(
+        "--curve-only", action="store_true", help="train the last seed and draw the curve only"
+    )
     parser.add_argument("--plot", default=None, help="PNG of the size-accuracy curve")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     y_test = torch.cat([b[1] for b in dm.test_dataloader()])
     rows, gains, smaller = [], {b: [] for b in args.uniform_bits}, {b: [] for b in args.uniform_bits}
     model = None
-    for seed in args.seeds:
+    for seed in args.seeds[-1:] if args.curve_only else args.seeds:
         started = time.perf_counter()
         model, (xc, yc) = _train(dm, seed, args.epochs)
         dense_acc = _accuracy(model, x_test, y_test)
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         traces = hessian_traces(
             model, loss, batches, NAMES, samples=4, generator=torch.Generator().manual_seed(seed)
         )
-        for b in args.uniform_bits:
+        for b in [] if args.curve_only else args.uniform_bits:
             uniform = _shared_copy(model, {n: b for n in NAMES})
             size = _size(uniform)
             u_acc = _accuracy(uniform, x_test, y_test)
@@ -178,15 +190,18 @@ def main(argv: list[str] | None = None) -> None:
         "\n| uniform bits | mixed - uniform, same size: mean | worst | mixed at 1/1.3 of the size - uniform: mean | worst |"
     )
     print("|---:|---:|---:|---:|---:|")
-    for b in args.uniform_bits:
+    for b in [] if args.curve_only else args.uniform_bits:
         print(
             f"| {b} | {statistics.mean(gains[b]):+.2f} pt | {min(gains[b]):+.2f} pt | "
             f"{statistics.mean(smaller[b]):+.2f} pt | {min(smaller[b]):+.2f} pt |"
         )
     # the size-accuracy curve of the last seed's network
-    print(f"\n## Size-accuracy curve (seed {args.seeds[-1]}, post-training, mixed bits per budget)\n")
-    print("| budget B | artifact B | ratio vs dense fp32 | test acc | bits |")
-    print("|---:|---:|---:|---:|---|")
+    print(
+        f"\n## Size-accuracy curve (seed {args.seeds[-1]}, post-training: per-layer bits and sparsity chosen per "
+        f"budget, sparsities from {args.curve_sparsities})\n"
+    )
+    print("| budget B | artifact B | ratio vs dense fp32 | test acc | bits | sparsity |")
+    print("|---:|---:|---:|---:|---|---|")
     import io
 
     buf = io.BytesIO()
@@ -196,16 +211,24 @@ def main(argv: list[str] | None = None) -> None:
     for budget in args.curve:
         try:
             plan = fit_budget(
-                model, NAMES, budget, traces=traces, codebook_dtype="float16", other_dtype="float16"
+                model,
+                NAMES,
+                budget,
+                sparsities=args.curve_sparsities,
+                traces=traces,
+                codebook_dtype="float16",
+                other_dtype="float16",
             )
         except BudgetError as err:
-            print(f"| {budget:,} | - | - | - | {str(err)[:80]}... |")
+            print(f"| {budget:,} | - | - | - | {str(err)[:80]}... | |")
             continue
-        shared = _shared_copy(model, plan.bits)
+        shared = _shared_copy(model, plan.bits, plan.sparsity)
         size, acc = _size(shared), _accuracy(shared, x_test, y_test)
         curve.append((size, acc))
+        sparsity = [round(v, 2) for v in plan.sparsity.values()]
         print(
-            f"| {budget:,} | {size:,} | {dense / size:.1f}x | {100 * acc:.2f}% | {list(plan.bits.values())} |"
+            f"| {budget:,} | {size:,} | {dense / size:.1f}x | {100 * acc:.2f}% | {list(plan.bits.values())} | "
+            f"{sparsity} |"
         )
     if args.plot and curve:
         import matplotlib
