@@ -156,6 +156,9 @@ class WeightSharing(Callback):
               init_args: {bits: {"fc3": 5, "*": 4}, start_after: pruning}
     """
 
+    #: k-means codebooks over sharded parameters are not built yet: refused at setup
+    sharded_parameters = "refused"
+
     phase_name = "weight_sharing"
 
     def __init__(
@@ -258,6 +261,11 @@ class WeightSharing(Callback):
 
     # ------------------------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning_optim.callbacks._trainer import refuse_sharded
+
+        refuse_sharded(
+            trainer, "WeightSharing", "the codebooks are fitted on, and shared across, full weights"
+        )
         if stage == "fit":
             self._run_setup(trainer, pl_module)
 
@@ -663,8 +671,9 @@ class WeightSharing(Callback):
         if self.size_budget_bytes is not None and len(blob) > self.size_budget_bytes:
             rank_zero_warn(
                 f"WeightSharing: the artifact is {len(blob):,} bytes, {len(blob) - self.size_budget_bytes:,} over "
-                f"`size_budget_bytes`={self.size_budget_bytes:,}: centroid training changed how well the indices "
-                "compress since the plan was made. Lower the budget by that much, or set `train_centroids: false`."
+                f"`size_budget_bytes`={self.size_budget_bytes:,} (planned: "
+                f"{self.plan.total_bytes if self.plan is not None else '?'} bytes; the weights changed after the "
+                "plan, e.g. another phase pruned or reshaped them). Lower the budget by that much."
             )
         log_metrics(
             trainer,
