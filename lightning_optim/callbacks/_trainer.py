@@ -9,7 +9,11 @@ evaluation batches.
   them at evaluation (the data module's transfer hooks run under the testing stage: normalized, resized,
   never augmented);
 - :func:`work_progress`: a progress bar for work a callback does outside the Trainer's loops (calibration,
-  measurement, export), shown on rank 0 when the Trainer shows its own progress bar.
+  measurement, export), shown on rank 0 when the Trainer shows its own progress bar;
+- :func:`sharded_strategy`, :func:`refuse_sharded`: whether the Trainer shards parameters (FSDP2 through
+  ``ModelParallelStrategy``, or Lightning's ``FSDPStrategy``), and the setup-time refusal of a callback (or a
+  setting of one) that does not support sharded parameters yet. Every exported callback declares its support
+  in the class attribute ``sharded_parameters`` (one of :data:`SHARDED_SUPPORT`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ from lightning_optim.modules.loss_terms import unpack_batch
 
 #: the splits a callback can read
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+#: what a callback declares in its class attribute ``sharded_parameters``: ``"supported"`` (works unchanged
+#: with sharded, ``DTensor`` parameters), ``"partial"`` (some settings do; the others are refused at setup by
+#: :func:`refuse_sharded`), ``"refused"`` (refused at setup under a sharding strategy)
+SHARDED_SUPPORT: tuple[str, ...] = ("supported", "partial", "refused")
+
+#: the alternative a refusal names: data parallelism, where every rank holds the full network
+DDP_ALTERNATIVE = 'DDP instead (`strategy="ddp"`: every rank holds the full network)'
 
 
 def log_metrics(trainer: pl.Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -71,6 +83,43 @@ def _on_group_device(values: Any) -> bool:
     return device is not None and all(
         isinstance(v, Tensor) and not v.is_quantized and v.layout == torch.strided and v.device.type == device
         for v in values
+    )
+
+
+def sharded_strategy(trainer: pl.Trainer | None) -> str | None:
+    """A description of ``trainer``'s strategy where it shards parameters (``"ModelParallelStrategy (FSDP2)"``,
+    ``"FSDPStrategy"``), else ``None`` (single device, DDP, ...)."""
+    strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+    if strategy is None:
+        return None
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(strategy, ModelParallelStrategy):
+        return f"{type(strategy).__name__} (FSDP2)"
+    if isinstance(strategy, FSDPStrategy):
+        return type(strategy).__name__
+    return None
+
+
+def refuse_sharded(
+    trainer: pl.Trainer | None, what: str, reason: str, alternative: str = DDP_ALTERNATIVE
+) -> None:
+    """Refuse ``what`` (a callback, or one of its settings) under a strategy that shards parameters: a
+    ``ValueError`` naming the strategy, why (``reason``) and the ``alternative``; nothing otherwise.
+
+    Called from a callback's ``setup``, before any step and on every rank alike (no collective), so a run that
+    cannot work stops at once rather than hanging on a collective or failing inside torch.
+
+    Example::
+
+        def setup(self, trainer, pl_module, stage):
+            refuse_sharded(trainer, "CompressionReport", "it measures and copies the full network on every rank")
+    """
+    strategy = sharded_strategy(trainer)
+    if strategy is None:
+        return
+    raise ValueError(
+        f"{what} does not support sharded parameters (DTensor) under {strategy} yet: {reason}. Use {alternative}."
     )
 
 
@@ -176,6 +225,8 @@ def eval_batches(
 
 
 __all__ = [
+    "DDP_ALTERNATIVE",
+    "SHARDED_SUPPORT",
     "SPLITS",
     "batch_inputs",
     "broadcast_from_rank0",
@@ -185,6 +236,8 @@ __all__ = [
     "is_distributed",
     "known_input_shape",
     "log_metrics",
+    "refuse_sharded",
+    "sharded_strategy",
 ]
 
 

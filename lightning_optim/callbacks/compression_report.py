@@ -118,6 +118,9 @@ class CompressionReport(Callback):
         trainer.fit(module, datamodule=dm)   # -> <log_dir>/compression_report.{md,json,png}
     """
 
+    #: it measures, copies and exports the full network: refused at setup
+    sharded_parameters = "refused"
+
     #: the allowed ``artifact_format`` values (the first is the default)
     ARTIFACT_FORMATS: tuple[str, ...] = ARTIFACT_FORMATS
 
@@ -191,6 +194,13 @@ class CompressionReport(Callback):
         return self._generate_state_key(filename=self.filename, dirpath=self.dirpath)
 
     # ------------------------------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning_optim.callbacks._trainer import refuse_sharded
+
+        refuse_sharded(
+            trainer, "CompressionReport", "it measures, copies and exports the full network on every rank"
+        )
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_fit_start(trainer, pl_module)
 

@@ -132,6 +132,9 @@ class KnowledgeDistillation(Callback):
         Trainer(max_epochs=10, callbacks=[kd]).fit(student, datamodule=dm)
     """
 
+    #: the teacher and the feature adapters assume full parameters: refused at setup
+    sharded_parameters = "refused"
+
     phase_name = "distillation"
 
     def __init__(
@@ -308,6 +311,11 @@ class KnowledgeDistillation(Callback):
 
     # ----------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning_optim.callbacks._trainer import refuse_sharded
+
+        refuse_sharded(
+            trainer, "KnowledgeDistillation", "the teacher and the feature adapters are not sharded"
+        )
         if stage == "fit":
             self._run_setup(trainer, pl_module)
 

@@ -93,6 +93,9 @@ class EarlyStopping(LightningEarlyStopping):
         print(early_stopping.best_epoch, early_stopping.stopping_reason_message)
     """
 
+    #: the stop decision works on sharded parameters; `restore_best_weights` is refused
+    sharded_parameters = "partial"
+
     def __init__(
         self,
         monitor: str,
@@ -165,6 +168,15 @@ class EarlyStopping(LightningEarlyStopping):
 
     # ----------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.restore_best_weights:
+            from lightning_optim.callbacks._trainer import refuse_sharded
+
+            refuse_sharded(
+                trainer,
+                "EarlyStopping(restore_best_weights=True)",
+                "the copy of the best weights and their restore assume full parameters on every rank",
+                'DDP instead (`strategy="ddp"`), or `restore_best_weights=False`',
+            )
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self._check_settings_fit(trainer)

@@ -132,6 +132,9 @@ class ExactResume(Callback):
         trainer.fit(module, datamodule=dm, ckpt_path="last")
     """
 
+    #: random states and data position, no parameters: works unchanged on sharded parameters
+    sharded_parameters = "supported"
+
     def __init__(self, fast_forward: bool = True) -> None:
         super().__init__()
         if not isinstance(fast_forward, bool):

@@ -79,6 +79,9 @@ class InterruptCheckpoint(Callback):
         trainer.fit(module, datamodule=dm, ckpt_path="last")  # kill -TERM <pid>: saves, exits 143
     """
 
+    #: a stop flag and a save through the strategy: works unchanged on sharded parameters
+    sharded_parameters = "supported"
+
     def __init__(
         self,
         dirpath: str | None = None,

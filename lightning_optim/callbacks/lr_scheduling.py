@@ -86,6 +86,9 @@ class LRScheduling(Callback):
                 schedule: {class_path: ReduceOnPlateau, init_args: {monitor: val_loss, patience: 2}}
     """
 
+    #: it sets the optimizers' learning rates only: works unchanged on sharded parameters
+    sharded_parameters = "supported"
+
     def __init__(
         self,
         schedule: LRSchedule | str = "constant",

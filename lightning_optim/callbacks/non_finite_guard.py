@@ -35,6 +35,9 @@ class NonFiniteGuard(Callback):
         trainer = Trainer(callbacks=[NonFiniteGuard(check_weights_every_n_steps=100)])
     """
 
+    #: checks the loss and each rank's shards of the weights: works on sharded parameters
+    sharded_parameters = "supported"
+
     def __init__(self, check_weights_every_n_steps: int = 50, check_loss: bool = True) -> None:
         super().__init__()
         if check_weights_every_n_steps < 0:

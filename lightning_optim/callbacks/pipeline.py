@@ -57,6 +57,9 @@ class WarmStart(Callback):
         Trainer(callbacks=[WarmStart("artifacts/lenet5/teacher.ckpt"), ProgressivePruning(...)])
     """
 
+    #: loads at setup, before `configure_model` shards the network: works on sharded parameters
+    sharded_parameters = "supported"
+
     def __init__(self, checkpoint: str, attribute: str = "model", strict: bool = True) -> None:
         if not checkpoint:
             raise ValueError("`checkpoint` must be the path of a checkpoint or state dict.")
@@ -136,6 +139,9 @@ class CompressionPipeline(Callback):
         Trainer(callbacks=[ProgressivePruning(...), QuantizationAwareTraining(start_after="pruning"),
                            KnowledgeDistillation(teacher=..., teacher_checkpoint=...), CompressionPipeline()])
     """
+
+    #: orders the phases and touches no parameters (each phase declares its own support)
+    sharded_parameters = "supported"
 
     def __init__(
         self,

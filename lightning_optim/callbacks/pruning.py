@@ -244,6 +244,9 @@ class ProgressivePruning(Callback):
               init_args: {final_sparsity: 0.5, granularity: filter, module_types: [Conv2d], compact_at_end: true}
     """
 
+    #: unstructured masks (layer or global scope) work on sharded parameters; other granularities and compaction refused
+    sharded_parameters = "partial"
+
     phase_name = "pruning"
 
     def __init__(
@@ -459,6 +462,16 @@ class ProgressivePruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self.structured or self.by_groups or self.by_blocks or self.compact_at_end:
+            from lightning_optim.callbacks._trainer import refuse_sharded
+
+            refuse_sharded(
+                trainer,
+                f"ProgressivePruning(granularity={self.granularity!r}, compact_at_end={self.compact_at_end})",
+                "structured, channel-group and block pruning and compaction change or trace the full network; "
+                "only `granularity: unstructured` (layer or global scope) runs on sharded parameters",
+                'DDP instead (`strategy="ddp"`), or `granularity="unstructured"` with `compact_at_end=False`',
+            )
         self._check_attribute(pl_module)
         model = target_model(pl_module, self.attribute)
         if self.by_blocks:  # found now when the input shape is known, else at the first training batch

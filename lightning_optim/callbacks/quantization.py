@@ -590,6 +590,9 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         scripted = torch.jit.load(qat.exported_path)    # anywhere, torch alone
     """
 
+    #: fake quantization of sharded parameters is not built yet: refused at setup
+    sharded_parameters = "refused"
+
     phase_name = "quantization"
 
     def __init__(
@@ -685,6 +688,11 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
 
     # ------------------------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning_optim.callbacks._trainer import refuse_sharded
+
+        refuse_sharded(
+            trainer, "QuantizationAwareTraining", "fake quantization and int8 conversion need full weights"
+        )
         if stage != "fit":
             return
         self._run_setup(trainer, pl_module)
@@ -1214,6 +1222,9 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         ptq.quantized_model(x)
     """
 
+    #: calibration and conversion need the full network: refused at setup
+    sharded_parameters = "refused"
+
     def __init__(
         self,
         backend: str = "auto",
@@ -1422,6 +1433,11 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         return self._generate_state_key(backend=self.engine, attribute=self.attribute)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning_optim.callbacks._trainer import refuse_sharded
+
+        refuse_sharded(
+            trainer, "PostTrainingQuantization", "calibration and int8 conversion need the full network"
+        )
         if stage in ("fit", "validate") and not self.done:
             self._run_dry_run(trainer, pl_module, qat=False)
             if self._chosen:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_optim.checks import check_choice
 from lightning_optim.functional.pruning.blocks import restore_removed_blocks
 from lightning_optim.functional.regularization import (
     l1_penalty,
@@ -42,6 +43,14 @@ def infer_num_classes(model: nn.Module) -> int | None:
         if isinstance(m, nn.Linear):
             last = m
     return last.out_features if last is not None else None
+
+
+#: the ``sharding`` choices of :class:`ClassificationModule` (``None``: every rank holds the full network)
+SHARDINGS: tuple[str, ...] = ("fsdp2",)
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
 
 
 #: image sizes the dry run tries, when the data's images do not fit the model, to name one that does
@@ -115,12 +124,19 @@ class ClassificationModule(pl.LightningModule):
         scheduler_monitor: metric that a ReduceLROnPlateau scheduler watches.
         dry_run: pass one example batch through the network at ``setup`` to check that it fits the data
             (see above); ``False`` skips it.
+        sharding: ``"fsdp2"`` shards the network's parameters, gradients and optimizer state over the
+            data-parallel ranks with ``torch.distributed.fsdp.fully_shard`` (FSDP2) in :meth:`configure_model`:
+            each direct child of the network that holds parameters, then the network itself. Needs the
+            Trainer's ``strategy`` to be ``lightning.pytorch.strategies.ModelParallelStrategy`` with
+            ``tensor_parallel_size=1``. ``None`` (default): no sharding (single device, DDP).
 
     Raises:
         ValueError: for an unknown optimizer name, a negative ``l1``/``weight_decay``, a non-positive ``lr``,
             ``label_smoothing`` outside ``[0, 1)``, an unknown ``scheduler_interval``, or a ``num_classes``
-            that disagrees with the model's output size; at ``setup``, a network that does not fit the
-            data (input channels, image size, number of outputs).
+            that disagrees with the model's output size, or an unknown ``sharding``; at ``setup``, a network
+            that does not fit the data (input channels, image size, number of outputs), ``sharding`` under a
+            strategy other than ``ModelParallelStrategy`` (or with tensor parallelism), or
+            ``ModelParallelStrategy`` without ``sharding``.
         TypeError: if ``model`` is not an ``nn.Module``.
 
     Example::
@@ -146,6 +162,7 @@ class ClassificationModule(pl.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val_loss",
         dry_run: bool = True,
+        sharding: str | None = None,
     ) -> None:
         super().__init__()
         self.register_load_state_dict_pre_hook(_resize_before_load)
@@ -161,6 +178,8 @@ class ClassificationModule(pl.LightningModule):
             raise ValueError(f"`scheduler_interval` must be 'epoch' or 'step', got {scheduler_interval!r}.")
         if lr is not None and (not math.isfinite(lr) or lr <= 0):
             raise ValueError(f"`lr` must be a finite number > 0, got {lr}.")
+        if sharding is not None:
+            check_choice("sharding", sharding, SHARDINGS, hint=" or null (no sharding)")
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         inferred = infer_num_classes(model)
@@ -186,6 +205,7 @@ class ClassificationModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
         self.dry_run = dry_run
+        self.sharding = sharding
         self._dry_run_shape: tuple[int, ...] | None = None
         self._loss_part_sums: dict[str, Tensor] = {}
         self._loss_part_samples = 0
@@ -211,9 +231,68 @@ class ClassificationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------------- dry run
     def setup(self, stage: str) -> None:
-        """Check that the network fits the data before any epoch (see :meth:`check_example_batch`)."""
+        """Check that the network fits the data before any epoch (see :meth:`check_example_batch`), and that
+        ``sharding`` fits the Trainer's strategy."""
+        self._check_sharding_strategy()
         if self.dry_run:
             self.check_example_batch()
+
+    # ----------------------------------------------------------------------------------------- sharding
+    def _check_sharding_strategy(self) -> None:
+        """``sharding`` needs ``ModelParallelStrategy`` without tensor parallelism, and that strategy needs
+        ``sharding`` (unless a subclass parallelizes in its own ``configure_model``)."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = trainer.strategy
+        model_parallel = isinstance(strategy, ModelParallelStrategy)
+        if self.sharding is None:
+            if model_parallel and type(self).configure_model is ClassificationModule.configure_model:
+                raise ValueError(
+                    f"The Trainer's strategy is {type(strategy).__name__}, which trains only what "
+                    "`configure_model` parallelizes, and `sharding` is null: set `sharding='fsdp2'` "
+                    "(`model.init_args.sharding: fsdp2`) to shard the network with FSDP2, or use "
+                    '`strategy="ddp"`.'
+                )
+            return
+        if not model_parallel:
+            raise ValueError(
+                f"`sharding`={self.sharding!r} needs the Trainer's strategy to be "
+                "lightning.pytorch.strategies.ModelParallelStrategy (e.g. `ModelParallelStrategy("
+                f"data_parallel_size=2, tensor_parallel_size=1)`), got {type(strategy).__name__}: use that "
+                "strategy, or `sharding=None` for a single device or DDP."
+            )
+        mesh = strategy.device_mesh
+        tensor_parallel = (
+            mesh["tensor_parallel"].size() if "tensor_parallel" in (mesh.mesh_dim_names or ()) else 1
+        )
+        if tensor_parallel != 1:
+            raise ValueError(
+                f"`sharding`={self.sharding!r} shards over the data-parallel ranks only, but the "
+                f"ModelParallelStrategy has tensor_parallel_size={tensor_parallel}: set `tensor_parallel_size=1` "
+                "and `data_parallel_size` to the number of processes (tensor parallelism is not supported yet)."
+            )
+
+    def configure_model(self) -> None:
+        """With ``sharding="fsdp2"``: ``fully_shard`` (FSDP2) each direct child of the network that holds
+        parameters, then the network itself, over the data-parallel dimension of the strategy's device mesh.
+        Idempotent (a module sharded already is left as it is); nothing without ``sharding``."""
+        if self.sharding is None:
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        mesh = self.device_mesh
+        if mesh is None:  # not under ModelParallelStrategy: setup has said so already
+            return
+        if "data_parallel" in (mesh.mesh_dim_names or ()):
+            mesh = mesh["data_parallel"]
+        for child in self.model.children():
+            if _has_parameters(child) and not isinstance(child, FSDPModule):
+                fully_shard(child, mesh=mesh)
+        if not isinstance(self.model, FSDPModule):
+            fully_shard(self.model, mesh=mesh)
 
     def _example_batch(self) -> tuple[Tensor, str] | None:
         """``(example batch, where it comes from)``, on the network's device and dtype; ``None`` when unknown."""

@@ -481,3 +481,76 @@ def test_dry_run_restores_every_mode_and_runs_once_per_shape():
     assert all(m.training for m in network.modules() if m is not frozen)
     assert torch.equal(frozen.running_mean, stats)
     assert torch.is_grad_enabled()
+
+
+# ------------------------------------------------------------------------------------------ sharding (FSDP2)
+# The 2-process FSDP2 fits that shard the network are in tests/callbacks/test_fsdp2.py.
+def test_unknown_sharding_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown `sharding` 'fsdp'; allowed: \['fsdp2'\] or null"):
+        ClassificationModule(small_convnet(), sharding="fsdp")
+
+
+def test_sharding_is_a_typed_hyperparameter_for_yaml():
+    import inspect
+
+    parameter = inspect.signature(ClassificationModule.__init__).parameters["sharding"]
+    assert parameter.default is None and "str | None" in str(parameter.annotation)
+    assert ClassificationModule(small_convnet(), sharding="fsdp2").hparams["sharding"] == "fsdp2"
+
+
+class _StepCounter(Callback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.steps += 1
+
+
+def test_sharding_under_another_strategy_is_refused_at_setup_before_any_step(tmp_path):
+    counter = _StepCounter()
+    module = ClassificationModule(small_convnet(), sharding="fsdp2", dry_run=False)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    trainer = Trainer(**quiet_trainer_kwargs(tmp_path, callbacks=[counter]))
+    with pytest.raises(
+        ValueError, match=r"`sharding`='fsdp2' needs .*ModelParallelStrategy.*got SingleDeviceStrategy"
+    ):
+        trainer.fit(module, train_dataloaders=loader)
+    assert counter.steps == 0
+
+
+def _model_parallel_trainer() -> Trainer:
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    strategy = ModelParallelStrategy(
+        data_parallel_size=2, tensor_parallel_size=1, timeout=timedelta(seconds=30)
+    )
+    return Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False, enable_progress_bar=False)
+
+
+def test_model_parallel_strategy_without_sharding_is_refused_at_setup():
+    module = ClassificationModule(small_convnet(), dry_run=False)
+    module.trainer = _model_parallel_trainer()
+    with pytest.raises(
+        ValueError, match=r"ModelParallelStrategy.*`sharding` is null: set `sharding='fsdp2'`"
+    ):
+        module.setup("fit")
+
+
+def test_a_subclass_that_parallelizes_itself_is_left_alone_under_model_parallel_strategy():
+    class OwnParallel(ClassificationModule):
+        def configure_model(self) -> None:  # the user's own parallelization
+            pass
+
+    module = OwnParallel(small_convnet(), dry_run=False)
+    module.trainer = _model_parallel_trainer()
+    module.setup("fit")  # no error
+
+
+def test_configure_model_without_sharding_changes_nothing():
+    module = ClassificationModule(small_convnet())
+    before = [type(m) for m in module.modules()]
+    module.configure_model()
+    assert [type(m) for m in module.modules()] == before

@@ -8,6 +8,11 @@ Sparsity is always the fraction of the weights (or units) pruned, a *target*: ex
 ``round(sparsity * n)`` of the ``n`` entries are pruned (the lowest scores; ties broken by position), never
 a fraction of what was left by an earlier step. How weights and units are scored, and how many a sparsity
 prunes, is :mod:`lightning_optim.functional.pruning.importance`.
+
+Sharded parameters (``DTensor``, as FSDP2's ``fully_shard`` or tensor parallelism make them): masks are
+computed on the full tensors (:func:`compute_masks` gathers them with :func:`full_tensor`, a collective that
+every rank runs), so they are the masks of a single-process run, and applied to each rank's shards
+(:func:`cast_masks` splits each mask as its tensor is split, with :func:`shard_like`, without communication).
 """
 
 from __future__ import annotations
@@ -43,6 +48,41 @@ GRANULARITIES: dict[str, str] = {
 }
 #: scope names
 SCOPES: tuple[str, ...] = ("layer", "global")
+
+
+def _dtensor_type() -> type | None:
+    """``torch.distributed.tensor.DTensor``, or ``None`` where torch is built without distributed support."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def is_sharded(t: object) -> bool:
+    """Whether ``t`` is a ``DTensor`` (a parameter, gradient or state split over a device mesh)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
+
+
+def full_tensor(t: Tensor) -> Tensor:
+    """The whole of ``t``: a ``DTensor`` gathered from its shards (a collective: every rank of its mesh must
+    call it, in the same order), any other tensor itself."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def shard_like(mask: Tensor, tensor: Tensor) -> Tensor:
+    """``mask`` (whole, the same on every rank) split over ``tensor``'s device mesh as ``tensor`` is (a
+    ``DTensor`` with its placements: each rank keeps its part, no communication); ``mask`` itself when
+    ``tensor`` is not sharded. A mask that broadcasts over the tensor (a structured ``(out, 1, ...)`` mask)
+    is split along the same dimensions."""
+    if not is_sharded(tensor):
+        return mask
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(mask, tensor.device_mesh, tensor.placements, src_data_rank=None)
 
 
 def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
@@ -112,8 +152,11 @@ def compute_masks(
 ) -> dict[str, Tensor]:
     """Masks for named weights at a target ``sparsity``.
 
+    Sharded weights (``DTensor``) are gathered first (:func:`full_tensor`, a collective: every rank calls
+    this function with the same names), so the masks are whole and equal to a single-process run's.
+
     Args:
-        weights: name -> weight tensor.
+        weights: name -> weight tensor (plain or ``DTensor``).
         sparsity: target fraction pruned, in ``[0, 1)``.
         granularity: ``"unstructured"``, or ``"structured"`` (alias ``"neuron"``, ``"filter"``, ``"channel"``):
             whole output units.
@@ -134,6 +177,7 @@ def compute_masks(
     check_importance(importance)
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"`sparsity` must be in [0, 1), got {sparsity}.")
+    weights = {n: full_tensor(w) for n, w in weights.items()}
     overrides = dict(layer_sparsity or {})
     masks: dict[str, Tensor] = {}
     layerwise = {n: overrides.get(n, sparsity) for n in weights if scope == "layer" or n in overrides}
@@ -192,9 +236,13 @@ def unit_masks_with_followers(
 
 def cast_masks(masks: Mapping[str, Tensor], tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``masks`` in the dtype and on the device of the tensor of the same name: the fast form for
-    :func:`apply_masks_` (a multiply, no conversion at each step). Masks without a tensor are left out."""
+    :func:`apply_masks_` (a multiply, no conversion at each step). Masks without a tensor are left out.
+    The mask of a sharded tensor (``DTensor``) is split as the tensor is (:func:`shard_like`), so that the
+    multiply, of the tensor, its gradient or its optimizer state, stays on each rank's shard."""
     return {
-        n: m.to(device=tensors[n].device, dtype=tensors[n].dtype) for n, m in masks.items() if n in tensors
+        n: shard_like(m.to(device=tensors[n].device, dtype=tensors[n].dtype), tensors[n])
+        for n, m in masks.items()
+        if n in tensors
     }
 
 

@@ -1,0 +1,239 @@
+"""Worker of the FSDP2 tests (``tests/callbacks/test_fsdp2.py``): one of 2 processes on CPU (gloo), started by
+the test with Lightning's environment variables (``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+``MASTER_PORT``), so Lightning starts no process of its own.
+
+Usage: python -m tests.callbacks.fsdp2_worker SCENARIO OUT_DIR
+
+- ``prune``: a fit of :func:`network` sharded with ``ClassificationModule(sharding="fsdp2")`` under
+  ``ModelParallelStrategy``, with ProgressivePruning (unstructured; ``scope`` from ``FSDP2_SCOPE``, default
+  ``layer``); writes ``prune_rank<r>.pt`` (the masks, the gathered full weights, and what the shards looked like).
+- ``callbacks``: every refused callback setting (:data:`REFUSED`) fitted in turn, each expected to stop at setup
+  with a ``ValueError`` before any step (message and global step recorded); then one fit with the callbacks
+  that declare support; writes ``callbacks_rank<r>.json``.
+
+Every collective has the process group's timeout (:data:`PG_TIMEOUT`); the worker ends like the tests'
+``ddp_spawn`` workers (``tests/ddp_support.py``): a barrier with a timeout, the process group destroyed, then
+``os._exit(0)`` (no interpreter teardown while gloo threads are joinable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_optim import ClassificationModule
+from lightning_optim.callbacks import (
+    CompressionPipeline,
+    CompressionReport,
+    EarlyStopping,
+    ExactResume,
+    InterruptCheckpoint,
+    KnowledgeDistillation,
+    LRScheduling,
+    NonFiniteGuard,
+    PostTrainingQuantization,
+    ProgressivePruning,
+    QuantizationAwareTraining,
+    WarmStart,
+    WeightSharing,
+)
+from lightning_optim.functional.pruning.masks import full_tensor, is_sharded
+from tests.ddp_support import leave_in_lockstep
+
+#: the timeout of every collective of the process group (a hung peer fails the test, never hangs it)
+PG_TIMEOUT = timedelta(seconds=60)
+#: samples, features, classes; per-rank batch (the single-process reference uses twice this batch)
+SAMPLES, FEATURES, CLASSES, BATCH = 64, 12, 5, 8
+#: the pruning ramp of the ``prune`` scenario: optimizer steps 0, 2, 4, 6 (8 steps in 2 epochs)
+PRUNING = {"final_sparsity": 0.75, "start": 0, "end": 6, "unit": "step", "frequency": 2, "verbose": False}
+
+
+def network() -> nn.Module:
+    """A small MLP whose output sizes (31, 5) do not split evenly over 2 ranks (uneven FSDP2 shards)."""
+    return nn.Sequential(
+        nn.Linear(FEATURES, 31), nn.ReLU(), nn.Linear(31, 16), nn.ReLU(), nn.Linear(16, CLASSES)
+    )
+
+
+def dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(
+        torch.randn(SAMPLES, FEATURES, generator=g), torch.randint(0, CLASSES, (SAMPLES,), generator=g)
+    )
+
+
+def loader(batch_size: int, ranks: int = 1) -> DataLoader:
+    """In order (no shuffle). With ``ranks=2``, this process's half (``LOCAL_RANK``): rank r gets the samples
+    r, r+2, ..., so one step of both ranks covers the samples of one single-process step of twice the batch
+    (Lightning's own distributed sampler would shuffle the training data: the Trainer is told not to add one)."""
+    data = dataset()
+    if ranks == 1:
+        return DataLoader(data, batch_size=batch_size, shuffle=False)
+    rank = int(os.environ["LOCAL_RANK"])
+    sampler = DistributedSampler(data, num_replicas=ranks, rank=rank, shuffle=False)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler)
+
+
+def module(sharding: str | None) -> ClassificationModule:
+    torch.manual_seed(0)
+    return ClassificationModule(network(), num_classes=CLASSES, optimizer="sgd", lr=0.1, sharding=sharding)
+
+
+def trainer_kwargs(root: str, **overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_epochs": 2,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": root,
+        "deterministic": True,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def fsdp2_trainer(root: str, callbacks: list[pl.Callback]) -> pl.Trainer:
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=PG_TIMEOUT)
+    return pl.Trainer(
+        **trainer_kwargs(
+            root,
+            accelerator="cpu",
+            devices=2,
+            strategy=strategy,
+            callbacks=callbacks,
+            use_distributed_sampler=False,
+        )
+    )
+
+
+def run_prune(out: Path) -> None:
+    scope = os.environ.get("FSDP2_SCOPE", "layer")
+    pl.seed_everything(0)
+    pruning = ProgressivePruning(scope=scope, **PRUNING)
+    trainer = fsdp2_trainer(str(out), [pruning])
+    net = module("fsdp2")
+    trainer.fit(net, train_dataloaders=loader(BATCH, ranks=2))
+    params = dict(net.model.named_parameters())
+    shards = {
+        n: {
+            "sharded": is_sharded(p),
+            "local_numel": p.to_local().numel() if is_sharded(p) else p.numel(),
+            "local_zeros": int((p.to_local() if is_sharded(p) else p).eq(0).sum()),
+        }
+        for n, p in params.items()
+    }
+    weights = {n: full_tensor(p.detach()).cpu() for n, p in params.items()}  # collective: on every rank
+    torch.save(
+        {
+            "masks": {n: m.cpu() for n, m in pruning.masks.items()},
+            "weights": weights,
+            "shards": shards,
+            "history": pruning.history,
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+        },
+        out / f"prune_rank{trainer.global_rank}.pt",
+    )
+
+
+def refused_settings(out: Path) -> dict[str, pl.Callback]:
+    """One setting of every callback (or setting) that refuses sharded parameters."""
+    teacher = network()
+    return {
+        "ProgressivePruning(structured)": ProgressivePruning(granularity="structured", **PRUNING),
+        "ProgressivePruning(channel_groups)": ProgressivePruning(granularity="channel_groups", **PRUNING),
+        "EarlyStopping(restore_best_weights)": EarlyStopping(monitor="val_loss", restore_best_weights=True),
+        "KnowledgeDistillation": KnowledgeDistillation(teacher=teacher),
+        "QuantizationAwareTraining": QuantizationAwareTraining(),
+        "PostTrainingQuantization": PostTrainingQuantization(),
+        "WeightSharing": WeightSharing(),
+        "CompressionReport": CompressionReport(),
+    }
+
+
+class FirstStep(pl.Callback):
+    """Records, at the first training batch, the learning rate and whether the network holds ``expected`` (the
+    warm-start weights), gathered from its shards (a collective, on every rank alike)."""
+
+    def __init__(self, expected: dict[str, torch.Tensor]) -> None:
+        self.expected = expected
+        self.seen: dict[str, Any] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == 0 and not self.seen:
+            full = {n: full_tensor(p.detach()).cpu() for n, p in pl_module.model.named_parameters()}
+            self.seen = {
+                "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "warm_weights": all(torch.equal(full[n], t) for n, t in self.expected.items()),
+            }
+
+
+def run_callbacks(out: Path) -> None:
+    results: dict[str, Any] = {"refused": {}}
+    rank = 0
+    for name, callback in refused_settings(out).items():
+        pl.seed_everything(0)
+        trainer = fsdp2_trainer(str(out / "refused"), [callback])
+        rank = trainer.global_rank
+        try:
+            trainer.fit(
+                module("fsdp2"),
+                train_dataloaders=loader(BATCH, ranks=2),
+                val_dataloaders=loader(BATCH, ranks=2),
+            )
+        except ValueError as err:
+            results["refused"][name] = {"message": str(err), "global_step": trainer.global_step}
+        else:
+            results["refused"][name] = {"message": None, "global_step": trainer.global_step}
+    # the callbacks that declare support, in one fit
+    warm = network()
+    torch.save(warm.state_dict(), out / f"warm_rank{rank}.pt")
+    pruning = ProgressivePruning(**PRUNING)
+    supported = [
+        ExactResume(),
+        LRScheduling(warmup=2),
+        EarlyStopping(monitor="val_loss", patience=5),
+        NonFiniteGuard(check_weights_every_n_steps=1),
+        InterruptCheckpoint(),
+        WarmStart(str(out / f"warm_rank{rank}.pt")),
+        pruning,
+        CompressionPipeline(order=("pruning",), distill=False),
+    ]
+    first = FirstStep(warm.state_dict())
+    pl.seed_everything(0)
+    trainer = fsdp2_trainer(str(out / "supported"), [*supported, first])
+    net = module("fsdp2")
+    trainer.fit(net, train_dataloaders=loader(BATCH, ranks=2), val_dataloaders=loader(BATCH, ranks=2))
+    results["supported"] = {
+        "global_step": trainer.global_step,
+        "names": [type(c).__name__ for c in supported],
+        "lr": trainer.optimizers[0].param_groups[0]["lr"],
+        "warm_loaded": supported[5].loaded,
+        "pruning_state": pruning.phase_state(trainer),
+        "sharded": all(is_sharded(p) for p in net.model.parameters()),
+        "non_finite_checks": supported[3].checks,
+        "first_step": first.seen,
+    }
+    (out / f"callbacks_rank{rank}.json").write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    {"prune": run_prune, "callbacks": run_callbacks}[scenario](out)
+    leave_in_lockstep()
+
+
+if __name__ == "__main__":
+    main()
