@@ -465,8 +465,9 @@ def _weight_sharing_notes(trainer: pl.Trainer) -> list[str]:
     sharing = find_phase(trainer, "weight_sharing")
     breakdown = getattr(sharing, "size_breakdown", None)
     path = getattr(sharing, "exported_path", None)
+    curve = _curve_note(getattr(sharing, "curve", None))
     if breakdown is None or path is None:
-        return []
+        return curve
     dense = getattr(sharing, "dense_bytes", None)
     ratio = (
         f", {dense / max(1, breakdown.total):.1f}x smaller than the dense fp32 state dict" if dense else ""
@@ -483,6 +484,24 @@ def _weight_sharing_notes(trainer: pl.Trainer) -> list[str]:
         f"{parts['codebook']:,}, indices {parts['indices']:,}, positions {parts['positions']:,}, other "
         f"{parts['other']:,}, header {parts['header']:,}); per shared layer: {layers}. Load it with "
         "lightning_optim.functional.weight_sharing.load_shared(path, <the architecture>) (torch alone)."
+    ] + curve
+
+
+def _curve_note(rows: Any) -> list[str]:
+    """One line for ``WeightSharing``'s size-accuracy curve (``curve_budgets``), ``[]`` without one."""
+    if not rows:
+        return []
+    points = []
+    for row in rows:
+        if row.get("metric") is None:
+            points.append(f"{int(row['budget']):,} B: {row.get('note') or 'not met'}")
+        else:
+            points.append(
+                f"{int(row['budget']):,} B: {100 * float(row['metric']):.1f}% ({int(row['bytes']):,} B)"
+            )
+    return [
+        "Size-accuracy curve (post-training sharing of the network when sharing started, top-1 on recent "
+        f"training batches): {'; '.join(points)}."
     ]
 
 

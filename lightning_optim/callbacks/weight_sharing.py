@@ -50,14 +50,20 @@ from lightning_optim.functional.weight_sharing.budget import (
     average_bits_budget,
     check_budget,
     check_sensitivity,
+    curve_markdown,
     fit_budget,
     hessian_traces,
     layer_choices,
     measure_loss_costs,
+    plot_curve,
     prune_smallest,
+    size_accuracy_curve,
     smallest_size,
     solve_budget,
 )
+
+#: the metric of the size-accuracy curve (``curve_budgets``)
+CURVE_METRIC = "top-1 on recent training batches"
 
 
 class WeightSharing(Callback):
@@ -131,6 +137,14 @@ class WeightSharing(Callback):
             of ``(input, target)`` batches); without them (sharing from the very first step) every layer weighs the
             same (plain squared perturbation), said in the log.
         sensitivity_batches: how many recent training batches the sensitivity uses.
+        curve_budgets: whole-artifact budgets in bytes (e.g. ``[10_000, 20_000, 50_000]``) for a size-accuracy
+            curve: when sharing starts, the network as it is then is shared post-training at each budget
+            (:func:`~lightning_optim.functional.weight_sharing.budget.size_accuracy_curve`, widths from
+            ``bit_choices``, sparsities from ``sparsity_choices``) and each copy's top-1 accuracy is measured on the
+            last ``sensitivity_batches`` training batches (``(input, class target)`` batches; without them the
+            curve is skipped, said in the log). The rows are in :attr:`curve` (and in checkpoints), printed when
+            ``verbose``, and written as ``size_accuracy_curve.md`` (and ``.png`` with matplotlib) beside the
+            artifact.
 
     Raises:
         ValueError: ``bits`` outside 1..8 (or a map with such a value), an unknown ``init``/``codebook_dtype``/
@@ -185,6 +199,7 @@ class WeightSharing(Callback):
         sparsity_choices: list[float] | None = None,
         sensitivity: str = "hessian",
         sensitivity_batches: int = 4,
+        curve_budgets: list[int] | None = None,
     ) -> None:
         super().__init__()
         spec = check_bits_spec(bits)
@@ -209,6 +224,19 @@ class WeightSharing(Callback):
         ):
             raise ValueError(f"`sensitivity_batches` must be an int >= 1, got {sensitivity_batches!r}.")
         self.sensitivity_batches = sensitivity_batches
+        if curve_budgets is not None and not isinstance(curve_budgets, (list, tuple)):
+            raise ValueError(
+                f"`curve_budgets` must be a list of whole numbers of bytes >= 1, got {curve_budgets!r}."
+            )
+        for x in curve_budgets or []:
+            if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+                raise ValueError(
+                    f"`curve_budgets` must be whole numbers of bytes >= 1 (e.g. [10000, 20000, 50000]), got {x!r}."
+                )
+        self.curve_budgets = sorted(set(curve_budgets)) if curve_budgets else None
+        #: the size-accuracy curve's rows (``curve_budgets``), empty until sharing starts
+        self.curve: list[dict[str, Any]] = []
+        self.curve_paths: dict[str, Path] = {}
         self.plan: BudgetPlan | None = None
         self._recent: deque = deque(maxlen=sensitivity_batches)
         self.bits: int | dict[str, int] = spec
@@ -275,7 +303,7 @@ class WeightSharing(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._budgeted and not self.clustered:  # the batches the sensitivity is measured on
+        if (self._budgeted or self.curve_budgets) and not self.clustered:  # sensitivity / curve batches
             self._recent.append(_detached(batch))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -516,6 +544,62 @@ class WeightSharing(Callback):
             metadata=_metadata(model),
         )
 
+    def _curve(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The size-accuracy curve of ``model`` as it is now (``[]``, said in the log, without usable batches)."""
+        batches = [_xy(b) for b in self._recent if _xy(b) is not None]
+        if not batches:
+            rank_zero_info(
+                "WeightSharing: no recent `(input, class target)` training batches to measure the size-accuracy "
+                "curve on (sharing started before the first step, or the batches are not classification batches): "
+                "`curve_budgets` skipped."
+            )
+            return []
+        names = list(self.layer_bits)
+        device = next(model.parameters()).device
+
+        @torch.no_grad()
+        def accuracy(m: nn.Module) -> float:
+            m.eval()
+            correct = total = 0
+            for x, y in batches:
+                correct += int((m(x.to(device)).argmax(-1) == y.to(device)).sum())
+                total += int(y.numel())
+            return correct / max(1, total)
+
+        rows = size_accuracy_curve(
+            model,
+            names,
+            self.curve_budgets or [],
+            accuracy,
+            traces=self._traces(model, names),
+            bits=self.bit_choices,
+            sparsities=self.sparsity_choices,
+            init=self.init,
+            codebook_dtype=self.codebook_dtype,
+            other_dtype=self.other_dtype,
+            metadata=_metadata(model),
+        )
+        if self.verbose:
+            rank_zero_info(
+                f"WeightSharing: size-accuracy curve (post-training sharing of the network now, {CURVE_METRIC}):\n"
+                + curve_markdown(rows, CURVE_METRIC, percent=True)
+            )
+        return rows
+
+    def _write_curve(self, folder: Path) -> None:
+        """``size_accuracy_curve.md`` (and ``.png`` with matplotlib) in ``folder`` (rank 0)."""
+        md = folder / "size_accuracy_curve.md"
+        md.write_text(
+            "# Size-accuracy curve\n\nPost-training sharing of the network when sharing started (epoch "
+            f"{self.started_epoch}), at each budget; metric: {CURVE_METRIC}.\n\n"
+            + curve_markdown(self.curve, CURVE_METRIC, percent=True)
+            + "\n"
+        )
+        self.curve_paths = {"markdown": md}
+        png = plot_curve(self.curve, folder / "size_accuracy_curve.png", CURVE_METRIC, percent=True)
+        if png is not None:
+            self.curve_paths["plot"] = png
+
     def _measure(self, model: nn.Module, layers: list) -> None:
         batches = [_xy(b) for b in self._recent if _xy(b) is not None]
         if not batches:
@@ -542,6 +626,11 @@ class WeightSharing(Callback):
         model = self._network(pl_module)
         params = dict(model.named_parameters())
         self.layer_bits = self._selection(model)
+        if self.curve_budgets:
+            rows = self._curve(model) if trainer.is_global_zero else None
+            self.curve = broadcast_from_rank0(trainer, rows) or []
+            if not self._budgeted:
+                self._recent.clear()
         if self._budgeted:
             plan = broadcast_from_rank0(
                 trainer, self._plan(trainer, model) if trainer.is_global_zero else None
@@ -666,6 +755,8 @@ class WeightSharing(Callback):
             path = path if self.export_path else unused_path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(blob)
+            if self.curve:
+                self._write_curve(path.parent)
         self.exported_path = broadcast_from_rank0(trainer, path)
         ratio = self.dense_bytes / max(1, len(blob))
         if self.size_budget_bytes is not None and len(blob) > self.size_budget_bytes:
@@ -694,12 +785,14 @@ class WeightSharing(Callback):
             "plan": None if self.plan is None else dataclasses.asdict(self.plan),
             "layer_bits": dict(self.layer_bits),
             "layers": {n: _pack_layer(s) for n, s in self.shared.items()},
+            "curve": [dict(row) for row in self.curve],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("started_epoch") is None:  # saved before sharing started: nothing to restore
             return
         self._loaded = dict(state_dict)
+        self.curve = [dict(row) for row in state_dict.get("curve") or []]
         if state_dict.get("plan") is not None:
             self.plan = BudgetPlan(**state_dict["plan"])
         self.started_epoch = int(state_dict["started_epoch"])

@@ -259,3 +259,24 @@ def test_the_report_gives_the_weight_sharing_artifact_and_its_bytes_per_layer(tm
     for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
         entry = next(e for e in sharing.size_breakdown.entries if e.name == name)
         assert f"{name} {entry.total:,} B" in line
+
+
+def test_the_report_gives_the_weight_sharing_size_accuracy_curve_in_one_line(tmp_path):
+    from lightning_optim.callbacks import WeightSharing
+
+    pl.seed_everything(0)
+    sharing = WeightSharing(bits=3, start_epoch=1, curve_budgets=[500, 4000], verbose=False)
+    report = CompressionReport(dirpath=str(tmp_path / "report"), latency_repeats=1, plot=False, verbose=False)
+    module = ClassificationModule(LeNet300100(in_features=64, hidden=(32, 16)), lr=1e-2)
+    trainer = pl.Trainer(
+        callbacks=[sharing, report],
+        **quiet_trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=1),
+    )
+    trainer.fit(module, datamodule=ImageClassificationDataModule("digits", batch_size=16))
+    text = (tmp_path / "report" / "compression_report.md").read_text()
+    lines = [line for line in text.splitlines() if "Size-accuracy curve" in line]
+    assert len(lines) == 1
+    refused, met = sharing.curve
+    assert refused["bytes"] is None and met["bytes"] is not None
+    assert "500 B: below the smallest size" in lines[0]
+    assert f"4,000 B: {100 * met['metric']:.1f}% ({met['bytes']:,} B)" in lines[0]

@@ -466,3 +466,45 @@ def test_average_bits_and_both_sensitivities_run(tmp_path, sensitivity):
     total = sum(params[n].numel() for n in sharing.layer_bits)
     average = sum(b * params[n].numel() for n, b in sharing.layer_bits.items()) / total
     assert average <= 2.5 + 1e-9
+
+
+# ------------------------------------------------------------------------------------------ size-accuracy curve
+def test_curve_budgets_give_a_size_accuracy_curve_beside_the_artifact(tmp_path):
+    import json
+
+    sharing = WeightSharing(
+        bits=4, bit_choices=[2, 3, 4], start_epoch=1, curve_budgets=[4000, 2600], verbose=False
+    )
+    _, module = _fit(tmp_path, [sharing])
+    assert [row["budget"] for row in sharing.curve] == [2600, 4000]  # sorted
+    for row in sharing.curve:
+        assert row["bytes"] is not None and row["bytes"] <= row["budget"], row
+        assert 0.0 <= row["metric"] <= 1.0
+        assert set(row["bits"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+        assert set(row["bits"].values()) <= {2, 3, 4}
+    assert sharing.layer_bits == {
+        n: 4 for n in ("fc1.weight", "fc2.weight", "fc3.weight")
+    }  # training unchanged
+    _assert_shared(module.model, sharing)
+    md = sharing.exported_path.parent / "size_accuracy_curve.md"
+    assert md.is_file() and sharing.curve_paths["markdown"] == md
+    text = md.read_text()
+    assert "| 2,600 |" in text and "| 4,000 |" in text
+    state = sharing.state_dict()
+    json.dumps(state["curve"])  # plain data in checkpoints
+    restored = WeightSharing(bits=4, curve_budgets=[2600, 4000])
+    restored.load_state_dict(state)
+    assert restored.curve == sharing.curve
+
+
+def test_curve_budgets_without_recent_batches_are_skipped(tmp_path):
+    sharing = WeightSharing(bits=4, start_epoch=0, curve_budgets=[4000], verbose=False)
+    _fit(tmp_path, [sharing])
+    assert sharing.curve == []
+    assert not (sharing.exported_path.parent / "size_accuracy_curve.md").exists()
+
+
+@pytest.mark.parametrize("budgets", [[0], [-5], [1.5], [True], 4000])
+def test_bad_curve_budgets_are_refused_at_construction(budgets):
+    with pytest.raises(ValueError, match="`curve_budgets` must be"):
+        WeightSharing(curve_budgets=budgets)

@@ -25,9 +25,12 @@ An average bit width is the same problem with the sizes counted as ``bits * non-
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -466,6 +469,140 @@ def apply_plan(model: nn.Module, plan: BudgetPlan, init: str = "linear") -> None
             target.copy_(clustered(target.detach(), b, plan.sparsity[name], init).to(target.dtype))
 
 
+def size_accuracy_curve(
+    model: nn.Module,
+    names: Sequence[str],
+    budgets: Iterable[int],
+    evaluate: Callable[[nn.Module], float],
+    *,
+    traces: Mapping[str, float] | None = None,
+    bits: Iterable[int] = BITS,
+    sparsities: Iterable[float] | None = None,
+    init: str = "linear",
+    codebook_dtype: str = "float16",
+    other_dtype: str | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> list[dict]:
+    """What each budget costs: post-training sharing of ``model`` fitted to each budget (:func:`fit_budget`),
+    the exact artifact size of the shared copy and ``evaluate(copy)`` (e.g. its accuracy).
+
+    Args:
+        model: the network (not changed: each budget shares a ``copy.deepcopy`` of it).
+        names: the state-dict names of the tensors to share.
+        budgets: the whole artifact's budgets in bytes.
+        evaluate: ``evaluate(shared_copy) -> float``, the metric of a row.
+        traces, bits, sparsities, init, codebook_dtype, other_dtype, metadata: as :func:`fit_budget`.
+
+    Returns:
+        One row per budget, plain JSON-safe data: ``{"budget", "bytes", "metric", "bits", "sparsity", "note"}``
+        (``bits``/``sparsity`` per layer). A budget no plan meets (:class:`BudgetError`) gives ``bytes``,
+        ``metric``, ``bits`` and ``sparsity`` ``None`` and the smallest size in ``note``.
+    """
+    widths = list(bits)
+    extra = None if sparsities is None else list(sparsities)
+    rows: list[dict] = []
+    for budget in budgets:
+        row: dict = {
+            "budget": int(budget),
+            "bytes": None,
+            "metric": None,
+            "bits": None,
+            "sparsity": None,
+            "note": None,
+        }
+        try:
+            plan = fit_budget(
+                model,
+                names,
+                int(budget),
+                bits=widths,
+                sparsities=extra,
+                traces=traces,
+                init=init,
+                codebook_dtype=codebook_dtype,
+                other_dtype=other_dtype,
+                metadata=metadata,
+            )
+        except BudgetError as err:
+            row["note"] = _budget_note(err)
+            rows.append(row)
+            continue
+        shared = copy.deepcopy(model)
+        apply_plan(shared, plan, init)
+        state = {k: v.detach().cpu() for k, v in shared.state_dict().items()}
+        row["bytes"] = artifact_bytes(state, codebook_dtype, other_dtype, metadata)
+        row["metric"] = float(evaluate(shared))
+        row["bits"] = {n: int(b) for n, b in plan.bits.items()}
+        row["sparsity"] = {n: float(v) for n, v in plan.sparsity.items()}
+        del shared
+        rows.append(row)
+    return rows
+
+
+def _budget_note(err: BudgetError) -> str:
+    """A short note from a :class:`BudgetError`: the smallest size it gives, else its message."""
+    found = re.search(r"smallest artifact these settings allow(?::| is) (\d+) bytes", str(err))
+    if found:
+        return f"below the smallest size, {int(found.group(1)):,} B"
+    return str(err)
+
+
+def curve_markdown(rows: Sequence[Mapping[str, object]], metric_name: str, percent: bool = False) -> str:
+    """A markdown table of :func:`size_accuracy_curve`'s rows (``percent``: the metric as a percentage)."""
+    lines = [
+        f"| budget B | artifact B | {metric_name} | bits | sparsity | note |",
+        "|---:|---:|---:|---|---|---|",
+    ]
+    for row in rows:
+        metric = row.get("metric")
+        if metric is None:
+            value = "-"
+        else:
+            value = f"{100 * float(metric):.2f}%" if percent else f"{float(metric):.4g}"
+        size = row.get("bytes")
+        bits = row.get("bits") or {}
+        sparsity = row.get("sparsity") or {}
+        lines.append(
+            f"| {int(row['budget']):,} | {'-' if size is None else f'{int(size):,}'} | {value} | "
+            f"{', '.join(f'{n} {b}' for n, b in bits.items()) or '-'} | "
+            f"{', '.join(f'{n} {100 * float(v):.1f}%' for n, v in sparsity.items()) or '-'} | "
+            f"{row.get('note') or ''} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curve(
+    rows: Sequence[Mapping[str, object]], path: str | Path, metric_name: str, percent: bool = False
+) -> Path | None:
+    """Draw the curve (artifact size against the metric) into the PNG ``path``; ``None`` (nothing written) without
+    matplotlib or without a row that met its budget."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    points = sorted(
+        (int(r["bytes"]), float(r["metric"]))
+        for r in rows
+        if r.get("bytes") is not None and r.get("metric") is not None
+    )
+    if not points:
+        return None
+    scale = 100.0 if percent else 1.0
+    fig = Figure(figsize=(5, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([s / 1000 for s, _ in points], [scale * m for _, m in points], marker="o")
+    ax.set_xlabel("artifact size (kB)")
+    ax.set_ylabel(f"{metric_name}{' (%)' if percent else ''}")
+    ax.set_title("Size-accuracy curve")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    return out
+
+
 __all__ = [
     "DP_UNITS",
     "SENSITIVITIES",
@@ -480,10 +617,13 @@ __all__ = [
     "check_budget",
     "check_sensitivity",
     "clustered",
+    "curve_markdown",
     "hessian_traces",
     "layer_choices",
     "measure_loss_costs",
+    "plot_curve",
     "prune_smallest",
+    "size_accuracy_curve",
     "smallest_size",
     "solve_budget",
 ]

@@ -201,3 +201,50 @@ def test_measured_loss_costs_restore_the_model():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     costs = {b: c for (b, _), c in layers[0].measured.items()}
     assert costs[1] >= costs[4] >= 0  # one bit (2 centroids) hurts more than four
+
+
+# ------------------------------------------------------------------------------------------ size-accuracy curve
+def test_size_accuracy_curve_rows_fit_their_budgets_and_evaluate_sees_shared_copies(tmp_path):
+    import json
+    import re
+
+    from lightning_optim.functional.weight_sharing.budget import (
+        curve_markdown,
+        plot_curve,
+        size_accuracy_curve,
+    )
+
+    model, x, y = _tiny_task(2)
+    names = ["0.weight", "2.weight", "4.weight"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small, big = (
+        artifact_bytes({**model.state_dict(), **{n: clustered(model.state_dict()[n], b) for n in names}})
+        for b in (2, 3)
+    )
+    seen = []
+
+    def evaluate(m):
+        values = {n: torch.unique(m.state_dict()[n][m.state_dict()[n] != 0]).numel() for n in names}
+        seen.append((values, len(save_shared(m, codebook_dtype="float16"))))
+        with torch.no_grad():
+            return float((m(x).argmax(1) == y).float().mean())
+
+    budgets = [200, small + 400, big + 800]
+    rows = size_accuracy_curve(model, names, budgets, evaluate, bits=[2, 3])
+    assert [r["budget"] for r in rows] == budgets
+    refused, *met = rows
+    assert refused["bytes"] is None and refused["metric"] is None and refused["bits"] is None
+    assert re.search(r"smallest size, [\d,]+ B", refused["note"])
+    assert len(seen) == 2  # the refused budget evaluates nothing
+    for row, (values, written) in zip(met, seen):
+        assert row["bytes"] == written <= row["budget"]  # the exact artifact size of the evaluated copy
+        assert 0.0 <= row["metric"] <= 1.0 and row["note"] is None
+        assert set(row["bits"]) == set(names) and set(row["bits"].values()) <= {2, 3}
+        for n in names:
+            assert values[n] <= 1 << row["bits"][n], n  # at most 2**bits distinct non-zero values
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not changed
+    json.dumps(rows)  # plain data
+    table = curve_markdown(rows, "accuracy", percent=True)
+    assert table.count("\n") == 1 + len(rows) and "smallest size" in table
+    png = plot_curve(rows, tmp_path / "curve.png", "accuracy")
+    assert png is None or png.stat().st_size > 0
