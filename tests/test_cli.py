@@ -367,7 +367,9 @@ def test_ckpt_path_that_is_not_a_checkpoint_file_is_refused_before_anything_runs
     elif make == "folder":
         path.mkdir()
     error = FileNotFoundError if make == "missing" else ValueError
-    with pytest.raises(error, match="ckpt_path`"):  # `ckpt_path` or `--ckpt_path` (the FIFO check before parsing)
+    with pytest.raises(
+        error, match="ckpt_path`"
+    ):  # `ckpt_path` or `--ckpt_path` (the FIFO check before parsing)
         quiet_main(
             ["fit", "--config", str(write(tmp_path / "r.yaml", recipe(tmp_path))), "--ckpt_path", str(path)]
         )

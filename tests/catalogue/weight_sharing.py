@@ -39,7 +39,12 @@ ENTRIES: list[tuple[str, str, str, str]] = [
         "WeightSharing(size_budget_bytes=20000, sensitivity='fisher')",
         "ValueError",
     ),
-    ("WeightSharing", "a size-accuracy curve budget of 0 bytes", "WeightSharing(curve_budgets=[0])", "ValueError"),
+    (
+        "WeightSharing",
+        "a size-accuracy curve budget of 0 bytes",
+        "WeightSharing(curve_budgets=[0])",
+        "ValueError",
+    ),
     (
         "WeightSharing",
         "`fixed_bits` without a budget",
