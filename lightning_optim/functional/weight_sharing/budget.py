@@ -421,9 +421,15 @@ def fit_budget(
         size_budget_bytes: the budget for the whole ``.lws`` file.
         traces: HAWQ-V2 traces by name (:func:`hessian_traces`); ``None``: every layer weighted 1 (plain
             perturbation).
-        bits, sparsities, overrides, init, codebook_dtype: as :func:`layer_choices`.
-        other_dtype, metadata: as :func:`~lightning_optim.functional.weight_sharing.save_shared` (the same
-            ``metadata`` as the file will have: it is in the header).
+        bits: the bit widths to consider (as :func:`layer_choices`).
+        sparsities: extra sparsities to consider (as :func:`layer_choices`).
+        overrides: per-layer bit widths fixed by the user (as :func:`layer_choices`).
+        init: the k-means initialisation.
+        codebook_dtype: the codebooks' storage type (as :func:`layer_choices`).
+        other_dtype: the unshared float tensors' storage type (as
+            :func:`~lightning_optim.functional.weight_sharing.save_shared`).
+        metadata: the header metadata the file will have (it is counted: it is in the header).
+        max_rounds: re-plans at most, with the overshoot taken off the budget.
 
     Raises:
         BudgetError: below the smallest artifact the settings allow (the message gives it).
@@ -491,7 +497,13 @@ def size_accuracy_curve(
         names: the state-dict names of the tensors to share.
         budgets: the whole artifact's budgets in bytes.
         evaluate: ``evaluate(shared_copy) -> float``, the metric of a row.
-        traces, bits, sparsities, init, codebook_dtype, other_dtype, metadata: as :func:`fit_budget`.
+        traces: HAWQ-V2 traces by name (as :func:`fit_budget`).
+        bits: the bit widths to consider (as :func:`fit_budget`).
+        sparsities: extra sparsities to consider (as :func:`fit_budget`).
+        init: the k-means initialisation.
+        codebook_dtype: the codebooks' storage type.
+        other_dtype: the unshared float tensors' storage type.
+        metadata: the header metadata the files will have.
 
     Returns:
         One row per budget, plain JSON-safe data: ``{"budget", "bytes", "metric", "bits", "sparsity", "note"}``
