@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
 from lightning_optim.callbacks._trainer import broadcast_from_rank0, is_distributed, log_metrics
@@ -478,6 +479,13 @@ class WeightSharing(Callback):
                 else 0
             )
         smallest = smallest_size(layers) + fixed
+        if smallest <= budget < 1.03 * smallest:
+            rank_zero_warn(
+                f"WeightSharing: the budget ({budget:,}) is within 3% of the smallest file these settings allow, as "
+                f"estimated now ({smallest:,} bytes, from the weights as pruning will leave them): the weights "
+                "sharing starts from may encode a few bytes larger, and the budget would then be refused when "
+                "sharing starts. Leave a little more room."
+            )
         if budget < smallest:
             option = "average_bits" if self.average_bits is not None else "size_budget_bytes"
             raise BudgetError(
@@ -786,10 +794,14 @@ class WeightSharing(Callback):
             "layer_bits": dict(self.layer_bits),
             "layers": {n: _pack_layer(s) for n, s in self.shared.items()},
             "curve": [dict(row) for row in self.curve],
+            # before sharing starts, the batches its budget plan and curve are measured on: a run resumed from here
+            # plans exactly as the uninterrupted one (CPU tensors; a few batches, only with a budget or a curve)
+            "recent": list(self._recent) if not self.clustered else [],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("started_epoch") is None:  # saved before sharing started: nothing to restore
+        self._recent = deque(state_dict.get("recent") or [], maxlen=self.sensitivity_batches)
+        if state_dict.get("started_epoch") is None:  # saved before sharing started: nothing more to restore
             return
         self._loaded = dict(state_dict)
         self.curve = [dict(row) for row in state_dict.get("curve") or []]
@@ -811,16 +823,8 @@ def _metadata(model: nn.Module) -> dict[str, str]:
 
 
 def _detached(batch: Any) -> Any:
-    """A training batch kept for the sensitivity: tensors detached and on the CPU."""
-    if isinstance(batch, Tensor):
-        return batch.detach().cpu()
-    if isinstance(batch, (list, tuple)):
-        return (
-            type(batch)(_detached(b) for b in batch)
-            if isinstance(batch, list)
-            else tuple(_detached(b) for b in batch)
-        )
-    return batch
+    """A training batch kept for the sensitivity: tensors detached and on the CPU (any collection)."""
+    return apply_to_collection(batch, Tensor, lambda t: t.detach().cpu())
 
 
 def _xy(batch: Any) -> tuple[Tensor, Tensor] | None:

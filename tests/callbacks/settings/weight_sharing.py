@@ -46,7 +46,29 @@ def _pruning():
 
 _KWARGS = {"bits": 3, "start_epoch": 1, "verbose": False}
 
+def _check_budget(trainer, module, callback) -> None:
+    _check_active(trainer, module, callback)
+    assert callback.plan is not None and callback.plan.bits == callback.layer_bits
+    assert set(callback.layer_bits.values()) <= {2, 3}
+    assert callback.exported_path.stat().st_size <= 3200  # the whole file within the budget
+
+
+_BUDGET = {
+    "bits": 8,
+    "size_budget_bytes": 3200,
+    "bit_choices": [2, 3],
+    "start_epoch": 1,
+    "verbose": False,
+}
+
 SETTINGS = {
+    "WeightSharing[budget]": {
+        "callback": "WeightSharing",
+        "kwargs": _BUDGET,
+        "cli_kwargs": _BUDGET,
+        "model": "lenet300100",
+        "check_active": _check_budget,
+    },
     "WeightSharing": {
         "kwargs": _KWARGS,
         "model": "lenet300100",
