@@ -29,8 +29,13 @@ $(VENV)/.bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m lightning_optim.demo
 
+# the suite on 2 pytest-xdist workers (the 2 cores of CI), each test handed out as a worker frees up; the tests'
+# process groups take ports from each worker's own block (tests/ports.py); PYTEST_WORKERS=0: one process
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
+
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests benchmarks/tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests benchmarks/tests
 
 # the lowest versions pyproject.toml allows (torch and torchvision stay pinned), in their own venv
 MIN_PINS ?= lightning==2.6.0 torchmetrics==1.4.0 'jsonargparse[signatures]==4.39.0'
@@ -39,10 +44,10 @@ test-min-deps:
 	.venv-min/bin/python -m pip install -q --upgrade pip
 	.venv-min/bin/python -m pip install -q $(TORCH_PINS)
 	.venv-min/bin/python -m pip install -q -e '.[dev]' $(MIN_PINS)
-	OMP_NUM_THREADS=1 .venv-min/bin/python -m pytest -q tests benchmarks/tests
+	OMP_NUM_THREADS=1 .venv-min/bin/python -m pytest -q $(PYTEST_PARALLEL) tests benchmarks/tests
 
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" tests benchmarks/tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow" tests benchmarks/tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check lightning_optim tests benchmarks examples

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import ddp_support
+from tests import ddp_support, ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Real MNIST (the files torchvision reads with download=False) lives in ../shared/data beside the checkout.
@@ -23,6 +23,12 @@ torch.set_num_threads(1)
 # The DDP tests' spawned workers end in lockstep without interpreter teardown, where a gloo/c10d thread left
 # joinable aborted a worker after a finished fit in some full runs: see tests/ddp_support.py for the cause.
 ddp_support.register()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Lightning's ddp_spawn takes MASTER_PORT from the environment: one of this pytest-xdist worker's own ports
+    (in the pytest process only: the tests' worker scripts import this module too)."""
+    ports.pin_master_port()
 
 
 @pytest.fixture

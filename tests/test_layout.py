@@ -25,6 +25,7 @@ RANKS = {
     "layers": 1,
     "plugins": 1,  # Lightning plugins (AtomicCheckpointIO): use only the shared helpers (paths)
     "weights": 2,  # resizes layers to a checkpoint (attention layers that lost heads)
+    "checkpoints": 2,  # consolidates sharded checkpoints (uses paths, plugins)
     "functional": 3,
     "models": 4,
     "data": 4,

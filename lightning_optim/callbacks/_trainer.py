@@ -88,14 +88,17 @@ def _on_group_device(values: Any) -> bool:
 
 def sharded_strategy(trainer: pl.Trainer | None) -> str | None:
     """A description of ``trainer``'s strategy where it shards parameters (``"ModelParallelStrategy (FSDP2)"``,
-    ``"FSDPStrategy"``), else ``None`` (single device, DDP, ...)."""
+    ``"ModelParallelStrategy (tensor parallel)"`` for a ``tensor_parallel_size`` above 1, ``"FSDPStrategy"``),
+    else ``None`` (single device, DDP, ...)."""
     strategy = getattr(trainer, "strategy", None) if trainer is not None else None
     if strategy is None:
         return None
     from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
     if isinstance(strategy, ModelParallelStrategy):
-        return f"{type(strategy).__name__} (FSDP2)"
+        tensor_parallel = getattr(strategy, "_tensor_parallel_size", 1)
+        kind = "tensor parallel" if isinstance(tensor_parallel, int) and tensor_parallel > 1 else "FSDP2"
+        return f"{type(strategy).__name__} ({kind})"
     if isinstance(strategy, FSDPStrategy):
         return type(strategy).__name__
     return None

@@ -21,6 +21,8 @@ from lightning_optim.callbacks._trainer import (
     example_from_batch,
     known_input_shape,
     log_metrics,
+    refuse_sharded,
+    sharded_strategy,
     work_progress,
 )
 from lightning_optim.callbacks.phases import (
@@ -43,6 +45,7 @@ from lightning_optim.functional.compression_report.report import (
     format_paths,
     write_report,
 )
+from lightning_optim.functional.sharding import gathered_copy, is_sharded_module, skeleton
 
 NO_TEST_LOADER = (
     "CompressionReport: the trainer has no test data (no datamodule with a `test_dataloader`, and no "
@@ -118,8 +121,8 @@ class CompressionReport(Callback):
         trainer.fit(module, datamodule=dm)   # -> <log_dir>/compression_report.{md,json,png}
     """
 
-    #: it measures, copies and exports the full network: refused at setup
-    sharded_parameters = "refused"
+    #: under FSDP2 each measurement works on a gathered copy of the network (see ``_network_to_measure``)
+    sharded_parameters = "supported"
 
     #: the allowed ``artifact_format`` values (the first is the default)
     ARTIFACT_FORMATS: tuple[str, ...] = ARTIFACT_FORMATS
@@ -188,6 +191,9 @@ class CompressionReport(Callback):
         self._last_phases: dict[str, str] | None = None
         self._example: Tensor | None = None
         self._pending_start = False
+        #: under a sharding strategy: the network's structure on the meta device, taken at setup (before
+        #: ``configure_model`` shards it); each measurement gathers the weights into a copy of it
+        self._skeleton: nn.Module | None = None
 
     @property
     def state_key(self) -> str:
@@ -195,11 +201,7 @@ class CompressionReport(Callback):
 
     # ------------------------------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_optim.callbacks._trainer import refuse_sharded
-
-        refuse_sharded(
-            trainer, "CompressionReport", "it measures, copies and exports the full network on every rank"
-        )
+        self._run_setup(trainer, pl_module)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_fit_start(trainer, pl_module)
@@ -216,6 +218,32 @@ class CompressionReport(Callback):
         self._run_fit_end(trainer, pl_module)
 
     # ------------------------------------------------------------------------------------------ work
+    def _run_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Under a sharding strategy (FSDP2), keep the network's skeleton: every measurement, and the artifact,
+        work on a plain copy with the weights gathered from the shards (rank 0 measures it, as under DDP)."""
+        self._skeleton = None
+        if sharded_strategy(trainer) is None:
+            return
+        network = target_model(pl_module, self.attribute)
+        if is_sharded_module(network):
+            refuse_sharded(
+                trainer,
+                "CompressionReport",
+                "the network was sharded before the callback's setup, so no plain copy of its structure can be "
+                "taken (the report measures a gathered copy)",
+                "building and sharding the network as ClassificationModule(sharding='fsdp2') does (sharded in "
+                '`configure_model`), or DDP (`strategy="ddp"`)',
+            )
+        self._skeleton = skeleton(network)
+
+    def _network_to_measure(self, pl_module: pl.LightningModule, model: nn.Module | None = None) -> nn.Module:
+        """``model``, else the network; a sharded network as a plain copy with the weights gathered from its
+        shards (a collective: every rank calls this, in the same order)."""
+        network = model if model is not None else target_model(pl_module, self.attribute)
+        if self._skeleton is not None and is_sharded_module(network):
+            return gathered_copy(network, self._skeleton)
+        return network
+
     def _run_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_phases is None:
             self._last_phases = dict(phase_states(trainer))
@@ -269,12 +297,13 @@ class CompressionReport(Callback):
 
     def _run_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         quantized = offered_model(trainer)
-        network = target_model(pl_module, self.attribute)
-        extra = quantized is not None and quantized is not network
+        sharded = target_model(pl_module, self.attribute)
+        network = self._network_to_measure(pl_module)  # a sharded network: gathered once, on every rank
+        extra = quantized is not None and quantized is not sharded and quantized is not network
         # one step per measured model, one for the files, one for the artifact
         total = 1 + int(extra) + 1 + int(self.save_artifact)
         with work_progress(trainer, desc="Compression report (fit end)", total=total) as bar:
-            self._measure(trainer, pl_module, "fit end", progress=_labeller(bar, "fit end"))
+            self._measure(trainer, pl_module, "fit end", model=network, progress=_labeller(bar, "fit end"))
             bar.update(1)
             if extra:
                 if self.rows[-1].get("precision") != "int8":
@@ -347,8 +376,8 @@ class CompressionReport(Callback):
         progress: Callable[[str], None] | None = None,
     ) -> None:
         row: dict[str, Any] | None = None
+        network = self._network_to_measure(pl_module, model)  # every rank: gathering is a collective
         if trainer.is_global_zero:
-            network = model if model is not None else target_model(pl_module, self.attribute)
             batches = list(self._test_batches(trainer, pl_module)) if self.test_metrics else None
             if batches is not None and not batches:
                 batches = None

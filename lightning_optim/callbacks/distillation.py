@@ -13,10 +13,17 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_optim.callbacks._trainer import known_input_shape
+from lightning_optim.callbacks._trainer import (
+    DDP_ALTERNATIVE,
+    is_distributed,
+    known_input_shape,
+    refuse_sharded,
+    sharded_strategy,
+)
 from lightning_optim.callbacks.phases import PhaseState, target_model
 from lightning_optim.checks import check_choice
 from lightning_optim.functional.distillation.features import (
+    adapter_optimizer_like,
     build_feature_adapters,
     dry_run,
     feature_pairs_loss,
@@ -36,10 +43,12 @@ from lightning_optim.functional.distillation.losses import (
     scheduled_value,
 )
 from lightning_optim.functional.distillation.teacher import (
+    TEACHER_SHARDINGS,
     FrozenTeacher,
     TeacherLogitCache,
     load_teacher_weights,
     logits_through_cache,
+    shard_teacher,
 )
 from lightning_optim.models.ensemble import LogitEnsemble
 from lightning_optim.modules.loss_terms import StepContext
@@ -63,6 +72,8 @@ class KnowledgeDistillation(Callback):
     ``find_unused_parameters`` needed, no gradient sync), never written into the student's checkpoints, kept
     frozen and in eval mode (also when Lightning calls ``.train()``), moved to the student's device at fit
     start and run under ``no_grad`` inside the training step, hence under the same autocast as the student.
+    In a run of several processes rank 0's teacher (and adapter) weights are broadcast to every rank at fit
+    start, so every rank distils from the same teacher even when the ranks built it differently.
 
     **Feature distillation**: ``feature_pairs`` maps student layer names (inside ``pl_module.model``) to
     teacher layer names. Forward hooks are registered at fit start and removed at fit end. Where the shapes
@@ -79,6 +90,20 @@ class KnowledgeDistillation(Callback):
     within ``cache_max_mb``) and reused instead of running the teacher every step. The cache is not
     checkpointed (it refills in one epoch after a resume). It cannot be combined with feature pairs, which
     need the teacher's activations every step.
+
+    **Sharded training (FSDP2)**: under Lightning's ``ModelParallelStrategy`` with a student sharded by
+    ``fully_shard`` (``ClassificationModule(sharding="fsdp2")``) the teacher is, by ``teacher_sharding``,
+    ``"replicate"`` (the default: a whole, plain copy on every rank, outside FSDP, as under DDP) or ``"fsdp2"``
+    (sharded with ``fully_shard`` over the student's data-parallel mesh at fit start: each rank keeps one shard,
+    the whole weights are gathered for each forward and freed after it; forward only, never a gradient). Either
+    way the teacher stays on the callback, never in the student's checkpoint. Each rank distils its own batch;
+    FSDP2 averages the student's gradients over the ranks, so 2 ranks with batch B train as one process with
+    batch 2B. Feature adapters stay whole on every rank (they are small); their gradients are averaged over the
+    ranks, and since FSDP2's optimizer state is saved by the sharded network's parameter names, they get their
+    own optimizer (the student optimizer's class and settings, ``adapter_lr``), saved in this callback's state
+    with the adapters. With ``cache_teacher_logits`` and a sharded teacher, the ranks agree at each step whether
+    any of them needs the teacher (one all-reduce) and run it together. Lightning's ``FSDPStrategy`` (FSDP1) is
+    refused at setup.
 
     **Phase**: ``phase_name = "distillation"``. ``phase_state`` is ``"pending"`` before ``start_epoch``,
     ``"active"`` until ``end_epoch`` (or, without an end epoch, while a temperature/alpha ramp is running),
@@ -110,13 +135,18 @@ class KnowledgeDistillation(Callback):
         cache_teacher_logits: offline mode (see above); needs ``return_index=True`` on the data module and
             no training augmentation.
         cache_max_mb: memory bound of the logit cache in MiB.
+        teacher_sharding: under a sharding strategy, ``"replicate"`` or ``"fsdp2"`` (see above); ``None``:
+            ``"replicate"``. Without a sharding strategy ``"replicate"`` is what happens anyway (accepted, no
+            effect) and ``"fsdp2"`` is refused at setup.
 
     Raises:
         ValueError: ``temperature``/``final_temperature`` <= 0, ``alpha``/``final_alpha`` outside [0, 1], an
             unknown ``schedule`` or ``feature_loss``, a teacher layer in ``feature_pairs`` that does not exist,
             a negative ``feature_weight``, ``start_epoch < 0``, ``end_epoch <= start_epoch``, a non-positive
             ``schedule_epochs``/``cache_max_mb``/``adapter_lr``, ``cache_teacher_logits`` with
-            ``feature_pairs``, or a ``teacher_checkpoint`` that does not fit ``teacher``. At setup: an unknown
+            ``feature_pairs``, an unknown ``teacher_sharding``, or a ``teacher_checkpoint`` that does not fit
+            ``teacher``. At setup: ``teacher_sharding="fsdp2"`` without a sharding strategy, Lightning's
+            ``FSDPStrategy`` (only FSDP2 through ``ModelParallelStrategy`` is supported), an unknown
             student layer, teacher/student output shapes that differ, offline mode on augmented data or
             without sample indices, or ``start_epoch`` not before ``max_epochs`` (an ``end_epoch`` or ramp that
             ends after the run gets a warning). On resume, with ``feature_pairs``, a checkpoint without this
@@ -132,8 +162,9 @@ class KnowledgeDistillation(Callback):
         Trainer(max_epochs=10, callbacks=[kd]).fit(student, datamodule=dm)
     """
 
-    #: the teacher and the feature adapters assume full parameters: refused at setup
-    sharded_parameters = "refused"
+    #: works with a student sharded by FSDP2 (``ModelParallelStrategy``): the teacher replicated or sharded by
+    #: ``teacher_sharding``, feature adapters replicated with averaged gradients (``FSDPStrategy``: refused)
+    sharded_parameters = "supported"
 
     phase_name = "distillation"
 
@@ -156,6 +187,7 @@ class KnowledgeDistillation(Callback):
         input_shape: tuple[int, ...] | None = None,
         cache_teacher_logits: bool = False,
         cache_max_mb: float = 256.0,
+        teacher_sharding: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(teacher, nn.Module):
@@ -182,6 +214,8 @@ class KnowledgeDistillation(Callback):
             raise ValueError(f"`adapter_lr` must be > 0 and finite, or None, got {adapter_lr}.")
         if cache_max_mb <= 0:
             raise ValueError(f"`cache_max_mb` must be > 0, got {cache_max_mb}.")
+        if teacher_sharding is not None:
+            check_choice("teacher_sharding", teacher_sharding, TEACHER_SHARDINGS, hint=" or null (replicate)")
         feature_pairs = dict(feature_pairs or {})
         if cache_teacher_logits and feature_pairs:
             raise ValueError(
@@ -206,7 +240,13 @@ class KnowledgeDistillation(Callback):
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.cache_teacher_logits = cache_teacher_logits
         self.cache_max_mb = float(cache_max_mb)
+        self.teacher_sharding = teacher_sharding
 
+        self._sharded = False  # set at setup: the Trainer shards the student (FSDP2)
+        self._teacher_mode = "replicate"  # the teacher_sharding in effect (set at setup)
+        self._device: torch.device | None = None
+        self._adapter_optimizer: torch.optim.Optimizer | None = None  # under sharding only
+        self._pending_adapter_optimizer_state: dict[str, Any] | None = None
         self.adapters = nn.ModuleDict()
         self._pending_adapter_state: dict[str, Tensor] | None = None
         self._handles: list[Any] = []
@@ -311,11 +351,7 @@ class KnowledgeDistillation(Callback):
 
     # ----------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_optim.callbacks._trainer import refuse_sharded
-
-        refuse_sharded(
-            trainer, "KnowledgeDistillation", "the teacher and the feature adapters are not sharded"
-        )
+        self._run_check_strategy(trainer)
         if stage == "fit":
             self._run_setup(trainer, pl_module)
 
@@ -354,6 +390,7 @@ class KnowledgeDistillation(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         self._run_sync_adapter_grads(trainer)
+        self._run_adapter_step()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_fit_end(trainer)
@@ -387,8 +424,14 @@ class KnowledgeDistillation(Callback):
             adapters = dict(self._pending_adapter_state or {})
         # the epoch's aggregates (logged at its end): a run resumed mid-epoch, or before the epoch-end hooks,
         # logs the same distill/alpha, distill/temperature as the uninterrupted run
+        if self._adapter_optimizer is not None:
+            adapter_optimizer = _cpu_copy(self._adapter_optimizer.state_dict())
+        else:
+            adapter_optimizer = self._pending_adapter_optimizer_state
         return {
             "adapters": adapters,
+            # under sharding only (the adapters' own optimizer); the same on every rank, so rank 0's is saved
+            "adapter_optimizer": adapter_optimizer,
             "epoch_stats": {
                 k: v for k, v in self._epoch_stats.items() if k != "teacher_seconds"
             },  # no wall time
@@ -400,6 +443,10 @@ class KnowledgeDistillation(Callback):
             self._epoch_stats = {**dict(state_dict["epoch_stats"]), "teacher_seconds": 0.0}
             self._epoch_closed = bool(state_dict.get("epoch_closed", True))
             self._resumed_mid_epoch = not self._epoch_closed
+        self._pending_adapter_optimizer_state = state_dict.get("adapter_optimizer")
+        if self._adapter_optimizer is not None and self._pending_adapter_optimizer_state is not None:
+            self._adapter_optimizer.load_state_dict(self._pending_adapter_optimizer_state)
+            self._pending_adapter_optimizer_state = None
         adapters = dict(state_dict.get("adapters", {}))
         if len(self.adapters):
             self.adapters.load_state_dict(adapters)
@@ -413,6 +460,9 @@ class KnowledgeDistillation(Callback):
         state["_student_features"] = {}
         state["_teacher_features"] = {}
         state["_capture"] = False
+        if self._adapter_optimizer is not None:
+            state["_pending_adapter_optimizer_state"] = _cpu_copy(self._adapter_optimizer.state_dict())
+        state["_adapter_optimizer"] = None
         if self.cache is not None:
             state["cache"] = TeacherLogitCache(self.cache.max_bytes)
         return state
@@ -531,15 +581,56 @@ class KnowledgeDistillation(Callback):
     def _capturing(self) -> bool:
         return self._capture
 
+    def _run_check_strategy(self, trainer: Any) -> None:
+        """The teacher's place under the Trainer's strategy: without sharding, ``teacher_sharding="fsdp2"`` is
+        refused; under ``ModelParallelStrategy`` (FSDP2) it is ``teacher_sharding`` (default ``"replicate"``);
+        Lightning's ``FSDPStrategy`` is refused. No collective (every rank alike, before any step)."""
+        strategy = sharded_strategy(trainer)
+        self._sharded = False
+        self._teacher_mode = "replicate"
+        if strategy is None:
+            if self.teacher_sharding == "fsdp2":
+                name = type(getattr(trainer, "strategy", None)).__name__
+                raise ValueError(
+                    f"KnowledgeDistillation `teacher_sharding`='fsdp2' shards the teacher over the data-parallel "
+                    f"ranks of a sharded run, but the Trainer's strategy ({name}) shards nothing. Use "
+                    "`teacher_sharding`='replicate' or null (the whole teacher on every rank), or "
+                    "`ModelParallelStrategy` with `ClassificationModule(sharding='fsdp2')`."
+                )
+            return
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if not isinstance(trainer.strategy, ModelParallelStrategy):
+            refuse_sharded(
+                trainer,
+                "KnowledgeDistillation",
+                "only FSDP2 through ModelParallelStrategy is supported",
+                f'ModelParallelStrategy with `ClassificationModule(sharding="fsdp2")`, or {DDP_ALTERNATIVE}',
+            )
+        self._sharded = True
+        self._teacher_mode = self.teacher_sharding or "replicate"
+
     def _run_fit_start(self, trainer: Any, pl_module: Any) -> None:
         student = target_model(pl_module)
         device = pl_module.device
+        self._device = device
         dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), torch.float32)
-        if dtype in (torch.float16, torch.bfloat16, torch.float64):  # a student in true half/double precision
-            self.teacher.to(device=device, dtype=dtype)
+        # a student in true half/double precision gets a teacher in its dtype
+        half = dtype in (torch.float16, torch.bfloat16, torch.float64)
+        if self._teacher_mode == "fsdp2":
+            if half:
+                self.teacher.to(dtype=dtype)
+            if not self.teacher.is_sharded():  # each rank keeps its slice of its own copy: rank 0's first
+                self._run_sync_from_rank0(trainer, self.teacher, device)
+            shard_teacher(self.teacher, _data_parallel_mesh(trainer))  # moves each shard to the mesh's device
         else:
-            self.teacher.to(device=device)
+            if half:
+                self.teacher.to(device=device, dtype=dtype)
+            else:
+                self.teacher.to(device=device)
+            self._run_sync_from_rank0(trainer, self.teacher, device)
         self.adapters.to(device)
+        self._run_sync_from_rank0(trainer, self.adapters, device)
         self._remove_hooks()
         self._handles = hook_feature_pairs(
             student,
@@ -556,16 +647,32 @@ class KnowledgeDistillation(Callback):
                     "Feature distillation trains adapters and needs an optimizer; the module configured none."
                 )
             optimizer = trainer.optimizers[0]
-            present = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            if not any(id(p) in present for p in params):
-                lr = self.adapter_lr if self.adapter_lr is not None else optimizer.param_groups[0]["lr"]
-                optimizer.add_param_group({"params": params, "lr": lr, "initial_lr": lr})
+            lr = self.adapter_lr if self.adapter_lr is not None else optimizer.param_groups[0]["lr"]
+            if self._sharded:  # FSDP2 saves the student's optimizer by its parameter names: an own optimizer
+                if self._adapter_optimizer is None:
+                    self._adapter_optimizer = adapter_optimizer_like(optimizer, params, lr)
+                if self._pending_adapter_optimizer_state is not None:
+                    self._adapter_optimizer.load_state_dict(self._pending_adapter_optimizer_state)
+                    self._pending_adapter_optimizer_state = None
+            else:
+                present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+                if not any(id(p) in present for p in params):
+                    optimizer.add_param_group({"params": params, "lr": lr, "initial_lr": lr})
         self._reset_stats()
         if self.cache is not None:
             self.cache.clear()
+        placement = ""
+        if self._sharded:
+            world = int(getattr(trainer, "world_size", 1))
+            placement = (
+                f", sharded over {world} ranks (FSDP2)"
+                if self._teacher_mode == "fsdp2"
+                else ", replicated on every rank"
+            )
         rank_zero_info(
             f"KnowledgeDistillation: teacher {type(self.teacher.module).__name__} with "
-            f"{self.teacher.num_parameters():,} parameters ({self.teacher.memory_bytes() / 2**20:.2f} MiB) on {device}, "
+            f"{self.teacher.num_parameters():,} parameters ({self.teacher.memory_bytes() / 2**20:.2f} MiB per rank"
+            f"{placement}) on {device}, "
             f"T={self.temperature}, alpha={self.alpha}"
             + (
                 f", {len(self.feature_pairs)} feature pair(s), adapters {sum(p.numel() for p in params):,} parameters"
@@ -596,7 +703,10 @@ class KnowledgeDistillation(Callback):
             raise ValueError(
                 "`cache_teacher_logits=True` needs sample indices in the batch: set `return_index=True` on the data module."
             )
-        logits, n_hit = logits_through_cache(self.cache, ctx.sample_index, ctx.inputs, self._teacher_forward)
+        lockstep = self._any_rank_needs_teacher if self._teacher_mode == "fsdp2" else None
+        logits, n_hit = logits_through_cache(
+            self.cache, ctx.sample_index, ctx.inputs, self._teacher_forward, lockstep=lockstep
+        )
         self.stats["cache_hit_samples"] += n_hit
         self._epoch_stats["hits"] += n_hit
         return logits
@@ -653,6 +763,42 @@ class KnowledgeDistillation(Callback):
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad.div_(world)
 
+    def _any_rank_needs_teacher(self, needed: bool) -> bool:
+        """Whether any rank needs the (sharded) teacher for this step: an all-reduce of one flag, so that the
+        ranks run its forward, a collective, together."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return needed
+        flag = torch.tensor([1.0 if needed else 0.0], device=self._device or "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _run_sync_from_rank0(self, trainer: Any, module: nn.Module, device: torch.device) -> None:
+        """Rank 0's weights of ``module`` (the teacher, before it is sharded; the adapters) on every rank, so that
+        every rank distils from the same teacher and trains the same adapters even when the ranks built them
+        differently (a teacher without ``teacher_checkpoint``, adapters drawn from unseeded random numbers).
+        One broadcast per tensor, through ``device`` under NCCL (a tensor at a time); nothing in a single process.
+        """
+        if not is_distributed(trainer):
+            return
+        tensors = [t for t in (*module.parameters(), *module.buffers()) if not _is_dtensor(t)]
+        group_device = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+        with torch.no_grad():
+            for t in tensors:
+                if t.device == group_device and t.is_contiguous():
+                    dist.broadcast(t.data, src=0)
+                else:
+                    buf = t.detach().to(group_device).contiguous()
+                    dist.broadcast(buf, src=0)
+                    t.data.copy_(buf)
+
+    def _run_adapter_step(self) -> None:
+        """Under sharding: the adapters' own optimizer steps with the student's (their averaged gradients), then
+        their gradients are cleared."""
+        if self._adapter_optimizer is None:
+            return
+        self._adapter_optimizer.step()
+        self._adapter_optimizer.zero_grad(set_to_none=True)
+
     def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -676,6 +822,31 @@ class KnowledgeDistillation(Callback):
                 f"{self.cache.nbytes / 2**20:.2f} MiB), about {s['estimated_saved_seconds']:.2f} s of teacher time saved"
             )
         rank_zero_info(msg + ".")
+
+
+def _is_dtensor(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _data_parallel_mesh(trainer: Any) -> Any:
+    """The data-parallel dimension of the strategy's device mesh (the whole mesh when it has no named one)."""
+    mesh = trainer.strategy.device_mesh
+    return mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """``obj`` (nested dicts and lists) with every tensor copied to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_copy(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_cpu_copy(v) for v in obj)
+    return obj
 
 
 def _warn_if_ensemble_temperature_differs(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,9 +21,15 @@ from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_optim.callbacks._trainer import broadcast_from_rank0, log_metrics
+from lightning_optim.callbacks._trainer import (
+    DDP_ALTERNATIVE,
+    broadcast_from_rank0,
+    log_metrics,
+    refuse_sharded,
+    sharded_strategy,
+)
 from lightning_optim.callbacks.phases import model_is_changing, phase_states, phases
 from lightning_optim.checks import check_choice
 
@@ -53,6 +60,16 @@ class EarlyStopping(LightningEarlyStopping):
       (best score, its epoch, best weights and the wait count, which reads 0 while held off) restarts from
       scratch once every phase is done -- scores of a model that is still being compressed
       are not compared with those of the final one, and the restored weights are always compressed ones.
+    - sharded training (FSDP2 through ``ModelParallelStrategy``, ``ClassificationModule(sharding="fsdp2")``):
+      the stop decision is unchanged. With ``best_weights_source="memory"`` each rank keeps a CPU copy of its
+      own local shards (``DTensor.to_local()``) and of the unsharded tensors (buffers) at each improvement, and
+      the restore copies them back into its shards (buffers: rank 0's, so every rank ends identical); nothing is
+      gathered. Lightning writes callback state once (rank 0), so the per-rank copies are *not* in the checkpoint:
+      a run resumed from one re-arms the copy at its next improvement (said in a warning at the resume); without
+      one after the resume, the final weights are kept (said at the end). ``best_weights_source="checkpoint"``
+      survives any resume: it loads the model weights of the best checkpoint, sharded (a folder, read with
+      ``torch.distributed.checkpoint``) or a single file. Lightning's ``FSDPStrategy`` with
+      ``restore_best_weights`` is refused at setup.
     - a message when it stops, naming the metric, the best value and its epoch (logged at INFO, and in
       ``stopping_reason_message``); ``early_stopping/wait_count`` and ``early_stopping/best`` go to the
       logger at each check.
@@ -71,8 +88,9 @@ class EarlyStopping(LightningEarlyStopping):
         log_rank_zero_only: log status messages from rank 0 only.
         min_delta_mode: ``"abs"`` or ``"rel"``.
         restore_best_weights: load the best weights into the module when fit ends.
-        best_weights_source: ``"memory"`` (a CPU copy taken at each improvement) or ``"checkpoint"`` (the
-            ``best_model_path`` of a ``ModelCheckpoint`` with the same ``monitor`` and ``mode``).
+        best_weights_source: ``"memory"`` (a CPU copy taken at each improvement; under FSDP2 each rank's own
+            shards, not checkpointed) or ``"checkpoint"`` (the ``best_model_path`` of a ``ModelCheckpoint`` with the
+            same ``monitor`` and ``mode``).
         start_epoch: first epoch (from 0) at which training may be stopped.
         hold_off_while_compressing: skip checks while any compression phase is not done.
         ignore_phases: phase names that do not hold early stopping off.
@@ -80,7 +98,9 @@ class EarlyStopping(LightningEarlyStopping):
     Raises:
         ValueError: for an unknown ``mode``, ``min_delta_mode`` or ``best_weights_source``, a negative
             ``min_delta``/``patience``/``start_epoch``, or (at setup) ``best_weights_source="checkpoint"``
-            without a matching ``ModelCheckpoint``, or an ``ignore_phases`` name that is no phase on the Trainer.
+            without a matching ``ModelCheckpoint``, an ``ignore_phases`` name that is no phase on the Trainer, or
+            ``restore_best_weights`` under Lightning's ``FSDPStrategy`` (FSDP2 through ``ModelParallelStrategy``
+            is supported).
         RuntimeError: if ``monitor`` is not logged at a check and ``strict`` is set.
 
     Example::
@@ -93,8 +113,9 @@ class EarlyStopping(LightningEarlyStopping):
         print(early_stopping.best_epoch, early_stopping.stopping_reason_message)
     """
 
-    #: the stop decision works on sharded parameters; `restore_best_weights` is refused
-    sharded_parameters = "partial"
+    #: the stop decision and `restore_best_weights` (each rank's own shards, or the best sharded checkpoint) work
+    #: with FSDP2 through ``ModelParallelStrategy``; under Lightning's ``FSDPStrategy`` the restore is refused
+    sharded_parameters = "supported"
 
     def __init__(
         self,
@@ -150,13 +171,22 @@ class EarlyStopping(LightningEarlyStopping):
         self.best_weights: dict[str, Tensor] | None = None
         self.restored_epoch: int | None = None
         self._holding_off = False
+        #: whether the Trainer shards the network (set at setup): the copy in memory is then each rank's shards
+        self._sharded = False
+        #: ``best_weights`` holds each rank's local shards (under sharding), not the whole tensors
+        self._best_weights_local = False
+        #: a resumed run whose checkpoint could not carry the per-rank best weights: the epoch they were from
+        self._best_weights_lost_epoch: int | None = None
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(best_epoch=self.best_epoch, best_step=self.best_step, holding_off=self._holding_off)
         if self.restore_best_weights and self.best_weights_source == "memory":
-            state["best_weights"] = self.best_weights
+            # each rank's shards cannot travel in the callback state, which Lightning writes from rank 0 only
+            local = self._best_weights_local and self.best_weights is not None
+            state["best_weights"] = None if local else self.best_weights
+            state["best_weights_per_rank"] = local
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -165,18 +195,33 @@ class EarlyStopping(LightningEarlyStopping):
         self.best_step = state_dict.get("best_step")
         self._holding_off = bool(state_dict.get("holding_off", False))
         self.best_weights = state_dict.get("best_weights")
+        self._best_weights_local = False
+        self._best_weights_lost_epoch = None
+        if state_dict.get("best_weights_per_rank") and self.restore_best_weights:
+            self._best_weights_lost_epoch = self.best_epoch
+            if self.best_weights_source == "memory":
+                rank_zero_warn(
+                    f"EarlyStopping: the checkpoint comes from a sharded run, whose best weights (epoch "
+                    f"{self.best_epoch}) were each rank's own shards in memory and are not in it (Lightning writes "
+                    "callback state from rank 0 only). The best score is kept; the copy re-arms at the next "
+                    "improvement, and without one the final weights are kept. For a restore that survives a resume "
+                    "use `best_weights_source='checkpoint'` with a ModelCheckpoint on the same metric."
+                )
 
     # ----------------------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.restore_best_weights:
-            from lightning_optim.callbacks._trainer import refuse_sharded
+        self._sharded = sharded_strategy(trainer) is not None
+        if self.restore_best_weights and self._sharded:
+            from lightning.pytorch.strategies import ModelParallelStrategy
 
-            refuse_sharded(
-                trainer,
-                "EarlyStopping(restore_best_weights=True)",
-                "the copy of the best weights and their restore assume full parameters on every rank",
-                'DDP instead (`strategy="ddp"`), or `restore_best_weights=False`',
-            )
+            if not isinstance(trainer.strategy, ModelParallelStrategy):
+                refuse_sharded(
+                    trainer,
+                    "EarlyStopping(restore_best_weights=True)",
+                    "only FSDP2 through ModelParallelStrategy is supported",
+                    f'ModelParallelStrategy with `ClassificationModule(sharding="fsdp2")`, {DDP_ALTERNATIVE}, '
+                    "or `restore_best_weights=False`",
+                )
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self._check_settings_fit(trainer)
@@ -237,6 +282,7 @@ class EarlyStopping(LightningEarlyStopping):
         self.best_epoch = None
         self.best_step = None
         self.best_weights = None
+        self._best_weights_local = False
 
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         """Check the monitored metric; track the best score, epoch and weights; stop when allowed."""
@@ -268,10 +314,7 @@ class EarlyStopping(LightningEarlyStopping):
             self.best_epoch = trainer.current_epoch
             self.best_step = trainer.global_step
             if self.restore_best_weights and self.best_weights_source == "memory":
-                self.best_weights = {
-                    k: v.detach().to("cpu", copy=True)
-                    for k, v in trainer.lightning_module.state_dict().items()
-                }
+                self._run_copy_best_weights(trainer.lightning_module)
 
         may_stop, why_not = self._may_stop(trainer)
         if trainer.current_epoch < self.start_epoch:
@@ -312,6 +355,19 @@ class EarlyStopping(LightningEarlyStopping):
             metrics["early_stopping/best"] = float(self.best_score)
         log_metrics(trainer, metrics)
 
+    def _run_copy_best_weights(self, pl_module: pl.LightningModule) -> None:
+        """A CPU copy of the module's state: whole tensors, or under sharding each rank's own local shards (no
+        communication: every rank copies at the same check, since the decision is rank 0's)."""
+        if self._sharded:
+            self.best_weights = _local_state_copy(pl_module)
+            self._best_weights_local = True
+        else:
+            self.best_weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
+            }
+            self._best_weights_local = False
+        self._best_weights_lost_epoch = None
+
     def _run_restore_best_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Load the best weights into ``pl_module``, identical on every rank."""
         if self.best_weights_source == "checkpoint":
@@ -320,19 +376,138 @@ class EarlyStopping(LightningEarlyStopping):
             if not path:
                 rank_zero_info("EarlyStopping: no best checkpoint was saved; the final weights are kept.")
                 return
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            state = checkpoint["state_dict"]
-            epoch = checkpoint.get("epoch")
+            if self._sharded:
+                epoch = _load_sharded_model_weights(pl_module, path)
+            else:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+                pl_module.load_state_dict(checkpoint["state_dict"])
+                epoch = checkpoint.get("epoch")
         else:
             has_best = broadcast_from_rank0(trainer, self.best_weights is not None)
             if not has_best:
-                rank_zero_info("EarlyStopping: no best weights were recorded; the final weights are kept.")
+                lost = self._best_weights_lost_epoch
+                if lost is not None and self.best_epoch == lost:
+                    rank_zero_warn(
+                        f"EarlyStopping: the best weights (epoch {lost}) were each rank's shards in memory before "
+                        "the resume and are not in the checkpoint, and no check improved on them since: the final "
+                        "weights are kept. Use `best_weights_source='checkpoint'` for a restore that survives a "
+                        "resume of a sharded run."
+                    )
+                else:
+                    rank_zero_info(
+                        "EarlyStopping: no best weights were recorded; the final weights are kept."
+                    )
                 return
-            # one pickled object: the CPU copies cannot go tensor by tensor under NCCL
-            state = broadcast_from_rank0(trainer, self.best_weights)
             epoch = broadcast_from_rank0(trainer, self.best_epoch)
-        pl_module.load_state_dict(state)
+            if self._best_weights_local:
+                _restore_local_state(trainer, pl_module, self.best_weights)
+            else:
+                # one pickled object: the CPU copies cannot go tensor by tensor under NCCL
+                state = broadcast_from_rank0(trainer, self.best_weights)
+                if self._sharded:  # whole tensors (from a checkpoint of an unsharded run) into the shards
+                    _load_full_state_into_shards(pl_module, state)
+                else:
+                    pl_module.load_state_dict(state)
         self.restored_epoch = epoch
         rank_zero_info(
             f"EarlyStopping restored the weights of epoch {epoch} (best {self.monitor}={float(self.best_score):.6g})."
         )
+
+
+# --------------------------------------------------------------------------------------------- sharded state
+def _fsdp_modules(module: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def _reshard(module: nn.Module) -> None:
+    """Every FSDP2 module of ``module`` back to its sharded parameters (the root's stay gathered after an
+    evaluation forward): ``state_dict()`` and the parameters are then the shards (``DTensor``). No communication."""
+    for m in _fsdp_modules(module):
+        m.reshard()
+
+
+def _is_dtensor(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _local_state_copy(module: nn.Module) -> dict[str, Tensor]:
+    """A CPU copy of ``module``'s state dict as this rank holds it: each sharded entry's local shard
+    (``DTensor.to_local()``), every other entry (buffers) whole. No communication."""
+    _reshard(module)
+    return {
+        k: (v.to_local() if _is_dtensor(v) else v).detach().to("cpu", copy=True)
+        for k, v in module.state_dict().items()
+    }
+
+
+def _restore_local_state(trainer: pl.Trainer, module: nn.Module, saved: dict[str, Tensor]) -> None:
+    """Copy ``saved`` (from :func:`_local_state_copy` on this rank) back into ``module``: each sharded entry into
+    this rank's local shard; the other entries (buffers, which FSDP2 does not synchronize) from rank 0's copy,
+    so every rank ends identical. One broadcast of rank 0's unsharded entries; no gather."""
+    _reshard(module)
+    current = module.state_dict(keep_vars=True)
+    if set(current) != set(saved):
+        raise RuntimeError(
+            "EarlyStopping: the module's state changed since its best weights were copied (entries not in both: "
+            f"{sorted(set(current) ^ set(saved))[:5]})."
+        )
+    unsharded = {k: v for k, v in saved.items() if not _is_dtensor(current[k])}
+    unsharded = broadcast_from_rank0(trainer, unsharded)
+    with torch.no_grad():
+        for name, target in current.items():
+            if _is_dtensor(target):
+                local = target.to_local()
+                if local.shape != saved[name].shape:
+                    raise RuntimeError(
+                        f"EarlyStopping: the local shard of {name!r} has shape {tuple(local.shape)}, its saved copy "
+                        f"{tuple(saved[name].shape)}: the network was sharded differently."
+                    )
+                local.copy_(saved[name])
+            else:
+                target.copy_(unsharded[name])
+
+
+def _load_full_state_into_shards(module: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load whole tensors (the same on every rank) into a sharded ``module``: each rank keeps its part of each
+    sharded entry (``torch.distributed.checkpoint.state_dict.set_model_state_dict``)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    _reshard(module)
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+
+def _load_sharded_model_weights(module: nn.Module, path: str) -> int | None:
+    """Load the model weights of the checkpoint ``path`` into a sharded ``module`` (optimizer state left as it
+    is); returns the checkpoint's epoch. A folder is a sharded checkpoint written by ``ModelParallelStrategy``
+    (``torch.distributed.checkpoint`` files: each rank reads its shards; ``meta.pt`` holds the epoch); a file is
+    a whole checkpoint (``save_distributed_checkpoint=False``). Every rank calls it (collectives)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    folder = Path(path)
+    if folder.is_dir():
+        import torch.distributed.checkpoint as dcp
+        from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+        _reshard(module)
+        state = get_model_state_dict(module)  # this rank's shards, filled in place by the load
+        dcp.load({"state_dict": state}, checkpoint_id=folder)
+        _load_sharded_state(module, state)
+        meta = folder / _METADATA_FILENAME
+        return (
+            torch.load(meta, map_location="cpu", weights_only=True).get("epoch") if meta.is_file() else None
+        )
+    checkpoint = torch.load(folder, map_location="cpu", weights_only=True)
+    _load_full_state_into_shards(module, checkpoint["state_dict"])
+    return checkpoint.get("epoch")
+
+
+def _load_sharded_state(module: nn.Module, state: dict[str, Any]) -> None:
+    """Load a state dict of this rank's shards (``DTensor`` entries, as ``get_model_state_dict`` gives) into
+    ``module``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(module, state, options=StateDictOptions(strict=True))

@@ -295,11 +295,14 @@ class _QuantizationCallbackBase(Callback):
             prepared, _ = backend.prepare_ptq(probe, fuse=self.fuse)
         backend.check_int8_forward(prepared, self._example)
 
-    def _run_dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, qat: bool) -> None:
+    def _run_dry_run(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, qat: bool, model: nn.Module | None = None
+    ) -> None:
         """At setup, before any epoch: prepare, convert and run a copy of the network on an example input with
         the chosen stack (``"auto"``: each of :data:`AUTO_ORDER` until one works), so that a model the stack
-        cannot quantize is refused now, naming the failing op, and not after the pruning epochs."""
-        model = self._network(pl_module)
+        cannot quantize is refused now, naming the failing op, and not after the pruning epochs. ``model``: the
+        network to try (default: the LightningModule's; a gathered copy of a sharded one)."""
+        model = self._network(pl_module) if model is None else model
         if self._chosen or self.backend.is_prepared(model) or self.quantized_model is not None:
             return
         candidates = list(self._auto_order) if self.auto_backend else [self.backend_name]
@@ -1222,8 +1225,9 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         ptq.quantized_model(x)
     """
 
-    #: calibration and conversion need the full network: refused at setup
-    sharded_parameters = "refused"
+    #: under FSDP2, calibration and conversion work on a plain copy with the weights gathered from the shards
+    #: (the same int8 model on every rank: rank 0's ranges are broadcast)
+    sharded_parameters = "supported"
 
     def __init__(
         self,
@@ -1275,6 +1279,8 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         self.calibration_split = calibration_split
         self.calibrated_batches = 0
         self.done = False
+        #: under a sharding strategy: the network's structure on the meta device (see ``_run_sharded_setup``)
+        self._skeleton: nn.Module | None = None
         self._init_mixed_precision(
             mixed_precision,
             max_accuracy_drop,
@@ -1433,11 +1439,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         return self._generate_state_key(backend=self.engine, attribute=self.attribute)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_optim.callbacks._trainer import refuse_sharded
-
-        refuse_sharded(
-            trainer, "PostTrainingQuantization", "calibration and int8 conversion need the full network"
-        )
+        self._run_sharded_setup(trainer, pl_module)
         if stage in ("fit", "validate") and not self.done:
             self._run_dry_run(trainer, pl_module, qat=False)
             if self._chosen:
@@ -1456,15 +1458,47 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         assert self.quantized_model is not None
         return self.quantized_model
 
-    def _run_quantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _run_sharded_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Under a sharding strategy (FSDP2): keep the network's skeleton (its structure on the meta device,
+        taken before ``configure_model`` shards it); calibration and conversion then run on a plain copy with
+        the weights gathered from the shards, on every rank, and rank 0's ranges are broadcast (as under DDP)."""
+        from lightning_optim.callbacks._trainer import refuse_sharded, sharded_strategy
+        from lightning_optim.functional.sharding import is_sharded_module, skeleton
+
+        self._skeleton = None
+        if sharded_strategy(trainer) is None:
+            return
+        network = self._network(pl_module)
+        if is_sharded_module(network):
+            refuse_sharded(
+                trainer,
+                "PostTrainingQuantization",
+                "the network was sharded before the callback's setup, so no plain copy of its structure can be "
+                "taken to calibrate and convert (the weights are gathered into that copy)",
+                "building and sharding the network as ClassificationModule(sharding='fsdp2') does (sharded in "
+                '`configure_model`), or DDP (`strategy="ddp"`)',
+            )
+        self._skeleton = skeleton(network)
+
+    def _float_network(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The network to quantize: a sharded one as a plain copy with its weights gathered (a collective)."""
+        from lightning_optim.functional.sharding import gathered_copy, is_sharded_module
+
         model = self._network(pl_module)
+        skeleton = getattr(self, "_skeleton", None)
+        if skeleton is not None and is_sharded_module(model):
+            return gathered_copy(model, skeleton)
+        return model
+
+    def _run_quantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = self._float_network(pl_module)
         batches = iter(
             self._model_batches(trainer, pl_module, self.calibration_split, self.calibration_batches)
         )
         first = next(batches, None)  # also the example input (the PT2E capture)
         batches = itertools.chain([first] if first is not None else [], batches)
         if self.auto_backend and not self._chosen:
-            self._run_dry_run(trainer, pl_module, qat=False)  # choose a stack
+            self._run_dry_run(trainer, pl_module, qat=False, model=model)  # choose a stack
         if self.mixed_precision:
             self._check_mixed_precision_backend()
             listed = list(batches)  # the planner calibrates on them many times

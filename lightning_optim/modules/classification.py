@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -16,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_optim.checks import check_choice
 from lightning_optim.functional.pruning.blocks import restore_removed_blocks
+from lightning_optim.functional.pruning.masks import is_sharded
 from lightning_optim.functional.regularization import (
     l1_penalty,
     split_decay_parameters,
@@ -540,6 +542,35 @@ class ClassificationModule(pl.LightningModule):
         if saved and saved.get("samples"):
             self._loss_part_sums = {k: v.to(self.device) for k, v in saved["sums"].items()}
             self._loss_part_samples = int(saved["samples"])
+
+    def on_validation_start(self) -> None:
+        self._broadcast_buffers()
+
+    def on_test_start(self) -> None:
+        self._broadcast_buffers()
+
+    def on_train_end(self) -> None:
+        self._broadcast_buffers()
+
+    def _broadcast_buffers(self) -> None:
+        """With ``sharding``, on several ranks: rank 0's buffers (BatchNorm running statistics) on every rank of
+        the data-parallel mesh. FSDP2 shards parameters but leaves buffers per rank (each rank's statistics come
+        from its own batches); DDP broadcasts rank 0's at every forward. Broadcast before each evaluation and when
+        training ends, every rank evaluates and ends with rank 0's statistics, as under DDP (training forwards use
+        the batch statistics, so the steps in between are unaffected); a sharded checkpoint keeps rank 0's too."""
+        mesh = self.device_mesh if self.sharding is not None else None
+        if mesh is None or not dist.is_available() or not dist.is_initialized():
+            return
+        if "data_parallel" in (mesh.mesh_dim_names or ()):
+            mesh = mesh["data_parallel"]
+        if mesh.size() == 1:
+            return
+        group = mesh.get_group()
+        src = dist.get_global_rank(group, 0)
+        with torch.no_grad():
+            for buffer in self.model.buffers():
+                if not is_sharded(buffer):
+                    dist.broadcast(buffer, src=src, group=group)
 
     def on_train_epoch_end(self) -> None:
         # an epoch cut short (max_steps, a stop request, unsized data) still logs its means and metrics

@@ -58,10 +58,11 @@ SAMPLES, FEATURES, CLASSES, BATCH = 64, 12, 5, 8
 PRUNING = {"final_sparsity": 0.75, "start": 0, "end": 6, "unit": "step", "frequency": 2, "verbose": False}
 
 
-def network() -> nn.Module:
-    """A small MLP whose output sizes (31, 5) do not split evenly over 2 ranks (uneven FSDP2 shards)."""
+def network(hidden: int = 31) -> nn.Module:
+    """A small MLP whose output sizes (31, 5) do not split evenly over 2 ranks (uneven FSDP2 shards); the
+    tensor-parallel recipe uses ``hidden=32`` (a column-parallel split must be even)."""
     return nn.Sequential(
-        nn.Linear(FEATURES, 31), nn.ReLU(), nn.Linear(31, 16), nn.ReLU(), nn.Linear(16, CLASSES)
+        nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 16), nn.ReLU(), nn.Linear(16, CLASSES)
     )
 
 
@@ -104,8 +105,13 @@ def trainer_kwargs(root: str, **overrides: Any) -> dict[str, Any]:
     return kwargs
 
 
-def fsdp2_trainer(root: str, callbacks: list[pl.Callback]) -> pl.Trainer:
-    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=PG_TIMEOUT)
+def fsdp2_trainer(root: str, callbacks: list[pl.Callback], tensor_parallel: bool = False) -> pl.Trainer:
+    """2 CPU processes under ModelParallelStrategy: data parallel (FSDP2), or with ``tensor_parallel`` one
+    tensor-parallel group of 2 (both ranks see the same batches)."""
+    sizes = (
+        {"data_parallel_size": 1, "tensor_parallel_size": 2} if tensor_parallel else {"data_parallel_size": 2}
+    )
+    strategy = ModelParallelStrategy(**{"tensor_parallel_size": 1, **sizes}, timeout=PG_TIMEOUT)
     return pl.Trainer(
         **trainer_kwargs(
             root,
@@ -148,18 +154,50 @@ def run_prune(out: Path) -> None:
     )
 
 
+class TensorParallelModule(ClassificationModule):
+    """The recipe of tensor parallelism: a ClassificationModule whose ``configure_model`` splits the MLP
+    Megatron-style over the tensor-parallel mesh, the first Linear column-wise (its outputs split), the second
+    row-wise (its inputs split, the outputs summed over the ranks); the last Linear stays whole on every rank."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        parallelize_module(
+            self.model, self.device_mesh["tensor_parallel"], {"0": ColwiseParallel(), "2": RowwiseParallel()}
+        )
+
+
+def run_tensor_parallel(out: Path) -> None:
+    """Unstructured pruning of a tensor-parallel MLP: both ranks see the same batches of twice the per-rank
+    batch (so a single process with that batch is the reference)."""
+    scope = os.environ.get("FSDP2_SCOPE", "layer")
+    pl.seed_everything(0)
+    pruning = ProgressivePruning(scope=scope, **PRUNING)
+    trainer = fsdp2_trainer(str(out), [pruning], tensor_parallel=True)
+    torch.manual_seed(0)
+    net = TensorParallelModule(network(hidden=32), num_classes=CLASSES, optimizer="sgd", lr=0.1)
+    trainer.fit(net, train_dataloaders=loader(2 * BATCH))
+    params = dict(net.model.named_parameters())
+    torch.save(
+        {
+            "masks": {n: m.cpu() for n, m in pruning.masks.items()},
+            "weights": {n: full_tensor(p.detach()).cpu() for n, p in params.items()},
+            "placements": {
+                n: [str(x) for x in p.placements] if is_sharded(p) else None for n, p in params.items()
+            },
+            "global_step": trainer.global_step,
+        },
+        out / f"tp_rank{trainer.global_rank}.pt",
+    )
+
+
 def refused_settings(out: Path) -> dict[str, pl.Callback]:
     """One setting of every callback (or setting) that refuses sharded parameters."""
-    teacher = network()
     return {
         "ProgressivePruning(structured)": ProgressivePruning(granularity="structured", **PRUNING),
         "ProgressivePruning(channel_groups)": ProgressivePruning(granularity="channel_groups", **PRUNING),
-        "EarlyStopping(restore_best_weights)": EarlyStopping(monitor="val_loss", restore_best_weights=True),
-        "KnowledgeDistillation": KnowledgeDistillation(teacher=teacher),
         "QuantizationAwareTraining": QuantizationAwareTraining(),
-        "PostTrainingQuantization": PostTrainingQuantization(),
         "WeightSharing": WeightSharing(),
-        "CompressionReport": CompressionReport(),
     }
 
 
@@ -204,12 +242,15 @@ def run_callbacks(out: Path) -> None:
     supported = [
         ExactResume(),
         LRScheduling(warmup=2),
-        EarlyStopping(monitor="val_loss", patience=5),
+        EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True),
         NonFiniteGuard(check_weights_every_n_steps=1),
         InterruptCheckpoint(),
         WarmStart(str(out / f"warm_rank{rank}.pt")),
         pruning,
         CompressionPipeline(order=("pruning",), distill=False),
+        PostTrainingQuantization(**PTQ),
+        small_report(out / "report_supported"),
+        KnowledgeDistillation(teacher=network(), teacher_sharding="fsdp2"),
     ]
     first = FirstStep(warm.state_dict())
     pl.seed_everything(0)
@@ -229,9 +270,70 @@ def run_callbacks(out: Path) -> None:
     (out / f"callbacks_rank{rank}.json").write_text(json.dumps(results, indent=1))
 
 
+#: post-training quantization in the ``gather`` scenario (calibrated on each rank's own validation batches)
+PTQ = {
+    "calibration_split": "val",
+    "calibration_batches": 2,
+    "report": False,
+    "export": False,
+    "verbose": False,
+    "replace_model": False,
+}
+
+
+def small_report(dirpath: Path) -> CompressionReport:
+    """A quick compression report: one latency run at batch 1, no test metrics, no plot."""
+    return CompressionReport(
+        latency_batch_sizes=(1,),
+        latency_repeats=1,
+        latency_warmup=0,
+        test_metrics=False,
+        plot=False,
+        verbose=False,
+        input_shape=(FEATURES,),
+        dirpath=str(dirpath),
+    )
+
+
+def run_gather(out: Path) -> None:
+    """Unstructured pruning, then PTQ and the compression report on gathered copies of the sharded network."""
+    pl.seed_everything(0)
+    pruning = ProgressivePruning(**PRUNING)
+    ptq = PostTrainingQuantization(**PTQ)
+    report = small_report(out / "report")
+    trainer = fsdp2_trainer(str(out), [pruning, ptq, report])
+    net = module("fsdp2")
+    trainer.fit(net, train_dataloaders=loader(BATCH, ranks=2), val_dataloaders=loader(BATCH, ranks=2))
+    params = dict(net.model.named_parameters())
+    weights = {n: full_tensor(p.detach()).cpu() for n, p in params.items()}  # collective: on every rank
+    assert ptq.quantized_model is not None
+    int8 = {k: v.detach().clone() for k, v in ptq.quantized_model.state_dict().items() if torch.is_tensor(v)}
+    rows = [
+        {
+            k: r.get(k)
+            for k in ("stage", "parameters", "nonzero", "weight_sparsity", "state_dict_bytes", "precision")
+        }
+        for r in report.rows
+    ]
+    torch.save(
+        {
+            "weights": weights,
+            "masks": {n: m.cpu() for n, m in pruning.masks.items()},
+            "int8": int8,
+            "rows": rows,
+            "history_sparsity": [h["weight_sparsity"] for h in report.history],
+            "sharded": all(is_sharded(p) for p in params.values()),
+            "report_files": sorted(report.paths) if trainer.is_global_zero else None,
+        },
+        out / f"gather_rank{trainer.global_rank}.pt",
+    )
+
+
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    {"prune": run_prune, "callbacks": run_callbacks}[scenario](out)
+    {"prune": run_prune, "callbacks": run_callbacks, "gather": run_gather, "tp": run_tensor_parallel}[
+        scenario
+    ](out)
     leave_in_lockstep()
 
 

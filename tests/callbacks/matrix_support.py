@@ -56,10 +56,17 @@ def companions(name: str) -> list[Callback]:
     return list(factory()) if factory is not None else []
 
 
-def make_module(name: str) -> ClassificationModule:
+def make_module(name: str, sharding: str | None = None) -> ClassificationModule:
+    """The entry's network in a ClassificationModule (``sharding="fsdp2"``: sharded under ModelParallelStrategy)."""
     model = entry(name).get("model", "convnet3")
     net = MODEL_BUILDERS[model]() if isinstance(model, str) else model()
-    return ClassificationModule(net, optimizer="adam", lr=1e-2)
+    return ClassificationModule(net, optimizer="adam", lr=1e-2, sharding=sharding)
+
+
+def target_network(module: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a ClassificationModule (``module.model``), else ``module``."""
+    inner = getattr(module, "model", None)
+    return inner if isinstance(inner, torch.nn.Module) else module
 
 
 def make_datamodule(name: str) -> ImageClassificationDataModule:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.callbacks import matrix_support as ms
 from tests.callbacks.callback_settings import CALLBACK_SETTINGS
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPORTED = ms.exported_callbacks()
@@ -92,8 +92,9 @@ def test_pickling(name, tmp_path):
     ms.assert_states_equal(fitted.state_dict(), clone.state_dict(), what=f"{name} pickled state")
 
 
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "fsdp2"])
 @pytest.mark.parametrize("name", _cases("cli"))
-def test_cli_yaml_instantiation(name, tmp_path):
+def test_cli_yaml_instantiation(name, sharded, tmp_path):
     from lightning.pytorch import LightningDataModule
 
     from lightning_optim.cli import LightningOptimCLI
@@ -116,6 +117,13 @@ def test_cli_yaml_instantiation(name, tmp_path):
         },
         "data": {"class_path": "ImageClassificationDataModule", "init_args": {"dataset": "digits"}},
     }
+    if sharded:  # the recipe of sharded training: ModelParallelStrategy, the network sharded with FSDP2
+        config["trainer"]["devices"] = 2
+        config["trainer"]["strategy"] = {
+            "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+            "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+        }
+        config["model"]["init_args"]["sharding"] = "fsdp2"
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     cli = LightningOptimCLI(
@@ -124,6 +132,10 @@ def test_cli_yaml_instantiation(name, tmp_path):
     cls = getattr(__import__("lightning_optim.callbacks", fromlist=["_"]), ms.callback_class(name))
     found = [cb for cb in cli.trainer.callbacks if isinstance(cb, cls)]
     assert len(found) == 1, f"{name} was not instantiated from YAML: {cli.trainer.callbacks}"
+    if sharded:
+        from lightning_optim.callbacks._trainer import sharded_strategy
+
+        assert sharded_strategy(cli.trainer) == FSDP2_STRATEGY and cli.model.sharding == "fsdp2"
 
 
 @pytest.mark.parametrize("name", _cases("resume"))
@@ -171,12 +183,6 @@ def test_16_mixed_on_gpu(name, tmp_path):
         assert torch.isfinite(value).all(), f"{name}: non-finite {key} after 16-mixed fit"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_identical(tmp_path):
     names = [
@@ -193,7 +199,7 @@ def test_ddp_two_processes_identical(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--nnodes=1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "--master_addr=127.0.0.1",
         str(REPO_ROOT / "tests" / "callbacks" / "ddp_matrix_worker.py"),
         str(tmp_path),
@@ -209,3 +215,112 @@ def test_ddp_two_processes_identical(tmp_path):
         ms.assert_states_equal(
             r0["callback"], r1["callback"], atol=0.0, what=f"{name} callback rank0 vs rank1"
         )
+
+
+# ------------------------------------------------------------------------------------------ sharded (FSDP2)
+#: the substring every refusal under FSDP2 names, and the alternative it offers
+FSDP2_STRATEGY, FSDP2_ALTERNATIVE = "ModelParallelStrategy (FSDP2)", 'strategy="ddp"'
+
+
+def _fsdp2_names() -> list[str]:
+    return [
+        n
+        for n in sorted(CALLBACK_SETTINGS)
+        if ms.callback_class(n) in EXPORTED and not _skip_reason(n, "fsdp2")
+    ]
+
+
+def run_fsdp2_matrix(
+    out: Path, launchers: list[list[str]], *args: str, env_extra: dict[str, str] | None = None
+) -> None:
+    """Start ``fsdp2_matrix_worker.py OUT ARGS`` under each torchrun launcher (their options); fail with the
+    output of a launcher that fails or runs past 600 s (all are killed then)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    worker = str(REPO_ROOT / "tests" / "callbacks" / "fsdp2_matrix_worker.py")
+    procs = []
+    for options in launchers:
+        cmd = [sys.executable, "-m", "torch.distributed.run", *options, worker, str(out), *args]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=600)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-8000:]
+
+
+def check_fsdp2_results(out: Path, names: list[str], resume: bool) -> dict[str, str]:
+    """Every entry either fitted under FSDP2 (the network sharded; both ranks end with identical weights and
+    callback state; with ``resume``, the run resumed from the first epoch's sharded checkpoint ends equal to the
+    uninterrupted one) or was refused at setup, before any step, naming the strategy and the alternative, as its
+    class's ``sharded_parameters`` declares. Returns ``{name: "fitted" | "refused"}``."""
+    import lightning_optim.callbacks as callbacks_pkg
+
+    outcome = {}
+    for name in names:
+        r0, r1 = (torch.load(out / f"{name}_rank{r}.pt", weights_only=True) for r in (0, 1))
+        assert r0["world_size"] == r1["world_size"] == 2
+        support = getattr(callbacks_pkg, ms.callback_class(name)).sharded_parameters
+        if "refused" in r0:
+            assert support != "supported", f"{name} declares sharded support but was refused: {r0['refused']}"
+            for got in (r0, r1):
+                message = got["refused"]["message"]
+                assert FSDP2_STRATEGY in message and FSDP2_ALTERNATIVE in message, message
+                assert got["refused"]["global_step"] == 0, f"{name} was refused after a step"
+            outcome[name] = "refused"
+            continue
+        assert support != "refused", f"{name} declares it refuses sharded parameters but fitted"
+        assert "refused" not in r1, f"{name} was refused on rank 1 only"
+        assert r0["sharded"] and r0["global_step"] == r1["global_step"] > 0
+        ms.assert_states_equal(r0["model"], r1["model"], atol=0.0, what=f"{name} model rank0 vs rank1")
+        ms.assert_states_equal(
+            r0["callback"], r1["callback"], atol=0.0, what=f"{name} callback rank0 vs rank1"
+        )
+        if resume:
+            ignore = set(ms.entry(name).get("resume_ignore", ()))
+            for got in (r0, r1):
+                assert got["resumed_from_directory"], f"{name}: the checkpoint was not a sharded directory"
+                assert got["resumed_global_step"] == got["global_step"]
+                ms.assert_states_equal(
+                    got["model"],
+                    got["resumed_model"],
+                    what=f"{name} model after resuming (sharded checkpoint)",
+                )
+                a, b = (
+                    {k: v for k, v in got[key].items() if k.split(".")[0] not in ignore}
+                    for key in ("callback", "resumed_callback")
+                )
+                ms.assert_states_equal(
+                    a, b, what=f"{name} callback state after resuming (sharded checkpoint)"
+                )
+        outcome[name] = "fitted"
+    return outcome
+
+
+@pytest.mark.slow
+def test_fsdp2_fit_and_resume_from_a_sharded_checkpoint(tmp_path):
+    """Every entry under FSDP2 on 2 CPU processes: fit, resume from a sharded checkpoint, or a refusal at setup."""
+    names = _fsdp2_names()
+    options = ["--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", "--master_addr=127.0.0.1"]
+    run_fsdp2_matrix(tmp_path, [options], *names)
+    outcome = check_fsdp2_results(tmp_path, names, resume=True)
+    assert "fitted" in outcome.values()
+
+
+@pytest.mark.slow
+def test_fsdp2_bf16_mixed(tmp_path):
+    """Every entry under FSDP2 with ``precision="bf16-mixed"``: fitted (identical ranks) or refused at setup."""
+    names = _fsdp2_names()
+    options = ["--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", "--master_addr=127.0.0.1"]
+    run_fsdp2_matrix(tmp_path, [options], "--no-resume", *names, env_extra={"FSDP2_PRECISION": "bf16-mixed"})
+    outcome = check_fsdp2_results(tmp_path, names, resume=False)
+    assert "fitted" in outcome.values()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -28,6 +27,7 @@ import lightning_optim.callbacks as callbacks_pkg
 from lightning_optim.callbacks import ProgressivePruning
 from lightning_optim.callbacks._trainer import SHARDED_SUPPORT, refuse_sharded, sharded_strategy
 from tests.callbacks import fsdp2_worker as worker
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: the most a 2-process run may take before both workers are killed (their collectives time out sooner)
@@ -88,6 +88,14 @@ def test_no_refusal_without_a_sharding_strategy():
     assert sharded_strategy(_model_parallel_trainer()) == "ModelParallelStrategy (FSDP2)"
 
 
+def test_a_refusal_under_tensor_parallelism_names_it():
+    strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
+    assert sharded_strategy(trainer) == "ModelParallelStrategy (tensor parallel)"
+    with pytest.raises(ValueError, match=r"ModelParallelStrategy \(tensor parallel\)"):
+        worker.QuantizationAwareTraining().setup(trainer, worker.module(None), "fit")
+
+
 def test_supported_settings_of_partial_callbacks_pass_setup():
     trainer = _model_parallel_trainer()
     ProgressivePruning(**worker.PRUNING).setup(trainer, worker.module("fsdp2"), "fit")
@@ -95,16 +103,12 @@ def test_supported_settings_of_partial_callbacks_pass_setup():
 
 
 # ------------------------------------------------------------------------------------------ 2 processes
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_two_processes(scenario: str, out: Path, **env_extra: str) -> None:
     """Start both ranks of ``fsdp2_worker SCENARIO OUT``; fail with their output if either fails or they run
     past :data:`RUN_TIMEOUT_S` (both are killed then)."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in (0, 1):
         env = {
@@ -139,13 +143,18 @@ def _run_two_processes(scenario: str, out: Path, **env_extra: str) -> None:
     assert codes == [0, 0], f"{scenario}: exit codes {codes}\n{logs}"
 
 
-def _single_process_pruning(scope: str, root: Path) -> tuple[ProgressivePruning, pl.LightningModule]:
+def _single_process_pruning(
+    scope: str, root: Path, hidden: int = 31
+) -> tuple[ProgressivePruning, pl.LightningModule]:
     pl.seed_everything(0)
     pruning = ProgressivePruning(scope=scope, **worker.PRUNING)
     trainer = pl.Trainer(
         **worker.trainer_kwargs(str(root), accelerator="cpu", devices=1, callbacks=[pruning])
     )
-    module = worker.module(None)
+    torch.manual_seed(0)
+    module = worker.ClassificationModule(
+        worker.network(hidden), num_classes=worker.CLASSES, optimizer="sgd", lr=0.1
+    )
     trainer.fit(module, train_dataloaders=worker.loader(2 * worker.BATCH))
     assert trainer.global_step == 8
     return pruning, module
@@ -195,3 +204,62 @@ def test_fsdp2_refusals_before_any_step_and_supported_callbacks_fit(tmp_path):
         assert fit["first_step"]["lr"] < 0.1  # LRScheduling's warm-up ran on the sharded network's optimizer
         assert fit["pruning_state"] == "done"
         assert fit["non_finite_checks"] == 8
+
+
+def _single_process_ptq(weights: dict[str, torch.Tensor], monkeypatch) -> dict[str, torch.Tensor]:
+    """PTQ in one process on the gathered weights, calibrated on rank 0's validation batches (as the sharded
+    run's rank 0, whose ranges every rank receives)."""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    net = worker.module(None)
+    net.model.load_state_dict(weights)
+    ptq = worker.PostTrainingQuantization(**worker.PTQ)
+    trainer = pl.Trainer(**worker.trainer_kwargs("unused", accelerator="cpu", devices=1, callbacks=[ptq]))
+    trainer.validate(net, dataloaders=worker.loader(worker.BATCH, ranks=2), verbose=False)
+    assert ptq.quantized_model is not None
+    return {k: v for k, v in ptq.quantized_model.state_dict().items() if torch.is_tensor(v)}
+
+
+@pytest.mark.slow
+def test_fsdp2_ptq_and_report_work_on_gathered_copies(tmp_path, monkeypatch):
+    """PTQ and the compression report under FSDP2: the same int8 model on both ranks, equal to one process's
+    PTQ of the same weights and calibration batches; the report counts the full network, not a shard."""
+    _run_two_processes("gather", tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"gather_rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["sharded"] and r1["sharded"]
+    assert r0["int8"] and set(r0["int8"]) == set(r1["int8"])
+    for key, value in r0["int8"].items():
+        assert torch.equal(value, r1["int8"][key]), f"int8 {key} differs between the ranks"
+    for key, value in _single_process_ptq(r0["weights"], monkeypatch).items():
+        assert torch.equal(value, r0["int8"][key]), f"int8 {key} differs from one process's PTQ"
+    full = sum(w.numel() for w in r0["weights"].values())
+    weights = [w for n, w in r0["weights"].items() if n.endswith("weight")]
+    sparsity = sum(int(w.eq(0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert sparsity > 0.7  # the pruning ramp ran
+    assert r0["rows"] == r1["rows"] and r0["history_sparsity"] == r1["history_sparsity"]
+    stages = [row["stage"] for row in r0["rows"]]
+    assert stages[0] == "fit start" and "fit end" in stages, stages
+    end = r0["rows"][stages.index("fit end")]
+    assert end["parameters"] == full, "the report measured a shard, not the gathered network"
+    assert end["weight_sparsity"] == pytest.approx(sparsity)
+    assert r0["history_sparsity"][-1] == pytest.approx(sparsity)  # counted on the shards, summed over ranks
+    assert r0["report_files"] and r1["report_files"] is None
+
+
+@pytest.mark.slow
+def test_tensor_parallel_pruning_masks_equal_single_process(tmp_path):
+    """The tensor-parallel recipe (Megatron-style column/row-parallel Linears, ModelParallelStrategy with
+    tensor_parallel_size=2): unstructured pruning gathers each split weight, ranks it whole and keeps each rank's
+    part of the mask, so the masks and weights are those of one process on the same batches."""
+    _run_two_processes("tp", tmp_path)
+    ranks = [torch.load(tmp_path / f"tp_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    reference, module = _single_process_pruning("layer", tmp_path / "single", hidden=32)
+    for got in ranks:
+        assert got["global_step"] == 8
+        assert got["placements"]["0.weight"] == ["S(0)"]  # column-wise
+        assert got["placements"]["2.weight"] == ["S(1)"]  # row-wise
+        assert got["placements"]["4.weight"] is None  # whole on every rank
+        assert set(got["masks"]) == set(reference.masks)
+        for name, mask in reference.masks.items():
+            assert torch.equal(got["masks"][name], mask), f"mask of {name} differs from one process"
+        for name, p in module.model.named_parameters():
+            torch.testing.assert_close(got["weights"][name], p.detach(), atol=1e-5, rtol=0)

@@ -101,6 +101,18 @@ ENTRIES: list[tuple[str, str, str, str]] = [
         "max_epochs=2, ckpt_path=DENSE_CKPT)",
         "ValueError",
     ),
+    (
+        "settings",
+        "an unknown `teacher_sharding` for distillation",
+        "KnowledgeDistillation(teacher=LeNet300100(in_features=64), teacher_sharding='shard')",
+        "ValueError",
+    ),
+    (
+        "settings",
+        "a teacher sharded with FSDP2 in a run that shards nothing",
+        "fit(KnowledgeDistillation(teacher=LeNet300100(in_features=64), teacher_sharding='fsdp2'))",
+        "ValueError",
+    ),
 ]
 
 #: what the message must name
@@ -119,6 +131,8 @@ MUST_NAME: dict[str, str] = {
     "`ignore_phases` naming a phase the recipe does not have": "Phases present: []",
     "WarmStart(strict=False) from a checkpoint of another network (it would load 0 tensors)": "would load none of",
     "resuming with feature distillation from a checkpoint without its adapters": "feature adapters",
+    "an unknown `teacher_sharding` for distillation": "allowed: ['replicate', 'fsdp2']",
+    "a teacher sharded with FSDP2 in a run that shards nothing": "`teacher_sharding`='replicate'",
 }
 
 

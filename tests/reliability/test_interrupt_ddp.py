@@ -4,7 +4,6 @@ each rank its own random states back and ends bit-identical to the uninterrupted
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER = REPO_ROOT / "tests" / "reliability" / "ddp_interrupt_worker.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(out: Path, mode: str) -> subprocess.CompletedProcess:
@@ -31,7 +26,7 @@ def _torchrun(out: Path, mode: str) -> subprocess.CompletedProcess:
         "--nproc_per_node=2",
         "--nnodes=1",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         str(WORKER),
         str(out),
         mode,

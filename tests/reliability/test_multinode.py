@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,9 @@ import torch
 
 from tests.callbacks import matrix_support as ms
 from tests.callbacks.callback_settings import CALLBACK_SETTINGS
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -31,7 +25,7 @@ def test_two_nodes_on_localhost(tmp_path):
         for n in ms.exported_callbacks()
         if n in CALLBACK_SETTINGS and not ms.entry(n).get("skip", {}).get("ddp")
     ]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     procs = []
     for node_rank in (0, 1):
@@ -72,3 +66,28 @@ def test_two_nodes_on_localhost(tmp_path):
         ms.assert_states_equal(
             r0["callback"], r1["callback"], atol=0.0, what=f"{name} callback node0 vs node1"
         )
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost_under_fsdp2(tmp_path):
+    """The same two "nodes", every entry under FSDP2 (ModelParallelStrategy, ClassificationModule(sharding=
+    "fsdp2")): fitted with the network sharded over the nodes and identical on both, or refused at setup."""
+    from tests.callbacks.test_callback_matrix import _fsdp2_names, check_fsdp2_results, run_fsdp2_matrix
+
+    names = _fsdp2_names()
+    port = free_port()
+    launchers = [
+        [
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            f"--node_rank={node_rank}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+        ]
+        for node_rank in (0, 1)
+    ]
+    run_fsdp2_matrix(tmp_path, launchers, "--no-resume", *names)
+    outcome = check_fsdp2_results(tmp_path, names, resume=False)
+    for name in names:
+        assert torch.load(tmp_path / f"{name}_rank0.pt", weights_only=True)["num_nodes"] == 2, name
+    assert "fitted" in outcome.values()

@@ -148,14 +148,20 @@ def count_nonzero(model: nn.Module, include_buffers: bool = False) -> int:
 
 
 def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of zero entries among the weights of Linear/Conv layers (float or int8), biases excluded."""
-    total = zeros = 0
+    """Fraction of zero entries among the weights of Linear/Conv layers (float or int8), biases excluded.
+
+    Sharded (``DTensor``) weights are counted on each rank's shard and summed over the ranks: a collective,
+    so every rank calls it on a sharded network."""
+    from lightning_optim.functional.sharding import sharded_zero_count
+
     with torch.no_grad():
-        for module in model.modules():
-            w = getattr(module, "weight", None)
-            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and isinstance(w, Tensor):
-                total += w.numel()
-                zeros += w.numel() - int(torch.count_nonzero(w))
+        # sharded (FSDP2) weights are counted on each rank's shard and summed over the ranks (a collective)
+        zeros, total = sharded_zero_count(
+            w
+            for module in model.modules()
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
+            and isinstance(w := getattr(module, "weight", None), Tensor)
+        )
         for _, w, _ in quantized_weights(model):
             total += w.numel()
             zeros += w.numel() - int(torch.count_nonzero(_values(w)))

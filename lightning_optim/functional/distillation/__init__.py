@@ -5,6 +5,7 @@ from typing import Any
 
 from lightning_optim._deprecation import moved
 from lightning_optim.functional.distillation.features import (
+    adapter_optimizer_like,
     build_feature_adapters,
     dry_run,
     feature_hook,
@@ -27,18 +28,22 @@ from lightning_optim.functional.distillation.losses import (
     scheduled_value,
 )
 from lightning_optim.functional.distillation.teacher import (
+    TEACHER_SHARDINGS,
     FrozenTeacher,
     TeacherLogitCache,
     load_teacher_weights,
     logits_through_cache,
+    shard_teacher,
     teacher_state_dict_from_checkpoint,
 )
 
 __all__ = [
     "DISTILLATION_RAMPS",
     "FEATURE_LOSSES",
+    "TEACHER_SHARDINGS",
     "FrozenTeacher",
     "TeacherLogitCache",
+    "adapter_optimizer_like",
     "build_feature_adapters",
     "check_alpha",
     "check_logit_shapes",
@@ -57,6 +62,7 @@ __all__ = [
     "ramp_length",
     "ramp_progress",
     "scheduled_value",
+    "shard_teacher",
     "teacher_state_dict_from_checkpoint",
 ]
 

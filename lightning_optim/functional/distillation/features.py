@@ -158,7 +158,30 @@ def feature_pairs_loss(
     return total
 
 
+def adapter_optimizer_like(
+    optimizer: torch.optim.Optimizer, params: list[Tensor], lr: float
+) -> torch.optim.Optimizer:
+    """An optimizer of ``optimizer``'s class and settings (its ``defaults``: momentum, betas, weight decay, ...)
+    over ``params``, at learning rate ``lr``: the adapters' own optimizer where they cannot join the student's
+    (under FSDP2 the student's optimizer state is saved by parameter names of the sharded network, which the
+    adapters are not part of). With the same settings it takes the same steps as a parameter group of
+    ``optimizer`` would.
+
+    Raises:
+        ValueError: the optimizer class cannot be rebuilt from its ``defaults``.
+    """
+    cls = type(optimizer)
+    try:
+        return cls(params, **{**optimizer.defaults, "lr": lr})
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"The feature adapters need an optimizer of the student's class {cls.__name__}, rebuilt from its "
+            f"`defaults`, which failed: {err}. Use a torch optimizer (SGD, Adam, AdamW, ...) in `configure_optimizers`."
+        ) from err
+
+
 __all__ = [
+    "adapter_optimizer_like",
     "build_feature_adapters",
     "dry_run",
     "feature_hook",

@@ -1,8 +1,10 @@
-"""Teacher handling for distillation: checkpoint loading, freezing, and a memory-bounded logit cache.
+"""Teacher handling for distillation: checkpoint loading, freezing, sharding, and a memory-bounded logit cache.
 
 The teacher is kept *outside* the student's ``LightningModule`` (so it is never wrapped by DDP, never
 synchronized and never written into the student's checkpoints) inside a :class:`FrozenTeacher`, which
-stays in eval mode whatever ``train()`` calls it receives.
+stays in eval mode whatever ``train()`` calls it receives. Under sharded training (FSDP2) it is either
+replicated on every rank (a plain module, as under DDP) or sharded itself with :func:`shard_teacher`
+(:data:`TEACHER_SHARDINGS`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_optim.weights import load_weights, state_dict_from_checkpoint
+
+#: how the teacher lives under sharded training: ``"replicate"`` (a whole, plain copy on every rank, outside
+#: FSDP) or ``"fsdp2"`` (sharded with ``fully_shard`` over the student's data-parallel mesh, gathered for each
+#: forward and freed after it)
+TEACHER_SHARDINGS: tuple[str, ...] = ("replicate", "fsdp2")
 
 
 class FrozenTeacher(nn.Module):
@@ -43,12 +50,48 @@ class FrozenTeacher(nn.Module):
             return self.module(*args, **kwargs)
 
     def memory_bytes(self) -> int:
-        """Bytes held by the teacher's parameters and buffers."""
-        tensors = [*self.module.parameters(), *self.module.buffers()]
+        """Bytes held by the teacher's parameters and buffers on this process (a sharded teacher's parameters:
+        the local shards only)."""
+        tensors = [_local(t) for t in (*self.module.parameters(), *self.module.buffers())]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    def is_sharded(self) -> bool:
+        """Whether the teacher has been sharded by :func:`shard_teacher`."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return isinstance(self.module, FSDPModule)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
+
+
+def _local(t: Tensor) -> Tensor:
+    """The local shard of a ``DTensor``; any other tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def shard_teacher(teacher: FrozenTeacher, mesh: Any) -> bool:
+    """Shard the frozen ``teacher`` with FSDP2 (``fully_shard``) over the 1-D device ``mesh``, in place: each
+    direct child of the network that holds parameters, then the network itself, all with
+    ``reshard_after_forward=True`` (the root too), so the whole weights exist only during a forward.
+
+    A sharded teacher's forward is a collective: every rank of ``mesh`` must run it, in the same order (one
+    forward per training step on every rank). Its parameters stay frozen; nothing of it is ever trained, so no
+    gradient is reduced. Idempotent: returns ``False`` (and does nothing) when the teacher is sharded already,
+    ``True`` when it was sharded now.
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if teacher.is_sharded():
+        return False
+    network = teacher.module
+    for child in network.children():
+        if any(True for _ in child.parameters()) and not isinstance(child, FSDPModule):
+            fully_shard(child, mesh=mesh, reshard_after_forward=True)
+    fully_shard(network, mesh=mesh, reshard_after_forward=True)
+    teacher.train(False)
+    return True
 
 
 def teacher_state_dict_from_checkpoint(checkpoint: Any, prefix: str = "model.") -> dict[str, Tensor]:
@@ -159,17 +202,29 @@ class TeacherLogitCache:
 
 
 def logits_through_cache(
-    cache: TeacherLogitCache, index: Tensor, inputs: Tensor, forward: Callable[[Tensor], Tensor]
+    cache: TeacherLogitCache,
+    index: Tensor,
+    inputs: Tensor,
+    forward: Callable[[Tensor], Tensor],
+    lockstep: Callable[[bool], bool] | None = None,
 ) -> tuple[Tensor, int]:
     """The teacher logits of a batch with sample indices ``index``, and how many came from ``cache``.
 
     Rows the cache holds are served from it; ``forward`` runs on the other inputs only, and its logits are
     stored in the cache (while there is room). Served rows are float32; a batch with no hit returns
     ``forward``'s logits in float32.
+
+    ``lockstep``, for a teacher whose forward is a collective (sharded over several processes): told whether
+    this process needs the teacher for this batch, it answers whether any process does (an all-reduce). When
+    another process does and this one has every row cached, ``forward`` still runs here, on an empty batch, so
+    that every process takes part in the same collectives; when none does, none runs it.
     """
     hit, rows = cache.lookup(index)
     n_hit = index.numel() if rows is not None and rows.shape[0] == index.numel() else int(hit.sum().item())
-    if n_hit == index.numel():
+    needed = n_hit < index.numel()
+    if lockstep is not None and lockstep(needed) and not needed:
+        forward(inputs[:0])  # an empty batch: this process's part of the others' teacher forward
+    if not needed:
         return rows, n_hit
     miss = ~hit
     computed = forward(inputs[miss.to(inputs.device)])

@@ -46,6 +46,7 @@ def _pruning():
 
 _KWARGS = {"bits": 3, "start_epoch": 1, "verbose": False}
 
+
 def _check_budget(trainer, module, callback) -> None:
     _check_active(trainer, module, callback)
     assert callback.plan is not None and callback.plan.bits == callback.layer_bits

@@ -1,0 +1,123 @@
+"""Whole copies of a sharded network: what a callback that needs the full network uses under FSDP2.
+
+Under ``ModelParallelStrategy`` with ``fully_shard`` (FSDP2) each rank holds one shard of every parameter (a
+``DTensor``), and the module classes are FSDP's (their hooks gather and free parameters around each forward).
+Post-training quantization, the compression report's measurements and exports need a plain network with full
+weights; they work on a *gathered copy*:
+
+- :func:`skeleton`: before sharding (a callback's ``setup`` runs before ``configure_model``), a copy of the
+  network's structure whose parameters and buffers live on the ``meta`` device (no memory);
+- :func:`gathered_copy`: later, a plain CPU network built from that skeleton with every parameter gathered from
+  its shards (a collective: every rank calls it, in the same order) and every buffer copied;
+- :func:`sharded_zero_count`: the zeros and entries of a network's weights, counted on the local shards and
+  summed over the ranks (no gather).
+
+The copy costs the full network's memory on each rank for as long as it is kept: it is made once, where a
+callback needs it (conversion, a report row), and dropped after.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from lightning_optim.functional.pruning.masks import full_tensor, is_sharded
+
+__all__ = ["gathered_copy", "is_sharded_module", "sharded_zero_count", "skeleton"]
+
+
+def is_sharded_module(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` is sharded (a ``DTensor``)."""
+    return any(is_sharded(p) for p in module.parameters())
+
+
+def skeleton(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters and buffers are on the ``meta`` device (no data, no memory);
+    ties between parameters are kept. ``module`` must not be sharded yet.
+
+    Raises:
+        ValueError: ``module`` is sharded already (take the skeleton before ``configure_model`` shards it).
+    """
+    if is_sharded_module(module):
+        raise ValueError(
+            f"{type(module).__name__} is sharded already: the skeleton of a network is taken before "
+            "`configure_model` shards it (build the network in the LightningModule's `__init__`)."
+        )
+    memo: dict[int, object] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) in memo:
+            continue
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = (
+            nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+        )
+    return copy.deepcopy(module, memo)
+
+
+def gathered_copy(module: nn.Module, plain: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """A plain network with the weights of ``module``: ``plain`` (a :func:`skeleton`, kept unchanged) copied and
+    materialized on ``device``, each parameter gathered from its shards and each buffer copied.
+
+    A collective when ``module`` is sharded: every rank of its mesh calls it, with the same network. The copy
+    has ``module``'s training mode and no gradients.
+
+    Raises:
+        ValueError: the parameter or buffer names of ``module`` and ``plain`` differ.
+    """
+    copied = copy.deepcopy(plain).to_empty(device=device)
+    params = dict(copied.named_parameters())
+    buffers = dict(copied.named_buffers())
+    sources = dict(module.named_parameters())
+    source_buffers = dict(module.named_buffers())
+    if set(sources) != set(params) or set(source_buffers) != set(buffers):
+        missing = sorted((set(params) | set(buffers)) ^ (set(sources) | set(source_buffers)))
+        raise ValueError(
+            f"The network changed since its skeleton was taken (names not in both: {missing[:5]}): take the "
+            "skeleton of the network that is sharded."
+        )
+    with torch.no_grad():
+        for name in params:  # the same order on every rank: the gathers match
+            params[name].copy_(full_tensor(sources[name].detach()).to(device))
+            params[name].grad = None
+        for name in buffers:
+            buffers[name].copy_(full_tensor(source_buffers[name].detach()).to(device))
+    copied.train(module.training)
+    for src, dst in zip(module.modules(), copied.modules(), strict=False):
+        dst.training = src.training
+    return copied
+
+
+def sharded_zero_count(tensors: Iterable[Tensor]) -> tuple[int, int]:
+    """``(zeros, entries)`` over ``tensors``: sharded ones counted on their local shard and summed over their
+    mesh (one all-reduce when any is sharded: every rank calls it; a replicated mesh dimension counts once),
+    the others counted as they are."""
+    zeros = entries = 0
+    local = torch.zeros(2, dtype=torch.float64)
+    group = None
+    for t in tensors:
+        if is_sharded(t):
+            mesh = t.device_mesh
+            if mesh.ndim != 1:
+                raise ValueError(
+                    f"Counting zeros over a {mesh.ndim}-D device mesh is not supported (1-D only)."
+                )
+            group = mesh.get_group()
+            if any(p.is_replicate() for p in t.placements) and mesh.get_local_rank() != 0:
+                continue  # the same entries as on the mesh's first rank
+            part = t.to_local()
+            local += torch.tensor([float(part.eq(0).sum()), float(part.numel())], dtype=torch.float64)
+        else:
+            zeros += int(t.eq(0).sum())
+            entries += t.numel()
+    if group is not None:
+        import torch.distributed as dist
+
+        device = torch.device("cuda") if dist.get_backend(group) == "nccl" else torch.device("cpu")
+        local = local.to(device)
+        dist.all_reduce(local, group=group)
+        zeros += int(local[0])
+        entries += int(local[1])
+    return zeros, entries

@@ -1,0 +1,234 @@
+"""Sharded (distributed) checkpoints under FSDP2: exact resume mid-ramp, and consolidation to one file.
+
+Two 2-process fits on CPU (gloo), started here with Lightning's environment variables (workers in
+``tests/callbacks/fsdp2_ckpt_worker.py``): an uninterrupted one that writes sharded checkpoints (folders) at steps
+5 and 10 and one after the fit, then a fresh one resuming from the step-5 folder (mid-epoch, mid pruning ramp,
+inside the LR schedule; each rank draws its own dropout masks, so each must get its own random states back).
+
+The resumed run must end exactly where the uninterrupted one ended: masks, full weights, the optimizer state,
+pruning history, learning rates, global step and the logits of a batch, all compared with ``torch.equal`` (same
+ranks, same data, deterministic CPU kernels and gloo reductions in the same order: nothing may differ, so any
+tolerance would hide a state that was not restored).
+
+The final folder is then consolidated (``lightning_optim.checkpoints.consolidate_checkpoint``, no process group)
+and the single file must hold the gathered weights and optimizer state exactly, load with ``weights_only=True``,
+give a single-device ``ClassificationModule`` the sharded network's logits (to 1e-6: another process, whose
+kernels may split the sums otherwise), and resume a single-device fit with the weights and the optimizer's
+moments.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_optim import ClassificationModule
+from lightning_optim.checkpoints import consolidate_checkpoint, is_sharded_checkpoint
+from lightning_optim.weights import load_weights
+from tests.callbacks import fsdp2_ckpt_worker as worker
+from tests.callbacks.fsdp2_worker import BATCH, loader, trainer_kwargs
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the most one 2-process run may take before both workers are killed (their collectives time out sooner)
+RUN_TIMEOUT_S = 150
+#: tries of a run whose rank 0 could not listen on the port picked (another process took it in between)
+PORT_TRIES = 3
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS picks it); the run retries with another if it is taken by
+    the time rank 0 listens (:func:`run_two_processes`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_was_taken(logs: str) -> bool:
+    return "address already in use" in logs.lower() or "EADDRINUSE" in logs
+
+
+def _start_and_wait(scenario: str, out: Path, port: int) -> tuple[list[Any], str]:
+    procs = []
+    for rank in (0, 1):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT),
+            "OMP_NUM_THREADS": "1",
+            "LOCAL_RANK": str(rank),
+            "NODE_RANK": "0",
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        log = open(out / f"{scenario}_rank{rank}.log", "w")  # noqa: SIM115 - closed below
+        cmd = [sys.executable, "-m", "tests.callbacks.fsdp2_ckpt_worker", scenario, str(out)]
+        procs.append(
+            (subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log)
+        )
+    codes: list[Any] = []
+    try:
+        for proc, _ in procs:
+            codes.append(proc.wait(timeout=RUN_TIMEOUT_S))
+    except subprocess.TimeoutExpired:
+        codes.append("timeout")
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    logs = "\n".join((out / f"{scenario}_rank{r}.log").read_text()[-3000:] for r in (0, 1))
+    return codes, logs
+
+
+def run_two_processes(scenario: str, out: Path) -> None:
+    """Start both ranks of ``fsdp2_ckpt_worker SCENARIO OUT`` on a port of :func:`free_port`; fail with their
+    output if either fails or they run past :data:`RUN_TIMEOUT_S` (both are killed then)."""
+    for _ in range(PORT_TRIES):
+        codes, logs = _start_and_wait(scenario, out, free_port())
+        if codes == [0, 0] or not _port_was_taken(logs):
+            break
+    assert codes == [0, 0], f"{scenario}: exit codes {codes}\n{logs}"
+
+
+class Runs:
+    """The uninterrupted run, the resumed run (rank 0 and 1 results each) and the folder they wrote."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        run_two_processes("straight", out)
+        run_two_processes("resume", out)
+        self.straight = [torch.load(out / f"straight_rank{r}.pt", weights_only=True) for r in (0, 1)]
+        self.resumed = [torch.load(out / f"resume_rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("fsdp2_checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def consolidated(runs) -> Path:
+    return consolidate_checkpoint(runs.out / "straight_final.ckpt", runs.out / "consolidated.ckpt")
+
+
+def _assert_equal(a: Any, b: Any, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for k in a:
+            _assert_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+# ------------------------------------------------------------------------------------------ resume
+def test_the_mid_checkpoint_is_sharded_mid_epoch_and_mid_ramp(runs):
+    mid = worker.mid_checkpoint(runs.out)
+    assert is_sharded_checkpoint(mid) and sorted(p.name for p in mid.glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    meta = torch.load(mid / "meta.pt", weights_only=True)
+    assert meta["global_step"] == worker.SAVE_EVERY
+    progress = meta["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert 0 < progress["processed"] < 4  # mid-epoch (4 steps an epoch)
+    (pruning,) = [v for k, v in meta["callbacks"].items() if k.startswith("ProgressivePruning")]
+    assert 0 < pruning["current_sparsity"] < worker.PRUNING["final_sparsity"]  # mid-ramp
+    assert len(meta["callbacks"]["ExactResume"]["ranks"]) == 2  # each rank's random states
+
+
+def test_resume_from_a_sharded_checkpoint_equals_the_uninterrupted_run(runs):
+    for rank in (0, 1):
+        straight, resumed = runs.straight[rank], runs.resumed[rank]
+        assert straight["sharded"] and resumed["sharded"]
+        # the resume happened: ExactResume set the random states back and skipped the batch done before
+        assert resumed["restored"] and resumed["skipped_batches"] == 1 and straight["restored"] == []
+        assert resumed["global_step"] == straight["global_step"] == worker.STEPS
+        assert resumed["epoch"] == straight["epoch"]
+        assert resumed["lrs"] == straight["lrs"]
+        assert resumed["history"] == straight["history"]
+        assert len(straight["history"]) == 6  # events at steps 0, 2, ..., 10: three of them after the resume
+        assert straight["masks"] and all(not bool(m.all()) for m in straight["masks"].values())
+        _assert_equal(resumed["masks"], straight["masks"], f"rank {rank} masks")
+        _assert_equal(resumed["weights"], straight["weights"], f"rank {rank} weights")
+        _assert_equal(resumed["logits"], straight["logits"], f"rank {rank} logits")
+    _assert_equal(runs.resumed[0]["optimizer"], runs.straight[0]["optimizer"], "optimizer state")
+    # both ranks agree (the full tensors are gathered on each)
+    _assert_equal(runs.straight[0]["weights"], runs.straight[1]["weights"], "ranks")
+    # the resumed run saved its step-10 checkpoint only (it started after step 5)
+    assert sorted(p.name for p in (runs.out / "resume_ckpts").iterdir()) == ["epoch=2-step=10.ckpt"]
+
+
+# ------------------------------------------------------------------------------------------ consolidate
+def test_consolidated_checkpoint_holds_the_gathered_weights_and_optimizer_state(runs, consolidated):
+    got = torch.load(consolidated, weights_only=True)
+    straight = runs.straight[0]
+    _assert_equal(got["state_dict"], straight["weights"], "state_dict")
+    assert got["global_step"] == worker.STEPS and got["hyper_parameters"]["sharding"] is None
+    # the optimizer state, renumbered as a single-device optimizer numbers its parameters
+    names = [n for g in straight["optimizer"]["param_groups"] for n in g["params"]]
+    (optimizer,) = got["optimizer_states"]
+    assert [g["params"] for g in optimizer["param_groups"]] == [[0, 1, 2], [3, 4, 5]]
+    for i, name in enumerate(names):
+        _assert_equal(optimizer["state"][i], straight["optimizer"]["state"][name], name)
+    (pruning,) = [v for k, v in got["callbacks"].items() if k.startswith("ProgressivePruning")]
+    assert pruning["current_sparsity"] == pytest.approx(worker.PRUNING["final_sparsity"], abs=0.01)
+
+
+def test_single_device_module_from_the_consolidated_checkpoint_gives_the_sharded_logits(runs, consolidated):
+    module = ClassificationModule.load_from_checkpoint(consolidated, model=worker.dropout_network()).eval()
+    with torch.no_grad():
+        logits = module(worker.probe_batch())
+    torch.testing.assert_close(logits, runs.straight[0]["logits"], atol=1e-6, rtol=0)
+    net = load_weights(worker.dropout_network(), consolidated, "checkpoint")
+    assert torch.equal(net[5].weight, runs.straight[0]["weights"]["model.5.weight"])
+
+
+def test_single_device_fit_resumes_from_the_consolidated_checkpoint(runs, consolidated, tmp_path):
+    class Seen(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.step = trainer.global_step
+            self.weights = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+            self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())
+
+    seen = Seen()
+    callbacks = [*worker.callbacks(tmp_path / "ckpts"), seen]
+    trainer = pl.Trainer(
+        **trainer_kwargs(
+            str(tmp_path),
+            accelerator="cpu",
+            devices=1,
+            callbacks=callbacks,
+            enable_checkpointing=True,
+            max_epochs=None,
+            max_steps=worker.STEPS + 2,
+        )
+    )
+    module = worker.module(None)
+    trainer.fit(module, train_dataloaders=loader(2 * BATCH), ckpt_path=consolidated)
+    assert seen.step == worker.STEPS and trainer.global_step == worker.STEPS + 2
+    _assert_equal(seen.weights, runs.straight[0]["weights"], "weights at the resume")
+    names = [n for g in runs.straight[0]["optimizer"]["param_groups"] for n in g["params"]]
+    for i, name in enumerate(names):
+        _assert_equal(seen.optimizer["state"][i], runs.straight[0]["optimizer"]["state"][name], name)
+    pruning = callbacks[2]
+    _assert_equal(pruning.history, runs.straight[0]["history"], "pruning history")
+    _assert_equal({n: m.cpu() for n, m in pruning.masks.items()}, runs.straight[0]["masks"], "masks")
