@@ -23,7 +23,13 @@
   resume exact to the bit; ``--exact_resume false``) unless the recipe has them; ``--ckpt_path last`` resumes
   from the newest ``last*.ckpt`` of the run's folders (:func:`find_last_checkpoint`: every ``version_N`` of the
   logger, the ``ModelCheckpoint`` and ``InterruptCheckpoint`` folders), and a checkpoint path must name a
-  regular file (a FIFO or a folder is refused before anything is read).
+  regular file (a FIFO or a folder is refused before anything is read);
+- sharded checkpoints (``ModelParallelStrategy``, FSDP2: a checkpoint is a FOLDER of ``meta.pt`` and
+  ``torch.distributed.checkpoint`` shards, :func:`lightning_optim.checkpoints.is_sharded_checkpoint`):
+  ``--ckpt_path`` takes such a folder and ``--ckpt_path last`` finds ``last*.ckpt`` folders as it finds files
+  (the strategy reads the shards; nothing is read at parse time); a folder that is not a sharded checkpoint is
+  still refused, and so is a sharded folder under a strategy that reads single files (single device, DDP),
+  naming ``python -m lightning_optim.checkpoints consolidate`` (:func:`check_ckpt_path_for_strategy`).
 
 Only ``lightning.pytorch`` is used (never ``pytorch_lightning``): callbacks and loggers in a recipe must
 come from that namespace.
@@ -47,11 +53,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_optim import yaml_limits
 from lightning_optim.callbacks.exact_resume import ExactResume
 from lightning_optim.callbacks.interrupt_checkpoint import InterruptCheckpoint
+from lightning_optim.checkpoints import DCP_METADATA_FILENAME, META_FILENAME, is_sharded_checkpoint
 from lightning_optim.modules.classification import ClassificationModule
 from lightning_optim.paths import user_file
 from lightning_optim.plugins import AtomicCheckpointIO
@@ -154,8 +162,17 @@ def default_logger(save_dir: str | os.PathLike) -> Logger:
     return CSVLogger(save_dir=save_dir)
 
 
-#: ``ckpt_path`` values Lightning resolves itself (every other value is a file path, checked to be a regular file)
+#: ``ckpt_path`` values Lightning resolves itself (every other value is a file path, checked to be a regular file,
+#: or a sharded checkpoint folder)
 SPECIAL_CKPT_PATHS: tuple[str, ...] = ("last", "best", "hpc")
+#: what ``--ckpt_path`` may name, for the message refusing anything else
+CKPT_PATH_EXPECTED = (
+    f"a checkpoint file, or a sharded checkpoint folder (`{META_FILENAME}` and `{DCP_METADATA_FILENAME}` inside, "
+    "as ModelParallelStrategy writes it)"
+)
+#: strategies that read a checkpoint as one file (through their ``CheckpointIO``): a sharded folder is refused
+#: under them, before anything is read
+SINGLE_FILE_STRATEGIES: tuple[type[Strategy], ...] = (SingleDeviceStrategy, DDPStrategy)
 
 
 def _is_remote(path: str) -> bool:
@@ -190,22 +207,69 @@ def last_checkpoint_folders(trainer: Trainer) -> list[str]:
     return list(dict.fromkeys(os.path.normpath(f) for f in folders))
 
 
+def _checkpoint_mtime(path: str) -> float | None:
+    """When the checkpoint at ``path`` was last written: a regular file's modification time; for a sharded
+    checkpoint folder the newest of the folder, its ``meta.pt`` and its ``.metadata`` (a checkpoint saved again
+    into the same folder rewrites those files in place, which leaves the folder's own time as it was);
+    ``None`` for anything else (another folder, a FIFO, a broken link)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISREG(info.st_mode):
+        return info.st_mtime
+    if not stat.S_ISDIR(info.st_mode) or not is_sharded_checkpoint(path):
+        return None
+    times = [info.st_mtime]
+    for name in (META_FILENAME, DCP_METADATA_FILENAME):
+        try:
+            times.append(os.stat(os.path.join(path, name)).st_mtime)
+        except OSError:  # removed in between: the folder is no checkpoint any more
+            return None
+    return max(times)
+
+
 def find_last_checkpoint(trainer: Trainer) -> str | None:
     """The newest ``last*.ckpt`` (by modification time) in :func:`last_checkpoint_folders`, or ``None``.
 
     What ``--ckpt_path last`` resumes from: Lightning's own ``"last"`` looks only in the folder of this run's
-    logger version, which the command makes new at every run.
+    logger version, which the command makes new at every run. A ``last*.ckpt`` is a regular file or, under
+    ``ModelParallelStrategy``, a sharded checkpoint folder (:func:`~lightning_optim.checkpoints.is_sharded_checkpoint`;
+    its time is that of its newest ``meta.pt``/``.metadata``); other folders and FIFOs of that name are skipped.
     """
     found: list[tuple[float, str]] = []
     for folder in last_checkpoint_folders(trainer):
         for path in glob.glob(os.path.join(glob.escape(folder), "last*.ckpt")):
-            try:
-                info = os.stat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(info.st_mode):
-                found.append((info.st_mtime, path))
+            mtime = _checkpoint_mtime(path)
+            if mtime is not None:
+                found.append((mtime, path))
     return max(found)[1] if found else None
+
+
+def check_ckpt_path_for_strategy(ckpt_path: str | os.PathLike | None, strategy: Strategy) -> None:
+    """Refuse a sharded checkpoint folder under a strategy that reads checkpoints as single files.
+
+    Args:
+        ckpt_path: the checkpoint to resume from or evaluate (``None``, a special name, a file: nothing to do).
+        strategy: the Trainer's strategy.
+
+    Raises:
+        ValueError: ``ckpt_path`` is a sharded checkpoint folder and ``strategy`` is one of
+            :data:`SINGLE_FILE_STRATEGIES` (single device, DDP), which would fail to read a folder only after
+            setting up; the message names the strategy that reads it and the command that makes one file of it.
+    """
+    if ckpt_path is None or not isinstance(strategy, SINGLE_FILE_STRATEGIES):
+        return
+    text = os.fspath(ckpt_path)
+    if text in SPECIAL_CKPT_PATHS or _is_remote(text) or not is_sharded_checkpoint(text):
+        return
+    raise ValueError(
+        f"`ckpt_path` {text!r} is a sharded checkpoint folder (ModelParallelStrategy's), which "
+        f"{type(strategy).__name__} cannot read: resume it under the strategy that wrote it (`trainer.strategy: "
+        "{class_path: lightning.pytorch.strategies.ModelParallelStrategy, ...}` with `model.init_args.sharding: "
+        "fsdp2`), or write it as one single-device file first and give that file: "
+        f"`python -m lightning_optim.checkpoints consolidate {text} model.ckpt`."
+    )
 
 
 def data_num_classes(datamodule: Any) -> int | None:
@@ -308,12 +372,16 @@ class LightningOptimCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Lightning's CLI reads a ``ckpt_path`` file at parse time for the hyperparameters it holds: first
         checked here to be a regular file (a FIFO would never be read, a folder is named as such), and a file
-        that is not a readable checkpoint is reported naming ``ckpt_path``, before anything is set up."""
+        that is not a readable checkpoint is reported naming ``ckpt_path``, before anything is set up. A sharded
+        checkpoint folder (:func:`~lightning_optim.checkpoints.is_sharded_checkpoint`) is accepted as it is and
+        not read here: the strategy reads its shards when the run starts (the recipe's hyperparameters stand)."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         text = os.fspath(ckpt_path) if ckpt_path is not None else None
         if text is not None and text not in SPECIAL_CKPT_PATHS and not _is_remote(text):
-            user_file(text, "ckpt_path")
+            if is_sharded_checkpoint(text):
+                return
+            user_file(text, "ckpt_path", what=CKPT_PATH_EXPECTED)
         try:
             super()._parse_ckpt_path()
         except (RuntimeError, EOFError, OSError) as err:
@@ -324,14 +392,17 @@ class LightningOptimCLI(LightningCLI):
 
     def _resolve_ckpt_path(self, subcommand: str) -> None:
         """``--ckpt_path last``: the newest ``last*.ckpt`` of the run (:func:`find_last_checkpoint`), where
-        Lightning would look only in this run's new logger version."""
+        Lightning would look only in this run's new logger version; then the path is checked against the
+        strategy (:func:`check_ckpt_path_for_strategy`), before the run sets anything up."""
         config = self.config_init.get(subcommand) if hasattr(self.config_init, "get") else None
-        if config is None or config.get("ckpt_path") != "last":
+        if config is None:
             return
-        found = find_last_checkpoint(self.trainer)
-        if found is not None:
-            rank_zero_info(f"--ckpt_path last: resuming from {found}")
-            config["ckpt_path"] = found
+        if config.get("ckpt_path") == "last":
+            found = find_last_checkpoint(self.trainer)
+            if found is not None:
+                rank_zero_info(f"--ckpt_path last: resuming from {found}")
+                config["ckpt_path"] = found
+        check_ckpt_path_for_strategy(config.get("ckpt_path"), self.trainer.strategy)
 
     def after_fit(self) -> None:
         if not self.config.get(self.subcommand, {}).get("test_after_fit", True) or self.datamodule is None:

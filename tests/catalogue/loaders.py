@@ -1,8 +1,9 @@
 """Bad-input catalogue part: loaders (rows as in ``tests/bad_input_catalogue.py``).
 
 Files that loaders must refuse without reading them whole, allocating what they declare or blocking: hostile or
-damaged ``.lopt`` artifacts, paths that are not regular files, and YAML configs over the limits of
-``lightning_optim.yaml_limits``. The helpers that write the hostile artifacts are used by the artifact tests too.
+damaged ``.lopt`` artifacts, paths that are not regular files, YAML configs over the limits of
+``lightning_optim.yaml_limits``, and checkpoint folders the command cannot resume from (half a sharded
+checkpoint; a sharded one under a strategy that reads single files). The helpers that write the hostile artifacts are used by the artifact tests too.
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ ENTRIES: list[tuple[str, str, str, str]] = [
         "guard_cli(['fit', '--config', FIFO]) or cli(['fit', '--config', FIFO])",
         "ValueError",
     ),
+    (
+        "loaders",
+        "a folder with meta.pt but no .metadata (not a sharded checkpoint) as --ckpt_path",
+        "fit_cli_ckpt(['--ckpt_path', HALF_SHARDED_CKPT])",
+        "ValueError",
+    ),
+    (
+        "loaders",
+        "a sharded checkpoint folder as --ckpt_path of a single-device run",
+        "fit_cli_ckpt(['--ckpt_path', SHARDED_CKPT])",
+        "ValueError",
+    ),
 ]
 
 MUST_NAME: dict[str, str] = {
@@ -96,6 +109,8 @@ MUST_NAME: dict[str, str] = {
     "a YAML config of 2 MB": "more than the 1,048,576",
     "a YAML config with a recursive alias": "recursive",
     "a FIFO given as the --config file": "`--config`",
+    "a folder with meta.pt but no .metadata (not a sharded checkpoint) as --ckpt_path": "or a sharded checkpoint folder",
+    "a sharded checkpoint folder as --ckpt_path of a single-device run": "python -m lightning_optim.checkpoints consolidate",
 }
 
 
@@ -227,6 +242,7 @@ def fixtures(tmp: Path) -> dict:
         path = folder / f"{name.lower()}.yaml"
         path.write_text(text)
         names[name] = str(path)
+    names.update(_checkpoint_folders(folder))
     return {
         **names,
         "load_artifact": load_artifact,
@@ -234,4 +250,54 @@ def fixtures(tmp: Path) -> dict:
         "describe_artifact": describe_artifact,
         "install_yaml_limits": install,
         "guard_cli": guard_cli,
+        "fit_cli_ckpt": _fit_cli_ckpt(folder),
     }
+
+
+def _checkpoint_folders(folder: Path) -> dict[str, str]:
+    """``SHARDED_CKPT``: a folder the CLI takes for a sharded checkpoint (``meta.pt`` and ``.metadata``, which it
+    reads neither of); ``HALF_SHARDED_CKPT``: ``meta.pt`` alone, no sharded checkpoint."""
+    import torch
+
+    names = {}
+    for name, files in (("SHARDED_CKPT", ("meta.pt", ".metadata")), ("HALF_SHARDED_CKPT", ("meta.pt",))):
+        path = folder / f"{name.lower()}.ckpt"
+        path.mkdir(exist_ok=True)
+        for file in files:
+            if file == "meta.pt":
+                torch.save({"epoch": 0, "global_step": 1}, path / file)
+            else:
+                (path / file).write_bytes(b"")
+        names[name] = str(path)
+    return names
+
+
+def _fit_cli_ckpt(folder: Path):
+    def fit_cli_ckpt(args: list[str]) -> None:
+        """``lightning-optim fit`` on the digits, one step on one device, with ``args`` (a ckpt_path is checked
+        at parse time, and against the strategy before the run starts)."""
+        import contextlib
+        import io
+
+        from lightning_optim.cli import build_cli
+
+        base = [
+            "fit",
+            "--model=ClassificationModule",
+            "--model.model=LeNet300100",
+            "--model.model.in_features=64",
+            "--data=ImageClassificationDataModule",
+            "--data.dataset=digits",
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=0",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.default_root_dir={folder / 'cli'}",
+            "--test_after_fit=false",
+        ]
+        with contextlib.redirect_stdout(io.StringIO()):
+            build_cli([*base, *args])
+
+    return fit_cli_ckpt
