@@ -280,3 +280,29 @@ def test_the_report_gives_the_weight_sharing_size_accuracy_curve_in_one_line(tmp
     assert refused["bytes"] is None and met["bytes"] is not None
     assert "500 B: below the smallest size" in lines[0]
     assert f"4,000 B: {100 * met['metric']:.1f}% ({met['bytes']:,} B)" in lines[0]
+
+
+def test_an_eager_int8_model_is_verified_under_a_deterministic_trainer(tmp_path):
+    """Trainer(deterministic=True) turns torch's deterministic check on for the process, and eager int8 CPU
+    kernels have no deterministic implementation: verifying the int8 artifact at fit end raised; now the check
+    is off only while the artifact is verified, and on again after."""
+    from lightning_optim.callbacks import PostTrainingQuantization
+
+    pl.seed_everything(0)
+    dm = ImageClassificationDataModule("digits", batch_size=32)
+    module = ClassificationModule(LeNet300100(in_features=64, hidden=(32, 16)))
+    ptq = PostTrainingQuantization(backend="eager", report=False, export=False, verbose=False)
+    report = CompressionReport(
+        artifact_format="torchscript",
+        plot=False,
+        verbose=False,
+        latency_batch_sizes=(1,),
+        latency_repeats=1,
+        dirpath=str(tmp_path / "report"),
+    )
+    kwargs = quiet_trainer_kwargs(
+        tmp_path, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1, deterministic=True
+    )
+    pl.Trainer(callbacks=[ptq, report], **kwargs).fit(module, datamodule=dm)
+    assert report.rows[-1]["precision"] == "int8" and report.artifact_written == "torchscript"
+    assert torch.are_deterministic_algorithms_enabled()
