@@ -45,7 +45,12 @@ from lightning_optim.functional.compression_report.report import (
     format_paths,
     write_report,
 )
-from lightning_optim.functional.sharding import gathered_copy, is_sharded_module, skeleton
+from lightning_optim.functional.sharding import (
+    gathered_copy,
+    is_sharded_module,
+    matching_skeleton,
+    skeleton,
+)
 
 NO_TEST_LOADER = (
     "CompressionReport: the trainer has no test data (no datamodule with a `test_dataloader`, and no "
@@ -240,9 +245,18 @@ class CompressionReport(Callback):
         """``model``, else the network; a sharded network as a plain copy with the weights gathered from its
         shards (a collective: every rank calls this, in the same order)."""
         network = model if model is not None else target_model(pl_module, self.attribute)
-        if self._skeleton is not None and is_sharded_module(network):
-            return gathered_copy(network, self._skeleton)
-        return network
+        if not is_sharded_module(network):
+            return network
+        # the LightningModule's skeleton (taken just before sharding, after every callback's setup: a network
+        # prepared for QAT at setup) or this callback's own, whichever has the sharded network's names
+        plain = matching_skeleton(network, getattr(pl_module, "unsharded_skeleton", None), self._skeleton)
+        if plain is None:
+            raise ValueError(
+                "CompressionReport: the sharded network has no plain skeleton to gather its weights into (shard "
+                "it in `configure_model` as ClassificationModule(sharding='fsdp2') does, after the callbacks' "
+                "setup)."
+            )
+        return gathered_copy(network, plain)
 
     def _run_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_phases is None:

@@ -229,6 +229,8 @@ class _QuantizationCallbackBase(Callback):
         self.report_table: str | None = None
         self.input_shape: tuple[int, ...] | None = None
         self._example: Tensor | None = None
+        #: under a sharding strategy: the network's structure on the meta device, taken at setup (see ``_plain``)
+        self._skeleton: nn.Module | None = None
 
     # ------------------------------------------------------------------------------------ helpers
     def _network(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -242,6 +244,23 @@ class _QuantizationCallbackBase(Callback):
 
     def _set_network(self, pl_module: pl.LightningModule, network: nn.Module) -> None:
         setattr(pl_module, self.attribute, network)
+
+    def _plain(self, pl_module: pl.LightningModule, model: nn.Module) -> nn.Module:
+        """``model``; a sharded one as a plain CPU copy with its weights gathered (a collective: every rank)."""
+        from lightning_optim.functional.sharding import gathered_copy, is_sharded_module, matching_skeleton
+
+        if not is_sharded_module(model):
+            return model
+        plain = matching_skeleton(
+            model, getattr(pl_module, "unsharded_skeleton", None), getattr(self, "_skeleton", None)
+        )
+        if plain is None:
+            raise QuantizationError(
+                f"{type(self).__name__}: the sharded network has no plain skeleton to gather its weights into "
+                "(shard it in `configure_model` as ClassificationModule(sharding='fsdp2') does, after the "
+                "callbacks' setup)."
+            )
+        return gathered_copy(model, plain)
 
     @property
     def export_format(self) -> str:
@@ -373,11 +392,14 @@ class _QuantizationCallbackBase(Callback):
         return {f: first.with_suffix(s) for f, s in suffixes.items()}
 
     def _broadcast_state(self, trainer: pl.Trainer, model: nn.Module) -> None:
-        """Rank 0's parameters, buffers and quantization ranges on every rank (identical int8 models)."""
-        state = {k: v.detach() for k, v in model.state_dict().items()}
+        """Rank 0's parameters, buffers and quantization ranges on every rank (identical int8 models). Sharded
+        parameters are left as they are: each rank holds its own part of the same tensor."""
+        from lightning_optim.functional.pruning.masks import is_sharded
+
+        state = {k: v.detach() for k, v in model.state_dict().items() if not is_sharded(v)}
         received = broadcast_from_rank0(trainer, state)
         if received is not state:
-            model.load_state_dict(received)
+            model.load_state_dict(received, strict=len(state) == len(model.state_dict()))
 
     def _finish(
         self,
@@ -593,8 +615,9 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         scripted = torch.jit.load(qat.exported_path)    # anywhere, torch alone
     """
 
-    #: fake quantization of sharded parameters is not built yet: refused at setup
-    sharded_parameters = "refused"
+    #: under FSDP2: QAT from epoch 0 (prepared at setup, before ``configure_model`` shards the prepared network;
+    #: converted on a gathered copy); a later start would re-shard mid-fit and is refused at setup
+    sharded_parameters = "partial"
 
     phase_name = "quantization"
 
@@ -691,13 +714,9 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
 
     # ------------------------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_optim.callbacks._trainer import refuse_sharded
-
-        refuse_sharded(
-            trainer, "QuantizationAwareTraining", "fake quantization and int8 conversion need full weights"
-        )
         if stage != "fit":
             return
+        self._run_sharded_check(trainer, pl_module)
         self._run_setup(trainer, pl_module)
 
     def on_load_checkpoint(
@@ -820,6 +839,42 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             # ranges are observed on training batches only: not on what runs before the first epoch (the
             # LightningModule's dry run at setup, zeros); the first training epoch turns observation on
             self._run_observe(pl_module, training=False)
+
+    def _run_sharded_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Under a sharding strategy: QAT from the first epoch only (the network is prepared at setup, before
+        ``configure_model`` shards it, and a resume prepares it there again); the conversion works on a plain
+        copy with the weights gathered from the shards (see ``_plain``)."""
+        from lightning_optim.callbacks._trainer import refuse_sharded, sharded_strategy
+        from lightning_optim.functional.sharding import is_sharded_module
+
+        strategy = sharded_strategy(trainer)
+        if strategy is None:
+            return
+        if "tensor parallel" in strategy:
+            refuse_sharded(
+                trainer,
+                "QuantizationAwareTraining",
+                "the network is prepared for QAT before `configure_model` splits it, and splitting a prepared "
+                "(fake-quantized or captured) network over the tensor-parallel ranks is not built",
+                '`tensor_parallel_size=1` with ClassificationModule(sharding="fsdp2"), or DDP (`strategy="ddp"`)',
+            )
+        if self.start_epoch != 0 or self.start_after is not None:
+            refuse_sharded(
+                trainer,
+                f"QuantizationAwareTraining(start_epoch={self.start_epoch}, start_after={self.start_after!r})",
+                "QAT that starts after the first epoch would prepare the network after it was sharded (the "
+                "prepared network would be sharded again and the optimizer rebuilt mid-fit), which is not built",
+                '`start_epoch=0` and `start_after=None` (QAT from the first epoch: prepared at setup, before the '
+                'network is sharded), or DDP (`strategy="ddp"`)',
+            )
+        if is_sharded_module(self._network(pl_module)):
+            refuse_sharded(
+                trainer,
+                "QuantizationAwareTraining",
+                "the network was sharded before the callback's setup, so it cannot be prepared for QAT",
+                "sharding it in `configure_model`, as ClassificationModule(sharding='fsdp2') does, or DDP "
+                '(`strategy="ddp"`)',
+            )
 
     def _rebuild_before_load(
         self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
@@ -1056,7 +1111,8 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             self._remember_input(batch_inputs(batch))
         if self.prepared and self._needs_check and self._example is not None:
             self._needs_check = False
-            self.backend.check_int8_forward(self._network(pl_module), self._example)
+            # a sharded network: checked on a gathered copy (a collective: every rank runs the first batch)
+            self.backend.check_int8_forward(self._plain(pl_module, self._network(pl_module)), self._example)
         if self.prepared and self.preserve_zeros and self._zero_masks is None:
             self._build_zero_masks(self._network(pl_module))  # after a resume: from the loaded weights
 
@@ -1084,9 +1140,9 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     def _run_convert(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, replace: bool | None = None
     ) -> None:
-        model = self._network(pl_module)
         self._run_zero_masks()
-        self._broadcast_state(trainer, model)
+        self._broadcast_state(trainer, self._network(pl_module))
+        model = self._plain(pl_module, self._network(pl_module))  # a sharded network: a gathered copy
         self.quantized_model = self.backend.convert(model)
         self._say_conversion_notes()
         self.converted = replace is not False
@@ -1279,8 +1335,6 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
         self.calibration_split = calibration_split
         self.calibrated_batches = 0
         self.done = False
-        #: under a sharding strategy: the network's structure on the meta device (see ``_run_sharded_setup``)
-        self._skeleton: nn.Module | None = None
         self._init_mixed_precision(
             mixed_precision,
             max_accuracy_drop,
@@ -1482,13 +1536,7 @@ class PostTrainingQuantization(_QuantizationCallbackBase):
 
     def _float_network(self, pl_module: pl.LightningModule) -> nn.Module:
         """The network to quantize: a sharded one as a plain copy with its weights gathered (a collective)."""
-        from lightning_optim.functional.sharding import gathered_copy, is_sharded_module
-
-        model = self._network(pl_module)
-        skeleton = getattr(self, "_skeleton", None)
-        if skeleton is not None and is_sharded_module(model):
-            return gathered_copy(model, skeleton)
-        return model
+        return self._plain(pl_module, self._network(pl_module))
 
     def _run_quantize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = self._float_network(pl_module)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lightning_optim.functional.pruning.masks import full_tensor, is_sharded
 
-__all__ = ["gathered_copy", "is_sharded_module", "sharded_zero_count", "skeleton"]
+__all__ = ["gathered_copy", "is_sharded_module", "matching_skeleton", "sharded_zero_count", "skeleton"]
 
 
 def is_sharded_module(module: nn.Module) -> bool:
@@ -57,6 +57,19 @@ def skeleton(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def _names(module: nn.Module) -> tuple[set[str], set[str]]:
+    return {n for n, _ in module.named_parameters()}, {n for n, _ in module.named_buffers()}
+
+
+def matching_skeleton(module: nn.Module, *candidates: nn.Module | None) -> nn.Module | None:
+    """The first of ``candidates`` (skeletons; ``None`` skipped) with the parameter and buffer names of
+    ``module``, else ``None``. Callbacks pass the skeleton the LightningModule took just before sharding
+    (``ClassificationModule.unsharded_skeleton``: after every callback's setup) and their own (taken at their
+    setup), as a network prepared for QAT at setup is sharded with its new structure."""
+    names = _names(module)
+    return next((c for c in candidates if c is not None and _names(c) == names), None)
+
+
 def gathered_copy(module: nn.Module, plain: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     """A plain network with the weights of ``module``: ``plain`` (a :func:`skeleton`, kept unchanged) copied and
     materialized on ``device``, each parameter gathered from its shards and each buffer copied.
@@ -67,27 +80,42 @@ def gathered_copy(module: nn.Module, plain: nn.Module, device: torch.device | st
     Raises:
         ValueError: the parameter or buffer names of ``module`` and ``plain`` differ.
     """
-    copied = copy.deepcopy(plain).to_empty(device=device)
-    params = dict(copied.named_parameters())
-    buffers = dict(copied.named_buffers())
-    sources = dict(module.named_parameters())
-    source_buffers = dict(module.named_buffers())
+    copied = copy.deepcopy(plain)  # still on meta: every tensor is replaced below (``to_empty`` unties ties)
+    params = dict(copied.named_parameters(remove_duplicate=False))
+    buffers = dict(copied.named_buffers(remove_duplicate=False))
+    sources = dict(module.named_parameters(remove_duplicate=False))
+    source_buffers = dict(module.named_buffers(remove_duplicate=False))
     if set(sources) != set(params) or set(source_buffers) != set(buffers):
         missing = sorted((set(params) | set(buffers)) ^ (set(sources) | set(source_buffers)))
         raise ValueError(
             f"The network changed since its skeleton was taken (names not in both: {missing[:5]}): take the "
             "skeleton of the network that is sharded."
         )
+    made: dict[int, Tensor] = {}  # one new tensor per source tensor: tied parameters stay tied
     with torch.no_grad():
-        for name in params:  # the same order on every rank: the gathers match
-            params[name].copy_(full_tensor(sources[name].detach()).to(device))
-            params[name].grad = None
-        for name in buffers:
-            buffers[name].copy_(full_tensor(source_buffers[name].detach()).to(device))
+        # new tensors, not copies into the skeleton's: a buffer may have changed shape since the skeleton was
+        # taken (a quantization observer's per-channel ranges)
+        for name, src in sources.items():  # the same order on every rank: the gathers match
+            if id(src) not in made:
+                made[id(src)] = nn.Parameter(
+                    full_tensor(src.detach()).to(device).clone(), requires_grad=params[name].requires_grad
+                )
+            owner, attr = _owner(copied, name)
+            owner._parameters[attr] = made[id(src)]
+        for name, src in source_buffers.items():
+            if id(src) not in made:
+                made[id(src)] = full_tensor(src.detach()).to(device).clone()
+            owner, attr = _owner(copied, name)
+            owner._buffers[attr] = made[id(src)]
     copied.train(module.training)
     for src, dst in zip(module.modules(), copied.modules(), strict=False):
         dst.training = src.training
     return copied
+
+
+def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, attr = name.rpartition(".")
+    return (root.get_submodule(path) if path else root), attr
 
 
 def sharded_zero_count(tensors: Iterable[Tensor]) -> tuple[int, int]:

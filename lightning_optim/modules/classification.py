@@ -23,6 +23,7 @@ from lightning_optim.functional.regularization import (
     split_decay_parameters,
     weight_decay_param_groups,
 )
+from lightning_optim.functional.sharding import is_sharded_module, skeleton
 from lightning_optim.modules.loss_terms import StepContext, combine_losses, unpack_batch
 from lightning_optim.modules.optimizers import optimizer_factory
 from lightning_optim.weights import resize_to_state_dict
@@ -279,7 +280,8 @@ class ClassificationModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         """With ``sharding="fsdp2"``: ``fully_shard`` (FSDP2) each direct child of the network that holds
-        parameters, then the network itself, over the data-parallel dimension of the strategy's device mesh.
+        parameters, then the network itself, over the data-parallel dimension of the strategy's device mesh (a
+        network that holds a captured graph, as PT2E QAT prepares it, is sharded as one unit).
         Idempotent (a module sharded already is left as it is); nothing without ``sharding``."""
         if self.sharding is None:
             return
@@ -290,7 +292,14 @@ class ClassificationModule(pl.LightningModule):
             return
         if "data_parallel" in (mesh.mesh_dim_names or ()):
             mesh = mesh["data_parallel"]
-        for child in self.model.children():
+        if not is_sharded_module(self.model):
+            # the structure as it is sharded (after what callbacks did at setup: a QAT preparation), on the meta
+            # device; kept outside the module's submodules (not in its state_dict)
+            self.__dict__["_unsharded_skeleton"] = skeleton(self.model)
+        # a captured (torch.export / PT2E) graph reads its parameters with get_attr, never calling the modules
+        # that hold them, and fully_shard on a GraphModule recurses in its call: such a network is one unit
+        captured = any(isinstance(m, torch.fx.GraphModule) for m in self.model.modules())
+        for child in self.model.children() if not captured else ():
             if _has_parameters(child) and not isinstance(child, FSDPModule):
                 fully_shard(child, mesh=mesh)
         if not isinstance(self.model, FSDPModule):
@@ -551,6 +560,14 @@ class ClassificationModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self._broadcast_buffers()
+
+    @property
+    def unsharded_skeleton(self) -> nn.Module | None:
+        """With ``sharding``, once :meth:`configure_model` has sharded the network: its structure just before,
+        with parameters on the ``meta`` device (no memory); callbacks that need the plain network
+        (post-training quantization, QAT's conversion, the compression report) gather the weights into a copy of
+        it (:func:`lightning_optim.functional.sharding.gathered_copy`). ``None`` otherwise."""
+        return self.__dict__.get("_unsharded_skeleton")
 
     def _broadcast_buffers(self) -> None:
         """With ``sharding``, on several ranks: rank 0's buffers (BatchNorm running statistics) on every rank of

@@ -82,7 +82,7 @@ class ShardedProbe(pl.Callback):
 
 def _fit(name: str, root: Path, devices: int, num_nodes: int, ckpt_path: str | None = None):
     pl.seed_everything(0, workers=True)
-    callback = ms.make_callback(name)
+    callback = ms.make_callback(name, sharded=True)
     module = ms.make_module(name, sharding="fsdp2")
     dm = ms.make_datamodule(name)
     checkpoints = ModelCheckpoint(

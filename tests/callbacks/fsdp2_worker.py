@@ -196,7 +196,7 @@ def refused_settings(out: Path) -> dict[str, pl.Callback]:
     return {
         "ProgressivePruning(structured)": ProgressivePruning(granularity="structured", **PRUNING),
         "ProgressivePruning(channel_groups)": ProgressivePruning(granularity="channel_groups", **PRUNING),
-        "QuantizationAwareTraining": QuantizationAwareTraining(),
+        "QuantizationAwareTraining(start_epoch=1)": QuantizationAwareTraining(start_epoch=1),
         "WeightSharing": WeightSharing(),
     }
 
@@ -266,6 +266,23 @@ def run_callbacks(out: Path) -> None:
         "sharded": all(is_sharded(p) for p in net.model.parameters()),
         "non_finite_checks": supported[3].checks,
         "first_step": first.seen,
+    }
+    # QAT from the first epoch (PTQ cannot follow QAT in one fit): its own fit
+    qat = QuantizationAwareTraining(start_epoch=0, backend="eager", latency_batch_sizes=[], verbose=False)
+    pl.seed_everything(0)
+    trainer = fsdp2_trainer(str(out / "qat"), [qat])
+    net = module("fsdp2")
+    trainer.fit(net, train_dataloaders=loader(BATCH, ranks=2), val_dataloaders=loader(BATCH, ranks=2))
+    int8 = {
+        k: v.dequantize() if v.is_quantized else v
+        for k, v in qat.quantized_model.state_dict().items()
+        if torch.is_tensor(v)
+    }
+    results["qat"] = {
+        "names": ["QuantizationAwareTraining"],
+        "global_step": trainer.global_step,
+        "converted": qat.converted,
+        "int8_sum": float(sum(v.double().sum() for v in int8.values())),
     }
     (out / f"callbacks_rank{rank}.json").write_text(json.dumps(results, indent=1))
 

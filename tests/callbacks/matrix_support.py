@@ -41,13 +41,18 @@ def callback_class(name: str) -> str:
     return entry(name).get("callback", name)
 
 
-def callback_kwargs(name: str) -> dict[str, Any]:
+def callback_kwargs(name: str, sharded: bool = False) -> dict[str, Any]:
+    """The entry's keyword arguments; with ``sharded``, updated with its ``"sharded_kwargs"`` (the setting the
+    sharded modes use where the plain one is refused under FSDP2, e.g. QAT from the first epoch)."""
     kwargs = entry(name).get("kwargs", {})
-    return dict(kwargs()) if callable(kwargs) else copy.deepcopy(kwargs)
+    kwargs = dict(kwargs()) if callable(kwargs) else copy.deepcopy(kwargs)
+    if sharded:
+        kwargs.update(copy.deepcopy(entry(name).get("sharded_kwargs", {})))
+    return kwargs
 
 
-def make_callback(name: str) -> Callback:
-    return getattr(callbacks_pkg, callback_class(name))(**callback_kwargs(name))
+def make_callback(name: str, sharded: bool = False) -> Callback:
+    return getattr(callbacks_pkg, callback_class(name))(**callback_kwargs(name, sharded=sharded))
 
 
 def companions(name: str) -> list[Callback]:

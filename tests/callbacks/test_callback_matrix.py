@@ -230,6 +230,7 @@ FSDP2_OWN_CODE = (
     "CompressionReport",
     "KnowledgeDistillation",
     "EarlyStopping",
+    "QuantizationAwareTraining",
 )
 
 

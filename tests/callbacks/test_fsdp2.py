@@ -93,7 +93,7 @@ def test_a_refusal_under_tensor_parallelism_names_it():
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
     assert sharded_strategy(trainer) == "ModelParallelStrategy (tensor parallel)"
     with pytest.raises(ValueError, match=r"ModelParallelStrategy \(tensor parallel\)"):
-        worker.QuantizationAwareTraining().setup(trainer, worker.module(None), "fit")
+        worker.QuantizationAwareTraining(start_epoch=0).setup(trainer, worker.module(None), "fit")
 
 
 def test_supported_settings_of_partial_callbacks_pass_setup():
@@ -188,6 +188,8 @@ def test_fsdp2_pruning_masks_equal_single_process(scope, tmp_path):
 @pytest.mark.slow
 def test_fsdp2_refusals_before_any_step_and_supported_callbacks_fit(tmp_path):
     _run_two_processes("callbacks", tmp_path)
+    qat = [json.loads((tmp_path / f"callbacks_rank{r}.json").read_text())["qat"] for r in (0, 1)]
+    assert qat[0]["int8_sum"] == qat[1]["int8_sum"]  # the same int8 model on both ranks
     for rank in (0, 1):
         results = json.loads((tmp_path / f"callbacks_rank{rank}.json").read_text())
         assert set(results["refused"]) == set(worker.refused_settings(tmp_path))
@@ -198,7 +200,9 @@ def test_fsdp2_refusals_before_any_step_and_supported_callbacks_fit(tmp_path):
             assert got["global_step"] == 0, setting
         fit = results["supported"]
         supported = {n for n, c in _exported_callbacks().items() if c.sharded_parameters != "refused"}
-        assert supported <= set(fit["names"]), sorted(supported - set(fit["names"]))
+        fitted = set(fit["names"]) | set(results["qat"]["names"])
+        assert supported <= fitted, sorted(supported - fitted)
+        assert results["qat"]["converted"] and results["qat"]["global_step"] == 8
         assert fit["global_step"] == 8 and fit["sharded"]
         assert fit["warm_loaded"] and fit["first_step"]["warm_weights"]
         assert fit["first_step"]["lr"] < 0.1  # LRScheduling's warm-up ran on the sharded network's optimizer

@@ -31,6 +31,7 @@ def _stack(name, check):
 
 
 _QAT = {"start_epoch": 1, "freeze_bn_epoch": 1, "latency_batch_sizes": [], "verbose": False}
+_QAT_SHARDED = {"start_epoch": 0, "freeze_bn_epoch": 1}
 _PTQ = {"calibration_batches": 2, "latency_batch_sizes": [], "verbose": False}
 
 SETTINGS = {
@@ -38,6 +39,9 @@ SETTINGS = {
     # statistics frozen, int8 at fit end; no timing
     "QuantizationAwareTraining": {
         "kwargs": _QAT,
+        # under FSDP2 QAT runs from the first epoch (prepared at setup, before the network is sharded); the
+        # resume from the first epoch's checkpoint then resumes mid-QAT
+        "sharded_kwargs": _QAT_SHARDED,
         "model": "convnet3",
         "check_active": _stack("pt2e", _qat_active),
     },
@@ -62,6 +66,7 @@ SETTINGS = {
     "QuantizationAwareTraining[eager]": {
         "callback": "QuantizationAwareTraining",
         "kwargs": {**_QAT, "backend": "eager"},
+        "sharded_kwargs": _QAT_SHARDED,
         "model": "convnet3",
         "check_active": _stack("eager", _qat_active),
     },
