@@ -63,12 +63,17 @@ from lightning_optim.functional.pruning.masks import (
     GRANULARITIES,
     SCOPES,
     apply_masks_,
+    can_shard_masks,
     cast_masks,
     compute_masks,
+    gather_mask,
+    is_sharded,
+    mask_counts,
     mask_gradients_,
     mask_optimizer_state_,
     mask_sparsity,
     pack_mask,
+    shard_like,
     unit_masks_with_followers,
     unpack_mask,
 )
@@ -139,7 +144,13 @@ class ProgressivePruning(Callback):
     Before the first epoch, a ramp that does not fit the run is said: one whose pruning steps all fall after the
     end of the run (``max_epochs``/``max_steps``) is refused, one cut short gets a warning with the sparsity it
     reaches and the fix. Under DDP, masks are computed from the synchronized weights and broadcast from rank
-    0, so every rank holds the same masks.
+    0, so every rank holds the same masks. Under FSDP2 (``ModelParallelStrategy`` with
+    ``ClassificationModule(sharding="fsdp2")``; unstructured only) the masks are sharded like the weights: each
+    is a ``DTensor`` of which each rank holds the part of its shard, computed shard-wise without gathering any
+    weight (:func:`~lightning_optim.functional.pruning.masks.sharded_magnitude_masks`), and equal, once
+    gathered (:meth:`gathered_masks`, a collective), to the masks of a single-process run. The checkpoint holds
+    them whole (bit-packed, gathered one layer at a time when the state is saved), so a resume, sharded or not,
+    continues exactly; each rank keeps its part at the resume.
 
     It is the ``"pruning"`` compression phase (:mod:`lightning_optim.callbacks.phases`): ``pending`` before
     ``start``, ``active`` until the final event, then ``done``.
@@ -344,8 +355,11 @@ class ProgressivePruning(Callback):
         self._last_step = -1
         self.current_sparsity = 0.0
         self.history: list[dict[str, float]] = []
-        # masks: weight name (relative to the network) -> bool mask (unit mask ``(out, 1, ..)`` when structured)
+        # masks: weight name (relative to the network) -> bool mask (unit mask ``(out, 1, ..)`` when structured);
+        # of a sharded weight (FSDP2), a DTensor split as the weight: each rank holds its part
         self.masks: dict[str, Tensor] = {}
+        # kept entries of the sharded masks (counted once per change, a collective): name -> (id(mask), count)
+        self._sharded_kept: dict[str, tuple[int, int]] = {}
         self._loaded_state: dict[str, Any] | None = None
         # resume: whether the checkpoint held this callback's state (load_state_dict was called), the callback
         # states the checkpoint held (on_load_checkpoint), and the keep-masks of the weights that were zero in a
@@ -1027,9 +1041,24 @@ class ProgressivePruning(Callback):
             self._events_done = state["events_done"]
             self.current_sparsity = state["current_sparsity"]
             self.history = list(state.get("history", []))
-            self.masks = {n: unpack_mask(p, state["shapes"][n]) for n, p in state["masks"].items()}
+            # one mask whole at a time: where the pruning steps keep the masks sharded (FSDP2), each rank keeps
+            # the part of its shard
+            params = dict(model.named_parameters())
+            if not (
+                CALLBACK_GRANULARITIES[self.granularity] == "unstructured"
+                and can_shard_masks(m.weight for m in self._modules.values())
+            ):
+                params = {}
+            self._set_masks(
+                {
+                    n: self._like_weight(params, n, unpack_mask(p, state["shapes"][n]))
+                    for n, p in state["masks"].items()
+                }
+            )
             kept, kept_shapes = state.get("kept_zeros", {}), state.get("kept_zeros_shapes", {})
-            self.kept_zeros = {n: unpack_mask(p, kept_shapes[n]) for n, p in kept.items()}
+            self.kept_zeros = {
+                n: self._like_weight(params, n, unpack_mask(p, kept_shapes[n])) for n, p in kept.items()
+            }
             self._loaded_state = None
             if self.removed_blocks:  # already removed by the LightningModule's on_load_checkpoint, if it can
                 replaced = self._remove_blocks(trainer, pl_module, list(self.removed_blocks))
@@ -1152,22 +1181,24 @@ class ProgressivePruning(Callback):
                 f"{len(units):,} channels that are zero in the checkpoint ({share:.1%} of the prunable ones)"
             )
         else:
-            kept = {}
+            keeps = {}
             for name, w in weights.items():
                 keep = w.detach().ne(0)
                 if self.structured and w.dim() > 1:
                     keep = keep.flatten(1).any(1).view(-1, *([1] * (w.dim() - 1)))
-                if not bool(keep.all()):
-                    kept[name] = keep.cpu()
-            zeros = sum(int((~m).expand(weights[n].shape).sum()) for n, m in kept.items())
+                # of a sharded weight (FSDP2), the part of its shard
+                keeps[name] = keep if is_sharded(keep) else keep.cpu()
+            counts = dict(zip(keeps, mask_counts(list(keeps.values()))))  # a collective when sharded
+            kept = {n: m for n, m in keeps.items() if counts[n] < m.numel()}
+            zeros = sum((m.numel() - counts[n]) * (weights[n].numel() // m.numel()) for n, m in kept.items())
             total = sum(w.numel() for w in weights.values())
             unit = "weights" if not self.structured else "weights (of whole zero units)"
             share = zeros / max(total, 1)
             count = f"{zeros:,} {unit} that are zero in the checkpoint ({share:.1%} of the pruned layers' weights)"
         self.kept_zeros = kept
         if kept:
-            self.masks = self._and_kept(
-                dict(self.masks) if self.masks else {n: m.clone() for n, m in kept.items()}
+            self._set_masks(
+                self._and_kept(dict(self.masks) if self.masks else {n: m.clone() for n, m in kept.items()})
             )
             self._build_targets(model)
             self._apply_weight_masks()
@@ -1187,9 +1218,35 @@ class ProgressivePruning(Callback):
             if mask is None:
                 masks[name] = keep.clone()
                 continue
-            keep = keep.to(mask.device)
+            if is_sharded(mask) and not is_sharded(keep):  # a whole keep-mask: this rank's part of it
+                keep = shard_like(keep.to(mask.to_local().device), mask)
+            elif not is_sharded(mask):  # a whole mask (computed on gathered weights): the whole keep-mask
+                keep = gather_mask(keep).to(mask.device) if is_sharded(keep) else keep.to(mask.device)
             masks[name] = mask & (keep if keep.shape == mask.shape else keep.expand_as(mask))
         return masks
+
+    @staticmethod
+    def _like_weight(params: dict[str, Tensor], name: str, mask: Tensor) -> Tensor:
+        """``mask`` (whole) split as the parameter ``name`` of ``params`` is where that one is sharded: this
+        rank's part (a ``DTensor``, on the parameter's device); ``mask`` itself otherwise."""
+        param = params.get(name)
+        if param is None or not is_sharded(param) or tuple(mask.shape) != tuple(param.shape):
+            return mask
+        return shard_like(mask.to(param.to_local().device), param)
+
+    def _set_masks(self, masks: dict[str, Tensor]) -> None:
+        """Hold ``masks``; the kept entries of the sharded ones are counted now (a collective: every rank sets
+        the same masks), so that :meth:`layer_sparsities` never needs one."""
+        self.masks = masks
+        sharded = {n: m for n, m in masks.items() if is_sharded(m)}
+        counts = mask_counts(list(sharded.values())) if sharded else []
+        self._sharded_kept = {n: (id(m), c) for (n, m), c in zip(sharded.items(), counts)}
+
+    def gathered_masks(self) -> dict[str, Tensor]:
+        """The masks, whole, as plain ``bool`` tensors on the CPU: under FSDP2 each gathered from its parts (a
+        collective: call it on every rank), equal to a single-process run's masks; otherwise copies of
+        :attr:`masks` on the CPU."""
+        return {n: gather_mask(m) for n, m in self.masks.items()}
 
     def _run_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any = None) -> None:
         step = trainer.global_step
@@ -1252,9 +1309,15 @@ class ProgressivePruning(Callback):
                 for n in self._modules
                 if layer_final_sparsity(n, self.final_sparsity, self.layer_sparsity)[1]
             }
-            masks = compute_masks(weights, target, self.granularity, self.scope, self.importance, overrides)
-        masks = broadcast_from_rank0(trainer, masks, tensorwise=True)
-        self.masks = self._and_kept({n: m.cpu() for n, m in masks.items()})
+            # sharded weights (FSDP2): sharded masks computed shard-wise, the same on every rank by construction
+            masks = compute_masks(
+                weights, target, self.granularity, self.scope, self.importance, overrides, shard_masks=True
+            )
+        if any(is_sharded(m) for m in masks.values()):
+            masks = {n: m if is_sharded(m) else m.cpu() for n, m in masks.items()}
+        else:
+            masks = {n: m.cpu() for n, m in broadcast_from_rank0(trainer, masks, tensorwise=True).items()}
+        self._set_masks(self._and_kept(masks))
         self.current_sparsity = target
         self._build_targets(model)
         self._apply_weight_masks()
@@ -1289,6 +1352,7 @@ class ProgressivePruning(Callback):
             unit_masks_with_followers(self.masks, params, self._followers) if self.structured else self.masks
         )
         self._params = {n: params[n] for n in masks}
+        self._fast_masks = {}  # the old ones freed before the new ones are made
         self._fast_masks = cast_masks(masks, self._params)
 
     @property
@@ -1508,7 +1572,14 @@ class ProgressivePruning(Callback):
             module = self._modules.get(name[: -len(".weight")])
             shape = tuple(module.weight.shape) if module is not None else tuple(mask.shape)
             total = math.prod(shape)
-            kept = int(round(total * (1.0 - mask_sparsity(mask, shape))))
+            if is_sharded(
+                mask
+            ):  # counted when the masks were set (a collective then; none here unless replaced)
+                known = self._sharded_kept.get(name)
+                count = known[1] if known is not None and known[0] == id(mask) else mask_counts([mask])[0]
+                kept = count * (total // mask.numel())
+            else:
+                kept = int(round(total * (1.0 - mask_sparsity(mask, shape))))
             out[name] = (shape, kept, 1.0 - kept / total)
         return out
 
@@ -1542,8 +1613,10 @@ class ProgressivePruning(Callback):
             return dict(self._loaded_state)
         # after compaction the pruned channels are gone: masks of the old shapes are not saved
         masks = {} if self.compacted else self.masks
+        # whole and bit-packed (1/32 of float32 weights): a sharded mask is gathered one at a time (a collective:
+        # Lightning dumps the callback states on every rank; rank 0 writes them), so any run resumes from them
         return {
-            "masks": {n: pack_mask(m) for n, m in masks.items()},
+            "masks": {n: pack_mask(gather_mask(m)) for n, m in masks.items()},
             "shapes": {n: tuple(m.shape) for n, m in masks.items()},
             "start_step": self._start_step,
             "end_step": self._end_step,
@@ -1551,7 +1624,9 @@ class ProgressivePruning(Callback):
             "events_done": self._events_done,
             "current_sparsity": self.current_sparsity,
             "history": list(self.history),
-            "kept_zeros": {} if self.compacted else {n: pack_mask(m) for n, m in self.kept_zeros.items()},
+            "kept_zeros": {}
+            if self.compacted
+            else {n: pack_mask(gather_mask(m)) for n, m in self.kept_zeros.items()},
             "kept_zeros_shapes": {}
             if self.compacted
             else {n: tuple(m.shape) for n, m in self.kept_zeros.items()},
@@ -1579,6 +1654,7 @@ class ProgressivePruning(Callback):
         state = self.__dict__.copy()
         state["_params"] = {}
         state["_fast_masks"] = {}
+        state["_sharded_kept"] = {}
         state["_modules"] = {}
         state["graph"] = None
         state["_recent_batches"] = []

@@ -864,7 +864,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
                 f"QuantizationAwareTraining(start_epoch={self.start_epoch}, start_after={self.start_after!r})",
                 "QAT that starts after the first epoch would prepare the network after it was sharded (the "
                 "prepared network would be sharded again and the optimizer rebuilt mid-fit), which is not built",
-                '`start_epoch=0` and `start_after=None` (QAT from the first epoch: prepared at setup, before the '
+                "`start_epoch=0` and `start_after=None` (QAT from the first epoch: prepared at setup, before the "
                 'network is sharded), or DDP (`strategy="ddp"`)',
             )
         if is_sharded_module(self._network(pl_module)):

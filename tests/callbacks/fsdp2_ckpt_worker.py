@@ -144,7 +144,7 @@ def run(scenario: str, out: Path) -> None:
         logits = net(probe_batch()).cpu()  # FSDP2 gathers the parameters: a collective
     torch.save(
         {
-            "masks": {n: m.cpu() for n, m in pruning.masks.items()},
+            "masks": {n: full_tensor(m).cpu() for n, m in pruning.masks.items()},
             "weights": weights,
             "sharded": all(is_sharded(p) for p in params.values()),
             "optimizer": optimizer_state,

@@ -143,7 +143,7 @@ def run_prune(out: Path) -> None:
     weights = {n: full_tensor(p.detach()).cpu() for n, p in params.items()}  # collective: on every rank
     torch.save(
         {
-            "masks": {n: m.cpu() for n, m in pruning.masks.items()},
+            "masks": {n: full_tensor(m).cpu() for n, m in pruning.masks.items()},
             "weights": weights,
             "shards": shards,
             "history": pruning.history,
@@ -180,7 +180,7 @@ def run_tensor_parallel(out: Path) -> None:
     params = dict(net.model.named_parameters())
     torch.save(
         {
-            "masks": {n: m.cpu() for n, m in pruning.masks.items()},
+            "masks": {n: full_tensor(m).cpu() for n, m in pruning.masks.items()},
             "weights": {n: full_tensor(p.detach()).cpu() for n, p in params.items()},
             "placements": {
                 n: [str(x) for x in p.placements] if is_sharded(p) else None for n, p in params.items()
@@ -335,7 +335,7 @@ def run_gather(out: Path) -> None:
     torch.save(
         {
             "weights": weights,
-            "masks": {n: m.cpu() for n, m in pruning.masks.items()},
+            "masks": {n: full_tensor(m).cpu() for n, m in pruning.masks.items()},
             "int8": int8,
             "rows": rows,
             "history_sparsity": [h["weight_sparsity"] for h in report.history],

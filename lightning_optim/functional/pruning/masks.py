@@ -9,15 +9,22 @@ Sparsity is always the fraction of the weights (or units) pruned, a *target*: ex
 a fraction of what was left by an earlier step. How weights and units are scored, and how many a sparsity
 prunes, is :mod:`lightning_optim.functional.pruning.importance`.
 
-Sharded parameters (``DTensor``, as FSDP2's ``fully_shard`` or tensor parallelism make them): masks are
-computed on the full tensors (:func:`compute_masks` gathers them with :func:`full_tensor`, a collective that
-every rank runs), so they are the masks of a single-process run, and applied to each rank's shards
-(:func:`cast_masks` splits each mask as its tensor is split, with :func:`shard_like`, without communication).
+Sharded parameters (``DTensor``, as FSDP2's ``fully_shard`` or tensor parallelism make them): by default
+masks are computed on the full tensors (:func:`compute_masks` gathers them with :func:`full_tensor`, a
+collective that every rank runs), so they are the masks of a single-process run, and applied to each rank's
+shards (:func:`cast_masks` splits each mask as its tensor is split, with :func:`shard_like`, without
+communication). With ``compute_masks(..., shard_masks=True)``, unstructured masks of weights split by rows over
+a 1-D mesh (FSDP2's ``Shard(0)``) are computed *shard-wise* instead (:func:`sharded_magnitude_masks`): no
+weight is gathered; the ``k``-th lowest score of each layer (or of all of them, global scope) is found exactly
+by a radix selection over the bits of the scores (4 all-reduces of 256-bin histograms, and one all-gather of
+the counts of the scores equal to it, which settles ties by position as a single process does), and each rank
+keeps its part of every mask (a ``DTensor`` split as its weight): the same masks as a single-process run, at
+1/world of the memory. :func:`mask_counts` counts their kept entries, :func:`gather_mask` gathers one whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -73,12 +80,35 @@ def full_tensor(t: Tensor) -> Tensor:
     return t.full_tensor() if is_sharded(t) else t
 
 
+def is_row_sharded(t: object) -> bool:
+    """Whether ``t`` is a ``DTensor`` split by rows (``Shard(0)``) over a 1-D device mesh, as FSDP2's
+    ``fully_shard`` splits parameters: rank ``i`` of the mesh holds the ``i``-th block of rows (``torch.chunk``
+    sizes, possibly empty), so the flattened entries of the ranks follow each other in rank order."""
+    if not is_sharded(t):
+        return False
+    from torch.distributed.tensor import Shard
+
+    return t.device_mesh.ndim == 1 and tuple(t.placements) == (Shard(0),)  # type: ignore[attr-defined]
+
+
+def can_shard_masks(weights: Iterable[Tensor]) -> bool:
+    """Whether the unstructured masks of ``weights`` are computed and kept sharded by
+    ``compute_masks(..., shard_masks=True)``: there is one at least, and all are split by rows over one 1-D mesh
+    (:func:`is_row_sharded`). Other sharded weights (tensor parallelism's ``Shard(1)``, a mix with plain
+    tensors) are gathered instead."""
+    weights = list(weights)
+    return bool(weights) and all(
+        is_row_sharded(w) and w.device_mesh == weights[0].device_mesh  # type: ignore[attr-defined]
+        for w in weights
+    )
+
+
 def shard_like(mask: Tensor, tensor: Tensor) -> Tensor:
     """``mask`` (whole, the same on every rank) split over ``tensor``'s device mesh as ``tensor`` is (a
     ``DTensor`` with its placements: each rank keeps its part, no communication); ``mask`` itself when
     ``tensor`` is not sharded. A mask that broadcasts over the tensor (a structured ``(out, 1, ...)`` mask)
     is split along the same dimensions."""
-    if not is_sharded(tensor):
+    if not is_sharded(tensor) or is_sharded(mask):  # a sharded mask is split as its tensor already
         return mask
     from torch.distributed.tensor import distribute_tensor
 
@@ -142,6 +172,177 @@ def global_structured_masks(
     return out
 
 
+#: entries of a local shard scored at a time by the shard-wise selection (bounds its temporary memory)
+SCORE_CHUNK = 1 << 22
+#: the key of every NaN score: above +inf's bits (``torch.sort`` puts NaN last, all NaN equal)
+_NAN_KEY = 0x7FC00000
+#: radix passes of the shard-wise selection, 8 bits each (the keys are 31-bit: scores are >= 0)
+_RADIX_BITS, _RADIX_PASSES = 8, 4
+
+
+def _score_keys(local: Tensor) -> Iterator[Tensor]:
+    """The magnitude scores of a (local) tensor as ``int32`` keys, in chunks of :data:`SCORE_CHUNK` entries in
+    flattened order: the bits of a float32 ``>= 0`` grow with its value, so keys order as ``torch.sort`` orders
+    the scores (NaN, canonicalized, last)."""
+    flat = local.detach().reshape(-1)
+    for start in range(0, flat.numel(), SCORE_CHUNK):
+        scores = magnitude_scores(flat[start : start + SCORE_CHUNK])
+        keys = scores.view(torch.int32)
+        keys.masked_fill_(torch.isnan(scores), _NAN_KEY)
+        yield keys
+
+
+def _all_reduce(t: Tensor, group: object) -> Tensor:
+    import torch.distributed as dist
+
+    dist.all_reduce(t, group=group)
+    return t
+
+
+def sharded_magnitude_masks(
+    groups: Sequence[tuple[Sequence[Tensor], int]],
+) -> list[list[Tensor]]:
+    """Unstructured keep-masks of row-sharded tensors, computed on each rank's shards (no tensor is gathered),
+    exactly those of :func:`keep_mask_from_scores` on the gathered, flattened and concatenated tensors.
+
+    Each group is ``(tensors, k)``: its tensors are ranked together by ``|w|`` and the ``k`` lowest entries
+    pruned, ties in the order of position (the tensors in their order, each flattened). One group per tensor is
+    layer scope, one group of several tensors global scope. A collective over the tensors' mesh: every rank calls
+    it with the same groups (shapes, ``k``), in the same order (4 all-reduces of ``len(groups) x 256`` counts,
+    one all-gather of one count per tensor).
+
+    Args:
+        groups: ``(tensors, k)`` pairs; every tensor :func:`is_row_sharded`, all on one device mesh.
+
+    Returns:
+        per group, per tensor, a ``bool`` ``DTensor`` split as the tensor is: ``True`` where the entry is kept.
+
+    Raises:
+        ValueError: a tensor not split by rows over the mesh of the first one.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    tensors = [t for ts, _ in groups for t in ts]
+    if not tensors:
+        return [[] for _ in groups]
+    if not can_shard_masks(tensors):
+        t = next((t for t in tensors if not is_row_sharded(t)), tensors[-1])
+        raise ValueError(
+            "Shard-wise masks need tensors split by rows (Shard(0)) over one 1-D device mesh (FSDP2's "
+            f"fully_shard), got {type(t).__name__} with placements {getattr(t, 'placements', None)}: use "
+            "`compute_masks(..., shard_masks=False)` (the tensors are gathered)."
+        )
+    mesh = tensors[0].device_mesh
+    group = mesh.get_group()
+    device = tensors[0].to_local().device
+    counts = torch.zeros(len(groups), 1 << _RADIX_BITS, dtype=torch.int64, device=device)
+    prefix = [0] * len(groups)
+    rank_of_target = [k for _, k in groups]  # 1-based rank of the k-th lowest among the keys under `prefix`
+    active = [k > 0 for _, k in groups]
+    if any(active):
+        for p in range(_RADIX_PASSES):
+            shift = 32 - _RADIX_BITS * (p + 1)
+            counts.zero_()
+            for g, (ts, _) in enumerate(groups):
+                if not active[g]:
+                    continue
+                for t in ts:
+                    for keys in _score_keys(t.to_local()):
+                        if p:
+                            keys = keys[(keys >> (shift + _RADIX_BITS)) == prefix[g]]
+                        digits = (keys >> shift) & ((1 << _RADIX_BITS) - 1)
+                        counts[g] += torch.bincount(digits, minlength=1 << _RADIX_BITS)
+            below = _all_reduce(counts, group).cumsum(1).cpu()
+            for g in range(len(groups)):
+                if not active[g]:
+                    continue
+                digit = int(torch.searchsorted(below[g], rank_of_target[g]))
+                rank_of_target[g] -= int(below[g, digit - 1]) if digit else 0
+                prefix[g] = (prefix[g] << _RADIX_BITS) | digit
+    # the k-th lowest key of group g is prefix[g]; rank_of_target[g] of the entries equal to it are pruned, the
+    # first ones in position order: (tensor, then rank) -- the ranks hold consecutive blocks of rows
+    equal = torch.zeros(len(tensors), dtype=torch.int64, device=device)
+    i = 0
+    for g, (ts, _) in enumerate(groups):
+        for t in ts:
+            if active[g]:
+                equal[i] = sum(int((keys == prefix[g]).sum()) for keys in _score_keys(t.to_local()))
+            i += 1
+    gathered = [torch.zeros_like(equal) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, equal, group=group)
+    per_rank = torch.stack(gathered).cpu()  # (ranks, tensors)
+    me = mesh.get_local_rank()
+    out: list[list[Tensor]] = []
+    i = 0
+    for g, (ts, _) in enumerate(groups):
+        masks, ties_before = [], 0
+        for t in ts:
+            local = t.to_local()
+            keep = torch.ones(local.numel(), dtype=torch.bool, device=local.device)
+            if active[g]:
+                todo = rank_of_target[g] - ties_before - int(per_rank[:me, i].sum())
+                todo = max(0, min(todo, int(per_rank[me, i])))
+                start = 0
+                for keys in _score_keys(local):
+                    part = keep[start : start + keys.numel()]
+                    torch.ge(keys, prefix[g], out=part)
+                    if todo:
+                        ties = (keys == prefix[g]).nonzero().flatten()[:todo]
+                        part[ties] = False
+                        todo -= ties.numel()
+                    start += keys.numel()
+                ties_before += int(per_rank[:, i].sum())
+            masks.append(
+                DTensor.from_local(
+                    keep.view(local.shape),
+                    mesh,
+                    t.placements,
+                    run_check=False,
+                    shape=t.shape,
+                    stride=t.stride(),
+                )
+            )
+            i += 1
+        out.append(masks)
+    return out
+
+
+def mask_counts(masks: Sequence[Tensor]) -> list[int]:
+    """The kept (``True``) entries of each mask: a sharded mask counted on its local part and summed over its
+    mesh (one all-reduce when any is sharded: every rank calls it with the same masks; a replicated mesh dimension
+    counts once), the others as they are."""
+    out: list[int] = []
+    local, group = [], None
+    for m in masks:
+        if is_sharded(m):
+            mesh = m.device_mesh
+            if mesh.ndim != 1:
+                raise ValueError(
+                    f"Counting a mask over a {mesh.ndim}-D device mesh is not supported (1-D only)."
+                )
+            group = mesh.get_group()
+            replicated = any(p.is_replicate() for p in m.placements) and mesh.get_local_rank() != 0
+            local.append(0 if replicated else int(m.to_local().sum()))
+            out.append(-1)
+        else:
+            out.append(int(m.sum()))
+    if group is not None:
+        device = next(m.to_local().device for m in masks if is_sharded(m))
+        summed = _all_reduce(torch.tensor(local, dtype=torch.int64, device=device), group).tolist()
+        it = iter(summed)
+        out = [next(it) if c < 0 else c for c in out]
+    return out
+
+
+def gather_mask(mask: Tensor) -> Tensor:
+    """The whole of a mask, a plain ``bool`` tensor on the CPU: a sharded one gathered from its parts (a
+    collective: every rank calls it, in the same order; it travels as ``uint8``), any other itself."""
+    if is_sharded(mask):
+        return full_tensor(mask.to(torch.uint8)).cpu().bool()
+    return mask.cpu()
+
+
 def compute_masks(
     weights: Mapping[str, Tensor],
     sparsity: float,
@@ -149,11 +350,16 @@ def compute_masks(
     scope: str = "layer",
     importance: str = "l1",
     layer_sparsity: Mapping[str, float] | None = None,
+    shard_masks: bool = False,
 ) -> dict[str, Tensor]:
     """Masks for named weights at a target ``sparsity``.
 
     Sharded weights (``DTensor``) are gathered first (:func:`full_tensor`, a collective: every rank calls
-    this function with the same names), so the masks are whole and equal to a single-process run's.
+    this function with the same names), so the masks are whole and equal to a single-process run's. With
+    ``shard_masks=True`` and unstructured masks of weights that are all split by rows over one 1-D mesh
+    (:func:`is_row_sharded`: FSDP2), nothing is gathered: the masks are computed shard-wise
+    (:func:`sharded_magnitude_masks`, a collective too) and each is a ``DTensor`` split as its weight (each rank
+    holds its part), equal to a single-process run's once gathered (:func:`gather_mask`).
 
     Args:
         weights: name -> weight tensor (plain or ``DTensor``).
@@ -163,6 +369,7 @@ def compute_masks(
         scope: ``"layer"`` (each tensor reaches ``sparsity``) or ``"global"`` (all tensors ranked together).
         importance: ``"l1"`` (alias ``"magnitude"``) or ``"l2"`` norm of a unit, for structured pruning.
         layer_sparsity: name -> sparsity for tensors pruned at their own target (layer-wise) instead.
+        shard_masks: keep the masks of row-sharded weights sharded (above); other weights are gathered.
 
     Raises:
         ValueError: for unknown granularity/scope/importance names or a sparsity outside ``[0, 1)``.
@@ -177,10 +384,12 @@ def compute_masks(
     check_importance(importance)
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"`sparsity` must be in [0, 1), got {sparsity}.")
-    weights = {n: full_tensor(w) for n, w in weights.items()}
     overrides = dict(layer_sparsity or {})
-    masks: dict[str, Tensor] = {}
     layerwise = {n: overrides.get(n, sparsity) for n in weights if scope == "layer" or n in overrides}
+    if shard_masks and gran == "unstructured" and can_shard_masks(weights.values()):
+        return _sharded_compute_masks(weights, sparsity, layerwise)
+    weights = {n: full_tensor(w) for n, w in weights.items()}
+    masks: dict[str, Tensor] = {}
     for name, s in layerwise.items():
         w = weights[name]
         masks[name] = magnitude_mask(w, s) if gran == "unstructured" else structured_mask(w, s, importance)
@@ -190,6 +399,27 @@ def compute_masks(
             masks.update(global_magnitude_masks(rest, sparsity))
         else:
             masks.update(global_structured_masks(rest, sparsity, importance))
+    return {n: masks[n] for n in weights}
+
+
+def _sharded_compute_masks(
+    weights: Mapping[str, Tensor], sparsity: float, layerwise: Mapping[str, float]
+) -> dict[str, Tensor]:
+    """:func:`compute_masks` of unstructured masks over row-sharded weights, shard-wise: the tensors of
+    ``layerwise`` each at its own sparsity, the others ranked together at ``sparsity``."""
+    groups: list[tuple[list[Tensor], int]] = []
+    names: list[list[str]] = []
+    for name, s in layerwise.items():
+        groups.append(([weights[name]], num_pruned(weights[name].numel(), s)))
+        names.append([name])
+    rest = [n for n in weights if n not in layerwise]
+    if rest:
+        total = sum(weights[n].numel() for n in rest)
+        groups.append(([weights[n] for n in rest], num_pruned(total, sparsity)))
+        names.append(rest)
+    masks = {}
+    for group_names, group_masks in zip(names, sharded_magnitude_masks(groups)):
+        masks.update(zip(group_names, group_masks))
     return {n: masks[n] for n in weights}
 
 
@@ -239,11 +469,16 @@ def cast_masks(masks: Mapping[str, Tensor], tensors: Mapping[str, Tensor]) -> di
     :func:`apply_masks_` (a multiply, no conversion at each step). Masks without a tensor are left out.
     The mask of a sharded tensor (``DTensor``) is split as the tensor is (:func:`shard_like`), so that the
     multiply, of the tensor, its gradient or its optimizer state, stays on each rank's shard."""
-    return {
-        n: shard_like(m.to(device=tensors[n].device, dtype=tensors[n].dtype), tensors[n])
-        for n, m in masks.items()
-        if n in tensors
-    }
+    out = {}
+    for n, m in masks.items():
+        if n not in tensors:
+            continue
+        t = tensors[n]
+        if is_sharded(m):  # split as its tensor already: cast its part
+            out[n] = m.to(dtype=t.dtype)
+        else:
+            out[n] = shard_like(m.to(device=t.device, dtype=t.dtype), t)
+    return out
 
 
 @torch.no_grad()
