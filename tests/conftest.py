@@ -47,6 +47,20 @@ def digits_dm():
     return ImageClassificationDataModule("digits", batch_size=32)
 
 
+_ONCE: dict[str, object] = {}
+
+
+def once(key: str, make):
+    """``make()`` once per test process, then the same value: for the expensive results (multi-process runs) that
+    a module's tests share. A module-scoped fixture is not enough under pytest-xdist: a worker that runs another
+    module's test in between tears the fixture down, and the next test of the module runs it again (seen: the
+    2-process runs of the FSDP2 checkpoint, distillation and CLI tests ran twice on one worker). Two workers may
+    still each make it once."""
+    if key not in _ONCE:
+        _ONCE[key] = make()
+    return _ONCE[key]
+
+
 def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
     """Keyword arguments for a fast, quiet single-process CPU Trainer in tests: no logger, checkpoints, progress
     bar, model summary or sanity check, one epoch, files under ``tmp_path``; ``overrides`` win."""

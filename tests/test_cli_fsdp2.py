@@ -38,7 +38,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lightning_optim.checkpoints import consolidate_checkpoint, is_sharded_checkpoint
 from lightning_optim.cli import build_cli, find_last_checkpoint
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, once
 from tests.ports import free_port
 
 RECIPE = REPO_ROOT / "examples" / "fsdp2_recipe.yaml"
@@ -114,9 +114,7 @@ def epoch_folder(root: Path, version: int, epoch: int) -> Path:
     return checkpoints(root, version) / f"epoch={epoch}-step={(epoch + 1) * STEPS_PER_EPOCH}.ckpt"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, object]:
-    base = tmp_path_factory.mktemp("cli_fsdp2")
+def _run_commands(base: Path) -> dict[str, object]:
     straight, stopped = base / "straight", base / "stopped"
     first = [Command(straight), Command(stopped, "--trainer.max_epochs", "1")]  # side by side
     outputs = {"straight": first[0].wait(), "stopped": first[1].wait()}
@@ -124,8 +122,12 @@ def runs(tmp_path_factory) -> dict[str, object]:
     return {"straight": straight, "stopped": stopped, **{f"{k}_output": v for k, v in outputs.items()}}
 
 
-@pytest.mark.slow
-def test_the_recipe_writes_sharded_checkpoint_folders(runs):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, object]:
+    return once("cli_fsdp2", lambda: _run_commands(tmp_path_factory.mktemp("cli_fsdp2")))
+
+
+def _the_recipe_writes_sharded_checkpoint_folders(runs):
     straight, stopped = runs["straight"], runs["stopped"]
     for folder in (
         epoch_folder(straight, 0, 0),
@@ -141,8 +143,7 @@ def test_the_recipe_writes_sharded_checkpoint_folders(runs):
     assert (meta["epoch"], meta["global_step"]) == (0, STEPS_PER_EPOCH)
 
 
-@pytest.mark.slow
-def test_ckpt_path_last_resumes_from_the_sharded_folder_of_the_first_run(runs):
+def _ckpt_path_last_resumes_from_the_sharded_folder_of_the_first_run(runs):
     stopped = runs["stopped"]
     found = checkpoints(stopped, 0) / "last.ckpt"
     assert f"--ckpt_path last: resuming from {found}" in runs["resumed_output"]
@@ -154,8 +155,7 @@ def test_ckpt_path_last_resumes_from_the_sharded_folder_of_the_first_run(runs):
     assert (meta["epoch"], meta["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
 
 
-@pytest.mark.slow
-def test_the_resumed_run_ends_with_a_report_and_an_int8_model(runs):
+def _the_resumed_run_ends_with_a_report_and_an_int8_model(runs):
     for root, version in ((runs["straight"], 0), (runs["stopped"], 1)):
         log_dir = root / "lightning_logs" / f"version_{version}"
         assert (log_dir / "quantization" / "model_int8_ptq.pt2").is_file()
@@ -169,8 +169,7 @@ def _consolidated_weights(folder: Path, out: Path) -> dict[str, torch.Tensor]:
     return torch.load(single, weights_only=True)["state_dict"]
 
 
-@pytest.mark.slow
-def test_resumed_weights_equal_the_straight_runs_exactly(runs, tmp_path):
+def _resumed_weights_equal_the_straight_runs_exactly(runs, tmp_path):
     assert not epoch_folder(runs["stopped"], 1, 0).exists(), (
         "the second command trained epoch 1 again: no resume"
     )
@@ -185,8 +184,7 @@ def test_resumed_weights_equal_the_straight_runs_exactly(runs, tmp_path):
     assert zeros > 0.75
 
 
-@pytest.mark.slow
-def test_the_int8_models_of_both_runs_give_the_same_outputs(runs):
+def _the_int8_models_of_both_runs_give_the_same_outputs(runs):
     programs = [
         torch.export.load(root / "lightning_logs" / f"version_{v}" / "quantization" / "model_int8_ptq.pt2")
         for root, v in ((runs["straight"], 0), (runs["stopped"], 1))
@@ -292,3 +290,14 @@ def test_find_last_checkpoint_takes_the_newest_of_files_and_sharded_folders(tmp_
     single.write_bytes(b"x")
     os.utime(single, (3_000_000, 3_000_000))
     assert find_last_checkpoint(cli.trainer) == str(single)
+
+
+@pytest.mark.slow
+def test_the_fsdp2_recipe_resumes_from_its_sharded_folder_exactly(runs, tmp_path):
+    """The three commands (2 processes each) run once, in one test: split over tests, pytest-xdist's two workers
+    could each run them."""
+    _the_recipe_writes_sharded_checkpoint_folders(runs)
+    _ckpt_path_last_resumes_from_the_sharded_folder_of_the_first_run(runs)
+    _the_resumed_run_ends_with_a_report_and_an_int8_model(runs)
+    _resumed_weights_equal_the_straight_runs_exactly(runs, tmp_path)
+    _the_int8_models_of_both_runs_give_the_same_outputs(runs)

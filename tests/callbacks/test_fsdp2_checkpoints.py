@@ -36,6 +36,7 @@ from lightning_optim.checkpoints import consolidate_checkpoint, is_sharded_check
 from lightning_optim.weights import load_weights
 from tests.callbacks import fsdp2_ckpt_worker as worker
 from tests.callbacks.fsdp2_worker import BATCH, loader, trainer_kwargs
+from tests.conftest import once
 
 pytestmark = pytest.mark.slow
 
@@ -116,12 +117,15 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Runs:
-    return Runs(tmp_path_factory.mktemp("fsdp2_checkpoints"))
+    return once("fsdp2_checkpoints", lambda: Runs(tmp_path_factory.mktemp("fsdp2_checkpoints")))
 
 
 @pytest.fixture(scope="module")
 def consolidated(runs) -> Path:
-    return consolidate_checkpoint(runs.out / "straight_final.ckpt", runs.out / "consolidated.ckpt")
+    return once(
+        "fsdp2_consolidated",
+        lambda: consolidate_checkpoint(runs.out / "straight_final.ckpt", runs.out / "consolidated.ckpt"),
+    )
 
 
 def _assert_equal(a: Any, b: Any, where: str) -> None:

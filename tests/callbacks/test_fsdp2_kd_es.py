@@ -37,6 +37,7 @@ from lightning_optim.functional.distillation import (
 )
 from tests.callbacks import fsdp2_kd_es_worker as worker
 from tests.callbacks import fsdp2_worker as base
+from tests.conftest import once
 from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -251,12 +252,12 @@ def _run_two_processes(scenario: str, out: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def kd_runs(tmp_path_factory) -> list[dict[str, Any]]:
-    return _run_two_processes("kd", tmp_path_factory.mktemp("fsdp2_kd"))
+    return once("fsdp2_kd", lambda: _run_two_processes("kd", tmp_path_factory.mktemp("fsdp2_kd")))
 
 
 @pytest.fixture(scope="module")
 def es_runs(tmp_path_factory) -> list[dict[str, Any]]:
-    return _run_two_processes("es", tmp_path_factory.mktemp("fsdp2_es"))
+    return once("fsdp2_es", lambda: _run_two_processes("es", tmp_path_factory.mktemp("fsdp2_es")))
 
 
 def _single_process_kd(run: str, root: Path) -> tuple[KnowledgeDistillation, pl.LightningModule]:

@@ -16,14 +16,25 @@ from tests.callbacks.callback_settings import CALLBACK_SETTINGS
 from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: the callbacks the two-node runs fit
+NODE_CALLBACKS = (
+    "ProgressivePruning",
+    "QuantizationAwareTraining",
+    "PostTrainingQuantization",
+    "KnowledgeDistillation",
+    "EarlyStopping",
+    "WeightSharing",
+)
 
 
 @pytest.mark.slow
 def test_two_nodes_on_localhost(tmp_path):
+    # the callbacks with rank handling of their own (broadcasts of masks, ranges, best weights, teachers,
+    # codebooks); every entry runs on 2 processes of one node in the DDP matrix (test_callback_matrix.py)
     names = [
         n
         for n in ms.exported_callbacks()
-        if n in CALLBACK_SETTINGS and not ms.entry(n).get("skip", {}).get("ddp")
+        if n in CALLBACK_SETTINGS and not ms.entry(n).get("skip", {}).get("ddp") and n in NODE_CALLBACKS
     ]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
@@ -70,11 +81,14 @@ def test_two_nodes_on_localhost(tmp_path):
 
 @pytest.mark.slow
 def test_two_nodes_on_localhost_under_fsdp2(tmp_path):
-    """The same two "nodes", every entry under FSDP2 (ModelParallelStrategy, ClassificationModule(sharding=
-    "fsdp2")): fitted with the network sharded over the nodes and identical on both, or refused at setup."""
-    from tests.callbacks.test_callback_matrix import _fsdp2_names, check_fsdp2_results, run_fsdp2_matrix
+    """The same two "nodes" under FSDP2 (ModelParallelStrategy, ClassificationModule(sharding="fsdp2")), for
+    callbacks with collectives of their own under sharding (shard-wise masks, QAT's broadcast and gathered
+    conversion, a teacher's broadcast) and one that refuses (every entry runs on 2 processes of one node in
+    test_callback_matrix.py): fitted with the network sharded over the nodes and identical on both, or refused at
+    setup."""
+    from tests.callbacks.test_callback_matrix import check_fsdp2_results, run_fsdp2_matrix
 
-    names = _fsdp2_names()
+    names = [n for n in NODE_CALLBACKS if n != "EarlyStopping" and n != "PostTrainingQuantization"]
     port = free_port()
     launchers = [
         [
@@ -90,4 +104,4 @@ def test_two_nodes_on_localhost_under_fsdp2(tmp_path):
     outcome = check_fsdp2_results(tmp_path, names, resume=False)
     for name in names:
         assert torch.load(tmp_path / f"{name}_rank0.pt", weights_only=True)["num_nodes"] == 2, name
-    assert "fitted" in outcome.values()
+    assert "fitted" in outcome.values() and outcome["WeightSharing"] == "refused"
