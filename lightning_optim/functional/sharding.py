@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from lightning_optim.functional.pruning.masks import full_tensor, is_sharded
+from lightning_optim.functional.pruning.masks import full_tensor, is_sharded, mask_counts
 
 __all__ = ["gathered_copy", "is_sharded_module", "matching_skeleton", "sharded_zero_count", "skeleton"]
 
@@ -121,31 +121,8 @@ def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
 def sharded_zero_count(tensors: Iterable[Tensor]) -> tuple[int, int]:
     """``(zeros, entries)`` over ``tensors``: sharded ones counted on their local shard and summed over their
     mesh (one all-reduce when any is sharded: every rank calls it; a replicated mesh dimension counts once),
-    the others counted as they are."""
-    zeros = entries = 0
-    local = torch.zeros(2, dtype=torch.float64)
-    group = None
-    for t in tensors:
-        if is_sharded(t):
-            mesh = t.device_mesh
-            if mesh.ndim != 1:
-                raise ValueError(
-                    f"Counting zeros over a {mesh.ndim}-D device mesh is not supported (1-D only)."
-                )
-            group = mesh.get_group()
-            if any(p.is_replicate() for p in t.placements) and mesh.get_local_rank() != 0:
-                continue  # the same entries as on the mesh's first rank
-            part = t.to_local()
-            local += torch.tensor([float(part.eq(0).sum()), float(part.numel())], dtype=torch.float64)
-        else:
-            zeros += int(t.eq(0).sum())
-            entries += t.numel()
-    if group is not None:
-        import torch.distributed as dist
-
-        device = torch.device("cuda") if dist.get_backend(group) == "nccl" else torch.device("cpu")
-        local = local.to(device)
-        dist.all_reduce(local, group=group)
-        zeros += int(local[0])
-        entries += int(local[1])
-    return zeros, entries
+    the others counted as they are. The nonzero entries are counted by
+    :func:`~lightning_optim.functional.pruning.masks.mask_counts` (the count of a sharded mask's kept entries)."""
+    tensors = list(tensors)
+    entries = sum(t.numel() for t in tensors)  # a DTensor's numel is the whole tensor's
+    return entries - sum(mask_counts([t.ne(0) for t in tensors])), entries
