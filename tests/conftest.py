@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import warnings
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests import ddp_support, ports
+from tests import ddp_support, launch, ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Real MNIST (the files torchvision reads with download=False) lives in ../shared/data beside the checkout.
@@ -27,8 +28,29 @@ ddp_support.register()
 
 def pytest_configure(config: pytest.Config) -> None:
     """Lightning's ddp_spawn takes MASTER_PORT from the environment: one of this pytest-xdist worker's own ports
-    (in the pytest process only: the tests' worker scripts import this module too)."""
+    (in the pytest process only: the tests' worker scripts import this module too). The multi-process runs fork
+    their ranks from a fork server with the heavy imports done (:mod:`tests.launch`)."""
     ports.pin_master_port()
+    launch.configure()
+
+
+#: the module whose tests share one fit per settings-table entry, and those tests' names
+_MATRIX_MODULE = "tests/callbacks/test_callback_matrix.py"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the settings-table tests that share one fit per entry (``SHARED_FIT_TESTS`` of
+    tests/callbacks/test_callback_matrix.py) next to each other, entry by entry, in the slots they had: pytest-xdist
+    then hands an entry's tests to one worker, which makes the fit once. The same order on every worker."""
+    matrix = [i for i, item in enumerate(items) if item.nodeid.startswith(_MATRIX_MODULE + "::")]
+    if not matrix:
+        return
+    order = items[matrix[0]].module.SHARED_FIT_TESTS
+    slots = [i for i in matrix if getattr(items[i], "originalname", "") in order]
+    chosen = [items[i] for i in slots]
+    chosen.sort(key=lambda item: (item.callspec.params["name"], order.index(item.originalname)))
+    for slot, item in zip(slots, chosen):
+        items[slot] = item
 
 
 @pytest.fixture
@@ -59,6 +81,43 @@ def once(key: str, make):
     if key not in _ONCE:
         _ONCE[key] = make()
     return _ONCE[key]
+
+
+def run_once_per_session(key: str, tmp_path_factory: pytest.TempPathFactory, launch) -> Path | str:
+    """``launch(folder)`` once per test session, even when both pytest-xdist workers ask (a module's tests split
+    between them): the folder it filled, or why it failed (the text of the ``AssertionError`` it raised, e.g.
+    :func:`tests.launch.run_ranks`' ranks' logs). For runs whose results are files (the multi-process runs).
+
+    The first worker to ask runs it holding a lock on the session's shared temporary folder; the other waits on
+    the lock (idle: its core goes to the run's processes) and then reads the same folder. :func:`once` keeps the
+    answer per process."""
+
+    def make() -> Path | str:
+        base = tmp_path_factory.getbasetemp()
+        shared = (
+            base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+        )  # popen-gwN/.. is the session's
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+        folder, failed = shared / f"once-{name}", shared / f"once-{name}.failed"
+        with open(shared / f"once-{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if failed.exists():
+                    return failed.read_text()
+                if (folder / ".done").exists():
+                    return folder
+                folder.mkdir(parents=True, exist_ok=True)
+                try:
+                    launch(folder)
+                except AssertionError as err:
+                    failed.write_text(str(err))
+                    return str(err)
+                (folder / ".done").touch()
+                return folder
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    return once(f"session:{key}", make)
 
 
 def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:

@@ -18,7 +18,9 @@ no interpreter finalization, hence no destructor of a joinable thread, in any wo
 raised is left to torch's normal error path (the exception reaches the test).
 
 Registered over Lightning's ``"ddp_spawn"`` in ``tests/conftest.py``: the main process builds the strategy from
-the registry; the spawned workers unpickle it and import this module by name.
+the registry; the workers unpickle it and import this module by name. The workers are forked from the tests'
+warm fork server (:mod:`tests.launch`) rather than spawned as fresh interpreters (~5 s of imports each), and
+start as spawned ones would (:class:`LockstepExitLauncher`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,17 @@ import sys
 from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers.multiprocessing import (
+    _disable_module_memory_sharing,
+    _GlobalStateSnapshot,
+    _MultiProcessingLauncher,
+)
+
+from tests import launch
 
 #: how long a worker waits at the exit barrier for the other (a hung peer fails the test, never hangs it)
 EXIT_BARRIER_TIMEOUT = timedelta(seconds=120)
@@ -51,15 +61,40 @@ def leave_in_lockstep() -> None:
 
 
 class LockstepExitLauncher(_MultiProcessingLauncher):
-    """Lightning's spawn launcher whose workers end with :func:`leave_in_lockstep` once their work is done."""
+    """Lightning's spawn launcher whose workers end with :func:`leave_in_lockstep` once their work is done.
 
-    def _wrapping_function(self, process_idx: int, *args: Any, **kwargs: Any) -> None:
-        super()._wrapping_function(process_idx, *args, **kwargs)
+    With ``start_method="forkserver"`` the workers are forked from the tests' warm fork server
+    (:mod:`tests.launch`: no ~5 s of imports per worker) and start as spawned ones do: with the pytest process's
+    environment and global state (random generators, deterministic flags: Lightning restores these for "spawn"
+    only) and their own copies of the module's tensors (not shared memory with each other and the test). While
+    CUDA is initialized in the test's process the workers are spawned (Lightning refuses to fork then)."""
+
+    def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        self._parent_state = None
+        if self._start_method in ("forkserver", "spawn"):
+            self._start_method = "spawn" if torch.cuda.is_initialized() else "forkserver"
+        if self._start_method == "forkserver":
+            launch.configure()
+            self._parent_state = (_GlobalStateSnapshot.capture(), dict(os.environ))
+        return super().launch(function, *args, trainer=trainer, **kwargs)
+
+    def _wrapping_function(
+        self, process_idx: int, trainer: Any, function: Any, args: Any, kwargs: Any, *rest: Any
+    ) -> None:
+        if self._start_method == "forkserver" and getattr(self, "_parent_state", None) is not None:
+            launch.after_fork()
+            snapshot, env = self._parent_state
+            os.environ.clear()
+            os.environ.update(env)
+            snapshot.restore()
+            if isinstance(self._strategy.accelerator, CPUAccelerator):
+                args, kwargs = _disable_module_memory_sharing((args, kwargs))
+        super()._wrapping_function(process_idx, trainer, function, args, kwargs, *rest)
         leave_in_lockstep()
 
 
 class LockstepSpawnDDP(DDPStrategy):
-    """``DDPStrategy(start_method="spawn")`` with :class:`LockstepExitLauncher`."""
+    """``DDPStrategy`` with :class:`LockstepExitLauncher`, its workers forked from the warm fork server."""
 
     def _configure_launcher(self) -> None:
         self._launcher = LockstepExitLauncher(self, start_method=self._start_method)
@@ -72,6 +107,6 @@ def register() -> None:
         "ddp_spawn",
         LockstepSpawnDDP,
         description="ddp_spawn whose workers leave in lockstep (tests/ddp_support.py)",
-        start_method="spawn",
+        start_method="forkserver",
         override=True,
     )

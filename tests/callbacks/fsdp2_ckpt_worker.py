@@ -1,8 +1,10 @@
 """Worker of the sharded-checkpoint tests (``tests/callbacks/test_fsdp2_checkpoints.py``): one of 2 processes on
-CPU (gloo), started by the test with Lightning's environment variables (``LOCAL_RANK``, ``NODE_RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), so Lightning starts no process of its own.
+CPU (gloo), started by the test through :func:`tests.launch.run_ranks` with torchrun's environment variables
+(``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ...), so Lightning starts no process of
+its own.
 
-Usage: python -m tests.callbacks.fsdp2_ckpt_worker SCENARIO OUT_DIR
+Usage: python -m tests.callbacks.fsdp2_ckpt_worker OUT_DIR SCENARIO [SCENARIO ...]  (in turn; the test runs
+``straight resume``)
 
 Both scenarios fit the MLP of :mod:`tests.callbacks.fsdp2_worker` (with a dropout, drawn per rank) sharded with FSDP2
 (``ClassificationModule(sharding="fsdp2")`` under ``ModelParallelStrategy``, Adam with two parameter groups, so
@@ -14,21 +16,23 @@ checkpoint (a folder: ``torch.distributed.checkpoint`` files and ``meta.pt``) ev
 - ``straight``: the uninterrupted fit; its checkpoints go to ``OUT/straight_ckpts`` (step :data:`SAVE_EVERY` is
   mid-epoch and mid-ramp), and after the fit ``OUT/straight_final.ckpt`` (a sharded checkpoint, by
   ``trainer.save_checkpoint``).
-- ``resume``: a fresh fit resuming from ``OUT/straight_ckpts/<the step-SAVE_EVERY checkpoint>``
-  (``ckpt_path=``); checkpoints to ``OUT/resume_ckpts``.
+- ``resume``: a fresh fit (new Trainer, module and callbacks; the random generators seeded again) resuming from
+  ``OUT/straight_ckpts/<the step-SAVE_EVERY checkpoint>`` (``ckpt_path=``); checkpoints to ``OUT/resume_ckpts``.
 
 Each writes ``<scenario>_rank<r>.pt``: the masks, the full weights (gathered with ``full_tensor``), the full
 optimizer state (rank 0), the pruning history, the learning rates, the global step and the logits of the
 sharded network on :func:`probe_batch`.
 
 Every collective has the process group's timeout (``fsdp2_worker.PG_TIMEOUT``); the worker ends with
-``leave_in_lockstep`` (barrier with a timeout, process group destroyed, ``os._exit(0)``).
+``leave_in_lockstep`` (barrier with a timeout, process group destroyed, ``os._exit(0)``), through
+:func:`fsdp2_worker.run_scenarios`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +52,9 @@ from tests.callbacks.fsdp2_worker import (
     dataset,
     loader,
     network,
+    run_scenarios,
     trainer_kwargs,
 )
-from tests.ddp_support import leave_in_lockstep
 
 #: optimizer steps of the fit: 3 epochs of 4 steps (64 samples, 8 per rank and step)
 STEPS = 12
@@ -160,13 +164,12 @@ def run(scenario: str, out: Path) -> None:
     )
 
 
-def main() -> None:
-    scenario, out = sys.argv[1], Path(sys.argv[2])
-    if scenario not in ("straight", "resume"):
-        raise SystemExit(f"unknown scenario {scenario!r}")
-    run(scenario, out)
-    leave_in_lockstep()
+#: the scenarios of the worker, by the name the command line gives (``resume`` reads ``straight``'s checkpoint)
+SCENARIOS: dict[str, Callable[[Path], None]] = {
+    "straight": lambda out: run("straight", out),
+    "resume": lambda out: run("resume", out),
+}
 
 
 if __name__ == "__main__":
-    main()
+    run_scenarios(SCENARIOS, sys.argv[1:])

@@ -1,8 +1,10 @@
 """Worker of the FSDP2 distillation and early-stopping tests (``tests/callbacks/test_fsdp2_kd_es.py``): one of 2
-processes on CPU (gloo), started by the test with Lightning's environment variables (``LOCAL_RANK``,
-``NODE_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), so Lightning starts no process of its own.
+processes on CPU (gloo), started by the test through :func:`tests.launch.run_ranks` with torchrun's environment
+variables (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ...), so Lightning starts
+no process of its own.
 
-Usage: python -m tests.callbacks.fsdp2_kd_es_worker SCENARIO OUT_DIR
+Usage: python -m tests.callbacks.fsdp2_kd_es_worker OUT_DIR SCENARIO [SCENARIO ...]  (scenarios in turn: ``kd``,
+``es``)
 
 The student is :func:`tests.callbacks.fsdp2_worker.network` sharded with ``ClassificationModule(sharding="fsdp2")``
 under ``ModelParallelStrategy``; rank r reads the samples r, r+2, ... in order (:func:`fsdp2_worker.loader`), so
@@ -25,13 +27,15 @@ one step of both ranks at batch B covers one single-process step at batch 2B.
   restored epoch, the callback's state and the checkpoints' paths.
 
 Every collective has the process group's timeout (``fsdp2_worker.PG_TIMEOUT``); the worker ends with
-``leave_in_lockstep`` (barrier with a timeout, process group destroyed, ``os._exit(0)``).
+``leave_in_lockstep`` (barrier with a timeout, process group destroyed, ``os._exit(0)``), through
+:func:`fsdp2_worker.run_scenarios`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,6 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from lightning_optim.callbacks import EarlyStopping, KnowledgeDistillation
 from lightning_optim.functional.pruning.masks import full_tensor, is_sharded
 from tests.callbacks import fsdp2_worker as base
-from tests.ddp_support import leave_in_lockstep
 
 #: the distillation settings of every run (the single-process references use the same)
 KD = {"temperature": 2.0, "alpha": 0.7}
@@ -150,7 +153,7 @@ def run_kd(out: Path) -> None:
         before = gathered(kd.teacher.module)
         checkpoint = ModelCheckpoint(dirpath=str(out / f"{run}_ckpt"), save_last=True, save_top_k=0)
         pl.seed_everything(0)
-        trainer = sharded_trainer(out / run, [kd, SkewRank1(kd), checkpoint])
+        trainer = sharded_trainer(out / "kd" / run, [kd, SkewRank1(kd), checkpoint])
         net = base.module("fsdp2")
         loader = indexed_loader(base.BATCH, ranks=2) if run == "cache" else base.loader(base.BATCH, ranks=2)
         trainer.fit(net, train_dataloaders=loader)
@@ -201,7 +204,7 @@ def run_es(out: Path) -> None:
         es, score, checkpoint = es_callbacks(source, out / f"es_{run}_ckpt")
         pl.seed_everything(0)
         trainer = sharded_trainer(
-            out / run,
+            out / "es" / run,
             [score, es, checkpoint],
             distributed_checkpoint=run != "checkpoint_file",
             max_epochs=len(SCORES),
@@ -234,11 +237,9 @@ def run_es(out: Path) -> None:
     torch.save(results, out / f"es_rank{rank}.pt")
 
 
-def main() -> None:
-    scenario, out = sys.argv[1], Path(sys.argv[2])
-    {"kd": run_kd, "es": run_es}[scenario](out)
-    leave_in_lockstep()
+#: the scenarios of the worker, by the name the command line gives
+SCENARIOS: dict[str, Callable[[Path], None]] = {"kd": run_kd, "es": run_es}
 
 
 if __name__ == "__main__":
-    main()
+    base.run_scenarios(SCENARIOS, sys.argv[1:])

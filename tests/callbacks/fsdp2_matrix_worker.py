@@ -1,7 +1,8 @@
 """Worker of the generated FSDP2 tests: launched by torchrun, 2 processes on CPU (gloo), the network sharded with
 ``ClassificationModule(sharding="fsdp2")`` under ``ModelParallelStrategy``.
 
-Usage: torchrun --nproc_per_node=2 tests/callbacks/fsdp2_matrix_worker.py OUT_DIR [--no-resume] NAME [NAME ...]
+Usage: torchrun --nproc_per_node=2 tests/callbacks/fsdp2_matrix_worker.py OUT_DIR [--no-resume] NAME [NAME ...] (or
+its ranks forked by ``tests.launch.run_ranks``, as the one-node tests do)
 
 For each settings-table entry, each rank:
 
@@ -117,10 +118,13 @@ def _fit(name: str, root: Path, devices: int, num_nodes: int, ckpt_path: str | N
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
     args = sys.argv[2:]
-    resume = "--no-resume" not in args
-    names = [a for a in args if a != "--no-resume"]
+    run(Path(sys.argv[1]), [a for a in args if a != "--no-resume"], resume="--no-resume" not in args)
+    leave_in_lockstep()
+
+
+def run(out: Path, names: list[str], resume: bool = True) -> None:
+    """Fit (and, with ``resume``, resume) each named entry under FSDP2 and save ``<name>_rank<r>.pt`` in ``out``."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "2"))
     num_nodes = int(os.environ.get("WORLD_SIZE", str(local))) // local
     rank = int(os.environ.get("RANK", "0"))
@@ -149,7 +153,6 @@ def main() -> None:
                 result["resumed_callback"] = _tensors_only(callback_b.state_dict())
         torch.save(result, out / f"{name}_rank{rank}.pt")
         torch.distributed.barrier()
-    leave_in_lockstep()
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """Worker of the FSDP2 tests (``tests/callbacks/test_fsdp2.py``): one of 2 processes on CPU (gloo), started by
-the test with Lightning's environment variables (``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
-``MASTER_PORT``), so Lightning starts no process of its own.
+the test through :func:`tests.launch.run_ranks` with torchrun's environment variables (``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ...), so Lightning starts no process of its own.
 
-Usage: python -m tests.callbacks.fsdp2_worker SCENARIO OUT_DIR
+Usage: python -m tests.callbacks.fsdp2_worker OUT_DIR SCENARIO [SCENARIO ...]
 
-- ``prune``: a fit of :func:`network` sharded with ``ClassificationModule(sharding="fsdp2")`` under
-  ``ModelParallelStrategy``, with ProgressivePruning (unstructured; ``scope`` from ``FSDP2_SCOPE``, default
-  ``layer``); writes ``prune_rank<r>.pt`` (the masks, the gathered full weights, and what the shards looked like).
-- ``callbacks``: every refused callback setting (:data:`REFUSED`) fitted in turn, each expected to stop at setup
-  with a ``ValueError`` before any step (message and global step recorded); then one fit with the callbacks
+The scenarios run in turn, in one process group (:data:`SCENARIOS`):
+
+- ``prune:layer``, ``prune:global``: a fit of :func:`network` sharded with ``ClassificationModule(sharding="fsdp2")``
+  under ``ModelParallelStrategy``, with ProgressivePruning (unstructured, of that ``scope``); writes
+  ``prune_<scope>_rank<r>.pt`` (the masks, the gathered full weights, and what the shards looked like).
+- ``callbacks``: every refused callback setting (:func:`refused_settings`) fitted in turn, each expected to stop at
+  setup with a ``ValueError`` before any step (message and global step recorded); then one fit with the callbacks
   that declare support; writes ``callbacks_rank<r>.json``.
+- ``gather``: unstructured pruning, then PTQ and the compression report on gathered copies of the sharded
+  network; writes ``gather_rank<r>.pt``.
+- ``tp``: unstructured pruning (layer scope) of a tensor-parallel MLP; writes ``tp_rank<r>.pt``.
 
 Every collective has the process group's timeout (:data:`PG_TIMEOUT`); the worker ends like the tests'
 ``ddp_spawn`` workers (``tests/ddp_support.py``): a barrier with a timeout, the process group destroyed, then
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -124,11 +130,10 @@ def fsdp2_trainer(root: str, callbacks: list[pl.Callback], tensor_parallel: bool
     )
 
 
-def run_prune(out: Path) -> None:
-    scope = os.environ.get("FSDP2_SCOPE", "layer")
+def run_prune(out: Path, scope: str) -> None:
     pl.seed_everything(0)
     pruning = ProgressivePruning(scope=scope, **PRUNING)
-    trainer = fsdp2_trainer(str(out), [pruning])
+    trainer = fsdp2_trainer(str(out / f"prune_{scope}"), [pruning])
     net = module("fsdp2")
     trainer.fit(net, train_dataloaders=loader(BATCH, ranks=2))
     params = dict(net.model.named_parameters())
@@ -150,7 +155,7 @@ def run_prune(out: Path) -> None:
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
         },
-        out / f"prune_rank{trainer.global_rank}.pt",
+        out / f"prune_{scope}_rank{trainer.global_rank}.pt",
     )
 
 
@@ -170,10 +175,9 @@ class TensorParallelModule(ClassificationModule):
 def run_tensor_parallel(out: Path) -> None:
     """Unstructured pruning of a tensor-parallel MLP: both ranks see the same batches of twice the per-rank
     batch (so a single process with that batch is the reference)."""
-    scope = os.environ.get("FSDP2_SCOPE", "layer")
     pl.seed_everything(0)
-    pruning = ProgressivePruning(scope=scope, **PRUNING)
-    trainer = fsdp2_trainer(str(out), [pruning], tensor_parallel=True)
+    pruning = ProgressivePruning(scope="layer", **PRUNING)
+    trainer = fsdp2_trainer(str(out / "tp"), [pruning], tensor_parallel=True)
     torch.manual_seed(0)
     net = TensorParallelModule(network(hidden=32), num_classes=CLASSES, optimizer="sgd", lr=0.1)
     trainer.fit(net, train_dataloaders=loader(2 * BATCH))
@@ -318,7 +322,7 @@ def run_gather(out: Path) -> None:
     pruning = ProgressivePruning(**PRUNING)
     ptq = PostTrainingQuantization(**PTQ)
     report = small_report(out / "report")
-    trainer = fsdp2_trainer(str(out), [pruning, ptq, report])
+    trainer = fsdp2_trainer(str(out / "gather"), [pruning, ptq, report])
     net = module("fsdp2")
     trainer.fit(net, train_dataloaders=loader(BATCH, ranks=2), val_dataloaders=loader(BATCH, ranks=2))
     params = dict(net.model.named_parameters())
@@ -346,13 +350,30 @@ def run_gather(out: Path) -> None:
     )
 
 
-def main() -> None:
-    scenario, out = sys.argv[1], Path(sys.argv[2])
-    {"prune": run_prune, "callbacks": run_callbacks, "gather": run_gather, "tp": run_tensor_parallel}[
-        scenario
-    ](out)
+#: the scenarios of the worker, by the name the command line gives
+SCENARIOS: dict[str, Callable[[Path], None]] = {
+    "prune:layer": lambda out: run_prune(out, "layer"),
+    "prune:global": lambda out: run_prune(out, "global"),
+    "callbacks": run_callbacks,
+    "gather": run_gather,
+    "tp": run_tensor_parallel,
+}
+
+
+def run_scenarios(scenarios: dict[str, Callable[[Path], None]], argv: list[str]) -> None:
+    """Run the scenarios named by ``argv`` (``OUT_DIR SCENARIO [SCENARIO ...]``) in turn, a barrier after each (the
+    next starts once every rank has written the last one's files), then :func:`leave_in_lockstep`. An unknown name
+    is refused before any of them runs (on every rank alike)."""
+    out, names = Path(argv[0]), argv[1:]
+    unknown = [n for n in names if n not in scenarios]
+    if not names or unknown:
+        raise SystemExit(f"Unknown scenarios {unknown}, or none given; allowed: {list(scenarios)}")
+    for name in names:
+        scenarios[name](out)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
     leave_in_lockstep()
 
 
 if __name__ == "__main__":
-    main()
+    run_scenarios(SCENARIOS, sys.argv[1:])

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,7 +21,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.callbacks import matrix_support as ms
 from tests.callbacks.callback_settings import CALLBACK_SETTINGS
-from tests.ports import free_port
+from tests.conftest import once
+from tests.launch import run_ranks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPORTED = ms.exported_callbacks()
@@ -62,9 +62,48 @@ def test_every_exported_callback_has_settings():
     assert not unknown, f"Settings entries for callbacks that are not exported: {unknown}"
 
 
+#: the tests that check one shared fit of each entry (:func:`_fitted`), in this order; ``tests/conftest.py`` puts
+#: each entry's tests next to each other so that pytest-xdist hands them to one worker, which fits it once
+SHARED_FIT_TESTS = (
+    "test_fit_two_epochs",
+    "test_state_dict_round_trip",
+    "test_pickling",
+    "test_resume_equals_uninterrupted",
+)
+
+
+@dataclass
+class Fitted:
+    """An entry's 2-epoch fit with a checkpoint after each epoch, and its callback pickled before the fit."""
+
+    trainer: pl.Trainer
+    module: pl.LightningModule
+    callback: pl.Callback
+    ckpt_dir: Path
+    pickled_before_fit: bytes
+
+
+def _fitted(name: str, tmp_path_factory: pytest.TempPathFactory) -> Fitted:
+    """The entry's fit, made once per test process (:func:`tests.conftest.once`) and read, never changed, by the
+    fit, state_dict, pickling and resume tests (the same fit each of them made on its own before)."""
+
+    def make() -> Fitted:
+        root = tmp_path_factory.mktemp("fitted")
+        ckpt_dir = root / "ckpt"
+        checkpoints = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        before = pickle.dumps(ms.make_callback(name))  # a fresh one (the fit seeds and makes its own)
+        trainer, module, callback = _fit(
+            name, str(root / "fit"), callbacks=[checkpoints], enable_checkpointing=True
+        )
+        return Fitted(trainer, module, callback, ckpt_dir, before)
+
+    return once(f"callback-matrix-fit:{name}", make)
+
+
 @pytest.mark.parametrize("name", _cases("fit"))
-def test_fit_two_epochs(name, tmp_path):
-    trainer, module, callback = _fit(name, str(tmp_path))
+def test_fit_two_epochs(name, tmp_path_factory):
+    fitted = _fitted(name, tmp_path_factory)
+    trainer, module, callback = fitted.trainer, fitted.module, fitted.callback
     assert trainer.state.finished, trainer.state
     assert trainer.current_epoch == 2
     check = ms.entry(name).get("check_active")
@@ -73,8 +112,8 @@ def test_fit_two_epochs(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", _cases("state_dict"))
-def test_state_dict_round_trip(name, tmp_path):
-    _, _, callback = _fit(name, str(tmp_path))
+def test_state_dict_round_trip(name, tmp_path_factory):
+    callback = _fitted(name, tmp_path_factory).callback
     state = callback.state_dict()
     fresh = ms.make_callback(name)
     fresh.load_state_dict(state)
@@ -83,13 +122,12 @@ def test_state_dict_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", _cases("pickle"))
-def test_pickling(name, tmp_path):
-    callback = ms.make_callback(name)
-    clone = pickle.loads(pickle.dumps(callback))
-    assert type(clone) is type(callback)
-    _, _, fitted = _fit(name, str(tmp_path), callback=callback)
-    clone = pickle.loads(pickle.dumps(fitted))
-    ms.assert_states_equal(fitted.state_dict(), clone.state_dict(), what=f"{name} pickled state")
+def test_pickling(name, tmp_path_factory):
+    fitted = _fitted(name, tmp_path_factory)
+    clone = pickle.loads(fitted.pickled_before_fit)
+    assert type(clone) is type(fitted.callback)
+    clone = pickle.loads(pickle.dumps(fitted.callback))
+    ms.assert_states_equal(fitted.callback.state_dict(), clone.state_dict(), what=f"{name} pickled state")
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["single", "fsdp2"])
@@ -139,14 +177,11 @@ def test_cli_yaml_instantiation(name, sharded, tmp_path):
 
 
 @pytest.mark.parametrize("name", _cases("resume"))
-def test_resume_equals_uninterrupted(name, tmp_path):
-    ckpt_dir = tmp_path / "ckpt"
-    full_ckpt = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
-    _, full_module, full_cb = _fit(
-        name, str(tmp_path / "a"), callbacks=[full_ckpt], enable_checkpointing=True
-    )
-    mid = ckpt_dir / "epoch=0.ckpt"
-    assert mid.is_file(), sorted(os.listdir(ckpt_dir))
+def test_resume_equals_uninterrupted(name, tmp_path, tmp_path_factory):
+    fitted = _fitted(name, tmp_path_factory)
+    full_module, full_cb = fitted.module, fitted.callback
+    mid = fitted.ckpt_dir / "epoch=0.ckpt"
+    assert mid.is_file(), sorted(os.listdir(fitted.ckpt_dir))
     _, resumed_module, resumed_cb = _fit(
         name, str(tmp_path / "b"), ckpt_path=str(mid), enable_checkpointing=True
     )
@@ -192,21 +227,9 @@ def test_ddp_two_processes_identical(tmp_path):
     ]
     if not names:
         pytest.skip("no exported callbacks yet")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--nnodes=1",
-        f"--master_port={free_port()}",
-        "--master_addr=127.0.0.1",
-        str(REPO_ROOT / "tests" / "callbacks" / "ddp_matrix_worker.py"),
-        str(tmp_path),
-        *names,
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    run_ranks(
+        "tests.callbacks.ddp_matrix_worker", [tmp_path, *names], tmp_path / "logs", name="ddp", timeout=600
+    )
     for name in names:
         r0 = torch.load(tmp_path / f"{name}_rank0.pt", weights_only=True)
         r1 = torch.load(tmp_path / f"{name}_rank1.pt", weights_only=True)
@@ -235,32 +258,8 @@ def _fsdp2_names() -> list[str]:
     ]
 
 
-def run_fsdp2_matrix(
-    out: Path, launchers: list[list[str]], *args: str, env_extra: dict[str, str] | None = None
-) -> None:
-    """Start ``fsdp2_matrix_worker.py OUT ARGS`` under each torchrun launcher (their options); fail with the
-    output of a launcher that fails or runs past 600 s (all are killed then)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    worker = str(REPO_ROOT / "tests" / "callbacks" / "fsdp2_matrix_worker.py")
-    procs = []
-    for options in launchers:
-        cmd = [sys.executable, "-m", "torch.distributed.run", *options, worker, str(out), *args]
-        procs.append(
-            subprocess.Popen(
-                cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=600)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output[-8000:]
+#: the worker module of the FSDP2 matrix (on one node its ranks are forked by ``tests.launch.run_ranks``)
+FSDP2_WORKER = "tests.callbacks.fsdp2_matrix_worker"
 
 
 def check_fsdp2_results(out: Path, names: list[str], resume: bool) -> dict[str, str]:
@@ -315,8 +314,7 @@ def check_fsdp2_results(out: Path, names: list[str], resume: bool) -> dict[str, 
 def test_fsdp2_fit_and_resume_from_a_sharded_checkpoint(tmp_path):
     """Every entry under FSDP2 on 2 CPU processes: fit, resume from a sharded checkpoint, or a refusal at setup."""
     names = _fsdp2_names()
-    options = ["--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", "--master_addr=127.0.0.1"]
-    run_fsdp2_matrix(tmp_path, [options], *names)
+    run_ranks(FSDP2_WORKER, [tmp_path, *names], tmp_path / "logs", name="fsdp2", timeout=600)
     outcome = check_fsdp2_results(tmp_path, names, resume=True)
     assert "fitted" in outcome.values()
 
@@ -326,7 +324,13 @@ def test_fsdp2_bf16_mixed(tmp_path):
     """The callbacks whose sharded work runs inside the training steps (:data:`BF16_FSDP2`), under FSDP2 with
     ``precision="bf16-mixed"``: fitted with identical ranks (bf16-mixed alone is tested for every entry)."""
     names = [n for n in _fsdp2_names() if n in BF16_FSDP2]
-    options = ["--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", "--master_addr=127.0.0.1"]
-    run_fsdp2_matrix(tmp_path, [options], "--no-resume", *names, env_extra={"FSDP2_PRECISION": "bf16-mixed"})
+    run_ranks(
+        FSDP2_WORKER,
+        [tmp_path, "--no-resume", *names],
+        tmp_path / "logs",
+        name="fsdp2_bf16",
+        env={"FSDP2_PRECISION": "bf16-mixed"},
+        timeout=600,
+    )
     outcome = check_fsdp2_results(tmp_path, names, resume=False)
     assert "fitted" in outcome.values()

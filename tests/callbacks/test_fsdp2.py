@@ -4,16 +4,14 @@ Fast tests: every exported callback declares its support of sharded parameters, 
 setting) says so at ``setup`` naming the strategy and the alternative. Slow tests (2 processes on CPU, gloo,
 started here with Lightning's environment variables; workers in ``tests/callbacks/fsdp2_worker.py``): unstructured
 pruning under FSDP2 gives the masks of a single-process run with the same seed and data order; the refusals
-happen at setup before any step in a real 2-process fit; the supported callbacks fit together.
+happen at setup before any step in a real 2-process fit; the supported callbacks fit together. The slow tests
+share one 2-process run (:func:`runs`: the worker's scenarios in turn), made once per test process.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,11 +25,14 @@ import lightning_optim.callbacks as callbacks_pkg
 from lightning_optim.callbacks import ProgressivePruning
 from lightning_optim.callbacks._trainer import SHARDED_SUPPORT, refuse_sharded, sharded_strategy
 from tests.callbacks import fsdp2_worker as worker
-from tests.ports import free_port
+from tests.conftest import run_once_per_session
+from tests.launch import run_ranks
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: the most a 2-process run may take before both workers are killed (their collectives time out sooner)
-RUN_TIMEOUT_S = 150
+#: the worker's scenarios the slow tests check, run in turn by one 2-process run
+SCENARIOS = ("prune:layer", "prune:global", "callbacks", "gather", "tp")
+#: the most one scenario may take (the run's limit: this times their number) before both ranks are killed (their
+#: collectives time out sooner)
+SCENARIO_TIMEOUT_S = 150
 
 
 def _exported_callbacks() -> dict[str, type]:
@@ -105,42 +106,25 @@ def test_supported_settings_of_partial_callbacks_pass_setup():
 # ------------------------------------------------------------------------------------------ 2 processes
 
 
-def _run_two_processes(scenario: str, out: Path, **env_extra: str) -> None:
-    """Start both ranks of ``fsdp2_worker SCENARIO OUT``; fail with their output if either fails or they run
-    past :data:`RUN_TIMEOUT_S` (both are killed then)."""
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
-            "OMP_NUM_THREADS": "1",
-            "LOCAL_RANK": str(rank),
-            "NODE_RANK": "0",
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            **env_extra,
-        }
-        log = open(out / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        cmd = [sys.executable, "-m", "tests.callbacks.fsdp2_worker", scenario, str(out)]
-        procs.append(
-            (subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log)
-        )
-    codes = []
-    try:
-        for proc, _ in procs:
-            codes.append(proc.wait(timeout=RUN_TIMEOUT_S))
-    except subprocess.TimeoutExpired:
-        codes.append("timeout")
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    logs = "\n".join((out / f"rank{r}.log").read_text()[-3000:] for r in (0, 1))
-    assert codes == [0, 0], f"{scenario}: exit codes {codes}\n{logs}"
+def _launch(out: Path) -> None:
+    """Both ranks of ``fsdp2_worker OUT SCENARIOS...`` (their logs: ``out/fsdp2_rank<r>.log``)."""
+    run_ranks(
+        "tests.callbacks.fsdp2_worker",
+        [out, *SCENARIOS],
+        out,
+        name="fsdp2",
+        timeout=SCENARIO_TIMEOUT_S * len(SCENARIOS),
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """The folder of the 2-process run's results, made once per test session; a failed run fails every test
+    that needs it with the ranks' logs (and is not started again)."""
+    got = run_once_per_session(__name__, tmp_path_factory, _launch)
+    if isinstance(got, str):
+        pytest.fail(got, pytrace=False)
+    return got
 
 
 def _single_process_pruning(
@@ -162,9 +146,8 @@ def _single_process_pruning(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["layer", "global"])
-def test_fsdp2_pruning_masks_equal_single_process(scope, tmp_path):
-    _run_two_processes("prune", tmp_path, FSDP2_SCOPE=scope)
-    ranks = [torch.load(tmp_path / f"prune_rank{r}.pt", weights_only=True) for r in (0, 1)]
+def test_fsdp2_pruning_masks_equal_single_process(scope, runs, tmp_path):
+    ranks = [torch.load(runs / f"prune_{scope}_rank{r}.pt", weights_only=True) for r in (0, 1)]
     reference, module = _single_process_pruning(scope, tmp_path / "single")
     assert reference.masks and all(not bool(m.all()) for m in reference.masks.values())
     for got in ranks:
@@ -186,12 +169,11 @@ def test_fsdp2_pruning_masks_equal_single_process(scope, tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp2_refusals_before_any_step_and_supported_callbacks_fit(tmp_path):
-    _run_two_processes("callbacks", tmp_path)
-    qat = [json.loads((tmp_path / f"callbacks_rank{r}.json").read_text())["qat"] for r in (0, 1)]
+def test_fsdp2_refusals_before_any_step_and_supported_callbacks_fit(runs, tmp_path):
+    qat = [json.loads((runs / f"callbacks_rank{r}.json").read_text())["qat"] for r in (0, 1)]
     assert qat[0]["int8_sum"] == qat[1]["int8_sum"]  # the same int8 model on both ranks
     for rank in (0, 1):
-        results = json.loads((tmp_path / f"callbacks_rank{rank}.json").read_text())
+        results = json.loads((runs / f"callbacks_rank{rank}.json").read_text())
         assert set(results["refused"]) == set(worker.refused_settings(tmp_path))
         for setting, got in results["refused"].items():
             message = got["message"]
@@ -224,11 +206,10 @@ def _single_process_ptq(weights: dict[str, torch.Tensor], monkeypatch) -> dict[s
 
 
 @pytest.mark.slow
-def test_fsdp2_ptq_and_report_work_on_gathered_copies(tmp_path, monkeypatch):
+def test_fsdp2_ptq_and_report_work_on_gathered_copies(runs, monkeypatch):
     """PTQ and the compression report under FSDP2: the same int8 model on both ranks, equal to one process's
     PTQ of the same weights and calibration batches; the report counts the full network, not a shard."""
-    _run_two_processes("gather", tmp_path)
-    r0, r1 = (torch.load(tmp_path / f"gather_rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = (torch.load(runs / f"gather_rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["sharded"] and r1["sharded"]
     assert r0["int8"] and set(r0["int8"]) == set(r1["int8"])
     for key, value in r0["int8"].items():
@@ -250,12 +231,11 @@ def test_fsdp2_ptq_and_report_work_on_gathered_copies(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_tensor_parallel_pruning_masks_equal_single_process(tmp_path):
+def test_tensor_parallel_pruning_masks_equal_single_process(runs, tmp_path):
     """The tensor-parallel recipe (Megatron-style column/row-parallel Linears, ModelParallelStrategy with
     tensor_parallel_size=2): unstructured pruning gathers each split weight, ranks it whole and keeps each rank's
     part of the mask, so the masks and weights are those of one process on the same batches."""
-    _run_two_processes("tp", tmp_path)
-    ranks = [torch.load(tmp_path / f"tp_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = [torch.load(runs / f"tp_rank{r}.pt", weights_only=True) for r in (0, 1)]
     reference, module = _single_process_pruning("layer", tmp_path / "single", hidden=32)
     for got in ranks:
         assert got["global_step"] == 8

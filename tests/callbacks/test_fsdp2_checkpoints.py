@@ -1,9 +1,10 @@
 """Sharded (distributed) checkpoints under FSDP2: exact resume mid-ramp, and consolidation to one file.
 
-Two 2-process fits on CPU (gloo), started here with Lightning's environment variables (workers in
-``tests/callbacks/fsdp2_ckpt_worker.py``): an uninterrupted one that writes sharded checkpoints (folders) at steps
-5 and 10 and one after the fit, then a fresh one resuming from the step-5 folder (mid-epoch, mid pruning ramp,
-inside the LR schedule; each rank draws its own dropout masks, so each must get its own random states back).
+Two 2-process fits on CPU (gloo), one after the other in one 2-process run (:func:`tests.launch.run_ranks`;
+worker ``tests/callbacks/fsdp2_ckpt_worker.py``): an uninterrupted one that writes sharded checkpoints (folders)
+at steps 5 and 10 and one after the fit, then a fresh one resuming from the step-5 folder (mid-epoch, mid pruning
+ramp, inside the LR schedule; each rank draws its own dropout masks, so each must get its own random states
+back).
 
 The resumed run must end exactly where the uninterrupted one ended: masks, full weights, the optimizer state,
 pruning history, learning rates, global step and the logits of a batch, all compared with ``torch.equal`` (same
@@ -20,10 +21,6 @@ moments.
 from __future__ import annotations
 
 import copy
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,95 +33,72 @@ from lightning_optim.checkpoints import consolidate_checkpoint, is_sharded_check
 from lightning_optim.weights import load_weights
 from tests.callbacks import fsdp2_ckpt_worker as worker
 from tests.callbacks.fsdp2_worker import BATCH, loader, trainer_kwargs
-from tests.conftest import once
+from tests.conftest import once, run_once_per_session
+from tests.launch import run_ranks
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: the most one 2-process run may take before both workers are killed (their collectives time out sooner)
-RUN_TIMEOUT_S = 150
+#: the worker's scenarios, in turn in one 2-process run: the uninterrupted fit, then the resumed one
+SCENARIOS = ("straight", "resume")
+#: the most one scenario may take (the run's limit: this times their number) before both ranks are killed (their
+#: collectives time out sooner)
+SCENARIO_TIMEOUT_S = 150
 #: tries of a run whose rank 0 could not listen on the port picked (another process took it in between)
 PORT_TRIES = 3
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS picks it); the run retries with another if it is taken by
-    the time rank 0 listens (:func:`run_two_processes`)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _port_was_taken(message: str) -> bool:
+    return "address already in use" in message.lower() or "EADDRINUSE" in message
 
 
-def _port_was_taken(logs: str) -> bool:
-    return "address already in use" in logs.lower() or "EADDRINUSE" in logs
-
-
-def _start_and_wait(scenario: str, out: Path, port: int) -> tuple[list[Any], str]:
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
-            "OMP_NUM_THREADS": "1",
-            "LOCAL_RANK": str(rank),
-            "NODE_RANK": "0",
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-        log = open(out / f"{scenario}_rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        cmd = [sys.executable, "-m", "tests.callbacks.fsdp2_ckpt_worker", scenario, str(out)]
-        procs.append(
-            (subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log)
-        )
-    codes: list[Any] = []
-    try:
-        for proc, _ in procs:
-            codes.append(proc.wait(timeout=RUN_TIMEOUT_S))
-    except subprocess.TimeoutExpired:
-        codes.append("timeout")
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    logs = "\n".join((out / f"{scenario}_rank{r}.log").read_text()[-3000:] for r in (0, 1))
-    return codes, logs
-
-
-def run_two_processes(scenario: str, out: Path) -> None:
-    """Start both ranks of ``fsdp2_ckpt_worker SCENARIO OUT`` on a port of :func:`free_port`; fail with their
-    output if either fails or they run past :data:`RUN_TIMEOUT_S` (both are killed then)."""
-    for _ in range(PORT_TRIES):
-        codes, logs = _start_and_wait(scenario, out, free_port())
-        if codes == [0, 0] or not _port_was_taken(logs):
-            break
-    assert codes == [0, 0], f"{scenario}: exit codes {codes}\n{logs}"
+def _launch(out: Path) -> None:
+    """Both ranks of ``fsdp2_ckpt_worker OUT straight resume``, again on another port (:func:`run_ranks` draws
+    one each time) if rank 0 could not listen on the first (their logs: ``out/ckpt_rank<r>.log``)."""
+    for attempt in range(PORT_TRIES):
+        try:
+            run_ranks(
+                "tests.callbacks.fsdp2_ckpt_worker",
+                [out, *SCENARIOS],
+                out,
+                name="ckpt",
+                timeout=SCENARIO_TIMEOUT_S * len(SCENARIOS),
+            )
+        except AssertionError as err:
+            if attempt == PORT_TRIES - 1 or not _port_was_taken(str(err)):
+                raise
+        else:
+            return
 
 
 class Runs:
-    """The uninterrupted run, the resumed run (rank 0 and 1 results each) and the folder they wrote."""
+    """The uninterrupted run, the resumed run (rank 0 and 1 results each) and the folder they wrote; ``failure``:
+    why the 2-process run failed (and no results), or None."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        run_two_processes("straight", out)
-        run_two_processes("resume", out)
-        self.straight = [torch.load(out / f"straight_rank{r}.pt", weights_only=True) for r in (0, 1)]
-        self.resumed = [torch.load(out / f"resume_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    def __init__(self, got: Path | str) -> None:
+        self.failure = got if isinstance(got, str) else None
+        if self.failure is None:
+            self.out = out = Path(got)
+            self.straight = [torch.load(out / f"straight_rank{r}.pt", weights_only=True) for r in (0, 1)]
+            self.resumed = [torch.load(out / f"resume_rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Runs:
-    return once("fsdp2_checkpoints", lambda: Runs(tmp_path_factory.mktemp("fsdp2_checkpoints")))
+    """The 2-process run, made once per test session; a failed run fails every test that needs it with the
+    ranks' logs (and is not started again)."""
+    got = once(f"{__name__}:runs", lambda: Runs(run_once_per_session(__name__, tmp_path_factory, _launch)))
+    if got.failure is not None:
+        pytest.fail(got.failure, pytrace=False)
+    return got
 
 
 @pytest.fixture(scope="module")
-def consolidated(runs) -> Path:
+def consolidated(runs, tmp_path_factory) -> Path:
     return once(
-        "fsdp2_consolidated",
-        lambda: consolidate_checkpoint(runs.out / "straight_final.ckpt", runs.out / "consolidated.ckpt"),
+        f"{__name__}:consolidated",
+        lambda: consolidate_checkpoint(
+            runs.out / "straight_final.ckpt", tmp_path_factory.mktemp("consolidated") / "consolidated.ckpt"
+        ),  # in this process's own folder: the run's folder is shared by the pytest-xdist workers
     )
 
 

@@ -9,14 +9,12 @@ improved since). Slow tests (2 processes on CPU, gloo; worker ``tests/callbacks/
 distilled student sharded over 2 ranks at batch B ends with the weights of a single-process run at batch 2B (the
 teacher replicated, sharded with a feature pair, sharded with an uneven logit cache), the teacher unchanged and
 never in the sharded checkpoint; EarlyStopping restores the weights of its best check (from each rank's shards
-in memory, or from the best sharded checkpoint), equal to the single-process run's restored weights.
+in memory, or from the best sharded checkpoint), equal to the single-process run's restored weights. The slow
+tests share one 2-process run of both scenarios (:func:`runs`), made once per test process.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,12 +35,14 @@ from lightning_optim.functional.distillation import (
 )
 from tests.callbacks import fsdp2_kd_es_worker as worker
 from tests.callbacks import fsdp2_worker as base
-from tests.conftest import once
-from tests.ports import free_port
+from tests.conftest import once, run_once_per_session
+from tests.launch import run_ranks
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: the most a 2-process run may take before both workers are killed (their collectives time out sooner)
-RUN_TIMEOUT_S = 150
+#: the worker's scenarios the slow tests check, run in turn by one 2-process run
+SCENARIOS = ("kd", "es")
+#: the most one scenario may take (the run's limit: this times their number) before both ranks are killed (their
+#: collectives time out sooner)
+SCENARIO_TIMEOUT_S = 150
 #: float32 sums in another order (two half batches, reduce-scatter) than one process's
 ATOL = 1e-5
 
@@ -211,53 +211,43 @@ def test_unsharded_best_weights_stay_in_the_state():
 
 
 # ------------------------------------------------------------------------------------------ 2 processes
-def _run_two_processes(scenario: str, out: Path) -> list[dict[str, Any]]:
-    """Start both ranks of ``fsdp2_kd_es_worker SCENARIO OUT``; their results (rank 0, rank 1). Fails with their
-    output if either fails or they run past :data:`RUN_TIMEOUT_S` (both are killed then)."""
-    out.mkdir(parents=True, exist_ok=True)
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
-            "OMP_NUM_THREADS": "1",
-            "LOCAL_RANK": str(rank),
-            "NODE_RANK": "0",
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
-        log = open(out / f"{scenario}_rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        cmd = [sys.executable, "-m", "tests.callbacks.fsdp2_kd_es_worker", scenario, str(out)]
-        procs.append(
-            (subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log)
-        )
-    codes: list[Any] = []
-    try:
-        for proc, _ in procs:
-            codes.append(proc.wait(timeout=RUN_TIMEOUT_S))
-    except subprocess.TimeoutExpired:
-        codes.append("timeout")
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    logs = "\n".join((out / f"{scenario}_rank{r}.log").read_text()[-3000:] for r in (0, 1))
-    assert codes == [0, 0], f"{scenario}: exit codes {codes}\n{logs}"
-    return [torch.load(out / f"{scenario}_rank{r}.pt", weights_only=True) for r in (0, 1)]
+def _launch(out: Path) -> None:
+    """Both ranks of ``fsdp2_kd_es_worker OUT SCENARIOS...`` (their logs: ``out/kd_es_rank<r>.log``)."""
+    run_ranks(
+        "tests.callbacks.fsdp2_kd_es_worker",
+        [out, *SCENARIOS],
+        out,
+        name="kd_es",
+        timeout=SCENARIO_TIMEOUT_S * len(SCENARIOS),
+    )
+
+
+def _results(tmp_path_factory) -> dict[str, list[dict[str, Any]]] | str:
+    """Each scenario's results (rank 0, rank 1), or why the run failed (the ranks' statuses and logs)."""
+    got = run_once_per_session(__name__, tmp_path_factory, _launch)
+    if isinstance(got, str):
+        return got
+    return {s: [torch.load(got / f"{s}_rank{r}.pt", weights_only=True) for r in (0, 1)] for s in SCENARIOS}
 
 
 @pytest.fixture(scope="module")
-def kd_runs(tmp_path_factory) -> list[dict[str, Any]]:
-    return once("fsdp2_kd", lambda: _run_two_processes("kd", tmp_path_factory.mktemp("fsdp2_kd")))
+def runs(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
+    """The 2-process run's results, made once per test session; a failed run fails every test that needs it
+    with the ranks' logs (and is not started again)."""
+    got = once(f"{__name__}:runs", lambda: _results(tmp_path_factory))
+    if isinstance(got, str):
+        pytest.fail(got, pytrace=False)
+    return got
 
 
 @pytest.fixture(scope="module")
-def es_runs(tmp_path_factory) -> list[dict[str, Any]]:
-    return once("fsdp2_es", lambda: _run_two_processes("es", tmp_path_factory.mktemp("fsdp2_es")))
+def kd_runs(runs) -> list[dict[str, Any]]:
+    return runs["kd"]
+
+
+@pytest.fixture(scope="module")
+def es_runs(runs) -> list[dict[str, Any]]:
+    return runs["es"]
 
 
 def _single_process_kd(run: str, root: Path) -> tuple[KnowledgeDistillation, pl.LightningModule]:

@@ -1,6 +1,7 @@
 """Worker of the DDP interrupt test: 2 processes on CPU (gloo), each rank with its own dropout stream.
 
-Usage: torchrun --nproc_per_node=2 tests/reliability/ddp_interrupt_worker.py OUT_DIR full|stop|resume
+Usage: torchrun --nproc_per_node=2 tests/reliability/ddp_interrupt_worker.py OUT_DIR full|stop|resume (the test forks
+the two ranks with ``tests.launch.run_ranks``, which gives them torchrun's environment)
 ``stop`` sends SIGTERM to rank 1 only after global step 5; ``resume`` continues with ``ckpt_path="last"``.
 Each rank writes ``OUT_DIR/<mode>_rank<r>.pt``: its final weights, or (``stop``) the exit status and step.
 """

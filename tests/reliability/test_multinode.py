@@ -1,5 +1,6 @@
 """Two "nodes" on localhost: two torchrun launchers (``--nnodes=2``, one process each, rendezvous on
-127.0.0.1) run every exported callback with ``num_nodes=2``; both nodes must end identical."""
+127.0.0.1) fit the callbacks with rank handling of their own with ``num_nodes=2`` under DDP and under FSDP2; both
+nodes must end identical."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from tests.callbacks import matrix_support as ms
 from tests.callbacks.callback_settings import CALLBACK_SETTINGS
+from tests.conftest import run_once_per_session
 from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,15 +29,22 @@ NODE_CALLBACKS = (
 )
 
 
-@pytest.mark.slow
-def test_two_nodes_on_localhost(tmp_path):
-    # the callbacks with rank handling of their own (broadcasts of masks, ranges, best weights, teachers,
-    # codebooks); every entry runs on 2 processes of one node in the DDP matrix (test_callback_matrix.py)
-    names = [
-        n
-        for n in ms.exported_callbacks()
-        if n in CALLBACK_SETTINGS and not ms.entry(n).get("skip", {}).get("ddp") and n in NODE_CALLBACKS
-    ]
+#: the callbacks with rank handling of their own (broadcasts of masks, ranges, best weights, teachers,
+#: codebooks) fitted under DDP on two nodes; every entry runs on 2 processes of one node in the DDP matrix
+DDP_NAMES = [
+    n
+    for n in ms.exported_callbacks()
+    if n in CALLBACK_SETTINGS and not ms.entry(n).get("skip", {}).get("ddp") and n in NODE_CALLBACKS
+]
+#: under FSDP2: callbacks with collectives of their own under sharding (shard-wise masks, QAT's broadcast and
+#: gathered conversion, a teacher's broadcast) and one that refuses
+FSDP2_NAMES = [n for n in NODE_CALLBACKS if n not in ("EarlyStopping", "PostTrainingQuantization")]
+
+
+def _launch(out: Path) -> None:
+    """Both "nodes" (two torchrun launchers, one process each, rendezvous on 127.0.0.1): the DDP entries, then the
+    FSDP2 entries, in one process per node (``two_node_worker.py``). Fails with a launcher's output if it fails
+    or runs past 600 s (both are killed then)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     procs = []
@@ -49,9 +58,10 @@ def test_two_nodes_on_localhost(tmp_path):
             f"--node_rank={node_rank}",
             "--master_addr=127.0.0.1",
             f"--master_port={port}",
-            str(REPO_ROOT / "tests" / "callbacks" / "ddp_matrix_worker.py"),
-            str(tmp_path),
-            *names,
+            str(REPO_ROOT / "tests" / "reliability" / "two_node_worker.py"),
+            str(out),
+            ",".join(DDP_NAMES),
+            ",".join(FSDP2_NAMES),
         ]
         procs.append(
             subprocess.Popen(
@@ -59,19 +69,33 @@ def test_two_nodes_on_localhost(tmp_path):
             )
         )
     outputs = []
-    for proc in procs:
-        try:
-            out, _ = proc.communicate(timeout=600)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-        outputs.append(out)
-    for proc, out in zip(procs, outputs):
-        assert proc.returncode == 0, out[-6000:]
-    for name in names:
-        r0 = torch.load(tmp_path / f"{name}_rank0.pt", weights_only=True)
-        r1 = torch.load(tmp_path / f"{name}_rank1.pt", weights_only=True)
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=600)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-8000:]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory) -> Path:
+    """The two-node run, made once per test session (both tests check their part of it)."""
+    got = run_once_per_session(__name__, tmp_path_factory, _launch)
+    if isinstance(got, str):
+        pytest.fail(got, pytrace=False)
+    return got
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost(two_nodes):
+    out = two_nodes / "ddp"
+    for name in DDP_NAMES:
+        r0 = torch.load(out / f"{name}_rank0.pt", weights_only=True)
+        r1 = torch.load(out / f"{name}_rank1.pt", weights_only=True)
         assert r0["world_size"] == r1["world_size"] == 2 and r0["num_nodes"] == 2
         ms.assert_states_equal(r0["model"], r1["model"], atol=0.0, what=f"{name} model node0 vs node1")
         ms.assert_states_equal(
@@ -80,28 +104,14 @@ def test_two_nodes_on_localhost(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_nodes_on_localhost_under_fsdp2(tmp_path):
-    """The same two "nodes" under FSDP2 (ModelParallelStrategy, ClassificationModule(sharding="fsdp2")), for
-    callbacks with collectives of their own under sharding (shard-wise masks, QAT's broadcast and gathered
-    conversion, a teacher's broadcast) and one that refuses (every entry runs on 2 processes of one node in
-    test_callback_matrix.py): fitted with the network sharded over the nodes and identical on both, or refused at
-    setup."""
-    from tests.callbacks.test_callback_matrix import check_fsdp2_results, run_fsdp2_matrix
+def test_two_nodes_on_localhost_under_fsdp2(two_nodes):
+    """The same two "nodes" under FSDP2 (ModelParallelStrategy, ClassificationModule(sharding="fsdp2")) for
+    :data:`FSDP2_NAMES` (every entry runs on 2 processes of one node in test_callback_matrix.py): fitted with the
+    network sharded over the nodes and identical on both, or refused at setup."""
+    from tests.callbacks.test_callback_matrix import check_fsdp2_results
 
-    names = [n for n in NODE_CALLBACKS if n != "EarlyStopping" and n != "PostTrainingQuantization"]
-    port = free_port()
-    launchers = [
-        [
-            "--nnodes=2",
-            "--nproc_per_node=1",
-            f"--node_rank={node_rank}",
-            "--master_addr=127.0.0.1",
-            f"--master_port={port}",
-        ]
-        for node_rank in (0, 1)
-    ]
-    run_fsdp2_matrix(tmp_path, launchers, "--no-resume", *names)
-    outcome = check_fsdp2_results(tmp_path, names, resume=False)
-    for name in names:
-        assert torch.load(tmp_path / f"{name}_rank0.pt", weights_only=True)["num_nodes"] == 2, name
+    out = two_nodes / "fsdp2"
+    outcome = check_fsdp2_results(out, FSDP2_NAMES, resume=False)
+    for name in FSDP2_NAMES:
+        assert torch.load(out / f"{name}_rank0.pt", weights_only=True)["num_nodes"] == 2, name
     assert "fitted" in outcome.values() and outcome["WeightSharing"] == "refused"

@@ -108,30 +108,23 @@ def deployable_program(model: nn.Module, example_input: Tensor) -> torch.export.
         rtol = 1e-5
     else:
         from lightning_optim.functional.quantization.pt2e import (
-            _portable_decompositions,
             _quiet_torchao,
+            _retarget_portable,
             _strip_unused_state,
         )
 
         stripped = copy.deepcopy(model).cpu().eval()
         stripped_parts = _pt2e_int8_parts(stripped)
-        for part in stripped_parts:
-            _strip_unused_state(part.graph_module)
+        with _quiet_torchao():
+            for part in stripped_parts:
+                _strip_unused_state(part.graph_module)
+                _retarget_portable(part.graph_module)  # the program gets the q/dq arithmetic in core aten ops
         dynamic = all(part.capture.dynamic_batch for part in stripped_parts)
         static = {part.capture.batch_size for part in stripped_parts if not part.capture.dynamic_batch}
         if not dynamic and len(static) == 1 and None not in static:
             x = _batch_of(x, int(next(iter(static))))
         with _quiet_torchao():
             program = export_program(stripped, x, dynamic_batch=dynamic)
-            note = getattr(program, "_lopt_note", None)
-            try:
-                program = program.run_decompositions(_portable_decompositions())
-                if note:
-                    program._lopt_note = note  # type: ignore[attr-defined]
-            except Exception as err:  # noqa: BLE001 - reported with the cause
-                raise ArtifactExportError(
-                    f"the quantize/dequantize ops of the int8 graph could not be decomposed: {err}"
-                ) from err
         left = sorted({str(n.target) for n in program.graph.nodes if "quantized_decomposed" in str(n.target)})
         if left:
             raise ArtifactExportError(f"quantize/dequantize ops left in the program (torchao needed): {left}")

@@ -615,6 +615,20 @@ def _portable_decompositions() -> dict[Any, Any]:
     }
 
 
+def _retarget_portable(graph_module: torch.fx.GraphModule) -> None:
+    """Point the graph's ``quantized_decomposed`` calls at :func:`_portable_decompositions`' functions, in place:
+    the one ``torch.export`` of the graph then records their core aten ops directly (the same program as
+    ``run_decompositions`` of an export with those ops, without its second trace of the whole graph)."""
+    table = _portable_decompositions()
+    changed = False
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target in table:
+            node.target = table[node.target]
+            changed = True
+    if changed:
+        graph_module.recompile()
+
+
 # ------------------------------------------------------------------------------------------- lowering
 class LoweredInt8(nn.Module):
     """A converted int8 model compiled by inductor (:func:`lower`): call it like the model.
@@ -1153,14 +1167,14 @@ class Pt2eBackend(QuantizationBackend):
         info = _check_metadata(metadata, x)
         graph = copy.deepcopy(quantized.graph_module).cpu()
         _strip_unused_state(graph)
+        if self.portable_export:
+            _retarget_portable(graph)
         dynamic = quantized.capture.dynamic_batch
         capture_x = torch.cat([x, x]) if dynamic and x.dim() > 0 and x.shape[0] == 1 else x
         shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
         try:
             with _quiet_torchao():
                 program = torch.export.export(graph, (capture_x,), dynamic_shapes=shapes, strict=False)
-                if self.portable_export:
-                    program = program.run_decompositions(_portable_decompositions())
         except Exception as err:  # noqa: BLE001 - reported with the cause
             raise QuantizationError(f"torch.export of the int8 model failed: {_first_line(err)}") from err
         representation = "aten" if self.portable_export else "quantized_decomposed"

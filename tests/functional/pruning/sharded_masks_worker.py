@@ -1,30 +1,47 @@
-"""Worker of ``tests/functional/pruning/test_sharded_masks.py``: one of 2 processes on CPU (gloo).
+"""Worker of ``tests/functional/pruning/test_sharded_masks.py``: one of 2 processes on CPU (gloo), started by the
+test through :func:`tests.launch.run_ranks` with torchrun's environment variables (``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, ...).
 
-Usage: python -m tests.functional.pruning.sharded_masks_worker SCENARIO OUT_DIR
+Usage: python -m tests.functional.pruning.sharded_masks_worker OUT_DIR SCENARIO [SCENARIO ...]  (in turn, in one
+process group: the first scenario starts it, the next ones use it)
 
-- ``functional`` (started with ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``): the tensors of
-  :func:`cases` split by rows over a 1-D mesh of the 2 processes (as FSDP2 splits parameters), masked with
-  ``compute_masks(..., shard_masks=True)`` at several sparsities and scopes, scored in chunks of 7 entries (so
-  that chunk edges, ties across them and across the ranks are crossed); writes ``functional_rank<r>.pt``: per
-  case the gathered masks, the kept counts of :func:`mask_counts`, and what each rank holds of each mask.
-- ``callback`` (started with Lightning's variables, ``LOCAL_RANK``, ...): ProgressivePruning in a 2-process
-  FSDP2 fit of ``tests/callbacks/fsdp2_worker``'s network, layer then global scope; writes
-  ``callback_rank<r>.pt``: what each rank holds of each mask, the gathered masks, the masks of the callback's
-  ``state_dict`` (unpacked), its sparsities and history.
+- ``functional``: the tensors of :func:`cases` split by rows over a 1-D mesh of the 2 processes (as FSDP2 splits
+  parameters), masked with ``compute_masks(..., shard_masks=True)`` at several sparsities and scopes, scored in
+  chunks of 7 entries (so that chunk edges, ties across them and across the ranks are crossed); writes
+  ``functional_rank<r>.pt``: per case the gathered masks, the kept counts of :func:`mask_counts`, and what each rank
+  holds of each mask.
+- ``callback``: ProgressivePruning in a 2-process FSDP2 fit of ``tests/callbacks/fsdp2_worker``'s network, layer
+  then global scope; writes ``callback_rank<r>.pt``: what each rank holds of each mask, the gathered masks, the
+  masks of the callback's ``state_dict`` (unpacked), its sparsities and history.
 
-Every collective has the process group's timeout; the worker ends with a barrier and ``os._exit(0)``.
+Every collective has the process group's timeout; the worker ends with ``leave_in_lockstep`` (barrier with a
+timeout, process group destroyed, ``os._exit(0)``), through :func:`tests.callbacks.fsdp2_worker.run_scenarios`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+
+import lightning_optim.functional.pruning.masks as masks_module
+from lightning_optim.callbacks import ProgressivePruning
+from lightning_optim.functional.pruning.masks import (
+    cast_masks,
+    compute_masks,
+    gather_mask,
+    is_sharded,
+    mask_counts,
+    unpack_mask,
+)
+from tests.callbacks import fsdp2_worker as fw
 
 #: every collective's timeout (a hung peer fails the test, never hangs it)
 PG_TIMEOUT = timedelta(seconds=60)
@@ -58,21 +75,19 @@ def cases() -> dict[str, dict[str, torch.Tensor]]:
 
 
 def run_functional(out: Path) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    import lightning_optim.functional.pruning.masks as masks_module
-    from lightning_optim.functional.pruning.masks import (
-        cast_masks,
-        compute_masks,
-        gather_mask,
-        is_sharded,
-        mask_counts,
-    )
-
-    dist.init_process_group("gloo", timeout=PG_TIMEOUT)
-    masks_module.SCORE_CHUNK = 7
+    if not dist.is_initialized():  # else started by an earlier scenario's fit (gloo, the same timeout)
+        dist.init_process_group("gloo", timeout=PG_TIMEOUT)
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    chunk, masks_module.SCORE_CHUNK = masks_module.SCORE_CHUNK, 7
+    try:
+        results = _functional_results(mesh)
+    finally:
+        masks_module.SCORE_CHUNK = chunk  # the scenarios after this one score as the library does
+    torch.save(results, out / f"functional_rank{dist.get_rank()}.pt")
+
+
+def _functional_results(mesh: DeviceMesh) -> dict[str, Any]:
+    """The ``functional`` scenario's rows: one per case and setting, and ``mixed``."""
     results: dict[str, Any] = {}
     for case, weights in cases().items():
         sharded = {n: distribute_tensor(t, mesh, [Shard(0)]) for n, t in weights.items()}
@@ -91,22 +106,16 @@ def run_functional(out: Path) -> None:
     mixed = {"a": distribute_tensor(cases()["random"]["a"], mesh, [Shard(0)]), "p": cases()["random"]["b"]}
     got = compute_masks(mixed, 0.5, scope="global", shard_masks=True)
     results["mixed"] = {n: (is_sharded(m), m.clone()) for n, m in got.items()}
-    torch.save(results, out / f"functional_rank{dist.get_rank()}.pt")
+    return results
 
 
 def run_callback(out: Path) -> None:
-    import lightning.pytorch as pl
-
-    from lightning_optim.callbacks import ProgressivePruning
-    from lightning_optim.functional.pruning.masks import is_sharded, unpack_mask
-    from tests.callbacks import fsdp2_worker as fw
-
     results: dict[str, Any] = {}
     rank = 0
     for scope in ("layer", "global"):
         pl.seed_everything(0)
         pruning = ProgressivePruning(scope=scope, **fw.PRUNING)
-        trainer = fw.fsdp2_trainer(str(out / scope), [pruning])
+        trainer = fw.fsdp2_trainer(str(out / "callback" / scope), [pruning])
         rank = trainer.global_rank
         net = fw.module("fsdp2")
         trainer.fit(net, train_dataloaders=fw.loader(fw.BATCH, ranks=2))
@@ -124,18 +133,9 @@ def run_callback(out: Path) -> None:
     torch.save(results, out / f"callback_rank{rank}.pt")
 
 
-def main() -> None:
-    scenario, out = sys.argv[1], Path(sys.argv[2])
-    {"functional": run_functional, "callback": run_callback}[scenario](out)
-    if dist.is_initialized():
-        try:
-            dist.monitored_barrier(timeout=PG_TIMEOUT)
-        finally:
-            dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+#: the scenarios of the worker, by the name the command line gives
+SCENARIOS = {"functional": run_functional, "callback": run_callback}
 
 
 if __name__ == "__main__":
-    main()
+    fw.run_scenarios(SCENARIOS, sys.argv[1:])

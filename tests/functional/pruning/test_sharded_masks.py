@@ -5,14 +5,12 @@
 ``compute_masks`` on the whole tensors: the same count pruned and the same entries (ties by position across chunk
 edges, ranks and, with global scope, tensors; NaN, inf, -0.0; bfloat16; an empty shard), while each rank holds only
 its part of each mask (a ``DTensor``, whose storage is the part's size). ProgressivePruning under FSDP2 keeps its
-masks that way, and its ``state_dict`` holds them whole, equal to a single-process run's.
+masks that way, and its ``state_dict`` holds them whole, equal to a single-process run's. Both slow tests share
+one 2-process run of both scenarios (:func:`runs`), made once per test process.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -27,50 +25,44 @@ from lightning_optim.functional.pruning.masks import (
     mask_counts,
     sharded_magnitude_masks,
 )
+from tests.conftest import once, run_once_per_session
 from tests.functional.pruning import sharded_masks_worker as worker
-from tests.ports import free_port
+from tests.launch import run_ranks
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-#: the most a 2-process run may take before both workers are killed (their collectives time out sooner)
-RUN_TIMEOUT_S = 150
+#: the worker's scenarios the slow tests check, run in turn by one 2-process run
+SCENARIOS = ("functional", "callback")
+#: the most one scenario may take (the run's limit: this times their number) before both ranks are killed (their
+#: collectives time out sooner)
+SCENARIO_TIMEOUT_S = 150
 
 
-def _run_two_processes(scenario: str, out: Path) -> list[dict]:
-    """Both ranks of ``sharded_masks_worker SCENARIO OUT``; their results, by rank."""
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
-            "OMP_NUM_THREADS": "1",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "NODE_RANK": "0",
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
-        log = open(out / f"{scenario}_rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        cmd = [sys.executable, "-m", "tests.functional.pruning.sharded_masks_worker", scenario, str(out)]
-        procs.append(
-            (subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), log)
-        )
-    codes: list = []
-    try:
-        for proc, _ in procs:
-            codes.append(proc.wait(timeout=RUN_TIMEOUT_S))
-    except subprocess.TimeoutExpired:
-        codes.append("timeout")
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    logs = "\n".join((out / f"{scenario}_rank{r}.log").read_text()[-3000:] for r in (0, 1))
-    assert codes == [0, 0], f"{scenario}: exit codes {codes}\n{logs}"
-    return [torch.load(out / f"{scenario}_rank{r}.pt", weights_only=True) for r in (0, 1)]
+def _launch(out: Path) -> None:
+    """Both ranks of ``sharded_masks_worker OUT SCENARIOS...`` (their logs: ``out/sharded_masks_rank<r>.log``)."""
+    run_ranks(
+        "tests.functional.pruning.sharded_masks_worker",
+        [out, *SCENARIOS],
+        out,
+        name="sharded_masks",
+        timeout=SCENARIO_TIMEOUT_S * len(SCENARIOS),
+    )
+
+
+def _results(tmp_path_factory) -> dict[str, list[dict]] | str:
+    """Each scenario's results (rank 0, rank 1), or why the run failed (the ranks' statuses and logs)."""
+    got = run_once_per_session(__name__, tmp_path_factory, _launch)
+    if isinstance(got, str):
+        return got
+    return {s: [torch.load(got / f"{s}_rank{r}.pt", weights_only=True) for r in (0, 1)] for s in SCENARIOS}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, list[dict]]:
+    """The 2-process run's results, made once per test session; a failed run fails every test that needs it
+    with the ranks' logs (and is not started again)."""
+    got = once(f"{__name__}:runs", lambda: _results(tmp_path_factory))
+    if isinstance(got, str):
+        pytest.fail(got, pytrace=False)
+    return got
 
 
 # ------------------------------------------------------------------------------------------ one process
@@ -92,8 +84,8 @@ def test_shard_wise_masks_refuse_tensors_not_split_by_rows():
 
 # ------------------------------------------------------------------------------------------ 2 processes
 @pytest.mark.slow
-def test_shard_wise_masks_equal_whole_tensor_masks_and_each_rank_holds_its_part(tmp_path):
-    ranks = _run_two_processes("functional", tmp_path)
+def test_shard_wise_masks_equal_whole_tensor_masks_and_each_rank_holds_its_part(runs):
+    ranks = runs["functional"]
     for case, weights in worker.cases().items():
         for i, (sparsity, scope, overrides) in enumerate(worker.SETTINGS):
             reference = compute_masks(weights, sparsity, scope=scope, layer_sparsity=overrides)
@@ -131,8 +123,8 @@ def _single_process(scope: str, root: Path) -> ProgressivePruning:
 
 
 @pytest.mark.slow
-def test_progressive_pruning_under_fsdp2_holds_mask_parts_and_saves_whole_masks(tmp_path):
-    ranks = _run_two_processes("callback", tmp_path)
+def test_progressive_pruning_under_fsdp2_holds_mask_parts_and_saves_whole_masks(runs, tmp_path):
+    ranks = runs["callback"]
     for scope in ("layer", "global"):
         reference = _single_process(scope, tmp_path / f"single_{scope}")
         assert reference.masks and all(not bool(m.all()) for m in reference.masks.values())
