@@ -30,7 +30,8 @@ Here, in one run::
 3. **Overhead**: median training-step time of the student alone, with online KD (teacher every step) and
    with the logit cache after it is filled, interleaved in one process; ratios to the student alone.
 
-Errors are counted on the 10,000 MNIST test images. Gap recovery = (alone - distilled) / (alone - teacher).
+Errors are counted on the 10,000 MNIST test images (``--limit-test-samples N``: the first N, for a quick
+trial). Gap recovery = (alone - distilled) / (alone - teacher).
 ``--holdout N`` holds N training images out of every member's and student's training (seeded; cache names
 get ``_hoN``); ``--count-on holdout`` counts errors on them instead of the test set. Settings can be tuned
 there, and the chosen one run once on the test set (``--count-on test``, the same members and training
@@ -134,13 +135,17 @@ def module(net: torch.nn.Module, lr: float, epochs: int, optimizer: str = "adam"
     )
 
 
-def test_errors(net: torch.nn.Module, dm: ImageClassificationDataModule, holdout: bool = False) -> int:
-    """Misclassified images of the 10,000-image MNIST test split, or of the held-out training images."""
+def test_errors(
+    net: torch.nn.Module, dm: ImageClassificationDataModule, holdout: bool = False, limit: int | None = None
+) -> int:
+    """Misclassified images of the 10,000-image MNIST test split (its first ``limit``: ``--limit-test-samples``),
+    or of the held-out training images."""
     net.eval()
     split = dm.val_split_data if holdout else dm.test_split
+    size = len(split) if limit is None else min(limit, len(split))
     batches = (
-        (dm.to_model_input(split.images[i : i + 1000]), split.labels[i : i + 1000])
-        for i in range(0, len(split), 1000)
+        (dm.to_model_input(split.images[i : min(i + 1000, size)]), split.labels[i : min(i + 1000, size)])
+        for i in range(0, size, 1000)
     )
     counts = count_correct(net, batches)
     return counts["samples"] - counts["correct"]
@@ -175,7 +180,7 @@ def train_teacher(args, member: int = 0) -> tuple[torch.nn.Module, int, float]:
         seconds = time.perf_counter() - start
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), path)
-    return net, test_errors(net, dm, counts_on_holdout(args)), seconds
+    return net, test_errors(net, dm, counts_on_holdout(args), args.limit_test_samples), seconds
 
 
 def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
@@ -193,7 +198,12 @@ def train_teachers(args) -> tuple[torch.nn.Module, int, list[int], float]:
     ensemble = LogitEnsemble(members, combine=args.ensemble_combine, temperature=args.temperature)
     dm = run_data(args)
     dm.setup("fit")
-    return ensemble, test_errors(ensemble, dm, counts_on_holdout(args)), member_errors, seconds
+    return (
+        ensemble,
+        test_errors(ensemble, dm, counts_on_holdout(args), args.limit_test_samples),
+        member_errors,
+        seconds,
+    )
 
 
 def student_result_path(args, seed: int, distilled: bool) -> Path:
@@ -207,6 +217,8 @@ def student_result_path(args, seed: int, distilled: bool) -> Path:
         setting += f"_opt{args.student_optimizer}"
     if args.holdout:
         setting += f"_ho{args.holdout}" + ("_onho" if counts_on_holdout(args) else "")
+    if args.limit_test_samples is not None:
+        setting += f"_test{args.limit_test_samples}"
     if distilled:
         setting += (
             f"_kd_T{args.temperature:g}_a{args.alpha:g}_teacher{args.teacher_members}x{args.teacher_augmentation}"
@@ -251,7 +263,7 @@ def train_student(
     trainer(args.student_epochs, callbacks).fit(
         module(net, args.student_lr, args.student_epochs, args.student_optimizer), datamodule=dm
     )
-    return test_errors(net, dm, counts_on_holdout(args)), kd
+    return test_errors(net, dm, counts_on_holdout(args), args.limit_test_samples), kd
 
 
 class StepTimer(Callback):
@@ -420,6 +432,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--limit-train-samples", type=int, default=None, help="for a quick trial only")
     parser.add_argument(
+        "--limit-test-samples",
+        type=int,
+        default=None,
+        help="count errors on the first N test images only (a quick trial; default: all 10,000)",
+    )
+    parser.add_argument(
         "--holdout",
         type=int,
         default=0,
@@ -437,11 +455,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--holdout must be in [0, {MNIST_TRAIN_IMAGES}), got {args.holdout}")
     if args.count_on == "holdout" and not args.holdout:
         parser.error("--count-on holdout needs --holdout N (N > 0)")
+    if args.limit_test_samples is not None and (args.limit_test_samples < 1 or counts_on_holdout(args)):
+        parser.error(
+            "--limit-test-samples must be at least 1, and is for the test set (not with --count-on holdout)"
+        )
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """The benchmark on the command line ``argv`` (default: ``sys.argv[1:]``)."""
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PL_DISABLE_FORK", "1")
 
@@ -495,7 +518,7 @@ def main() -> None:
     counted = (
         f"of {args.holdout:,} held-out training images; the test set is not used"
         if counts_on_holdout(args)
-        else "of 10,000"
+        else f"of {10_000 if args.limit_test_samples is None else min(args.limit_test_samples, 10_000):,}"
     )
     print(
         f"MNIST {error_kind(args)} ({counted}); student {n_student:,} parameters = teacher / "

@@ -71,6 +71,7 @@ def fit_one(args: argparse.Namespace, name: str, seed: int, pruned: bool) -> dic
             max_epochs=args.epochs,
             limit_train_batches=args.limit_train_batches,
             limit_val_batches=0,
+            limit_test_batches=args.limit_test_batches,
             default_root_dir=os.path.join(args.out_dir, f"{name}_{'pruned' if pruned else 'dense'}_{seed}"),
         ),
     )
@@ -92,6 +93,9 @@ def resumable_fit(args: argparse.Namespace, name: str, seed: int, pruned: bool) 
     settings = {
         k: v for k, v in sorted(vars(args).items()) if k not in ("models", "seeds", "out_dir", "data_dir")
     }
+    # the whole test set: the key of the runs recorded before the option existed
+    if settings["limit_test_batches"] == 1.0:
+        del settings["limit_test_batches"]
     key = json.dumps({"model": name, "seed": seed, "pruned": pruned, **settings}, sort_keys=True)
     path = os.path.join(args.out_dir, "results.jsonl")
     if os.path.exists(path):
@@ -121,6 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
         "--limit-train-batches", type=float, default=1.0, help="batches per epoch (a float: a fraction)"
+    )
+    parser.add_argument(
+        "--limit-test-batches",
+        type=float,
+        default=1.0,
+        help="test batches (a float: a fraction); the recorded figures use the whole test set, fewer is for smoke runs",
     )
     parser.add_argument(
         "--schedule",

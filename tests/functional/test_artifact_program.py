@@ -191,6 +191,9 @@ def _isolated(script: str, folder: Path) -> subprocess.CompletedProcess:
 
 
 def test_artifact_py_copied_alone_loads_and_runs_in_a_fresh_isolated_process(tmp_path):
+    """The 3-line use of the docs, then the command line, in one isolated fresh process (a second one would only
+    add its imports): the library use runs first, in the process as it starts, and the modules it imported are
+    read before the command line runs; ``runpy`` then executes artifact.py anew as ``__main__``."""
     deploy = tmp_path / "deploy"
     deploy.mkdir()
     shutil.copy(ARTIFACT_PY, deploy / "artifact.py")
@@ -207,16 +210,9 @@ def test_artifact_py_copied_alone_loads_and_runs_in_a_fresh_isolated_process(tmp
         y = model(torch.load("x.pt", weights_only=True))
         torch.save(y.detach(), "y.pt")
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("lightning_optim", "lightning", "torchao")))
-        """,
-        deploy,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["[]"], result.stdout
-    assert torch.equal(torch.load(deploy / "y.pt", weights_only=True), expected)
+        print("--- the command line ---", flush=True)
 
-    # the command line: python artifact.py model.lopt --input x.pt --output z.pt
-    result = _isolated(
-        """
+        # the command line: python artifact.py model.lopt --input x.pt --output z.pt
         import runpy
         sys.argv = ["artifact.py", "model.lopt", "--input", "x.pt", "--output", "z.pt"]
         try:
@@ -227,7 +223,10 @@ def test_artifact_py_copied_alone_loads_and_runs_in_a_fresh_isolated_process(tmp
         deploy,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "exported_program" in result.stdout and "['batch', 3, 16, 16]" in result.stdout
+    library, command_line = result.stdout.split("--- the command line ---\n")
+    assert library.split() == ["[]"], result.stdout
+    assert torch.equal(torch.load(deploy / "y.pt", weights_only=True), expected)
+    assert "exported_program" in command_line and "['batch', 3, 16, 16]" in command_line
     assert torch.equal(torch.load(deploy / "z.pt", weights_only=True), expected)
 
 

@@ -35,6 +35,7 @@ from lightning_optim.functional.quantization.pt2e import (
     read_pt2_metadata,
 )
 from lightning_optim.models import ConvNet3
+from tests.conftest import once
 from tests.nets import ConcatCNN, NoLayers, ResidualCNN, SEDepthwiseCNN, TinyViT, TokenMLPBlock
 
 torchvision = pytest.importorskip("torchvision")
@@ -124,12 +125,30 @@ MODELS = {
 }
 
 
+def settled_ptq(name: str):
+    """``(float model, backend, observed, int8)``: ``MODELS[name]`` settled and PT2E-quantized (:func:`ptq`, 4
+    calibration batches) from seed 0, then the random generator left where that leaves it.
+
+    resnet18's is made once per test process (``tests.conftest.once``) and only read by the three tests of its
+    capture, its int8 model and its ``.pt2`` file (its strict capture is the expensive part). The generator is
+    put back at the state after the quantization each time, so a test draws the same inputs after it whether it
+    made the model or not."""
+
+    def make():
+        factory, shape, *_ = MODELS[name]
+        torch.manual_seed(0)
+        model = settle(factory(), shape)
+        return (model, *ptq(model, shape)), torch.get_rng_state()
+
+    made, rng = once(f"test_pt2e.settled_ptq:{name}", make) if name == "resnet18_32px" else make()
+    torch.set_rng_state(rng)
+    return made
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_ptq_quantizes_unmodified_models(name):
-    factory, shape, min_agree, max_error = MODELS[name]
-    torch.manual_seed(0)
-    model = settle(factory(), shape)
-    backend, observed, quantized = ptq(model, shape)
+    _, shape, min_agree, max_error = MODELS[name]
+    model, backend, observed, quantized = settled_ptq(name)
     assert isinstance(quantized, Pt2eModule) and quantized.kind == "int8" and not quantized.training
     assert quantized.capture.dynamic_batch, quantized.capture.summary()
     # the converted graph really holds int8: quantize/dequantize nodes and int8 per-channel weights
@@ -149,8 +168,7 @@ def test_ptq_quantizes_unmodified_models(name):
 
 
 def test_resnet18_needs_the_strict_capture_and_says_so():
-    torch.manual_seed(0)
-    _, _, quantized = ptq(settle(_resnet18(), (4, 3, 32, 32)), (4, 3, 32, 32), batches=1)
+    *_, quantized = settled_ptq("resnet18_32px")
     capture = quantized.capture
     assert capture.strict
     assert "non-strict capture: ValueError: Input partition has more than one output node" in capture.note
@@ -372,10 +390,7 @@ def _records(path: Path) -> dict[str, bytes]:
 
 
 def test_pt2_file_holds_int8_weights_only_and_runs_in_a_fresh_process(tmp_path):
-    torch.manual_seed(0)
-    shape = (4, 3, 32, 32)
-    model = settle(_resnet18(), shape)
-    backend, _, quantized = ptq(model, shape, batches=2)
+    model, backend, _, quantized = settled_ptq("resnet18_32px")
     meta = {
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
@@ -691,3 +706,31 @@ def test_embedding_tables_are_stored_in_int8_with_one_scale_per_row(tmp_path):
     assert not any("token" in k for k in names), names  # tied to the head: left in float
     assert "embedding tables kept float: tokens.weight: also read elsewhere (tied" in quantized.capture.note
     assert "embedding tables int8 (one scale per row): positions" in quantized.capture.note
+
+
+def test_conv_kinds_a_graph_lacks_are_skipped_because_torchao_would_change_nothing():
+    """Our conv-bn shortcut skips torchao's fuse (preparation) and fold (conversion) passes of the conv kinds a
+    graph lacks: run anyway on a graph of 2-d convolutions, torchao's passes of the other kinds leave it as it is."""
+    import importlib
+
+    import torch.nn.functional as F
+
+    from lightning_optim.functional.quantization import pt2e as pt2e_module
+
+    qat_utils = importlib.import_module("torchao.quantization.pt2e.qat_utils")
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(256, 5)
+    )
+    x = torch.randn(4, 1, 8, 8)
+    graph = torch.export.export(net, (x,), strict=False).module(check_guards=False)
+    before = graph.code
+    conv1d_inputs = tuple(torch.randn(*s) for s in [(1, 1, 3), (1, 1, 1), (1,), (1,), (1,), (1,), (1,)])
+    original = qat_utils._fuse_conv_bn_qat_helper  # torchao's own (the shortcut wraps it inside the context)
+    with pt2e_module._fast_conv_bn_patterns():  # for its cache of the pattern graphs
+        assert qat_utils._fuse_conv_bn_qat_helper is not original
+        for conv_fn in (F.conv1d, F.conv_transpose1d):
+            graph = original(graph, conv_fn, conv1d_inputs, is_cuda=False)
+            assert graph.code == before, (
+                f"torchao's {conv_fn.__name__} pass changed a graph without that conv"
+            )
