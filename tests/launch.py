@@ -88,6 +88,12 @@ def _rank_main(module: str, args: list[str], env: dict[str, str], log: str) -> N
     os._exit(code)
 
 
+def _tail(log: Path, chars: int = 4000) -> str:
+    if not log.exists():
+        return "(no log: the rank never started)"
+    return log.read_text(errors="replace")[-chars:]
+
+
 def rank_env(rank: int, nprocs: int, port: int, **extra: str) -> dict[str, str]:
     """The environment of rank ``rank`` of ``nprocs`` on one node (as torchrun sets it), plus ``extra``."""
     return {
@@ -145,9 +151,6 @@ def run_ranks(
                 proc.join()
     codes = [proc.exitcode for proc in procs]
     if codes != [0] * nprocs:
-        tails = "\n".join(
-            f"--- rank {r} ---\n" + (logs / f"{name}_rank{r}.log").read_text(errors="replace")[-4000:]
-            for r in range(nprocs)
-        )
+        tails = "\n".join(f"--- rank {r} ---\n" + _tail(logs / f"{name}_rank{r}.log") for r in range(nprocs))
         timed_out = f" (killed after {timeout:.0f} s)" if time.monotonic() >= deadline else ""
         raise AssertionError(f"{module} {' '.join(map(str, args))}: exit codes {codes}{timed_out}\n{tails}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -396,10 +397,14 @@ class _QuantizationCallbackBase(Callback):
         parameters are left as they are: each rank holds its own part of the same tensor."""
         from lightning_optim.functional.pruning.masks import is_sharded
 
-        state = {k: v.detach() for k, v in model.state_dict().items() if not is_sharded(v)}
+        full = model.state_dict()
+        state = OrderedDict((k, v.detach()) for k, v in full.items() if not is_sharded(v))
+        # the modules' versions travel too: an observer loaded without its version takes the state as version 1
+        # and resets its ``eps`` to float32's (torchao's observers: ranges clamped differently on each rank)
+        state._metadata = getattr(full, "_metadata", None)  # type: ignore[attr-defined]
         received = broadcast_from_rank0(trainer, state)
         if received is not state:
-            model.load_state_dict(received, strict=len(state) == len(model.state_dict()))
+            model.load_state_dict(received, strict=len(state) == len(full))
 
     def _finish(
         self,

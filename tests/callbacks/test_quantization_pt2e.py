@@ -330,3 +330,30 @@ def test_the_default_path_prints_no_quantization_deprecation(tmp_path):
         warnings.simplefilter("always")
         QuantizationAwareTraining(backend="eager", **QUIET)
     assert any(str(w.message) == EAGER_DEPRECATION and w.category is FutureWarning for w in caught)
+
+
+def test_rank0_ranges_load_on_the_other_ranks_with_the_observers_versions(monkeypatch):
+    """Under DDP and FSDP2 every rank loads rank 0's calibrated state (identical int8 models). The observers'
+    versions must travel with it: loaded as a plain dict, torchao's observers take it as version 1 and reset their
+    ``eps`` (2**-12 in the x86 configuration) to float32's, so the ranks clamped a pruned channel's range
+    differently (found with MobileNetV3 under FSDP2: the int8 weights differed between the ranks)."""
+    import pickle
+
+    from lightning_optim.callbacks import quantization as callbacks_quantization
+    from lightning_optim.functional.quantization.pt2e import Pt2eBackend
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 8, 8)  # the digits' shape
+    backend = Pt2eBackend(example_input=x)
+    observed, _ = backend.prepare_ptq(residual_cnn().eval())
+    backend.calibrate(observed, [x])
+    eps = {k: v.clone() for k, v in observed.state_dict().items() if k.endswith(".eps")}
+    assert eps and all(float(v) == 2**-12 for v in eps.values()), eps
+    # rank 0's state as another rank receives it (pickled through the process group), loaded over its own
+    monkeypatch.setattr(
+        callbacks_quantization, "broadcast_from_rank0", lambda trainer, obj: pickle.loads(pickle.dumps(obj))
+    )
+    PostTrainingQuantization()._broadcast_state(None, observed)
+    for key, value in observed.state_dict().items():
+        if key.endswith(".eps"):
+            assert torch.equal(value, eps[key]), f"{key} became {float(value)} on loading"

@@ -186,8 +186,8 @@ def _pattern_key(pattern: Any, example_inputs: Any, is_cuda: bool, kwargs: dict[
 @contextmanager
 def _fast_conv_bn_patterns() -> Iterator[None]:
     """Make torchao's conv-bn QAT pattern passes fast: each of its ~100 pattern graphs is captured once per
-    process (a strict ``torch.export``, 0.3 s each here) instead of at every prepare/convert, and conversion
-    skips the conv kinds (1-d, 2-d, transposed) the model does not have.
+    process (a strict ``torch.export``, 0.3 s each here) instead of at every prepare/convert, and preparation
+    and conversion skip the conv kinds (1-d, 2-d, transposed) the model does not have.
 
     The results are the same graphs; where torchao's private helpers are not where torchao 0.18 has them,
     nothing is changed.
@@ -199,7 +199,8 @@ def _fast_conv_bn_patterns() -> Iterator[None]:
         return
     build = getattr(qat_utils, "_get_aten_graph_module_for_pattern", None)
     fold = getattr(qat_utils, "_fold_conv_bn_qat_helper", None)
-    if not callable(build) or not callable(fold):  # pragma: no cover - another torchao layout
+    fuse = getattr(qat_utils, "_fuse_conv_bn_qat_helper", None)
+    if not callable(build) or not callable(fold) or not callable(fuse):  # pragma: no cover - another layout
         yield
         return
 
@@ -211,21 +212,28 @@ def _fast_conv_bn_patterns() -> Iterator[None]:
             _PATTERN_CACHE[key] = build(pattern, example_inputs, is_cuda, **kwargs)
         return copy.deepcopy(_PATTERN_CACHE[key])
 
-    def fold_present(m: Any, conv_fn: Any, example_inputs: Any, is_cuda: bool) -> Any:
-        present = {_aten_name(n) for n in m.graph.nodes}
-        op = _CONV_OPS.get(getattr(conv_fn, "__name__", ""))
-        has_any = bool(present & set(_CONV_OPS.values()))
-        if op is not None and op not in present and (has_any or op != "conv2d"):
-            return m
-        return fold(m, conv_fn, example_inputs, is_cuda)
+    def present_only(helper: Any) -> Any:
+        """``helper(m, conv_fn, ...)`` skipped when ``m`` has no conv of ``conv_fn``'s kind (nothing to match)."""
+
+        def run(m: Any, conv_fn: Any, example_inputs: Any, is_cuda: bool) -> Any:
+            present = {_aten_name(n) for n in m.graph.nodes}
+            op = _CONV_OPS.get(getattr(conv_fn, "__name__", ""))
+            has_any = bool(present & set(_CONV_OPS.values()))
+            if op is not None and op not in present and (has_any or op != "conv2d"):
+                return m
+            return helper(m, conv_fn, example_inputs, is_cuda)
+
+        return run
 
     qat_utils._get_aten_graph_module_for_pattern = cached_build
-    qat_utils._fold_conv_bn_qat_helper = fold_present
+    qat_utils._fold_conv_bn_qat_helper = present_only(fold)
+    qat_utils._fuse_conv_bn_qat_helper = present_only(fuse)
     try:
         yield
     finally:
         qat_utils._get_aten_graph_module_for_pattern = build
         qat_utils._fold_conv_bn_qat_helper = fold
+        qat_utils._fuse_conv_bn_qat_helper = fuse
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:

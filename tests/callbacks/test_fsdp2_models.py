@@ -1,0 +1,82 @@
+"""Models we did not write under FSDP2 (2 CPU processes): torchvision's ResNet-18 (residual), MobileNetV3-small
+(depthwise separable convolutions, squeeze-excitation) and a Hugging Face transformers ``BertLayer`` (transformer
+block), random weights, each sharded with ``ClassificationModule(sharding="fsdp2")`` and fitted with unstructured
+pruning, post-training quantization and (the BertLayer) the compression report (``fsdp2_models_worker.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.callbacks import fsdp2_models_worker as worker
+from tests.conftest import once, run_once_per_session
+from tests.launch import run_ranks
+
+#: the most one model's fit may take (the run's limit: this times their number)
+MODEL_TIMEOUT_S = 150
+
+
+def _launch(out: Path) -> None:
+    run_ranks(
+        "tests.callbacks.fsdp2_models_worker",
+        [out, *worker.MODELS],
+        out,
+        name="models",
+        timeout=MODEL_TIMEOUT_S * len(worker.MODELS),
+    )
+
+
+def _results(tmp_path_factory) -> dict[str, list[dict]] | str:
+    got = run_once_per_session(__name__, tmp_path_factory, _launch)
+    if isinstance(got, str):
+        return got
+    return {
+        m: [torch.load(got / f"{m}_rank{r}.pt", weights_only=True) for r in (0, 1)] for m in worker.MODELS
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, list[dict]]:
+    """Both ranks' results of every model, made once per test session (a failed run fails each test with the
+    ranks' logs)."""
+    got = once(f"{__name__}:runs", lambda: _results(tmp_path_factory))
+    if isinstance(got, str):
+        pytest.fail(got, pytrace=False)
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(worker.MODELS))
+def test_sharded_pruning_and_int8_on_models_we_did_not_write(runs, model):
+    """Every parameter sharded at the first step; the masks (shard-wise) prune each weight to the ramp's final
+    sparsity; both ranks end with the same masks, weights and int8 model, which PTQ made from a gathered copy."""
+    r0, r1 = runs[model]
+    assert r0["sharded"] and r1["sharded"], "the network was not sharded"
+    assert r0["global_step"] == r1["global_step"] == 8
+    assert r0["masks"] and set(r0["masks"]) == set(r1["masks"])
+    for name, mask in r0["masks"].items():
+        assert torch.equal(mask, r1["masks"][name]), f"{model}: mask of {name} differs between the ranks"
+    for name, weight in r0["weights"].items():
+        assert torch.equal(weight, r1["weights"][name]), f"{model}: {name} differs between the ranks"
+    kept = sum(int(m.sum()) for m in r0["masks"].values())
+    total = sum(m.numel() for m in r0["masks"].values())
+    assert 1 - kept / total == pytest.approx(worker.PRUNING["final_sparsity"], abs=0.01), model
+    for name, mask in r0["masks"].items():  # pruned weights are zero in the trained network
+        assert not r0["weights"][name][~mask].any(), f"{model}: {name} has weights where its mask is 0"
+    assert r0["int8"] and set(r0["int8"]) == set(r1["int8"]), f"{model}: no int8 model"
+    for key, value in r0["int8"].items():
+        assert torch.equal(value, r1["int8"][key]), f"{model}: int8 {key} differs between the ranks"
+
+
+@pytest.mark.slow
+def test_the_report_measures_the_whole_network(runs):
+    """The compression report under FSDP2 counts the gathered network (the BertLayer classifier), not a rank's
+    shard, and its rows are the same on both ranks."""
+    r0, r1 = runs["bert_layer"]
+    full = sum(w.numel() for w in r0["weights"].values())
+    assert r0["rows"] and r0["rows"] == r1["rows"]
+    end = next(row for row in r0["rows"] if row["stage"] == "fit end")
+    assert end["parameters"] == full
+    assert end["weight_sparsity"] > 0.5
