@@ -29,9 +29,10 @@ $(VENV)/.bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m lightning_optim.demo
 
-# the suite on 2 pytest-xdist workers (the 2 cores of CI), each test handed out as a worker frees up (worksteal: 668 s
-# against 707 s whole files per worker, loadfile); the runs a module's tests share are made once per worker
-# (tests.conftest.once); the tests' process groups take ports from each worker's own block (tests/ports.py); PYTEST_WORKERS=0: one process
+# the suite on 2 pytest-xdist workers (the 2 cores of CI), each test handed out as a worker frees up (worksteal);
+# the ranks of multi-process runs fork from a warm fork server (tests/launch.py), a run several tests check is made
+# once per session (tests.conftest.run_once_per_session); the tests' process groups take ports from each worker's
+# own block (tests/ports.py); 455 s on this machine, idle (was 756 s before the fork server); PYTEST_WORKERS=0: one process
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 
