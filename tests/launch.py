@@ -21,7 +21,7 @@ import runpy
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +154,19 @@ def run_ranks(
         tails = "\n".join(f"--- rank {r} ---\n" + _tail(logs / f"{name}_rank{r}.log") for r in range(nprocs))
         timed_out = f" (killed after {timeout:.0f} s)" if time.monotonic() >= deadline else ""
         raise AssertionError(f"{module} {' '.join(map(str, args))}: exit codes {codes}{timed_out}\n{tails}")
+
+
+#: the most one scenario of a worker may take (a run's limit: this times its number of scenarios)
+SCENARIO_TIMEOUT_S = 150.0
+
+
+def scenarios_launch(
+    module: str, scenarios: Sequence[str], name: str, per_scenario_s: float = SCENARIO_TIMEOUT_S
+) -> Callable[[Path], None]:
+    """``launch(out)``: :func:`run_ranks` of a worker that runs ``scenarios`` in turn (``module OUT SCENARIO...``),
+    logs ``out/<name>_rank<r>.log``; for :func:`tests.conftest.run_once_per_session`."""
+
+    def launch(out: Path) -> None:
+        run_ranks(module, [out, *scenarios], out, name=name, timeout=per_scenario_s * len(scenarios))
+
+    return launch

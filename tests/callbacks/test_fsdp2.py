@@ -26,13 +26,10 @@ from lightning_optim.callbacks import ProgressivePruning
 from lightning_optim.callbacks._trainer import SHARDED_SUPPORT, refuse_sharded, sharded_strategy
 from tests.callbacks import fsdp2_worker as worker
 from tests.conftest import run_once_per_session
-from tests.launch import run_ranks
+from tests.launch import scenarios_launch
 
 #: the worker's scenarios the slow tests check, run in turn by one 2-process run
 SCENARIOS = ("prune:layer", "prune:global", "callbacks", "gather", "tp")
-#: the most one scenario may take (the run's limit: this times their number) before both ranks are killed (their
-#: collectives time out sooner)
-SCENARIO_TIMEOUT_S = 150
 
 
 def _exported_callbacks() -> dict[str, type]:
@@ -106,15 +103,7 @@ def test_supported_settings_of_partial_callbacks_pass_setup():
 # ------------------------------------------------------------------------------------------ 2 processes
 
 
-def _launch(out: Path) -> None:
-    """Both ranks of ``fsdp2_worker OUT SCENARIOS...`` (their logs: ``out/fsdp2_rank<r>.log``)."""
-    run_ranks(
-        "tests.callbacks.fsdp2_worker",
-        [out, *SCENARIOS],
-        out,
-        name="fsdp2",
-        timeout=SCENARIO_TIMEOUT_S * len(SCENARIOS),
-    )
+_launch = scenarios_launch("tests.callbacks.fsdp2_worker", SCENARIOS, name="fsdp2")
 
 
 @pytest.fixture(scope="module")

@@ -34,15 +34,12 @@ from lightning_optim.weights import load_weights
 from tests.callbacks import fsdp2_ckpt_worker as worker
 from tests.callbacks.fsdp2_worker import BATCH, loader, trainer_kwargs
 from tests.conftest import once, run_once_per_session
-from tests.launch import run_ranks
+from tests.launch import scenarios_launch
 
 pytestmark = pytest.mark.slow
 
 #: the worker's scenarios, in turn in one 2-process run: the uninterrupted fit, then the resumed one
 SCENARIOS = ("straight", "resume")
-#: the most one scenario may take (the run's limit: this times their number) before both ranks are killed (their
-#: collectives time out sooner)
-SCENARIO_TIMEOUT_S = 150
 #: tries of a run whose rank 0 could not listen on the port picked (another process took it in between)
 PORT_TRIES = 3
 
@@ -52,17 +49,12 @@ def _port_was_taken(message: str) -> bool:
 
 
 def _launch(out: Path) -> None:
-    """Both ranks of ``fsdp2_ckpt_worker OUT straight resume``, again on another port (:func:`run_ranks` draws
-    one each time) if rank 0 could not listen on the first (their logs: ``out/ckpt_rank<r>.log``)."""
+    """Both ranks of ``fsdp2_ckpt_worker OUT straight resume``, again on another port (each launch draws
+    one) if rank 0 could not listen on the first (their logs: ``out/ckpt_rank<r>.log``)."""
+    launch = scenarios_launch("tests.callbacks.fsdp2_ckpt_worker", SCENARIOS, name="ckpt")
     for attempt in range(PORT_TRIES):
         try:
-            run_ranks(
-                "tests.callbacks.fsdp2_ckpt_worker",
-                [out, *SCENARIOS],
-                out,
-                name="ckpt",
-                timeout=SCENARIO_TIMEOUT_S * len(SCENARIOS),
-            )
+            launch(out)
         except AssertionError as err:
             if attempt == PORT_TRIES - 1 or not _port_was_taken(str(err)):
                 raise

@@ -36,13 +36,10 @@ from lightning_optim.functional.distillation import (
 from tests.callbacks import fsdp2_kd_es_worker as worker
 from tests.callbacks import fsdp2_worker as base
 from tests.conftest import once, run_once_per_session
-from tests.launch import run_ranks
+from tests.launch import scenarios_launch
 
 #: the worker's scenarios the slow tests check, run in turn by one 2-process run
 SCENARIOS = ("kd", "es")
-#: the most one scenario may take (the run's limit: this times their number) before both ranks are killed (their
-#: collectives time out sooner)
-SCENARIO_TIMEOUT_S = 150
 #: float32 sums in another order (two half batches, reduce-scatter) than one process's
 ATOL = 1e-5
 
@@ -211,15 +208,7 @@ def test_unsharded_best_weights_stay_in_the_state():
 
 
 # ------------------------------------------------------------------------------------------ 2 processes
-def _launch(out: Path) -> None:
-    """Both ranks of ``fsdp2_kd_es_worker OUT SCENARIOS...`` (their logs: ``out/kd_es_rank<r>.log``)."""
-    run_ranks(
-        "tests.callbacks.fsdp2_kd_es_worker",
-        [out, *SCENARIOS],
-        out,
-        name="kd_es",
-        timeout=SCENARIO_TIMEOUT_S * len(SCENARIOS),
-    )
+_launch = scenarios_launch("tests.callbacks.fsdp2_kd_es_worker", SCENARIOS, name="kd_es")
 
 
 def _results(tmp_path_factory) -> dict[str, list[dict[str, Any]]] | str:

@@ -5,27 +5,14 @@ pruning, post-training quantization and (the BertLayer) the compression report (
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from tests.callbacks import fsdp2_models_worker as worker
 from tests.conftest import once, run_once_per_session
-from tests.launch import run_ranks
+from tests.launch import scenarios_launch
 
-#: the most one model's fit may take (the run's limit: this times their number)
-MODEL_TIMEOUT_S = 150
-
-
-def _launch(out: Path) -> None:
-    run_ranks(
-        "tests.callbacks.fsdp2_models_worker",
-        [out, *worker.MODELS],
-        out,
-        name="models",
-        timeout=MODEL_TIMEOUT_S * len(worker.MODELS),
-    )
+_launch = scenarios_launch("tests.callbacks.fsdp2_models_worker", list(worker.MODELS), name="models")
 
 
 def _results(tmp_path_factory) -> dict[str, list[dict]] | str:

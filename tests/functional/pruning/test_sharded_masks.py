@@ -27,24 +27,13 @@ from lightning_optim.functional.pruning.masks import (
 )
 from tests.conftest import once, run_once_per_session
 from tests.functional.pruning import sharded_masks_worker as worker
-from tests.launch import run_ranks
+from tests.launch import scenarios_launch
 
 #: the worker's scenarios the slow tests check, run in turn by one 2-process run
 SCENARIOS = ("functional", "callback")
-#: the most one scenario may take (the run's limit: this times their number) before both ranks are killed (their
-#: collectives time out sooner)
-SCENARIO_TIMEOUT_S = 150
 
 
-def _launch(out: Path) -> None:
-    """Both ranks of ``sharded_masks_worker OUT SCENARIOS...`` (their logs: ``out/sharded_masks_rank<r>.log``)."""
-    run_ranks(
-        "tests.functional.pruning.sharded_masks_worker",
-        [out, *SCENARIOS],
-        out,
-        name="sharded_masks",
-        timeout=SCENARIO_TIMEOUT_S * len(SCENARIOS),
-    )
+_launch = scenarios_launch("tests.functional.pruning.sharded_masks_worker", SCENARIOS, name="sharded_masks")
 
 
 def _results(tmp_path_factory) -> dict[str, list[dict]] | str:
