@@ -456,6 +456,8 @@ class _Planner:
         self.evaluate = evaluate
         self.mode = mode
         self.metrics: dict[frozenset[str], float] = {}
+        #: the model's torch.export programs, made once for every configuration's preparation
+        self.captures: dict[Any, Any] = {}
         self.last: tuple[frozenset[str], nn.Module | None] = (frozenset(), None)
         #: the layers int8 in the all-int8 model, and the float model's metric (set by the caller)
         self.quantized: list[str] = []
@@ -476,10 +478,16 @@ class _Planner:
     def quantize(self, float_layers_: Sequence[str]) -> nn.Module:
         """The int8 model with ``float_layers_`` (plus the backend's own ``exclude``) kept in float."""
         backend = self.make_backend([*self.base_exclude, *float_layers_])
-        with warnings.catch_warnings():
-            # a layer kept float leaves the pooling after it unannotated: what was asked for, said per op
-            warnings.filterwarnings("ignore", message=r"The input of \w+ is not quantized, skip annotate")
-            observed, _ = backend.prepare_ptq(self.model)
+        # one torch.export of the model per planning run: every configuration prepares a copy of that program
+        # (set for this preparation only: a factory may hand out the same backend for other models later)
+        backend.__dict__["_capture_cache"] = self.captures
+        try:
+            with warnings.catch_warnings():
+                # a layer kept float leaves the pooling after it unannotated: what was asked for, said per op
+                warnings.filterwarnings("ignore", message=r"The input of \w+ is not quantized, skip annotate")
+                observed, _ = backend.prepare_ptq(self.model)
+        finally:
+            backend.__dict__.pop("_capture_cache", None)
         backend.calibrate(observed, self.batches, self.to_input)
         return backend.convert(observed)
 

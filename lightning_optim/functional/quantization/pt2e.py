@@ -871,6 +871,43 @@ class Pt2eBackend(QuantizationBackend):
                     "torch.nn.utils.parametrize.remove_parametrizations)."
                 )
 
+    def _export(self, model: nn.Module, x: Tensor, strict: bool) -> tuple[Any, bool, list[str], str]:
+        """``torch.export`` of ``model`` in one mode: ``(program, dynamic batch, notes, error)``. With a capture
+        cache set (``_capture_cache``, a dict: the mixed-precision planner's, for many preparations of one
+        model), each mode's program is made once and a deep copy returned."""
+        cache = self.__dict__.get("_capture_cache")
+        key = (strict, bool(self.dynamic_batch), tuple(x.shape), x.dtype)
+        if cache is not None and key in cache:
+            program, dynamic, notes, error = cache[key]
+            return copy.deepcopy(program), dynamic, list(notes), error
+        mode = "strict" if strict else "non-strict"
+        dynamic = self.dynamic_batch and x.dim() > 0
+        exported, notes, error = None, [], ""
+        if dynamic:
+            batch = torch.export.Dim("batch", min=1)
+            wide = torch.cat([x, x]) if x.shape[0] == 1 else x  # export specializes size-1 dimensions
+            try:
+                with _quiet_torchao():
+                    exported = torch.export.export(
+                        model, (wide,), dynamic_shapes=({0: batch},), strict=strict
+                    )
+            except Exception as err:  # noqa: BLE001 - static capture is the fallback
+                dynamic = False
+                notes.append(
+                    f"the batch dimension cannot be dynamic ({mode} export: {_first_line(err, 200)}); "
+                    f"captured with a static batch of {x.shape[0]}: the int8 model runs at that batch size"
+                )
+        if exported is None:
+            try:
+                with _quiet_torchao():
+                    exported = torch.export.export(model, (x,), strict=strict)
+            except Exception as err:  # noqa: BLE001 - the next mode, else the refusal
+                error = f"torch.export ({mode}): {_first_line(err)}"
+        if cache is not None:
+            cache[key] = (exported, dynamic, list(notes), error)
+            exported = copy.deepcopy(exported)
+        return exported, dynamic, notes, error
+
     def _capture(self, model: nn.Module, x: Tensor, is_qat: bool) -> tuple[torch.fx.GraphModule, Pt2eCapture]:
         """Export ``model`` and prepare it (observers or fake quantization); tries the export modes in turn."""
         ao = torchao_pt2e()
@@ -879,29 +916,11 @@ class Pt2eBackend(QuantizationBackend):
         notes: list[str] = []
         for strict in modes:
             mode = "strict" if strict else "non-strict"
-            dynamic = self.dynamic_batch and x.dim() > 0
-            exported = None
-            if dynamic:
-                batch = torch.export.Dim("batch", min=1)
-                wide = torch.cat([x, x]) if x.shape[0] == 1 else x  # export specializes size-1 dimensions
-                try:
-                    with _quiet_torchao():
-                        exported = torch.export.export(
-                            model, (wide,), dynamic_shapes=({0: batch},), strict=strict
-                        )
-                except Exception as err:  # noqa: BLE001 - static capture is the fallback
-                    dynamic = False
-                    notes.append(
-                        f"the batch dimension cannot be dynamic ({mode} export: {_first_line(err, 200)}); "
-                        f"captured with a static batch of {x.shape[0]}: the int8 model runs at that batch size"
-                    )
-            if exported is None:
-                try:
-                    with _quiet_torchao():
-                        exported = torch.export.export(model, (x,), strict=strict)
-                except Exception as err:  # noqa: BLE001 - the next mode, else the refusal below
-                    errors.append(f"torch.export ({mode}): {_first_line(err)}")
-                    continue
+            exported, dynamic, mode_notes, error = self._export(model, x, strict)
+            notes.extend(mode_notes)
+            if error:
+                errors.append(error)
+                continue
             try:
                 with _quiet_torchao(), _fast_conv_bn_patterns():
                     # no `_guards_fn` submodule: it cannot be pickled

@@ -158,6 +158,32 @@ def test_most_sensitive_first_and_only_as_many_as_the_budget_needs():
     }
 
 
+def test_the_planner_exports_the_model_once_for_all_its_configurations(monkeypatch):
+    """Each configuration the planner tries prepares a copy of one ``torch.export`` program of the model (the
+    configurations differ in their quantizer only), and the backend it was given keeps no cache afterwards."""
+    net, x, batches, _ = setup_net("residual_cnn")
+    calls = []
+    export = torch.export.export
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", counting)
+    backend = Pt2eBackend()
+    costs = {"stem.0": 0.05, "blocks.1.3": 0.3}
+    plan = choose_float_layers(
+        net, backend, x, batches, scripted_metric(costs), max_accuracy_drop=0.01, measure_latency=False
+    )
+    assert plan.exclude == [
+        "stem.0",
+        "blocks.1.3",
+    ]  # what the test above finds with an export per configuration
+    configurations = len(plan.steps) + len(plan.layers)  # the sensitivity pass and the greedy steps, at least
+    assert configurations > 3 and len(calls) == 1, (configurations, len(calls))
+    assert "_capture_cache" not in vars(backend)
+
+
 def test_a_smaller_is_better_metric_with_mode_min():
     net, x, batches, _ = setup_net("se_depthwise")
     evaluate = scripted_metric({"se.fc2": 0.2}, float_metric=0.1, mode="min")
