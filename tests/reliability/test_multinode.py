@@ -1,6 +1,6 @@
 """Two "nodes" on localhost: two torchrun launchers (``--nnodes=2``, one process each, rendezvous on
-127.0.0.1) fit the callbacks with rank handling of their own with ``num_nodes=2`` under DDP and under FSDP2; both
-nodes must end identical."""
+127.0.0.1) fit every settings-table entry with ``num_nodes=2`` under DDP and under FSDP2 (or see it refused at
+setup, as its class declares); both nodes must end identical."""
 
 from __future__ import annotations
 
@@ -18,27 +18,18 @@ from tests.conftest import run_once_per_session
 from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: the callbacks the two-node runs fit
-NODE_CALLBACKS = (
-    "ProgressivePruning",
-    "QuantizationAwareTraining",
-    "PostTrainingQuantization",
-    "KnowledgeDistillation",
-    "EarlyStopping",
-    "WeightSharing",
-)
-
-
-#: the callbacks with rank handling of their own (broadcasts of masks, ranges, best weights, teachers,
-#: codebooks) fitted under DDP on two nodes; every entry runs on 2 processes of one node in the DDP matrix
+#: every settings-table entry fitted under DDP on two nodes (as in the one-node DDP matrix)
 DDP_NAMES = [
     n
-    for n in ms.exported_callbacks()
-    if n in CALLBACK_SETTINGS and not ms.entry(n).get("skip", {}).get("ddp") and n in NODE_CALLBACKS
+    for n in sorted(CALLBACK_SETTINGS)
+    if ms.callback_class(n) in ms.exported_callbacks() and not ms.entry(n).get("skip", {}).get("ddp")
 ]
-#: under FSDP2: callbacks with collectives of their own under sharding (shard-wise masks, QAT's broadcast and
-#: gathered conversion, a teacher's broadcast) and one that refuses
-FSDP2_NAMES = [n for n in NODE_CALLBACKS if n not in ("EarlyStopping", "PostTrainingQuantization")]
+#: every entry under FSDP2 on two nodes: fitted, or refused at setup (as in the one-node FSDP2 matrix)
+FSDP2_NAMES = [
+    n
+    for n in sorted(CALLBACK_SETTINGS)
+    if ms.callback_class(n) in ms.exported_callbacks() and not ms.entry(n).get("skip", {}).get("fsdp2")
+]
 
 
 def _launch(out: Path) -> None:
@@ -106,8 +97,8 @@ def test_two_nodes_on_localhost(two_nodes):
 @pytest.mark.slow
 def test_two_nodes_on_localhost_under_fsdp2(two_nodes):
     """The same two "nodes" under FSDP2 (ModelParallelStrategy, ClassificationModule(sharding="fsdp2")) for
-    :data:`FSDP2_NAMES` (every entry runs on 2 processes of one node in test_callback_matrix.py): fitted with the
-    network sharded over the nodes and identical on both, or refused at setup."""
+    every entry (:data:`FSDP2_NAMES`): fitted with the network sharded over the nodes and identical on both, or
+    refused at setup before any step, naming the strategy and the alternative."""
     from tests.callbacks.test_callback_matrix import check_fsdp2_results
 
     out = two_nodes / "fsdp2"
