@@ -30,27 +30,22 @@ from lightning_optim import ClassificationModule
 from lightning_optim.callbacks import CompressionReport, PostTrainingQuantization, ProgressivePruning
 from lightning_optim.functional.pruning.masks import full_tensor, is_sharded
 from tests.callbacks.fsdp2_worker import PRUNING, PTQ, fsdp2_trainer, run_scenarios
+from tests.nets import tiny_bert_config
 
 #: classes, samples (both ranks), per-rank batch: 4 steps per epoch, 8 in the fit (the pruning ramp's steps 0-6)
 CLASSES, SAMPLES, BATCH = 5, 32, 4
 
 
 class BertLayerClassifier(nn.Module):
-    """One transformers ``BertLayer`` (self-attention with separate q/k/v Linears, feed-forward, LayerNorms) on
+    """One transformers ``BertLayer`` of the tests' small BERT configuration (``tests.nets.tiny_bert_config``,
+    hidden 32, no dropout: self-attention with separate q/k/v Linears, feed-forward, LayerNorms) on
     ``(batch, tokens, 32)`` inputs, mean-pooled into a linear head."""
 
     def __init__(self) -> None:
         super().__init__()
-        from transformers import BertConfig
         from transformers.models.bert.modeling_bert import BertLayer
 
-        config = BertConfig(
-            hidden_size=32,
-            num_attention_heads=4,
-            intermediate_size=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
+        config = tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         self.layer = BertLayer(config)
         self.head = nn.Linear(32, CLASSES)
 
