@@ -145,12 +145,16 @@ class ProgressivePruning(Callback):
     end of the run (``max_epochs``/``max_steps``) is refused, one cut short gets a warning with the sparsity it
     reaches and the fix. Under DDP, masks are computed from the synchronized weights and broadcast from rank
     0, so every rank holds the same masks. Under FSDP2 (``ModelParallelStrategy`` with
-    ``ClassificationModule(sharding="fsdp2")``; unstructured only) the masks are sharded like the weights: each
+    ``ClassificationModule(sharding="fsdp2")``) unstructured masks are sharded like the weights: each
     is a ``DTensor`` of which each rank holds the part of its shard, computed shard-wise without gathering any
     weight (:func:`~lightning_optim.functional.pruning.masks.sharded_magnitude_masks`), and equal, once
     gathered (:meth:`gathered_masks`, a collective), to the masks of a single-process run. The checkpoint holds
     them whole (bit-packed, gathered one layer at a time when the state is saved), so a resume, sharded or not,
-    continues exactly; each rank keeps its part at the resume.
+    continues exactly; each rank keeps its part at the resume. Structured and channel-group masks are computed
+    on whole weights (per layer, or on a plain copy of the network gathered from the shards at each pruning
+    step: the trace and the scores see the whole network), kept whole on every rank, and applied to each rank's
+    shards; compaction (``compact_at_end``, :meth:`compact`) works on a gathered copy and the compacted network
+    is sharded again by the LightningModule's ``configure_model``. Block pruning is refused under FSDP2.
 
     It is the ``"pruning"`` compression phase (:mod:`lightning_optim.callbacks.phases`): ``pending`` before
     ``start``, ``active`` until the final event, then ``done``.
@@ -255,7 +259,9 @@ class ProgressivePruning(Callback):
               init_args: {final_sparsity: 0.5, granularity: filter, module_types: [Conv2d], compact_at_end: true}
     """
 
-    #: unstructured masks (layer or global scope) work on sharded parameters; other granularities and compaction refused
+    #: under FSDP2: unstructured masks are computed shard-wise; structured and channel-group masks on the whole
+    #: weights (a gathered copy), split as the weights are; compaction on a gathered copy, sharded again. Block
+    #: pruning, and anything but unstructured masks under tensor parallelism, are refused at setup
     sharded_parameters = "partial"
 
     phase_name = "pruning"
@@ -374,6 +380,9 @@ class ProgressivePruning(Callback):
         # caches, rebuilt from the model (not pickled)
         self._modules: dict[str, nn.Module] = {}
         self._followers: dict[str, list[str]] = {}
+        # under a sharding strategy (FSDP2): the network's structure on the meta device, taken at setup before it
+        # is sharded, into which the gathered copies of structured/channel-group pruning and compaction are built
+        self._skeleton: nn.Module | None = None
         # what the masks zero: parameter name -> parameter, and -> its mask in the parameter's dtype/device
         self._params: dict[str, Tensor] = {}
         self._fast_masks: dict[str, Tensor] = {}
@@ -476,18 +485,9 @@ class ProgressivePruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self.structured or self.by_groups or self.by_blocks or self.compact_at_end:
-            from lightning_optim.callbacks._trainer import refuse_sharded
-
-            refuse_sharded(
-                trainer,
-                f"ProgressivePruning(granularity={self.granularity!r}, compact_at_end={self.compact_at_end})",
-                "structured, channel-group and block pruning and compaction change or trace the full network; "
-                "only `granularity: unstructured` (layer or global scope) runs on sharded parameters",
-                'DDP instead (`strategy="ddp"`), or `granularity="unstructured"` with `compact_at_end=False`',
-            )
         self._check_attribute(pl_module)
         model = target_model(pl_module, self.attribute)
+        self._run_sharded_setup(trainer, pl_module, model)
         if self.by_blocks:  # found now when the input shape is known, else at the first training batch
             self.block_candidates = None
             shape = known_input_shape(trainer, pl_module)
@@ -525,6 +525,96 @@ class ProgressivePruning(Callback):
             "attribute that holds the network (`attribute: model` for ClassificationModule)."
         )
 
+    def _run_sharded_setup(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module
+    ) -> None:
+        """Under a sharding strategy: refuse what does not run sharded yet (block pruning; anything but unstructured
+        masks under tensor parallelism), and keep the network's skeleton (its structure on the ``meta`` device:
+        setup runs before ``configure_model`` shards it), from which :meth:`_full_network` builds gathered copies
+        for structured and channel-group masks, the trace and compaction."""
+        from lightning_optim.callbacks._trainer import refuse_sharded, sharded_strategy
+        from lightning_optim.functional.sharding import is_sharded_module, skeleton
+
+        self._skeleton = None
+        strategy = sharded_strategy(trainer)
+        if strategy is None or not (
+            self.structured or self.by_groups or self.by_blocks or self.compact_at_end
+        ):
+            return
+        what = f"ProgressivePruning(granularity={self.granularity!r}, compact_at_end={self.compact_at_end})"
+        if self.by_blocks:
+            refuse_sharded(
+                trainer,
+                what,
+                "block pruning measures and removes whole blocks of the network during the fit, which is not built "
+                "for sharded parameters",
+                'DDP instead (`strategy="ddp"`), or `granularity="channel_groups"` (compacted at the end)',
+            )
+        if "tensor parallel" in strategy:
+            refuse_sharded(
+                trainer,
+                what,
+                "under tensor parallelism only unstructured masks are built (structured masks and compaction would "
+                "split units across the tensor-parallel ranks)",
+                'FSDP2 (`tensor_parallel_size=1` with ClassificationModule(sharding="fsdp2")), DDP '
+                '(`strategy="ddp"`), or `granularity="unstructured"` with `compact_at_end=False`',
+            )
+        if is_sharded_module(model):
+            refuse_sharded(
+                trainer,
+                what,
+                "the network was sharded before the callback's setup, so no plain copy of its structure can be "
+                "kept for the gathered copies that structured masks and compaction work on",
+                "sharding it in `configure_model`, as ClassificationModule(sharding='fsdp2') does, or DDP "
+                '(`strategy="ddp"`)',
+            )
+        if model is pl_module and self.compact_at_end:
+            refuse_sharded(
+                trainer,
+                what,
+                "compaction replaces the pruned network, which must then be an attribute of the LightningModule",
+                '`attribute` naming the network (ClassificationModule: `model`), or DDP (`strategy="ddp"`)',
+            )
+        self._skeleton = skeleton(model)
+
+    def _full_network(self, pl_module: pl.LightningModule, model: nn.Module) -> nn.Module:
+        """``model``; a sharded one (FSDP2) as a plain CPU copy with its weights gathered from the shards (a
+        collective: every rank calls it at the same point), for what needs the whole network (structured and
+        channel-group scores, the trace, compaction). The copy is dropped by the caller."""
+        from lightning_optim.functional.sharding import gathered_copy, is_sharded_module, matching_skeleton
+
+        if not is_sharded_module(model):
+            return model
+        plain = matching_skeleton(
+            model, getattr(pl_module, "unsharded_skeleton", None), getattr(self, "_skeleton", None)
+        )
+        if plain is None:
+            raise ValueError(
+                "ProgressivePruning: the sharded network has no plain skeleton to gather its weights into (shard it "
+                "in `configure_model` as ClassificationModule(sharding='fsdp2') does, after the callback's setup)."
+            )
+        return gathered_copy(model, plain)
+
+    def _reshard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, sharded: bool) -> None:
+        """After compaction replaced a sharded network by its plain compacted copy: shard it again with the
+        LightningModule's ``configure_model`` (``ClassificationModule(sharding="fsdp2")``: idempotent, it shards
+        what is not sharded and keeps the new skeleton), so the rest of the fit and its checkpoints stay sharded;
+        a ``configure_model`` that does not shard it leaves it whole on every rank, with a warning."""
+        from lightning_optim.functional.sharding import is_sharded_module, skeleton
+
+        if not sharded:
+            return
+        compacted = target_model(pl_module, self.attribute)
+        self._skeleton = skeleton(compacted)
+        device = trainer.strategy.root_device
+        compacted.to(device)
+        pl_module.configure_model()
+        if not is_sharded_module(target_model(pl_module, self.attribute)):
+            rank_zero_warn(
+                "ProgressivePruning: the compacted network was not sharded again by the LightningModule's "
+                "`configure_model`; every rank holds it whole from now on."
+            )
+
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -549,7 +639,7 @@ class ProgressivePruning(Callback):
         if example is None:
             return  # the first training batch will say what is missing
         self.example_input = example
-        self._run_build_graph(target_model(pl_module, self.attribute), example)
+        self._run_build_graph(self._full_network(pl_module, target_model(pl_module, self.attribute)), example)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -580,7 +670,7 @@ class ProgressivePruning(Callback):
                     "module an `input_shape`, or use batches whose inputs are one tensor."
                 )
             model = target_model(pl_module, self.attribute)
-            self._run_build_graph(model, self.example_input)
+            self._run_build_graph(self._full_network(pl_module, model), self.example_input)
             self._run_layer_norm_masks(model)  # restored masks (resume) that a layer norm normalises across
             self._run_keep_checkpoint_zeros(trainer, pl_module)
             self._maybe_prune(trainer, pl_module)  # an event held back until the graph was known
@@ -668,6 +758,14 @@ class ProgressivePruning(Callback):
             return False
         if not any(not bool(m.all()) for m in self.masks.values()):
             return False
+        events = self._events()
+        if self._events_done < len(events):
+            raise ValueError(
+                f"ProgressivePruning.compact() at optimizer step {trainer.global_step}: the ramp has "
+                f"{len(events) - self._events_done} pruning steps left (the last at step {events[-1]}), which would "
+                "prune the compacted network with the masks of the one before. Compact after the ramp (a later "
+                "phase with `start_after: pruning` does), or set `end` earlier."
+            )
         self._run_compact(trainer, pl_module)
         if self.compacted:
             self._rewrap_distributed(trainer, pl_module)
@@ -682,20 +780,26 @@ class ProgressivePruning(Callback):
             self._run_remove_units(trainer, pl_module)
             return
         from lightning_optim.functional.pruning.compaction import compact_model_report
+        from lightning_optim.functional.sharding import is_sharded_module
 
-        model = target_model(pl_module, self.attribute)
+        original = target_model(pl_module, self.attribute)
         if self.example_input is None:
             rank_zero_warn("ProgressivePruning: no training batch seen; the model was not compacted.")
             return
+        sharded = is_sharded_module(original)
+        model = self._full_network(
+            pl_module, original
+        )  # sharded: a gathered copy, compacted whole on every rank
         device = next(model.parameters()).device
         before = sum(p.numel() for p in model.parameters())
         self.compacted_model, self.compacted_layers = compact_model_report(
             model, self.example_input.to(device)
         )
-        if model is not pl_module:
+        if original is not pl_module:
             setattr(pl_module, self.attribute, self.compacted_model)
         self._params, self._fast_masks = {}, {}
         self.compacted = True
+        self._reshard(trainer, pl_module, sharded)
         self._rebuild_optimizers(trainer)
         after = sum(p.numel() for p in self.compacted_model.parameters())
         self._say_compaction(trainer, f"{before:,} -> {after:,}")
@@ -1173,8 +1277,10 @@ class ProgressivePruning(Callback):
         weights = {f"{n}.weight": m.weight for n, m in self._modules.items()}
         if self.by_groups:
             assert self.graph is not None
-            units = zero_units(model, self.graph)
-            kept = {n: m.cpu() for n, m in unit_masks(model, self.graph, units).items()}
+            full = self._full_network(pl_module, model)  # a sharded network: a gathered copy
+            units = zero_units(full, self.graph)
+            kept = {n: m.cpu() for n, m in unit_masks(full, self.graph, units).items()}
+            del full
             free = sum(u.pinned is None for u in self.graph.units)
             share = len(units) / max(free, 1)
             count = (
@@ -1300,8 +1406,8 @@ class ProgressivePruning(Callback):
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event_step: int) -> None:
         model = target_model(pl_module, self.attribute)
         target = self._event_sparsity(event_step)
-        if self.by_groups:
-            masks = self._group_masks(model, event_step, target)
+        if self.by_groups:  # a sharded network: scored on a gathered copy (whole masks, split at cast_masks)
+            masks = self._group_masks(self._full_network(pl_module, model), event_step, target)
         else:
             weights = {f"{n}.weight": m.weight for n, m in self._modules.items()}
             overrides = {
@@ -1399,12 +1505,18 @@ class ProgressivePruning(Callback):
     def _run_remove_units(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Channel groups: remove the pruned units from the network (checked against the masked network), put
         the result in its place, and say what was requested, removed and kept."""
-        model = target_model(pl_module, self.attribute)
+        from lightning_optim.functional.sharding import is_sharded_module
+
+        original = target_model(pl_module, self.attribute)
         if self.graph is None:
             rank_zero_warn(
                 "ProgressivePruning: no training batch seen, no graph; the model was not compacted."
             )
             return
+        sharded = is_sharded_module(original)
+        model = self._full_network(
+            pl_module, original
+        )  # sharded: a gathered copy, compacted whole on every rank
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         example = self.example_input
         if example is None:
@@ -1414,10 +1526,11 @@ class ProgressivePruning(Callback):
         self.compacted_model = remove_units(
             model, self.graph, pruned, example.to(device) if example is not None else None
         )
-        if model is not pl_module:
+        if original is not pl_module:
             setattr(pl_module, self.attribute, self.compacted_model)
         self._params, self._fast_masks = {}, {}
         self.compacted = True
+        self._reshard(trainer, pl_module, sharded)
         self._rebuild_optimizers(trainer)
         self._pruned_units = pruned
         before = sum(p.numel() for p in model.parameters())
@@ -1658,4 +1771,5 @@ class ProgressivePruning(Callback):
         state["_modules"] = {}
         state["graph"] = None
         state["_recent_batches"] = []
+        state["_skeleton"] = None  # the structure of a sharded network: taken again at setup
         return state

@@ -9,7 +9,7 @@ a fit under ``ModelParallelStrategy`` with ``ClassificationModule(sharding="fsdp
 parameters one FSDP2 unit), with unstructured ProgressivePruning (masks shard-wise), PostTrainingQuantization
 (PT2E, on a gathered copy) and, for the BertLayer, the compression report. Writes ``<model>_rank<r>.pt``: whether every
 parameter was a DTensor at the first step, the gathered masks and weights, the int8 model's tensors and the
-report's rows.
+report's rows. With ``MODEL:groups``: channel-group pruning of that model, compacted at the end (:func:`run_groups`).
 """
 
 from __future__ import annotations
@@ -136,8 +136,42 @@ def run_model(out: Path, name: str) -> None:
     )
 
 
+def run_groups(out: Path, name: str) -> None:
+    """Channel-group pruning to half the channels, compacted at the end on a gathered copy and sharded again;
+    writes ``<model>_groups_rank<r>.pt``: the sizes before and after, the compacted network's weights (gathered), its
+    output on a fixed input, whether it is sharded, and what compaction removed."""
+    build, shape = MODELS[name]
+    pl.seed_everything(0)
+    pruning = ProgressivePruning(
+        **{**PRUNING, "final_sparsity": 0.5}, granularity="channel_groups", compact_at_end=True
+    )
+    trainer = fsdp2_trainer(str(out / f"{name}_groups"), [pruning])
+    torch.manual_seed(0)
+    net = ClassificationModule(build(), num_classes=CLASSES, optimizer="sgd", lr=0.05, sharding="fsdp2")
+    before = sum(p.numel() for p in net.model.parameters())
+    trainer.fit(net, train_dataloaders=loader(shape))
+    params = dict(net.model.named_parameters())
+    net.eval()
+    with torch.no_grad():
+        output = net.model(torch.randn(2, *shape, generator=torch.Generator().manual_seed(5)))
+    _, requested, removed, _ = pruning.compaction_summary()
+    torch.save(
+        {
+            "before": before,
+            "weights": {n: full_tensor(p.detach()).cpu() for n, p in params.items()},  # collectives
+            "sharded": bool(params) and all(is_sharded(p) for p in params.values()),
+            "compacted": pruning.compacted,
+            "output": full_tensor(output).cpu(),
+            "requested": requested,
+            "removed": removed,
+        },
+        out / f"{name}_groups_rank{trainer.global_rank}.pt",
+    )
+
+
 SCENARIOS: dict[str, Callable[[Path], None]] = {
-    name: (lambda out, name=name: run_model(out, name)) for name in MODELS
+    **{name: (lambda out, name=name: run_model(out, name)) for name in MODELS},
+    **{f"{name}:groups": (lambda out, name=name: run_groups(out, name)) for name in MODELS},
 }
 
 

@@ -198,10 +198,9 @@ def run_tensor_parallel(out: Path) -> None:
 def refused_settings(out: Path) -> dict[str, pl.Callback]:
     """One setting of every callback (or setting) that refuses sharded parameters."""
     return {
-        "ProgressivePruning(structured)": ProgressivePruning(granularity="structured", **PRUNING),
-        "ProgressivePruning(channel_groups)": ProgressivePruning(granularity="channel_groups", **PRUNING),
+        "ProgressivePruning(blocks)": ProgressivePruning(granularity="blocks", **PRUNING),
         "QuantizationAwareTraining(start_epoch=1)": QuantizationAwareTraining(start_epoch=1),
-        "WeightSharing": WeightSharing(),
+        "WeightSharing(size_budget_bytes)": WeightSharing(size_budget_bytes=100_000),
     }
 
 

@@ -98,6 +98,24 @@ def test_supported_settings_of_partial_callbacks_pass_setup():
     trainer = _model_parallel_trainer()
     ProgressivePruning(**worker.PRUNING).setup(trainer, worker.module("fsdp2"), "fit")
     ProgressivePruning(scope="global", **worker.PRUNING).setup(trainer, worker.module("fsdp2"), "fit")
+    # structured and channel-group masks and compaction work on gathered copies: the skeleton is kept at setup
+    for granularity in ("structured", "channel_groups"):
+        pruning = ProgressivePruning(granularity=granularity, compact_at_end=True, **worker.PRUNING)
+        pruning.setup(trainer, worker.module("fsdp2"), "fit")
+        assert pruning._skeleton is not None
+        assert {p.device.type for p in pruning._skeleton.parameters()} == {"meta"}
+
+
+def test_structured_pruning_under_tensor_parallelism_is_refused_naming_it():
+    strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
+    for granularity in ("structured", "channel_groups"):
+        with pytest.raises(ValueError, match=r"ModelParallelStrategy \(tensor parallel\)") as err:
+            ProgressivePruning(granularity=granularity, **worker.PRUNING).setup(
+                trainer, worker.module(None), "fit"
+            )
+        assert "only unstructured masks" in str(err.value)
+    ProgressivePruning(**worker.PRUNING).setup(trainer, worker.module(None), "fit")  # unstructured: fine
 
 
 # ------------------------------------------------------------------------------------------ 2 processes

@@ -1,7 +1,8 @@
 """Models we did not write under FSDP2 (2 CPU processes): torchvision's ResNet-18 (residual), MobileNetV3-small
 (depthwise separable convolutions, squeeze-excitation) and a Hugging Face transformers ``BertLayer`` (transformer
 block), random weights, each sharded with ``ClassificationModule(sharding="fsdp2")`` and fitted with unstructured
-pruning, post-training quantization and (the BertLayer) the compression report (``fsdp2_models_worker.py``)."""
+pruning, post-training quantization and (the BertLayer) the compression report, and again with channel-group
+pruning compacted at the end (``fsdp2_models_worker.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from tests.callbacks import fsdp2_models_worker as worker
 from tests.conftest import once, run_once_per_session
 from tests.launch import scenarios_launch
 
-_launch = scenarios_launch("tests.callbacks.fsdp2_models_worker", list(worker.MODELS), name="models")
+_launch = scenarios_launch(
+    "tests.callbacks.fsdp2_models_worker",
+    [*worker.MODELS, *(f"{m}:groups" for m in worker.MODELS)],
+    name="models",
+)
 
 
 def _results(tmp_path_factory) -> dict[str, list[dict]] | str:
@@ -20,7 +25,9 @@ def _results(tmp_path_factory) -> dict[str, list[dict]] | str:
     if isinstance(got, str):
         return got
     return {
-        m: [torch.load(got / f"{m}_rank{r}.pt", weights_only=True) for r in (0, 1)] for m in worker.MODELS
+        f"{m}{kind}": [torch.load(got / f"{m}{kind}_rank{r}.pt", weights_only=True) for r in (0, 1)]
+        for m in worker.MODELS
+        for kind in ("", "_groups")
     }
 
 
@@ -67,3 +74,20 @@ def test_the_report_measures_the_whole_network(runs):
     end = next(row for row in r0["rows"] if row["stage"] == "fit end")
     assert end["parameters"] == full
     assert end["weight_sparsity"] > 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(worker.MODELS))
+def test_channel_groups_compacted_under_fsdp2_on_models_we_did_not_write(runs, model):
+    """Channel-group pruning under FSDP2 (masks scored on gathered copies), compacted at the end on a gathered copy
+    and sharded again: the network is smaller, identical on both ranks, and computes the same on both."""
+    r0, r1 = runs[f"{model}_groups"]
+    for got in (r0, r1):
+        assert got["compacted"] and got["sharded"], f"{model}: not compacted, or not sharded again"
+        assert got["removed"] > 0, f"{model}: compaction removed nothing"
+        assert sum(w.numel() for w in got["weights"].values()) < got["before"], model
+    assert r0["removed"] == r1["removed"] and r0["requested"] == r1["requested"]
+    assert set(r0["weights"]) == set(r1["weights"])
+    for name, weight in r0["weights"].items():
+        assert torch.equal(weight, r1["weights"][name]), f"{model}: {name} differs between the ranks"
+    torch.testing.assert_close(r0["output"], r1["output"], atol=0, rtol=0)

@@ -1371,6 +1371,17 @@ def test_compact_during_fit_then_training_goes_on(tmp_path):
     assert cb.compact(trainer, module) is False  # once
 
 
+def test_compact_before_the_ramp_ends_is_refused_naming_the_steps_left(tmp_path):
+    # the ramp's last pruning step (step 8) comes after the compaction asked at the second epoch's start (step 4):
+    # it would prune the compacted network with the masks of the one before
+    cb = ProgressivePruning(
+        final_sparsity=0.5, start=0, end=2, unit="epoch", granularity="channel_groups", verbose=False
+    )
+    with pytest.raises(ValueError, match=r"compact\(\) at optimizer step 4: the ramp has 1 pruning steps left"):
+        group_fit(tmp_path, cb, residual_cnn(), epochs=3, extra=[_CompactAtEpoch(cb, epoch=1)])
+    assert not cb.compacted
+
+
 @pytest.mark.slow
 def test_compact_during_fit_under_ddp(tmp_path):
     cb = ProgressivePruning(

@@ -476,8 +476,15 @@ def cast_masks(masks: Mapping[str, Tensor], tensors: Mapping[str, Tensor]) -> di
         t = tensors[n]
         if is_sharded(m):  # split as its tensor already: cast its part
             out[n] = m.to(dtype=t.dtype)
-        else:
-            out[n] = shard_like(m.to(device=t.device, dtype=t.dtype), t)
+            continue
+        m = m.to(device=t.to_local().device if is_sharded(t) else t.device, dtype=t.dtype)
+        if is_sharded(t) and tuple(m.shape) != tuple(t.shape):
+            # a mask that broadcasts over a sharded tensor along a split dimension (a consumer's ``(1, in, ...)``
+            # input-channel mask over rows split by FSDP2) cannot be split as the tensor is: expand it first
+            split = {p.dim for p in t.placements if hasattr(p, "dim")}
+            if m.dim() != t.dim() or any(m.shape[d] != t.shape[d] for d in split):
+                m = m.expand(t.shape).contiguous()
+        out[n] = shard_like(m, t)
     return out
 
 
