@@ -64,10 +64,11 @@ class EarlyStopping(LightningEarlyStopping):
       the stop decision is unchanged. With ``best_weights_source="memory"`` each rank keeps a CPU copy of its
       own local shards (``DTensor.to_local()``) and of the unsharded tensors (buffers) at each improvement, and
       the restore copies them back into its shards (buffers: rank 0's, so every rank ends identical); nothing is
-      gathered. Lightning writes callback state once (rank 0), so the per-rank copies are *not* in the checkpoint:
-      a run resumed from one re-arms the copy at its next improvement (said in a warning at the resume); without
-      one after the resume, the final weights are kept (said at the end). ``best_weights_source="checkpoint"``
-      survives any resume: it loads the model weights of the best checkpoint, sharded (a folder, read with
+      gathered then. Lightning writes callback state from rank 0 only, so when a checkpoint is saved (every rank
+      calls :meth:`state_dict`) the shards are gathered into whole tensors, one at a time, and the checkpoint holds
+      the best weights whole, as an unsharded run's does: a resumed run restores them into its shards, on any
+      number of ranks. (A :meth:`state_dict` without a process group, after the fit, cannot gather: it holds no
+      best weights and a resume from it says so.) ``best_weights_source="checkpoint"`` also survives any resume: it loads the model weights of the best checkpoint, sharded (a folder, read with
       ``torch.distributed.checkpoint``) or a single file. Lightning's ``FSDPStrategy`` with
       ``restore_best_weights`` is refused at setup.
     - a message when it stops, naming the metric, the best value and its epoch (logged at INFO, and in
@@ -88,8 +89,8 @@ class EarlyStopping(LightningEarlyStopping):
         log_rank_zero_only: log status messages from rank 0 only.
         min_delta_mode: ``"abs"`` or ``"rel"``.
         restore_best_weights: load the best weights into the module when fit ends.
-        best_weights_source: ``"memory"`` (a CPU copy taken at each improvement; under FSDP2 each rank's own
-            shards, not checkpointed) or ``"checkpoint"`` (the ``best_model_path`` of a ``ModelCheckpoint`` with the
+        best_weights_source: ``"memory"`` (a CPU copy taken at each improvement, in the checkpoint; under FSDP2
+            each rank's own shards, gathered whole when a checkpoint is saved) or ``"checkpoint"`` (the ``best_model_path`` of a ``ModelCheckpoint`` with the
             same ``monitor`` and ``mode``).
         start_epoch: first epoch (from 0) at which training may be stopped.
         hold_off_while_compressing: skip checks while any compression phase is not done.
@@ -177,16 +178,27 @@ class EarlyStopping(LightningEarlyStopping):
         self._best_weights_local = False
         #: a resumed run whose checkpoint could not carry the per-rank best weights: the epoch they were from
         self._best_weights_lost_epoch: int | None = None
+        #: with ``_best_weights_local``: how each sharded entry is split (its mesh, placements, global shape and
+        #: stride), to gather the copy whole into a checkpoint (not pickled)
+        self._best_weights_specs: dict[str, tuple[Any, ...]] = {}
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(best_epoch=self.best_epoch, best_step=self.best_step, holding_off=self._holding_off)
         if self.restore_best_weights and self.best_weights_source == "memory":
-            # each rank's shards cannot travel in the callback state, which Lightning writes from rank 0 only
-            local = self._best_weights_local and self.best_weights is not None
-            state["best_weights"] = None if local else self.best_weights
+            weights, local = self.best_weights, self._best_weights_local and self.best_weights is not None
+            if local and _can_gather(self._best_weights_specs):
+                # Lightning writes callback state from rank 0 only: the shards are gathered whole (a collective:
+                # every rank saves the checkpoint, so every rank is here), as an unsharded run's copy is
+                weights, local = _gather_local_state(self.best_weights, self._best_weights_specs), False
+            state["best_weights"] = None if local else weights
             state["best_weights_per_rank"] = local
+        return state
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_best_weights_specs"] = {}  # device meshes: rebuilt at the next copy
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -359,7 +371,7 @@ class EarlyStopping(LightningEarlyStopping):
         """A CPU copy of the module's state: whole tensors, or under sharding each rank's own local shards (no
         communication: every rank copies at the same check, since the decision is rank 0's)."""
         if self._sharded:
-            self.best_weights = _local_state_copy(pl_module)
+            self.best_weights, self._best_weights_specs = _local_state_copy(pl_module, with_specs=True)
             self._best_weights_local = True
         else:
             self.best_weights = {
@@ -434,14 +446,48 @@ def _is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
-def _local_state_copy(module: nn.Module) -> dict[str, Tensor]:
+def _local_state_copy(module: nn.Module, with_specs: bool = False) -> Any:
     """A CPU copy of ``module``'s state dict as this rank holds it: each sharded entry's local shard
-    (``DTensor.to_local()``), every other entry (buffers) whole. No communication."""
+    (``DTensor.to_local()``), every other entry (buffers) whole. No communication. With ``with_specs``:
+    ``(copy, specs)``, ``specs`` naming how each sharded entry is split (for :func:`_gather_local_state`)."""
     _reshard(module)
-    return {
-        k: (v.to_local() if _is_dtensor(v) else v).detach().to("cpu", copy=True)
-        for k, v in module.state_dict().items()
+    state = module.state_dict()
+    copy = {
+        k: (v.to_local() if _is_dtensor(v) else v).detach().to("cpu", copy=True) for k, v in state.items()
     }
+    if not with_specs:
+        return copy
+    specs = {
+        k: (v.device_mesh, tuple(v.placements), tuple(v.shape), tuple(v.stride()))
+        for k, v in state.items()
+        if _is_dtensor(v)
+    }
+    return copy, specs
+
+
+def _can_gather(specs: dict[str, tuple[Any, ...]]) -> bool:
+    """Whether the shards described by ``specs`` can be gathered now (a process group is up)."""
+    import torch.distributed as dist
+
+    return bool(specs) and dist.is_available() and dist.is_initialized()
+
+
+def _gather_local_state(saved: dict[str, Tensor], specs: dict[str, tuple[Any, ...]]) -> dict[str, Tensor]:
+    """Whole CPU tensors from this rank's copy ``saved`` (of :func:`_local_state_copy`): each sharded entry gathered
+    from the ranks' shards, one at a time (a collective: every rank calls it, with copies of the same entries);
+    the other entries as they are (this rank's buffers: rank 0's are the ones a checkpoint keeps)."""
+    from torch.distributed.tensor import DTensor
+
+    whole = {}
+    for name, value in saved.items():
+        if name not in specs:
+            whole[name] = value
+            continue
+        mesh, placements, shape, stride = specs[name]
+        local = value.to(mesh.device_type)
+        dtensor = DTensor.from_local(local, mesh, placements, run_check=False, shape=shape, stride=stride)
+        whole[name] = dtensor.full_tensor().cpu()
+    return whole
 
 
 def _restore_local_state(trainer: pl.Trainer, module: nn.Module, saved: dict[str, Tensor]) -> None:

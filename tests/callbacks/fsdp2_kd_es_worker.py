@@ -23,7 +23,8 @@ one step of both ranks at batch B covers one single-process step at batch 2B.
   at epoch 1, worse after, a stop at epoch 3): ``memory`` (each rank's shards in memory), ``checkpoint`` (the
   best sharded checkpoint, a folder) and ``checkpoint_file`` (the best checkpoint as one file); after the
   ``memory`` fit, whole best weights (as a checkpoint of an unsharded run holds them: epoch 0's) are restored into
-  the shards (``whole``). Writes ``es_rank<r>.pt``: the gathered weights at every check, the restored ones, the
+  the shards (``whole``); then the ``memory`` source across a resume (``memory_resumed``: a fit to epoch 1 whose
+  last sharded checkpoint a second fit resumes). Writes ``es_rank<r>.pt``: the gathered weights at every check, the restored ones, the
   restored epoch, the callback's state and the checkpoints' paths.
 
 Every collective has the process group's timeout (``fsdp2_worker.PG_TIMEOUT``); the worker ends with
@@ -234,7 +235,37 @@ def run_es(out: Path) -> None:
             whole.best_weights = {f"model.{n}": t for n, t in score.weights[0].items()}
             whole._run_restore_best_weights(trainer, net)
             results["whole"] = {"restored": gathered(net.model), "restored_epoch": whole.restored_epoch}
+    results["memory_resumed"] = run_es_resumed(out)
     torch.save(results, out / f"es_rank{rank}.pt")
+
+
+def run_es_resumed(out: Path) -> dict[str, Any]:
+    """``best_weights_source="memory"`` across a resume: a fit stopped after the best check (epoch 1) saves its last
+    sharded checkpoint; a new fit resumes from it and stops at epoch 3, restoring epoch 1's weights, which only the
+    checkpoint holds (gathered whole into the callback state when it was saved)."""
+    folder = out / "es_resume_ckpt"
+    for max_epochs, ckpt_path in ((BEST_EPOCH + 1, None), (len(SCORES), folder / "last.ckpt")):
+        es, score, _ = es_callbacks("memory", folder)
+        checkpoint = ModelCheckpoint(dirpath=str(folder), save_last=True, save_top_k=0)
+        pl.seed_everything(0)
+        trainer = sharded_trainer(out / "es" / "resume", [score, es, checkpoint], max_epochs=max_epochs)
+        net = base.module("fsdp2")
+        trainer.fit(
+            net,
+            train_dataloaders=base.loader(base.BATCH, ranks=2),
+            val_dataloaders=base.loader(base.BATCH, ranks=2),
+            ckpt_path=ckpt_path,
+        )
+    meta = torch.load(folder / "last.ckpt" / "meta.pt", map_location="cpu", weights_only=True)
+    (state,) = [v for k, v in meta["callbacks"].items() if k.startswith("EarlyStopping")]
+    return {
+        "restored": gathered(net.model),
+        "restored_epoch": es.restored_epoch,
+        "stopped_epoch": es.stopped_epoch,
+        "checks": score.weights,
+        "saved_best_epoch": state["best_epoch"],
+        "saved_best_weights": state["best_weights"],
+    }
 
 
 #: the scenarios of the worker, by the name the command line gives

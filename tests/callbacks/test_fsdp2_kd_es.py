@@ -179,7 +179,8 @@ def test_the_adapters_own_optimizer_takes_the_steps_of_a_parameter_group():
 
 
 # ------------------------------------------------------------------------------------------ ES state
-def test_sharded_best_weights_stay_out_of_the_state_and_a_resume_says_so(tmp_path):
+def test_sharded_best_weights_without_a_process_group_stay_out_of_the_state_and_a_resume_says_so(tmp_path):
+    # a state saved with no process group (after the fit) cannot gather the shards: it says the copy is lost
     es = EarlyStopping(monitor="score", restore_best_weights=True)
     es._sharded, es._best_weights_local = True, True
     es.best_weights, es.best_epoch = {"model.0.weight": torch.ones(2)}, 4
@@ -392,13 +393,31 @@ def test_fsdp2_best_checkpoints_are_a_folder_and_a_file(es_runs):
 
 
 @pytest.mark.slow
-def test_fsdp2_memory_copy_stays_out_of_the_checkpoint(es_runs):
-    for results in es_runs:
+def test_fsdp2_memory_copy_is_gathered_whole_into_the_checkpoint(es_runs):
+    best_weights = es_runs[0]["memory"]["checks"][worker.BEST_EPOCH]
+    for results in es_runs:  # the state after the fit (process group up): gathered on every rank
         got = results["memory"]
-        assert got["state_best_weights"] is None and got["state_per_rank"] is True
+        assert got["state_per_rank"] is False
+        for name, value in best_weights.items():
+            assert torch.equal(got["state_best_weights"][f"model.{name}"], value), name
     best = Path(es_runs[0]["memory"]["best_checkpoint"])
     assert best.is_dir() and "epoch=1" in best.name
     meta = torch.load(best / "meta.pt", map_location="cpu", weights_only=True)
     (state,) = [v for k, v in meta["callbacks"].items() if k.startswith("EarlyStopping")]
-    assert state["best_weights"] is None and state["best_weights_per_rank"] is True
-    assert state["best_epoch"] == worker.BEST_EPOCH
+    assert state["best_weights_per_rank"] is False and state["best_epoch"] == worker.BEST_EPOCH
+    for name, value in best_weights.items():  # whole tensors, as an unsharded run's checkpoint holds them
+        assert torch.equal(state["best_weights"][f"model.{name}"], value), name
+
+
+@pytest.mark.slow
+def test_fsdp2_memory_best_weights_survive_a_resume(es_runs):
+    """A sharded run stopped after its best check and resumed from its last sharded checkpoint restores the best
+    check's weights (held only by the checkpoint), as the uninterrupted run does."""
+    straight = es_runs[0]["memory"]["restored"]
+    for rank, results in enumerate(es_runs):
+        got = results["memory_resumed"]
+        assert got["saved_best_epoch"] == worker.BEST_EPOCH and got["saved_best_weights"] is not None
+        assert got["restored_epoch"] == worker.BEST_EPOCH and got["stopped_epoch"] == worker.STOP_EPOCH
+        assert worker.BEST_EPOCH not in got["checks"]  # the best check ran before the resume
+        for name, value in straight.items():
+            assert torch.equal(got["restored"][name], value), f"rank {rank}: {name}"
