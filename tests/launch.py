@@ -161,12 +161,18 @@ SCENARIO_TIMEOUT_S = 150.0
 
 
 def scenarios_launch(
-    module: str, scenarios: Sequence[str], name: str, per_scenario_s: float = SCENARIO_TIMEOUT_S
+    module: str,
+    scenarios: Sequence[str],
+    name: str,
+    per_scenario_s: float = SCENARIO_TIMEOUT_S,
+    nprocs: int = 2,
 ) -> Callable[[Path], None]:
-    """``launch(out)``: :func:`run_ranks` of a worker that runs ``scenarios`` in turn (``module OUT SCENARIO...``),
-    logs ``out/<name>_rank<r>.log``; for :func:`tests.conftest.run_once_per_session`."""
+    """``launch(out)``: :func:`run_ranks` of a worker that runs ``scenarios`` in turn (``module OUT SCENARIO...``) on
+    ``nprocs`` ranks, logs ``out/<name>_rank<r>.log``; for :func:`tests.conftest.run_once_per_session`."""
 
     def launch(out: Path) -> None:
-        run_ranks(module, [out, *scenarios], out, name=name, timeout=per_scenario_s * len(scenarios))
+        run_ranks(
+            module, [out, *scenarios], out, name=name, nprocs=nprocs, timeout=per_scenario_s * len(scenarios)
+        )
 
     return launch

@@ -257,8 +257,13 @@ def restore_epoch_results(
             dataloader_idx=entry["dataloader_idx"],
             metric_attribute=entry["metric_attribute"],
         )
+        # as LightningModule.log sets it: synced only where this run is distributed (a checkpoint of several ranks
+        # resumed on one device logs the same names unsynced)
+        distributed = bool(getattr(trainer._accelerator_connector, "is_distributed", False))
         meta.sync = _Sync(
-            _should=entry["sync_dist"], fn=trainer.strategy.reduce, rank_zero_only=entry["rank_zero_only"]
+            _should=entry["sync_dist"] and distributed,
+            fn=trainer.strategy.reduce,
+            rank_zero_only=entry["rank_zero_only"],
         )
         item = _ResultMetric(meta, entry["is_tensor"])
         if entry["is_tensor"]:

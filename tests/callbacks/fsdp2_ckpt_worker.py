@@ -103,13 +103,13 @@ def mid_checkpoint(out: Path) -> Path:
     return found[0]
 
 
-def fsdp2_trainer(root: Path, checkpoints: Path) -> pl.Trainer:
-    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=PG_TIMEOUT)
+def fsdp2_trainer(root: Path, checkpoints: Path, ranks: int = 2) -> pl.Trainer:
+    strategy = ModelParallelStrategy(data_parallel_size=ranks, tensor_parallel_size=1, timeout=PG_TIMEOUT)
     return pl.Trainer(
         **trainer_kwargs(
             str(root),
             accelerator="cpu",
-            devices=2,
+            devices=ranks,
             strategy=strategy,
             callbacks=callbacks(checkpoints),
             use_distributed_sampler=False,
@@ -164,10 +164,35 @@ def run(scenario: str, out: Path) -> None:
     )
 
 
-#: the scenarios of the worker, by the name the command line gives (``resume`` reads ``straight``'s checkpoint)
+def run_one_rank(out: Path) -> None:
+    """On 1 process (``WORLD_SIZE=1``): the straight run's step-5 checkpoint, written by 2 ranks, resumed under
+    FSDP2 on one rank (``torch.distributed.checkpoint`` reshards the weights and optimizer state on load; the
+    pruning masks, kept whole, are split for one rank) at twice the batch, to the end. Writes ``one_rank.pt``."""
+    pl.seed_everything(100)  # rank 0's seed: ExactResume gives this rank rank 0's random states
+    trainer = fsdp2_trainer(out / "one_rank", out / "one_rank_ckpts", ranks=1)
+    net = module("fsdp2")
+    trainer.fit(net, train_dataloaders=loader(2 * BATCH), ckpt_path=mid_checkpoint(out))
+    pruning = next(c for c in trainer.callbacks if isinstance(c, ProgressivePruning))
+    params = dict(net.named_parameters())
+    torch.save(
+        {
+            "weights": {n: full_tensor(p.detach()).cpu() for n, p in params.items()},
+            "sharded": all(is_sharded(p) for p in params.values()),
+            "masks": {n: full_tensor(m).cpu() for n, m in pruning.masks.items()},
+            "history": [dict(h) for h in pruning.history],
+            "lrs": [g["lr"] for g in trainer.optimizers[0].param_groups],
+            "global_step": trainer.global_step,
+        },
+        out / "one_rank.pt",
+    )
+
+
+#: the scenarios of the worker, by the name the command line gives (``resume`` and ``one_rank`` read ``straight``'s
+#: checkpoint; ``one_rank`` runs in a launch of its own, of one process)
 SCENARIOS: dict[str, Callable[[Path], None]] = {
     "straight": lambda out: run("straight", out),
     "resume": lambda out: run("resume", out),
+    "one_rank": run_one_rank,
 }
 
 

@@ -16,6 +16,10 @@ and the single file must hold the gathered weights and optimizer state exactly, 
 give a single-device ``ClassificationModule`` the sharded network's logits (to 1e-6: another process, whose
 kernels may split the sums otherwise), and resume a single-device fit with the weights and the optimizer's
 moments.
+
+On another number of ranks: the 2-rank step-5 folder resumed under FSDP2 on *one* rank (its own launch) continues
+as a single-device fit resumed from the same checkpoint consolidated to one file does (weights to 1e-5, the same
+masks, pruning history and learning rates).
 """
 
 from __future__ import annotations
@@ -52,9 +56,11 @@ def _launch(out: Path) -> None:
     """Both ranks of ``fsdp2_ckpt_worker OUT straight resume``, again on another port (each launch draws
     one) if rank 0 could not listen on the first (their logs: ``out/ckpt_rank<r>.log``)."""
     launch = scenarios_launch("tests.callbacks.fsdp2_ckpt_worker", SCENARIOS, name="ckpt")
+    one_rank = scenarios_launch("tests.callbacks.fsdp2_ckpt_worker", ["one_rank"], name="one_rank", nprocs=1)
     for attempt in range(PORT_TRIES):
         try:
             launch(out)
+            one_rank(out)  # the 2-rank checkpoint resumed on 1 rank
         except AssertionError as err:
             if attempt == PORT_TRIES - 1 or not _port_was_taken(str(err)):
                 raise
@@ -72,6 +78,7 @@ class Runs:
             self.out = out = Path(got)
             self.straight = [torch.load(out / f"straight_rank{r}.pt", weights_only=True) for r in (0, 1)]
             self.resumed = [torch.load(out / f"resume_rank{r}.pt", weights_only=True) for r in (0, 1)]
+            self.one_rank = torch.load(out / "one_rank.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +209,35 @@ def test_single_device_fit_resumes_from_the_consolidated_checkpoint(runs, consol
     pruning = callbacks[2]
     _assert_equal(pruning.history, runs.straight[0]["history"], "pruning history")
     _assert_equal({n: m.cpu() for n, m in pruning.masks.items()}, runs.straight[0]["masks"], "masks")
+
+
+# ------------------------------------------------------------------------------------------ another rank count
+def test_a_two_rank_checkpoint_resumes_under_fsdp2_on_one_rank(runs, tmp_path):
+    """The step-5 folder written by 2 ranks, resumed under FSDP2 on 1 rank (DCP reshards the weights and the
+    optimizer state; the masks are split for one rank), ends as a single-device fit resumed from the same checkpoint
+    consolidated to one file: the same ramp, masks and learning rates, weights within float tolerance."""
+    got = runs.one_rank
+    assert got["sharded"] and got["global_step"] == worker.STEPS
+    mid = consolidate_checkpoint(worker.mid_checkpoint(runs.out), tmp_path / "mid.ckpt")
+    pl.seed_everything(100)
+    callbacks = worker.callbacks(tmp_path / "ckpts")
+    trainer = pl.Trainer(
+        **trainer_kwargs(
+            str(tmp_path),
+            accelerator="cpu",
+            devices=1,
+            callbacks=callbacks,
+            enable_checkpointing=True,
+            max_epochs=None,
+            max_steps=worker.STEPS,
+        )
+    )
+    module = worker.module(None)
+    with pytest.warns(UserWarning, match="random states of 2 rank"):
+        trainer.fit(module, train_dataloaders=loader(2 * BATCH), ckpt_path=mid)
+    pruning = callbacks[2]
+    assert got["history"] == pruning.history and len(got["history"]) == 6
+    _assert_equal(got["masks"], {n: m.cpu() for n, m in pruning.masks.items()}, "masks")
+    assert got["lrs"] == pytest.approx([g["lr"] for g in trainer.optimizers[0].param_groups], abs=0)
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(got["weights"][name], p.detach(), atol=1e-5, rtol=0, msg=name)
