@@ -17,8 +17,9 @@ folder into **one** ``.ckpt`` file in the layout of a single-device Lightning ch
   the order of its parameter groups (DCP keys them by parameter name; a single-device optimizer's
   ``state_dict`` by that position), so a single-device fit resumes with the optimizer's moments too;
 - everything of ``meta.pt`` as it is (epoch, global step, ``loops``, ``callbacks``' states, ``lr_schedulers``,
-  hyperparameters), except ``ClassificationModule``'s ``sharding`` hyperparameter, set to ``None``: the file
-  is a single-device checkpoint (``load_from_checkpoint(..., sharding="fsdp2")`` shards it again).
+  hyperparameters), except ``ClassificationModule``'s ``sharding`` (and ``sharding_param_dtype``)
+  hyperparameters, set to ``None``: the file is a single-device checkpoint (``load_from_checkpoint(...,
+  sharding="fsdp2")`` shards it again).
   With ``weights_only=True`` the optimizer states, the callbacks' states and ``lr_schedulers`` are left out
   (as in Lightning's ``save_checkpoint(..., weights_only=True)``): a smaller file for deployment.
 
@@ -349,9 +350,20 @@ def _single_file_checkpoint(
         for key in _TRAINING_STATE_KEYS:
             checkpoint.pop(key, None)
     hparams = checkpoint.get("hyper_parameters")
-    if isinstance(hparams, dict) and hparams.get("sharding") is not None:
-        checkpoint["hyper_parameters"] = {**hparams, "sharding": None}
+    if isinstance(hparams, dict):
+        checkpoint["hyper_parameters"] = _single_device_hparams(hparams)
     return checkpoint
+
+
+def _single_device_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``ClassificationModule``'s hyperparameters for one device: ``sharding`` (and FSDP2's mixed precision,
+    ``sharding_param_dtype``, which goes with it) set to ``None``; others as they are."""
+    if hparams.get("sharding") is None:
+        return hparams
+    single: dict[str, Any] = {"sharding": None}
+    if "sharding_param_dtype" in hparams:
+        single["sharding_param_dtype"] = None
+    return {**hparams, **single}
 
 
 def _check_paths(source: Path, target: Path, overwrite: bool) -> None:

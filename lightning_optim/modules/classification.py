@@ -50,6 +50,9 @@ def infer_num_classes(model: nn.Module) -> int | None:
 
 #: the ``sharding`` choices of :class:`ClassificationModule` (``None``: every rank holds the full network)
 SHARDINGS: tuple[str, ...] = ("fsdp2",)
+#: the ``sharding_param_dtype`` choices: FSDP2's ``MixedPrecisionPolicy`` gathers the parameters in this dtype for
+#: the forward and backward (the shards, the gradients' reduction and the optimizer stay in float32)
+SHARDING_PARAM_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -132,6 +135,11 @@ class ClassificationModule(pl.LightningModule):
             each direct child of the network that holds parameters, then the network itself. Needs the
             Trainer's ``strategy`` to be ``lightning.pytorch.strategies.ModelParallelStrategy`` with
             ``tensor_parallel_size=1``. ``None`` (default): no sharding (single device, DDP).
+        sharding_param_dtype: with ``sharding``, FSDP2's own mixed precision (``MixedPrecisionPolicy``):
+            ``"bfloat16"`` or ``"float16"``, the dtype the parameters are gathered in for each forward and backward
+            (half the all-gather traffic and the unsharded parameters' memory); the shards, the gradients'
+            reduction and the optimizer state stay in float32, and so do what the callbacks read and write (masks,
+            gathered copies). ``None`` (default): the parameters' own dtype.
 
     Raises:
         ValueError: for an unknown optimizer name, a negative ``l1``/``weight_decay``, a non-positive ``lr``,
@@ -166,6 +174,7 @@ class ClassificationModule(pl.LightningModule):
         scheduler_monitor: str = "val_loss",
         dry_run: bool = True,
         sharding: str | None = None,
+        sharding_param_dtype: str | None = None,
     ) -> None:
         super().__init__()
         self.register_load_state_dict_pre_hook(_resize_before_load)
@@ -183,6 +192,15 @@ class ClassificationModule(pl.LightningModule):
             raise ValueError(f"`lr` must be a finite number > 0, got {lr}.")
         if sharding is not None:
             check_choice("sharding", sharding, SHARDINGS, hint=" or null (no sharding)")
+        if sharding_param_dtype is not None:
+            check_choice(
+                "sharding_param_dtype", sharding_param_dtype, list(SHARDING_PARAM_DTYPES), hint=" or null"
+            )
+            if sharding is None:
+                raise ValueError(
+                    f"`sharding_param_dtype`={sharding_param_dtype!r} is FSDP2's mixed precision and needs "
+                    "`sharding='fsdp2'`; without sharding use the Trainer's `precision` ('bf16-mixed', '16-mixed')."
+                )
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         inferred = infer_num_classes(model)
@@ -209,6 +227,7 @@ class ClassificationModule(pl.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.dry_run = dry_run
         self.sharding = sharding
+        self.sharding_param_dtype = sharding_param_dtype
         self._dry_run_shape: tuple[int, ...] | None = None
         self._loss_part_sums: dict[str, Tensor] = {}
         self._loss_part_samples = 0
@@ -299,11 +318,18 @@ class ClassificationModule(pl.LightningModule):
         # a captured (torch.export / PT2E) graph reads its parameters with get_attr, never calling the modules
         # that hold them, and fully_shard on a GraphModule recurses in its call: such a network is one unit
         captured = any(isinstance(m, torch.fx.GraphModule) for m in self.model.modules())
+        options: dict[str, Any] = {"mesh": mesh}
+        if self.sharding_param_dtype is not None:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            options["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=SHARDING_PARAM_DTYPES[self.sharding_param_dtype], reduce_dtype=torch.float32
+            )
         for child in self.model.children() if not captured else ():
             if _has_parameters(child) and not isinstance(child, FSDPModule):
-                fully_shard(child, mesh=mesh)
+                fully_shard(child, **options)
         if not isinstance(self.model, FSDPModule):
-            fully_shard(self.model, mesh=mesh)
+            fully_shard(self.model, **options)
 
     def _example_batch(self) -> tuple[Tensor, str] | None:
         """``(example batch, where it comes from)``, on the network's device and dtype; ``None`` when unknown."""
