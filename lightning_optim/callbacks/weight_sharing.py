@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,23 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 
-from lightning_optim.callbacks._trainer import broadcast_from_rank0, is_distributed, log_metrics
+from lightning_optim.callbacks._trainer import (
+    DDP_ALTERNATIVE,
+    broadcast_from_rank0,
+    is_distributed,
+    log_metrics,
+    refuse_sharded,
+    sharded_strategy,
+)
 from lightning_optim.callbacks.phases import PhaseState, find_phase, phase_done, target_model
 from lightning_optim.checks import check_choice
-from lightning_optim.functional.pruning.masks import pack_mask, unpack_mask
+from lightning_optim.functional.pruning.masks import (
+    full_tensor,
+    is_sharded,
+    pack_mask,
+    shard_like,
+    unpack_mask,
+)
 from lightning_optim.functional.pruning.schedules import layer_final_sparsity
 from lightning_optim.functional.quantization.export import unused_path
 from lightning_optim.functional.weight_sharing import (
@@ -62,6 +75,17 @@ from lightning_optim.functional.weight_sharing.budget import (
     smallest_size,
     solve_budget,
 )
+from lightning_optim.functional.weight_sharing.sharded import (
+    ShardLayout,
+    check_row_sharded,
+    cluster_sharded,
+    gathered_shared,
+    local_index,
+    local_part,
+    share_gradients_sharded_,
+    tie_optimizer_states_sharded_,
+    update_codebooks_sharded_,
+)
 
 #: the metric of the size-accuracy curve (``curve_budgets``)
 CURVE_METRIC = "top-1 on recent training batches"
@@ -98,6 +122,19 @@ class WeightSharing(Callback):
     Resume: the codebooks and every weight's centroid (packed) are in the callback's ``state_dict``, so a run
     resumed from a checkpoint continues exactly. DDP: every rank clusters the same synchronized weights, and under
     DDP the codebooks are taken from rank 0 after each step, so the ranks stay identical.
+
+    FSDP2 (``ModelParallelStrategy`` with ``ClassificationModule(sharding="fsdp2")``: each weight a ``DTensor``
+    split by rows, each rank holding its rows): each weight is gathered whole once to be clustered (the same k-means
+    on every rank, rank 0's codebook taken); the codebooks are whole and the same on every rank, and each rank keeps
+    its part of every index and writes the centroids into its shard
+    (:mod:`~lightning_optim.functional.weight_sharing.sharded`). Each step, the per-cluster gradient sums of the local
+    shards are summed over the mesh (one all-reduce for all the layers), and so are the cluster means read back
+    after the step (one more) and, when sharing starts, the tied optimizer moments: the run equals one process with
+    the ranks' batches together (within float rounding). The checkpoint state holds the whole indices (gathered at
+    save; each rank takes its part at resume), and the artifact is packed from the gathered network (rank 0 writes
+    it) with the sizes of one process's. Refused at setup under FSDP2, naming the alternative: ``size_budget_bytes``
+    / ``average_bits`` and ``curve_budgets`` (they evaluate the whole network; use DDP, or fixed ``bits``), and
+    tensor parallelism or FSDP1 (use FSDP2 or DDP).
 
     Args:
         bits: bits of each codebook (``2**bits`` centroids), an int in 1..8 for every weight with two or more
@@ -152,7 +189,9 @@ class WeightSharing(Callback):
             ``other_dtype``, a negative ``start_epoch``, ``max_iter < 1``. At ``fit`` start (before any epoch):
             ``start_epoch`` not before ``max_epochs``, no phase called ``start_after``, a ``bits`` pattern that
             matches no parameter, no parameter to share, or a layer with fewer (non-zero) weights than centroids,
-            counting what a pending ``ProgressivePruning`` named by ``start_after`` will prune (layer scope).
+            counting what a pending ``ProgressivePruning`` named by ``start_after`` will prune (layer scope). Under
+            a sharding strategy (at setup): tensor parallelism or FSDP1, and under FSDP2 ``size_budget_bytes``,
+            ``average_bits`` or ``curve_budgets``.
 
     Example::
 
@@ -171,8 +210,8 @@ class WeightSharing(Callback):
               init_args: {bits: {"fc3": 5, "*": 4}, start_after: pruning}
     """
 
-    #: k-means codebooks over sharded parameters are not built yet: refused at setup
-    sharded_parameters = "refused"
+    #: FSDP2 (rows over a 1-D mesh) supported; the budget plan, the curve and tensor parallelism refused at setup
+    sharded_parameters = "partial"
 
     phase_name = "weight_sharing"
 
@@ -272,6 +311,8 @@ class WeightSharing(Callback):
         self.started_epoch: int | None = None
         self._loaded: dict[str, Any] | None = None
         self._last_step = -1
+        #: each shared weight's split over the device mesh (FSDP2), ``None`` for a whole one
+        self._layouts: dict[str, ShardLayout | None] = {}
         # results
         self.exported_path: Path | None = None
         self.size_breakdown: SizeBreakdown | None = None
@@ -290,11 +331,7 @@ class WeightSharing(Callback):
 
     # ------------------------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_optim.callbacks._trainer import refuse_sharded
-
-        refuse_sharded(
-            trainer, "WeightSharing", "the codebooks are fitted on, and shared across, full weights"
-        )
+        self._refuse_sharded_settings(trainer)
         if stage == "fit":
             self._run_setup(trainer, pl_module)
 
@@ -351,6 +388,40 @@ class WeightSharing(Callback):
         return f"running (shared at epoch {self.started_epoch}, {bits}, {training})"
 
     # ------------------------------------------------------------------------------------ internals
+    def _refuse_sharded_settings(self, trainer: pl.Trainer) -> None:
+        """Under a strategy that shards parameters: FSDP2 (rows over a 1-D mesh) is supported; tensor parallelism
+        and FSDP1 are refused, and so are the settings that evaluate the whole network (the budget plan, the
+        size-accuracy curve), at setup on every rank alike."""
+        strategy = sharded_strategy(trainer)
+        if strategy is None:
+            return
+        if "FSDP2" not in strategy:
+            refuse_sharded(
+                trainer,
+                "WeightSharing",
+                "its per-cluster sums are taken over weights split by rows over one mesh dimension (FSDP2's "
+                "`fully_shard`), not over tensor-parallel or FSDP1 flat parameters",
+                f"{DDP_ALTERNATIVE}, or FSDP2 (ModelParallelStrategy(tensor_parallel_size=1) with "
+                f'`ClassificationModule(sharding="fsdp2")`)',
+            )
+        if self._budgeted:
+            option = "size_budget_bytes" if self.size_budget_bytes is not None else "average_bits"
+            refuse_sharded(
+                trainer,
+                f"WeightSharing({option})",
+                "the budget plan measures every layer's sensitivity (Hessian traces or loss increases) with "
+                "forward and backward passes of the whole network on recent batches",
+                f"{DDP_ALTERNATIVE}, or fixed per-layer `bits` (a `bits` map) without `{option}`",
+            )
+        if self.curve_budgets:
+            refuse_sharded(
+                trainer,
+                "WeightSharing(curve_budgets)",
+                "the size-accuracy curve evaluates post-training-shared copies of the whole network",
+                f"{DDP_ALTERNATIVE}, or `curve_budgets=None` (measure the curve after training, on the saved "
+                "network, with `size_accuracy_curve`)",
+            )
+
     def _network(self, pl_module: nn.Module) -> nn.Module:
         return target_model(pl_module, self.attribute)
 
@@ -657,6 +728,26 @@ class WeightSharing(Callback):
                     f"{self.size_budget_bytes if self.size_budget_bytes is not None else f'{self.average_bits} bits'}"
                     f" (expected {plan.total_bytes:,} bytes):\n{plan.table()}"
                 )
+        self._layouts = {name: ShardLayout.of(params[name]) for name in self.layer_bits}
+        if any(self._layouts.values()):
+            used = self._cluster_sharded(trainer, params)
+        else:
+            used = self._cluster_whole(trainer, params)
+        self.started_epoch = int(trainer.current_epoch)
+        self._last_step = trainer.global_step
+        metrics = {"weight_sharing/start_epoch": float(self.started_epoch)}
+        metrics.update({f"weight_sharing/centroids_used/{n}": float(u) for n, u in used.items()})
+        log_metrics(trainer, metrics)
+        if self.verbose:
+            widths = sorted(set(self.layer_bits.values()))
+            rank_zero_info(
+                f"WeightSharing: {len(self.shared)} weights shared at epoch {self.started_epoch} "
+                f"({', '.join(str(w) for w in widths)} bits, init={self.init!r})."
+            )
+
+    def _cluster_whole(self, trainer: pl.Trainer, params: dict[str, Tensor]) -> dict[str, int]:
+        """Clustering of whole (not sharded) weights: every rank clusters the same synchronized weights; under DDP
+        rank 0's codebooks and indices are taken. Returns the centroids each layer uses."""
         shared: dict[str, SharedWeight] = {}
         for i, (name, b) in enumerate(self.layer_bits.items()):
             generator = torch.Generator().manual_seed(self.seed + i)
@@ -670,17 +761,38 @@ class WeightSharing(Callback):
             write_shared_(params[name], s)
             for optimizer in trainer.optimizers:
                 tie_optimizer_state_(optimizer, params[name], s)
-        self.started_epoch = int(trainer.current_epoch)
-        self._last_step = trainer.global_step
-        metrics = {"weight_sharing/start_epoch": float(self.started_epoch)}
-        metrics.update({f"weight_sharing/centroids_used/{n}": float(_used(s)) for n, s in shared.items()})
-        log_metrics(trainer, metrics)
-        if self.verbose:
-            widths = sorted(set(self.layer_bits.values()))
-            rank_zero_info(
-                f"WeightSharing: {len(shared)} weights shared at epoch {self.started_epoch} "
-                f"({', '.join(str(w) for w in widths)} bits, init={self.init!r})."
+        return {n: _used(s) for n, s in shared.items()}
+
+    def _cluster_sharded(self, trainer: pl.Trainer, params: dict[str, Tensor]) -> dict[str, int]:
+        """Clustering under FSDP2: each weight gathered whole in turn (a collective), k-means on it (the same on
+        every rank: the same values and seed), rank 0's codebooks taken (identical; it makes sure), each rank
+        keeping its part of the index and writing the centroids into its shard; the optimizer moments tied over
+        the whole tensors (one all-reduce). Returns the centroids each layer uses (of the whole tensor)."""
+        for name in self.layer_bits:
+            check_row_sharded(name, params[name])
+        shared: dict[str, SharedWeight] = {}
+        used: dict[str, int] = {}
+        for i, (name, b) in enumerate(self.layer_bits.items()):
+            generator = torch.Generator().manual_seed(self.seed + i)
+            shared[name], whole = cluster_sharded(
+                params[name], b, self.init, self.max_iter, generator, name=name
             )
+            used[name] = _used(whole)
+        if is_distributed(trainer):
+            books = broadcast_from_rank0(trainer, {n: s.codebook for n, s in shared.items()}, tensorwise=True)
+            shared = {n: SharedWeight(books[n].to(s.index.device), s.index) for n, s in shared.items()}
+        self.shared = shared
+        for name, s in shared.items():
+            write_shared_(local_part(params[name]), s)
+        names = list(shared)
+        for optimizer in trainer.optimizers:
+            tie_optimizer_states_sharded_(
+                optimizer,
+                [params[n] for n in names],
+                [shared[n] for n in names],
+                [self._layouts.get(n) for n in names],
+            )
+        return used
 
     def _run_restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After a resume: the codebooks and indices of the checkpoint, on the parameters' devices."""
@@ -696,8 +808,13 @@ class WeightSharing(Callback):
                     f"WeightSharing: the checkpoint shares {name!r}, which the network does not have; resume with "
                     "the network it was saved from."
                 )
-            shared[name] = _unpack_layer(layer).to(params[name].device)
-            write_shared_(params[name], shared[name])
+            whole = _unpack_layer(layer)
+            device = local_part(params[name]).device
+            shared[name] = SharedWeight(
+                whole.codebook.to(device), local_index(whole.index, params[name]).to(device)
+            )
+            write_shared_(local_part(params[name]), shared[name])
+        self._layouts = {name: ShardLayout.of(params[name]) for name in shared}
         self.shared = shared
         self.layer_bits = dict(state.get("layer_bits", {}))
         self.started_epoch = int(state["started_epoch"])
@@ -710,11 +827,22 @@ class WeightSharing(Callback):
             return
         params = dict(self._network(pl_module).named_parameters())
         held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
-        for name, s in self.shared.items():
-            if id(params[name]) not in held:
-                continue
+        names = [n for n in self.shared if id(params[n]) in held]
+        if self._sharded:  # per-cluster sums of the local gradients, summed over the mesh in one all-reduce
             if self.train_centroids:
-                share_gradients_(params[name], s)
+                share_gradients_sharded_(
+                    [params[n] for n in names],
+                    [self.shared[n] for n in names],
+                    [self._layouts.get(n) for n in names],
+                )
+            else:
+                for name in names:
+                    if params[name].grad is not None:
+                        local_part(params[name].grad).zero_()
+            return
+        for name in names:
+            if self.train_centroids:
+                share_gradients_(params[name], self.shared[name])
             else:
                 freeze_gradients_(params[name])
 
@@ -724,6 +852,9 @@ class WeightSharing(Callback):
             return
         self._last_step = trainer.global_step
         params = dict(self._network(pl_module).named_parameters())
+        if self._sharded:  # cluster means over the whole tensors (one all-reduce): the same on every rank
+            self._update_sharded(params, train=self.train_centroids)
+            return
         for name, s in self.shared.items():
             self.shared[name] = update_codebook_(params[name], s, train=self.train_centroids)
         if self.train_centroids and is_distributed(trainer):  # rank 0's codebooks on every rank
@@ -733,6 +864,21 @@ class WeightSharing(Callback):
             for name, s in self.shared.items():
                 self.shared[name] = SharedWeight(books[name], s.index)
                 write_shared_(params[name], self.shared[name])
+
+    @property
+    def _sharded(self) -> bool:
+        """Whether any shared weight is sharded (FSDP2): its index is this rank's part."""
+        return any(self._layouts.get(n) is not None for n in self.shared)
+
+    def _update_sharded(self, params: dict[str, Tensor], train: bool) -> None:
+        names = list(self.shared)
+        updated = update_codebooks_sharded_(
+            [params[n] for n in names],
+            [self.shared[n] for n in names],
+            [self._layouts.get(n) for n in names],
+            train=train,
+        )
+        self.shared = dict(zip(names, updated, strict=True))
 
     def _default_path(self, trainer: pl.Trainer) -> Path:
         folder = Path(trainer.log_dir or trainer.default_root_dir) / "weight_sharing"
@@ -748,15 +894,20 @@ class WeightSharing(Callback):
         if not self.export:
             return
         model = self._network(pl_module)
-        blob = pack_shared(model, self.codebook_dtype, self.other_dtype, _metadata(model))
-        # what the network holds from here on is exactly what the file holds (rounded codebooks included)
-        current = model.state_dict()
-        model.load_state_dict({n: t.to(current[n].device) for n, t in load_shared_state_dict(blob).items()})
-        params = dict(model.named_parameters())
-        for name, s in self.shared.items():  # the codebooks as stored (rounded ones included)
-            self.shared[name] = update_codebook_(params[name], s, train=True)
+        if self._sharded:
+            blob = self._export_sharded(trainer, model)
+        else:
+            blob = pack_shared(model, self.codebook_dtype, self.other_dtype, _metadata(model))
+            # what the network holds from here on is exactly what the file holds (rounded codebooks included)
+            current = model.state_dict()
+            model.load_state_dict(
+                {n: t.to(current[n].device) for n, t in load_shared_state_dict(blob).items()}
+            )
+            params = dict(model.named_parameters())
+            for name, s in self.shared.items():  # the codebooks as stored (rounded ones included)
+                self.shared[name] = update_codebook_(params[name], s, train=True)
+            self.dense_bytes = dense_state_dict_bytes(model)
         self.size_breakdown = size_breakdown(blob)
-        self.dense_bytes = dense_state_dict_bytes(model)
         # every rank asks for the default folder: `trainer.log_dir` is a collective under DDP
         path = Path(self.export_path) if self.export_path else self._default_path(trainer)
         if trainer.is_global_zero:
@@ -784,6 +935,39 @@ class WeightSharing(Callback):
                 f"dense float32 state dict ({self.dense_bytes:,} bytes).\n{self.size_breakdown.markdown()}"
             )
 
+    @torch.no_grad()
+    def _export_sharded(self, trainer: pl.Trainer, model: nn.Module) -> bytes:
+        """The artifact of a sharded network (FSDP2): its whole state dict (every sharded tensor gathered, one at a
+        time: a collective) packed as one process would; rank 0's bytes on every rank (buffers are per rank under
+        FSDP2); loaded back into each rank's shards; :attr:`dense_bytes` of the whole state dict."""
+        current = model.state_dict()
+        state = OrderedDict(  # compact copies (a gathered tensor may sit in a larger buffer)
+            (key, (full_tensor(value.detach()) if is_sharded(value) else value.detach()).clone())
+            for key, value in current.items()
+        )
+        # the module versions torch.save writes with a state dict: the dense size is one process's
+        if hasattr(current, "_metadata"):
+            state._metadata = current._metadata  # type: ignore[attr-defined]
+        del current
+        blob = broadcast_from_rank0(
+            trainer, pack_shared(state, self.codebook_dtype, self.other_dtype, _metadata(model))
+        )
+        self.dense_bytes = broadcast_from_rank0(trainer, dense_state_dict_bytes(state))
+        del state
+        # what the network holds from here on is exactly what the file holds (rounded codebooks included)
+        stored = load_shared_state_dict(blob)
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name not in stored:
+                continue
+            local = local_part(tensor)
+            value = stored[name].to(local.device, local.dtype)
+            if is_sharded(tensor):
+                value = local_part(shard_like(value, tensor))
+            local.copy_(value)
+        params = dict(model.named_parameters())
+        self._update_sharded(params, train=True)  # the codebooks as stored (rounded ones included)
+        return blob
+
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         if self._loaded is not None:  # restored, training not started yet: hand it on unchanged
@@ -792,7 +976,11 @@ class WeightSharing(Callback):
             "started_epoch": self.started_epoch,
             "plan": None if self.plan is None else dataclasses.asdict(self.plan),
             "layer_bits": dict(self.layer_bits),
-            "layers": {n: _pack_layer(s) for n, s in self.shared.items()},
+            # whole: a sharded layer's index is gathered from the ranks' parts (a collective: Lightning dumps the
+            # callback states on every rank, rank 0 writes them), so any run resumes from it, sharded or not
+            "layers": {
+                n: _pack_layer(gathered_shared(s, self._layouts.get(n))) for n, s in self.shared.items()
+            },
             "curve": [dict(row) for row in self.curve],
             # before sharing starts, the batches its budget plan and curve are measured on: a run resumed from here
             # plans exactly as the uninterrupted one (CPU tensors; a few batches, only with a budget or a curve)
@@ -814,12 +1002,21 @@ class WeightSharing(Callback):
         state = self.__dict__.copy()
         state["_recent"] = deque(maxlen=self.sensitivity_batches)
         state["shared"] = {n: s.to("cpu") for n, s in self.shared.items()}
+        state["_layouts"] = {}  # device meshes do not travel (a sharded layer's index is this rank's part)
         return state
 
 
 def _metadata(model: nn.Module) -> dict[str, str]:
-    """The artifact's header metadata (the budget search counts it)."""
-    return {"format": "lightning-optim weight sharing", "network": type(model).__name__}
+    """The artifact's header metadata (the budget search counts it): the network's own class name (not FSDP2's
+    ``FSDP<name>`` subclass of a sharded network)."""
+    cls = type(model)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        cls = next(c for c in cls.__mro__ if not issubclass(c, FSDPModule))
+    except ImportError:  # torch without distributed support
+        pass
+    return {"format": "lightning-optim weight sharing", "network": cls.__name__}
 
 
 def _detached(batch: Any) -> Any:

@@ -199,7 +199,7 @@ def refused_settings(out: Path) -> dict[str, pl.Callback]:
     """One setting of every callback (or setting) that refuses sharded parameters."""
     return {
         "ProgressivePruning(blocks)": ProgressivePruning(granularity="blocks", **PRUNING),
-        "QuantizationAwareTraining(start_epoch=1)": QuantizationAwareTraining(start_epoch=1),
+        "QuantizationAwareTraining(no example)": QuantizationAwareTraining(start_epoch=1, backend="pt2e"),
         "WeightSharing(size_budget_bytes)": WeightSharing(size_budget_bytes=100_000),
     }
 
@@ -286,6 +286,18 @@ def run_callbacks(out: Path) -> None:
         "global_step": trainer.global_step,
         "converted": qat.converted,
         "int8_sum": float(sum(v.double().sum() for v in int8.values())),
+    }
+    # weight sharing (from the second epoch): its own fit
+    sharing = WeightSharing(bits=3, start_epoch=1, verbose=False, export_path=str(out / "weight_sharing.lws"))
+    pl.seed_everything(0)
+    trainer = fsdp2_trainer(str(out / "weight_sharing"), [sharing])
+    trainer.fit(
+        module("fsdp2"), train_dataloaders=loader(BATCH, ranks=2), val_dataloaders=loader(BATCH, ranks=2)
+    )
+    results["weight_sharing"] = {
+        "names": ["WeightSharing"],
+        "global_step": trainer.global_step,
+        "clustered": sharing.clustered,
     }
     (out / f"callbacks_rank{rank}.json").write_text(json.dumps(results, indent=1))
 

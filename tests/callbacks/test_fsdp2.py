@@ -189,8 +189,9 @@ def test_fsdp2_refusals_before_any_step_and_supported_callbacks_fit(runs, tmp_pa
             assert got["global_step"] == 0, setting
         fit = results["supported"]
         supported = {n for n, c in _exported_callbacks().items() if c.sharded_parameters != "refused"}
-        fitted = set(fit["names"]) | set(results["qat"]["names"])
+        fitted = set(fit["names"]) | set(results["qat"]["names"]) | set(results["weight_sharing"]["names"])
         assert supported <= fitted, sorted(supported - fitted)
+        assert results["weight_sharing"]["clustered"] and results["weight_sharing"]["global_step"] == 8
         assert results["qat"]["converted"] and results["qat"]["global_step"] == 8
         assert fit["global_step"] == 8 and fit["sharded"]
         assert fit["warm_loaded"] and fit["first_step"]["warm_weights"]

@@ -105,4 +105,6 @@ def test_two_nodes_on_localhost_under_fsdp2(two_nodes):
     outcome = check_fsdp2_results(out, FSDP2_NAMES, resume=False)
     for name in FSDP2_NAMES:
         assert torch.load(out / f"{name}_rank0.pt", weights_only=True)["num_nodes"] == 2, name
-    assert "fitted" in outcome.values() and outcome["WeightSharing"] == "refused"
+    assert "fitted" in outcome.values()
+    assert outcome["WeightSharing"] == outcome["WeightSharing[after pruning]"] == "fitted"
+    assert outcome["WeightSharing[budget]"] == "refused"

@@ -791,8 +791,16 @@ def size_breakdown(
 
 
 def dense_state_dict_bytes(model: nn.Module | Mapping[str, Tensor]) -> int:
-    """Bytes of ``torch.save(model.state_dict())`` (the reference the compression ratio is taken against)."""
-    state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
+    """Bytes of ``torch.save(model.state_dict())`` (the reference the compression ratio is taken against); a
+    state dict given as a ``dict`` is saved as it is (with the module versions, ``_metadata``, a state dict
+    carries: a gathered copy of a sharded network's state dict counts as the network's own)."""
+    state = (
+        model.state_dict()
+        if isinstance(model, nn.Module)
+        else model
+        if isinstance(model, dict)
+        else dict(model)
+    )
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.tell()
