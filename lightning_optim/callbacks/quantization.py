@@ -519,6 +519,8 @@ class _QuantizationCallbackBase(Callback):
         for key in ("quantized_model", "_float_reference", "_zero_masks", "_zero_weights", "_load_hook"):
             if key in state:
                 state[key] = None
+        if "_parameter_holders" in state:  # modules of the float network: not part of the callback's state
+            state["_parameter_holders"] = []
         return state
 
 
@@ -548,6 +550,18 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     rank 0's state, so the int8 model is identical on every rank. Mixed precision: fake quantization runs in
     float32 under ``bf16-mixed``/``16-mixed``. Zeros: with ``preserve_zeros``, weights that are exactly zero
     when QAT starts (pruned) stay zero during QAT and in the int8 weights.
+
+    Sharded (FSDP2: ``ModelParallelStrategy`` with ``ClassificationModule(sharding="fsdp2")``, which shards the
+    network in ``configure_model``): the network is prepared at setup, before it is sharded, whatever the start,
+    and converted at the end from a copy with the weights gathered from the shards (identical on every rank). A
+    later start (``start_epoch > 0``, ``start_after``) keeps the prepared network float until the start: fake
+    quantization and observers off (a fused conv-bn then computes conv and batch norm, as the float network
+    does), switched on at the start, with the freezing epochs above relative to it; a resume prepares at setup
+    again and sets them by the callback's state, so it ends equal to the uninterrupted run. Refused at setup under
+    a sharding strategy: tensor parallelism; a network sharded before setup; with a later start, PT2E without an
+    example input at setup (``example_input_array`` or a data module: the capture cannot wait for the first
+    batch) and channel pruning on the Trainer (``granularity`` ``"structured"``/``"channel_groups"``: it would zero
+    the batch-norm scales the fused layers divide by, and compaction at the start needs the float network).
 
     It is the ``"quantization"`` compression phase: ``pending`` before the start, ``active`` while the
     quantization ranges still change, ``done`` once they are frozen or the model is converted.
@@ -606,7 +620,8 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         ValueError: an unknown ``backend`` or ``engine``; a negative ``start_epoch``; freeze epochs before ``start_epoch``;
             bad report options. At ``fit`` start: ``start_epoch`` not before ``max_epochs``, no phase called
             ``start_after`` on the Trainer, or (before the first epoch) a ``start_after`` phase that its settings
-            finish at or after ``max_epochs``.
+            finish at or after ``max_epochs``; under a sharding strategy, the settings it does not support (above),
+            naming the strategy and the alternative.
         QuantizationError: when QAT starts: a network with no conv/linear layer, or whose forward cannot run
             prepared or in int8 (the message names the failing op).
 
@@ -620,11 +635,18 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         scripted = torch.jit.load(qat.exported_path)    # anywhere, torch alone
     """
 
-    #: under FSDP2: QAT from epoch 0 (prepared at setup, before ``configure_model`` shards the prepared network;
-    #: converted on a gathered copy); a later start would re-shard mid-fit and is refused at setup
+    #: under FSDP2 (data parallel): prepared at setup, before ``configure_model`` shards the prepared network (a
+    #: later start holds it float, fake quantization off, until the start); converted on a gathered copy. Refused:
+    #: tensor parallelism, a network sharded before setup, and with a later start PT2E without an example input at
+    #: setup or channel pruning on the Trainer
     sharded_parameters = "partial"
 
     phase_name = "quantization"
+
+    # defaults of the sharded-run attributes set at setup (also for a callback unpickled from an older release)
+    _sharded = False
+    _holding_float = False
+    _parameter_holders: list[tuple[nn.Module, str, str]] = []
 
     def __init__(
         self,
@@ -706,6 +728,11 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         self._state_restored = False
         self._checkpoint_states: list[str] | None = None
         self._prepared_at_setup = False  # prepared before any checkpoint was restored (start_epoch=0)
+        #: sharded (FSDP2), QAT starting later: the network is prepared at setup and held float until the start
+        self._holding_float = False
+        self._sharded = False  # under a sharding strategy (set at setup)
+        #: sharded: ``(module, attribute, name in the prepared network)`` of the float network's parameters
+        self._parameter_holders: list[tuple[nn.Module, str, str]] = []
 
     @property
     def state_key(self) -> str:
@@ -729,9 +756,14 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
     ) -> None:
         self._checkpoint_states = [str(k) for k in checkpoint.get("callbacks", {})]
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_share_sharded_parameters(pl_module)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_check_fits(trainer)
         self._run_resume(trainer)
+        # after a resume: fake quantization and observation as the restored state says, not the restored buffers
+        self._run_held_flags(pl_module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run_schedule(trainer, pl_module)
@@ -837,7 +869,12 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         model = self._network(pl_module)
         if self._load_hook is None:
             self._load_hook = pl_module.register_load_state_dict_pre_hook(self._rebuild_before_load)
-        if self.start_epoch == 0 and self.start_after is None and not self.backend.is_prepared(model):
+        if self._holding_float:
+            # sharded, QAT starting later: prepared now, before `configure_model` shards the network, and kept
+            # float (fake quantization and observers off) until the start switches them on
+            if not self.backend.is_prepared(model):
+                self._run_prepare_float(trainer, pl_module)
+        elif self.start_epoch == 0 and self.start_after is None and not self.backend.is_prepared(model):
             # before the strategy wraps the model (DDP) and builds the optimizers
             self._run_prepare(trainer, pl_module)
             self._prepared_at_setup = True
@@ -846,13 +883,17 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             self._run_observe(pl_module, training=False)
 
     def _run_sharded_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Under a sharding strategy: QAT from the first epoch only (the network is prepared at setup, before
-        ``configure_model`` shards it, and a resume prepares it there again); the conversion works on a plain
-        copy with the weights gathered from the shards (see ``_plain``)."""
+        """Under a sharding strategy (FSDP2 data parallel): the network is prepared at setup, before
+        ``configure_model`` shards it (a resume prepares it there again); QAT that starts later
+        (``start_epoch > 0`` or ``start_after``) keeps the prepared network float until the start
+        (:attr:`_holding_float`); the conversion works on a plain copy with the weights gathered from the shards
+        (see ``_plain``). Tensor parallelism and a network sharded before setup are refused."""
         from lightning_optim.callbacks._trainer import refuse_sharded, sharded_strategy
         from lightning_optim.functional.sharding import is_sharded_module
 
+        self._holding_float = False
         strategy = sharded_strategy(trainer)
+        self._sharded = strategy is not None
         if strategy is None:
             return
         if "tensor parallel" in strategy:
@@ -863,14 +904,15 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
                 "(fake-quantized or captured) network over the tensor-parallel ranks is not built",
                 '`tensor_parallel_size=1` with ClassificationModule(sharding="fsdp2"), or DDP (`strategy="ddp"`)',
             )
-        if self.start_epoch != 0 or self.start_after is not None:
+        param_dtype = getattr(pl_module, "sharding_param_dtype", None)
+        if param_dtype is not None:
             refuse_sharded(
                 trainer,
-                f"QuantizationAwareTraining(start_epoch={self.start_epoch}, start_after={self.start_after!r})",
-                "QAT that starts after the first epoch would prepare the network after it was sharded (the "
-                "prepared network would be sharded again and the optimizer rebuilt mid-fit), which is not built",
-                "`start_epoch=0` and `start_after=None` (QAT from the first epoch: prepared at setup, before the "
-                'network is sharded), or DDP (`strategy="ddp"`)',
+                f"QuantizationAwareTraining with ClassificationModule(sharding_param_dtype={param_dtype!r})",
+                "the fake quantizers (and PT2E's fused observers) need float32 weights, and FSDP2's mixed precision "
+                f"gathers the parameters in {param_dtype} for the forward",
+                "`sharding_param_dtype=None` (the Trainer's `precision='bf16-mixed'` runs QAT under FSDP2), or DDP "
+                '(`strategy="ddp"`)',
             )
         if is_sharded_module(self._network(pl_module)):
             refuse_sharded(
@@ -880,6 +922,28 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
                 "sharding it in `configure_model`, as ClassificationModule(sharding='fsdp2') does, or DDP "
                 '(`strategy="ddp"`)',
             )
+        late = self.start_epoch != 0 or self.start_after is not None
+        zeroing = [
+            cb
+            for cb in phases(trainer)
+            if cb is not self
+            and isinstance(cb, Compacts)
+            and (getattr(cb, "structured", False) or getattr(cb, "by_groups", False))
+        ]
+        if late and zeroing:
+            granularity = getattr(zeroing[0], "granularity", "structured")
+            refuse_sharded(
+                trainer,
+                f"QuantizationAwareTraining(start_epoch={self.start_epoch}, start_after={self.start_after!r}) "
+                f"with {type(zeroing[0]).__name__}(granularity={granularity!r})",
+                "QAT that starts after the first epoch is prepared at setup, before `configure_model` shards the "
+                "network, so the pruning would zero whole channels, batch-norm scales included, inside the fused "
+                "conv-bn layers (which divide by those scales) and the network could not be compacted when QAT "
+                "starts (`compact_pruned`), as an unsharded run does",
+                "`granularity='unstructured'` pruning before QAT, QAT in a later fit of the compacted network, or "
+                'DDP (`strategy="ddp"`)',
+            )
+        self._holding_float = late
 
     def _rebuild_before_load(
         self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
@@ -1023,7 +1087,10 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
         if self.converted:
             return
         if not self.prepared and self._should_start(trainer):
-            self._run_prepare(trainer, pl_module)
+            if self._holding_float:
+                self._run_start_held(trainer, pl_module)
+            else:
+                self._run_prepare(trainer, pl_module)
         if not self.prepared:
             return
         self._run_observe(pl_module, training=True)  # in case a checkpoint was saved while validating
@@ -1049,6 +1116,12 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
 
     def _prepare(self, pl_module: pl.LightningModule, model: nn.Module, epoch: int | None) -> None:
         self._float_reference = copy.deepcopy(model).cpu().eval()
+        # the modules of the float network that hold its parameters (other callbacks may hold them, e.g. the layers
+        # ProgressivePruning selected at its setup): under a sharding strategy they get the sharded parameters
+        # back once the prepared network is sharded (see `_run_share_sharded_parameters`)
+        holders = [
+            (m, attr, id(p)) for m in model.modules() for attr, p in m._parameters.items() if p is not None
+        ]
         if getattr(self.backend, "qat_in_place", True):
             self.fusion_plan = self.backend.prepare_qat(model, fuse=self.fuse)
         else:
@@ -1057,6 +1130,11 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             prepared.train(model.training)
             self._set_network(pl_module, prepared)
             self.fusion_plan = prepared.capture
+        if self._sharded:
+            names: dict[int, str] = {}
+            for name, p in self._network(pl_module).named_parameters(remove_duplicate=False):
+                names.setdefault(id(p), name)
+            self._parameter_holders = [(m, attr, names[i]) for m, attr, i in holders if i in names]
         self.prepared = True
         self.started_epoch = epoch if epoch is not None else self.started_epoch
         self._needs_check = True
@@ -1109,6 +1187,101 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             rank_zero_warn(
                 "QuantizationAwareTraining: the prepared model has parameters the float model did not have."
             )
+        log_metrics(trainer, {"quantization/start_epoch": float(trainer.current_epoch)})
+
+    def _run_share_sharded_parameters(self, pl_module: pl.LightningModule) -> None:
+        """After ``configure_model`` sharded the network prepared at setup: FSDP2 replaced its parameters by
+        sharded ones, so the modules of the float network it was prepared from (the PT2E capture's source; eager
+        fusion's replaced layers) would keep the old, untrained parameters. They get the sharded ones, so that the
+        prepared network still trains the float network's own parameters (what a callback holding those modules,
+        e.g. ProgressivePruning's selected layers, reads and masks)."""
+        from lightning_optim.functional.sharding import is_sharded_module
+
+        holders, self._parameter_holders = self._parameter_holders, []
+        if not holders or self.converted:
+            return
+        model = self._network(pl_module)
+        if not is_sharded_module(model):
+            return
+        live = dict(model.named_parameters(remove_duplicate=False))
+        for module, attr, name in holders:
+            param = live.get(name)
+            if param is not None and module._parameters.get(attr) is not param:
+                module._parameters[attr] = param
+
+    def _run_prepare_float(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At setup, sharded, QAT starting later: prepare the network (before ``configure_model`` shards it) and
+        keep it float: fake quantization and observers off, so that it computes what the float network computes
+        (a fused conv-bn with fake quantization off is conv then batch norm) until :meth:`_run_start_held`.
+
+        The PT2E capture needs an example input now: without one (no ``example_input_array``, no training data the
+        callback can read at setup, e.g. loaders given to ``fit``), the setting is refused (unsharded, the capture
+        at the start takes the first training batch)."""
+        from lightning_optim.callbacks._trainer import refuse_sharded
+
+        if (
+            not getattr(self.backend, "qat_in_place", True)
+            and self._ensure_example(trainer, pl_module) is None
+        ):
+            given = (
+                f"backend='auto' -> {self.backend_name!r}"
+                if self.auto_backend
+                else f"backend={self.backend_name!r}"
+            )
+            refuse_sharded(
+                trainer,
+                f"QuantizationAwareTraining({given}, start_epoch={self.start_epoch}, "
+                f"start_after={self.start_after!r}) without an example input at setup",
+                "QAT that starts after the first epoch is prepared at setup, before `configure_model` shards the "
+                "network, and the PT2E capture needs an example input then (there is no `example_input_array` and "
+                "no training data readable at setup)",
+                "`pl_module.example_input_array` (or a data module with a train split), `backend='eager'` (prepared "
+                'without an example), or DDP (`strategy="ddp"`)',
+            )
+            raise QuantizationError(
+                f"{type(self).__name__}: backend={self.backend_name!r} captures the network with torch.export and "
+                "needs an example input: give the Trainer training data or set `pl_module.example_input_array`."
+            )
+        self._prepare(pl_module, self._network(pl_module), epoch=None)
+        # the structure only: QAT has not started (the phase is pending, nothing is observed or converted)
+        self.prepared = False
+        self.started_epoch = None
+        self._needs_check = False
+        self._run_held_flags(pl_module)
+
+    def _run_held_flags(self, pl_module: pl.LightningModule) -> None:
+        """A network held prepared (sharded, QAT starting later): fake quantization and observation as the
+        callback's state says, whatever the restored buffers hold: off before the start; from the start fake
+        quantization on and observation on until the ranges are frozen (the training epochs observe; validation
+        turns it off in between, see ``_run_observe``)."""
+        if not self._holding_float or self.converted:
+            return
+        model = self._network(pl_module)
+        if not self.backend.is_prepared(model):
+            return
+        self.backend.set_fake_quant(model, self.prepared)
+        if not self.prepared or self.observers_frozen:
+            self.backend.freeze_observers(model)
+        else:
+            self._run_observe(pl_module, training=model.training)
+
+    def _run_start_held(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The start of QAT on a network held prepared and float (sharded): fake quantization and observation on;
+        what :meth:`_run_prepare` does at the start otherwise (zero masks, the start epoch, the message)."""
+        self.prepared = True
+        self.started_epoch = trainer.current_epoch
+        self._needs_check = True
+        self._zero_masks = None
+        self._zero_weights = None
+        self._run_held_flags(pl_module)
+        model = self._network(pl_module)
+        if self.verbose and self.fusion_plan is not None:
+            rank_zero_info(
+                f"QuantizationAwareTraining: QAT starts at epoch {trainer.current_epoch} (fake quantization of the "
+                f"network prepared at setup switched on).\n{self.fusion_plan.summary()}"
+            )
+        if self.preserve_zeros:
+            self._build_zero_masks(model)
         log_metrics(trainer, {"quantization/start_epoch": float(trainer.current_epoch)})
 
     def _run_first_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:

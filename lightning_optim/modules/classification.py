@@ -578,6 +578,9 @@ class ClassificationModule(pl.LightningModule):
             self._loss_part_sums = {k: v.to(self.device) for k, v in saved["sums"].items()}
             self._loss_part_samples = int(saved["samples"])
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._broadcast_buffers()
+
     def on_validation_start(self) -> None:
         self._broadcast_buffers()
 
@@ -598,9 +601,11 @@ class ClassificationModule(pl.LightningModule):
     def _broadcast_buffers(self) -> None:
         """With ``sharding``, on several ranks: rank 0's buffers (BatchNorm running statistics) on every rank of
         the data-parallel mesh. FSDP2 shards parameters but leaves buffers per rank (each rank's statistics come
-        from its own batches); DDP broadcasts rank 0's at every forward. Broadcast before each evaluation and when
-        training ends, every rank evaluates and ends with rank 0's statistics, as under DDP (training forwards use
-        the batch statistics, so the steps in between are unaffected); a sharded checkpoint keeps rank 0's too."""
+        from its own batches); DDP broadcasts rank 0's at every forward. Broadcast before each training batch, each
+        evaluation and when training ends, as under DDP: every rank trains, evaluates and ends with rank 0's
+        statistics (they enter the training forward under QAT, whose fused conv-bn scales the weights by them, and
+        a sharded checkpoint keeps rank 0's, so a resume continues exactly). One broadcast per dtype (the buffers
+        flattened together)."""
         mesh = self.device_mesh if self.sharding is not None else None
         if mesh is None or not dist.is_available() or not dist.is_initialized():
             return
@@ -610,10 +615,16 @@ class ClassificationModule(pl.LightningModule):
             return
         group = mesh.get_group()
         src = dist.get_global_rank(group, 0)
+        by_kind: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+        for buffer in self.model.buffers():
+            if not is_sharded(buffer) and buffer.numel():
+                by_kind.setdefault((buffer.dtype, buffer.device), []).append(buffer)
         with torch.no_grad():
-            for buffer in self.model.buffers():
-                if not is_sharded(buffer):
-                    dist.broadcast(buffer, src=src, group=group)
+            for buffers in by_kind.values():
+                flat = torch.cat([b.reshape(-1) for b in buffers])
+                dist.broadcast(flat, src=src, group=group)
+                for b, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+                    b.copy_(part.view_as(b))
 
     def on_train_epoch_end(self) -> None:
         # an epoch cut short (max_steps, a stop request, unsized data) still logs its means and metrics

@@ -11,7 +11,9 @@ Scenarios (:data:`SCENARIOS`), each a 2-epoch fit of the MLP of ``tests/callback
 - ``prune_ptq``: unstructured ProgressivePruning (a ramp over the first epoch), PostTrainingQuantization on a
   gathered copy, KnowledgeDistillation from a float32 teacher (replicated), EarlyStopping restoring the best
   weights and LRScheduling;
-- ``qat``: QuantizationAwareTraining (eager stack) from the first epoch, converted from a gathered copy.
+
+QuantizationAwareTraining is refused with ``sharding_param_dtype`` (its fake quantizers need float32 weights): tested
+at setup in the test file.
 
 Each records the dtype of the first layer's weight and input seen inside the forward (the gathered parameters), the
 dtypes of the shards and of the optimizer state, the gathered masks and weights and the int8 model's tensors.
@@ -33,7 +35,6 @@ from lightning_optim.callbacks import (
     LRScheduling,
     PostTrainingQuantization,
     ProgressivePruning,
-    QuantizationAwareTraining,
 )
 from lightning_optim.functional.pruning.masks import full_tensor, is_sharded
 from tests.callbacks import fsdp2_worker as base
@@ -55,7 +56,9 @@ class SeenDtypes(pl.Callback):
 
         # the first Linear (its own FSDP2 unit, gathered by its own pre-forward hook); a PT2E capture, which has no
         # Linear modules left and is one unit, at the network itself
-        first = next((m for m in pl_module.model.modules() if isinstance(m, torch.nn.Linear)), pl_module.model)
+        first = next(
+            (m for m in pl_module.model.modules() if isinstance(m, torch.nn.Linear)), pl_module.model
+        )
         self._handle = first.register_forward_pre_hook(hook)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -89,21 +92,17 @@ def int8_tensors(model: torch.nn.Module | None) -> dict[str, torch.Tensor] | Non
 def run(out: Path, scenario: str) -> None:
     pl.seed_everything(0)
     seen = SeenDtypes()
-    if scenario == "prune_ptq":
-        pruning = ProgressivePruning(**base.PRUNING)
-        quantizer: pl.Callback = PostTrainingQuantization(**base.PTQ)
-        callbacks: list[pl.Callback] = [
-            pruning,
-            quantizer,
-            seen,
-            KnowledgeDistillation(teacher=base.network()),  # a float32 teacher, replicated
-            EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True),
-            LRScheduling(warmup=2),
-        ]
-    else:
-        pruning = None
-        quantizer = QuantizationAwareTraining(start_epoch=0, latency_batch_sizes=[], verbose=False)
-        callbacks = [quantizer, seen]
+    # (QAT is refused with sharding_param_dtype: tested at setup in the test file)
+    pruning = ProgressivePruning(**base.PRUNING)
+    quantizer = PostTrainingQuantization(**base.PTQ)
+    callbacks: list[pl.Callback] = [
+        pruning,
+        quantizer,
+        seen,
+        KnowledgeDistillation(teacher=base.network()),  # a float32 teacher, replicated
+        EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True),
+        LRScheduling(warmup=2),
+    ]
     trainer = base.fsdp2_trainer(str(out / scenario), callbacks)
     net = module()
     loader = base.loader(base.BATCH, ranks=2)
@@ -118,7 +117,7 @@ def run(out: Path, scenario: str) -> None:
             "optimizer_dtypes": sorted(
                 {str(v.dtype) for s in state.values() for v in s.values() if v.dim() > 0}
             ),
-            "masks": {} if pruning is None else {n: full_tensor(m).cpu() for n, m in pruning.masks.items()},
+            "masks": {n: full_tensor(m).cpu() for n, m in pruning.masks.items()},
             "weights": {n: full_tensor(p.detach()).cpu() for n, p in params.items()},  # collectives
             "int8": int8_tensors(quantizer.quantized_model),
             "global_step": trainer.global_step,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -34,6 +35,18 @@ def test_a_consolidated_checkpoint_drops_the_param_dtype_with_the_sharding():
     got = _single_device_hparams({"sharding": "fsdp2", "sharding_param_dtype": "bfloat16", "lr": 0.1})
     assert got == {"sharding": None, "sharding_param_dtype": None, "lr": 0.1}
     ClassificationModule(base.network(), **{k: v for k, v in got.items() if k != "lr"})  # loads on one device
+
+
+def test_qat_with_half_precision_gathered_parameters_is_refused_at_setup_naming_the_alternative():
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lightning_optim.callbacks import QuantizationAwareTraining
+
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
+    with pytest.raises(ValueError, match=r"sharding_param_dtype='bfloat16'.*need float32 weights") as err:
+        QuantizationAwareTraining(start_epoch=0).setup(trainer, worker.module(), "fit")
+    assert "precision='bf16-mixed'" in str(err.value) and 'strategy="ddp"' in str(err.value)
 
 
 _launch = scenarios_launch("tests.callbacks.fsdp2_mp_worker", list(worker.SCENARIOS), name="mp")

@@ -113,6 +113,18 @@ ENTRIES: list[tuple[str, str, str, str]] = [
         "fit(KnowledgeDistillation(teacher=LeNet300100(in_features=64), teacher_sharding='fsdp2'))",
         "ValueError",
     ),
+    (
+        "settings",
+        "an unknown `sharding_param_dtype` (FSDP2's mixed precision)",
+        "ClassificationModule(LeNet300100(in_features=64), sharding='fsdp2', sharding_param_dtype='bf16')",
+        "ValueError",
+    ),
+    (
+        "settings",
+        "FSDP2's mixed precision without sharding",
+        "ClassificationModule(LeNet300100(in_features=64), sharding_param_dtype='bfloat16')",
+        "ValueError",
+    ),
 ]
 
 #: what the message must name
@@ -133,6 +145,8 @@ MUST_NAME: dict[str, str] = {
     "resuming with feature distillation from a checkpoint without its adapters": "feature adapters",
     "an unknown `teacher_sharding` for distillation": "allowed: ['replicate', 'fsdp2']",
     "a teacher sharded with FSDP2 in a run that shards nothing": "`teacher_sharding`='replicate'",
+    "an unknown `sharding_param_dtype` (FSDP2's mixed precision)": "allowed: ['bfloat16', 'float16']",
+    "FSDP2's mixed precision without sharding": "precision",
 }
 
 

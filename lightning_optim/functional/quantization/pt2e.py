@@ -676,6 +676,22 @@ def _compile(module: nn.Module, dynamic: bool) -> Any:
     return torch.compile(module, dynamic=dynamic)
 
 
+#: graphs whose dynamic-batch compile failed in this process: (their ops, the input's per-sample shape and dtype) ->
+#: the failure's first line; :func:`lower` compiles such a graph per input shape at once (a failed dynamic compile
+#: of a convolutional int8 model costs seconds, paid again at every call otherwise)
+_DYNAMIC_FAILURES: dict[tuple[Any, ...], str] = {}
+
+
+def _graph_key(graph: nn.Module, example: Tensor) -> tuple[Any, ...] | None:
+    """What a failed dynamic compile is remembered by: the graph's call targets in order and the input's
+    per-sample shape and dtype (``None`` for a module that is not a ``torch.fx`` graph)."""
+    nodes = getattr(getattr(graph, "graph", None), "nodes", None)
+    if nodes is None:
+        return None
+    ops = tuple(str(n.target) for n in nodes if n.op in ("call_function", "call_module", "call_method"))
+    return ops, tuple(example.shape[1:]), str(example.dtype)
+
+
 def lower(
     quantized: nn.Module, example: Tensor, dynamic: bool | None = None, tolerance: float = 0.05
 ) -> LoweredInt8:
@@ -685,7 +701,9 @@ def lower(
     at the example's batch size and at another one against the uncompiled model; when it fails or
     disagrees (torch 2.14's inductor fails some models above batch 1 with a stride assertion), the model is
     compiled per input shape instead (``dynamic=False``: one compile for each new batch size, up to
-    ``torch._dynamo.config.recompile_limit`` shapes) with a :class:`UserWarning` that says why.
+    ``torch._dynamo.config.recompile_limit`` shapes) with a :class:`UserWarning` that says why. A graph of the
+    same ops and input shape whose dynamic compile failed before in this process is compiled per input shape at
+    once (the warning says so).
 
     Args:
         quantized: the int8 model from :meth:`Pt2eBackend.convert` (or its ``graph_module``).
@@ -724,7 +742,16 @@ def lower(
                 )
 
     note = ""
-    if dynamic is not False and captured_dynamic:
+    key = _graph_key(graph, x)
+    known = _DYNAMIC_FAILURES.get(key) if key is not None and dynamic is None else None
+    if known is not None and captured_dynamic:
+        note = (
+            f"torch.compile(dynamic=True) of an int8 model of the same ops failed before in this process "
+            f"({known}); compiled per input shape instead: one compile for each new batch size (up to "
+            "torch._dynamo.config.recompile_limit shapes, then eager)."
+        )
+        warnings.warn(note, UserWarning, stacklevel=2)
+    elif dynamic is not False and captured_dynamic:
         try:
             lowered = LoweredInt8(_compile(graph, dynamic=True), graph, dynamic=True)
             check(lowered)
@@ -734,6 +761,8 @@ def lower(
                 raise QuantizationError(
                     f"torch.compile(dynamic=True) of the int8 model failed: {_first_line(err)}"
                 ) from err
+            if key is not None:
+                _DYNAMIC_FAILURES[key] = _first_line(err, 200)
             note = (
                 f"torch.compile(dynamic=True) of the int8 model failed ({_first_line(err, 200)}); compiled per "
                 "input shape instead: one compile for each new batch size (up to "

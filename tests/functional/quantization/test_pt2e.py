@@ -363,11 +363,43 @@ def test_lower_compiles_int8_kernels_with_a_static_fallback():
     if not lowered.dynamic:  # torch 2.14: the dynamic-batch compile of this model fails above batch 1
         messages = [str(w.message) for w in caught]
         assert any("compiled per input shape instead" in m for m in messages), messages
-        assert "torch.compile(dynamic=True) of the int8 model failed" in lowered.note
+        # failed now, or (remembered) before in this process for a graph of the same ops
+        assert "torch.compile(dynamic=True) of " in lowered.note and " failed " in lowered.note
     for batch in (8, 3, 1):
         xb = torch.randn(batch, 1, 8, 8)
         with torch.no_grad():
             assert torch.allclose(lowered(xb), quantized(xb), atol=1e-5)
+
+
+def test_lower_remembers_a_failed_dynamic_compile_of_the_same_graph(monkeypatch):
+    from lightning_optim.functional.quantization import pt2e
+
+    torch.manual_seed(0)
+    model = settle(_convnet3(), (8, 1, 8, 8))
+    _, _, quantized = ptq(model, (8, 1, 8, 8), batches=2)
+    x = torch.randn(8, 1, 8, 8)
+    calls = []
+
+    def failing_dynamic(module, dynamic):
+        calls.append(dynamic)
+        if dynamic:
+            raise RuntimeError("stride assertion (simulated)")
+        return module  # the per-shape "compile": the graph itself
+
+    monkeypatch.setattr(pt2e, "_compile", failing_dynamic)
+    monkeypatch.setattr(pt2e, "_DYNAMIC_FAILURES", {})
+    with pytest.warns(UserWarning, match="compiled per input shape instead"):
+        first = lower(quantized, x)
+    assert calls == [True, False] and not first.dynamic
+    assert "stride assertion (simulated)" in first.note
+    with pytest.warns(UserWarning, match="of the same ops failed before in this process"):
+        second = lower(quantized, x)
+    assert calls == [True, False, False]  # no second dynamic try
+    assert not second.dynamic and "stride assertion (simulated)" in second.note
+    # asked for explicitly, the dynamic compile is still tried (and its failure raised)
+    with pytest.raises(pt2e.QuantizationError, match="dynamic=True"):
+        lower(quantized, x, dynamic=True)
+    assert calls == [True, False, False, True]
 
 
 # ----------------------------------------------------------------------------------------- deploy file
