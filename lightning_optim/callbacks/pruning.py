@@ -154,7 +154,9 @@ class ProgressivePruning(Callback):
     on whole weights (per layer, or on a plain copy of the network gathered from the shards at each pruning
     step: the trace and the scores see the whole network), kept whole on every rank, and applied to each rank's
     shards; compaction (``compact_at_end``, :meth:`compact`) works on a gathered copy and the compacted network
-    is sharded again by the LightningModule's ``configure_model``. Block pruning is refused under FSDP2.
+    is sharded again by the LightningModule's ``configure_model``. Under tensor parallelism the masks work the same
+    way (neurons and heads split by column- and row-wise layers included); compaction and block pruning are refused
+    there, and block pruning under FSDP2.
 
     It is the ``"pruning"`` compression phase (:mod:`lightning_optim.callbacks.phases`): ``pending`` before
     ``start``, ``active`` until the final event, then ``done``.
@@ -260,8 +262,9 @@ class ProgressivePruning(Callback):
     """
 
     #: under FSDP2: unstructured masks are computed shard-wise; structured and channel-group masks on the whole
-    #: weights (a gathered copy), split as the weights are; compaction on a gathered copy, sharded again. Block
-    #: pruning, and anything but unstructured masks under tensor parallelism, are refused at setup
+    #: weights (a gathered copy), split as the weights are; compaction on a gathered copy, sharded again. Under
+    #: tensor parallelism the same masks, without compaction. Block pruning and compaction under tensor parallelism
+    #: are refused at setup
     sharded_parameters = "partial"
 
     phase_name = "pruning"
@@ -528,8 +531,8 @@ class ProgressivePruning(Callback):
     def _run_sharded_setup(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module
     ) -> None:
-        """Under a sharding strategy: refuse what does not run sharded yet (block pruning; anything but unstructured
-        masks under tensor parallelism), and keep the network's skeleton (its structure on the ``meta`` device:
+        """Under a sharding strategy: refuse what does not run sharded yet (block pruning; compaction under tensor
+        parallelism), and keep the network's skeleton (its structure on the ``meta`` device:
         setup runs before ``configure_model`` shards it), from which :meth:`_full_network` builds gathered copies
         for structured and channel-group masks, the trace and compaction."""
         from lightning_optim.callbacks._trainer import refuse_sharded, sharded_strategy
@@ -550,14 +553,17 @@ class ProgressivePruning(Callback):
                 "for sharded parameters",
                 'DDP instead (`strategy="ddp"`), or `granularity="channel_groups"` (compacted at the end)',
             )
-        if "tensor parallel" in strategy:
+        if "tensor parallel" in strategy and self.compact_at_end:
             refuse_sharded(
                 trainer,
                 what,
-                "under tensor parallelism only unstructured masks are built (structured masks and compaction would "
-                "split units across the tensor-parallel ranks)",
-                'FSDP2 (`tensor_parallel_size=1` with ClassificationModule(sharding="fsdp2")), DDP '
-                '(`strategy="ddp"`), or `granularity="unstructured"` with `compact_at_end=False`',
+                "compaction under tensor parallelism would have to split the compacted layers over the "
+                "tensor-parallel ranks again with the LightningModule's plan, which was written for the original "
+                "widths (the masks themselves work: structured, neuron, head and channel-group masks are computed "
+                "on whole weights and split as each weight is)",
+                "`compact_at_end=False` (compact the saved network afterwards on one device with "
+                "`lightning_optim.functional.pruning.compact_model`), FSDP2 (`tensor_parallel_size=1` with "
+                'ClassificationModule(sharding="fsdp2")), or DDP (`strategy="ddp"`)',
             )
         if is_sharded_module(model):
             refuse_sharded(
@@ -758,6 +764,15 @@ class ProgressivePruning(Callback):
             return False
         if not any(not bool(m.all()) for m in self.masks.values()):
             return False
+        from lightning_optim.callbacks._trainer import sharded_strategy
+
+        strategy = sharded_strategy(trainer)
+        if strategy is not None and "tensor parallel" in strategy:
+            raise ValueError(
+                f"ProgressivePruning.compact() under {strategy}: compaction would have to split the compacted "
+                "layers over the tensor-parallel ranks again with a plan written for the original widths. Keep the "
+                "masks and compact the saved network on one device, or use FSDP2 or DDP."
+            )
         events = self._events()
         if self._events_done < len(events):
             raise ValueError(

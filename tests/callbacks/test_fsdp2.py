@@ -106,16 +106,21 @@ def test_supported_settings_of_partial_callbacks_pass_setup():
         assert {p.device.type for p in pruning._skeleton.parameters()} == {"meta"}
 
 
-def test_structured_pruning_under_tensor_parallelism_is_refused_naming_it():
+def test_compaction_under_tensor_parallelism_is_refused_naming_it():
     strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
     for granularity in ("structured", "channel_groups"):
         with pytest.raises(ValueError, match=r"ModelParallelStrategy \(tensor parallel\)") as err:
-            ProgressivePruning(granularity=granularity, **worker.PRUNING).setup(
+            ProgressivePruning(granularity=granularity, compact_at_end=True, **worker.PRUNING).setup(
                 trainer, worker.module(None), "fit"
             )
-        assert "only unstructured masks" in str(err.value)
-    ProgressivePruning(**worker.PRUNING).setup(trainer, worker.module(None), "fit")  # unstructured: fine
+        assert "`compact_at_end=False`" in str(err.value)
+        # the masks alone work under tensor parallelism (tests/callbacks/test_tensor_parallel_structured.py)
+        ProgressivePruning(granularity=granularity, **worker.PRUNING).setup(
+            trainer, worker.module(None), "fit"
+        )
+    with pytest.raises(ValueError, match=r"ModelParallelStrategy \(tensor parallel\)"):
+        ProgressivePruning(granularity="blocks", **worker.PRUNING).setup(trainer, worker.module(None), "fit")
 
 
 # ------------------------------------------------------------------------------------------ 2 processes
