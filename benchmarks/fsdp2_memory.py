@@ -268,7 +268,7 @@ def run_worker(args: argparse.Namespace) -> None:
         torch.randn(samples, FEATURES, generator=g), torch.randint(0, CLASSES, (samples,), generator=g)
     )
     loader = DataLoader(data, batch_size=args.batch // world, shuffle=False)
-    pruning = ProgressivePruning(scope=args.scope, verbose=False, **RAMP)
+    pruning = ProgressivePruning(scope=args.scope, granularity=args.granularity, verbose=False, **RAMP)
     strategy: Any = "auto"
     if sharded:
         strategy = ModelParallelStrategy(
@@ -357,11 +357,26 @@ def _worker_command(args: argparse.Namespace, worker: str, part: str, json_path:
         str(args.batch),
         "--scope",
         args.scope,
+        "--granularity",
+        args.granularity,
         "--sample-ms",
         str(args.sample_ms),
         "--threads",
         str(args.threads),
     ]
+
+
+#: the ``--granularity`` choices (the masks' kinds measured)
+GRANULARITIES = ("unstructured", "structured", "channel_groups")
+
+
+def _granularity_key(args: argparse.Namespace) -> str:
+    """The section key's suffix: none for unstructured masks (the sections of record), else the granularity."""
+    return "" if args.granularity == "unstructured" else f", granularity {args.granularity}"
+
+
+def _granularity_title(args: argparse.Namespace) -> str:
+    return "" if args.granularity == "unstructured" else f", granularity `{args.granularity}`"
 
 
 def run_mode(args: argparse.Namespace, mode: str, part: str, tmp: Path) -> list[dict[str, Any]]:
@@ -457,7 +472,7 @@ def memory_section(args: argparse.Namespace, single: dict[str, Any], ranks: list
     lines = [
         f"MLP {FEATURES}-{single['width']}x{HIDDEN}-{CLASSES}: **{single['parameters']:,} parameters** "
         f"({single['parameters'] * 4 / MIB:,.0f} MiB of float32 weights); Adam; global batch {args.batch}; "
-        f"{args.steps} optimizer steps; ProgressivePruning unstructured, scope `{args.scope}`, pruning steps at "
+        f"{args.steps} optimizer steps; ProgressivePruning {args.granularity}, scope `{args.scope}`, pruning steps at "
         f"{list(range(RAMP['start'], RAMP['end'] + 1, RAMP['frequency']))} to sparsity {RAMP['final_sparsity']} "
         f"(reached: {single['history'][-1]['sparsity']:.3f} in one process, "
         f"{ranks[0]['history'][-1]['sparsity']:.3f} sharded); every parameter a DTensor in the 2-rank run: "
@@ -599,6 +614,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--batch", type=int, default=64, help="global batch (each of 2 ranks gets half)")
     parser.add_argument("--scope", choices=("layer", "global"), default="layer")
+    parser.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default="unstructured",
+        help="of the masks: unstructured (sharded, computed shard-wise), structured (whole unit masks from each "
+        "whole weight) or channel_groups (traced and scored on a gathered copy at each pruning step)",
+    )
     parser.add_argument("--only", choices=PARTS, default=None, help="run one part only (default: both)")
     parser.add_argument(
         "--cores", type=int, default=2, help="threads of the single process (each rank: half)"
@@ -652,13 +674,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for part, body in sections.items():
         title = {"memory": "Memory per process", "timing": "Time per step and the callback's overhead"}[part]
         sections[part] = (
-            f"## {title}, scope `{args.scope}`\n\nCommand: `{command}`\nMachine: {_machine()}.\n"
+            f"## {title}, scope `{args.scope}`{_granularity_title(args)}\n\nCommand: `{command}`\n"
+            f"Machine: {_machine()}.\n"
             f"Load: `uptime` at the start: `{start}`; at the end: `{end}`.\n\n{body}"
         )
     if args.out is not None:
         text = args.out.read_text() if args.out.exists() else HEADER
         for part, body in sections.items():
-            text = _replace_section(text, f"{part}, scope {args.scope}", body)
+            text = _replace_section(text, f"{part}, scope {args.scope}{_granularity_key(args)}", body)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
         print(f"written: {args.out}")

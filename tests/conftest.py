@@ -120,6 +120,24 @@ def run_once_per_session(key: str, tmp_path_factory: pytest.TempPathFactory, lau
     return once(f"session:{key}", make)
 
 
+def launched_runs(launch):
+    """A module-scoped ``runs`` fixture: the folder :func:`run_once_per_session` fills with ``launch`` (e.g.
+    :func:`tests.launch.scenarios_launch` of a multi-process worker), keyed by the test module; a failed run fails
+    every test that needs it with the ranks' logs (and is not started again). In a test module::
+
+        runs = launched_runs(scenarios_launch("tests.callbacks.some_worker", SCENARIOS, name="some"))
+    """
+
+    @pytest.fixture(scope="module")
+    def runs(request, tmp_path_factory) -> Path:
+        got = run_once_per_session(request.module.__name__, tmp_path_factory, launch)
+        if isinstance(got, str):
+            pytest.fail(got, pytrace=False)
+        return got
+
+    return runs
+
+
 def quiet_trainer_kwargs(tmp_path, **overrides) -> dict:
     """Keyword arguments for a fast, quiet single-process CPU Trainer in tests: no logger, checkpoints, progress
     bar, model summary or sanity check, one epoch, files under ``tmp_path``; ``overrides`` win."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import gc
 import importlib
 import math
 import textwrap
@@ -601,6 +602,16 @@ class ProgressivePruning(Callback):
             )
         return gathered_copy(model, plain)
 
+    def _run_trace(self, pl_module: pl.LightningModule, model: nn.Module, example: Tensor) -> None:
+        """:meth:`_run_build_graph` of ``model``; a sharded one traced on a gathered copy, dropped after (with a
+        garbage collection: the trace leaves reference cycles that would otherwise keep the copy's weights, the
+        whole network's size, alive on every rank until Python's next full collection)."""
+        full = self._full_network(pl_module, model)
+        self._run_build_graph(full, example)
+        if full is not model:
+            del full
+            gc.collect()
+
     def _reshard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, sharded: bool) -> None:
         """After compaction replaced a sharded network by its plain compacted copy: shard it again with the
         LightningModule's ``configure_model`` (``ClassificationModule(sharding="fsdp2")``: idempotent, it shards
@@ -615,6 +626,7 @@ class ProgressivePruning(Callback):
         device = trainer.strategy.root_device
         compacted.to(device)
         pl_module.configure_model()
+        gc.collect()  # the sharded network it replaces, held by reference cycles: its shards go now
         if not is_sharded_module(target_model(pl_module, self.attribute)):
             rank_zero_warn(
                 "ProgressivePruning: the compacted network was not sharded again by the LightningModule's "
@@ -645,7 +657,7 @@ class ProgressivePruning(Callback):
         if example is None:
             return  # the first training batch will say what is missing
         self.example_input = example
-        self._run_build_graph(self._full_network(pl_module, target_model(pl_module, self.attribute)), example)
+        self._run_trace(pl_module, target_model(pl_module, self.attribute), example)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -676,7 +688,7 @@ class ProgressivePruning(Callback):
                     "module an `input_shape`, or use batches whose inputs are one tensor."
                 )
             model = target_model(pl_module, self.attribute)
-            self._run_build_graph(self._full_network(pl_module, model), self.example_input)
+            self._run_trace(pl_module, model, self.example_input)
             self._run_layer_norm_masks(model)  # restored masks (resume) that a layer norm normalises across
             self._run_keep_checkpoint_zeros(trainer, pl_module)
             self._maybe_prune(trainer, pl_module)  # an event held back until the graph was known
@@ -1295,7 +1307,9 @@ class ProgressivePruning(Callback):
             full = self._full_network(pl_module, model)  # a sharded network: a gathered copy
             units = zero_units(full, self.graph)
             kept = {n: m.cpu() for n, m in unit_masks(full, self.graph, units).items()}
-            del full
+            if full is not model:
+                del full
+                gc.collect()
             free = sum(u.pinned is None for u in self.graph.units)
             share = len(units) / max(free, 1)
             count = (
@@ -1421,8 +1435,10 @@ class ProgressivePruning(Callback):
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, event_step: int) -> None:
         model = target_model(pl_module, self.attribute)
         target = self._event_sparsity(event_step)
-        if self.by_groups:  # a sharded network: scored on a gathered copy (whole masks, split at cast_masks)
-            masks = self._group_masks(self._full_network(pl_module, model), event_step, target)
+        if (
+            self.by_groups
+        ):  # a sharded network: scored shard-wise (group_unit_scores), masks split at cast_masks
+            masks = self._group_masks(model, event_step, target)
         else:
             weights = {f"{n}.weight": m.weight for n, m in self._modules.items()}
             overrides = {

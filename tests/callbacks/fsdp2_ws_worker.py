@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from lightning_optim import ClassificationModule
 from lightning_optim.callbacks import WeightSharing
 from lightning_optim.functional.pruning.masks import full_tensor, is_sharded
-from tests.ddp_support import leave_in_lockstep
+from tests.callbacks import fsdp2_worker as base
 
 #: the timeout of every collective of the process group (a hung peer fails the test, never hangs it)
 PG_TIMEOUT = timedelta(seconds=60)
@@ -175,19 +175,5 @@ SCENARIOS: dict[str, Callable[[Path], None]] = {
 }
 
 
-def run_scenarios(argv: list[str]) -> None:
-    """Run the scenarios named by ``argv`` (``OUT_DIR SCENARIO [SCENARIO ...]``) in turn, a barrier after each,
-    then :func:`leave_in_lockstep`; an unknown name is refused before any runs."""
-    out, names = Path(argv[0]), argv[1:]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if not names or unknown:
-        raise SystemExit(f"Unknown scenarios {unknown}, or none given; allowed: {list(SCENARIOS)}")
-    for name in names:
-        SCENARIOS[name](out)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
-    leave_in_lockstep()
-
-
 if __name__ == "__main__":
-    run_scenarios(sys.argv[1:])
+    base.run_scenarios(SCENARIOS, sys.argv[1:])

@@ -25,7 +25,7 @@ import lightning_optim.callbacks as callbacks_pkg
 from lightning_optim.callbacks import ProgressivePruning
 from lightning_optim.callbacks._trainer import SHARDED_SUPPORT, refuse_sharded, sharded_strategy
 from tests.callbacks import fsdp2_worker as worker
-from tests.conftest import run_once_per_session
+from tests.conftest import launched_runs
 from tests.launch import scenarios_launch
 
 #: the worker's scenarios the slow tests check, run in turn by one 2-process run
@@ -126,17 +126,7 @@ def test_compaction_under_tensor_parallelism_is_refused_naming_it():
 # ------------------------------------------------------------------------------------------ 2 processes
 
 
-_launch = scenarios_launch("tests.callbacks.fsdp2_worker", SCENARIOS, name="fsdp2")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """The folder of the 2-process run's results, made once per test session; a failed run fails every test
-    that needs it with the ranks' logs (and is not started again)."""
-    got = run_once_per_session(__name__, tmp_path_factory, _launch)
-    if isinstance(got, str):
-        pytest.fail(got, pytrace=False)
-    return got
+runs = launched_runs(scenarios_launch("tests.callbacks.fsdp2_worker", SCENARIOS, name="fsdp2"))
 
 
 def _single_process_pruning(

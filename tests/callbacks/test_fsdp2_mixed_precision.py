@@ -5,8 +5,6 @@ state, the masks and the gathered copies stay float32, and pruning, PTQ and QAT 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -15,7 +13,7 @@ from lightning_optim import ClassificationModule
 from lightning_optim.checkpoints import _single_device_hparams
 from tests.callbacks import fsdp2_mp_worker as worker
 from tests.callbacks import fsdp2_worker as base
-from tests.conftest import run_once_per_session
+from tests.conftest import launched_runs
 from tests.launch import scenarios_launch
 
 
@@ -49,15 +47,7 @@ def test_qat_with_half_precision_gathered_parameters_is_refused_at_setup_naming_
     assert "precision='bf16-mixed'" in str(err.value) and 'strategy="ddp"' in str(err.value)
 
 
-_launch = scenarios_launch("tests.callbacks.fsdp2_mp_worker", list(worker.SCENARIOS), name="mp")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    got = run_once_per_session(__name__, tmp_path_factory, _launch)
-    if isinstance(got, str):
-        pytest.fail(got, pytrace=False)
-    return got
+runs = launched_runs(scenarios_launch("tests.callbacks.fsdp2_mp_worker", list(worker.SCENARIOS), name="mp"))
 
 
 @pytest.mark.slow

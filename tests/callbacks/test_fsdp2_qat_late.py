@@ -25,7 +25,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning_optim import ClassificationModule
 from lightning_optim.callbacks import ProgressivePruning, QuantizationAwareTraining
 from tests.callbacks import fsdp2_qat_worker as worker
-from tests.conftest import run_once_per_session
+from tests.conftest import launched_runs
 from tests.launch import scenarios_launch
 
 #: the worker's scenarios, run in turn by one 2-process run
@@ -140,17 +140,7 @@ def test_late_start_under_tensor_parallelism_stays_refused():
 
 
 # ------------------------------------------------------------------------------------------ 2 processes
-_launch = scenarios_launch("tests.callbacks.fsdp2_qat_worker", SCENARIOS, name="fsdp2_qat")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """The folder of the 2-process run's results, made once per test session; a failed run fails every test
-    that needs it with the ranks' logs (and is not started again)."""
-    got = run_once_per_session(__name__, tmp_path_factory, _launch)
-    if isinstance(got, str):
-        pytest.fail(got, pytrace=False)
-    return got
+runs = launched_runs(scenarios_launch("tests.callbacks.fsdp2_qat_worker", SCENARIOS, name="fsdp2_qat"))
 
 
 def _load(runs: Path, scenario: str) -> list[dict]:

@@ -14,20 +14,12 @@ import torch
 
 from tests.callbacks import fsdp2_structured_worker as worker
 from tests.callbacks import fsdp2_worker as base
-from tests.conftest import run_once_per_session
+from tests.conftest import launched_runs
 from tests.launch import scenarios_launch
 
-_launch = scenarios_launch(
-    "tests.callbacks.fsdp2_structured_worker", list(worker.SETTINGS), name="structured"
+runs = launched_runs(
+    scenarios_launch("tests.callbacks.fsdp2_structured_worker", list(worker.SETTINGS), name="structured")
 )
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    got = run_once_per_session(__name__, tmp_path_factory, _launch)
-    if isinstance(got, str):
-        pytest.fail(got, pytrace=False)
-    return got
 
 
 def _single_process(scenario: str, root: Path) -> dict:

@@ -29,7 +29,7 @@ from lightning_optim.functional.weight_sharing import (
     size_breakdown,
 )
 from tests.callbacks import fsdp2_ws_worker as worker
-from tests.conftest import run_once_per_session
+from tests.conftest import launched_runs
 from tests.launch import scenarios_launch
 
 #: the worker's scenarios, run in turn by one 2-process run
@@ -94,16 +94,7 @@ def test_supported_settings_pass_setup(kwargs):
 
 
 # ------------------------------------------------------------------------------------------ 2 processes
-_launch = scenarios_launch("tests.callbacks.fsdp2_ws_worker", SCENARIOS, name="fsdp2_ws")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """The folder of the 2-process run's results, made once per test session."""
-    got = run_once_per_session(__name__, tmp_path_factory, _launch)
-    if isinstance(got, str):
-        pytest.fail(got, pytrace=False)
-    return got
+runs = launched_runs(scenarios_launch("tests.callbacks.fsdp2_ws_worker", SCENARIOS, name="fsdp2_ws"))
 
 
 def _single_process(tag: str, root: Path) -> tuple[ClassificationModule, WeightSharing]:

@@ -1377,7 +1377,9 @@ def test_compact_before_the_ramp_ends_is_refused_naming_the_steps_left(tmp_path)
     cb = ProgressivePruning(
         final_sparsity=0.5, start=0, end=2, unit="epoch", granularity="channel_groups", verbose=False
     )
-    with pytest.raises(ValueError, match=r"compact\(\) at optimizer step 4: the ramp has 1 pruning steps left"):
+    with pytest.raises(
+        ValueError, match=r"compact\(\) at optimizer step 4: the ramp has 1 pruning steps left"
+    ):
         group_fit(tmp_path, cb, residual_cnn(), epochs=3, extra=[_CompactAtEpoch(cb, epoch=1)])
     assert not cb.compacted
 

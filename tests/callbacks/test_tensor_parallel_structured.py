@@ -6,28 +6,18 @@ the weights end within float tolerance of it. One 2-process run (``tests/callbac
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 import pytest
 import torch
 
 from tests.callbacks import fsdp2_worker as base
 from tests.callbacks import tp_structured_worker as worker
-from tests.conftest import run_once_per_session
+from tests.conftest import launched_runs
 from tests.launch import scenarios_launch
 
-_launch = scenarios_launch(
-    "tests.callbacks.tp_structured_worker", list(worker.SETTINGS), name="tp_structured"
+runs = launched_runs(
+    scenarios_launch("tests.callbacks.tp_structured_worker", list(worker.SETTINGS), name="tp_structured")
 )
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    got = run_once_per_session(__name__, tmp_path_factory, _launch)
-    if isinstance(got, str):
-        pytest.fail(got, pytrace=False)
-    return got
 
 
 @pytest.mark.slow

@@ -69,27 +69,64 @@ def _param(modules: Mapping[str, nn.Module], s: ParamSlice) -> Tensor | None:
     return t if isinstance(t, Tensor) else None
 
 
+def _axis_sums(t: Tensor, axis: int, p: int) -> Tensor:
+    """For every index along ``axis`` of ``t``, the sum of ``|x|`` (``p=1``) or ``x**2`` (``p=2``) over the other
+    dimensions, accumulated in float64: one number per slice. A ``DTensor`` split by rows (FSDP2) is not gathered:
+    each rank sums its shard, then the per-row sums are gathered (``axis`` 0) or the partial sums all-reduced (a
+    collective: every rank calls it for the same tensors, in the same order); another ``DTensor`` is gathered."""
+    from lightning_optim.functional.pruning.masks import full_tensor, is_row_sharded, is_sharded
+
+    def sums(x: Tensor) -> Tensor:
+        x = x.detach()
+        x = x.abs() if p == 1 else x.double().pow(2)  # squares in float64, as a slice's norm always was
+        dims = [d for d in range(x.dim()) if d != axis]
+        return torch.sum(x, dims, dtype=torch.float64) if dims else x.double()
+
+    if not is_sharded(t):
+        return sums(t)
+    if not is_row_sharded(t):
+        return sums(full_tensor(t.detach()))
+    from torch.distributed.tensor import DTensor, Partial, Shard
+
+    local = sums(t.to_local())  # type: ignore[attr-defined]
+    mesh = t.device_mesh  # type: ignore[attr-defined]
+    if axis == 0:
+        return DTensor.from_local(
+            local, mesh, [Shard(0)], run_check=False, shape=(t.shape[0],), stride=(1,)
+        ).full_tensor()
+    return DTensor.from_local(local, mesh, [Partial()], run_check=False).full_tensor()
+
+
 @torch.no_grad()
 def group_unit_scores(model: nn.Module, graph: DependencyGraph, importance: str = "l2") -> Tensor:
     """Importance of every unit: the ``importance`` norm (``"l1"``/``"magnitude"`` or ``"l2"``) of the filters
     that write it (producer rows and depthwise filters, summed over members), divided by the mean score of
     its coupling group (so groups of different sizes and scales can be ranked together). Pinned units get
-    ``inf``."""
+    ``inf``.
+
+    Each scored parameter is reduced once per axis to one number per slice (:func:`_axis_sums`), so a network
+    sharded by rows (FSDP2) is scored without gathering its weights (a collective then: every rank calls it)."""
     p = IMPORTANCES[check_choice("importance", importance, sorted(IMPORTANCES))]
     modules = dict(model.named_modules())
     raw = torch.zeros(len(graph.units), dtype=torch.float64)
+    slice_sums: dict[tuple[str, str, int], Tensor | None] = {}
     for u in graph.units:
         total = 0.0
         for s in u.outputs:
             if s.name not in SCORED_PARAMETERS:
                 continue
-            t = _param(modules, s)
-            if t is None or isinstance(modules[s.module], nn.modules.batchnorm._NormBase):
-                continue
-            if "layernorm" in graph.roles.get(s.module, ()):  # a scale, as a batch norm's
-                continue
-            row = t.detach().select(s.axis, s.index).double()
-            total += float(row.abs().sum()) if p == 1 else float(row.pow(2).sum())
+            key = (s.module, s.name, s.axis)
+            if key not in slice_sums:
+                t = _param(modules, s)
+                skip = (
+                    t is None
+                    or isinstance(modules[s.module], nn.modules.batchnorm._NormBase)
+                    or "layernorm" in graph.roles.get(s.module, ())  # a scale, as a batch norm's
+                )
+                slice_sums[key] = None if skip else _axis_sums(t, s.axis, p)
+            sums = slice_sums[key]
+            if sums is not None:
+                total += float(sums[s.index])
         raw[u.id] = total if p == 1 else total**0.5
     scores = raw.clone()
     for g in graph.groups:

@@ -121,10 +121,25 @@ def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
     return keep_mask_from_scores(scores, num_pruned(scores.numel(), sparsity))
 
 
+def whole_unit_scores(weight: Tensor, importance: str = "l1", normalize: bool = False) -> Tensor:
+    """:func:`~lightning_optim.functional.pruning.importance.unit_scores` of the whole ``weight``. A weight split by
+    rows (FSDP2, :func:`is_row_sharded`) is not gathered: each rank scores its own rows (a unit's norm needs only
+    its row) and the score vectors, one number per unit, are gathered (a collective: every rank calls it)."""
+    if not is_row_sharded(weight):
+        return unit_scores(full_tensor(weight), importance, normalize)
+    from torch.distributed.tensor import DTensor, Shard
+
+    local = unit_scores(weight.to_local(), importance, normalize)  # type: ignore[attr-defined]
+    scores = DTensor.from_local(
+        local, weight.device_mesh, [Shard(0)], run_check=False, shape=(weight.shape[0],), stride=(1,)
+    )  # type: ignore[attr-defined]
+    return scores.full_tensor()
+
+
 def structured_mask(weight: Tensor, sparsity: float, importance: str = "l1") -> Tensor:
     """Mask of shape ``(out, 1, ...)`` pruning ``round(sparsity * out)`` output units of lowest norm
-    (at least one unit is kept)."""
-    scores = unit_scores(weight, importance)
+    (at least one unit is kept). A row-sharded weight is scored shard-wise (:func:`whole_unit_scores`)."""
+    scores = whole_unit_scores(weight, importance)
     keep = keep_mask_from_scores(scores, num_pruned(scores.numel(), sparsity, keep_one=True))
     return keep.view(-1, *([1] * (weight.dim() - 1)))
 
@@ -154,7 +169,7 @@ def global_structured_masks(
     if not weights:
         return {}
     names = list(weights)
-    per_layer = [unit_scores(weights[n], importance, normalize=True) for n in names]
+    per_layer = [whole_unit_scores(weights[n], importance, normalize=True) for n in names]
     scores = torch.cat(per_layer)
     # the best unit of every layer is never pruned: give it an infinite score
     guarded = []
@@ -388,7 +403,9 @@ def compute_masks(
     layerwise = {n: overrides.get(n, sparsity) for n in weights if scope == "layer" or n in overrides}
     if shard_masks and gran == "unstructured" and can_shard_masks(weights.values()):
         return _sharded_compute_masks(weights, sparsity, layerwise)
-    weights = {n: full_tensor(w) for n, w in weights.items()}
+    if gran == "unstructured" or not can_shard_masks(weights.values()):
+        weights = {n: full_tensor(w) for n, w in weights.items()}
+    # else structured masks of row-sharded weights: scored shard-wise, one number per unit gathered (no weight)
     masks: dict[str, Tensor] = {}
     for name, s in layerwise.items():
         w = weights[name]
@@ -477,14 +494,18 @@ def cast_masks(masks: Mapping[str, Tensor], tensors: Mapping[str, Tensor]) -> di
         if is_sharded(m):  # split as its tensor already: cast its part
             out[n] = m.to(dtype=t.dtype)
             continue
-        m = m.to(device=t.to_local().device if is_sharded(t) else t.device, dtype=t.dtype)
-        if is_sharded(t) and tuple(m.shape) != tuple(t.shape):
+        if not is_sharded(t):
+            out[n] = m.to(device=t.device, dtype=t.dtype)
+            continue
+        m = m.to(device=t.to_local().device)
+        if tuple(m.shape) != tuple(t.shape):
             # a mask that broadcasts over a sharded tensor along a split dimension (a consumer's ``(1, in, ...)``
             # input-channel mask over rows split by FSDP2) cannot be split as the tensor is: expand it first
             split = {p.dim for p in t.placements if hasattr(p, "dim")}
             if m.dim() != t.dim() or any(m.shape[d] != t.shape[d] for d in split):
                 m = m.expand(t.shape).contiguous()
-        out[n] = shard_like(m, t)
+        # split first, then cast this rank's part: no whole mask in the tensor's dtype
+        out[n] = shard_like(m, t).to(dtype=t.dtype)
     return out
 
 
