@@ -864,6 +864,7 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             )
         if self.start_after is not None:
             phase_done(trainer, self.start_after)  # raises ValueError naming the phases present
+        self._run_check_channel_pruning(trainer)
         self._trainer_ref = trainer
         self._run_dry_run(trainer, pl_module, qat=True)
         model = self._network(pl_module)
@@ -881,6 +882,32 @@ class QuantizationAwareTraining(_QuantizationCallbackBase):
             # ranges are observed on training batches only: not on what runs before the first epoch (the
             # LightningModule's dry run at setup, zeros); the first training epoch turns observation on
             self._run_observe(pl_module, training=False)
+
+    def _run_check_channel_pruning(self, trainer: pl.Trainer) -> None:
+        """QAT from the first epoch (prepared at setup, no ``start_after``) beside a structured or channel-group
+        pruning ramp is refused: the ramp would prune during QAT, zeroing whole channels (batch-norm scales included)
+        inside the fused conv-bn layers, which divide by those scales, and a channel-group trace would look for the
+        layers the QAT capture replaced. QAT compacts such pruning before it starts, so it must start after it."""
+        if self.start_epoch != 0 or self.start_after is not None:
+            return
+        zeroing = [
+            cb
+            for cb in phases(trainer)
+            if cb is not self
+            and isinstance(cb, Compacts)
+            and (getattr(cb, "structured", False) or getattr(cb, "by_groups", False))
+        ]
+        if not zeroing:
+            return
+        pruning = zeroing[0]
+        raise ValueError(
+            f"QuantizationAwareTraining(start_epoch=0) with {type(pruning).__name__}(granularity="
+            f"{getattr(pruning, 'granularity', 'structured')!r}) on the Trainer: QAT would be prepared at setup and "
+            "the pruning ramp would remove whole channels during QAT, zeroing the batch-norm scales that the fused "
+            "conv-bn layers divide by. Start QAT after the pruning: `start_after: "
+            f"{getattr(pruning, 'phase_name', 'pruning')!r}` (the network is compacted first), or prune with "
+            "`granularity='unstructured'`."
+        )
 
     def _run_sharded_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Under a sharding strategy (FSDP2 data parallel): the network is prepared at setup, before

@@ -115,6 +115,13 @@ ENTRIES: list[tuple[str, str, str, str]] = [
     ),
     (
         "settings",
+        "QAT from the first epoch beside a structured pruning ramp (it would prune during QAT)",
+        "fit_with([ProgressivePruning(end=1, granularity='structured'), QuantizationAwareTraining(**QUIET_QAT)], "
+        "max_epochs=2)",
+        "ValueError",
+    ),
+    (
+        "settings",
         "an unknown `sharding_param_dtype` (FSDP2's mixed precision)",
         "ClassificationModule(LeNet300100(in_features=64), sharding='fsdp2', sharding_param_dtype='bf16')",
         "ValueError",
@@ -145,6 +152,7 @@ MUST_NAME: dict[str, str] = {
     "resuming with feature distillation from a checkpoint without its adapters": "feature adapters",
     "an unknown `teacher_sharding` for distillation": "allowed: ['replicate', 'fsdp2']",
     "a teacher sharded with FSDP2 in a run that shards nothing": "`teacher_sharding`='replicate'",
+    "QAT from the first epoch beside a structured pruning ramp (it would prune during QAT)": "`start_after: 'pruning'`",
     "an unknown `sharding_param_dtype` (FSDP2's mixed precision)": "allowed: ['bfloat16', 'float16']",
     "FSDP2's mixed precision without sharding": "precision",
 }
