@@ -51,6 +51,10 @@ def test_int8_coverage_runs_on_the_zoo_and_prints_its_last_line(capsys):
     )  # fmt: skip
     assert len(rows) == 1
     assert rows[0].status == "ok", rows[0].failures  # every stage ran, latency included
+    # our ONNX file is ONNX Runtime's QDQ of the float network here: quantized and timed once, reported for both
+    assert any("the same file as ours ONNX" in n for n in rows[0].notes), rows[0].notes
+    assert rows[0].sizes["ORT QDQ"] == rows[0].sizes["ours ONNX"]
+    assert rows[0].latency[1]["ORT QDQ"] == rows[0].latency[1]["ours ONNX"]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.match(
         r"^int8 coverage: 1/1 models; resnet18 b1 vs best fp32 .*; b1 vs ORT QDQ .*; pruned\+int8 resnet18",
