@@ -546,6 +546,15 @@ class ProgressivePruning(Callback):
         ):
             return
         what = f"ProgressivePruning(granularity={self.granularity!r}, compact_at_end={self.compact_at_end})"
+        if strategy == "FSDPStrategy":
+            refuse_sharded(
+                trainer,
+                what,
+                "FSDP1 flattens the parameters into flat shards, which the structured masks, the trace and "
+                "compaction cannot read (they work on FSDP2's DTensor parameters)",
+                'ModelParallelStrategy with ClassificationModule(sharding="fsdp2"), DDP (`strategy="ddp"`), or '
+                '`granularity="unstructured"`',
+            )
         if self.by_blocks:
             refuse_sharded(
                 trainer,

@@ -99,18 +99,8 @@ def module(build: Callable[[], nn.Module], sharding: str | None) -> Classificati
 
 
 def trainer_kwargs(root: str, **overrides: Any) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "max_epochs": EPOCHS,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": root,
-        "deterministic": True,
-    }
-    kwargs.update(overrides)
-    return kwargs
+    """``fsdp2_worker.trainer_kwargs`` over :data:`EPOCHS` epochs."""
+    return base.trainer_kwargs(root, **{"max_epochs": EPOCHS, **overrides})
 
 
 def fit(

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
 
-from lightning_optim.callbacks import EarlyStopping, KnowledgeDistillation
+from lightning_optim.callbacks import EarlyStopping, KnowledgeDistillation, ProgressivePruning
 from lightning_optim.functional.distillation import (
     TEACHER_SHARDINGS,
     TeacherLogitCache,
@@ -116,6 +116,10 @@ def test_a_replicated_teacher_without_a_sharding_strategy_is_what_happens_anyway
         (
             lambda: EarlyStopping(monitor="val_loss", restore_best_weights=True),
             "EarlyStopping(restore_best_weights=True)",
+        ),
+        (
+            lambda: ProgressivePruning(granularity="channel_groups", end=1, compact_at_end=True),
+            "ProgressivePruning(granularity='channel_groups', compact_at_end=True)",
         ),
     ],
 )
